@@ -1,0 +1,158 @@
+"""Read a config document (YAML, TOML or JSON) into a validated :class:`Snapshot`.
+
+Every problem is reported with the file, the line where the format gives it (YAML), the
+field path and the reason; all of them, not just the first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path as FsPath
+from typing import Any
+
+import attrs
+import yaml
+
+from meshcore.config.model import Snapshot
+from meshcore.config.structure import Catalog, Path, Structurer, format_path
+from meshcore.errors import ConfigError, ConfigProblem
+
+__all__ = ["CONFIG_SUFFIXES", "load_snapshot", "parse_document", "snapshot_from_data"]
+
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json", ".toml")
+
+
+class _LineMap:
+    """Maps field paths to the 1-based line where they appear (YAML only)."""
+
+    def __init__(self) -> None:
+        self.lines: dict[Path, int] = {}
+
+    def walk(self, node: yaml.Node, path: Path) -> None:
+        self.lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.value)
+                self.lines[(*path, key)] = key_node.start_mark.line + 1
+                self.walk(value_node, (*path, key))
+                self.lines[(*path, key)] = key_node.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self.walk(item, (*path, i))
+
+    def line_for(self, path: Path) -> int | None:
+        while True:
+            line = self.lines.get(path)
+            if line is not None or not path:
+                return line
+            path = path[:-1]
+
+
+def parse_document(text: str, name: str) -> tuple[Any, _LineMap | None]:
+    """Parse config text by the file name's suffix; raise ConfigError on a syntax error."""
+    suffix = FsPath(name).suffix.lower()
+    try:
+        if suffix == ".json":
+            return json.loads(text), None
+        if suffix == ".toml":
+            return tomllib.loads(text), None
+        lines = _LineMap()
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is None:
+            return {}, lines
+        lines.walk(node, ())
+        return yaml.load(text, Loader=yaml.SafeLoader), lines  # noqa: S506 - SafeLoader
+    except json.JSONDecodeError as err:
+        problem = ConfigProblem(path="", message=f"invalid JSON: {err.msg}", file=name, line=err.lineno)
+    except tomllib.TOMLDecodeError as err:
+        problem = ConfigProblem(path="", message=f"invalid TOML: {err}", file=name)
+    except yaml.MarkedYAMLError as err:
+        line = err.problem_mark.line + 1 if err.problem_mark is not None else None
+        problem = ConfigProblem(path="", message=f"invalid YAML: {err.problem}", file=name, line=line)
+    except yaml.YAMLError as err:
+        problem = ConfigProblem(path="", message=f"invalid YAML: {err}", file=name)
+    raise ConfigError([problem])
+
+
+def _defined_names(data: Any, section: str) -> set[str]:
+    """Names defined in a top-level section of the raw document (even if it has problems)."""
+    items = data.get(section) if isinstance(data, Mapping) else None
+    if not isinstance(items, list):
+        return set()
+    return {item["name"] for item in items if isinstance(item, Mapping) and isinstance(item.get("name"), str)}
+
+
+def _check_references(data: Any, structurer: Structurer) -> None:
+    """Cross-object checks: every reference names an object that the document defines."""
+    known = {"cluster": _defined_names(data, "clusters"), "route_config": _defined_names(data, "route_configs")}
+    for reference in structurer.references:
+        names = known.get(reference.kind)
+        if names is not None and reference.name not in names:
+            listing = ", ".join(sorted(names)) or "none defined"
+            word = reference.kind.replace("_", " ")
+            structurer.problem(reference.path, f"unknown {word} {reference.name!r} (defined: {listing})")
+
+
+def snapshot_from_data(
+    data: Any,
+    catalog: Catalog,
+    *,
+    file: str | None = None,
+    lines: _LineMap | None = None,
+    version: str | None = None,
+) -> Snapshot:
+    """Structure and check plain data as a Snapshot; raise ConfigError with every problem."""
+    structurer = Structurer(catalog)
+    if isinstance(data, Mapping) and version is not None and "version" not in data:
+        data = {**data, "version": version}
+    snapshot = structurer.structure(data, Snapshot)
+    _check_references(data, structurer)
+    if structurer.problems or snapshot is None:
+        problems = structurer.problems or [ConfigProblem(path="", message="invalid config")]
+        raise ConfigError(_locate(problems, file, lines))
+    return snapshot
+
+
+def _locate(problems: Iterable[ConfigProblem], file: str | None, lines: _LineMap | None) -> list[ConfigProblem]:
+    out = []
+    for problem in problems:
+        line = problem.line
+        if lines is not None and line is None:
+            line = lines.line_for(_parse_path(problem.path))
+        out.append(attrs.evolve(problem, file=file, line=line))
+    out.sort(key=lambda p: p.line or 0)  # stable: same line keeps discovery order
+    return out
+
+
+def _parse_path(text: str) -> Path:
+    parts: list[str | int] = []
+    for chunk in text.replace("[", ".[").split("."):
+        if not chunk:
+            continue
+        if chunk.startswith("[") and chunk.endswith("]") and chunk[1:-1].isdigit():
+            parts.append(int(chunk[1:-1]))
+        else:
+            parts.append(chunk)
+    return tuple(parts)
+
+
+def load_snapshot(file: str | FsPath, catalog: Catalog) -> Snapshot:
+    """Read, structure and check a config file; raise ConfigError naming file, line, path and reason."""
+    name = str(file)
+    try:
+        raw = FsPath(file).read_bytes()
+    except OSError as err:
+        raise ConfigError([ConfigProblem(path="", message=f"cannot read: {err.strerror}", file=name)]) from err
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError([ConfigProblem(path="", message="is not UTF-8 text", file=name)]) from err
+    data, lines = parse_document(text, name)
+    version = hashlib.sha256(raw).hexdigest()[:12]
+    return snapshot_from_data(data, catalog, file=name, lines=lines, version=version)
+
+
+__all__ += ["format_path"]

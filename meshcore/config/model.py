@@ -1,0 +1,351 @@
+"""The proxy config model: frozen attrs classes, one per section, and the Snapshot.
+
+A :class:`Snapshot` is the whole config of one proxy at one version. It is immutable; the
+runtime applies a new one as a diff. Filter sections are structured by each filter's own
+config class (see :mod:`meshcore.config.structure`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, Literal
+
+import attrs
+
+from meshcore.config.structure import HttpFilterRef, LbPolicyRef, NetworkFilterRef, Path, Structurer
+from meshcore.config.units import Address, ByteSize, Duration
+from meshcore.config.validators import at_least, at_most, cidr, non_empty, regex, unique
+
+__all__ = [
+    "AdminConfig",
+    "Cluster",
+    "DirectResponse",
+    "Endpoint",
+    "FilterChain",
+    "FilterChainMatch",
+    "FilterOverrides",
+    "HeaderMatch",
+    "Listener",
+    "QueryParamMatch",
+    "Redirect",
+    "Route",
+    "RouteConfiguration",
+    "RouteMatch",
+    "Snapshot",
+    "TlsContext",
+    "UpstreamTls",
+    "VirtualHost",
+    "WeightedCluster",
+]
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def ref(kind: str, **kwargs: Any) -> Any:
+    """An attrs field holding the name of another config object of ``kind`` ("cluster", ...)."""
+    metadata = {**kwargs.pop("metadata", {}), "ref": kind}
+    return attrs.field(metadata=metadata, **kwargs)
+
+
+# -- admin and listeners ----------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class AdminConfig:
+    """The admin server: readiness, stats, config dump. Loopback only unless told otherwise."""
+
+    address: Address = Address("127.0.0.1", 9901)
+    enabled: bool = True
+
+
+@attrs.frozen(kw_only=True)
+class TlsContext:
+    """Downstream TLS: the certificate a listener presents, and optionally client verification."""
+
+    certificate_file: str = attrs.field(validator=non_empty)
+    private_key_file: str = attrs.field(validator=non_empty)
+    client_ca_file: str | None = None
+    require_client_certificate: bool = False
+    alpn: tuple[str, ...] = ("http/1.1",)
+
+    def __attrs_post_init__(self) -> None:
+        if self.require_client_certificate and self.client_ca_file is None:
+            msg = "require_client_certificate needs client_ca_file"
+            raise ValueError(msg)
+
+
+@attrs.frozen(kw_only=True)
+class FilterChainMatch:
+    """Which connections a filter chain takes. Empty criteria match everything."""
+
+    destination_port: int | None = attrs.field(default=None)
+    server_names: tuple[str, ...] = ()
+    alpn: tuple[str, ...] = ()
+    source_prefixes: tuple[str, ...] = attrs.field(default=(), validator=cidr)
+
+
+@attrs.frozen(kw_only=True)
+class FilterChain:
+    """L4 filters applied to a connection, the last one terminal (tcp_proxy, http_connection_manager)."""
+
+    name: str = ""
+    match: FilterChainMatch = FilterChainMatch()
+    tls: TlsContext | None = None
+    filters: tuple[NetworkFilterRef, ...] = attrs.field(validator=non_empty)
+
+
+@attrs.frozen(kw_only=True)
+class Listener:
+    """A socket the proxy accepts connections on, and the filter chains that serve them."""
+
+    name: str = attrs.field(validator=non_empty)
+    address: Address
+    filter_chains: tuple[FilterChain, ...] = attrs.field(validator=non_empty)
+    access_log: bool = False
+    drain_timeout: Duration = Duration(30)
+
+
+# -- clusters -------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Endpoint:
+    """One upstream address of a cluster, written as "host:port" or a mapping."""
+
+    address: Address
+    weight: int = attrs.field(default=1, validator=at_least(1))
+
+    @classmethod
+    def __meshcore_structure__(cls, structurer: Structurer, data: Any, path: Path) -> Any:
+        if isinstance(data, str):
+            data = {"address": data}
+        elif not isinstance(data, Mapping):
+            structurer.problem(path, f'must be an address "host:port" or a mapping, got {data!r}')
+            return structurer.FAILED
+        return structurer.structure_attrs(data, cls, path)
+
+
+@attrs.frozen(kw_only=True)
+class UpstreamTls:
+    """TLS toward a cluster's endpoints."""
+
+    ca_file: str | None = None
+    server_name: str | None = None
+    certificate_file: str | None = None
+    private_key_file: str | None = None
+    alpn: tuple[str, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class Cluster:
+    """A named group of upstream endpoints with a load-balancing policy and a connection pool."""
+
+    name: str = attrs.field(validator=non_empty)
+    endpoints: tuple[Endpoint, ...] = ()
+    lb_policy: LbPolicyRef = LbPolicyRef(name="round_robin")
+    connect_timeout: Duration = Duration(5)
+    max_connections_per_endpoint: int = attrs.field(default=64, validator=at_least(1))
+    max_idle_connections_per_endpoint: int = attrs.field(default=16, validator=at_least(0))
+    idle_timeout: Duration = Duration(60)
+    protocol: Literal["http1", "http2", "auto"] = "http1"
+    tls: UpstreamTls | None = None
+
+
+# -- routes ---------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class HeaderMatch:
+    """A header criterion: exact value, prefix, regex or mere presence; optionally inverted."""
+
+    name: str = attrs.field(validator=non_empty)
+    exact: str | None = None
+    prefix: str | None = None
+    regex: str | None = attrs.field(default=None, validator=regex)
+    present: bool | None = None
+    invert: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        given = [k for k in ("exact", "prefix", "regex", "present") if getattr(self, k) is not None]
+        if len(given) > 1:
+            msg = f"takes at most one of exact, prefix, regex, present; got {', '.join(given)}"
+            raise ValueError(msg)
+
+
+@attrs.frozen(kw_only=True)
+class QueryParamMatch:
+    """A query-parameter criterion: exact value, regex, or presence."""
+
+    name: str = attrs.field(validator=non_empty)
+    exact: str | None = None
+    regex: str | None = attrs.field(default=None, validator=regex)
+    present: bool | None = None
+
+
+@attrs.frozen(kw_only=True)
+class RouteMatch:
+    """What a request must look like for a route to take it. Exactly one of path, prefix, regex."""
+
+    path: str | None = None
+    prefix: str | None = None
+    regex: str | None = attrs.field(default=None, validator=regex)
+    methods: tuple[str, ...] = ()
+    headers: tuple[HeaderMatch, ...] = ()
+    query_params: tuple[QueryParamMatch, ...] = ()
+    case_sensitive: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        given = [k for k in ("path", "prefix", "regex") if getattr(self, k) is not None]
+        if len(given) != 1:
+            got = ", ".join(given) if given else "none"
+            msg = f"needs exactly one of path, prefix, regex; got {got}"
+            raise ValueError(msg)
+
+
+@attrs.frozen(kw_only=True)
+class WeightedCluster:
+    """One cluster of a weighted split."""
+
+    name: str = ref("cluster", validator=non_empty)
+    weight: int = attrs.field(validator=at_least(0))
+
+
+@attrs.frozen(kw_only=True)
+class DirectResponse:
+    """Answer locally with a status and a body."""
+
+    status: int = attrs.field(validator=[at_least(100), at_most(599)])
+    body: str = ""
+    content_type: str = "text/plain"
+
+
+@attrs.frozen(kw_only=True)
+class Redirect:
+    """Answer with a redirect; unset parts keep the request's."""
+
+    scheme: str | None = None
+    host: str | None = None
+    port: int | None = None
+    path: str | None = None
+    prefix_rewrite: str | None = None
+    status: Literal[301, 302, 303, 307, 308] = 301
+    strip_query: bool = False
+
+
+@attrs.frozen
+class FilterOverrides:
+    """Per-route settings of HTTP filters: a filter's own config, or ``disabled``.
+
+    Written as a mapping of filter name to that filter's config (structured by its per-route
+    config class) or the string ``disabled``.
+    """
+
+    by_filter: Mapping[str, Any] = _EMPTY
+
+    DISABLED = "disabled"
+
+    @classmethod
+    def __meshcore_structure__(cls, structurer: Structurer, data: Any, path: Path) -> Any:
+        if data is None:
+            return cls()
+        if not isinstance(data, Mapping):
+            structurer.problem(path, f"must be a mapping of filter names, got {type(data).__name__}")
+            return structurer.FAILED
+        known = structurer.catalog.names("http_filter")
+        out: dict[str, Any] = {}
+        failed = False
+        for name, section in data.items():
+            if name not in known:
+                structurer.problem((*path, str(name)), f"unknown HTTP filter {name!r} (known: {', '.join(sorted(known))})")
+                failed = True
+            elif section == cls.DISABLED:
+                out[name] = cls.DISABLED
+            else:
+                value = structurer.per_route_config("http_filter", name, section, (*path, name))
+                failed = failed or value is structurer.FAILED
+                out[name] = value
+        return structurer.FAILED if failed else cls(MappingProxyType(out))
+
+
+@attrs.frozen(kw_only=True)
+class Route:
+    """A route: a match and one action (cluster, weighted clusters, direct response, redirect)."""
+
+    name: str = ""
+    match: RouteMatch
+    cluster: str | None = ref("cluster", default=None)
+    weighted_clusters: tuple[WeightedCluster, ...] = ()
+    direct_response: DirectResponse | None = None
+    redirect: Redirect | None = None
+    prefix_rewrite: str | None = None
+    regex_rewrite: tuple[str, str] | None = None
+    host_rewrite: str | None = None
+    timeout: Duration = Duration(15)
+    request_headers_to_add: Mapping[str, str] = _EMPTY
+    request_headers_to_remove: tuple[str, ...] = ()
+    response_headers_to_add: Mapping[str, str] = _EMPTY
+    response_headers_to_remove: tuple[str, ...] = ()
+    filters: FilterOverrides = FilterOverrides()
+
+    def __attrs_post_init__(self) -> None:
+        actions = [
+            k for k in ("cluster", "weighted_clusters", "direct_response", "redirect") if getattr(self, k)
+        ]
+        if len(actions) != 1:
+            got = ", ".join(actions) if actions else "none"
+            msg = f"needs exactly one action of cluster, weighted_clusters, direct_response, redirect; got {got}"
+            raise ValueError(msg)
+        if self.regex_rewrite is not None:
+            try:
+                re.compile(self.regex_rewrite[0])
+            except re.error as err:
+                msg = f"regex_rewrite has an invalid regular expression ({err})"
+                raise ValueError(msg) from None
+
+
+@attrs.frozen(kw_only=True)
+class VirtualHost:
+    """Routes for a set of domains (Host / :authority), with "*" wildcards at either end."""
+
+    name: str = attrs.field(validator=non_empty)
+    domains: tuple[str, ...] = attrs.field(validator=non_empty)
+    routes: tuple[Route, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class RouteConfiguration:
+    """A named route table, used by HTTP connection managers."""
+
+    name: str = attrs.field(validator=non_empty)
+    virtual_hosts: tuple[VirtualHost, ...] = attrs.field(
+        default=(), validator=unique(lambda vh: vh.name)
+    )
+
+
+# -- the snapshot ---------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class Snapshot:
+    """The whole config of one proxy at one version: immutable, applied atomically."""
+
+    version: str = ""
+    admin: AdminConfig = AdminConfig()
+    listeners: tuple[Listener, ...] = attrs.field(default=(), validator=unique(lambda x: x.name))
+    clusters: tuple[Cluster, ...] = attrs.field(default=(), validator=unique(lambda x: x.name))
+    route_configs: tuple[RouteConfiguration, ...] = attrs.field(
+        default=(), validator=unique(lambda x: x.name)
+    )
+
+    def cluster(self, name: str) -> Cluster | None:
+        """The cluster called ``name``, if any."""
+        return next((c for c in self.clusters if c.name == name), None)
+
+    def route_config(self, name: str) -> RouteConfiguration | None:
+        """The route table called ``name``, if any."""
+        return next((r for r in self.route_configs if r.name == name), None)
+
+
+__all__ += ["HttpFilterRef", "NetworkFilterRef", "ref"]

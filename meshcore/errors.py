@@ -1,0 +1,76 @@
+"""The one error hierarchy of meshcore.
+
+Every error meshcore raises on purpose derives from :class:`MeshcoreError`.
+Messages say what, where, and what was found: "`burst` must be >= 1, got 0".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import attrs
+
+__all__ = [
+    "ConfigError",
+    "ConfigProblem",
+    "MeshcoreError",
+    "PluginError",
+    "ProtocolError",
+]
+
+
+class MeshcoreError(Exception):
+    """Base class of every error meshcore raises on purpose."""
+
+
+@attrs.frozen(kw_only=True)
+class ConfigProblem:
+    """One problem found in a config: where it is and what is wrong.
+
+    Attributes:
+        path: the field path, e.g. ``listeners[0].filter_chains[0].filters[1].ratelimit.burst``
+            (empty for a problem with the document as a whole).
+        message: the reason, e.g. ``must be >= 1, got 0``.
+        file: the file the config came from, when it came from one.
+        line: the 1-based line in that file, where the format gives it.
+    """
+
+    path: str
+    message: str
+    file: str | None = None
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = ""
+        if self.file is not None:
+            where = self.file if self.line is None else f"{self.file}:{self.line}"
+            where += ": "
+        if self.path:
+            where += f"{self.path}: "
+        return where + self.message
+
+
+class ConfigError(MeshcoreError):
+    """A config that cannot be used, with every problem found in it."""
+
+    def __init__(self, problems: Iterable[ConfigProblem]) -> None:
+        self.problems: Sequence[ConfigProblem] = tuple(problems)
+        super().__init__("\n".join(str(p) for p in self.problems) or "invalid config")
+
+
+class PluginError(MeshcoreError):
+    """A plugin could not be loaded or registered, or provides a name already taken."""
+
+
+class ProtocolError(MeshcoreError):
+    """A peer broke the protocol (or we did).
+
+    Attributes:
+        status: the HTTP status to answer with, when an answer is still possible.
+        remote: True when the remote peer is at fault, False when we are (as in h11).
+    """
+
+    def __init__(self, message: str, *, status: int = 400, remote: bool = True) -> None:
+        super().__init__(message)
+        self.status = status
+        self.remote = remote

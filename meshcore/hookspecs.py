@@ -1,0 +1,92 @@
+"""The hook specifications of meshcore, grouped by phase.
+
+Every hook is synchronous and runs at startup or when a Snapshot is built, never per
+request: the objects they return may have async methods. None is ``firstresult``: every
+plugin's answer is collected, attributed to that plugin, and a name provided twice is an
+error naming both plugins.
+
+A plugin implements them with ``@meshcore.hookimpl`` in a module registered under the
+``meshcore`` entry-point group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from meshcore.plugin import hookspec
+
+if TYPE_CHECKING:
+    from meshcore.config import Snapshot
+    from meshcore.plugin import ConfigSourceType, HttpFilterType, LbPolicyType, NetworkFilterType
+
+__all__ = [
+    "meshcore_config_sources",
+    "meshcore_http_filters",
+    "meshcore_lb_policies",
+    "meshcore_network_filters",
+    "meshcore_snapshot_applied",
+    "meshcore_validate_snapshot",
+]
+
+
+# -- registration: called once when the registry is built ------------------------------------
+
+
+@hookspec
+def meshcore_network_filters() -> Sequence[NetworkFilterType]:
+    """Return the L4 (network) filter types this plugin provides.
+
+    Called once when the registry is built. Each name must be unique across all plugins.
+    """
+    raise NotImplementedError
+
+
+@hookspec
+def meshcore_http_filters() -> Sequence[HttpFilterType]:
+    """Return the L7 (HTTP) filter types this plugin provides.
+
+    Called once when the registry is built. Each name must be unique across all plugins.
+    """
+    raise NotImplementedError
+
+
+@hookspec
+def meshcore_lb_policies() -> Sequence[LbPolicyType]:
+    """Return the load-balancing policies this plugin provides.
+
+    Called once when the registry is built. Each name must be unique across all plugins.
+    """
+    raise NotImplementedError
+
+
+@hookspec
+def meshcore_config_sources() -> Sequence[ConfigSourceType]:
+    """Return the config sources this plugin provides (``file``, a control-plane client, ...).
+
+    Called once when the registry is built. Each name must be unique across all plugins.
+    """
+    raise NotImplementedError
+
+
+# -- config: called when a Snapshot is built or applied --------------------------------------
+
+
+@hookspec
+def meshcore_validate_snapshot(snapshot: Snapshot) -> Sequence[str]:
+    """Check a structured Snapshot beyond its fields; return one message per problem.
+
+    Called after a Snapshot has been structured and before it is applied. Any message
+    rejects the Snapshot (the last good one keeps serving). Return an empty sequence when
+    all is well.
+    """
+    raise NotImplementedError
+
+
+@hookspec
+def meshcore_snapshot_applied(snapshot: Snapshot) -> None:
+    """Observe a Snapshot that the proxy has just applied (for metrics, caches, audit).
+
+    Called after the Snapshot is live. The return value is ignored.
+    """
+    raise NotImplementedError

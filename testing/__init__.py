@@ -1,0 +1,1 @@
+"""meshcore.testing: tools for testing meshcore plugins and configs (a pytest plugin)."""
