@@ -21,10 +21,14 @@ class Host(Protocol):
     """What a policy needs to know of an endpoint."""
 
     @property
-    def weight(self) -> int: ...
+    def weight(self) -> int:
+        """Relative share of the traffic, >= 1."""
+        ...
 
     @property
-    def active_requests(self) -> int: ...
+    def active_requests(self) -> int:
+        """Requests in flight to this host now."""
+        ...
 
 
 H = TypeVar("H", bound=Host)

@@ -26,7 +26,12 @@ def _config_files(arg: str) -> Iterator[Path]:
         return
     for found in sorted(path.rglob("*")):
         hidden = any(part.startswith(".") for part in found.relative_to(path).parts)
-        if found.is_file() and found.suffix in CONFIG_SUFFIXES and found.name not in _SKIPPED_FILES and not hidden:
+        if (
+            found.is_file()
+            and found.suffix in CONFIG_SUFFIXES
+            and found.name not in _SKIPPED_FILES
+            and not hidden
+        ):
             yield found
 
 
@@ -44,7 +49,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for arg in args.files:
         files = list(_config_files(arg))
         if not files:
-            print(f"{arg}: no config files ({', '.join('*' + s for s in CONFIG_SUFFIXES)}) found", file=sys.stderr)
+            print(
+                f"{arg}: no config files ({', '.join('*' + s for s in CONFIG_SUFFIXES)}) found",
+                file=sys.stderr,
+            )
             failed = True
         for file in files:
             checked += 1
@@ -55,7 +63,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 for problem in err.problems:
                     print(problem)
                 continue
-            extra = [msg for msgs in registry.hook.meshcore_validate_snapshot(snapshot=snapshot) for msg in msgs]
+            extra = [
+                msg for msgs in registry.hook.meshcore_validate_snapshot(snapshot=snapshot) for msg in msgs
+            ]
             for msg in extra:
                 print(f"{file}: {msg}")
             failed = failed or bool(extra)

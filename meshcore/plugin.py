@@ -83,7 +83,9 @@ class LbPolicyType(PluginType):
 
 @attrs.frozen(kw_only=True)
 class ConfigSourceType(PluginType):
-    """A config source: ``factory(config, registry)`` returns an object whose ``async run``
-    yields Snapshots."""
+    """A config source: ``factory(config, registry)`` returns a source of Snapshots.
+
+    The object it returns yields Snapshots from its ``async run``.
+    """
 
     kind: ClassVar[str] = "config_source"

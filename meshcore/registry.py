@@ -118,6 +118,7 @@ class Registry:
     # -- building ----------------------------------------------------------------------------
 
     def add_plugin(self, plugin: object, name: str, distribution: str, version: str) -> None:
+        """Register ``plugin`` under ``name``; a misspelled hook or a clash is recorded in ``problems``."""
         where = f"plugin {name!r} ({distribution} {version})"
         unknown = _unknown_hooks(plugin, self.manager)
         if unknown:
@@ -182,7 +183,7 @@ def _unknown_hooks(plugin: object, manager: pluggy.PluginManager) -> list[str]:
 
 
 def _distribution_of(module: str) -> tuple[str, str]:
-    top = module.split(".")[0]
+    top = module.split(".", 1)[0]
     dists = importlib.metadata.packages_distributions().get(top, [])
     if not dists:
         return "unknown", "0"

@@ -64,7 +64,7 @@ def parse_document(text: str, name: str) -> tuple[Any, _LineMap | None]:
         if node is None:
             return {}, lines
         lines.walk(node, ())
-        return yaml.load(text, Loader=yaml.SafeLoader), lines  # noqa: S506 - SafeLoader
+        return yaml.load(text, Loader=yaml.SafeLoader), lines
     except json.JSONDecodeError as err:
         problem = ConfigProblem(path="", message=f"invalid JSON: {err.msg}", file=name, line=err.lineno)
     except tomllib.TOMLDecodeError as err:
@@ -87,7 +87,10 @@ def _defined_names(data: Any, section: str) -> set[str]:
 
 def _check_references(data: Any, structurer: Structurer) -> None:
     """Cross-object checks: every reference names an object that the document defines."""
-    known = {"cluster": _defined_names(data, "clusters"), "route_config": _defined_names(data, "route_configs")}
+    known = {
+        "cluster": _defined_names(data, "clusters"),
+        "route_config": _defined_names(data, "route_configs"),
+    }
     for reference in structurer.references:
         names = known.get(reference.kind)
         if names is not None and reference.name not in names:
@@ -116,7 +119,9 @@ def snapshot_from_data(
     return snapshot
 
 
-def _locate(problems: Iterable[ConfigProblem], file: str | None, lines: _LineMap | None) -> list[ConfigProblem]:
+def _locate(
+    problems: Iterable[ConfigProblem], file: str | None, lines: _LineMap | None
+) -> list[ConfigProblem]:
     out = []
     for problem in problems:
         line = problem.line
@@ -145,7 +150,9 @@ def load_snapshot(file: str | FsPath, catalog: Catalog) -> Snapshot:
     try:
         raw = FsPath(file).read_bytes()
     except OSError as err:
-        raise ConfigError([ConfigProblem(path="", message=f"cannot read: {err.strerror}", file=name)]) from err
+        raise ConfigError(
+            [ConfigProblem(path="", message=f"cannot read: {err.strerror}", file=name)]
+        ) from err
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import attrs
 
 from meshcore.config.structure import HttpFilterRef, LbPolicyRef, NetworkFilterRef, Path, Structurer
-from meshcore.config.units import Address, ByteSize, Duration
+from meshcore.config.units import Address, Duration
 from meshcore.config.validators import at_least, at_most, cidr, non_empty, regex, unique
 
 __all__ = [
@@ -258,7 +258,9 @@ class FilterOverrides:
         failed = False
         for name, section in data.items():
             if name not in known:
-                structurer.problem((*path, str(name)), f"unknown HTTP filter {name!r} (known: {', '.join(sorted(known))})")
+                structurer.problem(
+                    (*path, str(name)), f"unknown HTTP filter {name!r} (known: {', '.join(sorted(known))})"
+                )
                 failed = True
             elif section == cls.DISABLED:
                 out[name] = cls.DISABLED
@@ -319,9 +321,7 @@ class RouteConfiguration:
     """A named route table, used by HTTP connection managers."""
 
     name: str = attrs.field(validator=non_empty)
-    virtual_hosts: tuple[VirtualHost, ...] = attrs.field(
-        default=(), validator=unique(lambda vh: vh.name)
-    )
+    virtual_hosts: tuple[VirtualHost, ...] = attrs.field(default=(), validator=unique(lambda vh: vh.name))
 
 
 # -- the snapshot ---------------------------------------------------------------------------

@@ -26,9 +26,9 @@ from meshcore.errors import ConfigProblem
 
 __all__ = [
     "Catalog",
-    "NetworkFilterRef",
     "HttpFilterRef",
     "LbPolicyRef",
+    "NetworkFilterRef",
     "Path",
     "PluginRef",
     "Reference",
@@ -158,7 +158,7 @@ class Structurer:
     FAILED: ClassVar[object] = object()
     """Returned by the structuring steps when the value had problems (already recorded)."""
 
-    def _structure(self, data: Any, tp: Any, path: Path) -> Any:
+    def _structure(self, data: Any, tp: Any, path: Path) -> Any:  # noqa: PLR0911 - a flat dispatch on the kind of type
         origin = typing.get_origin(tp)
         if tp is Any:
             return data
@@ -318,11 +318,7 @@ class Structurer:
             return self.FAILED
         fields = attrs.fields_dict(cls)
         hints = self._type_hints(cls)
-        for key in data:
-            if key not in fields:
-                known = sorted(name for name in fields if not name.startswith("_"))
-                hint = _suggest(str(key), known) or f"; known fields: {', '.join(known)}"
-                self.problem((*path, str(key)), f"unknown field{hint}")
+        self._check_unknown_fields(data, fields, path)
         kwargs: dict[str, Any] = {}
         failed = False
         for name, field in fields.items():
@@ -352,6 +348,13 @@ class Structurer:
             self.problem(path, str(err))
             return self.FAILED
 
+    def _check_unknown_fields(self, data: Mapping[Any, Any], fields: Mapping[str, Any], path: Path) -> None:
+        for key in data:
+            if key not in fields:
+                known = sorted(name for name in fields if not name.startswith("_"))
+                hint = _suggest(str(key), known) or f"; known fields: {', '.join(known)}"
+                self.problem((*path, str(key)), f"unknown field{hint}")
+
     def _validate_field(self, field: attrs.Attribute[Any], value: Any, path: Path) -> bool:
         validator: Callable[[Any, attrs.Attribute[Any], Any], Any] | None = field.validator
         if validator is None:
@@ -380,7 +383,9 @@ class Structurer:
             ((name, section),) = data.items()
         else:
             word = _KIND_WORDS.get(kind, kind)
-            self.problem(path, f"must be a {word} name or a mapping of one name to its config, got {_describe(data)}")
+            self.problem(
+                path, f"must be a {word} name or a mapping of one name to its config, got {_describe(data)}"
+            )
             return self.FAILED
         known = self.catalog.names(kind)
         if name not in known:

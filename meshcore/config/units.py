@@ -27,6 +27,7 @@ _SIZE_UNITS = {
     "GiB": 1024**3,
 }
 _SIZE_RE = re.compile(r"^\s*(-?\d+)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$")
+_MAX_PORT = 65535
 
 
 def _type_name(value: object) -> str:
@@ -128,8 +129,8 @@ class Address:
             msg = f'must put an IPv6 address in brackets ("[::1]:8080"), got {value!r}'
             raise ValueError(msg)
         port = int(port_text)
-        if not 0 <= port <= 65535:
-            msg = f"port must be between 0 and 65535, got {port}"
+        if not 0 <= port <= _MAX_PORT:
+            msg = f"port must be between 0 and {_MAX_PORT}, got {port}"
             raise ValueError(msg)
         return cls(host, port)
 
