@@ -7,6 +7,7 @@ structurer calls it, so a plugin author can define a scalar type of their own th
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from typing import Any, Self
 
@@ -45,7 +46,10 @@ class Duration(float):
             msg = f'must be a duration such as "250ms" or "2s", got {value!r}'
             raise ValueError(msg)
         if isinstance(value, int | float):
-            seconds = float(value)
+            try:
+                seconds = float(value)
+            except OverflowError:  # an int beyond float range
+                seconds = math.inf
         elif isinstance(value, str):
             match = _DURATION_RE.match(value)
             if match is None:
@@ -54,6 +58,9 @@ class Duration(float):
             seconds = float(match[1]) * _DURATION_UNITS[match[2]]
         else:
             msg = f'must be a duration such as "250ms" or "2s", got {_type_name(value)}'
+            raise ValueError(msg)
+        if not math.isfinite(seconds):  # YAML's .nan and .inf, or digits beyond float range
+            msg = f"must be a finite duration, got {value!r}"
             raise ValueError(msg)
         if seconds < 0:
             msg = f"must be >= 0, got {value!r}"
@@ -65,11 +72,15 @@ class Duration(float):
 
 
 def format_duration(seconds: float) -> str:
-    """Render seconds the way a human writes them in config ("250ms", "2s")."""
+    """Render seconds the way a human writes them in config ("250ms", "2s").
+
+    15 significant digits: ``{:g}``'s default of 6 would render 1000001s as "1e+06s",
+    which is neither the same duration nor one that parses.
+    """
     if seconds and seconds < 1:
         ms = seconds * 1000
-        return f"{ms:g}ms" if ms >= 1 else f"{seconds * 1e6:g}us"
-    return f"{seconds:g}s"
+        return f"{ms:.15g}ms" if ms >= 1 else f"{seconds * 1e6:.15g}us"
+    return f"{seconds:.15g}s"
 
 
 class ByteSize(int):
@@ -112,7 +123,9 @@ class Address:
             msg = f'must be an address "host:port", got {_type_name(value)}'
             raise ValueError(msg)
         host, sep, port_text = value.rpartition(":")
-        if not sep or not host or not port_text.isdigit():
+        # isascii: str.isdigit() also accepts digits that int() rejects ("²") or that nobody
+        # means as a port (fullwidth "\uff18\uff10").
+        if not sep or not host or not (port_text.isascii() and port_text.isdigit()):
             msg = f'must be an address "host:port", got {value!r}'
             raise ValueError(msg)
         if host.startswith("["):
