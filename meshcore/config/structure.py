@@ -126,6 +126,15 @@ def _describe(value: object) -> str:
     return f"{value!r}" if isinstance(value, int | float | str) else type(value).__name__
 
 
+def _reason(err: Exception) -> str:
+    """The reason an error gives, without the extra arguments attrs' validators attach.
+
+    ``attrs.validators.in_`` and friends raise ``ValueError(message, attribute, ...)``, whose
+    ``str()`` is the repr of that whole tuple.
+    """
+    return str(err.args[0]) if len(err.args) > 1 else str(err)
+
+
 def _suggest(word: str, choices: Sequence[str]) -> str:
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
@@ -212,7 +221,7 @@ class Structurer:
         try:
             return tp.__meshcore_parse__(data)
         except (ValueError, TypeError) as err:
-            self.problem(path, str(err))
+            self.problem(path, _reason(err))
             return self.FAILED
 
     def _enum(self, data: Any, tp: type[enum.Enum], path: Path) -> Any:
@@ -345,7 +354,7 @@ class Structurer:
         try:
             return cls(**kwargs)
         except (ValueError, TypeError) as err:
-            self.problem(path, str(err))
+            self.problem(path, _reason(err))
             return self.FAILED
 
     def _check_unknown_fields(self, data: Mapping[Any, Any], fields: Mapping[str, Any], path: Path) -> None:
@@ -362,7 +371,7 @@ class Structurer:
         try:
             validator(None, field, value)
         except (ValueError, TypeError) as err:
-            self.problem(path, str(err))
+            self.problem(path, _reason(err))
             return False
         return True
 
