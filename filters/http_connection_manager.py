@@ -6,7 +6,7 @@ filters (the last one the router) and encodes the responses.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import attrs
 
@@ -22,18 +22,14 @@ class HttpConnectionManagerConfig:
     http_filters: tuple[HttpFilterRef, ...] = attrs.field(
         default=(HttpFilterRef(name="router"),), validator=non_empty
     )
-    stat_prefix: str = ""
     codec: Literal["h11"] = "h11"
+    """The HTTP/1.1 codec; h11 is the reference (the seam for faster ones)."""
     max_request_headers_size: ByteSize = ByteSize(60 * 1024)
     max_request_headers: int = attrs.field(default=100, validator=at_least(1))
     request_headers_timeout: Duration = Duration(10)
     idle_timeout: Duration = Duration(300)
     max_requests_per_connection: int = attrs.field(default=0, validator=at_least(0))
-    server_name: str = "meshcore"
-
-
-def _factory(config: HttpConnectionManagerConfig, context: Any) -> Any:
-    return meshcore.http_connection_manager(config, context)
+    """0: no limit."""
 
 
 @meshcore.hookimpl
@@ -42,7 +38,7 @@ def meshcore_network_filters() -> list[meshcore.NetworkFilterType]:
     return [
         meshcore.NetworkFilterType(
             name="http_connection_manager",
-            factory=_factory,
+            factory=meshcore.HttpConnectionManager,
             config=HttpConnectionManagerConfig,
             ends_chain=True,
             description="HTTP/1.1 codec; runs each request through a chain of HTTP filters",

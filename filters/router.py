@@ -1,23 +1,96 @@
-"""``router``: the terminal HTTP filter that forwards a request along its route."""
+"""``router``: the terminal HTTP filter that forwards a request along its route.
+
+The route was matched before the chain ran (``request.route``). Its action is one of:
+forward to a cluster (with rewrites, header edits and a timeout), answer directly, or
+redirect. Failures become local replies whose response flag says why.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import attrs
+import structlog
 
 import meshcore
+from meshcore import FilterContext, HttpHandler, Request, Response, ResponseFlag, UpstreamError
+
+log = structlog.get_logger("meshcore.router")
 
 
 @attrs.frozen(kw_only=True)
 class RouterConfig:
     """Config of ``router``."""
 
-    suppress_envoy_headers: bool = False
+    add_forwarded_headers: bool = True
+    """Append the client address to ``x-forwarded-for`` and set ``x-forwarded-proto``."""
 
 
-def _factory(config: RouterConfig, context: Any) -> Any:
-    return meshcore.router(config, context)
+def _local(request: Request, flag: ResponseFlag, message: str, status: int | None = None) -> Response:
+    request.info.flags.add(flag)
+    return Response.local(status or flag.status, f"{message}\n")
+
+
+class Router:
+    """The ``router`` filter for one Snapshot."""
+
+    def __init__(self, config: RouterConfig, context: FilterContext) -> None:
+        self._clusters = context.clusters
+        self._forwarded = config.add_forwarded_headers
+
+    async def __call__(self, request: Request, call_next: HttpHandler) -> Response:
+        """Serve ``request`` along its route (terminal: ``call_next`` is not called)."""
+        route = request.route
+        if route is None:
+            return _local(request, ResponseFlag.NO_ROUTE, f"no route for {request.authority}{request.path_only}")
+        action = route.config
+        if action.direct_response is not None:
+            request.info.flags.add(ResponseFlag.DIRECT_RESPONSE)
+            direct = action.direct_response
+            return Response.local(direct.status, direct.body, content_type=direct.content_type)
+        if action.redirect is not None:
+            request.info.flags.add(ResponseFlag.DIRECT_RESPONSE)
+            return Response.local(action.redirect.status, headers=[("location", _location(request, route))])
+        name = route.pick_cluster()
+        cluster = self._clusters.get(name) if name is not None else None
+        if cluster is None:
+            return _local(request, ResponseFlag.NO_CLUSTER_FOUND, f"no cluster {name!r} for route {route.name!r}")
+        request.path = route.rewrite_path(request.path)
+        if action.host_rewrite is not None:
+            request.authority = action.host_rewrite
+        headers = request.headers
+        for header in action.request_headers_to_remove:
+            headers.remove(header)
+        for header, value in action.request_headers_to_add.items():
+            headers.add(header, value)
+        if self._forwarded:
+            headers.add(b"x-forwarded-for", request.info.downstream_address.rpartition(":")[0].strip("[]"))
+            headers.set(b"x-forwarded-proto", request.scheme)
+        try:
+            response = await cluster.send(request, timeout=action.timeout)
+        except UpstreamError as err:
+            log.info("upstream_failed", route=route.name, cluster=name, flags=err.flag.value, reason=str(err))
+            return _local(request, err.flag, str(err))
+        for header in action.response_headers_to_remove:
+            response.headers.remove(header)
+        for header, value in action.response_headers_to_add.items():
+            response.headers.add(header, value)
+        return response
+
+
+def _location(request: Request, route: Any) -> str:
+    redirect = route.config.redirect
+    scheme = redirect.scheme or request.scheme
+    host = redirect.host or request.host
+    port = f":{redirect.port}" if redirect.port else ""
+    if redirect.path is not None:
+        path = redirect.path
+    elif redirect.prefix_rewrite is not None and route.config.match.prefix is not None:
+        path = redirect.prefix_rewrite + request.path_only[len(route.config.match.prefix) :]
+    else:
+        path = request.path_only
+    query = "" if redirect.strip_query or not request.query else f"?{request.query}"
+    return f"{scheme}://{host}{port}{path}{query}"
 
 
 @meshcore.hookimpl
@@ -26,7 +99,7 @@ def meshcore_http_filters() -> list[meshcore.HttpFilterType]:
     return [
         meshcore.HttpFilterType(
             name="router",
-            factory=_factory,
+            factory=Router,
             config=RouterConfig,
             ends_chain=True,
             description="forwards to the route's cluster, answers directly, or redirects",

@@ -36,7 +36,16 @@ from meshcore.plugin import (
     PluginType,
     hookimpl,
 )
+from meshcore.http.flags import ResponseFlag
+from meshcore.http.manager import HttpConnectionManager, build_chain
+from meshcore.http.messages import Body, Headers, HttpHandler, Request, Response, StreamInfo
 from meshcore.registry import PluginInfo, Registry, build_registry
+from meshcore.runtime.cluster import Cluster as UpstreamCluster
+from meshcore.runtime.cluster import Host, UpstreamError
+from meshcore.runtime.context import Connection, FilterContext
+from meshcore.runtime.listener import NetworkHandler
+from meshcore.runtime.proxy import Proxy
+from meshcore.runtime.stats import Counter, Gauge, Histogram, Stats
 
 try:
     __version__ = version("meshcore")
@@ -45,32 +54,51 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 __all__ = [
     "Address",
+    "Body",
     "ByteSize",
     "Catalog",
     "Cluster",
     "ConfigError",
     "ConfigProblem",
     "ConfigSourceType",
+    "Connection",
+    "Counter",
     "Duration",
+    "FilterContext",
+    "Gauge",
+    "Headers",
+    "Histogram",
+    "Host",
+    "HttpConnectionManager",
     "HttpFilterRef",
     "HttpFilterType",
+    "HttpHandler",
     "LbPolicyRef",
     "LbPolicyType",
     "MeshcoreError",
     "NetworkFilterRef",
     "NetworkFilterType",
+    "NetworkHandler",
     "PluginError",
     "PluginInfo",
     "PluginType",
     "ProtocolError",
+    "Proxy",
     "Registry",
+    "Request",
+    "Response",
+    "ResponseFlag",
     "Route",
     "RouteConfiguration",
     "Snapshot",
+    "Stats",
+    "StreamInfo",
+    "UpstreamCluster",
+    "UpstreamError",
     "VirtualHost",
-    "__version__",
     "at_least",
     "at_most",
+    "build_chain",
     "build_registry",
     "hookimpl",
     "load_snapshot",
@@ -78,4 +106,5 @@ __all__ = [
     "ref",
     "regex",
     "snapshot_from_data",
+    "__version__",
 ]

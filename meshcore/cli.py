@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import signal
+import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
+
+import trio
 
 import meshcore
-from meshcore.config import CONFIG_SUFFIXES
+from meshcore.cli_demo import cmd_demo
+from meshcore.config import CONFIG_SUFFIXES, Duration
+from meshcore.logs import LEVELS
+from meshcore.logs import configure as configure_logging
 from meshcore.errors import ConfigError
 from meshcore.registry import KINDS, Registry, build_registry
+from meshcore.runtime.server import serve_proxy
 
 __all__ = ["main"]
 
@@ -90,6 +100,77 @@ def cmd_plugins(_args: argparse.Namespace) -> int:
     return 1 if registry.problems else 0
 
 
+def _source(path: str, registry: Registry, poll_interval: float) -> Any:
+    config_type = registry.get("config_source", "file")
+    assert config_type is not None and config_type.config is not None  # noqa: S101 - built in
+    return config_type.factory(config_type.config(path=path, poll_interval=Duration(poll_interval)), registry)
+
+
+def cmd_proxy(args: argparse.Namespace) -> int:
+    """Run a proxy from a config file until SIGTERM/SIGINT (drain) ; SIGHUP reloads."""
+    configure_logging(args.log_level, fmt=args.log_format)
+    registry = build_registry()
+    _report_plugin_problems(registry, sys.stderr)
+    if args.workers > 1:
+        return run_workers(args, registry)
+    source = _source(args.config, registry, args.poll_interval)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                functools.partial(
+                    serve_proxy,
+                    source,
+                    registry,
+                    handle_signals=True,
+                    reuse_port=args.reuse_port,
+                    admin=not args.no_admin,
+                )
+            )
+
+    try:
+        trio.run(main)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_workers(args: argparse.Namespace, registry: Registry) -> int:
+    """Run ``--workers N`` processes sharing the listeners (SO_REUSEPORT)."""
+    source = _source(args.config, registry, args.poll_interval)
+    try:
+        source.load()  # fail fast, once, before starting N processes
+    except ConfigError as err:
+        for problem in err.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    argv = [sys.executable, "-m", "meshcore", "proxy", "-c", args.config, "--workers", "1", "--reuse-port"]
+    argv += ["--log-level", args.log_level, "--log-format", args.log_format]
+    procs = [subprocess.Popen([*argv, "--no-admin"] if i else argv) for i in range(args.workers)]  # noqa: S603
+    try:
+        return max(p.wait() for p in procs)
+    except KeyboardInterrupt:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        return max(p.wait() for p in procs)
+
+
+def cmd_upstream(args: argparse.Namespace) -> int:
+    """Run the sample upstream (echo, status, bytes, delay, ...) until interrupted."""
+    from meshcore.testing.upstreams import serve_upstream  # noqa: PLC0415 - only this command
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            host, port = await nursery.start(functools.partial(serve_upstream, args.host, args.port, name=args.name))
+            print(f"sample upstream listening on {host}:{port}", flush=True)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        trio.run(main)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``meshcore``."""
     parser = argparse.ArgumentParser(
@@ -111,6 +192,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     plugins = commands.add_parser("plugins", help="list plugins and what they provide")
     plugins.set_defaults(func=cmd_plugins)
+
+    proxy = commands.add_parser(
+        "proxy",
+        help="run a proxy from a config file",
+        description="Run a proxy. SIGTERM/SIGINT drain in-flight requests and exit 0; SIGHUP reloads "
+        "the config (so does a change to the file). A bad reload is logged and the old config keeps serving.",
+    )
+    proxy.add_argument("-c", "--config", required=True, metavar="FILE", help="the config file")
+    proxy.add_argument("--workers", type=int, default=1, help="processes sharing the listeners (default 1)")
+    proxy.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    proxy.add_argument("--no-admin", action="store_true", help=argparse.SUPPRESS)
+    proxy.add_argument("--poll-interval", type=float, default=1.0, help="seconds between config file checks")
+    proxy.add_argument("--log-level", default="info", choices=sorted(LEVELS))
+    proxy.add_argument("--log-format", default="auto", choices=["auto", "json", "console"])
+    proxy.set_defaults(func=cmd_proxy)
+
+    upstream = commands.add_parser("upstream", help="run the sample upstream server (for demos and tests)")
+    upstream.add_argument("--host", default="127.0.0.1")
+    upstream.add_argument("--port", type=int, default=8080)
+    upstream.add_argument("--name", default="upstream", help="sent back in the x-upstream header")
+    upstream.set_defaults(func=cmd_upstream)
+
+    demo = commands.add_parser(
+        "demo",
+        help="start a sample upstream and a proxy from examples/, send requests through it, and show what happened",
+    )
+    demo.add_argument("-c", "--config", default="examples/http-proxy.yaml", metavar="FILE")
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -1,13 +1,25 @@
-"""``file``: the simplest config source, a YAML, TOML or JSON file on disk."""
+"""``file``: the simplest config source, a YAML, TOML or JSON file on disk.
+
+It loads the file once to start, then reloads it when it changes (polled) and when asked
+to (the CLI asks on SIGHUP). A file that fails to load or validate is logged with every
+problem, and the last good Snapshot keeps serving.
+"""
 
 from __future__ import annotations
 
+import math
+import os
+from collections.abc import Callable
 from typing import Any
 
 import attrs
+import structlog
+import trio
 
 import meshcore
-from meshcore import non_empty
+from meshcore import ConfigError, Duration, Registry, Snapshot, non_empty
+
+log = structlog.get_logger("meshcore.file_source")
 
 
 @attrs.frozen(kw_only=True)
@@ -15,10 +27,60 @@ class FileSourceConfig:
     """Config of the ``file`` source."""
 
     path: str = attrs.field(validator=non_empty)
+    poll_interval: Duration = Duration(1)
+    """How often to look for changes (0: only on explicit reloads, e.g. SIGHUP)."""
 
 
-def _factory(config: FileSourceConfig, registry: Any) -> Any:
-    return meshcore.file_source(config.path, registry)
+class FileSource:
+    """Snapshots from one config file."""
+
+    def __init__(self, config: FileSourceConfig, registry: Registry) -> None:
+        self.config = config
+        self.registry = registry
+        self._reload = trio.Event()
+        self._signature: tuple[int, int, int] | None = None
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.config.path)
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size, st.st_ino
+
+    def load(self) -> Snapshot:
+        """Load and validate the file now; ConfigError with every problem if it is bad."""
+        self._signature = self._stat()
+        return meshcore.load_snapshot(self.config.path, self.registry)
+
+    def reload(self) -> None:
+        """Ask for a reload now (SIGHUP), whether or not the file changed."""
+        self._reload.set()
+
+    async def run(self, apply: Callable[[Snapshot], None], *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Apply the file's Snapshot, then every good change to it, forever.
+
+        The first load must succeed (its ConfigError propagates); later bad files are
+        logged and skipped.
+        """
+        apply(self.load())
+        task_status.started()
+        interval = float(self.config.poll_interval) or math.inf
+        while True:
+            with trio.move_on_after(interval):
+                await self._reload.wait()
+            forced = self._reload.is_set()
+            self._reload = trio.Event()
+            if not forced and self._stat() == self._signature:
+                continue
+            try:
+                apply(self.load())
+            except ConfigError as err:
+                log.error(
+                    "config_rejected",
+                    path=self.config.path,
+                    problems=[str(p) for p in err.problems],
+                    kept="previous snapshot",
+                )
 
 
 @meshcore.hookimpl
@@ -27,7 +89,7 @@ def meshcore_config_sources() -> list[meshcore.ConfigSourceType]:
     return [
         meshcore.ConfigSourceType(
             name="file",
-            factory=_factory,
+            factory=FileSource,
             config=FileSourceConfig,
             description="a YAML, TOML or JSON file, reloaded on change and on SIGHUP",
         )

@@ -1,0 +1,1 @@
+"""HTTP: the message model, the codec seam and its h11 codecs, routing, the connection manager."""

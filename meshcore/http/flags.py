@@ -1,0 +1,43 @@
+"""Response flags: why a reply was generated locally, or why a request failed.
+
+In the spirit of Envoy's access-log flags, so that a user never has to guess why they got
+a 503. Every locally generated reply and every access-log line carries them.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["ResponseFlag"]
+
+
+class ResponseFlag(enum.Enum):
+    """A short code in access logs and the ``x-meshcore-flags`` reply header, with its meaning."""
+
+    description: str
+    status: int
+
+    def __new__(cls, code: str, description: str, status: int) -> ResponseFlag:
+        member = object.__new__(cls)
+        member._value_ = code
+        member.description = description
+        member.status = status
+        return member
+
+    NO_ROUTE = ("NR", "no route matched the request", 404)
+    NO_CLUSTER_FOUND = ("NC", "the route names a cluster that does not exist", 503)
+    NO_HEALTHY_UPSTREAM = ("UH", "the cluster has no healthy endpoint", 503)
+    UPSTREAM_CONNECTION_FAILURE = ("UF", "connecting to the upstream endpoint failed", 503)
+    UPSTREAM_CONNECTION_TERMINATION = ("UC", "the upstream closed the connection before responding", 503)
+    UPSTREAM_RESET = ("UR", "the upstream reset the stream mid-response", 502)
+    UPSTREAM_REQUEST_TIMEOUT = ("UT", "the route timeout expired before the upstream responded", 504)
+    UPSTREAM_OVERFLOW = ("UO", "the connection pool or circuit breaker is full", 503)
+    UPSTREAM_PROTOCOL_ERROR = ("UPE", "the upstream broke the HTTP protocol", 502)
+    DOWNSTREAM_CONNECTION_TERMINATION = ("DC", "the client closed the connection before the response ended", 0)
+    DOWNSTREAM_PROTOCOL_ERROR = ("DPE", "the client broke the HTTP protocol", 400)
+    DOWNSTREAM_HEADERS_TIMEOUT = ("DHT", "the client did not send the request headers in time", 408)
+    LOCAL_RATE_LIMITED = ("RL", "a local rate limit rejected the request", 429)
+    FAULT_INJECTED = ("FI", "a fault filter aborted the request", 0)
+    DELAY_INJECTED = ("DI", "a fault filter delayed the request", 0)
+    UNAUTHORIZED = ("UAEX", "an authorization filter denied the request", 403)
+    DIRECT_RESPONSE = ("DR", "the route answered directly (direct response or redirect)", 0)

@@ -1,0 +1,184 @@
+"""The reference HTTP/1.1 codecs, over h11, with the strictness a proxy needs.
+
+h11 is lenient where a proxy must not be (request smuggling): it accepts obs-fold
+continuation lines, bare LF line endings, and a request carrying both Content-Length
+and Transfer-Encoding. The server codec rejects those before h11 sees them.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+import h11
+
+from meshcore.errors import ProtocolError
+from meshcore.http.codec import (
+    CLOSED,
+    NEED_DATA,
+    ClientEvent,
+    Data,
+    EndOfMessage,
+    Informational,
+    RawHeaders,
+    RequestHead,
+    ResponseHead,
+    ServerEvent,
+)
+
+__all__ = ["H11ClientCodec", "H11ServerCodec"]
+
+_CRLF2 = b"\r\n\r\n"
+
+
+def _check_head(head: bytes | bytearray) -> None:
+    """Reject obs-fold and bare LF in a request head (through its final CRLF)."""
+    if head.count(b"\n") != head.count(b"\r\n"):
+        msg = "bare LF line ending in request head"
+        raise ProtocolError(msg, status=400)
+    if b"\n " in head or b"\n\t" in head:
+        msg = "obsolete line folding (obs-fold) in request headers"
+        raise ProtocolError(msg, status=400)
+
+
+class H11ServerCodec:
+    """Downstream HTTP/1.1 over h11: requests in, responses out."""
+
+    __slots__ = ("_conn", "_head", "_head_done", "_max_head")
+
+    def __init__(self, *, max_head_size: int = 60 * 1024) -> None:
+        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head_size)
+        self._max_head = max_head_size
+        self._head = bytearray()
+        self._head_done = False
+
+    def receive_data(self, data: bytes) -> None:
+        if not self._head_done and data:
+            self._head += data
+            end = self._head.find(_CRLF2)
+            if end >= 0:
+                _check_head(self._head[: end + 4])
+                self._head_done = True
+                self._head.clear()
+            elif len(self._head) > self._max_head:
+                msg = f"request head larger than {self._max_head} bytes"
+                raise ProtocolError(msg, status=431)
+        self._conn.receive_data(data)
+
+    def next_event(self) -> ServerEvent:
+        try:
+            event = self._conn.next_event()
+        except h11.RemoteProtocolError as err:
+            raise ProtocolError(str(err), status=err.error_status_hint) from err
+        if type(event) is h11.Request:
+            if not self._head_done:
+                # h11 parsed a head we never saw end in CRLF CRLF: it ended in bare LFs.
+                msg = "bare LF line ending in request head"
+                raise ProtocolError(msg, status=400)
+            headers = cast("RawHeaders", list(event.headers))
+            has_cl = has_te = False
+            for name, _ in headers:
+                has_cl = has_cl or name == b"content-length"
+                has_te = has_te or name == b"transfer-encoding"
+            if has_cl and has_te:
+                msg = "request has both Content-Length and Transfer-Encoding"
+                raise ProtocolError(msg, status=400)
+            return RequestHead(event.method, event.target, headers, event.http_version)
+        if type(event) is h11.Data:
+            return Data(bytes(event.data))
+        if type(event) is h11.EndOfMessage:
+            trailers = cast("RawHeaders", list(event.headers)) if event.headers else None
+            return EndOfMessage(trailers)
+        if event is h11.NEED_DATA:
+            return NEED_DATA
+        if type(event) is h11.ConnectionClosed:
+            return CLOSED
+        # PAUSED: the next request is pipelined behind an unfinished response.
+        return NEED_DATA
+
+    @property
+    def expects_continue(self) -> bool:
+        return bool(self._conn.they_are_waiting_for_100_continue)
+
+    def send_informational(self, status: int, headers: RawHeaders) -> bytes:
+        return self._conn.send(h11.InformationalResponse(status_code=status, headers=headers)) or b""
+
+    def send_response_head(self, status: int, headers: RawHeaders) -> bytes:
+        try:
+            return self._conn.send(h11.Response(status_code=status, headers=headers)) or b""
+        except h11.LocalProtocolError as err:
+            raise ProtocolError(f"cannot send response: {err}", status=502, remote=False) from err
+
+    def send_data(self, data: bytes) -> bytes:
+        return self._conn.send(h11.Data(data=data)) or b""
+
+    def send_end(self, trailers: RawHeaders | None = None) -> bytes:
+        return self._conn.send(h11.EndOfMessage(headers=trailers or [])) or b""
+
+    def start_next_cycle(self) -> bool:
+        conn = self._conn
+        if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+            return False
+        conn.start_next_cycle()
+        self._head_done = False
+        return True
+
+    @property
+    def request_complete(self) -> bool:
+        """The whole current request, body included, has been received."""
+        return self._conn.their_state is h11.DONE
+
+    @property
+    def response_started(self) -> bool:
+        """A response head has been sent for the current request."""
+        return self._conn.our_state in (h11.SEND_BODY, h11.DONE, h11.MUST_CLOSE)
+
+
+class H11ClientCodec:
+    """Upstream HTTP/1.1 over h11: requests out, responses in."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self) -> None:
+        self._conn = h11.Connection(h11.CLIENT)
+
+    def send_request_head(self, method: bytes, target: bytes, headers: RawHeaders) -> bytes:
+        try:
+            return self._conn.send(h11.Request(method=method, target=target, headers=headers)) or b""
+        except h11.LocalProtocolError as err:
+            raise ProtocolError(f"cannot forward request: {err}", status=400, remote=False) from err
+
+    def send_data(self, data: bytes) -> bytes:
+        return self._conn.send(h11.Data(data=data)) or b""
+
+    def send_end(self, trailers: RawHeaders | None = None) -> bytes:
+        return self._conn.send(h11.EndOfMessage(headers=trailers or [])) or b""
+
+    def receive_data(self, data: bytes) -> None:
+        self._conn.receive_data(data)
+
+    def next_event(self) -> ClientEvent:
+        try:
+            event = self._conn.next_event()
+        except h11.RemoteProtocolError as err:
+            raise ProtocolError(f"upstream: {err}", status=502) from err
+        if type(event) is h11.Response:
+            return ResponseHead(
+                event.status_code, cast("RawHeaders", list(event.headers)), event.http_version, event.reason
+            )
+        if type(event) is h11.Data:
+            return Data(bytes(event.data))
+        if type(event) is h11.EndOfMessage:
+            trailers = cast("RawHeaders", list(event.headers)) if event.headers else None
+            return EndOfMessage(trailers)
+        if type(event) is h11.InformationalResponse:
+            return Informational(event.status_code, cast("RawHeaders", list(event.headers)))
+        if type(event) is h11.ConnectionClosed:
+            return CLOSED
+        return NEED_DATA
+
+    def start_next_cycle(self) -> bool:
+        conn = self._conn
+        if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+            return False
+        conn.start_next_cycle()
+        return True

@@ -1,0 +1,434 @@
+"""The HTTP connection manager: the terminal L4 filter that speaks HTTP/1.1.
+
+Per Snapshot it compiles the route table and the L7 filter chain (and a chain per route
+that overrides filter settings). Per connection it runs one loop: no task per request.
+Per request: decode the head, match the route, run the chain, stream the response.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import structlog
+import trio
+
+from meshcore.config import FilterOverrides
+from meshcore.config.structure import HttpFilterRef
+from meshcore.errors import ProtocolError
+from meshcore.http.codec import CLOSED, NEED_DATA, Data, EndOfMessage, RequestHead
+from meshcore.http.flags import ResponseFlag
+from meshcore.http.h1 import H11ServerCodec
+from meshcore.http.messages import Body, Headers, HttpHandler, Request, Response, StreamInfo
+from meshcore.http.routing import CompiledRoute, RouteTable
+from meshcore.http.semantics import HOP_BY_HOP
+from meshcore.runtime.context import Connection, FilterContext
+from meshcore.runtime.stats import Counter, Stats
+
+__all__ = ["HttpConnectionManager", "build_chain"]
+
+log = structlog.get_logger("meshcore.http")
+access_log = structlog.get_logger("meshcore.access")
+
+RECEIVE_SIZE = 64 * 1024
+HttpFilter = Callable[[Request, HttpHandler], Awaitable[Response]]
+
+
+async def _end_of_chain(request: Request) -> Response:
+    """Behind the terminal filter: reached only if the chain has no terminal filter."""
+    msg = f"the filter chain ended without a response for {request.method} {request.path}"
+    raise ProtocolError(msg, status=500, remote=False)
+
+
+def _bind(filter_: HttpFilter, call_next: HttpHandler) -> HttpHandler:
+    async def handler(request: Request) -> Response:
+        return await filter_(request, call_next)
+
+    return handler
+
+
+def build_chain(filters: Sequence[HttpFilter]) -> HttpHandler:
+    """Compose onion-shaped filters into one handler (once per Snapshot)."""
+    handler: HttpHandler = _end_of_chain
+    for filter_ in reversed(filters):
+        handler = _bind(filter_, handler)
+    return handler
+
+
+class _HeadersTimeout(ProtocolError):
+    """The client did not send a complete request head within the headers timeout."""
+
+
+class _RouteRuntime:
+    """Per-route parts compiled once: its chain (if it overrides filters) and its stats."""
+
+    __slots__ = ("chain", "classes", "requests")
+
+    def __init__(self, chain: HttpHandler | None, stats: Stats, labels: dict[str, str]) -> None:
+        self.chain = chain
+        self.requests = stats.counter("route_rq_total", **labels)
+        self.classes = [stats.counter("route_rq_xx", code_class=f"{i}xx", **labels) for i in range(1, 6)]
+
+
+class HttpConnectionManager:
+    """The compiled HTTP side of one filter chain for one Snapshot."""
+
+    def __init__(self, config: Any, context: FilterContext) -> None:
+        self.config = config
+        self.context = context
+        self.listener = context.listener
+        self.scheme = "https" if context.tls else "http"
+        self.access_log = context.access_log
+        self.max_head = int(config.max_request_headers_size)
+        self.max_headers = int(config.max_request_headers)
+        self.headers_timeout = float(config.request_headers_timeout) or math.inf
+        self.idle_timeout = float(config.idle_timeout) or math.inf
+        self.max_requests = int(config.max_requests_per_connection) or math.inf
+        route_config = context.snapshot.route_config(config.route_config)
+        if route_config is None:  # the loader checks references; this is a bug guard
+            msg = f"unknown route config {config.route_config!r}"
+            raise ValueError(msg)
+        self.routes = RouteTable.compile(route_config)
+        refs: tuple[HttpFilterRef, ...] = config.http_filters
+        self.chain = build_chain([self._build_filter(ref.name, ref.config) for ref in refs])
+        stats = context.stats
+        for route in (r for vh in self.routes.virtual_hosts for r in vh.routes):
+            labels = {"route": route.name, "virtual_host": route.virtual_host}
+            overrides: FilterOverrides = route.config.filters
+            chain = self._route_chain(refs, overrides) if overrides.by_filter else None
+            route.chain = _RouteRuntime(chain, stats, labels)
+        labels = {"listener": self.listener}
+        self.stat_rq_total = stats.counter("http_downstream_rq_total", **labels)
+        self.stat_rq_active = stats.gauge("http_downstream_rq_active", **labels)
+        self.stat_classes = [stats.counter("http_downstream_rq_xx", code_class=f"{i}xx", **labels) for i in range(1, 6)]
+        self.stat_bytes_in = stats.counter("http_downstream_rq_rx_bytes_total", **labels)
+        self.stat_bytes_out = stats.counter("http_downstream_rq_tx_bytes_total", **labels)
+        self.stat_latency = stats.histogram("http_downstream_rq_time_ms", **labels)
+        self.stat_rejected = stats.counter("http_downstream_rq_rejected", **labels)
+        self.draining = False
+        self.idle_scopes: set[trio.CancelScope] = set()
+
+    def drain(self) -> None:
+        """Finish current requests, then close: idle connections close now, busy ones after
+        their response (which says ``connection: close``)."""
+        self.draining = True
+        for scope in self.idle_scopes:
+            scope.cancel()
+
+    def _build_filter(self, name: str, config: Any) -> HttpFilter:
+        found = self.context.registry.get("http_filter", name)
+        if found is None:  # the loader checks names; this is a bug guard
+            msg = f"unknown HTTP filter {name!r}"
+            raise ValueError(msg)
+        built: HttpFilter = found.factory(config, self.context)
+        return built
+
+    def _route_chain(self, refs: Sequence[HttpFilterRef], overrides: FilterOverrides) -> HttpHandler:
+        filters = []
+        for ref in refs:
+            override = overrides.by_filter.get(ref.name)
+            if override == FilterOverrides.DISABLED:
+                continue
+            filters.append(self._build_filter(ref.name, ref.config if override is None else override))
+        return build_chain(filters)
+
+    async def __call__(self, conn: Connection, call_next: Callable[[Connection], Awaitable[None]]) -> None:
+        """Serve HTTP/1.1 on ``conn`` until it closes (terminal: ``call_next`` is unused)."""
+        await _H1Session(self, conn).run()
+
+
+class _H1Session:
+    """One downstream HTTP/1.1 connection."""
+
+    __slots__ = ("codec", "conn", "hcm", "served", "stream")
+
+    def __init__(self, hcm: HttpConnectionManager, conn: Connection) -> None:
+        self.hcm = hcm
+        self.conn = conn
+        self.stream = conn.stream
+        self.codec = H11ServerCodec(max_head_size=hcm.max_head)
+        self.served = 0
+
+    async def run(self) -> None:
+        hcm, codec = self.hcm, self.codec
+        while self.served < hcm.max_requests:
+            try:
+                head = await self._read_head()
+            except ProtocolError as err:
+                await self._reject(err)
+                return
+            if head is None:
+                return
+            self.served += 1
+            try:
+                request = self._request(head)
+            except ProtocolError as err:
+                await self._reject(err)
+                return
+            keep_going = await self._serve(request)
+            if not keep_going or not codec.start_next_cycle():
+                return
+
+    async def _receive(self) -> None:
+        data = await self.stream.receive_some(RECEIVE_SIZE)
+        self.codec.receive_data(data)
+
+    async def _read_head(self) -> RequestHead | None:
+        """The next request head; None when the client is gone, idle too long, or we drain.
+
+        Waiting for the first byte is bounded by the idle timeout (and cut short by a drain);
+        from the first byte on, the whole head must arrive within the headers timeout.
+        """
+        hcm, codec = self.hcm, self.codec
+        event = codec.next_event()
+        if event is NEED_DATA:
+            if hcm.draining:
+                return None
+            with trio.move_on_after(hcm.idle_timeout) as idle:
+                hcm.idle_scopes.add(idle)
+                try:
+                    await self._receive()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return None
+                finally:
+                    hcm.idle_scopes.discard(idle)
+            if idle.cancelled_caught:
+                return None
+            event = codec.next_event()
+            if event is NEED_DATA:
+                with trio.move_on_after(hcm.headers_timeout):
+                    while event is NEED_DATA:
+                        try:
+                            await self._receive()
+                        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                            return None
+                        event = codec.next_event()
+                if event is NEED_DATA:
+                    msg = "request headers not received in time"
+                    raise _HeadersTimeout(msg, status=408)
+        if type(event) is RequestHead:
+            return event
+        if event is CLOSED:
+            return None
+        msg = f"unexpected {type(event).__name__} before a request head"
+        raise ProtocolError(msg, status=400)
+
+    async def _reject(self, err: ProtocolError) -> None:
+        """Answer a bad request with its status, log it, and close the connection."""
+        hcm = self.hcm
+        flag = (
+            ResponseFlag.DOWNSTREAM_HEADERS_TIMEOUT
+            if isinstance(err, _HeadersTimeout)
+            else ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR
+        )
+        hcm.stat_rejected.value += 1
+        hcm.stat_classes[err.status // 100 - 1].value += 1
+        log.warning(
+            "request_rejected",
+            listener=hcm.listener,
+            peer=self.conn.peer,
+            status=err.status,
+            flags=flag.value,
+            reason=str(err),
+        )
+        body = f"{err}\n".encode()
+        reason = _REASONS.get(err.status, b"Error")
+        raw = (
+            b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
+            b"connection: close\r\nx-meshcore-flags: %s\r\n\r\n%s"
+        ) % (err.status, reason, len(body), flag.value.encode(), body)
+        try:
+            with trio.move_on_after(1):
+                await self.stream.send_all(raw)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    def _request(self, head: RequestHead) -> Request:
+        authority = b""
+        headers = []
+        for name, value in head.headers:
+            if name == b"host":
+                authority = value
+            elif name not in HOP_BY_HOP:
+                headers.append((name, value))
+            elif name == b"connection":
+                # Drop the headers the Connection header names, too.
+                named = {token.strip().lower() for token in value.split(b",")}
+                headers = [(n, v) for n, v in headers if n not in named]
+        if len(head.headers) > self.hcm.max_headers:
+            msg = f"more than {self.hcm.max_headers} request headers"
+            raise ProtocolError(msg, status=431)
+        length = None
+        chunked = False
+        for name, value in head.headers:
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"transfer-encoding":
+                chunked = True
+        body: Body
+        if length == 0 or (length is None and not chunked):
+            body = Body.empty()
+        else:
+            body = Body(self._read_body_chunk, length=length)
+        info = StreamInfo(downstream_address=self.conn.peer, connection_id=self.conn.id)
+        request = Request(
+            head.method.decode("ascii"),
+            head.target.decode("latin-1"),
+            authority=authority.decode("latin-1"),
+            scheme=self.hcm.scheme,
+            headers=Headers.from_raw(headers),
+            body=body,
+            http_version=head.http_version.decode("ascii"),
+            info=info,
+        )
+        return request
+
+    async def _read_body_chunk(self) -> bytes:
+        codec = self.codec
+        while True:
+            event = codec.next_event()
+            if type(event) is Data:
+                return event.data
+            if type(event) is EndOfMessage:
+                return b""
+            if event is NEED_DATA:
+                if codec.expects_continue:
+                    await self.stream.send_all(codec.send_informational(100, []))
+                await self._receive()
+                continue
+            msg = "client closed the connection in the middle of the request body"
+            raise ProtocolError(msg, status=400)
+
+    async def _serve(self, request: Request) -> bool:
+        """Serve one request; True if the connection may carry another."""
+        hcm = self.hcm
+        hcm.stat_rq_total.value += 1
+        hcm.stat_rq_active.value += 1
+        route: CompiledRoute | None = hcm.routes.match(request)
+        runtime: _RouteRuntime | None = None
+        chain = hcm.chain
+        if route is not None:
+            request.route = route
+            request.info.route_name = route.name
+            runtime = route.chain
+            if runtime is not None:
+                runtime.requests.value += 1
+                if runtime.chain is not None:
+                    chain = runtime.chain
+        try:
+            response = await self._call_chain(chain, request)
+            completed = await self._write_response(request, response)
+        finally:
+            hcm.stat_rq_active.value -= 1
+        hcm.stat_bytes_in.value += request.body.consumed
+        elapsed_ms = (time.monotonic() - request.info.start) * 1000
+        hcm.stat_latency.observe(elapsed_ms)
+        index = min(max(response.status // 100, 1), 5) - 1
+        hcm.stat_classes[index].value += 1
+        if runtime is not None:
+            runtime.classes[index].value += 1
+        if hcm.access_log:
+            self._log_access(request, response, elapsed_ms)
+        if not completed:
+            return False
+        # A request body nobody read keeps the connection out of step: close it.
+        return self.codec.request_complete
+
+    async def _call_chain(self, chain: HttpHandler, request: Request) -> Response:
+        try:
+            return await chain(request)
+        except ProtocolError as err:
+            if err.remote:
+                request.info.flags.add(ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR)
+            log.warning("request_failed", listener=self.hcm.listener, status=err.status, reason=str(err))
+            return Response.local(err.status, f"{err}\n", headers=[("connection", "close")])
+        except Exception:
+            log.exception("filter_chain_crashed", listener=self.hcm.listener, path=request.path)
+            return Response.local(500, "internal error in a filter\n", headers=[("connection", "close")])
+
+    async def _write_response(self, request: Request, response: Response) -> bool:
+        """Stream the response; False if it could not be completed (then the connection closes)."""
+        codec, stream, body = self.codec, self.stream, response.body
+        headers = response.headers.raw
+        info = request.info
+        if info.flags:
+            headers = [*headers, (b"x-meshcore-flags", info.flag_string().encode())]
+        if self.hcm.draining:
+            headers = [*headers, (b"connection", b"close")]
+        try:
+            pending = codec.send_response_head(response.status, headers)
+        except ProtocolError as err:
+            log.warning("response_invalid", listener=self.hcm.listener, reason=str(err))
+            body.close()
+            pending = codec.send_response_head(502, [(b"content-length", b"0"), (b"connection", b"close")])
+            await self._send(pending + codec.send_end())
+            return False
+        sent = 0
+        try:
+            while True:
+                try:
+                    chunk = await body.read()
+                except Exception as err:
+                    # Upstream reset or timeout mid-response: never pass off a truncated body
+                    # as complete. Close without ending the message.
+                    flag = getattr(err, "flag", ResponseFlag.UPSTREAM_RESET)
+                    info.flags.add(flag)
+                    log.warning("response_aborted", listener=self.hcm.listener, flags=flag.value, reason=str(err))
+                    if pending:
+                        await self._send(pending)
+                    return False
+                if not chunk:
+                    break
+                sent += len(chunk)
+                pending += codec.send_data(chunk)
+                if body.length is None or body.consumed < body.length:
+                    await stream.send_all(pending)
+                    pending = b""
+            trailers = body.trailers.raw if body.trailers is not None else None
+            await stream.send_all(pending + codec.send_end(trailers))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            info.flags.add(ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION)
+            body.close()
+            return False
+        finally:
+            self.hcm.stat_bytes_out.value += sent
+        return True
+
+    async def _send(self, data: bytes) -> None:
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    def _log_access(self, request: Request, response: Response, elapsed_ms: float) -> None:
+        info = request.info
+        access_log.info(
+            "request_completed",
+            listener=self.hcm.listener,
+            method=request.method,
+            authority=request.authority,
+            path=request.path,
+            protocol=f"HTTP/{request.http_version}",
+            status=response.status,
+            flags=info.flag_string(),
+            bytes_received=request.body.consumed,
+            bytes_sent=response.body.consumed,
+            duration_ms=round(elapsed_ms, 3),
+            upstream=info.upstream_address,
+            cluster=info.cluster_name,
+            route=info.route_name,
+            peer=info.downstream_address,
+        )
+
+
+_REASONS = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    431: b"Request Header Fields Too Large",
+    501: b"Not Implemented",
+}
+
+

@@ -1,0 +1,335 @@
+"""The one HTTP message model for HTTP/1.1 and HTTP/2: Request, Response, Headers, Body.
+
+Filters never know which protocol carried a request. Bodies are streams (async iterators
+of bytes, pulled on demand so that a slow reader holds back the sender) that end with
+optional trailers (gRPC needs them). Header names are stored lower-case as bytes, the
+way both codecs produce them; the str API encodes and decodes at the edge.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from typing import Any
+
+from meshcore.http.flags import ResponseFlag
+
+__all__ = ["Body", "Headers", "HttpHandler", "Request", "Response", "StreamInfo"]
+
+HeaderPairs = Iterable[tuple[bytes | str, bytes | str]]
+
+
+def _b(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode("latin-1")
+
+
+class Headers:
+    """Ordered, multi-valued HTTP headers (or trailers). Names are case-insensitive.
+
+    ``raw`` is the list of ``(name, value)`` byte pairs, names lower-case, in wire order;
+    codecs read and write it directly.
+    """
+
+    __slots__ = ("raw",)
+
+    def __init__(self, pairs: HeaderPairs = ()) -> None:
+        self.raw: list[tuple[bytes, bytes]] = [(_b(n).lower(), _b(v)) for n, v in pairs]
+
+    @classmethod
+    def from_raw(cls, raw: list[tuple[bytes, bytes]]) -> Headers:
+        """Wrap pairs that are already lower-case bytes (codecs), without copying."""
+        headers = cls.__new__(cls)
+        headers.raw = raw
+        return headers
+
+    def get(self, name: str | bytes, default: str | None = None) -> str | None:
+        """The first value of ``name``, or ``default``."""
+        key = _b(name).lower()
+        for n, v in self.raw:
+            if n == key:
+                return v.decode("latin-1")
+        return default
+
+    def get_all(self, name: str | bytes) -> list[str]:
+        """Every value of ``name``, in order."""
+        key = _b(name).lower()
+        return [v.decode("latin-1") for n, v in self.raw if n == key]
+
+    def get_raw(self, name: bytes) -> bytes | None:
+        """The first value of lower-case ``name`` as bytes (the fast path for codecs)."""
+        for n, v in self.raw:
+            if n == name:
+                return v
+        return None
+
+    def add(self, name: str | bytes, value: str | bytes) -> None:
+        """Append a value, keeping the ones already there."""
+        self.raw.append((_b(name).lower(), _b(value)))
+
+    def set(self, name: str | bytes, value: str | bytes) -> None:
+        """Replace every value of ``name`` with one value."""
+        key = _b(name).lower()
+        self.raw = [(n, v) for n, v in self.raw if n != key]
+        self.raw.append((key, _b(value)))
+
+    def remove(self, name: str | bytes) -> None:
+        """Remove every value of ``name`` (no error if absent)."""
+        key = _b(name).lower()
+        self.raw = [(n, v) for n, v in self.raw if n != key]
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str | bytes):
+            return False
+        key = _b(name).lower()
+        return any(n == key for n, _ in self.raw)
+
+    def items(self) -> Iterator[tuple[str, str]]:
+        """Every ``(name, value)`` as str, in order."""
+        for n, v in self.raw:
+            yield n.decode("latin-1"), v.decode("latin-1")
+
+    def copy(self) -> Headers:
+        """An independent copy."""
+        return Headers.from_raw(list(self.raw))
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Headers) and other.raw == self.raw
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return f"Headers({list(self.items())!r})"
+
+
+ChunkReader = Callable[[], Awaitable[bytes]]
+
+
+class Body:
+    """A streaming message body: chunks pulled on demand, then optional trailers.
+
+    ``read()`` returns the next chunk, ``b""`` once the body has ended. Iterating with
+    ``async for`` yields the chunks. A body can be read once. ``length`` is the declared
+    size when known (Content-Length), else None.
+    """
+
+    __slots__ = ("_close", "_read", "consumed", "done", "length", "trailers")
+
+    def __init__(
+        self, read: ChunkReader | None, *, length: int | None = None, close: Callable[[], None] | None = None
+    ) -> None:
+        self._read = read
+        self._close = close
+        self.length = length
+        self.trailers: Headers | None = None
+        self.done = read is None
+        self.consumed = 0
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, trailers: Headers | None = None) -> Body:
+        """A body of known bytes."""
+        chunks = [data] if data else []
+
+        async def read() -> bytes:
+            return chunks.pop() if chunks else b""
+
+        body = cls(read, length=len(data))
+        body.trailers = trailers
+        return body
+
+    @classmethod
+    def from_iterable(cls, chunks: AsyncIterator[bytes], *, length: int | None = None) -> Body:
+        """A body streamed from an async iterator of chunks."""
+
+        async def read() -> bytes:
+            async for chunk in chunks:
+                if chunk:
+                    return chunk
+            return b""
+
+        return cls(read, length=length)
+
+    @classmethod
+    def empty(cls) -> Body:
+        """A body with no bytes."""
+        return cls(None, length=0)
+
+    async def read(self) -> bytes:
+        """The next chunk; ``b""`` when the body has ended."""
+        if self.done or self._read is None:
+            return b""
+        chunk = await self._read()
+        if chunk:
+            self.consumed += len(chunk)
+        else:
+            self.done = True
+        return chunk
+
+    def close(self) -> None:
+        """Abandon the rest of the body (the client went away): release what feeds it."""
+        if not self.done:
+            self.done = True
+            if self._close is not None:
+                self._close()
+
+    async def read_all(self, limit: int | None = None) -> bytes:
+        """Every remaining byte; ProtocolError(413) past ``limit`` bytes."""
+        parts = []
+        size = 0
+        while chunk := await self.read():
+            size += len(chunk)
+            if limit is not None and size > limit:
+                from meshcore.errors import ProtocolError  # noqa: PLC0415 - rare path
+
+                msg = f"body larger than {limit} bytes"
+                raise ProtocolError(msg, status=413)
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[bytes]:
+        while chunk := await self.read():
+            yield chunk
+
+
+class StreamInfo:
+    """What happened to one request: timing, peers, route, flags, upstream. For logs and stats.
+
+    Attributes:
+        start: monotonic time the request head was received.
+        downstream_address: the client's "host:port".
+        connection_id: the downstream connection's id.
+        route_name: the route taken, when one matched.
+        cluster_name: the upstream cluster, when one was chosen.
+        upstream_address: the endpoint that served it, when one did.
+        flags: response flags explaining locally generated replies and failures.
+        metadata: free-form data filters share for the life of the request.
+    """
+
+    __slots__ = (
+        "cluster_name",
+        "connection_id",
+        "downstream_address",
+        "flags",
+        "metadata",
+        "route_name",
+        "start",
+        "upstream_address",
+    )
+
+    def __init__(self, *, downstream_address: str = "", connection_id: int = 0) -> None:
+        self.start = time.monotonic()
+        self.downstream_address = downstream_address
+        self.connection_id = connection_id
+        self.route_name: str | None = None
+        self.cluster_name: str | None = None
+        self.upstream_address: str | None = None
+        self.flags: set[ResponseFlag] = set()
+        self.metadata: dict[str, Any] = {}
+
+    def flag_string(self) -> str:
+        """The flags as Envoy prints them ("NR,UT"), or "-"."""
+        return ",".join(sorted(f.value for f in self.flags)) or "-"
+
+
+class Request:
+    """An HTTP request as filters see it, whatever protocol carried it.
+
+    Attributes:
+        method: "GET", "POST", ...
+        scheme: "http" or "https".
+        authority: Host (HTTP/1.1) or :authority (HTTP/2), port included if given.
+        path: the request target: path and query string.
+        headers: the other headers (no pseudo-headers, no Host).
+        body: the request body stream.
+        http_version: "1.1" or "2".
+        info: what happened to this request (route, flags, ...).
+        route: the matched route (runtime object) or None; set before the filter chain runs.
+    """
+
+    __slots__ = ("authority", "body", "headers", "http_version", "info", "method", "path", "route", "scheme")
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        *,
+        authority: str = "",
+        scheme: str = "http",
+        headers: Headers | None = None,
+        body: Body | None = None,
+        http_version: str = "1.1",
+        info: StreamInfo | None = None,
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.authority = authority
+        self.scheme = scheme
+        self.headers = headers if headers is not None else Headers()
+        self.body = body if body is not None else Body.empty()
+        self.http_version = http_version
+        self.info = info if info is not None else StreamInfo()
+        self.route: Any = None
+
+    @property
+    def path_only(self) -> str:
+        """The path without its query string."""
+        return self.path.partition("?")[0]
+
+    @property
+    def query(self) -> str:
+        """The query string without "?" ("" if none)."""
+        return self.path.partition("?")[2]
+
+    @property
+    def host(self) -> str:
+        """The authority without its port, lower-case."""
+        authority = self.authority.lower()
+        if authority.startswith("["):
+            return authority.partition("]")[0] + "]"
+        return authority.rpartition(":")[0] if ":" in authority else authority
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.authority}{self.path}>"
+
+
+class Response:
+    """An HTTP response as filters see it.
+
+    Build a local reply with :meth:`local`; the flags explain it in logs and stats.
+    """
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, *, headers: Headers | None = None, body: Body | None = None) -> None:
+        self.status = status
+        self.headers = headers if headers is not None else Headers()
+        self.body = body if body is not None else Body.empty()
+
+    @classmethod
+    def local(
+        cls,
+        status: int,
+        body: bytes | str = b"",
+        *,
+        content_type: str = "text/plain",
+        headers: HeaderPairs = (),
+    ) -> Response:
+        """A locally generated reply with a small body."""
+        data = body.encode() if isinstance(body, str) else body
+        h = Headers(headers)
+        if data and "content-type" not in h:
+            h.add(b"content-type", content_type)
+        h.set(b"content-length", str(len(data)))
+        return cls(status, headers=h, body=Body.from_bytes(data))
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status}>"
+
+
+HttpHandler = Callable[[Request], Awaitable[Response]]
+"""The shape of the next handler an L7 filter calls: ``await call_next(request)``."""

@@ -1,0 +1,39 @@
+"""HTTP semantics a proxy applies whatever the codec: hop-by-hop headers."""
+
+from __future__ import annotations
+
+from meshcore.http.codec import RawHeaders
+
+__all__ = ["HOP_BY_HOP", "strip_hop_by_hop"]
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"upgrade",
+        b"trailer",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"expect",
+    }
+)
+
+
+def strip_hop_by_hop(headers: RawHeaders) -> RawHeaders:
+    """Headers without those meaningful for one hop only (RFC 9110 section 7.6.1).
+
+    Also drops any header the Connection header names. ``te`` survives only as
+    ``te: trailers`` (gRPC needs it). Returns the same list when there is nothing to drop.
+    """
+    drop: set[bytes] | None = None
+    for name, value in headers:
+        if name in HOP_BY_HOP or (name == b"te" and value.strip().lower() != b"trailers"):
+            drop = drop or set()
+            drop.add(name)
+            if name == b"connection":
+                drop.update(token.strip().lower() for token in value.split(b","))
+    if drop is None:
+        return headers
+    return [(n, v) for n, v in headers if n not in drop and not (n == b"te" and v.strip().lower() != b"trailers")]

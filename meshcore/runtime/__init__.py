@@ -1,0 +1,1 @@
+"""The proxy runtime: listeners, clusters, stats, admin, config sources (trio)."""

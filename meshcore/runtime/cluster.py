@@ -1,0 +1,413 @@
+"""Upstream clusters: endpoints, a load-balancing policy, and a connection pool per endpoint.
+
+Clusters are updated in place when a new Snapshot arrives: endpoints that stay keep their
+pools (and their idle keep-alive connections); endpoints that go are drained.
+"""
+
+from __future__ import annotations
+
+import math
+import select
+import ssl
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+import structlog
+import trio
+
+from meshcore.config import Cluster as ClusterConfig
+from meshcore.config import Snapshot
+from meshcore.errors import MeshcoreError, ProtocolError
+from meshcore.http.codec import CLOSED, NEED_DATA, Data, EndOfMessage, Informational, ResponseHead
+from meshcore.http.flags import ResponseFlag
+from meshcore.http.h1 import H11ClientCodec
+from meshcore.http.messages import Body, Headers, Request, Response
+from meshcore.http.semantics import strip_hop_by_hop
+from meshcore.runtime.stats import Stats
+
+__all__ = ["Cluster", "ClusterManager", "Host", "UpstreamError"]
+
+log = structlog.get_logger("meshcore.upstream")
+
+RECEIVE_SIZE = 64 * 1024
+
+
+class UpstreamError(MeshcoreError):
+    """A request could not be served by the upstream; ``flag`` says why."""
+
+    def __init__(self, flag: ResponseFlag, message: str) -> None:
+        super().__init__(message)
+        self.flag = flag
+
+
+class Picker(Protocol):
+    """A load balancer's picker (see ``meshcore.filters.load_balancers``)."""
+
+    def pick(self, hosts: list[Host]) -> Host: ...
+
+
+def _close_now(stream: trio.abc.Stream) -> None:
+    """Close a stream's socket without awaiting (abandoned connections)."""
+    if isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if isinstance(stream, trio.SocketStream):
+        stream.socket.close()
+
+
+def _is_stale(stream: trio.abc.Stream) -> bool:
+    """An idle upstream connection that has data or EOF pending is unusable."""
+    if isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if not isinstance(stream, trio.SocketStream):
+        return False
+    try:
+        readable, _, _ = select.select([stream.socket.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    # Readable while idle means EOF, a reset, or bytes nobody asked for: unusable.
+    return bool(readable)
+
+
+class UpstreamConnection:
+    """One HTTP/1.1 connection to an endpoint."""
+
+    __slots__ = ("codec", "idle_since", "stream")
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.codec = H11ClientCodec()
+        self.idle_since = 0.0
+
+
+class Host:
+    """An endpoint of a cluster, with its connection pool and load figures."""
+
+    __slots__ = (
+        "_idle",
+        "_waiters",
+        "active_requests",
+        "address",
+        "cluster",
+        "healthy",
+        "label",
+        "open_connections",
+        "weight",
+    )
+
+    def __init__(self, cluster: Cluster, host: str, port: int, weight: int) -> None:
+        self.cluster = cluster
+        self.address = (host, port)
+        self.label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.weight = weight
+        self.active_requests = 0
+        self.healthy = True
+        self.open_connections = 0
+        self._idle: list[UpstreamConnection] = []
+        self._waiters = trio.lowlevel.ParkingLot()
+
+    async def connect(self) -> trio.abc.Stream:
+        """A new transport to this endpoint, TLS if the cluster says so; UpstreamError if not."""
+        cluster = self.cluster
+        cluster.stats_cx_total.value += 1
+        try:
+            with trio.fail_after(cluster.config.connect_timeout or math.inf):
+                stream: trio.abc.Stream = await trio.open_tcp_stream(*self.address)
+                if cluster.tls_context is not None:
+                    tls = cluster.config.tls
+                    server_name = (tls.server_name if tls else None) or self.address[0]
+                    stream = trio.SSLStream(stream, cluster.tls_context, server_hostname=server_name)
+                    await stream.do_handshake()
+        except (OSError, trio.BrokenResourceError, trio.TooSlowError) as err:
+            cluster.stats_cx_connect_fail.value += 1
+            reason = "timed out" if isinstance(err, trio.TooSlowError) else str(err)
+            msg = f"cannot connect to {self.label}: {reason}"
+            raise UpstreamError(ResponseFlag.UPSTREAM_CONNECTION_FAILURE, msg) from err
+        return stream
+
+    async def acquire(self) -> tuple[UpstreamConnection, bool]:
+        """A pooled connection (reused, True) or a new one (False). Waits while the pool is full."""
+        while True:
+            while self._idle:
+                conn = self._idle.pop()
+                if _is_stale(conn.stream) or trio.current_time() - conn.idle_since > self.cluster.config.idle_timeout:
+                    self._discard(conn)
+                    continue
+                self.cluster.stats_cx_reused.value += 1
+                return conn, True
+            if self.open_connections < self.cluster.config.max_connections_per_endpoint:
+                self.open_connections += 1
+                try:
+                    stream = await self.connect()
+                except BaseException:
+                    self.open_connections -= 1
+                    self._waiters.unpark()
+                    raise
+                self.cluster.stats_cx_active.value += 1
+                return UpstreamConnection(stream), False
+            await self._waiters.park()
+
+    def release(self, conn: UpstreamConnection, *, reusable: bool) -> None:
+        """Give a connection back: kept idle for reuse, or closed."""
+        if reusable and len(self._idle) < self.cluster.config.max_idle_connections_per_endpoint and self.healthy:
+            conn.idle_since = trio.current_time()
+            self._idle.append(conn)
+        else:
+            self._discard(conn)
+        self._waiters.unpark()
+
+    def _discard(self, conn: UpstreamConnection) -> None:
+        _close_now(conn.stream)
+        self.open_connections -= 1
+        self.cluster.stats_cx_active.value -= 1
+
+    def close_idle(self) -> None:
+        """Close every idle connection (the endpoint left the cluster)."""
+        while self._idle:
+            self._discard(self._idle.pop())
+
+
+class Cluster:
+    """A named group of endpoints behind one load balancer, updated in place."""
+
+    def __init__(self, config: ClusterConfig, picker: Picker, stats: Stats) -> None:
+        self.name = config.name
+        self.config = config
+        self.picker = picker
+        self.hosts: list[Host] = []
+        self.tls_context: ssl.SSLContext | None = None
+        labels = {"cluster": config.name}
+        self.stats_rq_total = stats.counter("cluster_upstream_rq_total", **labels)
+        self.stats_rq_timeout = stats.counter("cluster_upstream_rq_timeout", **labels)
+        self.stats_cx_total = stats.counter("cluster_upstream_cx_total", **labels)
+        self.stats_cx_reused = stats.counter("cluster_upstream_cx_reused", **labels)
+        self.stats_cx_connect_fail = stats.counter("cluster_upstream_cx_connect_fail", **labels)
+        self.stats_cx_active = stats.gauge("cluster_upstream_cx_active", **labels)
+        self.stats_rq_active = stats.gauge("cluster_upstream_rq_active", **labels)
+        self.update(config, picker)
+
+    def update(self, config: ClusterConfig, picker: Picker) -> None:
+        """Apply a new config: keep the pools of endpoints that stay."""
+        self.config = config
+        self.picker = picker
+        self.tls_context = _client_tls(config)
+        old = {h.address: h for h in self.hosts}
+        hosts = []
+        for endpoint in config.endpoints:
+            key = (endpoint.address.host, endpoint.address.port)
+            host = old.pop(key, None) or Host(self, *key, endpoint.weight)
+            host.weight = endpoint.weight
+            hosts.append(host)
+        for gone in old.values():
+            gone.healthy = False
+            gone.close_idle()
+        self.hosts = hosts
+
+    def pick(self) -> Host:
+        """A healthy endpoint chosen by the load balancer; UpstreamError(UH) if none."""
+        healthy = [h for h in self.hosts if h.healthy]
+        if not healthy:
+            msg = f"cluster {self.name!r} has no healthy endpoint"
+            raise UpstreamError(ResponseFlag.NO_HEALTHY_UPSTREAM, msg)
+        return self.picker.pick(healthy)
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[tuple[trio.abc.Stream, Host]]:
+        """A raw transport to a chosen endpoint, for L4 proxying; closed on exit."""
+        host = self.pick()
+        stream = await host.connect()
+        host.active_requests += 1
+        self.stats_cx_active.value += 1
+        try:
+            yield stream, host
+        finally:
+            host.active_requests -= 1
+            self.stats_cx_active.value -= 1
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await stream.aclose()
+
+    async def send(self, request: Request, *, timeout: float) -> Response:
+        """Forward ``request`` to an endpoint; return the response with its body streaming.
+
+        ``timeout`` (seconds, 0 for none) bounds the whole exchange, body included: past it
+        the response head fails with UT, or the body read raises UpstreamError(UT).
+        """
+        deadline = trio.current_time() + timeout if timeout else math.inf
+        host = self.pick()
+        info = request.info
+        info.cluster_name = self.name
+        info.upstream_address = host.label
+        self.stats_rq_total.value += 1
+        host.active_requests += 1
+        self.stats_rq_active.value += 1
+        exchange = _Exchange(self, host, request, deadline)
+        try:
+            return await exchange.run()
+        except BaseException:
+            exchange.finish()
+            raise
+
+
+class _Exchange:
+    """One request/response over a pooled HTTP/1.1 connection."""
+
+    __slots__ = ("body", "cluster", "conn", "deadline", "done", "host", "request")
+
+    def __init__(self, cluster: Cluster, host: Host, request: Request, deadline: float) -> None:
+        self.cluster = cluster
+        self.host = host
+        self.request = request
+        self.deadline = deadline
+        self.conn: UpstreamConnection | None = None
+        self.body: Body | None = None
+        self.done = False
+
+    def finish(self, *, reusable: bool = False) -> None:
+        """Release the connection and the load figures, once."""
+        if self.done:
+            return
+        self.done = True
+        self.host.active_requests -= 1
+        self.cluster.stats_rq_active.value -= 1
+        if self.conn is not None:
+            reusable = reusable and self.conn.codec.start_next_cycle()
+            self.host.release(self.conn, reusable=reusable)
+            self.conn = None
+
+    def _timed_out(self) -> UpstreamError:
+        self.cluster.stats_rq_timeout.value += 1
+        return UpstreamError(ResponseFlag.UPSTREAM_REQUEST_TIMEOUT, "upstream request timeout")
+
+    async def run(self) -> Response:
+        request = self.request
+        headers = [(b"host", request.authority.encode("latin-1")), *strip_hop_by_hop(request.headers.raw)]
+        with trio.move_on_at(self.deadline) as scope:
+            for attempt in (1, 2):
+                self.conn, reused = await self.host.acquire()
+                try:
+                    await self._send_request(headers)
+                    head = await self._read_head()
+                    break
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
+                    # A kept-alive connection the upstream closed while idle: retry once on a
+                    # fresh one, if nothing of the body was consumed (so nothing was lost).
+                    self.host.release(self.conn, reusable=False)
+                    self.conn = None
+                    if attempt == 2 or not reused or request.body.consumed:
+                        msg = f"upstream {self.host.label} closed the connection: {err}"
+                        raise UpstreamError(ResponseFlag.UPSTREAM_CONNECTION_TERMINATION, msg) from err
+        if scope.cancelled_caught:
+            raise self._timed_out()
+        headers_out = strip_hop_by_hop(head.headers)
+        length = None
+        for name, value in headers_out:
+            if name == b"content-length" and value.isdigit():
+                length = int(value)
+        body = self.body = Body(self._read_body, length=length, close=self.finish)
+        if self.request.method == "HEAD" or head.status in (204, 304):
+            body.length = 0
+        return Response(head.status, headers=Headers.from_raw(headers_out), body=body)
+
+    async def _send_request(self, headers: list[tuple[bytes, bytes]]) -> None:
+        assert self.conn is not None  # noqa: S101 - set by run()
+        conn, request = self.conn, self.request
+        out = conn.codec.send_request_head(request.method.encode(), request.path.encode(), headers)
+        body = request.body
+        if body.length == 0 or body.done:
+            await conn.stream.send_all(out + conn.codec.send_end())
+            return
+        await conn.stream.send_all(out)
+        async for chunk in body:
+            await conn.stream.send_all(conn.codec.send_data(chunk))
+        trailers = body.trailers.raw if body.trailers is not None else None
+        await conn.stream.send_all(conn.codec.send_end(trailers))
+
+    async def _next_event(self) -> Any:
+        assert self.conn is not None  # noqa: S101 - set by run()
+        conn = self.conn
+        while True:
+            try:
+                event = conn.codec.next_event()
+            except ProtocolError as err:
+                raise UpstreamError(ResponseFlag.UPSTREAM_PROTOCOL_ERROR, str(err)) from err
+            if event is not NEED_DATA:
+                return event
+            data = await conn.stream.receive_some(RECEIVE_SIZE)
+            conn.codec.receive_data(data)
+
+    async def _read_head(self) -> ResponseHead:
+        while True:
+            event = await self._next_event()
+            if type(event) is ResponseHead:
+                return event
+            if type(event) is Informational:
+                continue
+            if event is CLOSED:
+                raise trio.BrokenResourceError("upstream closed before responding")
+            msg = f"unexpected {type(event).__name__} before the response head"
+            raise UpstreamError(ResponseFlag.UPSTREAM_PROTOCOL_ERROR, msg)
+
+    async def _read_body(self) -> bytes:
+        try:
+            with trio.move_on_at(self.deadline):
+                event = await self._next_event()
+                if type(event) is Data:
+                    return event.data
+                if type(event) is EndOfMessage:
+                    if event.trailers and self.body is not None:
+                        self.body.trailers = Headers.from_raw(event.trailers)
+                    self.finish(reusable=True)
+                    return b""
+                msg = f"upstream {self.host.label} closed the connection mid-response"
+                raise UpstreamError(ResponseFlag.UPSTREAM_RESET, msg)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
+            self.finish()
+            msg = f"upstream {self.host.label} reset the connection mid-response: {err}"
+            raise UpstreamError(ResponseFlag.UPSTREAM_RESET, msg) from err
+        except UpstreamError:
+            self.finish()
+            raise
+        self.finish()
+        raise self._timed_out()
+
+
+def _client_tls(config: ClusterConfig) -> ssl.SSLContext | None:
+    tls = config.tls
+    if tls is None:
+        return None
+    context = ssl.create_default_context(cafile=tls.ca_file)
+    if tls.certificate_file is not None:
+        context.load_cert_chain(tls.certificate_file, tls.private_key_file)
+    if tls.alpn:
+        context.set_alpn_protocols(list(tls.alpn))
+    return context
+
+
+class ClusterManager:
+    """Every cluster of the proxy by name; applies Snapshots in place."""
+
+    def __init__(self, stats: Stats, picker_factory: Callable[[ClusterConfig], Picker]) -> None:
+        self.stats = stats
+        self._picker_factory = picker_factory
+        self.clusters: dict[str, Cluster] = {}
+
+    def get(self, name: str) -> Cluster | None:
+        """The cluster called ``name``, if any."""
+        return self.clusters.get(name)
+
+    def apply(self, snapshot: Snapshot) -> None:
+        """Update to ``snapshot``'s clusters: change in place, add new, drain removed."""
+        wanted: Mapping[str, ClusterConfig] = {c.name: c for c in snapshot.clusters}
+        for name in list(self.clusters):
+            if name not in wanted:
+                for host in self.clusters.pop(name).hosts:
+                    host.healthy = False
+                    host.close_idle()
+        for name, config in wanted.items():
+            picker = self._picker_factory(config)
+            current = self.clusters.get(name)
+            if current is None:
+                self.clusters[name] = Cluster(config, picker, self.stats)
+            elif current.config != config:
+                current.update(config, picker)
+        log.debug("clusters_applied", clusters=sorted(self.clusters))

@@ -1,0 +1,270 @@
+"""Listeners: sockets, TLS, filter-chain selection, and the L4 filter chains.
+
+A listener keeps its socket across Snapshots while its address stays the same. Its
+filter chains are rebuilt per Snapshot: new connections take the new chains, and
+connections on the old ones finish their current request and close (drain).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import errno
+import ipaddress
+import itertools
+import socket
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import structlog
+import trio
+
+from meshcore.config import FilterChain, Listener, TlsContext
+from meshcore.runtime.context import Connection, FilterContext
+
+__all__ = ["CompiledChain", "ListenerRuntime", "NetworkHandler", "build_network_chain", "open_listener_socket"]
+
+log = structlog.get_logger("meshcore.listener")
+
+NetworkHandler = Callable[[Connection], Awaitable[None]]
+NetworkFilter = Callable[[Connection, NetworkHandler], Awaitable[None]]
+TLS_HANDSHAKE_TIMEOUT = 10.0
+
+_connection_ids = itertools.count(1)
+
+
+async def _end_of_chain(conn: Connection) -> None:
+    log.error("network_chain_ended", connection=conn.id, reason="no terminal filter")
+
+
+def _bind(filter_: NetworkFilter, call_next: NetworkHandler) -> NetworkHandler:
+    async def handler(conn: Connection) -> None:
+        await filter_(conn, call_next)
+
+    return handler
+
+
+def build_network_chain(filters: Sequence[NetworkFilter]) -> NetworkHandler:
+    """Compose onion-shaped L4 filters into one handler (once per Snapshot)."""
+    handler: NetworkHandler = _end_of_chain
+    for filter_ in reversed(filters):
+        handler = _bind(filter_, handler)
+    return handler
+
+
+def server_tls_context(tls: TlsContext) -> ssl.SSLContext:
+    """The SSLContext a filter chain presents."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.certificate_file, tls.private_key_file)
+    if tls.client_ca_file is not None:
+        context.load_verify_locations(tls.client_ca_file)
+        context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_OPTIONAL
+    if tls.alpn:
+        context.set_alpn_protocols(list(tls.alpn))
+    return context
+
+
+class CompiledChain:
+    """A filter chain built for one Snapshot: its match, TLS context and L4 handler."""
+
+    def __init__(self, config: FilterChain, filters: Sequence[NetworkFilter]) -> None:
+        self.config = config
+        self.filters = filters
+        self.handler = build_network_chain(filters)
+        self.tls = server_tls_context(config.tls) if config.tls is not None else None
+        match = config.match
+        self.networks = [ipaddress.ip_network(p, strict=False) for p in match.source_prefixes]
+
+    def matches(self, port: int, source: str, server_name: str | None, alpn: str | None) -> bool:
+        """Whether a connection with these properties belongs to this chain."""
+        match = self.config.match
+        if match.destination_port is not None and match.destination_port != port:
+            return False
+        if match.server_names and not _server_name_matches(server_name, match.server_names):
+            return False
+        if match.alpn and alpn not in match.alpn:
+            return False
+        if self.networks:
+            try:
+                address = ipaddress.ip_address(source)
+            except ValueError:
+                return False
+            if not any(address in net for net in self.networks):
+                return False
+        return True
+
+    def drain(self) -> None:
+        """Ask the chain's filters to finish current work and close their connections."""
+        for filter_ in self.filters:
+            drain = getattr(filter_, "drain", None)
+            if drain is not None:
+                drain()
+
+
+def _server_name_matches(server_name: str | None, patterns: Sequence[str]) -> bool:
+    if server_name is None:
+        return False
+    name = server_name.lower()
+    for pattern in patterns:
+        pattern = pattern.lower()
+        if pattern == name or (pattern.startswith("*.") and name.endswith(pattern[1:])):
+            return True
+    return False
+
+
+def open_listener_socket(host: str, port: int, *, reuse_port: bool = False) -> trio.SocketListener:
+    """Bind and listen on ``host:port`` (SO_REUSEPORT for multi-process workers)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Binding a literal address never blocks; names were resolved by the config owner.
+        sock._sock.bind((host, port))  # noqa: SLF001 - trio's bind is async only for name lookups
+        sock.listen(1024)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
+
+
+class ListenerRuntime:
+    """One listener: its socket, its current chains, and the connections it serves."""
+
+    def __init__(self, config: Listener, chains: list[CompiledChain], *, reuse_port: bool = False) -> None:
+        self.config = config
+        self.chains = chains
+        self.socket = open_listener_socket(config.address.host, config.address.port, reuse_port=reuse_port)
+        self.port: int = self.socket.socket.getsockname()[1]
+        self.tls = any(chain.tls is not None for chain in chains)
+        _install_sni(chains)
+        self.active = 0
+        self._stopped = trio.Event()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound address (the real port when config asked for port 0)."""
+        return self.config.address.host, self.port
+
+    def replace_chains(self, config: Listener, chains: list[CompiledChain]) -> None:
+        """New connections take ``chains``; connections on the old ones drain."""
+        old = self.chains
+        self.config = config
+        self.chains = chains
+        self.tls = any(chain.tls is not None for chain in chains)
+        _install_sni(chains)
+        for chain in old:
+            chain.drain()
+
+    def stop(self) -> None:
+        """Stop accepting; drain the connections of every chain."""
+        self._stopped.set()
+        for chain in self.chains:
+            chain.drain()
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Accept connections until stopped, then wait for them within the drain timeout."""
+        async with trio.open_nursery() as connections:
+            async with trio.open_nursery() as accepting:
+                accepting.start_soon(self._accept_loop, connections)
+                task_status.started()
+                await self._stopped.wait()
+                accepting.cancel_scope.cancel()
+            await self.socket.aclose()
+            connections.cancel_scope.deadline = trio.current_time() + self.config.drain_timeout
+        log.info("listener_stopped", listener=self.config.name)
+
+    async def _accept_loop(self, connections: trio.Nursery) -> None:
+        while True:
+            try:
+                stream = await self.socket.accept()
+            except OSError as err:
+                if err.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS):
+                    log.error("accept_failed", listener=self.config.name, reason=str(err))
+                    await trio.sleep(0.1)
+                    continue
+                raise
+            connections.start_soon(self._handle, stream)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        peer_host, peer_port = stream.socket.getpeername()[:2]
+        local_port = stream.socket.getsockname()[1]
+        peer = f"[{peer_host}]:{peer_port}" if ":" in peer_host else f"{peer_host}:{peer_port}"
+        conn_id = next(_connection_ids)
+        self.active += 1
+        server_name = alpn = None
+        transport: trio.abc.Stream = stream
+        try:
+            with structlog.contextvars.bound_contextvars(connection=conn_id, peer=peer):
+                if self.tls:
+                    handshake = await self._handshake(stream)
+                    if handshake is None:
+                        return
+                    transport, server_name = handshake
+                    alpn = handshake[0].selected_alpn_protocol()
+                chain = self._select(local_port, peer_host, server_name, alpn)
+                if chain is None:
+                    log.warning("no_filter_chain_matched", listener=self.config.name, server_name=server_name)
+                    return
+                conn = Connection(
+                    transport,
+                    id=conn_id,
+                    peer=peer,
+                    local=f"{self.config.address.host}:{local_port}",
+                    listener=self.config.name,
+                    server_name=server_name,
+                    alpn=alpn,
+                )
+                await chain.handler(conn)
+        finally:
+            self.active -= 1
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await transport.aclose()
+
+    def _select(self, port: int, source: str, server_name: str | None, alpn: str | None) -> CompiledChain | None:
+        for chain in self.chains:
+            if chain.matches(port, source, server_name, alpn):
+                return chain
+        return None
+
+    async def _handshake(self, stream: trio.SocketStream) -> tuple[trio.SSLStream[trio.SocketStream], str | None] | None:
+        """Terminate TLS, choosing the certificate by SNI; None if the handshake failed."""
+        default = next(c.tls for c in self.chains if c.tls is not None)
+        tls_stream = trio.SSLStream(stream, default, server_side=True)
+        seen: list[str] = []
+        token = _SNI_SEEN.set(seen)
+        try:
+            with trio.fail_after(TLS_HANDSHAKE_TIMEOUT):
+                await tls_stream.do_handshake()
+        except (trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError) as err:
+            log.info("tls_handshake_failed", listener=self.config.name, reason=str(err) or type(err).__name__)
+            return None
+        finally:
+            _SNI_SEEN.reset(token)
+        return tls_stream, (seen[0] if seen else None)
+
+
+_SNI_SEEN: contextvars.ContextVar[list[str]] = contextvars.ContextVar("meshcore_sni_seen")
+
+
+def _install_sni(chains: Sequence[CompiledChain]) -> None:
+    """Make every TLS chain's context switch to the chain whose server_names match the SNI."""
+    tls_chains = [c for c in chains if c.tls is not None]
+
+    def pick_by_sni(ssl_object: Any, server_name: str | None, _context: ssl.SSLContext) -> None:
+        if server_name is None:
+            return
+        seen = _SNI_SEEN.get(None)
+        if seen is not None:
+            seen.append(server_name)
+        for chain in tls_chains:
+            names = chain.config.match.server_names
+            if names and _server_name_matches(server_name, names):
+                ssl_object.context = chain.tls
+                return
+
+    for chain in tls_chains:
+        assert chain.tls is not None  # noqa: S101 - filtered above
+        chain.tls.sni_callback = pick_by_sni

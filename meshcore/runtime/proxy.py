@@ -1,0 +1,180 @@
+"""The proxy: applies Snapshots atomically and owns every listener task.
+
+Applying a Snapshot is a diff. Everything new is built first (filter chains, TLS
+contexts, sockets); if any of it fails, the Snapshot is rejected whole and the last good
+one keeps serving. Then: clusters update in place, listeners whose address stays keep
+their socket and take the new chains, new listeners start, removed ones drain.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+import trio
+
+from meshcore.config import Cluster as ClusterConfig
+from meshcore.config import Listener, Snapshot
+from meshcore.errors import ConfigError, ConfigProblem
+from meshcore.registry import Registry
+from meshcore.runtime.cluster import ClusterManager, Picker
+from meshcore.runtime.context import FilterContext
+from meshcore.runtime.listener import CompiledChain, ListenerRuntime
+from meshcore.runtime.stats import Stats
+
+__all__ = ["Proxy"]
+
+log = structlog.get_logger("meshcore.proxy")
+
+
+class Proxy:
+    """A running proxy: its Snapshot, clusters, listeners and stats.
+
+    Start it with ``await nursery.start(proxy.run)``; feed it Snapshots with
+    :meth:`apply`; stop it with :meth:`drain`.
+    """
+
+    def __init__(self, registry: Registry, *, stats: Stats | None = None, reuse_port: bool = False) -> None:
+        self.registry = registry
+        self.stats = stats or Stats()
+        self.reuse_port = reuse_port
+        self.snapshot: Snapshot | None = None
+        self.clusters = ClusterManager(self.stats, self._picker)
+        self.listeners: dict[str, ListenerRuntime] = {}
+        self.draining = False
+        self.admin_address: tuple[str, int] | None = None
+        self._nursery: trio.Nursery | None = None
+        self._applied = trio.Event()
+        self._drain_requested = trio.Event()
+        self._stat_applied = self.stats.counter("config_snapshots_applied")
+        self._stat_rejected = self.stats.counter("config_snapshots_rejected")
+
+    def _picker(self, config: ClusterConfig) -> Picker:
+        policy = self.registry.get("lb_policy", config.lb_policy.name)
+        if policy is None:  # the loader checks names; this is a bug guard
+            msg = f"unknown load-balancing policy {config.lb_policy.name!r}"
+            raise ValueError(msg)
+        picker: Picker = policy.factory(config.lb_policy.config)
+        return picker
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the listener tasks until every listener has drained."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started(self)
+            await self._drain_requested.wait()
+        # Leaving the nursery waits for every listener to drain (each bounded by its timeout).
+        log.info("proxy_stopped")
+
+    async def wait_applied(self) -> Snapshot:
+        """Wait until a first Snapshot is live; return the current one."""
+        await self._applied.wait()
+        assert self.snapshot is not None  # noqa: S101 - set before _applied
+        return self.snapshot
+
+    def address(self, listener: str) -> tuple[str, int]:
+        """The bound address of a listener (the real port when config said 0)."""
+        return self.listeners[listener].address
+
+    # -- applying Snapshots ------------------------------------------------------------------
+
+    def _check(self, snapshot: Snapshot) -> None:
+        problems = [
+            ConfigProblem(path="", message=f"rejected by a plugin: {msg}")
+            for msgs in self.registry.hook.meshcore_validate_snapshot(snapshot=snapshot)
+            for msg in msgs
+        ]
+        if problems:
+            raise ConfigError(problems)
+
+    def _build_chains(self, snapshot: Snapshot, listener: Listener) -> list[CompiledChain]:
+        chains = []
+        for ci, chain in enumerate(listener.filter_chains):
+            context = FilterContext(
+                listener=listener.name,
+                snapshot=snapshot,
+                clusters=self.clusters,
+                stats=self.stats,
+                registry=self.registry,
+                access_log=listener.access_log,
+                tls=chain.tls is not None,
+            )
+            filters = []
+            for fi, ref in enumerate(chain.filters):
+                found = self.registry.get("network_filter", ref.name)
+                if found is None:
+                    msg = f"unknown network filter {ref.name!r}"
+                    raise ValueError(msg)
+                try:
+                    filters.append(found.factory(ref.config, context))
+                except (ValueError, OSError) as err:
+                    path = f"listeners[{listener.name}].filter_chains[{ci}].filters[{fi}].{ref.name}"
+                    raise ConfigError([ConfigProblem(path=path, message=str(err))]) from err
+            try:
+                chains.append(CompiledChain(chain, filters))
+            except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
+                path = f"listeners[{listener.name}].filter_chains[{ci}].tls"
+                raise ConfigError([ConfigProblem(path=path, message=f"cannot load TLS files: {err}")]) from err
+        return chains
+
+    def apply(self, snapshot: Snapshot) -> None:
+        """Apply ``snapshot`` atomically, or raise ConfigError and keep the current one."""
+        if self._nursery is None:
+            msg = "the proxy is not running: start it with nursery.start(proxy.run)"
+            raise RuntimeError(msg)
+        if self.draining:
+            msg = "the proxy is draining"
+            raise RuntimeError(msg)
+        try:
+            self._check(snapshot)
+            built = {listener.name: self._build_chains(snapshot, listener) for listener in snapshot.listeners}
+            opened = self._open_new_listeners(snapshot, built)
+        except ConfigError:
+            self._stat_rejected.value += 1
+            raise
+        # Nothing can fail from here on: swap.
+        self.clusters.apply(snapshot)
+        wanted = {listener.name: listener for listener in snapshot.listeners}
+        for name in list(self.listeners):
+            if name not in wanted or name in opened:
+                self.listeners.pop(name).stop()
+        for name, listener in wanted.items():
+            if name in opened:
+                runtime = opened[name]
+                self.listeners[name] = runtime
+                self._nursery.start_soon(runtime.serve)
+            else:
+                self.listeners[name].replace_chains(listener, built[name])
+        self.snapshot = snapshot
+        self._stat_applied.value += 1
+        self._applied.set()
+        self.registry.hook.meshcore_snapshot_applied(snapshot=snapshot)
+        log.info("snapshot_applied", version=snapshot.version, listeners=sorted(wanted))
+
+    def _open_new_listeners(
+        self, snapshot: Snapshot, built: dict[str, list[CompiledChain]]
+    ) -> dict[str, ListenerRuntime]:
+        """Sockets for listeners that are new or moved; all or none."""
+        opened: dict[str, ListenerRuntime] = {}
+        try:
+            for li, listener in enumerate(snapshot.listeners):
+                current = self.listeners.get(listener.name)
+                if current is not None and current.config.address == listener.address:
+                    continue
+                try:
+                    opened[listener.name] = ListenerRuntime(listener, built[listener.name], reuse_port=self.reuse_port)
+                except OSError as err:
+                    problem = ConfigProblem(path=f"listeners[{li}].address", message=f"cannot listen on {listener.address}: {err.strerror}")
+                    raise ConfigError([problem]) from err
+        except ConfigError:
+            for runtime in opened.values():
+                runtime.socket.socket.close()
+            raise
+        return opened
+
+    def drain(self) -> None:
+        """Stop accepting; let in-flight requests finish within each listener's drain timeout."""
+        self.draining = True
+        for runtime in self.listeners.values():
+            runtime.stop()
+        self._drain_requested.set()
