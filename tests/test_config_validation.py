@@ -202,10 +202,22 @@ MISTAKES: dict[str, tuple[str, Sequence[Edit], str, str, str]] = {
     ),
     "wrong type deep inside a filter's config": (
         HTTP,
-        [("                - router", "                - router: {suppress_envoy_headers: maybe}")],
-        "suppress_envoy_headers",
-        f"{HCM}.http_filters[0].router.suppress_envoy_headers",
-        "must be a boolean, got 'maybe'",
+        [
+            (
+                "request_headers_timeout: 10s",
+                "request_headers_timeout: 10s\n              max_request_headers: lots",
+            )
+        ],
+        "max_request_headers",
+        f"{HCM}.max_request_headers",
+        "must be an integer, got 'lots'",
+    ),
+    "bad duration deep inside a filter's config": (
+        HTTP,
+        [("request_headers_timeout: 10s", "request_headers_timeout: 10 seconds")],
+        "request_headers_timeout",
+        f"{HCM}.request_headers_timeout",
+        'must be a duration such as "250ms" or "2s", got \'10 seconds\'',
     ),
     "wrong type deep inside an lb policy's config": (
         TCP,
@@ -280,10 +292,10 @@ MISTAKES: dict[str, tuple[str, Sequence[Edit], str, str, str]] = {
         [
             (
                 "                - router",
-                "                - router: {suppress_envoy_headers: true}\n                - router",
+                "                - router: {}\n                - router",
             )
         ],
-        "suppress_envoy_headers",
+        "router: {}",
         f"{HCM}.http_filters[0]",
         "'router' ends a chain and must be the last filter",
     ),
