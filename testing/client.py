@@ -8,7 +8,11 @@ import attrs
 import h11
 import trio
 
-__all__ = ["ClientResponse", "fetch"]
+__all__ = ["ClientResponse", "IncompleteResponse", "fetch"]
+
+
+class IncompleteResponse(ConnectionError):
+    """The connection closed before the response was complete (never mistaken for success)."""
 
 
 @attrs.frozen
@@ -53,7 +57,10 @@ async def fetch(
         response: h11.Response | None = None
         chunks: list[bytes] = []
         while True:
-            event = conn.next_event()
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as err:
+                raise IncompleteResponse(str(err)) from err
             if event is h11.NEED_DATA:
                 conn.receive_data(await stream.receive_some(65536))
             elif isinstance(event, h11.Response):
