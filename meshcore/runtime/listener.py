@@ -166,14 +166,17 @@ class ListenerRuntime:
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Accept connections until stopped, then wait for them within the drain timeout."""
-        async with trio.open_nursery() as connections:
-            async with trio.open_nursery() as accepting:
-                accepting.start_soon(self._accept_loop, connections)
-                task_status.started()
-                await self._stopped.wait()
-                accepting.cancel_scope.cancel()
-            await self.socket.aclose()
-            connections.cancel_scope.deadline = trio.current_time() + self.config.drain_timeout
+        try:
+            async with trio.open_nursery() as connections:
+                async with trio.open_nursery() as accepting:
+                    accepting.start_soon(self._accept_loop, connections)
+                    task_status.started()
+                    await self._stopped.wait()
+                    accepting.cancel_scope.cancel()
+                self.socket.socket.close()
+                connections.cancel_scope.deadline = trio.current_time() + self.config.drain_timeout
+        finally:
+            self.socket.socket.close()
         log.info("listener_stopped", listener=self.config.name)
 
     async def _accept_loop(self, connections: trio.Nursery) -> None:
