@@ -8,8 +8,6 @@ imports only the public API, ``meshcore``.
 
 from __future__ import annotations
 
-from typing import Any
-
 import attrs
 
 import meshcore
@@ -36,7 +34,7 @@ class HelloFilter:
     """Adds ``header: greeting`` to the response of every request it passes on.
 
     An onion-shaped L7 filter: it calls the rest of the chain, then decorates the answer.
-    The header calls are provisional until meshcore's Request/Response model exists.
+    It is built once per Snapshot; nothing here runs per request but ``__call__``.
     """
 
     def __init__(self, config: HelloConfig) -> None:
@@ -44,7 +42,7 @@ class HelloFilter:
         self._greeting = config.greeting
         self._repeat = config.repeat
 
-    async def __call__(self, request: Any, call_next: Any) -> Any:
+    async def __call__(self, request: meshcore.Request, call_next: meshcore.HttpHandler) -> meshcore.Response:
         """Pass ``request`` on and add the greeting header to the response."""
         response = await call_next(request)
         for _ in range(self._repeat):
@@ -52,7 +50,7 @@ class HelloFilter:
         return response
 
 
-def _factory(config: HelloConfig, _context: Any) -> HelloFilter:
+def _factory(config: HelloConfig, _context: meshcore.FilterContext) -> HelloFilter:
     return HelloFilter(config)
 
 
