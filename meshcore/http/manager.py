@@ -365,6 +365,9 @@ class _H1Session:
             pending = codec.send_response_head(502, [(b"content-length", b"0"), (b"connection", b"close")])
             await self._send(pending + codec.send_end())
             return False
+        # A reply to HEAD, and a 204 or 304, has no body on the wire, even when the response
+        # object has one (a local reply to HEAD): read it to its end, send none of it.
+        no_body = request.method == "HEAD" or response.status in (204, 304)
         sent = 0
         try:
             while True:
@@ -381,6 +384,8 @@ class _H1Session:
                     return False
                 if not chunk:
                     break
+                if no_body:
+                    continue
                 sent += len(chunk)
                 pending += codec.send_data(chunk)
                 if body.length is None or body.consumed < body.length:
