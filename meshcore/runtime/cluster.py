@@ -281,6 +281,10 @@ class _Exchange:
     async def run(self) -> Response:
         request = self.request
         headers = [(b"host", request.authority.encode("latin-1")), *strip_hop_by_hop(request.headers.raw)]
+        if request.body.length is None and not request.body.done:
+            # A body of unknown length (the client sent it chunked): the downstream
+            # transfer-encoding was hop-by-hop and is gone, so frame this hop as chunked.
+            headers.append((b"transfer-encoding", b"chunked"))
         with trio.move_on_at(self.deadline) as scope:
             for attempt in (1, 2):
                 self.conn, reused = await self.host.acquire()
