@@ -49,6 +49,7 @@ class _Session:
         self.stream = stream
         self.name = name.encode()
         self.conn = h11.Connection(h11.SERVER)
+        self.head_request = False
 
     async def _next(self) -> Any:
         while True:
@@ -59,6 +60,8 @@ class _Session:
             self.conn.receive_data(data)
 
     async def _send(self, *events: Any) -> None:
+        if self.head_request:  # a reply to HEAD is the head alone: h11 refuses body bytes
+            events = tuple(e for e in events if not isinstance(e, h11.Data))
         await self.stream.send_all(b"".join(self.conn.send(e) or b"" for e in events))
 
     async def run(self) -> None:
@@ -83,6 +86,7 @@ class _Session:
         return [(b"x-upstream", self.name), *extra]
 
     async def _answer(self, request: h11.Request) -> None:
+        self.head_request = request.method == b"HEAD"
         path = request.target.decode("latin-1").partition("?")[0]
         parts = path.strip("/").split("/")
         arg = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
