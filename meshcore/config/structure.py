@@ -269,12 +269,24 @@ class Structurer:
         if not isinstance(data, list | tuple):
             self.problem(path, f"must be a list, got {_describe(data)}")
             return self.FAILED
+        if len(args) > 1 and args[-1] is not Ellipsis:  # fixed length: tuple[str, str]
+            if len(data) != len(args):
+                self.problem(path, f"must be a list of {len(args)} items, got {len(data)}")
+                return self.FAILED
+            return self._fixed_tuple(data, args, path)
         items = [self._structure(item, item_tp, (*path, i)) for i, item in enumerate(data)]
         if isinstance(item_tp, type) and issubclass(item_tp, PluginRef) and item_tp.kind.endswith("_filter"):
             self._check_chain(items, path)
         if any(item is self.FAILED for item in items):
             return self.FAILED
         return tuple(items)
+
+    def _fixed_tuple(self, data: Sequence[Any], item_tps: tuple[Any, ...], path: Path) -> Any:
+        items = [
+            self._structure(item, tp, (*path, i))
+            for i, (item, tp) in enumerate(zip(data, item_tps, strict=True))
+        ]
+        return self.FAILED if any(item is self.FAILED for item in items) else tuple(items)
 
     def _check_chain(self, items: list[Any], path: Path) -> None:
         """A filter chain ends with exactly one terminal filter (tcp_proxy, router, ...)."""
