@@ -280,6 +280,20 @@ MISTAKES: dict[str, tuple[str, Sequence[Edit], str, str, str]] = {
         f"{ROUTES}[0].match",
         "needs exactly one of path, prefix, regex; got path, prefix",
     ),
+    "rewrite pair with one item": (
+        HTTP,
+        [("prefix_rewrite: /", "regex_rewrite: [^/api/]")],
+        "regex_rewrite",
+        f"{ROUTES}[1].regex_rewrite",
+        "must be a list of 2 items, got 1",
+    ),
+    "rewrite pair with a wrong item": (
+        HTTP,
+        [("prefix_rewrite: /", "regex_rewrite: [^/api/, 7]")],
+        "regex_rewrite",
+        f"{ROUTES}[1].regex_rewrite[1]",
+        "must be a string, got 7",
+    ),
     "route with two actions": (
         HTTP,
         [("name: default\n", "name: default\n            redirect: {host: example.com}\n")],
