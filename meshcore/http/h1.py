@@ -7,6 +7,7 @@ and Transfer-Encoding. The server codec rejects those before h11 sees them.
 
 from __future__ import annotations
 
+import re
 from typing import cast
 
 import h11
@@ -28,52 +29,85 @@ from meshcore.http.codec import (
 __all__ = ["H11ClientCodec", "H11ServerCodec"]
 
 _CRLF2 = b"\r\n\r\n"
+# A LF not preceded by CR, or a line starting with whitespace (obs-fold).
+_BAD_LINE = re.compile(rb"(?<!\r)\n|\n[ \t]")
 
 
-def _check_head(head: bytes | bytearray) -> None:
-    """Reject obs-fold and bare LF in a request head (through its final CRLF)."""
-    if head.count(b"\n") != head.count(b"\r\n"):
+def _check_lines(head: bytearray, start: int, stop: int) -> None:
+    """Reject bare LF and obs-fold among the request head bytes ``head[start:stop]``."""
+    found = _BAD_LINE.search(head, start, stop)
+    if found is None:
+        return
+    if found.group() == b"\n":
         msg = "bare LF line ending in request head"
-        raise ProtocolError(msg, status=400)
-    if b"\n " in head or b"\n\t" in head:
+    else:
         msg = "obsolete line folding (obs-fold) in request headers"
-        raise ProtocolError(msg, status=400)
+    raise ProtocolError(msg, status=400)
 
 
 class H11ServerCodec:
     """Downstream HTTP/1.1 over h11: requests in, responses out."""
 
-    __slots__ = ("_conn", "_head", "_head_done", "_max_head")
+    __slots__ = ("_conn", "_eof", "_head", "_head_done", "_max_head", "_scanned")
 
     def __init__(self, *, max_head_size: int = 60 * 1024) -> None:
-        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head_size)
         self._max_head = max_head_size
+        self._conn = self._new_h11()
+        # The next request head is held back from h11 until it is complete and checked: h11
+        # would accept what a proxy must reject, and cannot skip empty lines before it.
         self._head = bytearray()
+        self._scanned = 0  # bytes of _head already checked
         self._head_done = False
+        self._eof = False
+
+    def _new_h11(self) -> h11.Connection:
+        return h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_head)
 
     def receive_data(self, data: bytes) -> None:
-        if not self._head_done and data:
+        if self._head_done:
+            self._conn.receive_data(data)
+        elif data:
             self._head += data
-            end = self._head.find(_CRLF2)
-            if end >= 0:
-                _check_head(self._head[: end + 4])
-                self._head_done = True
-                self._head.clear()
-            elif len(self._head) > self._max_head:
-                msg = f"request head larger than {self._max_head} bytes"
-                raise ProtocolError(msg, status=431)
-        self._conn.receive_data(data)
+        else:
+            self._eof = True
+
+    def _take_head(self) -> None:
+        """Check the held-back head; once complete (or at EOF), hand it to h11."""
+        head = self._head
+        # RFC 9112 section 2.2: ignore empty lines (CRLF) received before the request line.
+        skip = 0
+        while head.startswith(b"\r\n", skip):
+            skip += 2
+        if skip:
+            del head[:skip]
+            self._scanned = max(self._scanned - skip, 0)
+        # Scan only new bytes (from 3 back: CRLF CRLF may straddle two reads).
+        end = head.find(_CRLF2, max(self._scanned - 3, 0))
+        stop = len(head) if end < 0 else end + 4
+        if stop > self._max_head:
+            msg = f"request head larger than {self._max_head} bytes"
+            raise ProtocolError(msg, status=431)
+        # From 1 back: whether the last LF seen starts an obs-fold shows only now.
+        _check_lines(head, max(self._scanned - 1, 0), stop)
+        if end < 0 and not self._eof:
+            self._scanned = stop
+            return
+        # Complete, or the client closed mid-head (h11 then reports the truncated head).
+        self._head_done = True
+        self._scanned = 0
+        self._conn.receive_data(bytes(head))
+        head.clear()
+        if self._eof:
+            self._conn.receive_data(b"")
 
     def next_event(self) -> ServerEvent:
+        if not self._head_done:
+            self._take_head()  # until it hands the head over, h11 has nothing: NEED_DATA
         try:
             event = self._conn.next_event()
         except h11.RemoteProtocolError as err:
             raise ProtocolError(str(err), status=err.error_status_hint) from err
         if type(event) is h11.Request:
-            if not self._head_done:
-                # h11 parsed a head we never saw end in CRLF CRLF: it ended in bare LFs.
-                msg = "bare LF line ending in request head"
-                raise ProtocolError(msg, status=400)
             headers = cast("RawHeaders", list(event.headers))
             has_cl = has_te = False
             for name, _ in headers:
@@ -118,7 +152,11 @@ class H11ServerCodec:
         conn = self._conn
         if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
             return False
-        conn.start_next_cycle()
+        # A pipelined next request may already sit in h11's buffer: take it back, to check
+        # its head first, and go on with a fresh h11 (what start_next_cycle would reset).
+        pending, self._eof = conn.trailing_data
+        self._conn = self._new_h11()
+        self._head += pending
         self._head_done = False
         return True
 
