@@ -253,18 +253,21 @@ _SNI_SEEN: contextvars.ContextVar[list[str]] = contextvars.ContextVar("meshcore_
 
 
 def _install_sni(chains: Sequence[CompiledChain]) -> None:
-    """Make every TLS chain's context switch to the chain whose server_names match the SNI."""
+    """Make the handshake present the certificate of the chain the connection will take.
+
+    That is the first TLS chain, in order, whose server_names match the SNI; a chain without
+    server_names takes any name and clients that send none (as ``_select`` does after the
+    handshake). Port, source and ALPN criteria are not known or not used at this point.
+    """
     tls_chains = [c for c in chains if c.tls is not None]
 
     def pick_by_sni(ssl_object: Any, server_name: str | None, _context: ssl.SSLContext) -> None:
-        if server_name is None:
-            return
         seen = _SNI_SEEN.get(None)
-        if seen is not None:
+        if seen is not None and server_name is not None:
             seen.append(server_name)
         for chain in tls_chains:
             names = chain.config.match.server_names
-            if names and _server_name_matches(server_name, names):
+            if not names or _server_name_matches(server_name, names):
                 ssl_object.context = chain.tls
                 return
 
