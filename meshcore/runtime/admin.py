@@ -1,0 +1,397 @@
+"""The admin server: readiness, stats, config dump, clusters, listeners and log level.
+
+A small HTTP/1.1 server on its own listener (loopback by default, ``admin.address``).
+Two layers, as elsewhere: :func:`handle` answers one request from the proxy's state with
+no I/O (tested with plain calls), and :func:`serve_admin` is the trio shell that reads
+requests with the strict h11 codec and writes the answers, one task per connection.
+
+Start it next to the proxy::
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(proxy.run)
+        host, port = await nursery.start(serve_admin, proxy, snapshot.admin.address)
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import json
+import math
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import attrs
+import structlog
+import trio
+
+from meshcore.config import Address, PluginRef
+from meshcore.errors import ProtocolError
+from meshcore.http.codec import CLOSED, NEED_DATA, Data, EndOfMessage, RawHeaders, RequestHead
+from meshcore.http.h1 import H11ServerCodec
+from meshcore.runtime.listener import open_listener_socket
+from meshcore.runtime.proxy import Proxy
+
+__all__ = ["AdminResponse", "handle", "redact", "serve_admin", "serve_admin_connection", "to_data"]
+
+log = structlog.get_logger("meshcore.admin")
+
+MAX_HEAD_SIZE = 16 * 1024
+"""Largest request head accepted (431 beyond)."""
+MAX_BODY_SIZE = 64 * 1024
+"""Largest request body accepted (413 beyond); no endpoint reads one."""
+IDLE_TIMEOUT = 60.0
+"""Seconds a kept-alive connection may wait for its next request."""
+REQUEST_TIMEOUT = 10.0
+"""Seconds a request may take to arrive whole, from its first byte."""
+LINGER_TIMEOUT = 1.0
+"""Seconds spent dropping a rejected client's input before closing (see _reject)."""
+LINGER_MAX_BYTES = 1024 * 1024
+RECEIVE_SIZE = 16 * 1024
+MAX_QUERY_FIELDS = 16
+
+REDACTED = "[redacted]"
+_SECRET_WORDS = ("private_key", "secret", "password", "token")
+_TEXT = "text/plain; charset=utf-8"
+_JSON = "application/json"
+_PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@attrs.frozen
+class AdminResponse:
+    """An answer of the admin server: status, content type, body, extra headers."""
+
+    status: int
+    body: str
+    content_type: str = _TEXT
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+# -- config as data ---------------------------------------------------------------------------
+
+
+def _is_secret(name: str) -> bool:
+    lowered = name.lower()
+    return any(word in lowered for word in _SECRET_WORDS)
+
+
+def redact(name: str, value: Any) -> Any:
+    """``value`` of a field or key called ``name``, or REDACTED if the name says secret.
+
+    An unset secret (None) stays None: "no key configured" reveals nothing.
+    """
+    return REDACTED if value is not None and _is_secret(name) else value
+
+
+def to_data(value: Any) -> Any:  # noqa: PLR0911 - a flat dispatch on the kind of value
+    """Plain JSON-able data for a config value, secrets redacted.
+
+    attrs classes become objects (fields whose name contains "private_key", "secret",
+    "password" or "token" redacted, as are such mapping keys); a plugin reference becomes
+    ``{name: config}``; Address the string "host:port"; Duration seconds; ByteSize bytes.
+    A type nothing here knows (a plugin's own) is rendered with ``str``: a dump never fails.
+    """
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, Address):
+        return str(value)
+    if isinstance(value, int):  # ByteSize too
+        return int(value)
+    if isinstance(value, float):  # Duration too
+        return float(value) if math.isfinite(value) else str(value)
+    if isinstance(value, enum.Enum):
+        return to_data(value.value)
+    if isinstance(value, PluginRef):
+        return {value.name: to_data(value.config)}
+    if attrs.has(type(value)):
+        return {f.name: redact(f.name, to_data(getattr(value, f.name))) for f in attrs.fields(type(value))}
+    if isinstance(value, Mapping):
+        return {str(k): redact(str(k), to_data(v)) for k, v in value.items()}
+    if isinstance(value, tuple | list | set | frozenset):
+        return [to_data(item) for item in value]
+    return str(value)
+
+
+# -- endpoints (no I/O) -----------------------------------------------------------------------
+
+Query = dict[str, list[str]]
+Handler = Callable[[Proxy, Query], AdminResponse]
+
+
+def _json(data: Any, status: int = 200) -> AdminResponse:
+    return AdminResponse(status, json.dumps(data, indent=2) + "\n", _JSON)
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _index(_proxy: Proxy, _query: Query) -> AdminResponse:
+    lines = [f"{path:<20} {' '.join(e.methods)}  {e.help}" for path, e in ENDPOINTS.items()]
+    return AdminResponse(200, "meshcore admin\n\n" + "\n".join(lines) + "\n")
+
+
+def _ready(proxy: Proxy, _query: Query) -> AdminResponse:
+    if proxy.draining:
+        return AdminResponse(503, "DRAINING\n")
+    if proxy.snapshot is None:
+        return AdminResponse(503, "NOT READY\n")
+    return AdminResponse(200, "LIVE\n")
+
+
+def _stats(proxy: Proxy, query: Query) -> AdminResponse:
+    text = proxy.stats.render_text()
+    pattern = query.get("filter", [None])[-1]
+    if pattern is None:
+        return AdminResponse(200, text)
+    try:
+        regex = re.compile(pattern)
+    except re.error as err:
+        return AdminResponse(400, f"invalid filter regex {pattern!r}: {err}\n")
+    kept = [line for line in text.splitlines() if regex.search(line)]
+    return AdminResponse(200, "".join(f"{line}\n" for line in kept))
+
+
+def _prometheus(proxy: Proxy, _query: Query) -> AdminResponse:
+    return AdminResponse(200, proxy.stats.render_prometheus(), _PROMETHEUS)
+
+
+def _config_dump(proxy: Proxy, _query: Query) -> AdminResponse:
+    if proxy.snapshot is None:
+        return _json({"error": "no snapshot applied yet"}, status=503)
+    return _json(to_data(proxy.snapshot))
+
+
+def _clusters(proxy: Proxy, _query: Query) -> AdminResponse:
+    clusters = []
+    for name, cluster in sorted(proxy.clusters.clusters.items()):
+        endpoints = [
+            {
+                "address": host.label,
+                "weight": host.weight,
+                "healthy": host.healthy,
+                "active_requests": host.active_requests,
+                "open_connections": host.open_connections,
+            }
+            for host in cluster.hosts
+        ]
+        clusters.append({"name": name, "lb_policy": cluster.config.lb_policy.name, "endpoints": endpoints})
+    return _json({"clusters": clusters})
+
+
+def _listeners(proxy: Proxy, _query: Query) -> AdminResponse:
+    listeners = [
+        {"name": name, "address": _host_port(*runtime.address), "active_connections": runtime.active}
+        for name, runtime in sorted(proxy.listeners.items())
+    ]
+    return _json({"listeners": listeners})
+
+
+def _logging(_proxy: Proxy, query: Query) -> AdminResponse:
+    from meshcore.logs import set_level  # noqa: PLC0415 - only the admin changes levels at run time
+
+    level = query.get("level", [""])[-1]
+    if not level:
+        return AdminResponse(400, "missing ?level= (debug, info, warning or error)\n")
+    try:
+        set_level(level)
+    except ValueError as err:
+        return AdminResponse(400, f"{err}\n")
+    level = level.lower()
+    log.warning("log_level_changed", level=level)
+    return AdminResponse(200, f"level set to {level}\n")
+
+
+@attrs.frozen
+class Endpoint:
+    """An admin path: the methods it takes, what answers it, a line for the index."""
+
+    methods: tuple[str, ...]
+    handler: Handler
+    help: str
+
+
+_READ = ("GET", "HEAD")
+ENDPOINTS: dict[str, Endpoint] = {
+    "/": Endpoint(_READ, _index, "this list"),
+    "/ready": Endpoint(_READ, _ready, "200 LIVE when a snapshot is applied and not draining, else 503"),
+    "/stats": Endpoint(_READ, _stats, "counters, gauges, histograms as lines; ?filter=REGEX"),
+    "/stats/prometheus": Endpoint(_READ, _prometheus, "the same in the Prometheus text format"),
+    "/config_dump": Endpoint(_READ, _config_dump, "the live snapshot as JSON, secrets redacted"),
+    "/clusters": Endpoint(_READ, _clusters, "clusters and their endpoints' health and load (JSON)"),
+    "/listeners": Endpoint(_READ, _listeners, "listeners and their bound addresses (JSON)"),
+    "/logging": Endpoint(("POST",), _logging, "?level=debug|info|warning|error sets the log level"),
+}
+
+
+def handle(proxy: Proxy, method: str, target: str) -> AdminResponse:
+    """The answer to ``method target`` from the proxy's current state (no I/O).
+
+    Args:
+        proxy: the proxy whose state is reported.
+        method: the request method ("GET").
+        target: the request target ("/stats?filter=cluster").
+
+    Returns:
+        The response; 404 for an unknown path, 405 (with ``allow``) for a wrong method,
+        400 for a query that cannot be parsed, 500 if an endpoint fails.
+    """
+    try:
+        parts = urlsplit(target)
+    except ValueError as err:  # "//[": an unclosed IPv6 bracket in an authority
+        return AdminResponse(400, f"bad request target: {err}\n")
+    endpoint = ENDPOINTS.get(parts.path)
+    if endpoint is None:
+        return AdminResponse(404, f"no admin endpoint {parts.path!r}; GET / lists them\n")
+    if method not in endpoint.methods:
+        allow = ", ".join(endpoint.methods)
+        return AdminResponse(405, f"{parts.path} takes {allow}\n", headers=(("allow", allow),))
+    try:
+        query = parse_qs(parts.query, keep_blank_values=True, max_num_fields=MAX_QUERY_FIELDS)
+    except ValueError as err:
+        return AdminResponse(400, f"bad query string: {err}\n")
+    try:
+        return endpoint.handler(proxy, query)
+    except Exception as err:
+        log.exception("admin_request_failed", method=method, path=parts.path)
+        return AdminResponse(500, f"{type(err).__name__}: {err}\n")
+
+
+# -- the server (trio) ------------------------------------------------------------------------
+
+
+async def serve_admin(
+    proxy: Proxy,
+    address: Address,
+    *,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the admin endpoints on ``address`` until cancelled.
+
+    Args:
+        proxy: the proxy to report on and control.
+        address: where to listen; port 0 picks a free port.
+        task_status: reports ``(host, bound_port)`` once the socket listens.
+    """
+    listener = open_listener_socket(address.host, address.port)
+    bound = (address.host, int(listener.socket.getsockname()[1]))
+    async with listener, trio.open_nursery() as connections:
+        task_status.started(bound)
+        log.info("admin_started", address=_host_port(*bound))
+        await trio.serve_listeners(
+            functools.partial(_accepted, proxy), [listener], handler_nursery=connections
+        )
+
+
+async def _accepted(proxy: Proxy, stream: trio.SocketStream) -> None:
+    await serve_admin_connection(proxy, stream, _host_port(*stream.socket.getpeername()[:2]))
+
+
+async def serve_admin_connection(proxy: Proxy, stream: trio.abc.HalfCloseableStream, peer: str) -> None:
+    """Answer requests on one connection until it closes, idles out, or misbehaves; close it.
+
+    Args:
+        proxy: the proxy to report on and control.
+        stream: the accepted connection (a socket, or a memory stream in tests).
+        peer: the client's address, for logs.
+    """
+    codec = H11ServerCodec(max_head_size=MAX_HEAD_SIZE)
+    try:
+        with structlog.contextvars.bound_contextvars(peer=peer):
+            while True:
+                try:
+                    request = await _read_request(codec, stream)
+                except ProtocolError as err:
+                    await _reject(codec, stream, err)
+                    return
+                if request is None:
+                    return
+                method = request.method.decode("ascii", "replace")
+                target = request.target.decode("ascii", "replace")
+                response = handle(proxy, method, target)
+                log.debug("admin_request_served", method=method, target=target, status=response.status)
+                await stream.send_all(_encode(codec, response, head_only=method == "HEAD"))
+                if not codec.start_next_cycle():
+                    return
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        return  # the client went away
+    except Exception:
+        # A bug here must cost one connection, never the admin server (or the proxy
+        # that shares its nursery).
+        log.exception("admin_connection_failed", peer=peer)
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(1):
+            await stream.aclose()
+
+
+async def _reject(codec: H11ServerCodec, stream: trio.abc.HalfCloseableStream, err: ProtocolError) -> None:
+    """Answer a bad request with its status, then close gently.
+
+    Closing a socket with unread input makes the kernel send a reset, which can destroy
+    the answer before the client reads it. So: answer, stop sending, and drop what the
+    client still sends (for a bounded time and size) before the caller closes.
+    """
+    log.info("admin_request_rejected", status=err.status, reason=str(err))
+    if codec.response_started:
+        return
+    response = AdminResponse(err.status, f"{err}\n", headers=(("connection", "close"),))
+    await stream.send_all(_encode(codec, response, head_only=False))
+    await stream.send_eof()
+    dropped = 0
+    with trio.move_on_after(LINGER_TIMEOUT):
+        while dropped < LINGER_MAX_BYTES and (data := await stream.receive_some(RECEIVE_SIZE)):
+            dropped += len(data)
+
+
+async def _receive(codec: H11ServerCodec, stream: trio.abc.HalfCloseableStream) -> None:
+    codec.receive_data(bytes(await stream.receive_some(RECEIVE_SIZE)))  # no copy if bytes already
+
+
+async def _read_request(codec: H11ServerCodec, stream: trio.abc.HalfCloseableStream) -> RequestHead | None:
+    """The next whole request (its body read and dropped); None when the client is done.
+
+    Waiting for the first byte is bounded by IDLE_TIMEOUT, the rest by REQUEST_TIMEOUT.
+    """
+    event = codec.next_event()
+    if event is NEED_DATA:
+        with trio.move_on_after(IDLE_TIMEOUT) as idle:
+            await _receive(codec, stream)
+        if idle.cancelled_caught:
+            return None
+        event = codec.next_event()
+    head: RequestHead | None = None
+    body_size = 0
+    with trio.move_on_after(REQUEST_TIMEOUT):
+        while True:
+            if event is NEED_DATA:
+                await _receive(codec, stream)
+            elif event is CLOSED:
+                return None
+            elif type(event) is RequestHead:
+                head = event
+            elif type(event) is Data:
+                body_size += len(event.data)
+                if body_size > MAX_BODY_SIZE:
+                    msg = f"request body larger than {MAX_BODY_SIZE} bytes"
+                    raise ProtocolError(msg, status=413)
+            elif type(event) is EndOfMessage and head is not None:
+                return head
+            event = codec.next_event()
+    msg = f"request not received within {REQUEST_TIMEOUT:g}s"
+    raise ProtocolError(msg, status=408)
+
+
+def _encode(codec: H11ServerCodec, response: AdminResponse, *, head_only: bool) -> bytes:
+    body = response.body.encode()
+    headers: RawHeaders = [
+        (b"content-type", response.content_type.encode()),
+        (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"),
+        *((name.encode(), value.encode()) for name, value in response.headers),
+    ]
+    out = codec.send_response_head(response.status, headers)
+    if body and not head_only:
+        out += codec.send_data(body)
+    return out + codec.send_end()
