@@ -251,7 +251,7 @@ class Cluster:
 class _Exchange:
     """One request/response over a pooled HTTP/1.1 connection."""
 
-    __slots__ = ("body", "cluster", "conn", "deadline", "done", "host", "request")
+    __slots__ = ("body", "cluster", "conn", "deadline", "done", "host", "request", "sending")
 
     def __init__(self, cluster: Cluster, host: Host, request: Request, deadline: float) -> None:
         self.cluster = cluster
@@ -261,6 +261,7 @@ class _Exchange:
         self.conn: UpstreamConnection | None = None
         self.body: Body | None = None
         self.done = False
+        self.sending = False  # the request body is still being sent (see _receive)
 
     def finish(self, *, reusable: bool = False) -> None:
         """Release the connection and the load figures, once."""
@@ -318,13 +319,77 @@ class _Exchange:
         out = conn.codec.send_request_head(request.method.encode(), request.path.encode(), headers)
         body = request.body
         if body.length == 0 or body.done:
+            self.sending = False
             await conn.stream.send_all(out + conn.codec.send_end())
             return
+        # The body goes out while the response comes in: see _receive.
+        self.sending = True
         await conn.stream.send_all(out)
-        async for chunk in body:
-            await conn.stream.send_all(conn.codec.send_data(chunk))
-        trailers = body.trailers.raw if body.trailers is not None else None
-        await conn.stream.send_all(conn.codec.send_end(trailers))
+
+    async def _receive(self) -> None:
+        """Receive more of the response into the codec, sending the rest of the request body meanwhile.
+
+        Full duplex: an upstream may stream its response while it still reads the request (an
+        echo does). Sending the whole body before reading would deadlock once the socket buffers
+        fill: the upstream stops reading while nobody reads its response, and we would not read
+        until it had read everything. Only waits are cancelled here (for the client's next body
+        chunk, for upstream bytes), never a send, so no stream is left half-written.
+        """
+        assert self.conn is not None  # noqa: S101 - set by run()
+        conn = self.conn
+        if not self.sending:
+            conn.codec.receive_data(await conn.stream.receive_some(RECEIVE_SIZE))
+            return
+        pumping = True
+        received = False
+        waiting_for_client: trio.CancelScope | None = None
+        waiting_for_upstream = trio.CancelScope()
+        errors: list[Exception] = []
+
+        async def receive() -> None:
+            nonlocal received, waiting_for_upstream
+            try:
+                while True:
+                    with trio.CancelScope() as waiting_for_upstream:
+                        data = await conn.stream.receive_some(RECEIVE_SIZE)
+                    if waiting_for_upstream.cancelled_caught:
+                        return
+                    conn.codec.receive_data(data)
+                    received = True
+                    if waiting_for_client is not None:
+                        waiting_for_client.cancel()
+                    # While a send is under way, keep reading: the upstream may need that to read it.
+                    if not pumping or waiting_for_client is not None or not data:
+                        return
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
+                errors.append(err)
+                nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive)
+            body = self.request.body
+            try:
+                while not received:
+                    with trio.CancelScope() as waiting_for_client:
+                        chunk = await body.read()
+                    cancelled, waiting_for_client = waiting_for_client.cancelled_caught, None
+                    if cancelled:
+                        break
+                    if chunk:
+                        await conn.stream.send_all(conn.codec.send_data(chunk))
+                        continue
+                    trailers = body.trailers.raw if body.trailers is not None else None
+                    await conn.stream.send_all(conn.codec.send_end(trailers))
+                    self.sending = False
+                    break
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ProtocolError) as err:
+                errors.append(err)
+                nursery.cancel_scope.cancel()
+            pumping = False
+            if received:
+                waiting_for_upstream.cancel()
+        if errors:
+            raise errors[0]
 
     async def _next_event(self) -> Any:
         assert self.conn is not None  # noqa: S101 - set by run()
@@ -336,8 +401,7 @@ class _Exchange:
                 raise UpstreamError(ResponseFlag.UPSTREAM_PROTOCOL_ERROR, str(err)) from err
             if event is not NEED_DATA:
                 return event
-            data = await conn.stream.receive_some(RECEIVE_SIZE)
-            conn.codec.receive_data(data)
+            await self._receive()
 
     async def _read_head(self) -> ResponseHead:
         while True:
@@ -368,7 +432,7 @@ class _Exchange:
             self.finish()
             msg = f"upstream {self.host.label} reset the connection mid-response: {err}"
             raise UpstreamError(ResponseFlag.UPSTREAM_RESET, msg) from err
-        except UpstreamError:
+        except (UpstreamError, ProtocolError):  # ProtocolError: the client broke off the request body
             self.finish()
             raise
         self.finish()
