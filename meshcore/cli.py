@@ -8,7 +8,7 @@ import functools
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -17,32 +17,44 @@ import trio
 import meshcore
 from meshcore.cli_demo import cmd_demo
 from meshcore.config import CONFIG_SUFFIXES, Duration
+from meshcore.errors import ConfigError
 from meshcore.logs import LEVELS
 from meshcore.logs import configure as configure_logging
-from meshcore.errors import ConfigError
 from meshcore.registry import KINDS, Registry, build_registry
 from meshcore.runtime.server import serve_proxy
 
 __all__ = ["main"]
 
-_SKIPPED_FILES = frozenset({"pyproject.toml"})
+
+def _is_project(path: Path) -> bool:
+    """A Python project folder (a plugin package), not a folder of proxy configs."""
+    return (path / "pyproject.toml").is_file()
 
 
-def _config_files(arg: str) -> Iterator[Path]:
-    """A file argument as is; a directory as the config files below it."""
+def _config_files(arg: str) -> tuple[list[Path], list[Path]]:
+    """A file argument as is; a folder as the config files below it.
+
+    Folders that are Python projects (a plugin package with its pyproject.toml) are not
+    searched: their configs may need the plugin installed; name such files explicitly.
+    Returns the files and the skipped project folders.
+    """
     path = Path(arg)
     if not path.is_dir():
-        yield path
-        return
+        return [path], []
+    if _is_project(path):
+        return [], [path]
+    files, skipped = [], []
     for found in sorted(path.rglob("*")):
-        hidden = any(part.startswith(".") for part in found.relative_to(path).parts)
-        if (
-            found.is_file()
-            and found.suffix in CONFIG_SUFFIXES
-            and found.name not in _SKIPPED_FILES
-            and not hidden
-        ):
-            yield found
+        relative = found.relative_to(path)
+        if any(part.startswith(".") for part in relative.parts):
+            continue
+        if any(_is_project(path / parent) for parent in relative.parents if str(parent) != "."):
+            continue
+        if found.is_dir() and _is_project(found):
+            skipped.append(found)
+        elif found.is_file() and found.suffix in CONFIG_SUFFIXES:
+            files.append(found)
+    return files, skipped
 
 
 def _report_plugin_problems(registry: Registry, out: TextIO) -> None:
@@ -57,8 +69,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     failed = False
     checked = 0
     for arg in args.files:
-        files = list(_config_files(arg))
-        if not files:
+        files, skipped = _config_files(arg)
+        for project in skipped:
+            print(
+                f"{project}: skipped, a Python project (name its config files to validate them)",
+                file=sys.stderr,
+            )
+        if not files and not skipped:
             print(
                 f"{arg}: no config files ({', '.join('*' + s for s in CONFIG_SUFFIXES)}) found",
                 file=sys.stderr,
@@ -102,7 +119,9 @@ def cmd_plugins(_args: argparse.Namespace) -> int:
 
 def _source(path: str, registry: Registry, poll_interval: float) -> Any:
     config_type = registry.get("config_source", "file")
-    assert config_type is not None and config_type.config is not None  # noqa: S101 - built in
+    if config_type is None or config_type.config is None:
+        msg = "the built-in 'file' config source is missing from the registry"
+        raise RuntimeError(msg)
     return config_type.factory(config_type.config(path=path, poll_interval=Duration(poll_interval)), registry)
 
 
@@ -163,7 +182,9 @@ def cmd_upstream(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            host, port = await nursery.start(functools.partial(serve_upstream, args.host, args.port, name=args.name))
+            host, port = await nursery.start(
+                functools.partial(serve_upstream, args.host, args.port, name=args.name)
+            )
             print(f"sample upstream listening on {host}:{port}", flush=True)
 
     with contextlib.suppress(KeyboardInterrupt):

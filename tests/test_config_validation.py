@@ -670,13 +670,21 @@ def test_directory_arguments_expand_to_the_config_files_below(
     (tmp_path / "sub" / "b.yml").write_text((EXAMPLES / TCP).read_text(encoding="utf-8"), encoding="utf-8")
     (tmp_path / "sub" / "c.toml").write_text(TCP_TOML, encoding="utf-8")
     (tmp_path / "sub" / "d.json").write_text("{}", encoding="utf-8")
-    # Not config: hidden, a Python project's own pyproject.toml, other suffixes.
+    # Not config: hidden, a Python project (plugin package) below, other suffixes.
     (tmp_path / ".hidden").mkdir()
     (tmp_path / ".hidden" / "x.yaml").write_text("bad: [", encoding="utf-8")
     (tmp_path / ".y.yaml").write_text("bad: [", encoding="utf-8")
-    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n", encoding="utf-8")
+    (tmp_path / "plugin").mkdir()
+    (tmp_path / "plugin" / "pyproject.toml").write_text("[project]\nname = 'x'\n", encoding="utf-8")
+    (tmp_path / "plugin" / "needs-plugin.yaml").write_text("bad: [", encoding="utf-8")
     (tmp_path / "notes.txt").write_text("bad: [", encoding="utf-8")
-    status, out = validate(capsys, tmp_path)
+    status = main(["validate", str(tmp_path)])
+    captured = capsys.readouterr()
+    out = captured.out.splitlines()
+    assert (
+        captured.err
+        == f"{tmp_path / 'plugin'}: skipped, a Python project (name its config files to validate them)\n"
+    )
     assert status == 0
     checked = [line.split(": ok (version ")[0] for line in out]
     assert checked == [str(tmp_path / name) for name in ("a.yaml", "sub/b.yml", "sub/c.toml", "sub/d.json")]
@@ -692,20 +700,38 @@ def test_directory_without_config_files(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_the_examples_directory_without_plugins(capsys: pytest.CaptureFixture[str]) -> None:
-    """``meshcore validate examples`` with only meshcore installed: the plugin's config fails.
+    """``meshcore validate examples`` with only meshcore installed passes.
 
-    examples/plugin-hello/hello.yaml needs meshcore-plugin-hello installed; everything else
-    is valid with the built-in plugins alone.
+    examples/plugin-hello is a Python project (it has a pyproject.toml): its config needs
+    the plugin installed, so the folder is skipped with a note and validated by name.
     """
-    status, out = validate(capsys, EXAMPLES)
-    hello = EXAMPLES / "plugin-hello" / "hello.yaml"
-    assert status == 1
-    assert len(out) == 3
+    status = main(["validate", str(EXAMPLES)])
+    out = capsys.readouterr().out.splitlines()
+    assert status == 0
+    assert len(out) == 2
     assert out[0].startswith(f"{EXAMPLES / HTTP}: ok (version ")
-    assert out[1] == (
-        f"{hello}:{line_of(hello, '- hello:')}: {HCM}.http_filters[0]: unknown HTTP filter 'hello' (known: router)"
+    assert out[1].startswith(f"{EXAMPLES / TCP}: ok (version ")
+
+
+def test_the_examples_glob_without_plugins(capsys: pytest.CaptureFixture[str]) -> None:
+    """``meshcore validate examples/*``, the README's form, passes with meshcore alone."""
+    args = sorted(str(p) for p in EXAMPLES.iterdir())
+    status = main(["validate", *args])
+    captured = capsys.readouterr()
+    assert status == 0
+    assert captured.err == (
+        f"{EXAMPLES / 'plugin-hello'}: skipped, a Python project (name its config files to validate them)\n"
     )
-    assert out[2].startswith(f"{EXAMPLES / TCP}: ok (version ")
+    assert captured.out.count(": ok (version ") == 2
+
+
+def test_a_plugin_config_named_explicitly_needs_the_plugin(capsys: pytest.CaptureFixture[str]) -> None:
+    hello = EXAMPLES / "plugin-hello" / "hello.yaml"
+    status, out = validate(capsys, hello)
+    assert status == 1
+    assert out == [
+        f"{hello}:{line_of(hello, '- hello:')}: {HCM}.http_filters[0]: unknown HTTP filter 'hello' (known: router)"
+    ]
 
 
 # -- the real command ---------------------------------------------------------------------------
