@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["ResponseFlag"]
+__all__ = ["ResponseFlag", "render_flag_table"]
 
 
 class ResponseFlag(enum.Enum):
@@ -41,3 +41,22 @@ class ResponseFlag(enum.Enum):
     DELAY_INJECTED = ("DI", "a fault filter delayed the request", 0)
     UNAUTHORIZED = ("UAEX", "an authorization filter denied the request", 403)
     DIRECT_RESPONSE = ("DR", "the route answered directly (direct response or redirect)", 0)
+
+
+def render_flag_table() -> str:
+    """The Markdown table of docs/response-flags.md, generated so that it cannot drift."""
+    lines = [
+        "# Response flags",
+        "",
+        "Every locally generated reply carries an `x-meshcore-flags` header, and every access-log",
+        "line a `flags` field, naming why the proxy answered as it did (in the spirit of Envoy's",
+        "response flags). A reply with no flag came from the upstream untouched.",
+        "",
+        "| flag | name | meaning | status sent |",
+        "| --- | --- | --- | --- |",
+    ]
+    for flag in ResponseFlag:
+        status = str(flag.status) if flag.status else "(as configured / none)"
+        lines.append(f"| `{flag.value}` | {flag.name.lower()} | {flag.description} | {status} |")
+    lines += ["", "This table is generated from `meshcore/http/flags.py`; a test keeps the two in step.", ""]
+    return "\n".join(lines)
