@@ -166,14 +166,16 @@ def run_workers(args: argparse.Namespace, registry: Registry) -> int:
             print(problem, file=sys.stderr)
         return 1
     argv = [sys.executable, "-m", "meshcore", "proxy", "-c", args.config, "--workers", "1", "--reuse-port"]
-    argv += ["--log-level", args.log_level, "--log-format", args.log_format]
+    argv += ["--log-level", args.log_level, "--log-format", args.log_format, "--poll-interval", str(args.poll_interval)]
     procs = [subprocess.Popen([*argv, "--no-admin"] if i else argv) for i in range(args.workers)]  # noqa: S603
-    try:
-        return max(p.wait() for p in procs)
-    except KeyboardInterrupt:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        return max(p.wait() for p in procs)
+
+    def forward(signum: int, _frame: object) -> None:
+        for proc in procs:
+            proc.send_signal(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    return max(proc.wait() for proc in procs)
 
 
 def cmd_upstream(args: argparse.Namespace) -> int:

@@ -122,6 +122,8 @@ class HttpConnectionManager:
         if found is None:  # the loader checks names; this is a bug guard
             msg = f"unknown HTTP filter {name!r}"
             raise ValueError(msg)
+        if config is None and found.config is not None:
+            config = found.config()  # a default chain entry written in Python, not structured
         built: HttpFilter = found.factory(config, self.context)
         return built
 
@@ -270,6 +272,9 @@ class _H1Session:
         body: Body
         if length == 0 or (length is None and not chunked):
             body = Body.empty()
+            # Take the empty body's end from the codec (it needs no bytes): only then is the
+            # request complete, and the connection free for the next one.
+            self.codec.next_event()
         else:
             body = Body(self._read_body_chunk, length=length)
         info = StreamInfo(downstream_address=self.conn.peer, connection_id=self.conn.id)
