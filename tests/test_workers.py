@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -11,7 +10,6 @@ import sys
 from pathlib import Path
 
 import trio
-
 from meshcore.testing.client import fetch
 from meshcore.testing.upstreams import serve_upstream
 
@@ -57,6 +55,14 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _holds_sockets(pid: int) -> bool:
+    return any(str(fd.readlink()).startswith("socket:") for fd in Path(f"/proc/{pid}/fd").iterdir())
+
+
+def _alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
 async def _wait_for_started(stream: trio.abc.ReceiveStream, count: int) -> None:
     """Read JSON log lines until ``count`` workers have logged proxy_started."""
     buffer = b""
@@ -66,31 +72,44 @@ async def _wait_for_started(stream: trio.abc.ReceiveStream, count: int) -> None:
         assert chunk, "the proxy exited before it started"
         buffer += chunk
         *lines, buffer = buffer.split(b"\n")
-        started += sum(1 for line in lines if line.startswith(b"{") and json.loads(line)["event"] == "proxy_started")
+        started += sum(
+            1 for line in lines if line.startswith(b"{") and json.loads(line)["event"] == "proxy_started"
+        )
 
 
-async def test_two_workers_share_a_listener_and_stop_on_sigterm(nursery: trio.Nursery, tmp_path: Path) -> None:
+async def test_two_workers_share_a_listener_and_stop_on_sigterm(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
     with trio.fail_after(30):
         upstream = await nursery.start(serve_upstream)
         port = _free_port()
         config = tmp_path / "proxy.yaml"
         config.write_text(CONFIG.format(port=port, upstream=f"{upstream[0]}:{upstream[1]}"))
-        argv = [sys.executable, "-m", "meshcore", "proxy", "-c", str(config), "--workers", "2", "--log-format", "json"]
+        argv = [
+            sys.executable,
+            "-m",
+            "meshcore",
+            "proxy",
+            "-c",
+            str(config),
+            "--workers",
+            "2",
+            "--log-format",
+            "json",
+        ]
         proc = await trio.lowlevel.open_process(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
         try:
             assert proc.stderr is not None
             await _wait_for_started(proc.stderr, 2)
             workers = _children(proc.pid)
             assert len(workers) == 2
-            for worker in workers:
-                # Each worker holds its own listening socket on the same port.
-                inodes = {os.readlink(f"/proc/{worker}/fd/{fd}") for fd in os.listdir(f"/proc/{worker}/fd")}
-                assert any(link.startswith("socket:") for link in inodes)
+            # Each worker holds its own sockets (its listener on the shared port among them).
+            assert all(_holds_sockets(worker) for worker in workers)
             responses = [await fetch(("127.0.0.1", port), f"/bytes/{n}") for n in range(1, 21)]
             assert [len(r.body) for r in responses] == list(range(1, 21))
             proc.send_signal(signal.SIGTERM)
             assert await proc.wait() == 0
-            assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+            assert not any(_alive(pid) for pid in workers)
         finally:
             if proc.returncode is None:
                 proc.kill()
