@@ -59,11 +59,17 @@ class Proxy:
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Own the listener tasks until every listener has drained."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started(self)
-            await self._drain_requested.wait()
-        # Leaving the nursery waits for every listener to drain (each bounded by its timeout).
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started(self)
+                await self._drain_requested.wait()
+            # Leaving the nursery waits for every listener to drain (each bounded by its timeout).
+        finally:
+            # Drained or cancelled: close the kept-alive upstream connections, or nobody will.
+            for cluster in self.clusters.clusters.values():
+                for host in cluster.hosts:
+                    host.close_idle()
         log.info("proxy_stopped")
 
     async def wait_applied(self) -> Snapshot:
