@@ -52,15 +52,24 @@ async def serve_proxy(
             await proxy.run(task_status=task_status)
             nursery.cancel_scope.cancel()  # drained: stop the source, admin and signal tasks
 
+        def apply(snapshot: Snapshot) -> None:
+            # Sources keep delivering while we drain (SIGHUP, a file change); the proxy refuses
+            # new Snapshots then (RuntimeError), which must not end the drain.
+            if proxy.draining:
+                log.info("snapshot_ignored", version=snapshot.version, reason="draining")
+                return
+            proxy.apply(snapshot)
+
         await nursery.start(run_proxy)
-        await nursery.start(source.run, proxy.apply)
+        await nursery.start(source.run, apply)
         snapshot: Snapshot = await proxy.wait_applied()
         if admin and snapshot.admin.enabled:
             from meshcore.runtime.admin import serve_admin  # noqa: PLC0415 - optional part
 
             proxy.admin_address = await nursery.start(serve_admin, proxy, snapshot.admin.address)
         if handle_signals:
-            nursery.start_soon(_handle_signals, proxy, source)
+            # Handlers in place before proxy_started: a signal sent on that line must not kill us.
+            await nursery.start(_handle_signals, proxy, source)
         log.info("proxy_started", listeners={n: f"{h}:{p}" for n, (h, p) in _addresses(proxy).items()})
         task_status.started(proxy)
 
@@ -69,8 +78,11 @@ def _addresses(proxy: Proxy) -> dict[str, tuple[str, int]]:
     return {name: runtime.address for name, runtime in proxy.listeners.items()}
 
 
-async def _handle_signals(proxy: Proxy, source: ConfigSource) -> None:
+async def _handle_signals(
+    proxy: Proxy, source: ConfigSource, *, task_status: Any = trio.TASK_STATUS_IGNORED
+) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        task_status.started()
         async for signum in signals:
             if signum == signal.SIGHUP:
                 log.info("reload_requested", signal="SIGHUP")
