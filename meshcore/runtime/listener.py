@@ -189,6 +189,11 @@ class ListenerRuntime:
                     await trio.sleep(0.1)
                     continue
                 raise
+            if self._stopped.is_set():
+                # Accepted after stop(), before this loop was cancelled: the drain has begun,
+                # so this connection is refused, never served.
+                stream.socket.close()
+                return
             connections.start_soon(self._handle, stream)
 
     async def _handle(self, stream: trio.SocketStream) -> None:
