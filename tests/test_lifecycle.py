@@ -479,7 +479,8 @@ async def test_a_reload_while_1000_requests_are_in_flight_loses_none_of_them(nur
     ]
     cluster = {"max_connections_per_endpoint": IN_FLIGHT}
     registry = build_registry()
-    proxy = await start_proxy(nursery, http_proxy_config([upstream_address], routes=routes, cluster=cluster))
+    config = http_proxy_config([upstream_address], routes=routes, cluster=cluster)
+    proxy = await start_proxy(nursery, config, registry=registry)
     address = proxy.address("ingress")
     replies: dict[int, tuple[Reply, bool]] = {}
 

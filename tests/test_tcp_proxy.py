@@ -169,5 +169,5 @@ async def test_idle_timeout_closes_a_connection_on_which_nothing_moves_and_traff
                 assert await client.receive_some(RECEIVE) == b""
                 waited = trio.current_time() - quiet_since
             await upstream_closed.wait()
-    assert idle_timeout - 0.05 <= waited < idle_timeout + 0.5
+    assert idle_timeout - 0.05 <= waited < idle_timeout + 1
     assert [e["cluster"] for e in logs if e["event"] == "tcp_proxy_idle_timeout"] == ["backend"]
