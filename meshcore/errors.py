@@ -7,8 +7,12 @@ Messages say what, where, and what was found: "`burst` must be >= 1, got 0".
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import attrs
+
+if TYPE_CHECKING:
+    from meshcore.http.flags import ResponseFlag
 
 __all__ = [
     "ConfigError",
@@ -16,6 +20,7 @@ __all__ = [
     "MeshcoreError",
     "PluginError",
     "ProtocolError",
+    "UpstreamError",
 ]
 
 
@@ -74,3 +79,11 @@ class ProtocolError(MeshcoreError):
         super().__init__(message)
         self.status = status
         self.remote = remote
+
+
+class UpstreamError(MeshcoreError):
+    """A request could not be served by the upstream; ``flag`` says why (UF, UT, UR, ...)."""
+
+    def __init__(self, flag: ResponseFlag, message: str) -> None:
+        super().__init__(message)
+        self.flag = flag

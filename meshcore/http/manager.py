@@ -20,7 +20,9 @@ from meshcore.config.structure import HttpFilterRef
 from meshcore.errors import ProtocolError
 from meshcore.http.codec import CLOSED, NEED_DATA, Data, EndOfMessage, RequestHead
 from meshcore.http.flags import ResponseFlag
+from meshcore.http.grpc import grpc_local_reply, grpc_status_of, is_grpc
 from meshcore.http.h1 import H11ServerCodec
+from meshcore.http.h2server import PREFACE, H2ServerSession
 from meshcore.http.messages import Body, Headers, HttpHandler, Request, Response, StreamInfo
 from meshcore.http.routing import CompiledRoute, RouteTable
 from meshcore.http.semantics import HOP_BY_HOP
@@ -89,6 +91,10 @@ class HttpConnectionManager:
         self.headers_timeout = float(config.request_headers_timeout) or math.inf
         self.idle_timeout = float(config.idle_timeout) or math.inf
         self.max_requests = int(config.max_requests_per_connection) or math.inf
+        self.protocol: str = getattr(config, "http_protocol", "auto")
+        self.http2: Any = getattr(config, "http2", None)
+        self.drain_timeout = self.idle_timeout if self.idle_timeout < math.inf else 30.0
+        self.h2_sessions: set[Any] = set()
         route_config = context.snapshot.route_config(config.route_config)
         if route_config is None:  # the loader checks references; this is a bug guard
             msg = f"unknown route config {config.route_config!r}"
@@ -119,6 +125,10 @@ class HttpConnectionManager:
         self.draining = True
         for scope in self.idle_scopes:
             scope.cancel()
+        for session in self.h2_sessions:
+            session.goaway()
+            if session.nursery is not None:
+                session.nursery.start_soon(session.flush)
 
     def _build_filter(self, name: str, config: Any) -> HttpFilter:
         found = self.context.registry.get("http_filter", name)
@@ -140,27 +150,135 @@ class HttpConnectionManager:
         return build_chain(filters)
 
     async def __call__(self, conn: Connection, call_next: Callable[[Connection], Awaitable[None]]) -> None:
-        """Serve HTTP/1.1 on ``conn`` until it closes (terminal: ``call_next`` is unused)."""
-        await _H1Session(self, conn).run()
+        """Serve HTTP on ``conn`` until it closes (terminal: ``call_next`` is unused).
+
+        HTTP/2 when TLS negotiated ``h2``, or when the client opens with the HTTP/2
+        connection preface (prior knowledge, h2c); HTTP/1.1 otherwise.
+        """
+        protocol = self.protocol
+        if conn.alpn == "h2" or protocol == "http2":
+            await H2ServerSession(self, conn).run()
+            return
+        initial = b""
+        if protocol == "auto" and conn.alpn is None:
+            initial = await self._sniff(conn)
+            if initial.startswith(PREFACE):
+                await H2ServerSession(self, conn, initial).run()
+                return
+            if not initial:
+                return
+        await _H1Session(self, conn, initial).run()
+
+    async def _sniff(self, conn: Connection) -> bytes:
+        """The first bytes of a connection: enough to tell the HTTP/2 preface from HTTP/1.1."""
+        data = b""
+        try:
+            with trio.move_on_after(self.idle_timeout) as idle:
+                self.idle_scopes.add(idle)  # a drain closes a connection that sent nothing yet
+                try:
+                    data = await conn.stream.receive_some(RECEIVE_SIZE)
+                finally:
+                    self.idle_scopes.discard(idle)
+            # A prefix of the preface: read on, within the headers timeout.
+            with trio.move_on_after(self.headers_timeout):
+                while data and len(data) < len(PREFACE) and PREFACE.startswith(data):
+                    chunk = await conn.stream.receive_some(RECEIVE_SIZE)
+                    if not chunk:
+                        break
+                    data += chunk
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return b""
+        return data
+
+    # -- per request, whatever the protocol -----------------------------------------------------
+
+    async def dispatch(self, request: Request) -> Response:
+        """Match the route, run the filter chain; never raises for a bad request or filter bug."""
+        self.stat_rq_total.value += 1
+        self.stat_rq_active.value += 1
+        route: CompiledRoute | None = self.routes.match(request)
+        chain = self.chain
+        if route is not None:
+            request.route = route
+            request.info.route_name = route.name
+            runtime: _RouteRuntime | None = route.chain
+            if runtime is not None:
+                runtime.requests.value += 1
+                if runtime.chain is not None:
+                    chain = runtime.chain
+        try:
+            response = await chain(request)
+        except ProtocolError as err:
+            if err.remote:
+                request.info.flags.add(ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR)
+            log.warning("request_failed", listener=self.listener, status=err.status, reason=str(err))
+            response = Response.local(err.status, f"{err}\n", headers=[("connection", "close")])
+        except Exception:
+            log.exception("filter_chain_crashed", listener=self.listener, path=request.path)
+            response = Response.local(500, "internal error in a filter\n", headers=[("connection", "close")])
+        if request.info.flags and response.status != 200 and is_grpc(request):
+            response = grpc_local_reply(request, response)
+        return response
+
+    def record(self, request: Request, response: Response) -> None:
+        """Count the finished request and write its access-log line (if enabled)."""
+        self.stat_rq_active.value -= 1
+        self.stat_bytes_in.value += request.body.consumed
+        self.stat_bytes_out.value += response.body.consumed
+        elapsed_ms = (time.monotonic() - request.info.start) * 1000
+        self.stat_latency.observe(elapsed_ms)
+        index = min(max(response.status // 100, 1), 5) - 1
+        self.stat_classes[index].value += 1
+        route = request.route
+        if route is not None and route.chain is not None:
+            route.chain.classes[index].value += 1
+        grpc_status = grpc_status_of(response) if is_grpc(request) else None
+        if grpc_status is not None:
+            self.context.stats.counter("http_downstream_grpc_status", listener=self.listener, code=str(grpc_status)).inc()
+        if self.access_log:
+            info = request.info
+            access_log.info(
+                "request_completed",
+                listener=self.listener,
+                method=request.method,
+                authority=request.authority,
+                path=request.path,
+                protocol=f"HTTP/{request.http_version}",
+                status=response.status,
+                grpc_status=grpc_status,
+                flags=info.flag_string(),
+                bytes_received=request.body.consumed,
+                bytes_sent=response.body.consumed,
+                duration_ms=round(elapsed_ms, 3),
+                upstream=info.upstream_address,
+                cluster=info.cluster_name,
+                route=info.route_name,
+                peer=info.downstream_address,
+            )
 
 
 class _H1Session:
     """One downstream HTTP/1.1 connection."""
 
-    __slots__ = ("codec", "conn", "hcm", "served", "stream")
+    __slots__ = ("codec", "conn", "hcm", "initial", "served", "stream")
 
-    def __init__(self, hcm: HttpConnectionManager, conn: Connection) -> None:
+    def __init__(self, hcm: HttpConnectionManager, conn: Connection, initial: bytes = b"") -> None:
         self.hcm = hcm
         self.conn = conn
         self.stream = conn.stream
         self.codec = H11ServerCodec(max_head_size=hcm.max_head)
         self.served = 0
+        self.initial = initial
 
     async def run(self) -> None:
         hcm, codec = self.hcm, self.codec
         while self.served < hcm.max_requests:
             try:
-                head = await self._read_head()
+                started = bool(self.initial)
+                if started:
+                    codec.receive_data(self.initial)  # bytes read while telling HTTP/1.1 from HTTP/2
+                    self.initial = b""
+                head = await self._read_head(started=started)
             except ProtocolError as err:
                 await self._reject(err)
                 return
@@ -180,7 +298,7 @@ class _H1Session:
         data = await self.stream.receive_some(RECEIVE_SIZE)
         self.codec.receive_data(data)
 
-    async def _read_head(self) -> RequestHead | None:
+    async def _read_head(self, *, started: bool = False) -> RequestHead | None:
         """The next request head; None when the client is gone, idle too long, or we drain.
 
         Waiting for the first byte is bounded by the idle timeout (and cut short by a drain);
@@ -188,7 +306,7 @@ class _H1Session:
         """
         hcm, codec = self.hcm, self.codec
         event = codec.next_event()
-        if event is NEED_DATA:
+        if event is NEED_DATA and not started:
             if hcm.draining:
                 return None
             with trio.move_on_after(hcm.idle_timeout) as idle:
@@ -202,17 +320,17 @@ class _H1Session:
             if idle.cancelled_caught:
                 return None
             event = codec.next_event()
+        if event is NEED_DATA:
+            with trio.move_on_after(hcm.headers_timeout):
+                while event is NEED_DATA:
+                    try:
+                        await self._receive()
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        return None
+                    event = codec.next_event()
             if event is NEED_DATA:
-                with trio.move_on_after(hcm.headers_timeout):
-                    while event is NEED_DATA:
-                        try:
-                            await self._receive()
-                        except (trio.BrokenResourceError, trio.ClosedResourceError):
-                            return None
-                        event = codec.next_event()
-                if event is NEED_DATA:
-                    msg = "request headers not received in time"
-                    raise _HeadersTimeout(msg, status=408)
+                msg = "request headers not received in time"
+                raise _HeadersTimeout(msg, status=408)
         if type(event) is RequestHead:
             return event
         if event is CLOSED:
@@ -329,49 +447,15 @@ class _H1Session:
     async def _serve(self, request: Request) -> bool:
         """Serve one request; True if the connection may carry another."""
         hcm = self.hcm
-        hcm.stat_rq_total.value += 1
-        hcm.stat_rq_active.value += 1
-        route: CompiledRoute | None = hcm.routes.match(request)
-        runtime: _RouteRuntime | None = None
-        chain = hcm.chain
-        if route is not None:
-            request.route = route
-            request.info.route_name = route.name
-            runtime = route.chain
-            if runtime is not None:
-                runtime.requests.value += 1
-                if runtime.chain is not None:
-                    chain = runtime.chain
+        response = await hcm.dispatch(request)
         try:
-            response = await self._call_chain(chain, request)
             completed = await self._write_response(request, response)
         finally:
-            hcm.stat_rq_active.value -= 1
-        hcm.stat_bytes_in.value += request.body.consumed
-        elapsed_ms = (time.monotonic() - request.info.start) * 1000
-        hcm.stat_latency.observe(elapsed_ms)
-        index = min(max(response.status // 100, 1), 5) - 1
-        hcm.stat_classes[index].value += 1
-        if runtime is not None:
-            runtime.classes[index].value += 1
-        if hcm.access_log:
-            self._log_access(request, response, elapsed_ms)
+            hcm.record(request, response)
         if not completed:
             return False
         # A request body nobody read keeps the connection out of step: close it.
         return self.codec.request_complete
-
-    async def _call_chain(self, chain: HttpHandler, request: Request) -> Response:
-        try:
-            return await chain(request)
-        except ProtocolError as err:
-            if err.remote:
-                request.info.flags.add(ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR)
-            log.warning("request_failed", listener=self.hcm.listener, status=err.status, reason=str(err))
-            return Response.local(err.status, f"{err}\n", headers=[("connection", "close")])
-        except Exception:
-            log.exception("filter_chain_crashed", listener=self.hcm.listener, path=request.path)
-            return Response.local(500, "internal error in a filter\n", headers=[("connection", "close")])
 
     async def _write_response(self, request: Request, response: Response) -> bool:
         """Stream the response; False if it could not be completed (then the connection closes)."""
@@ -393,7 +477,6 @@ class _H1Session:
         # A reply to HEAD, and a 204 or 304, has no body on the wire, even when the response
         # object has one (a local reply to HEAD): read it to its end, send none of it.
         no_body = request.method == "HEAD" or response.status in (204, 304)
-        sent = 0
         try:
             while True:
                 try:
@@ -411,7 +494,6 @@ class _H1Session:
                     break
                 if no_body:
                     continue
-                sent += len(chunk)
                 pending += codec.send_data(chunk)
                 if body.length is None or body.consumed < body.length:
                     await stream.send_all(pending)
@@ -422,8 +504,6 @@ class _H1Session:
             info.flags.add(ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION)
             body.close()
             return False
-        finally:
-            self.hcm.stat_bytes_out.value += sent
         return True
 
     async def _send(self, data: bytes) -> None:
@@ -431,27 +511,6 @@ class _H1Session:
             await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
-
-    def _log_access(self, request: Request, response: Response, elapsed_ms: float) -> None:
-        info = request.info
-        access_log.info(
-            "request_completed",
-            listener=self.hcm.listener,
-            method=request.method,
-            authority=request.authority,
-            path=request.path,
-            protocol=f"HTTP/{request.http_version}",
-            status=response.status,
-            flags=info.flag_string(),
-            bytes_received=request.body.consumed,
-            bytes_sent=response.body.consumed,
-            duration_ms=round(elapsed_ms, 3),
-            upstream=info.upstream_address,
-            cluster=info.cluster_name,
-            route=info.route_name,
-            peer=info.downstream_address,
-        )
-
 
 _REASONS = {
     400: b"Bad Request",

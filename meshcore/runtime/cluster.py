@@ -18,12 +18,13 @@ import trio
 
 from meshcore.config import Cluster as ClusterConfig
 from meshcore.config import Snapshot
-from meshcore.errors import MeshcoreError, ProtocolError
+from meshcore.errors import ProtocolError, UpstreamError
 from meshcore.http.codec import CLOSED, NEED_DATA, Data, EndOfMessage, Informational, ResponseHead
 from meshcore.http.flags import ResponseFlag
 from meshcore.http.h1 import H11ClientCodec
 from meshcore.http.messages import Body, Headers, Request, Response
 from meshcore.http.semantics import strip_hop_by_hop
+from meshcore.runtime.h2pool import H2Pool, StreamRefused, upstream_error
 from meshcore.runtime.stats import Stats
 
 __all__ = ["Cluster", "ClusterManager", "Host", "UpstreamError"]
@@ -31,14 +32,6 @@ __all__ = ["Cluster", "ClusterManager", "Host", "UpstreamError"]
 log = structlog.get_logger("meshcore.upstream")
 
 RECEIVE_SIZE = 64 * 1024
-
-
-class UpstreamError(MeshcoreError):
-    """A request could not be served by the upstream; ``flag`` says why."""
-
-    def __init__(self, flag: ResponseFlag, message: str) -> None:
-        super().__init__(message)
-        self.flag = flag
 
 
 class Picker(Protocol):
@@ -89,6 +82,7 @@ class Host:
         "active_requests",
         "address",
         "cluster",
+        "h2_pool",
         "healthy",
         "label",
         "open_connections",
@@ -105,6 +99,15 @@ class Host:
         self.open_connections = 0
         self._idle: list[UpstreamConnection] = []
         self._waiters = trio.lowlevel.ParkingLot()
+        self.h2_pool = H2Pool(self)
+
+    def wake_waiters(self) -> None:
+        """A connection or stream slot may have freed up: let waiting requests look again."""
+        self._waiters.unpark_all()
+
+    async def wait_for_room(self) -> None:
+        """Wait until a connection or stream slot may have freed up."""
+        await self._waiters.park()
 
     async def connect(self) -> trio.abc.Stream:
         """A new transport to this endpoint, TLS if the cluster says so; UpstreamError if not."""
@@ -162,9 +165,10 @@ class Host:
         self.cluster.stats_cx_active.value -= 1
 
     def close_idle(self) -> None:
-        """Close every idle connection (the endpoint left the cluster)."""
+        """Close every idle connection (the endpoint left the cluster, or the proxy stops)."""
         while self._idle:
             self._discard(self._idle.pop())
+        self.h2_pool.close()
 
 
 class Cluster:
@@ -176,6 +180,7 @@ class Cluster:
         self.picker = picker
         self.hosts: list[Host] = []
         self.tls_context: ssl.SSLContext | None = None
+        self.manager: ClusterManager | None = None
         labels = {"cluster": config.name}
         self.stats_rq_total = stats.counter("cluster_upstream_rq_total", **labels)
         self.stats_rq_timeout = stats.counter("cluster_upstream_rq_timeout", **labels)
@@ -240,6 +245,9 @@ class Cluster:
         self.stats_rq_total.value += 1
         host.active_requests += 1
         self.stats_rq_active.value += 1
+        protocol = self.config.protocol
+        if protocol == "http2" or (protocol == "auto" and request.http_version == "2"):
+            return await self._send_h2(request, host, deadline)
         exchange = _Exchange(self, host, request, deadline)
         try:
             return await exchange.run()
@@ -247,6 +255,50 @@ class Cluster:
             exchange.finish()
             raise
 
+
+    async def _send_h2(self, request: Request, host: Host, deadline: float) -> Response:
+        """Forward over a multiplexed HTTP/2 connection; retry streams the upstream refused."""
+        finished = False
+
+        def finish() -> None:
+            nonlocal finished
+            if not finished:
+                finished = True
+                host.active_requests -= 1
+                self.stats_rq_active.value -= 1
+                host.wake_waiters()
+
+        nursery = self.manager.nursery if self.manager is not None else None
+        try:
+            if nursery is None:
+                msg = "HTTP/2 upstreams need a running proxy (no nursery for their connections)"
+                raise UpstreamError(ResponseFlag.UPSTREAM_CONNECTION_FAILURE, msg)
+            for attempt in range(3):
+                with trio.move_on_at(deadline):
+                    conn = await host.h2_pool.acquire(nursery)
+                    try:
+                        response = await conn.exchange(request, deadline, finish)
+                    except StreamRefused:
+                        if attempt == 2 or request.body.consumed:
+                            raise
+                        continue
+                    return response
+                self.stats_rq_timeout.value += 1
+                raise UpstreamError(ResponseFlag.UPSTREAM_REQUEST_TIMEOUT, "upstream request timeout")
+            msg = "unreachable"
+            raise AssertionError(msg)  # pragma: no cover
+        except UpstreamError:
+            finish()
+            raise
+        except (TimeoutError, StreamRefused, ConnectionResetError, trio.BrokenResourceError) as err:
+            finish()
+            flag, msg = upstream_error(err, host.label)
+            if flag is ResponseFlag.UPSTREAM_REQUEST_TIMEOUT:
+                self.stats_rq_timeout.value += 1
+            raise UpstreamError(flag, msg) from err
+        except BaseException:
+            finish()
+            raise
 
 class _Exchange:
     """One request/response over a pooled HTTP/1.1 connection."""
@@ -458,6 +510,8 @@ class ClusterManager:
         self.stats = stats
         self._picker_factory = picker_factory
         self.clusters: dict[str, Cluster] = {}
+        self.nursery: trio.Nursery | None = None
+        """Where HTTP/2 upstream connections run their reader tasks (the proxy's nursery)."""
 
     def get(self, name: str) -> Cluster | None:
         """The cluster called ``name``, if any."""
@@ -475,7 +529,8 @@ class ClusterManager:
             picker = self._picker_factory(config)
             current = self.clusters.get(name)
             if current is None:
-                self.clusters[name] = Cluster(config, picker, self.stats)
+                cluster = self.clusters[name] = Cluster(config, picker, self.stats)
+                cluster.manager = self
             elif current.config != config:
                 current.update(config, picker)
         log.debug("clusters_applied", clusters=sorted(self.clusters))

@@ -58,15 +58,24 @@ class Proxy:
         return picker
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Own the listener tasks until every listener has drained."""
+        """Own the listener tasks until every listener has drained.
+
+        Upstream HTTP/2 connections run their reader tasks in a nursery of their own, which
+        outlives the listeners (in-flight requests still use them while draining) and is
+        cancelled once they are done.
+        """
         try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                task_status.started(self)
-                await self._drain_requested.wait()
-            # Leaving the nursery waits for every listener to drain (each bounded by its timeout).
+            async with trio.open_nursery() as upstreams:
+                self.clusters.nursery = upstreams
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    task_status.started(self)
+                    await self._drain_requested.wait()
+                # Leaving the nursery waited for every listener to drain (each bounded by its timeout).
+                upstreams.cancel_scope.cancel()
         finally:
             # Drained or cancelled: close the kept-alive upstream connections, or nobody will.
+            self.clusters.nursery = None
             for cluster in self.clusters.clusters.values():
                 for host in cluster.hosts:
                     host.close_idle()

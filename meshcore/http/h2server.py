@@ -1,0 +1,424 @@
+"""Downstream HTTP/2: one h2 connection, a task per stream, the same filter chains as HTTP/1.1.
+
+Flow control honours both peers: a request body is acknowledged to the client only as the
+chain reads it (so the proxy buffers at most the window it advertised), and a response is
+sent no faster than the client's windows allow, each stream waiting on its own window, so
+a stream whose reader never reads does not hold back the others. Abuse (rapid reset,
+SETTINGS and PING floods, CONTINUATION floods, oversized header lists) ends the
+connection with GOAWAY and a fitting error code.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+import structlog
+import trio
+from h2.errors import ErrorCodes
+
+from meshcore.errors import ProtocolError
+from meshcore.http.messages import Body, Headers, Request, Response, StreamInfo
+
+if TYPE_CHECKING:
+    from meshcore.http.manager import HttpConnectionManager
+    from meshcore.runtime.context import Connection
+
+__all__ = ["PREFACE", "H2ServerSession"]
+
+log = structlog.get_logger("meshcore.http2")
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+RECEIVE_SIZE = 64 * 1024
+# Connection-specific headers that must not cross into HTTP/2 (RFC 9113 section 8.2.2).
+_CONNECTION_SPECIFIC = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+)
+
+
+class _Budget:
+    """A token bucket for abuse detection: ``burst`` events, refilled at ``rate`` per second."""
+
+    __slots__ = ("burst", "last", "rate", "tokens")
+
+    def __init__(self, burst: float, rate: float) -> None:
+        self.burst = burst
+        self.rate = rate
+        self.tokens = burst
+        self.last = time.monotonic()
+
+    def spend(self) -> bool:
+        """Take one token; False when the budget is exhausted."""
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        self.tokens -= 1
+        return self.tokens >= 0
+
+
+class _Stream:
+    """One request stream: its inbound body buffer and the events its tasks wait on."""
+
+    __slots__ = ("chunks", "done", "ended", "id", "readable", "request", "scope", "trailers", "window")
+
+    def __init__(self, stream_id: int) -> None:
+        self.id = stream_id
+        self.chunks: deque[tuple[bytes, int]] = deque()
+        self.ended = False
+        self.done = False
+        self.trailers: Headers | None = None
+        self.readable = trio.Event()
+        self.window = trio.Event()
+        self.scope = trio.CancelScope()
+        self.request: Request | None = None
+
+
+class _Abuse(Exception):  # noqa: N818 - an outcome, not an error of ours
+    """The client abuses the connection; close it with GOAWAY ``code``."""
+
+    def __init__(self, code: ErrorCodes, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+class H2ServerSession:
+    """One downstream HTTP/2 connection."""
+
+    def __init__(self, hcm: HttpConnectionManager, conn: Connection, initial: bytes = b"") -> None:
+        self.hcm = hcm
+        self.conn = conn
+        self.stream = conn.stream
+        self.initial = initial
+        settings = hcm.http2
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=True)
+        self.h2 = h2.connection.H2Connection(config=config)
+        self.h2.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: settings.max_concurrent_streams,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: settings.initial_stream_window_size,
+                h2.settings.SettingCodes.MAX_FRAME_SIZE: settings.max_frame_size,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: settings.max_header_list_size,
+            },
+        )
+        self.connection_window = settings.initial_connection_window_size
+        self.streams: dict[int, _Stream] = {}
+        self.send_lock = trio.Lock()
+        self.closing = False
+        self.resets = _Budget(settings.max_stream_resets_burst, settings.max_stream_resets_per_second)
+        self.control = _Budget(settings.max_control_frames_burst, settings.max_control_frames_per_second)
+        self.nursery: trio.Nursery | None = None
+        self.last_stream_id = 0
+        self.flush_soon = trio.Event()
+        self.broken = False
+
+    # -- the connection -------------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Send whatever h2 has queued (one writer at a time).
+
+        If the client is gone, the whole session ends (its streams are cancelled); callers
+        never see the error.
+        """
+        async with self.send_lock:
+            data = self.h2.data_to_send()
+            if data and not self.broken:
+                try:
+                    await self.stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self.broken = True
+                    if self.nursery is not None:
+                        self.nursery.cancel_scope.cancel()
+
+    async def run(self) -> None:
+        """Serve the connection until the client goes, GOAWAY, drain, or idleness."""
+        self.h2.initiate_connection()
+        grow = self.connection_window - 65535
+        if grow > 0:
+            self.h2.increment_flow_control_window(grow)
+        try:
+            await self.flush()
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                nursery.start_soon(self._flusher)
+                self.hcm.h2_sessions.add(self)
+                try:
+                    writable = await self._read_loop(self.initial)
+                finally:
+                    self.hcm.h2_sessions.discard(self)
+                self.closing = True
+                if writable and self.streams:
+                    # GOAWAY sent, streams in flight: let them finish (bounded), then stop.
+                    nursery.cancel_scope.deadline = trio.current_time() + self.hcm.drain_timeout
+                else:
+                    nursery.cancel_scope.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async def _read_loop(self, data: bytes) -> bool:
+        """Feed h2 until the connection is done; False when it can no longer be written to."""
+        while True:
+            if data:
+                try:
+                    for event in self.h2.receive_data(data):
+                        self._handle(event)
+                except h2.exceptions.ProtocolError as err:
+                    # h2 has queued a GOAWAY with the fitting code (COMPRESSION_ERROR for an
+                    # oversized header list, PROTOCOL_ERROR for a CONTINUATION flood, ...).
+                    log.warning("http2_protocol_error", peer=self.conn.peer, reason=str(err))
+                    await self._final_flush()
+                    return False
+                except _Abuse as abuse:
+                    log.warning("http2_abuse_detected", peer=self.conn.peer, reason=str(abuse), code=abuse.code.name)
+                    self.h2.close_connection(error_code=abuse.code, last_stream_id=self.last_stream_id)
+                    await self._final_flush()
+                    return False
+                await self.flush()
+            if self.closing and not self.streams:
+                return True
+            idle = self.hcm.idle_timeout if not self.streams else math.inf
+            with trio.move_on_after(idle) as scope:
+                try:
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return False
+            if scope.cancelled_caught:
+                self.goaway()
+                await self._final_flush()
+                return True
+            if not data or self.broken:
+                return False
+
+    async def _final_flush(self) -> None:
+        """Send the GOAWAY h2 queued, without waiting long for a client that does not read."""
+        with trio.move_on_after(1):
+            await self.flush()
+
+    async def _flusher(self) -> None:
+        """Send window updates that body readers queued without waiting for the socket."""
+        while True:
+            await self.flush_soon.wait()
+            self.flush_soon = trio.Event()
+            await self.flush()
+
+    def goaway(self) -> None:
+        """Graceful GOAWAY: no new streams; in-flight ones finish."""
+        if not self.closing:
+            self.closing = True
+            self.h2.close_connection(error_code=ErrorCodes.NO_ERROR, last_stream_id=self.last_stream_id)
+
+    async def drain(self) -> None:
+        """Send GOAWAY now (the listener drains)."""
+        self.goaway()
+        await self.flush()
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def _handle(self, event: h2.events.Event) -> None:
+        kind = type(event)
+        if kind is h2.events.RequestReceived:
+            self._request_received(event)  # type: ignore[arg-type]
+        elif kind is h2.events.DataReceived:
+            stream = self.streams.get(event.stream_id)  # type: ignore[attr-defined]
+            if stream is None:
+                # Data for a stream we no longer serve: still give its window back.
+                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)  # type: ignore[attr-defined]
+                return
+            stream.chunks.append((event.data, event.flow_controlled_length))  # type: ignore[attr-defined]
+            stream.readable.set()
+        elif kind is h2.events.StreamEnded:
+            stream = self.streams.get(event.stream_id)  # type: ignore[attr-defined]
+            if stream is not None:
+                stream.ended = True
+                stream.readable.set()
+        elif kind is h2.events.TrailersReceived:
+            stream = self.streams.get(event.stream_id)  # type: ignore[attr-defined]
+            if stream is not None:
+                stream.trailers = Headers.from_raw(list(event.headers))  # type: ignore[attr-defined]
+        elif kind is h2.events.StreamReset:
+            self._stream_reset(event)  # type: ignore[arg-type]
+        elif kind is h2.events.WindowUpdated:
+            if event.stream_id == 0:  # type: ignore[attr-defined]
+                for stream in self.streams.values():
+                    stream.window.set()
+            elif (stream := self.streams.get(event.stream_id)) is not None:  # type: ignore[attr-defined]
+                stream.window.set()
+        elif kind in (h2.events.PingReceived, h2.events.RemoteSettingsChanged):
+            if not self.control.spend():
+                raise _Abuse(ErrorCodes.ENHANCE_YOUR_CALM, "SETTINGS or PING flood")
+        elif kind is h2.events.ConnectionTerminated:
+            self.closing = True
+
+    def _request_received(self, event: h2.events.RequestReceived) -> None:
+        stream_id = event.stream_id
+        self.last_stream_id = max(self.last_stream_id, stream_id)
+        if self.closing:
+            self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            return
+        stream = _Stream(stream_id)
+        try:
+            request = self._make_request(stream, event)
+        except ProtocolError as err:
+            log.warning("http2_request_rejected", peer=self.conn.peer, stream=stream_id, reason=str(err))
+            self.h2.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)
+            return
+        stream.request = request
+        if event.stream_ended is not None:
+            stream.ended = True
+        self.streams[stream_id] = stream
+        assert self.nursery is not None  # noqa: S101 - set by run()
+        self.nursery.start_soon(self._serve_stream, stream)
+
+    def _stream_reset(self, event: h2.events.StreamReset) -> None:
+        stream = self.streams.pop(event.stream_id, None)
+        if stream is None:
+            return
+        stream.scope.cancel()
+        if stream.request is not None and event.remote_reset and not stream.done and not self.resets.spend():
+            raise _Abuse(ErrorCodes.ENHANCE_YOUR_CALM, "rapid reset: too many streams cancelled by the client")
+
+    def _make_request(self, stream: _Stream, event: h2.events.RequestReceived) -> Request:
+        method = path = authority = b""
+        scheme = b"https" if self.hcm.scheme == "https" else b"http"
+        headers: list[tuple[bytes, bytes]] = []
+        for name, value in event.headers:
+            if name[0:1] == b":":
+                if name == b":method":
+                    method = value
+                elif name == b":path":
+                    path = value
+                elif name == b":authority":
+                    authority = value
+                elif name == b":scheme":
+                    scheme = value
+            elif name == b"host":
+                authority = authority or value
+            else:
+                headers.append((name, value))
+        if not method or (not path and method != b"CONNECT"):
+            msg = "missing :method or :path"
+            raise ProtocolError(msg, status=400)
+        if len(headers) > self.hcm.max_headers:
+            msg = f"more than {self.hcm.max_headers} request headers"
+            raise ProtocolError(msg, status=431)
+        length = None
+        for name, value in headers:
+            if name == b"content-length" and value.isdigit():
+                length = int(value)
+        body = Body.empty() if event.stream_ended is not None else Body(self._body_reader(stream), length=length)
+        return Request(
+            method.decode("ascii"),
+            path.decode("latin-1"),
+            authority=authority.decode("latin-1"),
+            scheme=scheme.decode("ascii"),
+            headers=Headers.from_raw(headers),
+            body=body,
+            http_version="2",
+            info=StreamInfo(downstream_address=self.conn.peer, connection_id=self.conn.id),
+        )
+
+    def _body_reader(self, stream: _Stream) -> Any:
+        async def read() -> bytes:
+            while not stream.chunks:
+                if stream.ended:
+                    if stream.request is not None and stream.trailers is not None:
+                        stream.request.body.trailers = stream.trailers
+                    return b""
+                stream.readable = trio.Event()
+                await stream.readable.wait()
+            data, flow = stream.chunks.popleft()
+            if flow:
+                # Consumed: give the window back, so the client may send more. No await between
+                # taking the chunk and returning it: a cancelled read must never lose data.
+                self.h2.acknowledge_received_data(flow, stream.id)
+                self.flush_soon.set()
+            return data if data else await read()
+
+        return read
+
+    # -- one stream -----------------------------------------------------------------------------
+
+    async def _serve_stream(self, stream: _Stream) -> None:
+        request = stream.request
+        assert request is not None  # noqa: S101 - set before the task starts
+        hcm = self.hcm
+        response: Response | None = None
+        completed = False
+        with stream.scope:
+            response = await hcm.dispatch(request)
+            completed = await self._send_response(stream, response)
+        stream.done = True
+        self.streams.pop(stream.id, None)
+        if response is not None:
+            if not completed:
+                response.body.close()
+            hcm.record(request, response)
+        if self.closing and not self.streams and self.nursery is not None:
+            # Last stream after GOAWAY: nothing more to serve.
+            self.nursery.cancel_scope.cancel()
+
+    async def _send_response(self, stream: _Stream, response: Response) -> bool:
+        headers = [(b":status", str(response.status).encode())]
+        headers += [(n, v) for n, v in response.headers.raw if n not in _CONNECTION_SPECIFIC]
+        flags = stream.request.info.flags if stream.request is not None else set()
+        if flags:
+            headers.append((b"x-meshcore-flags", stream.request.info.flag_string().encode()))  # type: ignore[union-attr]
+        body = response.body
+        try:
+            if body.length == 0 or body.done:
+                trailers = body.trailers
+                self.h2.send_headers(stream.id, headers, end_stream=trailers is None)
+                if trailers is not None:
+                    self.h2.send_headers(stream.id, trailers.raw, end_stream=True)
+                await self.flush()
+                return True
+            self.h2.send_headers(stream.id, headers)
+            await self.flush()
+            while True:
+                try:
+                    chunk = await body.read()
+                except Exception as err:  # noqa: BLE001 - upstream reset or timeout mid-response
+                    flag = getattr(err, "flag", None)
+                    if flag is not None and stream.request is not None:
+                        stream.request.info.flags.add(flag)
+                    log.warning(
+                        "response_aborted",
+                        listener=self.hcm.listener,
+                        stream=stream.id,
+                        flags=getattr(flag, "value", "-"),
+                        reason=str(err) or type(err).__name__,
+                    )
+                    self.h2.reset_stream(stream.id, ErrorCodes.INTERNAL_ERROR)
+                    await self.flush()
+                    return False
+                if not chunk:
+                    break
+                await self._send_data(stream, chunk)
+            if body.trailers is not None:
+                self.h2.send_headers(stream.id, body.trailers.raw, end_stream=True)
+            else:
+                self.h2.end_stream(stream.id)
+            await self.flush()
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            return False  # the client reset the stream meanwhile
+        return True
+
+    async def _send_data(self, stream: _Stream, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            window = self.h2.local_flow_control_window(stream.id)
+            if window <= 0:
+                stream.window = trio.Event()
+                await stream.window.wait()
+                continue
+            size = min(window, len(view), self.h2.max_outbound_frame_size)
+            self.h2.send_data(stream.id, bytes(view[:size]))
+            view = view[size:]
+            await self.flush()

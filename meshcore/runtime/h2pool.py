@@ -1,0 +1,324 @@
+"""Upstream HTTP/2: multiplexed connections per endpoint, a reader task per connection.
+
+A request takes a stream on a connection that has room (the peer's
+SETTINGS_MAX_CONCURRENT_STREAMS); when every connection is full a new one is opened, up
+to the cluster's connection limit. A stream refused by the upstream (REFUSED_STREAM, or
+beyond the last stream id of a GOAWAY) was not processed, so it is retried on another
+connection.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+import structlog
+import trio
+from h2.errors import ErrorCodes
+
+from meshcore.errors import UpstreamError
+from meshcore.http.flags import ResponseFlag
+from meshcore.http.messages import Body, Headers, Request, Response
+
+if TYPE_CHECKING:
+    from meshcore.runtime.cluster import Host
+
+__all__ = ["H2Pool", "StreamRefused"]
+
+log = structlog.get_logger("meshcore.upstream.http2")
+
+RECEIVE_SIZE = 64 * 1024
+WINDOW = 1 << 20
+_CONNECTION_SPECIFIC = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host"}
+)
+
+
+class StreamRefused(Exception):  # noqa: N818 - an outcome: the request was not processed
+    """The upstream refused the stream before processing it: safe to retry elsewhere."""
+
+
+class _UpStream:
+    __slots__ = ("chunks", "ended", "error", "head", "id", "readable", "trailers", "window")
+
+    def __init__(self, stream_id: int) -> None:
+        self.id = stream_id
+        self.head: list[tuple[bytes, bytes]] | None = None
+        self.chunks: deque[tuple[bytes, int]] = deque()
+        self.ended = False
+        self.trailers: Headers | None = None
+        self.error: BaseException | None = None
+        self.readable = trio.Event()
+        self.window = trio.Event()
+
+
+class H2Connection:
+    """One HTTP/2 connection to an upstream endpoint."""
+
+    def __init__(self, stream: trio.abc.Stream, host: Host) -> None:
+        self.stream = stream
+        self.host = host
+        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
+        self.h2 = h2.connection.H2Connection(config=config)
+        self.h2.local_settings = h2.settings.Settings(
+            client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: WINDOW}
+        )
+        self.streams: dict[int, _UpStream] = {}
+        self.send_lock = trio.Lock()
+        self.closed = False
+        self.goaway_last: int | None = None
+        self.settled = trio.Event()
+
+    @property
+    def capacity(self) -> int:
+        """Streams this connection can still open."""
+        if self.closed or self.goaway_last is not None:
+            return 0
+        return self.h2.remote_settings.max_concurrent_streams - len(self.streams)
+
+    async def flush(self) -> None:
+        """Send what h2 queued, one writer at a time."""
+        async with self.send_lock:
+            data = self.h2.data_to_send()
+            if data:
+                await self.stream.send_all(data)
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Read from the upstream until it closes; wake the streams."""
+        self.h2.initiate_connection()
+        self.h2.increment_flow_control_window(WINDOW)
+        try:
+            await self.flush()
+            task_status.started()
+            while not self.closed:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+                if not data:
+                    break
+                for event in self.h2.receive_data(data):
+                    self._handle(event)
+                await self.flush()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h2.exceptions.ProtocolError) as err:
+            log.info("upstream_http2_connection_failed", upstream=self.host.label, reason=str(err))
+        finally:
+            self.close(ConnectionResetError("upstream HTTP/2 connection closed"))
+
+    def close(self, error: BaseException) -> None:
+        """Fail every open stream and close the transport."""
+        if not self.closed:
+            self.closed = True
+            self.host.h2_pool.discard(self)
+        for up in self.streams.values():
+            if up.error is None and not up.ended:
+                up.error = error
+            up.readable.set()
+            up.window.set()
+        self.streams.clear()
+        sock = getattr(self.stream, "transport_stream", self.stream)
+        if isinstance(sock, trio.SocketStream):
+            sock.socket.close()
+
+    def _handle(self, event: h2.events.Event) -> None:
+        kind = type(event)
+        up = self.streams.get(getattr(event, "stream_id", 0))
+        if kind is h2.events.ResponseReceived and up is not None:
+            up.head = list(event.headers)  # type: ignore[attr-defined]
+            up.readable.set()
+        elif kind is h2.events.DataReceived and up is not None:
+            up.chunks.append((event.data, event.flow_controlled_length))  # type: ignore[attr-defined]
+            up.readable.set()
+        elif kind is h2.events.TrailersReceived and up is not None:
+            up.trailers = Headers.from_raw(list(event.headers))  # type: ignore[attr-defined]
+        elif kind is h2.events.StreamEnded and up is not None:
+            up.ended = True
+            up.readable.set()
+        elif kind is h2.events.StreamReset and up is not None:
+            refused = event.error_code == ErrorCodes.REFUSED_STREAM and up.head is None  # type: ignore[attr-defined]
+            up.error = StreamRefused("REFUSED_STREAM") if refused else ConnectionResetError("stream reset")
+            up.readable.set()
+            up.window.set()
+            self.streams.pop(up.id, None)
+        elif kind is h2.events.WindowUpdated:
+            targets = self.streams.values() if event.stream_id == 0 else ([up] if up else [])  # type: ignore[attr-defined]
+            for target in targets:
+                target.window.set()
+        elif kind is h2.events.RemoteSettingsChanged:
+            self.settled.set()
+            self.host.wake_waiters()
+        elif kind is h2.events.ConnectionTerminated:
+            last = event.last_stream_id or 0  # type: ignore[attr-defined]
+            self.goaway_last = last
+            for sid, target in list(self.streams.items()):
+                if sid > last:
+                    target.error = StreamRefused("GOAWAY before the stream was processed")
+                    target.readable.set()
+                    self.streams.pop(sid)
+
+    async def exchange(self, request: Request, deadline: float, finish: Any) -> Response:
+        """Send ``request`` on a new stream; return the response with its body streaming."""
+        sid = self.h2.get_next_available_stream_id()
+        up = self.streams[sid] = _UpStream(sid)
+        headers = [
+            (b":method", request.method.encode()),
+            (b":scheme", request.scheme.encode()),
+            (b":authority", request.authority.encode("latin-1")),
+            (b":path", request.path.encode("latin-1")),
+        ]
+        headers += [(n, v) for n, v in request.headers.raw if n not in _CONNECTION_SPECIFIC and n != b"te"]
+        if request.headers.get_raw(b"te") == b"trailers":
+            headers.append((b"te", b"trailers"))
+        body = request.body
+        empty = body.length == 0 or body.done
+        self.h2.send_headers(sid, headers, end_stream=empty)
+        await self.flush()
+        if not empty:
+            await self._send_body(up, body)
+        with trio.move_on_at(deadline):
+            while up.head is None and up.error is None:
+                up.readable = trio.Event()
+                await up.readable.wait()
+        if up.error is not None:
+            raise up.error
+        if up.head is None:
+            self._reset(up)
+            raise TimeoutError
+        status = 200
+        out: list[tuple[bytes, bytes]] = []
+        for name, value in up.head:
+            if name == b":status":
+                status = int(value)
+            elif name[:1] != b":":
+                out.append((name, value))
+        length = next((int(v) for n, v in out if n == b"content-length" and v.isdigit()), None)
+        response_body: Body
+
+        async def read() -> bytes:
+            try:
+                return await read_chunk()
+            except (TimeoutError, StreamRefused, ConnectionResetError) as err:
+                flag, msg = upstream_error(err, self.host.label)
+                if flag is ResponseFlag.UPSTREAM_REQUEST_TIMEOUT:
+                    self.host.cluster.stats_rq_timeout.value += 1
+                raise UpstreamError(flag, msg) from err
+
+        async def read_chunk() -> bytes:
+            while not up.chunks:
+                if up.error is not None:
+                    finish()
+                    raise up.error
+                if up.ended:
+                    response_body.trailers = up.trailers
+                    self.streams.pop(sid, None)
+                    finish()
+                    return b""
+                up.readable = trio.Event()
+                with trio.move_on_at(deadline):
+                    await up.readable.wait()
+                if not up.readable.is_set() and trio.current_time() >= deadline:
+                    self._reset(up)
+                    finish()
+                    raise TimeoutError
+            data, flow = up.chunks.popleft()
+            if flow:
+                self.h2.acknowledge_received_data(flow, sid)
+                await self.flush()
+            return data
+
+        def close() -> None:
+            self._reset(up)
+            finish()
+
+        response_body = Body(read, length=0 if up.ended and not up.chunks else length, close=close)
+        if up.ended and not up.chunks:
+            response_body.trailers = up.trailers
+            response_body.done = True
+            self.streams.pop(sid, None)
+            finish()
+        return Response(status, headers=Headers.from_raw(out), body=response_body)
+
+    def _reset(self, up: _UpStream) -> None:
+        if self.streams.pop(up.id, None) is not None and not self.closed:
+            try:
+                self.h2.reset_stream(up.id, ErrorCodes.CANCEL)
+            except h2.exceptions.ProtocolError:
+                return
+
+    async def _send_body(self, up: _UpStream, body: Body) -> None:
+        async for chunk in body:
+            view = memoryview(chunk)
+            while view:
+                if up.error is not None:
+                    raise up.error
+                window = self.h2.local_flow_control_window(up.id)
+                if window <= 0:
+                    up.window = trio.Event()
+                    await up.window.wait()
+                    continue
+                size = min(window, len(view), self.h2.max_outbound_frame_size)
+                self.h2.send_data(up.id, bytes(view[:size]))
+                view = view[size:]
+                await self.flush()
+        if body.trailers is not None:
+            self.h2.send_headers(up.id, body.trailers.raw, end_stream=True)
+        else:
+            self.h2.end_stream(up.id)
+        await self.flush()
+
+
+class H2Pool:
+    """The HTTP/2 connections of one endpoint."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.connections: list[H2Connection] = []
+        self.connecting = 0
+
+    def discard(self, conn: H2Connection) -> None:
+        """Forget a closed or refused connection."""
+        if conn in self.connections:
+            self.connections.remove(conn)
+            self.host.cluster.stats_cx_active.value -= 1
+            self.host.wake_waiters()
+
+    async def acquire(self, nursery: trio.Nursery) -> H2Connection:
+        """A connection with room for one more stream, opening one if needed."""
+        limit = self.host.cluster.config.max_connections_per_endpoint
+        while True:
+            for conn in self.connections:
+                if conn.capacity > 0:
+                    if conn is not self.connections[0] or len(conn.streams):
+                        self.host.cluster.stats_cx_reused.value += 1
+                    return conn
+            if len(self.connections) + self.connecting < limit:
+                self.connecting += 1
+                try:
+                    stream = await self.host.connect()
+                    conn = H2Connection(stream, self.host)
+                    await nursery.start(conn.run)
+                finally:
+                    self.connecting -= 1
+                self.connections.append(conn)
+                self.host.cluster.stats_cx_active.value += 1
+                return conn
+            await self.host.wait_for_room()
+
+    def close(self) -> None:
+        """Close every connection (the endpoint left, or the proxy stops)."""
+        for conn in list(self.connections):
+            conn.close(ConnectionResetError("endpoint removed"))
+
+
+def upstream_error(err: BaseException, label: str) -> tuple[ResponseFlag, str]:
+    """The response flag and message for an HTTP/2 upstream failure."""
+    if isinstance(err, TimeoutError):
+        return ResponseFlag.UPSTREAM_REQUEST_TIMEOUT, "upstream request timeout"
+    if isinstance(err, StreamRefused):
+        return ResponseFlag.UPSTREAM_CONNECTION_TERMINATION, f"upstream {label} refused the stream: {err}"
+    return ResponseFlag.UPSTREAM_RESET, f"upstream {label} reset the stream: {err}"
+
+
+__all__ += ["upstream_error"]
