@@ -13,7 +13,16 @@ import attrs
 import structlog
 
 import meshcore
-from meshcore import FilterContext, HttpHandler, Request, Response, ResponseFlag, UpstreamError
+from meshcore import (
+    FilterContext,
+    HttpHandler,
+    Request,
+    Response,
+    ResponseFlag,
+    UpstreamError,
+    grpc_timeout,
+    is_grpc,
+)
 
 log = structlog.get_logger("meshcore.router")
 
@@ -29,6 +38,21 @@ class RouterConfig:
 def _local(request: Request, flag: ResponseFlag, message: str, status: int | None = None) -> Response:
     request.info.flags.add(flag)
     return Response.local(status or flag.status, f"{message}\n")
+
+
+def _timeout(request: Request, route_timeout: float) -> float:
+    """The request's timeout in seconds (0: none): the route's, or the gRPC call's if shorter.
+
+    A gRPC client sends its deadline as ``grpc-timeout``; past it, the call is of no use to
+    anyone, so the proxy gives up then too (UT, which the client sees as DEADLINE_EXCEEDED).
+    """
+    timeout = float(route_timeout)
+    if is_grpc(request):
+        deadline = grpc_timeout(request)
+        if deadline is not None:
+            deadline = max(deadline, 1e-6)  # "0n" is a deadline already past, not "no timeout"
+            timeout = min(timeout, deadline) if timeout else deadline
+    return timeout
 
 
 class Router:
@@ -51,23 +75,19 @@ class Router:
         if action.redirect is not None:
             request.info.flags.add(ResponseFlag.DIRECT_RESPONSE)
             return Response.local(action.redirect.status, headers=[("location", _location(request, route))])
+        if request.upgrade is not None and request.upgrade not in action.upgrades:
+            return _local(request, ResponseFlag.UPGRADE_REJECTED, f"upgrade to {request.upgrade!r} not allowed here")
         name = route.pick_cluster()
         cluster = self._clusters.get(name) if name is not None else None
         if cluster is None:
             return _local(request, ResponseFlag.NO_CLUSTER_FOUND, f"no cluster {name!r} for route {route.name!r}")
-        request.path = route.rewrite_path(request.path)
-        if action.host_rewrite is not None:
-            request.authority = action.host_rewrite
+        route.rewrite_request(request)  # path, host and header edits (check-routes predicts the same)
         headers = request.headers
-        for header in action.request_headers_to_remove:
-            headers.remove(header)
-        for header, value in action.request_headers_to_add.items():
-            headers.add(header, value)
         if self._forwarded:
             headers.add(b"x-forwarded-for", request.info.downstream_address.rpartition(":")[0].strip("[]"))
             headers.set(b"x-forwarded-proto", request.scheme)
         try:
-            response = await cluster.send(request, timeout=action.timeout)
+            response = await cluster.send(request, timeout=_timeout(request, action.timeout))
         except UpstreamError as err:
             log.info("upstream_failed", route=route.name, cluster=name, flags=err.flag.value, reason=str(err))
             return _local(request, err.flag, str(err))

@@ -7,11 +7,8 @@ until it finishes too. An idle timeout closes a connection on which nothing move
 
 from __future__ import annotations
 
-import math
-
 import attrs
 import structlog
-import trio
 
 import meshcore
 from meshcore import ByteSize, Connection, Duration, FilterContext, NetworkHandler, UpstreamError, non_empty, ref
@@ -50,35 +47,19 @@ class TcpProxy:
         try:
             async with cluster.connect() as (upstream, host):
                 log.debug("tcp_proxy_connected", upstream=host.label)
-                await self._pipe(conn.stream, upstream)
+                timed_out = await meshcore.splice(
+                    conn.stream,
+                    upstream,
+                    idle_timeout=self._config.idle_timeout,
+                    buffer_size=self._config.buffer_size,
+                    a_to_b=self._stat_rx,
+                    b_to_a=self._stat_tx,
+                )
+                if timed_out:
+                    log.info("tcp_proxy_idle_timeout", cluster=self._config.cluster)
         except UpstreamError as err:
             self._stat_fail.value += 1
             log.warning("tcp_proxy_failed", cluster=self._config.cluster, flags=err.flag.value, reason=str(err))
-
-    async def _pipe(self, downstream: trio.abc.Stream, upstream: trio.abc.Stream) -> None:
-        idle = float(self._config.idle_timeout) or math.inf
-        size = int(self._config.buffer_size)
-        with trio.CancelScope(deadline=trio.current_time() + idle) as scope:
-
-            async def copy(source: trio.abc.Stream, sink: trio.abc.Stream, counter: meshcore.Counter) -> None:
-                try:
-                    while data := await source.receive_some(size):
-                        scope.deadline = trio.current_time() + idle
-                        await sink.send_all(data)
-                        counter.value += len(data)
-                    if isinstance(sink, trio.abc.HalfCloseableStream):
-                        await sink.send_eof()
-                    else:
-                        scope.cancel()  # no half-close on this stream (TLS): end both ways
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    scope.cancel()  # one side reset: tear down both
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(copy, downstream, upstream, self._stat_rx)
-                nursery.start_soon(copy, upstream, downstream, self._stat_tx)
-        if scope.cancelled_caught and trio.current_time() >= scope.deadline:
-            log.info("tcp_proxy_idle_timeout", cluster=self._config.cluster)
-
 
 @meshcore.hookimpl
 def meshcore_network_filters() -> list[meshcore.NetworkFilterType]:

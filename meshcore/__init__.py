@@ -37,13 +37,15 @@ from meshcore.plugin import (
     hookimpl,
 )
 from meshcore.http.flags import ResponseFlag
+from meshcore.http.grpc import grpc_timeout, is_grpc
 from meshcore.http.manager import HttpConnectionManager, build_chain
-from meshcore.http.messages import Body, Headers, HttpHandler, Request, Response, StreamInfo
+from meshcore.http.messages import Body, Headers, HttpHandler, Request, Response, StreamInfo, Upgraded
 from meshcore.registry import PluginInfo, Registry, build_registry
 from meshcore.runtime.cluster import Cluster as UpstreamCluster
 from meshcore.runtime.cluster import Host, UpstreamError
 from meshcore.runtime.context import Connection, FilterContext
 from meshcore.runtime.listener import NetworkHandler
+from meshcore.runtime.pipe import splice
 from meshcore.runtime.proxy import Proxy
 from meshcore.runtime.stats import Counter, Gauge, Histogram, Stats
 
@@ -95,16 +97,20 @@ __all__ = [
     "StreamInfo",
     "UpstreamCluster",
     "UpstreamError",
+    "Upgraded",
     "VirtualHost",
     "at_least",
     "at_most",
     "build_chain",
     "build_registry",
+    "grpc_timeout",
     "hookimpl",
+    "is_grpc",
     "load_snapshot",
     "non_empty",
     "ref",
     "regex",
     "snapshot_from_data",
+    "splice",
     "__version__",
 ]

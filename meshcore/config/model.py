@@ -290,6 +290,9 @@ class Route:
     response_headers_to_add: Mapping[str, str] = _EMPTY
     response_headers_to_remove: tuple[str, ...] = ()
     filters: FilterOverrides = FilterOverrides()
+    upgrades: tuple[str, ...] = ()
+    """HTTP/1.1 upgrades this route allows (e.g. ``websocket``); after the upgrade the
+    connection is a byte pipe. An upgrade request on a route that does not allow it gets 403."""
 
     def __attrs_post_init__(self) -> None:
         actions = [

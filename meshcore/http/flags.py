@@ -40,6 +40,7 @@ class ResponseFlag(enum.Enum):
     FAULT_INJECTED = ("FI", "a fault filter aborted the request", 0)
     DELAY_INJECTED = ("DI", "a fault filter delayed the request", 0)
     UNAUTHORIZED = ("UAEX", "an authorization filter denied the request", 403)
+    UPGRADE_REJECTED = ("UPG", "the route does not allow the HTTP upgrade the client asked for", 403)
     DIRECT_RESPONSE = ("DR", "the route answered directly (direct response or redirect)", 0)
 
 

@@ -84,11 +84,13 @@ class H11ServerCodec:
         # Scan only new bytes (from 3 back: CRLF CRLF may straddle two reads).
         end = head.find(_CRLF2, max(self._scanned - 3, 0))
         stop = len(head) if end < 0 else end + 4
+        # Bad lines within the size limit first, then the size, so that the error does not
+        # depend on how the bytes were split across reads. From 1 back: whether the last LF
+        # seen starts an obs-fold shows only now.
+        _check_lines(head, max(self._scanned - 1, 0), min(stop, self._max_head))
         if stop > self._max_head:
             msg = f"request head larger than {self._max_head} bytes"
             raise ProtocolError(msg, status=431)
-        # From 1 back: whether the last LF seen starts an obs-fold shows only now.
-        _check_lines(head, max(self._scanned - 1, 0), stop)
         if end < 0 and not self._eof:
             self._scanned = stop
             return
@@ -161,6 +163,11 @@ class H11ServerCodec:
         return True
 
     @property
+    def trailing_data(self) -> bytes:
+        """Bytes the client sent after the request that switched protocols (an upgrade)."""
+        return bytes(self._conn.trailing_data[0])
+
+    @property
     def request_complete(self) -> bool:
         """The whole current request, body included, has been received."""
         return self._conn.their_state is h11.DONE
@@ -220,3 +227,8 @@ class H11ClientCodec:
             return False
         conn.start_next_cycle()
         return True
+
+    @property
+    def trailing_data(self) -> bytes:
+        """Bytes the upstream sent after its 101 Switching Protocols head."""
+        return bytes(self._conn.trailing_data[0])

@@ -20,13 +20,14 @@ from meshcore.config.structure import HttpFilterRef
 from meshcore.errors import ProtocolError
 from meshcore.http.codec import CLOSED, NEED_DATA, Data, EndOfMessage, RequestHead
 from meshcore.http.flags import ResponseFlag
-from meshcore.http.grpc import grpc_local_reply, grpc_status_of, is_grpc
+from meshcore.http.grpc import grpc_local_reply, grpc_message_of, grpc_status_of, is_grpc
 from meshcore.http.h1 import H11ServerCodec
 from meshcore.http.h2server import PREFACE, H2ServerSession
 from meshcore.http.messages import Body, Headers, HttpHandler, Request, Response, StreamInfo
 from meshcore.http.routing import CompiledRoute, RouteTable
 from meshcore.http.semantics import HOP_BY_HOP
 from meshcore.runtime.context import Connection, FilterContext
+from meshcore.runtime.pipe import splice
 from meshcore.runtime.stats import Counter, Stats
 
 __all__ = ["HttpConnectionManager", "build_chain"]
@@ -232,7 +233,8 @@ class HttpConnectionManager:
         route = request.route
         if route is not None and route.chain is not None:
             route.chain.classes[index].value += 1
-        grpc_status = grpc_status_of(response) if is_grpc(request) else None
+        grpc = is_grpc(request)
+        grpc_status = grpc_status_of(response) if grpc else None
         if grpc_status is not None:
             self.context.stats.counter("http_downstream_grpc_status", listener=self.listener, code=str(grpc_status)).inc()
         if self.access_log:
@@ -246,6 +248,7 @@ class HttpConnectionManager:
                 protocol=f"HTTP/{request.http_version}",
                 status=response.status,
                 grpc_status=grpc_status,
+                grpc_message=grpc_message_of(response) if grpc else None,
                 flags=info.flag_string(),
                 bytes_received=request.body.consumed,
                 bytes_sent=response.body.consumed,
@@ -386,17 +389,21 @@ class _H1Session:
                 drained += len(data)
 
     def _request(self, head: RequestHead) -> Request:
-        authority = b""
+        authority = upgrade = b""
         headers = []
+        named: set[bytes] = set()
         for name, value in head.headers:
             if name == b"host":
                 authority = value
             elif name not in HOP_BY_HOP:
                 headers.append((name, value))
             elif name == b"connection":
-                # Drop the headers the Connection header names, too.
-                named = {token.strip().lower() for token in value.split(b",")}
-                headers = [(n, v) for n, v in headers if n not in named]
+                named.update(token.strip().lower() for token in value.split(b","))
+            elif name == b"upgrade":
+                upgrade = value
+        if named:
+            # Drop the headers the Connection header names, too (hop-by-hop by declaration).
+            headers = [(n, v) for n, v in headers if n not in named]
         if len(head.headers) > self.hcm.max_headers:
             msg = f"more than {self.hcm.max_headers} request headers"
             raise ProtocolError(msg, status=431)
@@ -426,6 +433,8 @@ class _H1Session:
             http_version=head.http_version.decode("ascii"),
             info=info,
         )
+        if upgrade and b"upgrade" in named:
+            request.upgrade = upgrade.decode("latin-1").strip().lower()
         return request
 
     async def _read_body_chunk(self) -> bytes:
@@ -459,6 +468,9 @@ class _H1Session:
 
     async def _write_response(self, request: Request, response: Response) -> bool:
         """Stream the response; False if it could not be completed (then the connection closes)."""
+        if response.status == 101 and response.upgraded is not None:
+            await self._splice(request, response)
+            return False
         codec, stream, body = self.codec, self.stream, response.body
         headers = response.headers.raw
         info = request.info
@@ -505,6 +517,24 @@ class _H1Session:
             body.close()
             return False
         return True
+
+    async def _splice(self, request: Request, response: Response) -> None:
+        """Switch protocols: answer 101, then the connection is a byte pipe to the upstream."""
+        upgraded = response.upgraded
+        assert upgraded is not None  # noqa: S101 - checked by the caller
+        try:
+            headers = [*response.headers.raw, (b"connection", b"upgrade"), (b"upgrade", request.upgrade.encode())]
+            head = self.codec.send_informational(101, headers)
+            leftover = self.codec.trailing_data
+            await self.stream.send_all(head + upgraded.leftover)
+            if leftover:
+                await upgraded.stream.send_all(leftover)
+            await splice(self.stream, upgraded.stream, idle_timeout=self.hcm.idle_timeout)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            request.info.flags.add(ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await upgraded.stream.aclose()
 
     async def _send(self, data: bytes) -> None:
         try:

@@ -14,7 +14,7 @@ from typing import Any
 
 from meshcore.http.flags import ResponseFlag
 
-__all__ = ["Body", "Headers", "HttpHandler", "Request", "Response", "StreamInfo"]
+__all__ = ["Body", "Headers", "HttpHandler", "Request", "Response", "StreamInfo", "Upgraded"]
 
 HeaderPairs = Iterable[tuple[bytes | str, bytes | str]]
 
@@ -249,9 +249,21 @@ class Request:
         http_version: "1.1" or "2".
         info: what happened to this request (route, flags, ...).
         route: the matched route (runtime object) or None; set before the filter chain runs.
+        upgrade: the protocol an HTTP/1.1 client asks to switch to (``websocket``), or None.
     """
 
-    __slots__ = ("authority", "body", "headers", "http_version", "info", "method", "path", "route", "scheme")
+    __slots__ = (
+        "authority",
+        "body",
+        "headers",
+        "http_version",
+        "info",
+        "method",
+        "path",
+        "route",
+        "scheme",
+        "upgrade",
+    )
 
     def __init__(
         self,
@@ -274,6 +286,7 @@ class Request:
         self.http_version = http_version
         self.info = info if info is not None else StreamInfo()
         self.route: Any = None
+        self.upgrade: str | None = None
 
     @property
     def path_only(self) -> str:
@@ -301,14 +314,17 @@ class Response:
     """An HTTP response as filters see it.
 
     Build a local reply with :meth:`local`; the flags explain it in logs and stats.
+    A ``101 Switching Protocols`` from an upstream carries :attr:`upgraded`: the upstream
+    byte stream the connection manager splices to the client's.
     """
 
-    __slots__ = ("body", "headers", "status")
+    __slots__ = ("body", "headers", "status", "upgraded")
 
     def __init__(self, status: int, *, headers: Headers | None = None, body: Body | None = None) -> None:
         self.status = status
         self.headers = headers if headers is not None else Headers()
         self.body = body if body is not None else Body.empty()
+        self.upgraded: Upgraded | None = None
 
     @classmethod
     def local(
@@ -329,6 +345,16 @@ class Response:
 
     def __repr__(self) -> str:
         return f"<Response {self.status}>"
+
+
+class Upgraded:
+    """An upstream connection switched to another protocol, and the bytes it sent already."""
+
+    __slots__ = ("leftover", "stream")
+
+    def __init__(self, stream: Any, leftover: bytes) -> None:
+        self.stream = stream
+        self.leftover = leftover
 
 
 HttpHandler = Callable[[Request], Awaitable[Response]]

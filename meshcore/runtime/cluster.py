@@ -22,7 +22,7 @@ from meshcore.errors import ProtocolError, UpstreamError
 from meshcore.http.codec import CLOSED, NEED_DATA, Data, EndOfMessage, Informational, ResponseHead
 from meshcore.http.flags import ResponseFlag
 from meshcore.http.h1 import H11ClientCodec
-from meshcore.http.messages import Body, Headers, Request, Response
+from meshcore.http.messages import Body, Headers, Request, Response, Upgraded
 from meshcore.http.semantics import strip_hop_by_hop
 from meshcore.runtime.h2pool import H2Pool, StreamRefused, upstream_error
 from meshcore.runtime.stats import Stats
@@ -245,6 +245,12 @@ class Cluster:
         self.stats_rq_total.value += 1
         host.active_requests += 1
         self.stats_rq_active.value += 1
+        if request.upgrade is not None:
+            try:
+                return await self._send_upgrade(request, host, deadline)
+            finally:
+                host.active_requests -= 1
+                self.stats_rq_active.value -= 1
         protocol = self.config.protocol
         if protocol == "http2" or (protocol == "auto" and request.http_version == "2"):
             return await self._send_h2(request, host, deadline)
@@ -255,6 +261,60 @@ class Cluster:
             exchange.finish()
             raise
 
+
+    async def _send_upgrade(self, request: Request, host: Host, deadline: float) -> Response:
+        """An HTTP/1.1 upgrade (WebSocket) on a connection of its own: it becomes a byte pipe."""
+        assert request.upgrade is not None  # noqa: S101 - checked by the caller
+        stream: trio.abc.Stream | None = None
+        try:
+            with trio.move_on_at(deadline):
+                stream = await host.connect()
+                codec = H11ClientCodec()
+                headers = [
+                    (b"host", request.authority.encode("latin-1")),
+                    *strip_hop_by_hop(request.headers.raw),
+                    (b"connection", b"upgrade"),
+                    (b"upgrade", request.upgrade.encode("latin-1")),
+                ]
+                head = codec.send_request_head(request.method.encode(), request.path.encode("latin-1"), headers)
+                await stream.send_all(head + codec.send_end())
+                while True:
+                    event = codec.next_event()
+                    if event is NEED_DATA:
+                        codec.receive_data(await stream.receive_some(RECEIVE_SIZE))
+                        continue
+                    if type(event) is Informational and event.status == 101:
+                        response = Response(101, headers=Headers.from_raw(strip_hop_by_hop(event.headers)))
+                        response.upgraded = Upgraded(stream, codec.trailing_data)
+                        stream = None  # the connection manager owns it now
+                        return response
+                    if type(event) is ResponseHead:
+                        # The upstream declined the upgrade: pass its answer on, small body and all.
+                        answer = event
+                        parts = []
+                        while True:
+                            event = codec.next_event()
+                            if event is NEED_DATA:
+                                codec.receive_data(await stream.receive_some(RECEIVE_SIZE))
+                            elif type(event) is Data:
+                                parts.append(event.data)
+                            else:
+                                break
+                        headers_out = strip_hop_by_hop(answer.headers)
+                        return Response(
+                            answer.status, headers=Headers.from_raw(headers_out), body=Body.from_bytes(b"".join(parts))
+                        )
+                    if type(event) is not Informational:
+                        msg = f"upstream {host.label} closed the connection before answering the upgrade"
+                        raise UpstreamError(ResponseFlag.UPSTREAM_CONNECTION_TERMINATION, msg)
+            self.stats_rq_timeout.value += 1
+            raise UpstreamError(ResponseFlag.UPSTREAM_REQUEST_TIMEOUT, "upstream request timeout")
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ProtocolError) as err:
+            msg = f"upstream {host.label} failed during the upgrade: {err}"
+            raise UpstreamError(ResponseFlag.UPSTREAM_CONNECTION_TERMINATION, msg) from err
+        finally:
+            if stream is not None:
+                _close_now(stream)
 
     async def _send_h2(self, request: Request, host: Host, deadline: float) -> Response:
         """Forward over a multiplexed HTTP/2 connection; retry streams the upstream refused."""
