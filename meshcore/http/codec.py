@@ -102,7 +102,7 @@ ClientEvent = ResponseHead | Informational | Data | EndOfMessage | _Sentinel
 class ServerCodec(Protocol):
     """The downstream side of one HTTP/1.1 connection: requests in, responses out."""
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """Feed bytes from the peer; ``b""`` means the peer closed its side."""
 
     def next_event(self) -> ServerEvent:
@@ -140,7 +140,7 @@ class ClientCodec(Protocol):
     def send_end(self, trailers: RawHeaders | None = None) -> bytes:
         """Bytes that end the request body."""
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         """Feed bytes from the upstream; ``b""`` means it closed its side."""
 
     def next_event(self) -> ClientEvent:

@@ -63,9 +63,9 @@ class H11ServerCodec:
     def _new_h11(self) -> h11.Connection:
         return h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_head)
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         if self._head_done:
-            self._conn.receive_data(data)
+            self._conn.receive_data(cast("bytes", data))  # h11 takes any bytes-like
         elif data:
             self._head += data
         else:
@@ -198,8 +198,8 @@ class H11ClientCodec:
     def send_end(self, trailers: RawHeaders | None = None) -> bytes:
         return self._conn.send(h11.EndOfMessage(headers=trailers or [])) or b""
 
-    def receive_data(self, data: bytes) -> None:
-        self._conn.receive_data(data)
+    def receive_data(self, data: bytes | bytearray) -> None:
+        self._conn.receive_data(cast("bytes", data))  # h11 takes any bytes-like
 
     def next_event(self) -> ClientEvent:
         try:

@@ -25,6 +25,7 @@ import trio
 from h2.errors import ErrorCodes
 
 from meshcore.errors import ProtocolError
+from meshcore.http.flags import ResponseFlag
 from meshcore.http.messages import Body, Headers, Request, Response, StreamInfo
 
 if TYPE_CHECKING:
@@ -37,6 +38,8 @@ log = structlog.get_logger("meshcore.http2")
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 RECEIVE_SIZE = 64 * 1024
+# The longest one send to the client may block (sends are not cancelled midway: see flush).
+SEND_TIMEOUT = 10.0
 # Connection-specific headers that must not cross into HTTP/2 (RFC 9113 section 8.2.2).
 _CONNECTION_SPECIFIC = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
@@ -130,12 +133,18 @@ class H2ServerSession:
         async with self.send_lock:
             data = self.h2.data_to_send()
             if data and not self.broken:
-                try:
-                    await self.stream.send_all(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                # Shielded: the caller may be a stream's task, cancelled when its client resets
+                # it; frames taken from h2 and then not sent (or sent in part) would break the
+                # whole connection (HPACK state, other streams' frames). Bounded instead.
+                with trio.CancelScope(shield=True), trio.move_on_after(SEND_TIMEOUT) as scope:
+                    try:
+                        await self.stream.send_all(data)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        self.broken = True
+                if scope.cancelled_caught:
                     self.broken = True
-                    if self.nursery is not None:
-                        self.nursery.cancel_scope.cancel()
+                if self.broken and self.nursery is not None:
+                    self.nursery.cancel_scope.cancel()
 
     async def run(self) -> None:
         """Serve the connection until the client goes, GOAWAY, drain, or idleness."""
@@ -186,7 +195,7 @@ class H2ServerSession:
             idle = self.hcm.idle_timeout if not self.streams else math.inf
             with trio.move_on_after(idle) as scope:
                 try:
-                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                    data = bytes(await self.stream.receive_some(RECEIVE_SIZE))
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return False
             if scope.cancelled_caught:
@@ -351,18 +360,26 @@ class H2ServerSession:
         hcm = self.hcm
         response: Response | None = None
         completed = False
-        with stream.scope:
-            response = await hcm.dispatch(request)
-            completed = await self._send_response(stream, response)
-        stream.done = True
-        self.streams.pop(stream.id, None)
-        if response is not None:
-            if not completed:
+        try:
+            with stream.scope:
+                response = await hcm.dispatch(request)
+                completed = await self._send_response(stream, response)
+        finally:
+            # Also when the client reset the stream, or the connection went, before the end of
+            # the response: the request is still counted done and logged, as DC (status 0 if
+            # no response was ready: none was sent).
+            stream.done = True
+            self.streams.pop(stream.id, None)
+            if response is None or (not completed and stream.scope.cancel_called):
+                request.info.flags.add(ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION)
+            if response is None:
+                response = Response(0)
+            elif not completed:
                 response.body.close()
             hcm.record(request, response)
-        if self.closing and not self.streams and self.nursery is not None:
-            # Last stream after GOAWAY: nothing more to serve.
-            self.nursery.cancel_scope.cancel()
+            if self.closing and not self.streams and self.nursery is not None:
+                # Last stream after GOAWAY: nothing more to serve.
+                self.nursery.cancel_scope.cancel()
 
     async def _send_response(self, stream: _Stream, response: Response) -> bool:
         headers = [(b":status", str(response.status).encode())]

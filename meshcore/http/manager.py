@@ -177,7 +177,7 @@ class HttpConnectionManager:
             with trio.move_on_after(self.idle_timeout) as idle:
                 self.idle_scopes.add(idle)  # a drain closes a connection that sent nothing yet
                 try:
-                    data = await conn.stream.receive_some(RECEIVE_SIZE)
+                    data = bytes(await conn.stream.receive_some(RECEIVE_SIZE))
                 finally:
                     self.idle_scopes.discard(idle)
             # A prefix of the preface: read on, within the headers timeout.
@@ -228,11 +228,12 @@ class HttpConnectionManager:
         self.stat_bytes_out.value += response.body.consumed
         elapsed_ms = (time.monotonic() - request.info.start) * 1000
         self.stat_latency.observe(elapsed_ms)
-        index = min(max(response.status // 100, 1), 5) - 1
-        self.stat_classes[index].value += 1
         route = request.route
-        if route is not None and route.chain is not None:
-            route.chain.classes[index].value += 1
+        if response.status:  # 0: no response was sent (the client reset the stream first)
+            index = min(max(response.status // 100, 1), 5) - 1
+            self.stat_classes[index].value += 1
+            if route is not None and route.chain is not None:
+                route.chain.classes[index].value += 1
         grpc = is_grpc(request)
         grpc_status = grpc_status_of(response) if grpc else None
         if grpc_status is not None:
@@ -523,7 +524,8 @@ class _H1Session:
         upgraded = response.upgraded
         assert upgraded is not None  # noqa: S101 - checked by the caller
         try:
-            headers = [*response.headers.raw, (b"connection", b"upgrade"), (b"upgrade", request.upgrade.encode())]
+            token = (request.upgrade or "").encode("latin-1")
+            headers = [*response.headers.raw, (b"connection", b"upgrade"), (b"upgrade", token)]
             head = self.codec.send_informational(101, headers)
             leftover = self.codec.trailing_data
             await self.stream.send_all(head + upgraded.leftover)

@@ -398,6 +398,7 @@ class _Exchange:
             # A body of unknown length (the client sent it chunked): the downstream
             # transfer-encoding was hop-by-hop and is gone, so frame this hop as chunked.
             headers.append((b"transfer-encoding", b"chunked"))
+        head: ResponseHead | None = None
         with trio.move_on_at(self.deadline) as scope:
             for attempt in (1, 2):
                 self.conn, reused = await self.host.acquire()
@@ -413,7 +414,7 @@ class _Exchange:
                     if attempt == 2 or not reused or request.body.consumed:
                         msg = f"upstream {self.host.label} closed the connection: {err}"
                         raise UpstreamError(ResponseFlag.UPSTREAM_CONNECTION_TERMINATION, msg) from err
-        if scope.cancelled_caught:
+        if scope.cancelled_caught or head is None:
             raise self._timed_out()
         headers_out = strip_hop_by_hop(head.headers)
         length = None

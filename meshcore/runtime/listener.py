@@ -115,19 +115,19 @@ def _server_name_matches(server_name: str | None, patterns: Sequence[str]) -> bo
 def open_listener_socket(host: str, port: int, *, reuse_port: bool = False) -> trio.SocketListener:
     """Bind and listen on ``host:port`` (SO_REUSEPORT for multi-process workers)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    # A stdlib socket, bound synchronously (a literal address needs no lookup), then handed to trio.
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        # Binding a literal address never blocks; names were resolved by the config owner.
-        sock._sock.bind((host, port))  # noqa: SLF001 - trio's bind is async only for name lookups
+        sock.bind((host, port))
         sock.listen(1024)
     except BaseException:
         sock.close()
         raise
-    return trio.SocketListener(sock)
+    return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
 
 
 class ListenerRuntime:
