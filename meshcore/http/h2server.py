@@ -262,6 +262,10 @@ class H2ServerSession:
         elif kind in (h2.events.PingReceived, h2.events.RemoteSettingsChanged):
             if not self.control.spend():
                 raise _Abuse(ErrorCodes.ENHANCE_YOUR_CALM, "SETTINGS or PING flood")
+            if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in getattr(event, "changed_settings", ()):
+                # Every stream's window changed, with no WINDOW_UPDATE (RFC 9113 6.9.2).
+                for stream in self.streams.values():
+                    stream.window.set()
         elif kind is h2.events.ConnectionTerminated:
             self.closing = True
 
