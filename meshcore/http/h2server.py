@@ -111,6 +111,12 @@ class H2ServerSession:
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: settings.max_header_list_size,
             },
         )
+        # Settings replaced wholesale are never "acknowledged" in h2's eyes, and h2 applies
+        # these two limits only on an acknowledgement: apply them here, or h2 keeps its
+        # defaults (frames over 16 KiB refused whatever we advertised, header lists up to
+        # 64 KiB accepted whatever the configured limit).
+        self.h2.max_inbound_frame_size = settings.max_frame_size
+        self.h2.decoder.max_header_list_size = settings.max_header_list_size
         self.connection_window = settings.initial_connection_window_size
         self.streams: dict[int, _Stream] = {}
         self.send_lock = trio.Lock()
