@@ -192,6 +192,9 @@ class H2ServerSession:
                     return False
                 except _Abuse as abuse:
                     log.warning("http2_abuse_detected", peer=self.conn.peer, reason=str(abuse), code=abuse.code.name)
+                    # h2 has queued an answer to every frame of the batch (a SETTINGS ACK per
+                    # SETTINGS, a PING ACK per PING): drop them, the flood gets GOAWAY alone.
+                    self.h2.data_to_send()
                     self.h2.close_connection(error_code=abuse.code, last_stream_id=self.last_stream_id)
                     await self._final_flush()
                     return False
