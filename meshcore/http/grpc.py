@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import enum
 import re
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from meshcore.http.flags import ResponseFlag
 from meshcore.http.messages import Headers, Request, Response
 
-__all__ = ["GrpcStatus", "grpc_local_reply", "grpc_status_of", "grpc_timeout", "is_grpc"]
+__all__ = ["GrpcStatus", "grpc_local_reply", "grpc_message_of", "grpc_status_of", "grpc_timeout", "is_grpc"]
 
 
 class GrpcStatus(enum.IntEnum):
@@ -93,9 +93,19 @@ def grpc_status_of(response: Response) -> int | None:
     return int(value) if value is not None and value.isdigit() else None
 
 
+def grpc_message_of(response: Response) -> str | None:
+    """The response's grpc-message (headers or trailers), percent-decoded, if it has one."""
+    value = response.headers.get_raw(b"grpc-message")
+    if value is None and response.body.trailers is not None:
+        value = response.body.trailers.get_raw(b"grpc-message")
+    return unquote(value.decode("latin-1"), errors="replace") if value is not None else None
+
+
 def grpc_local_reply(request: Request, response: Response) -> Response:
     """The gRPC form of a local HTTP reply: 200 with grpc-status and grpc-message headers."""
-    status = next((_BY_FLAG[f] for f in sorted(request.info.flags, key=lambda f: f.value) if f in _BY_FLAG), None)
+    status = next(
+        (_BY_FLAG[f] for f in sorted(request.info.flags, key=lambda f: f.value) if f in _BY_FLAG), None
+    )
     if status is None:
         status = _BY_HTTP_STATUS.get(response.status, GrpcStatus.UNKNOWN)
     message = f"meshcore: HTTP {response.status}"
