@@ -149,6 +149,10 @@ class H2Connection:
         elif kind is h2.events.RemoteSettingsChanged:
             self.settled.set()
             self.host.wake_waiters()
+            if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:  # type: ignore[attr-defined]
+                # Every stream's window changed, with no WINDOW_UPDATE (RFC 9113 6.9.2).
+                for target in self.streams.values():
+                    target.window.set()
         elif kind is h2.events.ConnectionTerminated:
             last = event.last_stream_id or 0  # type: ignore[attr-defined]
             self.goaway_last = last
