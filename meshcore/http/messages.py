@@ -188,12 +188,17 @@ class Body:
             parts.append(chunk)
         return b"".join(parts)
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._iterate()
+    # The body is its own iterator, not an async generator: a loop abandoned mid-body (a
+    # cancelled sender, a timeout) leaves no suspended generator for the garbage collector
+    # to finalize outside trio (trio warns about each one).
+    def __aiter__(self) -> Body:
+        return self
 
-    async def _iterate(self) -> AsyncIterator[bytes]:
-        while chunk := await self.read():
-            yield chunk
+    async def __anext__(self) -> bytes:
+        chunk = await self.read()
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk
 
 
 class StreamInfo:
