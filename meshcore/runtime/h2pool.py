@@ -4,7 +4,7 @@ A request takes a stream on a connection that has room (the peer's
 SETTINGS_MAX_CONCURRENT_STREAMS); when every connection is full a new one is opened, up
 to the cluster's connection limit. A stream refused by the upstream (REFUSED_STREAM, or
 beyond the last stream id of a GOAWAY) was not processed, so it is retried on another
-connection.
+connection. A stream given up on (timeout, the client went away) is reset at once.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ log = structlog.get_logger("meshcore.upstream.http2")
 
 RECEIVE_SIZE = 64 * 1024
 WINDOW = 1 << 20
+# The longest a send may block: it is not cancelled midway (see H2Connection.flush).
+SEND_TIMEOUT = 10.0
 _CONNECTION_SPECIFIC = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host"}
 )
@@ -73,6 +75,8 @@ class H2Connection:
         self.closed = False
         self.goaway_last: int | None = None
         self.settled = trio.Event()
+        self.nursery: trio.Nursery | None = None
+        self.flush_soon = trio.Event()
 
     @property
     def capacity(self) -> int:
@@ -82,11 +86,32 @@ class H2Connection:
         return self.h2.remote_settings.max_concurrent_streams - len(self.streams)
 
     async def flush(self) -> None:
-        """Send what h2 queued, one writer at a time."""
+        """Send what h2 queued, one writer at a time.
+
+        The send is shielded from cancellation (a stream given up on cancels its task, maybe
+        here): frames taken from h2 and then not sent, or sent in part, would break the
+        connection for every stream on it (HPACK state, stream states). It is bounded by
+        SEND_TIMEOUT instead; past it the connection is closed.
+        """
         async with self.send_lock:
             data = self.h2.data_to_send()
             if data:
-                await self.stream.send_all(data)
+                with trio.CancelScope(shield=True), trio.move_on_after(SEND_TIMEOUT) as scope:
+                    await self.stream.send_all(data)
+                if scope.cancelled_caught:
+                    self.close(ConnectionResetError("upstream HTTP/2 connection stopped reading"))
+                    msg = "send to the upstream timed out"
+                    raise trio.BrokenResourceError(msg)
+
+    async def _flusher(self) -> None:
+        """Send what was queued without an await (resets of streams given up on)."""
+        try:
+            while True:
+                await self.flush_soon.wait()
+                self.flush_soon = trio.Event()
+                await self.flush()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.close(ConnectionResetError("upstream HTTP/2 connection broken"))
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Read from the upstream until it closes; wake the streams."""
@@ -94,7 +119,19 @@ class H2Connection:
         self.h2.increment_flow_control_window(WINDOW)
         try:
             await self.flush()
-            task_status.started()
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                nursery.start_soon(self._flusher)
+                task_status.started()
+                await self._read_loop()
+                nursery.cancel_scope.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
+            log.info("upstream_http2_connection_failed", upstream=self.host.label, reason=str(err))
+        finally:
+            self.close(ConnectionResetError("upstream HTTP/2 connection closed"))
+
+    async def _read_loop(self) -> None:
+        try:
             while not self.closed:
                 data = await self.stream.receive_some(RECEIVE_SIZE)
                 if not data:
@@ -104,8 +141,6 @@ class H2Connection:
                 await self.flush()
         except (trio.BrokenResourceError, trio.ClosedResourceError, h2.exceptions.ProtocolError) as err:
             log.info("upstream_http2_connection_failed", upstream=self.host.label, reason=str(err))
-        finally:
-            self.close(ConnectionResetError("upstream HTTP/2 connection closed"))
 
     def close(self, error: BaseException) -> None:
         """Fail every open stream and close the transport."""
@@ -178,14 +213,19 @@ class H2Connection:
         body = request.body
         empty = body.length == 0 or body.done
         self.h2.send_headers(sid, headers, end_stream=empty)
-        await self.flush()
-        if not empty:
-            await self._send_body(up, body)
-        with trio.move_on_at(deadline):
-            while up.head is None and up.error is None:
-                up.readable = trio.Event()
-                await up.readable.wait()
+        try:
+            await self.flush()
+            if not empty:
+                await self._send_body(up, body)
+            with trio.move_on_at(deadline):
+                while up.head is None and up.error is None:
+                    up.readable = trio.Event()
+                    await up.readable.wait()
+        except BaseException:  # cancelled (the client went away, the caller's deadline) or broken
+            self._reset(up)
+            raise
         if up.error is not None:
+            self._reset(up)
             raise up.error
         if up.head is None:
             self._reset(up)
@@ -245,11 +285,13 @@ class H2Connection:
         return Response(status, headers=Headers.from_raw(out), body=response_body)
 
     def _reset(self, up: _UpStream) -> None:
+        """Give up on a stream: RST_STREAM (CANCEL) if it is still open, sent at once."""
         if self.streams.pop(up.id, None) is not None and not self.closed:
             try:
                 self.h2.reset_stream(up.id, ErrorCodes.CANCEL)
             except h2.exceptions.ProtocolError:
                 return
+            self.flush_soon.set()
 
     async def _send_body(self, up: _UpStream, body: Body) -> None:
         async for chunk in body:
