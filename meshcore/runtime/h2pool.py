@@ -4,7 +4,12 @@ A request takes a stream on a connection that has room (the peer's
 SETTINGS_MAX_CONCURRENT_STREAMS); when every connection is full a new one is opened, up
 to the cluster's connection limit. A stream refused by the upstream (REFUSED_STREAM, or
 beyond the last stream id of a GOAWAY) was not processed, so it is retried on another
-connection. A stream given up on (timeout, the client went away) is reset at once.
+connection.
+
+Full duplex: a request body is sent by a task of its own, in the connection's nursery, while
+the response comes in (a bidirectional gRPC call answers each message before the client
+sends the next). A stream given up on (timeout, the client went away, the response ended
+before the request) is reset, and its sender stopped.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import structlog
 import trio
 from h2.errors import ErrorCodes
 
-from meshcore.errors import UpstreamError
+from meshcore.errors import ProtocolError, UpstreamError
 from meshcore.http.flags import ResponseFlag
 from meshcore.http.messages import Body, Headers, Request, Response
 
@@ -46,7 +51,7 @@ class StreamRefused(Exception):  # noqa: N818 - an outcome: the request was not 
 
 
 class _UpStream:
-    __slots__ = ("chunks", "ended", "error", "head", "id", "readable", "trailers", "window")
+    __slots__ = ("chunks", "ended", "error", "head", "id", "readable", "sender", "sent", "trailers", "window")
 
     def __init__(self, stream_id: int) -> None:
         self.id = stream_id
@@ -57,6 +62,8 @@ class _UpStream:
         self.error: BaseException | None = None
         self.readable = trio.Event()
         self.window = trio.Event()
+        self.sender = trio.CancelScope()  # the task sending the request body
+        self.sent = False  # the request is complete (END_STREAM sent)
 
 
 class H2Connection:
@@ -114,7 +121,10 @@ class H2Connection:
             self.close(ConnectionResetError("upstream HTTP/2 connection broken"))
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Read from the upstream until it closes; wake the streams."""
+        """Read from the upstream until it closes; wake the streams.
+
+        Request bodies are sent by tasks in this connection's nursery.
+        """
         self.h2.initiate_connection()
         self.h2.increment_flow_control_window(WINDOW)
         try:
@@ -152,6 +162,7 @@ class H2Connection:
                 up.error = error
             up.readable.set()
             up.window.set()
+            up.sender.cancel()
         self.streams.clear()
         sock = getattr(self.stream, "transport_stream", self.stream)
         if isinstance(sock, trio.SocketStream):
@@ -197,8 +208,8 @@ class H2Connection:
                     target.readable.set()
                     self.streams.pop(sid)
 
-    async def exchange(self, request: Request, deadline: float, finish: Any) -> Response:
-        """Send ``request`` on a new stream; return the response with its body streaming."""
+    async def _open(self, request: Request, deadline: float) -> _UpStream:
+        """Send the request head, start sending its body, wait for the response head."""
         sid = self.h2.get_next_available_stream_id()
         up = self.streams[sid] = _UpStream(sid)
         headers = [
@@ -213,10 +224,12 @@ class H2Connection:
         body = request.body
         empty = body.length == 0 or body.done
         self.h2.send_headers(sid, headers, end_stream=empty)
+        up.sent = empty
         try:
             await self.flush()
             if not empty:
-                await self._send_body(up, body)
+                assert self.nursery is not None  # noqa: S101 - set by run() before any exchange
+                self.nursery.start_soon(self._send_body, up, body)
             with trio.move_on_at(deadline):
                 while up.head is None and up.error is None:
                     up.readable = trio.Event()
@@ -230,6 +243,13 @@ class H2Connection:
         if up.head is None:
             self._reset(up)
             raise TimeoutError
+        return up
+
+    async def exchange(self, request: Request, deadline: float, finish: Any) -> Response:
+        """Send ``request`` on a new stream; return the response with its body streaming."""
+        up = await self._open(request, deadline)
+        sid = up.id
+        assert up.head is not None  # noqa: S101 - _open returns once it came
         status = 200
         out: list[tuple[bytes, bytes]] = []
         for name, value in up.head:
@@ -256,7 +276,7 @@ class H2Connection:
                     raise up.error
                 if up.ended:
                     response_body.trailers = up.trailers
-                    self.streams.pop(sid, None)
+                    self._done(up)
                     finish()
                     return b""
                 up.readable = trio.Event()
@@ -280,12 +300,20 @@ class H2Connection:
         if up.ended and not up.chunks:
             response_body.trailers = up.trailers
             response_body.done = True
-            self.streams.pop(sid, None)
+            self._done(up)
             finish()
         return Response(status, headers=Headers.from_raw(out), body=response_body)
 
+    def _done(self, up: _UpStream) -> None:
+        """The response has ended: forget the stream; if the request has not, stop sending it."""
+        if up.sent:
+            self.streams.pop(up.id, None)
+        else:
+            self._reset(up)
+
     def _reset(self, up: _UpStream) -> None:
-        """Give up on a stream: RST_STREAM (CANCEL) if it is still open, sent at once."""
+        """Give up on a stream: stop sending its body, RST_STREAM (CANCEL) if it is still open."""
+        up.sender.cancel()
         if self.streams.pop(up.id, None) is not None and not self.closed:
             try:
                 self.h2.reset_stream(up.id, ErrorCodes.CANCEL)
@@ -294,25 +322,47 @@ class H2Connection:
             self.flush_soon.set()
 
     async def _send_body(self, up: _UpStream, body: Body) -> None:
-        async for chunk in body:
-            view = memoryview(chunk)
-            while view:
-                if up.error is not None:
-                    raise up.error
-                window = self.h2.local_flow_control_window(up.id)
-                if window <= 0:
-                    up.window = trio.Event()
-                    await up.window.wait()
-                    continue
-                size = min(window, len(view), self.h2.max_outbound_frame_size)
-                self.h2.send_data(up.id, bytes(view[:size]))
-                view = view[size:]
+        """Send the request body (a task of its own: see the module docstring).
+
+        If the client breaks off its body or the stream breaks, the stream is reset and the
+        error is left for whoever reads the response.
+        """
+        with up.sender:
+            try:
+                async for chunk in body:
+                    view = memoryview(chunk)
+                    while view:
+                        if up.error is not None:
+                            return
+                        window = self.h2.local_flow_control_window(up.id)
+                        if window <= 0:
+                            up.window = trio.Event()
+                            await up.window.wait()
+                            continue
+                        size = min(window, len(view), self.h2.max_outbound_frame_size)
+                        self.h2.send_data(up.id, bytes(view[:size]))
+                        view = view[size:]
+                        await self.flush()
+                if body.trailers is not None:
+                    self.h2.send_headers(up.id, body.trailers.raw, end_stream=True)
+                else:
+                    self.h2.end_stream(up.id)
+                up.sent = True
                 await self.flush()
-        if body.trailers is not None:
-            self.h2.send_headers(up.id, body.trailers.raw, end_stream=True)
-        else:
-            self.h2.end_stream(up.id)
-        await self.flush()
+            except (h2.exceptions.ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError) as err:
+                # The stream or the connection is gone (reset, closed).
+                self._fail(up, ConnectionResetError(f"sending the request body failed: {err!r}"))
+            except ProtocolError as err:  # the client broke off its body
+                self._fail(up, err)
+
+    def _fail(self, up: _UpStream, error: BaseException) -> None:
+        """Sending the request failed: reset the stream, leave the error to the response's reader."""
+        if up.sender.cancel_called:  # the stream was given up on: the failure is no one's concern
+            return
+        if up.error is None:
+            up.error = error
+        up.readable.set()
+        self._reset(up)
 
 
 class H2Pool:
