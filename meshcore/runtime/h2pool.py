@@ -183,11 +183,7 @@ class H2Connection:
             up.ended = True
             up.readable.set()
         elif kind is h2.events.StreamReset and up is not None:
-            refused = event.error_code == ErrorCodes.REFUSED_STREAM and up.head is None  # type: ignore[attr-defined]
-            up.error = StreamRefused("REFUSED_STREAM") if refused else ConnectionResetError("stream reset")
-            up.readable.set()
-            up.window.set()
-            self.streams.pop(up.id, None)
+            self._stream_reset(up, event.error_code)  # type: ignore[attr-defined]
         elif kind is h2.events.WindowUpdated:
             targets = self.streams.values() if event.stream_id == 0 else ([up] if up else [])  # type: ignore[attr-defined]
             for target in targets:
@@ -207,6 +203,19 @@ class H2Connection:
                     target.error = StreamRefused("GOAWAY before the stream was processed")
                     target.readable.set()
                     self.streams.pop(sid)
+
+    def _stream_reset(self, up: _UpStream, code: int) -> None:
+        """The upstream reset a stream."""
+        self.streams.pop(up.id, None)
+        if up.ended:
+            # After a complete response: the upstream wants no more of the request (RFC 9113
+            # section 8.1, NO_ERROR). The response stands; only the request body stops.
+            up.sender.cancel()
+            return
+        refused = code == ErrorCodes.REFUSED_STREAM and up.head is None
+        up.error = StreamRefused("REFUSED_STREAM") if refused else ConnectionResetError("stream reset")
+        up.readable.set()
+        up.window.set()
 
     async def _open(self, request: Request, deadline: float) -> _UpStream:
         """Send the request head, start sending its body, wait for the response head."""
@@ -357,7 +366,9 @@ class H2Connection:
 
     def _fail(self, up: _UpStream, error: BaseException) -> None:
         """Sending the request failed: reset the stream, leave the error to the response's reader."""
-        if up.sender.cancel_called:  # the stream was given up on: the failure is no one's concern
+        if up.ended or up.sender.cancel_called:
+            # The response is complete (the upstream may reset the stream after it, with
+            # NO_ERROR), or the stream was given up on: the failure is no one's concern.
             return
         if up.error is None:
             up.error = error
