@@ -22,7 +22,7 @@ LINT_PATHS = ("meshcore", "filters", "plugins", "testing", "tests", "noxfile.py"
 RUFF = "ruff==0.17.6"
 MYPY = "mypy==2.4.1"
 # Stubs for dependencies that ship no types of their own.
-TYPE_STUBS = ("types-PyYAML",)
+TYPE_STUBS = ("types-PyYAML", "types-grpcio")
 
 
 @nox.session
