@@ -70,7 +70,9 @@ def run_proxy(config: str) -> None:
         def __init__(self, _config: None, _context: meshcore.FilterContext) -> None:
             pass
 
-        async def __call__(self, request: meshcore.Request, call_next: meshcore.HttpHandler) -> meshcore.Response:
+        async def __call__(
+            self, request: meshcore.Request, call_next: meshcore.HttpHandler
+        ) -> meshcore.Response:
             return await call_next(request)
 
     class Plugin:
@@ -82,7 +84,9 @@ def run_proxy(config: str) -> None:
     registry = meshcore.build_registry(plugins=[("bench-passthrough", Plugin())])
     source_type = registry.get("config_source", "file")
     assert source_type is not None and source_type.config is not None
-    source = source_type.factory(source_type.config(path=config, poll_interval=meshcore.Duration(0)), registry)
+    source = source_type.factory(
+        source_type.config(path=config, poll_interval=meshcore.Duration(0)), registry
+    )
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -101,6 +105,7 @@ listeners:
       - filters:
           - http_connection_manager:
               route_config: main
+              codec: {codec}
               http_filters: [passthrough, passthrough, passthrough, router]
 route_configs:
   - name: main
@@ -193,36 +198,45 @@ def main() -> int:
         run_proxy(args.config)
         return 0
 
-    upstream_port, proxy_port = _free_port(), _free_port()
+    upstream_port = _free_port()
     me = [sys.executable, __file__]
     procs = [_start([*me, "--role", "upstream", "--port", str(upstream_port)])]
+    results: dict[str, dict[str, float]] = {}
     try:
+        results["upstream direct"] = wrk(upstream_port, procs[0].pid, args.duration, args.connections)
         with tempfile.TemporaryDirectory() as tmp:
-            config = Path(tmp) / "bench.yaml"
-            config.write_text(PROXY_CONFIG.format(port=proxy_port, upstream=upstream_port))
-            procs.append(_start([*me, "--role", "proxy", "--config", str(config)]))
-            direct = wrk(upstream_port, procs[0].pid, args.duration, args.connections)
-            proxied = wrk(proxy_port, procs[1].pid, args.duration, args.connections)
+            for codec in ("h11", "fast"):
+                port = _free_port()
+                config = Path(tmp) / f"bench-{codec}.yaml"
+                config.write_text(PROXY_CONFIG.format(port=port, upstream=upstream_port, codec=codec))
+                procs.append(_start([*me, "--role", "proxy", "--config", str(config)]))
+                results[f"meshcore ({codec})"] = wrk(port, procs[-1].pid, args.duration, args.connections)
     finally:
         for proc in procs:
             proc.terminate()
             proc.wait(timeout=30)
-    rows = [("upstream direct", direct), ("through meshcore", proxied)]
-    print(f"wrk -c{args.connections} -d{args.duration}s, HTTP/1.1 keep-alive, 13-byte responses")
+    direct = results["upstream direct"]
+    print(f"wrk -c{args.connections} -d{args.duration}s, HTTP/1.1 keep-alive, 13-byte responses;")
+    print("meshcore chain: three pass-through filters + router")
     print(f"{'':18} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'server CPU us/req':>18} {'errors':>7}")
-    for label, r in rows:
+    for label, r in results.items():
         errors = r["non_2xx"] + r["socket_errors"]
         print(
             f"{label:18} {r['requests_per_s']:>10.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f}"
             f" {r['cpu_us_per_request']:>18.1f} {errors:>7.0f}"
         )
-    print(
-        f"ratio proxy/direct: throughput {proxied['requests_per_s'] / direct['requests_per_s']:.3f}, "
-        f"p50 {proxied['p50_ms'] / direct['p50_ms']:.2f}x, "
-        f"CPU per request {proxied['cpu_us_per_request'] / direct['cpu_us_per_request']:.1f}x"
-    )
+    for label, r in results.items():
+        if label == "upstream direct":
+            continue
+        print(
+            f"ratio {label} / direct: throughput {r['requests_per_s'] / direct['requests_per_s']:.3f}, "
+            f"p50 {r['p50_ms'] / direct['p50_ms']:.2f}x, "
+            f"CPU per request {r['cpu_us_per_request'] / direct['cpu_us_per_request']:.1f}x"
+        )
+    h11, fast = results["meshcore (h11)"], results["meshcore (fast)"]
+    print(f"fast codec vs h11: CPU per request {fast['cpu_us_per_request'] / h11['cpu_us_per_request']:.2f}x")
     if args.json:
-        print(json.dumps({"direct": direct, "proxied": proxied}))
+        print(json.dumps(results))
     return 0
 
 

@@ -110,6 +110,9 @@ class H11ServerCodec:
         except h11.RemoteProtocolError as err:
             raise ProtocolError(str(err), status=err.error_status_hint) from err
         if type(event) is h11.Request:
+            if event.http_version not in (b"1.0", b"1.1"):
+                msg = f"HTTP/{event.http_version.decode()} is not supported (HTTP/1.0 and HTTP/1.1 are)"
+                raise ProtocolError(msg, status=505)
             headers = cast("RawHeaders", list(event.headers))
             has_cl = has_te = False
             for name, _ in headers:

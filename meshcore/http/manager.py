@@ -21,6 +21,7 @@ from meshcore.errors import ProtocolError
 from meshcore.http.codec import CLOSED, NEED_DATA, Data, EndOfMessage, RequestHead
 from meshcore.http.flags import ResponseFlag
 from meshcore.http.grpc import grpc_local_reply, grpc_message_of, grpc_status_of, is_grpc
+from meshcore.http.fast_h1 import FastServerCodec
 from meshcore.http.h1 import H11ServerCodec
 from meshcore.http.h2server import PREFACE, H2ServerSession
 from meshcore.http.messages import Body, Headers, HttpHandler, Request, Response, StreamInfo
@@ -88,6 +89,7 @@ class HttpConnectionManager:
         self.scheme = "https" if context.tls else "http"
         self.access_log = context.access_log
         self.max_head = int(config.max_request_headers_size)
+        self.fast_codec = getattr(config, "codec", "h11") == "fast"
         self.max_headers = int(config.max_request_headers)
         self.headers_timeout = float(config.request_headers_timeout) or math.inf
         self.idle_timeout = float(config.idle_timeout) or math.inf
@@ -270,7 +272,9 @@ class _H1Session:
         self.hcm = hcm
         self.conn = conn
         self.stream = conn.stream
-        self.codec = H11ServerCodec(max_head_size=hcm.max_head)
+        self.codec: H11ServerCodec | FastServerCodec = (
+            FastServerCodec(max_head_size=hcm.max_head) if hcm.fast_codec else H11ServerCodec(max_head_size=hcm.max_head)
+        )
         self.served = 0
         self.initial = initial
 
@@ -550,6 +554,7 @@ _REASONS = {
     413: b"Content Too Large",
     431: b"Request Header Fields Too Large",
     501: b"Not Implemented",
+    505: b"HTTP Version Not Supported",
 }
 
 

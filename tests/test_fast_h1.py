@@ -1,0 +1,212 @@
+"""The fast HTTP/1.1 codec against the reference (h11) codec: same events, same rejections.
+
+Differential, sans-IO: generated requests (valid, and mutated byte by byte) are fed to
+both codecs in the same random splits; the request heads, the body bytes, the trailers
+and the status of any rejection must agree. Responses each codec writes must read back
+the same through an independent parser (h11's client side).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import h11
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from meshcore.errors import ProtocolError
+from meshcore.http.codec import NEED_DATA, Data, EndOfMessage, RequestHead, ServerCodec
+from meshcore.http.fast_h1 import FastServerCodec
+from meshcore.http.h1 import H11ServerCodec
+
+Outcome = tuple[list[Any], int | None]
+
+
+def run(codec: ServerCodec, chunks: list[bytes], eof: bool) -> Outcome:
+    """Feed ``chunks``; collect heads, body bytes and trailers of the first request; or the error status."""
+    seen: list[Any] = []
+    body = b""
+    try:
+        for chunk in [*chunks, *([b""] if eof else [])]:
+            codec.receive_data(chunk)
+            while True:
+                event = codec.next_event()
+                if type(event) is RequestHead:
+                    seen.append(("head", event.method, event.target, event.http_version, list(event.headers)))
+                elif type(event) is Data:
+                    body += event.data
+                elif type(event) is EndOfMessage:
+                    seen.append(("body", body))
+                    seen.append(("end", event.trailers or []))
+                    return seen, None
+                else:  # NEED_DATA or CLOSED
+                    break
+    except ProtocolError as err:
+        return seen[:1] if seen else [], err.status
+    if body:
+        seen.append(("partial", body))
+    return seen, None
+
+
+def both(raw: bytes, splits: list[int], eof: bool = True) -> tuple[Outcome, Outcome]:
+    chunks, last = [], 0
+    for cut in sorted(s % (len(raw) + 1) for s in splits):
+        chunks.append(raw[last:cut])
+        last = cut
+    chunks.append(raw[last:])
+    chunks = [c for c in chunks if c]
+    return run(H11ServerCodec(), chunks, eof), run(FastServerCodec(), chunks, eof)
+
+
+TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-0123456789!#$%&'*+.^_`|~", min_size=1, max_size=12)
+VALUE = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=20)
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> bytes:
+    method = draw(st.sampled_from(["GET", "POST", "PUT", "HEAD", "DELETE", "OPTIONS", "PATCH"]))
+    target = "/" + draw(st.text(alphabet="abcxyz/?=&%-._~0123456789", max_size=20))
+    version = draw(st.sampled_from(["1.1", "1.1", "1.0"]))
+    headers = (
+        [("Host", draw(st.sampled_from(["a", "example.com:8080", "[::1]"])))] if version == "1.1" else []
+    )
+    headers += draw(st.lists(st.tuples(TOKEN, VALUE), max_size=5))
+    body = draw(st.binary(max_size=50))
+    framing = draw(st.sampled_from(["length", "chunked", "none"]))
+    if framing == "length":
+        headers.append(("Content-Length", str(len(body))))
+    elif framing == "chunked":
+        headers.append(("Transfer-Encoding", "chunked"))
+    head = f"{method} {target} HTTP/{version}\r\n" + "".join(f"{n}: {v}\r\n" for n, v in headers) + "\r\n"
+    raw = head.encode("latin-1")
+    if framing == "length":
+        raw += body
+    elif framing == "chunked":
+        pieces = draw(st.lists(st.binary(min_size=1, max_size=10), max_size=4))
+        raw += b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+    return raw
+
+
+SPLITS = st.lists(st.integers(min_value=0, max_value=10_000), max_size=6)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(requests(), SPLITS)
+def test_valid_requests_give_the_same_events(raw: bytes, splits: list[int]) -> None:
+    reference, fast = both(raw, splits)
+    assert fast == reference
+
+
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    requests(),
+    st.lists(st.tuples(st.integers(0, 10_000), st.binary(min_size=0, max_size=3)), max_size=3),
+    SPLITS,
+)
+def test_mutated_requests_are_accepted_or_rejected_alike(
+    raw: bytes, mutations: list[tuple[int, bytes]], splits: list[int]
+) -> None:
+    data = bytearray(raw)
+    for position, replacement in mutations:
+        at = position % (len(data) + 1)
+        data[at : at + 1] = replacement
+    reference, fast = both(bytes(data), splits)
+    assert fast == reference
+
+
+TRICKY = [
+    b"GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n",  # obs-fold
+    b"GET / HTTP/1.1\nHost: a\n\n",  # bare LF
+    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\n\r\nabc",
+    b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    b"GET / HTTP/1.1\r\n\r\n",
+    b"GET / HTTP/2.0\r\nHost: a\r\n\r\n",
+    b"GET /\x00 HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHo st: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\x01\r\n\r\n",
+    b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n0\r\nX-T: 1\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc",
+    b"GET / HTTP/1.1\r\nHost: a",
+    b"",
+]
+
+
+def test_tricky_inputs_agree() -> None:
+    for raw in TRICKY:
+        for splits in ([], [1], [5, 17, 30]):
+            for eof in (True, False):
+                reference, fast = both(raw, splits, eof)
+                assert fast == reference, raw
+
+
+def test_oversized_heads_get_431_from_both() -> None:
+    raw = b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"v" * 5000 + b"\r\n\r\n"
+    for codec in (H11ServerCodec(max_head_size=4096), FastServerCodec(max_head_size=4096)):
+        assert run(codec, [raw], eof=False)[1] == 431
+
+
+# -- responses: what each codec writes reads back the same -------------------------------------
+
+
+def read_back(wire: bytes, method: bytes) -> list[Any]:
+    client = h11.Connection(h11.CLIENT)
+    client.send(h11.Request(method=method, target="/", headers=[("host", "a")]))
+    client.send(h11.EndOfMessage())
+    client.receive_data(wire)
+    client.receive_data(b"")
+    out: list[Any] = []
+    while True:
+        event = client.next_event()
+        if event is h11.NEED_DATA or isinstance(event, h11.ConnectionClosed):
+            return out
+        if isinstance(event, h11.Response):
+            framing = {n: v for n, v in event.headers if n in (b"content-length", b"transfer-encoding")}
+            others = [(n, v) for n, v in event.headers if n not in (b"content-length", b"transfer-encoding")]
+            out.append(("response", event.status_code, others, framing.get(b"content-length")))
+        elif isinstance(event, h11.Data):
+            out.append(("data", bytes(event.data)))
+        elif isinstance(event, h11.EndOfMessage):
+            out.append(("end", list(event.headers)))
+            return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from([b"GET", b"HEAD", b"POST"]),
+    st.sampled_from([200, 201, 204, 304, 404, 500, 503]),
+    st.lists(st.tuples(TOKEN, VALUE), max_size=4),
+    st.lists(st.binary(min_size=1, max_size=20), max_size=3),
+    st.booleans(),
+)
+def test_responses_read_back_the_same(
+    method: bytes, status: int, headers: list[tuple[str, str]], chunks: list[bytes], with_length: bool
+) -> None:
+    raw_headers = [
+        (n.encode(), v.strip().encode())
+        for n, v in headers
+        if n.lower() not in ("content-length", "transfer-encoding", "connection")
+    ]
+    body = b"".join(chunks)
+    if with_length:
+        raw_headers.append((b"content-length", str(len(body)).encode()))
+    request = b"%s / HTTP/1.1\r\nhost: a\r\n\r\n" % method
+    results = []
+    for codec in (H11ServerCodec(), FastServerCodec()):
+        codec.receive_data(request)
+        while codec.next_event() is not NEED_DATA:
+            pass
+        wire = codec.send_response_head(status, raw_headers)
+        no_body = method == b"HEAD" or status in (204, 304)
+        if not no_body:
+            for chunk in chunks:
+                wire += codec.send_data(chunk)
+        wire += codec.send_end()
+        results.append(read_back(wire, method))
+    assert results[1] == results[0]
