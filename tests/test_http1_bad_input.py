@@ -8,7 +8,7 @@ idle timeout. After each abuse, the proxy still serves a good request.
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Iterator, MutableMapping, Sequence
 from typing import Any
 
 import attrs
@@ -139,10 +139,22 @@ class Setup:
         assert self.upstream.requests == before + 1
 
 
+# Every test here runs against both HTTP/1.1 codecs: the reference (h11) and the fast one.
+CODEC: list[str] = ["h11"]
+
+
+@pytest.fixture(autouse=True, params=["h11", "fast"])
+def codec(request: pytest.FixtureRequest) -> Iterator[str]:
+    CODEC[0] = request.param
+    yield request.param
+    CODEC[0] = "h11"
+
+
 async def start(nursery: trio.Nursery, **manager: Any) -> Setup:
     upstream = CountingUpstream()
     await nursery.start(upstream.serve)
-    proxy = await start_proxy(nursery, http_proxy_config([upstream.address], manager=manager))
+    config = http_proxy_config([upstream.address], manager={"codec": CODEC[0], **manager})
+    proxy = await start_proxy(nursery, config)
     return Setup(proxy, upstream)
 
 

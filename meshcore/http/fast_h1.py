@@ -309,7 +309,7 @@ class FastServerCodec:
                 if len(buffer) < 2:
                     return self._need()
                 if buffer[:2] != b"\r\n":
-                    msg = "missing CRLF after chunk data"
+                    msg = f"malformed chunk footer: {bytes(buffer[:2])!r} (expected CRLF)"
                     raise _bad(msg)
                 del buffer[:2]
                 self._state = _CHUNK_SIZE_LINE
