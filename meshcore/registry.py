@@ -37,6 +37,9 @@ BUILTIN_PLUGINS = (
     "meshcore.filters.http_connection_manager",
     "meshcore.filters.router",
     "meshcore.filters.tcp_proxy",
+    "meshcore.filters.connection_limit",
+    "meshcore.filters.fault",
+    "meshcore.filters.local_ratelimit",
     "meshcore.filters.load_balancers",
     "meshcore.plugins.file_source",
 )

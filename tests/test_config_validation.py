@@ -156,10 +156,10 @@ MISTAKES: dict[str, tuple[str, Sequence[Edit], str, str, str]] = {
     ),
     "unknown HTTP filter lists the known ones": (
         HTTP,
-        [("                - router", "                - ratelimit\n                - router")],
-        "ratelimit",
+        [("                - router", "                - waf\n                - router")],
+        "waf",
         f"{HCM}.http_filters[0]",
-        "unknown HTTP filter 'ratelimit' (known: router)",
+        "unknown HTTP filter 'waf' (known: fault, local_ratelimit, router)",
     ),
     "misspelled network filter": (
         HTTP,
@@ -168,7 +168,7 @@ MISTAKES: dict[str, tuple[str, Sequence[Edit], str, str, str]] = {
         "listeners[0].filter_chains[0].filters[0]",
         (
             "unknown network filter 'http_conection_manager'; did you mean 'http_connection_manager'? "
-            "(known: http_connection_manager, tcp_proxy)"
+            "(known: connection_limit, http_connection_manager, tcp_proxy)"
         ),
     ),
     "unknown lb policy": (
@@ -382,10 +382,10 @@ MANY_MISTAKES: list[tuple[Edit, str, str, str]] = [
         "must be >= 1, got 0",
     ),
     (
-        ("                - router", "                - ratelimit\n                - router"),
-        "ratelimit",
+        ("                - router", "                - waf\n                - router"),
+        "waf",
         f"{HCM}.http_filters[0]",
-        "unknown HTTP filter 'ratelimit' (known: router)",
+        "unknown HTTP filter 'waf' (known: fault, local_ratelimit, router)",
     ),
     (
         ("match: {path: /health}", "match: {path: /health, prefix: /}"),
@@ -513,7 +513,7 @@ def test_plugin_filter_names_are_suggested_and_listed(
     assert problems_of(path, hello_registry) == [
         (
             f"{path}:{line_of(path, 'helo')}: {HCM}.http_filters[0]: "
-            "unknown HTTP filter 'helo'; did you mean 'hello'? (known: hello, router)"
+            "unknown HTTP filter 'helo'; did you mean 'hello'? (known: fault, hello, local_ratelimit, router)"
         )
     ]
 
@@ -549,7 +549,7 @@ def test_per_route_filter_config(tmp_path: Path, hello_registry: meshcore.Regist
     ]
     path = with_overrides("{helo: disabled}")
     assert problems_of(path, hello_registry) == [
-        f"{path}:{line_of(path, 'filters: {')}: {route}.helo: unknown HTTP filter 'helo' (known: hello, router)"
+        f"{path}:{line_of(path, 'filters: {')}: {route}.helo: unknown HTTP filter 'helo' (known: fault, hello, local_ratelimit, router)"
     ]
 
 
@@ -730,7 +730,7 @@ def test_a_plugin_config_named_explicitly_needs_the_plugin(capsys: pytest.Captur
     status, out = validate(capsys, hello)
     assert status == 1
     assert out == [
-        f"{hello}:{line_of(hello, '- hello:')}: {HCM}.http_filters[0]: unknown HTTP filter 'hello' (known: router)"
+        f"{hello}:{line_of(hello, '- hello:')}: {HCM}.http_filters[0]: unknown HTTP filter 'hello' (known: fault, local_ratelimit, router)"
     ]
 
 

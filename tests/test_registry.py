@@ -22,8 +22,8 @@ from meshcore.cli import main
 from meshcore.registry import AUTOLOAD_ENV, BUILTIN_PLUGINS
 
 BUILTIN_TYPES = {
-    "network_filter": ["http_connection_manager", "tcp_proxy"],
-    "http_filter": ["router"],
+    "network_filter": ["connection_limit", "http_connection_manager", "tcp_proxy"],
+    "http_filter": ["fault", "local_ratelimit", "router"],
     "lb_policy": ["least_request", "round_robin"],
     "config_source": ["file"],
 }
@@ -152,7 +152,7 @@ def test_autoload_can_be_disabled(
     registry = meshcore.build_registry()
     assert "good" not in registry.plugins
     assert list(registry.plugins) == list(BUILTIN_PLUGINS)
-    assert registry.names("http_filter") == ("router",)
+    assert sorted(registry.names("http_filter")) == BUILTIN_TYPES["http_filter"]
     # Plugins passed in explicitly are still registered.
     explicit = plugin("explicit", meshcore_http_filters=lambda: [http_filter("explicit")])
     registry = meshcore.build_registry(plugins=[("explicit", explicit)])
