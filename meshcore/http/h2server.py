@@ -10,6 +10,7 @@ connection with GOAWAY and a fitting error code.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections import deque
@@ -383,6 +384,7 @@ class H2ServerSession:
             # no response was ready: none was sent).
             stream.done = True
             self.streams.pop(stream.id, None)
+            self._release(stream, completed=completed)
             if response is None or (not completed and stream.scope.cancel_called):
                 request.info.flags.add(ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION)
             if response is None:
@@ -393,6 +395,23 @@ class H2ServerSession:
             if self.closing and not self.streams and self.nursery is not None:
                 # Last stream after GOAWAY: nothing more to serve.
                 self.nursery.cancel_scope.cancel()
+
+    def _release(self, stream: _Stream, *, completed: bool) -> None:
+        """A stream is done: give back the flow-control credit of request body nobody read.
+
+        A reply sent before the body was read (a local reply: fault, rate limit, no route)
+        leaves chunks behind, and the client's connection window would shrink by them for
+        good. If the client is still sending, it is told to stop: RST_STREAM with NO_ERROR
+        after a complete response (RFC 9113 section 8.1).
+        """
+        for _, flow in stream.chunks:
+            if flow:
+                self.h2.acknowledge_received_data(flow, stream.id)
+        stream.chunks.clear()
+        if completed and not stream.ended:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.h2.reset_stream(stream.id, ErrorCodes.NO_ERROR)
+        self.flush_soon.set()
 
     async def _send_response(self, stream: _Stream, response: Response) -> bool:
         headers = [(b":status", str(response.status).encode())]
