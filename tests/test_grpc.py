@@ -505,3 +505,30 @@ async def test_a_plain_http_request_ignores_grpc_timeout(nursery: trio.Nursery) 
         reply = await fetch(proxy.address("ingress"), "/delay/400", headers=[("grpc-timeout", "1m")])
     assert reply.status == 200
     assert reply.header("x-meshcore-flags") is None
+
+
+async def test_calls_answered_before_their_request_body_was_read_do_not_starve_the_connection(
+    nursery: trio.Nursery, echo_server: EchoServer
+) -> None:
+    # Each client-streaming call below is aborted by the fault filter before anything reads
+    # its body; the client has sent up to a stream window (64 KiB) of it by then. The proxy
+    # must give that flow-control credit back to the connection: 20 such calls exceed its
+    # 1 MiB window, and the call after them must still get through on the same channel.
+    proxy = await start(
+        nursery, [echo_server.endpoint], http_filters=[{"fault": {"header_control": True}}, "router"]
+    )
+    sent = [b"x" * 100_000, b"y" * 100_000]
+
+    def run(channel: grpc.Channel) -> tuple[list[grpc.StatusCode], bytes]:
+        stub: grpc.StreamUnaryMultiCallable[bytes, bytes] = channel.stream_unary(f"/{SERVICE}/ClientStream")
+        codes = []
+        for _ in range(20):
+            try:
+                stub(iter(sent), timeout=CALL_TIMEOUT, metadata=(("x-meshcore-fault-abort-grpc", "10"),))
+            except grpc.RpcError as err:
+                codes.append(cast("grpc.Call", err).code())
+        return codes, stub(iter(sent), timeout=CALL_TIMEOUT)
+
+    codes, response = await call(proxy, run)
+    assert codes == [grpc.StatusCode.ABORTED] * 20
+    assert response == b"|".join(sent)
