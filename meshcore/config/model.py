@@ -146,8 +146,10 @@ class Cluster:
     endpoints: tuple[Endpoint, ...] = ()
     lb_policy: LbPolicyRef = LbPolicyRef(name="round_robin")
     connect_timeout: Duration = Duration(5)
-    max_connections_per_endpoint: int = attrs.field(default=64, validator=at_least(1))
-    max_idle_connections_per_endpoint: int = attrs.field(default=16, validator=at_least(0))
+    max_connections_per_endpoint: int = attrs.field(default=1024, validator=at_least(1))
+    """Open connections to one endpoint at most; further requests wait for one (circuit breaker)."""
+    max_idle_connections_per_endpoint: int = attrs.field(default=256, validator=at_least(0))
+    """Kept-alive idle connections per endpoint; more are closed when released."""
     idle_timeout: Duration = Duration(60)
     protocol: Literal["http1", "http2", "auto"] = "http1"
     tls: UpstreamTls | None = None
