@@ -383,6 +383,8 @@ class H2Pool:
         self.host = host
         self.connections: list[H2Connection] = []
         self.connecting = 0
+        self.connect_failures = 0
+        self.connect_error: UpstreamError | None = None
 
     def discard(self, conn: H2Connection) -> None:
         """Forget a closed or refused connection."""
@@ -400,14 +402,28 @@ class H2Pool:
                     if conn is not self.connections[0] or len(conn.streams):
                         self.host.cluster.stats_cx_reused.value += 1
                     return conn
-            if len(self.connections) + self.connecting < limit:
+            if self.connecting:
+                # One connection opened at a time: a burst of requests waits for it and shares
+                # it (it has room for many streams) instead of each opening its own. If it
+                # cannot be opened, they fail with it, rather than try again one by one.
+                failures = self.connect_failures
+                await self.host.wait_for_room()
+                if self.connect_failures != failures and self.connect_error is not None:
+                    raise UpstreamError(self.connect_error.flag, str(self.connect_error))
+                continue
+            if len(self.connections) < limit:
                 self.connecting += 1
                 try:
                     stream = await self.host.connect()
                     conn = H2Connection(stream, self.host)
                     await nursery.start(conn.run)
+                except UpstreamError as err:
+                    self.connect_failures += 1
+                    self.connect_error = err
+                    raise
                 finally:
                     self.connecting -= 1
+                    self.host.wake_waiters()  # those waiting for it look again
                 self.connections.append(conn)
                 self.host.cluster.stats_cx_active.value += 1
                 return conn
