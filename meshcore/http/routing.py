@@ -273,6 +273,23 @@ class CompiledRoute:
         pattern, substitution = self._regex_rewrite
         return pattern.sub(substitution, head) + tail
 
+    def rewrite_request(self, request: Request) -> None:
+        """Make ``request`` (a request this route matched) the one sent upstream.
+
+        In this order: the path rewrite (:meth:`rewrite_path`), ``host_rewrite``, then
+        ``request_headers_to_remove`` and ``request_headers_to_add``. The router calls this
+        before forwarding, and ``meshcore check-routes`` to predict what the upstream sees.
+        """
+        action = self.config
+        request.path = self.rewrite_path(request.path)
+        if action.host_rewrite is not None:
+            request.authority = action.host_rewrite
+        headers = request.headers
+        for header in action.request_headers_to_remove:
+            headers.remove(header)
+        for header, value in action.request_headers_to_add.items():
+            headers.add(header, value)
+
     def pick_cluster(self) -> str | None:
         """The upstream cluster: ``cluster``, or a weighted random pick of ``weighted_clusters``.
 
