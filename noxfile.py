@@ -58,3 +58,19 @@ def typecheck(session: nox.Session) -> None:
     session.chdir(session.create_tmp())
     session.run("mypy", "--config-file", config, "-p", "meshcore")
     session.run("mypy", "--config-file", config, str(ROOT / "tests"))
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the docs (Sphinx, Markdown through myst-parser), warnings as errors, into docs/_build/html.
+
+    First checks that the generated config reference is current. Not a default session:
+    the build itself takes seconds, but the tests session already builds the docs the same
+    way (tests/test_docs_build.py) and checks the reference (tests/test_docsgen.py), so
+    CI proves them without a second environment; this session is for writing docs.
+    """
+    session.install("-e", ".[docs]")
+    session.run("python", "-m", "meshcore.docsgen", "--check", "docs/reference/config.md")
+    session.run(
+        "sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html", *session.posargs
+    )
