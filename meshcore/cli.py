@@ -194,6 +194,32 @@ def cmd_upstream(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check_routes(args: argparse.Namespace) -> int:
+    """Check a route table against expected routing: one line per failing case.
+
+    Exits 0 if every case passes, 1 if some fail, 2 if the config or the cases are unusable.
+    """
+    from meshcore.testing.routecheck import check_routes, load_cases  # noqa: PLC0415 - only this command
+
+    registry = build_registry()
+    _report_plugin_problems(registry, sys.stderr)
+    try:
+        snapshot = meshcore.load_snapshot(args.config, registry)
+        cases = load_cases(args.tests, registry)
+        failures = check_routes(snapshot, cases, route_config=args.route_config, registry=registry)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    except LookupError as err:
+        print(f"{args.config}: {err}", file=sys.stderr)
+        return 2
+    for failure in failures:
+        print(failure)
+    print(f"{len(cases) - len(failures)} of {len(cases)} route cases passed", file=sys.stderr)
+    return 1 if failures else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``meshcore``."""
     parser = argparse.ArgumentParser(
@@ -212,6 +238,23 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("files", nargs="+", metavar="FILE", help="config files or directories")
     validate.add_argument("-q", "--quiet", action="store_true", help="print problems only")
     validate.set_defaults(func=cmd_validate)
+
+    check_routes = commands.add_parser(
+        "check-routes",
+        help="check a route table against expected routing (like Envoy's route table check tool)",
+        description="Route each case's request with the config's route table and compare the route, "
+        "cluster, and the path, host and headers sent upstream with the case's expectations. Prints one "
+        "line per failing case: file:line: case: field: expected ..., got .... Exits 0 if every case "
+        "passes, 1 if some fail, 2 if the config or the cases file is unusable.",
+    )
+    check_routes.add_argument("-c", "--config", required=True, metavar="FILE", help="the proxy config file")
+    check_routes.add_argument(
+        "-t", "--tests", required=True, metavar="CASES", help="the cases file (YAML, JSON or TOML)"
+    )
+    check_routes.add_argument(
+        "--route-config", metavar="NAME", help="the route config to check (default: the only one)"
+    )
+    check_routes.set_defaults(func=cmd_check_routes)
 
     plugins = commands.add_parser("plugins", help="list plugins and what they provide")
     plugins.set_defaults(func=cmd_plugins)
