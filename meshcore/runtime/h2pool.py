@@ -321,9 +321,20 @@ class H2Connection:
             self._reset(up)
 
     def _reset(self, up: _UpStream) -> None:
-        """Give up on a stream: stop sending its body, RST_STREAM (CANCEL) if it is still open."""
+        """Give up on a stream: stop sending its body, RST_STREAM (CANCEL) if it is still open.
+
+        What it had buffered and nobody will read is given back to the connection's window
+        (h2 does so itself for DATA that arrives after the reset).
+        """
         up.sender.cancel()
-        if self.streams.pop(up.id, None) is not None and not self.closed:
+        if self.closed:
+            return
+        while up.chunks:
+            _, flow = up.chunks.popleft()
+            if flow:
+                self.h2.acknowledge_received_data(flow, up.id)
+                self.flush_soon.set()
+        if self.streams.pop(up.id, None) is not None:
             try:
                 self.h2.reset_stream(up.id, ErrorCodes.CANCEL)
             except h2.exceptions.ProtocolError:
