@@ -64,11 +64,11 @@ class EchoService:
         return b"echo:" + request + b":" + tag
 
     def server_stream(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
-        """``int(request)`` messages, then trailing metadata saying how many."""
-        count = int(request)
-        for i in range(count):
-            yield b"item-%d" % i
-        context.set_trailing_metadata((("x-count", str(count)),))
+        """``COUNT[:SIZE]``: COUNT messages (of SIZE bytes), then trailing metadata with COUNT."""
+        count, _, size = request.partition(b":")
+        for i in range(int(count)):
+            yield bytes([48 + i % 10]) * int(size) if size else b"item-%d" % i
+        context.set_trailing_metadata((("x-count", count.decode()),))
 
     def client_stream(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
         """Every message joined with ``|``."""
@@ -135,13 +135,14 @@ def echo_server() -> Iterator[EchoServer]:
 # -- the client and the proxy -----------------------------------------------------------------
 
 
-async def call(proxy: Proxy, rpc: Callable[[grpc.Channel], T]) -> T:
+async def call(proxy: Proxy, rpc: Callable[[grpc.Channel], T], options: Sequence[tuple[str, int]] = ()) -> T:
     """Run ``rpc`` on a new channel to the proxy, in a thread (grpcio's calls block)."""
     host, port = proxy.address("ingress")
+    # No HTTP proxy from the environment: the channel goes straight to the listener.
+    channel_options = [("grpc.enable_http_proxy", 0), *options]
 
     def run() -> T:
-        # No HTTP proxy from the environment: the channel goes straight to the listener.
-        with grpc.insecure_channel(f"{host}:{port}", options=[("grpc.enable_http_proxy", 0)]) as channel:
+        with grpc.insecure_channel(f"{host}:{port}", options=channel_options) as channel:
             return rpc(channel)
 
     with trio.fail_after(CALL_TIMEOUT + 5):
@@ -532,3 +533,29 @@ async def test_calls_answered_before_their_request_body_was_read_do_not_starve_t
     codes, response = await call(proxy, run)
     assert codes == [grpc.StatusCode.ABORTED] * 20
     assert response == b"|".join(sent)
+
+
+async def test_streams_cancelled_mid_response_do_not_starve_the_upstream_connection(
+    nursery: trio.Nursery, echo_server: EchoServer
+) -> None:
+    # The client keeps its stream windows small (64 KiB, no BDP growth), so the proxy holds
+    # up to a stream window of each server-streaming response from upstream (1 MiB) when the
+    # client cancels after the first message. That buffered data must be given back to the
+    # upstream connection's window (about 1 MiB too), or the next calls on that connection
+    # (the proxy keeps one, multiplexed) stall: the last one here needs 2 MB to get through.
+    proxy = await start(nursery, [echo_server.endpoint])
+    small_windows = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 65535)]
+
+    def run(channel: grpc.Channel) -> tuple[list[int], int]:
+        stub: grpc.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(f"/{SERVICE}/ServerStream")
+        first = []
+        for _ in range(3):
+            responses = stub(b"400:100000", timeout=CALL_TIMEOUT)
+            first.append(len(next(responses)))
+            responses.cancel()
+        return first, sum(len(m) for m in stub(b"20:100000", timeout=CALL_TIMEOUT))
+
+    first, last = await call(proxy, run, options=small_windows)
+    assert first == [100_000] * 3
+    assert last == 2_000_000
+    assert proxy.stats.value("cluster_upstream_cx_total", cluster="backend") == 1
