@@ -1,0 +1,284 @@
+"""HTTP/2 benchmark: h2load, 10 connections x 10 streams, upstream direct vs. through meshcore.
+
+Run: ``python bench/http2.py [--duration 10] [--connections 10] [--streams 10]`` (needs
+``h2load``, Debian package nghttp2-client).
+
+It starts a minimal HTTP/2 upstream (asyncio + h2, cleartext with prior knowledge, a canned
+200 per request: as cheap as Python HTTP/2 gets, so that the proxy is what is measured),
+then drives load with h2load (a) at the upstream directly, (b) at a meshcore proxy whose
+chain is the router plus three pass-through filters, forwarding over HTTP/2 to the same
+upstream, and (c) at a route of that proxy that answers directly (meshcore's own HTTP/2
+ceiling, no upstream). For each it prints requests/s, mean and max request time, CPU
+microseconds per request of the serving process (utime + stime from /proc; for (b) the
+proxy alone) and errors; then the ratios to the upstream reached directly. All runs happen
+in one invocation, because these machines are noisy: quote ratios, not absolute figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import trio
+
+import meshcore
+from meshcore.logs import configure
+from meshcore.runtime.server import serve_proxy
+
+BODY = b"hello, world\n"
+
+
+# -- the upstream ---------------------------------------------------------------------------
+
+
+class _CannedH2(asyncio.Protocol):
+    """One HTTP/2 connection: a canned 200 for every request, once its stream has ended."""
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        self.h2 = h2.connection.H2Connection(config=config)
+        self.h2.initiate_connection()
+        self.transport.write(self.h2.data_to_send())
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            self.transport.write(self.h2.data_to_send())
+            self.transport.close()
+            return
+        try:
+            for event in events:
+                if isinstance(event, h2.events.DataReceived):
+                    self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, h2.events.StreamEnded):
+                    headers = [
+                        (b":status", b"200"),
+                        (b"content-type", b"text/plain"),
+                        (b"content-length", b"13"),
+                    ]
+                    self.h2.send_headers(event.stream_id, headers)
+                    self.h2.send_data(event.stream_id, BODY, end_stream=True)
+        except h2.exceptions.ProtocolError:  # the client said GOAWAY (end of a run) and then more
+            self.transport.close()
+        self.transport.write(self.h2.data_to_send())
+
+
+def run_upstream(port: int) -> None:
+    """A canned-response HTTP/2 server (cleartext, prior knowledge)."""
+
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(_CannedH2, "127.0.0.1", port, backlog=1024)
+        print("ready", flush=True)
+        await server.serve_forever()
+
+    asyncio.run(main())
+
+
+# -- the proxy with three pass-through filters ----------------------------------------------
+
+
+def run_proxy(config: str) -> None:
+    """A meshcore proxy with a ``passthrough`` HTTP filter registered in-process."""
+    configure("warning", fmt="json")
+
+    class PassThrough:
+        def __init__(self, _config: None, _context: meshcore.FilterContext) -> None:
+            pass
+
+        async def __call__(
+            self, request: meshcore.Request, call_next: meshcore.HttpHandler
+        ) -> meshcore.Response:
+            return await call_next(request)
+
+    class Plugin:
+        @staticmethod
+        @meshcore.hookimpl
+        def meshcore_http_filters() -> list[meshcore.HttpFilterType]:
+            return [meshcore.HttpFilterType(name="passthrough", factory=PassThrough)]
+
+    registry = meshcore.build_registry(plugins=[("bench-passthrough", Plugin())])
+    source_type = registry.get("config_source", "file")
+    assert source_type is not None
+    assert source_type.config is not None
+    source = source_type.factory(
+        source_type.config(path=config, poll_interval=meshcore.Duration(0)), registry
+    )
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_proxy, source, registry)
+            print("ready", flush=True)
+
+    trio.run(main)
+
+
+PROXY_CONFIG = """
+admin: {{enabled: false}}
+listeners:
+  - name: bench
+    address: 127.0.0.1:{port}
+    filter_chains:
+      - filters:
+          - http_connection_manager:
+              route_config: main
+              http_filters: [passthrough, passthrough, passthrough, router]
+route_configs:
+  - name: main
+    virtual_hosts:
+      - name: all
+        domains: ["*"]
+        routes:
+          - match: {{prefix: /direct}}
+            direct_response: {{status: 200, body: "hello, world\\n"}}
+          - match: {{prefix: /}}
+            cluster: upstream
+clusters:
+  - name: upstream
+    protocol: http2
+    endpoints: ["127.0.0.1:{upstream}"]
+"""
+
+
+# -- measuring ------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def _start(argv: list[str]) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)  # noqa: S603 - our own script
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if line.strip() != "ready":
+        proc.kill()
+        msg = f"{argv} did not start: {line!r}"
+        raise RuntimeError(msg)
+    return proc
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def h2load(url: str, server_pid: int, duration: int, connections: int, streams: int) -> dict[str, float]:
+    """Run h2load against ``url``; measure the server process's CPU during the run."""
+    load = ["h2load", "-t1", f"-c{connections}", f"-m{streams}"]
+    # Warm up (connections, caches), then measure.
+    subprocess.run([*load, "-D1", url], capture_output=True, check=True)  # noqa: S603
+    cpu_before = _cpu_seconds(server_pid)
+    out = subprocess.run(  # noqa: S603
+        [*load, f"-D{duration}", url], capture_output=True, text=True, check=True
+    ).stdout
+    cpu = _cpu_seconds(server_pid) - cpu_before
+    counts = re.search(
+        r"requests: \d+ total, \d+ started, (\d+) done, \d+ succeeded, (\d+) failed, (\d+) errored", out
+    )
+    statuses = re.search(r"status codes: \d+ 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    timing = re.search(r"time for request:\s+(\S+)\s+(\S+)\s+(\S+)", out)
+    assert counts is not None, out
+    assert statuses is not None, out
+    assert timing is not None, out
+    done = int(counts.group(1))
+    return {
+        "requests_per_s": float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1)),  # type: ignore[union-attr]
+        "mean_ms": _ms(timing.group(3)),
+        "max_ms": _ms(timing.group(2)),
+        "cpu_us_per_request": cpu / max(done, 1) * 1e6,
+        "requests": done,
+        # Failed or errored requests, and any answer but 2xx.
+        "errors": int(counts.group(2)) + int(counts.group(3)) + sum(int(n) for n in statuses.groups()),
+    }
+
+
+def main() -> int:
+    """Measure, or (with ``--role``) be one of the measured processes."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per measured run")
+    parser.add_argument("--connections", type=int, default=10)
+    parser.add_argument("--streams", type=int, default=10, help="concurrent streams per connection")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON too")
+    parser.add_argument("--role", choices=["upstream", "proxy"], help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role == "upstream":
+        run_upstream(args.port)
+        return 0
+    if args.role == "proxy":
+        run_proxy(args.config)
+        return 0
+
+    upstream_port, proxy_port = _free_port(), _free_port()
+    me = [sys.executable, __file__]
+    procs = [_start([*me, "--role", "upstream", "--port", str(upstream_port)])]
+    load = (args.duration, args.connections, args.streams)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            config = Path(tmp) / "bench.yaml"
+            config.write_text(PROXY_CONFIG.format(port=proxy_port, upstream=upstream_port))
+            procs.append(_start([*me, "--role", "proxy", "--config", str(config)]))
+            upstream, proxy = procs[0].pid, procs[1].pid
+            direct = h2load(f"http://127.0.0.1:{upstream_port}/", upstream, *load)
+            proxied = h2load(f"http://127.0.0.1:{proxy_port}/", proxy, *load)
+            local = h2load(f"http://127.0.0.1:{proxy_port}/direct", proxy, *load)
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=30)
+    rows = [
+        ("upstream direct", direct),
+        ("through meshcore", proxied),
+        ("meshcore direct_response", local),
+    ]
+    print(
+        f"h2load -c{args.connections} -m{args.streams} -D{args.duration}s, "
+        "HTTP/2 cleartext (prior knowledge) both hops, 13-byte responses"
+    )
+    print(f"{'':25} {'req/s':>9} {'mean ms':>8} {'max ms':>8} {'server CPU us/req':>18} {'errors':>7}")
+    for label, r in rows:
+        print(
+            f"{label:25} {r['requests_per_s']:>9.0f} {r['mean_ms']:>8.2f} {r['max_ms']:>8.2f}"
+            f" {r['cpu_us_per_request']:>18.1f} {r['errors']:>7.0f}"
+        )
+    print(
+        f"ratio through meshcore / upstream direct: throughput {proxied['requests_per_s'] / direct['requests_per_s']:.3f}, "
+        f"mean latency {proxied['mean_ms'] / direct['mean_ms']:.2f}x, "
+        f"CPU per request {proxied['cpu_us_per_request'] / direct['cpu_us_per_request']:.1f}x"
+    )
+    print(
+        f"ratio meshcore direct_response / upstream direct: throughput "
+        f"{local['requests_per_s'] / direct['requests_per_s']:.3f}"
+    )
+    if args.json:
+        print(json.dumps({"direct": direct, "proxied": proxied, "direct_response": local}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
