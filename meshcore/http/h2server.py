@@ -420,8 +420,19 @@ class H2ServerSession:
         if flags:
             headers.append((b"x-meshcore-flags", stream.request.info.flag_string().encode()))  # type: ignore[union-attr]
         body = response.body
+        request = stream.request
+        no_body = (request is not None and request.method == "HEAD") or response.status in (204, 304)
         try:
-            if body.length == 0 or body.done:
+            if no_body or body.length == 0 or body.done:
+                # Nothing to send after the head: a reply to HEAD, a 204 or a 304 has no content
+                # on the wire (RFC 9110 9.3.2, 15.3.5, 15.4.5), even when a route or filter gave
+                # it a body. Read the body to its end all the same: that is what finishes an
+                # upstream exchange and gives its connection back for reuse.
+                try:
+                    while await body.read():
+                        pass
+                except Exception:  # noqa: BLE001 - the upstream failed after its head: nothing to send anyway
+                    body.close()
                 trailers = body.trailers
                 self.h2.send_headers(stream.id, headers, end_stream=trailers is None)
                 if trailers is not None:
