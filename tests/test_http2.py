@@ -892,3 +892,45 @@ async def test_a_burst_to_an_http2_upstream_that_cannot_be_reached_fails_at_once
     assert [r.status for r in responses] == [503] * 10
     assert {r.get("x-meshcore-flags") for r in responses} == {"UF"}
     assert elapsed < 2.5  # one connect timeout (0.5 s), not one per request (5 s)
+
+
+@pytest.mark.parametrize("path", ["/direct", "/nowhere"], ids=["direct-response", "no-route-local-reply"])
+async def test_a_reply_to_head_has_no_body_on_the_wire(nursery: trio.Nursery, path: str) -> None:
+    # RFC 9110 9.3.2: a response to HEAD has no content, even when the reply a filter or a
+    # route made has a body (nghttp2, in curl, resets a stream that gets DATA for HEAD).
+    routes = [{"name": "direct", "match": {"prefix": "/direct"}, "direct_response": {"status": 200, "body": "hi\n"}}]
+    with trio.fail_after(10):
+        proxy = await start_proxy(nursery, http_proxy_config(["127.0.0.1:1"], routes=routes))
+        got = await curl(proxy.address("ingress")[1], path, "--http2-prior-knowledge", "-I")
+        async with open_h2_client(proxy.address("ingress")) as client:
+            raw = await client.request(path, method="HEAD")
+            after = await client.request(path)  # the connection is fine after it
+    status = 200 if path == "/direct" else 404
+    assert (got.http_version, got.status) == ("2", status)
+    assert (raw.status, raw.body) == (status, b"")
+    assert after.status == status
+    assert after.body
+
+
+async def test_empty_replies_from_an_http1_upstream_give_its_connection_back(nursery: trio.Nursery) -> None:
+    # A 204, a 304, a 200 with content-length 0, a reply to HEAD: nothing to send after the
+    # head, but the upstream exchange still has to be finished for its connection to be
+    # reused. With one connection allowed, the next request needs it.
+    with trio.fail_after(10):
+        address, _ = await start_upstream(nursery, "http1-upstream")
+        config = proxy_config(address, "http1-upstream")
+        config["clusters"][0]["max_connections_per_endpoint"] = 1
+        proxy = await start_proxy(nursery, config)
+        async with open_h2_client(proxy.address("ingress")) as client:
+            replies = [
+                await client.request("/status/204"),
+                await client.request("/status/304"),
+                await client.request("/status/200"),
+                await client.request("/bytes/100", method="HEAD"),
+                await client.request("/bytes/100"),
+            ]
+        await trio.testing.wait_all_tasks_blocked()
+    assert [(r.status, len(r.body)) for r in replies] == [(204, 0), (304, 0), (200, 0), (200, 0), (200, 100)]
+    assert replies[3].get("content-length") == "100"
+    assert proxy.stats.value("cluster_upstream_rq_active", cluster="backend") == 0
+    assert proxy.stats.value("cluster_upstream_cx_total", cluster="backend") == 1  # one, kept alive
