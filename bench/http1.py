@@ -117,6 +117,7 @@ route_configs:
             cluster: upstream
 clusters:
   - name: upstream
+    codec: {codec}
     endpoints: ["127.0.0.1:{upstream}"]
 """
 

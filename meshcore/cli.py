@@ -8,7 +8,7 @@ import functools
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -147,13 +147,25 @@ def cmd_proxy(args: argparse.Namespace) -> int:
                 )
             )
 
+    failed = False
     try:
         trio.run(main)
-    except ConfigError as err:
-        for problem in err.problems:
-            print(problem, file=sys.stderr)
-        return 1
-    return 0
+    except* ConfigError as group:
+        # The first Snapshot was rejected (a bad file, a port in use): say why, exit 1.
+        for err in _leaves(group):
+            for problem in getattr(err, "problems", ()):
+                print(problem, file=sys.stderr)
+        failed = True
+    return 1 if failed else 0
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> Iterator[BaseException]:
+    """The exceptions inside (nested) exception groups."""
+    for err in group.exceptions:
+        if isinstance(err, BaseExceptionGroup):
+            yield from _leaves(err)
+        else:
+            yield err
 
 
 def run_workers(args: argparse.Namespace, registry: Registry) -> int:

@@ -8,16 +8,31 @@ the same through an independent parser (h11's client side).
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Any
 
 import h11
+import pytest
+import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from meshcore.testing.client import IncompleteResponse, fetch
+from meshcore.testing.harness import http_proxy_config, start_proxy
+from meshcore.testing.upstreams import serve_upstream
 
 from meshcore.errors import ProtocolError
-from meshcore.http.codec import NEED_DATA, Data, EndOfMessage, RequestHead, ServerCodec
-from meshcore.http.fast_h1 import FastServerCodec
-from meshcore.http.h1 import H11ServerCodec
+from meshcore.http.codec import (
+    NEED_DATA,
+    Data,
+    EndOfMessage,
+    Informational,
+    RequestHead,
+    ResponseHead,
+    ServerCodec,
+)
+from meshcore.http.fast_h1 import FastClientCodec, FastServerCodec
+from meshcore.http.h1 import H11ClientCodec, H11ServerCodec
 
 Outcome = tuple[list[Any], int | None]
 
@@ -210,3 +225,195 @@ def test_responses_read_back_the_same(
         wire += codec.send_end()
         results.append(read_back(wire, method))
     assert results[1] == results[0]
+
+
+# -- the client side: responses in, requests out ------------------------------------------------
+
+
+def run_client(codec: Any, method: bytes, chunks: list[bytes], eof: bool) -> Outcome:
+    """Send a request with ``method``; feed response ``chunks``; collect events or the error."""
+    codec.send_request_head(method, b"/", [(b"host", b"a")])
+    codec.send_end()
+    seen: list[Any] = []
+    body = b""
+    try:
+        for chunk in [*chunks, *([b""] if eof else [])]:
+            codec.receive_data(chunk)
+            closed = not chunk  # after EOF, whether the connection "could" be reused is moot
+            while True:
+                event = codec.next_event()
+                if type(event) is ResponseHead:
+                    seen.append(("head", event.status, list(event.headers), event.http_version))
+                elif type(event) is Informational:
+                    seen.append(("informational", event.status, list(event.headers)))
+                    if event.status == 101:
+                        return seen, None
+                elif type(event) is Data:
+                    body += event.data
+                elif type(event) is EndOfMessage:
+                    seen.append(("body", body))
+                    seen.append(("end", event.trailers or []))
+                    if not closed:
+                        seen.append(("reusable", codec.start_next_cycle()))
+                    return seen, None
+                else:
+                    break
+    except ProtocolError as err:
+        return seen[:1] if seen else [], err.status
+    if body:
+        seen.append(("partial", body))
+    return seen, None
+
+
+@st.composite
+def responses(draw: st.DrawFn) -> bytes:
+    status = draw(st.sampled_from([100, 101, 200, 201, 204, 301, 304, 404, 500, 503]))
+    version = draw(st.sampled_from(["1.1", "1.1", "1.0"]))
+    reason = draw(st.sampled_from(["", " OK", " Not Found", " x y"]))
+    headers = draw(st.lists(st.tuples(TOKEN, VALUE), max_size=4))
+    body = draw(st.binary(max_size=40))
+    framing = draw(st.sampled_from(["length", "chunked", "close"]))
+    if framing == "length":
+        headers.append(("Content-Length", str(len(body))))
+    elif framing == "chunked":
+        headers.append(("Transfer-Encoding", "chunked"))
+    if draw(st.booleans()):
+        headers.append(("Connection", draw(st.sampled_from(["close", "keep-alive"]))))
+    head = f"HTTP/{version} {status}{reason}\r\n" + "".join(f"{n}: {v}\r\n" for n, v in headers) + "\r\n"
+    raw = head.encode("latin-1")
+    if framing == "chunked":
+        raw += (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
+    else:
+        raw += body
+    return raw
+
+
+def both_clients(method: bytes, raw: bytes, splits: list[int], eof: bool = True) -> tuple[Outcome, Outcome]:
+    chunks, last = [], 0
+    for cut in sorted(s % (len(raw) + 1) for s in splits):
+        chunks.append(raw[last:cut])
+        last = cut
+    chunks.append(raw[last:])
+    chunks = [c for c in chunks if c]
+    return run_client(H11ClientCodec(), method, chunks, eof), run_client(
+        FastClientCodec(), method, chunks, eof
+    )
+
+
+METHODS = st.sampled_from([b"GET", b"HEAD", b"POST"])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(METHODS, responses(), SPLITS, st.booleans())
+def test_client_valid_responses_give_the_same_events(
+    method: bytes, raw: bytes, splits: list[int], eof: bool
+) -> None:
+    reference, fast = both_clients(method, raw, splits, eof)
+    assert fast == reference
+
+
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    METHODS,
+    responses(),
+    st.lists(st.tuples(st.integers(0, 10_000), st.binary(min_size=0, max_size=3)), max_size=3),
+    SPLITS,
+)
+def test_client_mutated_responses_are_accepted_or_rejected_alike(
+    method: bytes, raw: bytes, mutations: list[tuple[int, bytes]], splits: list[int]
+) -> None:
+    data = bytearray(raw)
+    for position, replacement in mutations:
+        at = position % (len(data) + 1)
+        data[at : at + 1] = replacement
+    reference, fast = both_clients(method, bytes(data), splits)
+    assert fast == reference
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from([b"GET", b"POST", b"PUT"]),
+    st.lists(st.tuples(TOKEN, VALUE), max_size=4),
+    st.lists(st.binary(min_size=1, max_size=20), max_size=3),
+    st.sampled_from(["length", "chunked", "none"]),
+)
+def test_client_requests_read_back_the_same(
+    method: bytes, headers: list[tuple[str, str]], chunks: list[bytes], framing: str
+) -> None:
+    raw_headers = [(b"host", b"a")]
+    raw_headers += [
+        (n.encode(), v.strip().encode())
+        for n, v in headers
+        if n.lower() not in ("content-length", "transfer-encoding", "connection", "host")
+    ]
+    body = b"".join(chunks)
+    if framing == "length":
+        raw_headers.append((b"content-length", str(len(body)).encode()))
+    elif framing == "chunked":
+        raw_headers.append((b"transfer-encoding", b"chunked"))
+    else:
+        chunks = []
+    results = []
+    for codec in (H11ClientCodec(), FastClientCodec()):
+        wire = codec.send_request_head(method, b"/x", raw_headers)
+        for chunk in chunks:
+            wire += codec.send_data(chunk)
+        wire += codec.send_end()
+        server = h11.Connection(h11.SERVER)
+        server.receive_data(wire)
+        events = []
+        while (event := server.next_event()) is not h11.NEED_DATA:
+            if isinstance(event, h11.Request):
+                events.append(("request", event.method, event.target, list(event.headers)))
+            elif isinstance(event, h11.Data):
+                events.append(("data", bytes(event.data)))
+            elif isinstance(event, h11.EndOfMessage):
+                events.append(("end",))
+                break
+        results.append(events)
+    assert results[1] == results[0]
+
+
+# -- end to end: the fast codecs on both sides of a real proxy ----------------------------------
+
+
+async def test_fast_codecs_end_to_end(nursery: trio.Nursery, tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        upstream = await nursery.start(serve_upstream)
+        config = http_proxy_config([upstream], manager={"codec": "fast"}, cluster={"codec": "fast"})
+        proxy = await start_proxy(nursery, config)
+        address = proxy.address("ingress")
+        url = f"http://{address[0]}:{address[1]}"
+
+        ok = await fetch(address, "/bytes/5")
+        assert (ok.status, ok.body) == (200, b"xxxxx")
+        head = await fetch(address, "/bytes/5", method="HEAD")
+        assert (head.status, head.body, head.header("content-length")) == (200, b"", "5")
+        for status in (204, 304):
+            empty = await fetch(address, f"/status/{status}")
+            assert (empty.status, empty.body) == (status, b"")
+        with pytest.raises(IncompleteResponse):
+            await fetch(address, "/reset/1000")
+
+        payload = tmp_path / "payload.bin"
+        data = bytes(range(256)) * 40_000  # 10 MB
+        await trio.Path(payload).write_bytes(data)
+        digest = hashlib.sha256(data).hexdigest()
+        for extra in ([], ["-H", "Transfer-Encoding: chunked"], ["-H", "Expect: 100-continue"]):
+            done = await trio.run_process(
+                ["curl", "-sS", "--data-binary", f"@{payload}", *extra, f"{url}/echo"],
+                capture_stdout=True,
+            )
+            assert hashlib.sha256(done.stdout).hexdigest() == digest, extra
+
+        # Keep-alive on both sides: curl reuses one downstream connection, the proxy one upstream.
+        before = proxy.stats.value("cluster_upstream_cx_total", cluster="backend")
+        done = await trio.run_process(
+            ["curl", "-sS", "-v", f"{url}/bytes/1", f"{url}/bytes/2", f"{url}/bytes/3"],
+            capture_stdout=True,
+            capture_stderr=True,
+        )
+        assert done.stdout == b"x" * 6
+        assert b"Re-using existing connection" in done.stderr
+        assert proxy.stats.value("cluster_upstream_cx_total", cluster="backend") - before <= 1
+        nursery.cancel_scope.cancel()

@@ -152,6 +152,9 @@ class Cluster:
     """Kept-alive idle connections per endpoint; more are closed when released."""
     idle_timeout: Duration = Duration(60)
     protocol: Literal["http1", "http2", "auto"] = "http1"
+    """The upstream protocol: HTTP/1.1, HTTP/2, or ``auto`` (the protocol the client spoke)."""
+    codec: Literal["h11", "fast"] = "h11"
+    """The HTTP/1.1 codec toward the endpoints: ``h11`` (the reference) or ``fast``."""
     tls: UpstreamTls | None = None
 
 

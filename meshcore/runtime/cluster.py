@@ -21,6 +21,7 @@ from meshcore.config import Snapshot
 from meshcore.errors import ProtocolError, UpstreamError
 from meshcore.http.codec import CLOSED, NEED_DATA, Data, EndOfMessage, Informational, ResponseHead
 from meshcore.http.flags import ResponseFlag
+from meshcore.http.fast_h1 import FastClientCodec
 from meshcore.http.h1 import H11ClientCodec
 from meshcore.http.messages import Body, Headers, Request, Response, Upgraded
 from meshcore.http.semantics import strip_hop_by_hop
@@ -67,9 +68,9 @@ class UpstreamConnection:
 
     __slots__ = ("codec", "idle_since", "stream")
 
-    def __init__(self, stream: trio.abc.Stream) -> None:
+    def __init__(self, stream: trio.abc.Stream, *, fast: bool = False) -> None:
         self.stream = stream
-        self.codec = H11ClientCodec()
+        self.codec: H11ClientCodec | FastClientCodec = FastClientCodec() if fast else H11ClientCodec()
         self.idle_since = 0.0
 
 
@@ -147,7 +148,7 @@ class Host:
                     self._waiters.unpark()
                     raise
                 self.cluster.stats_cx_active.value += 1
-                return UpstreamConnection(stream), False
+                return UpstreamConnection(stream, fast=self.cluster.config.codec == "fast"), False
             await self._waiters.park()
 
     def release(self, conn: UpstreamConnection, *, reusable: bool) -> None:
@@ -269,7 +270,9 @@ class Cluster:
         try:
             with trio.move_on_at(deadline):
                 stream = await host.connect()
-                codec = H11ClientCodec()
+                codec: H11ClientCodec | FastClientCodec = (
+                    FastClientCodec() if self.config.codec == "fast" else H11ClientCodec()
+                )
                 headers = [
                     (b"host", request.authority.encode("latin-1")),
                     *strip_hop_by_hop(request.headers.raw),
