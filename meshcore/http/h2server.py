@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import struct
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,8 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 RECEIVE_SIZE = 64 * 1024
 # The longest one send to the client may block (sends are not cancelled midway: see flush).
 SEND_TIMEOUT = 10.0
+# A GOAWAY frame's header: 8 bytes of payload, type 0x7, no flags, stream 0 (RFC 9113 6.8).
+_GOAWAY_HEAD = b"\x00\x00\x08\x07\x00\x00\x00\x00\x00"
 # Connection-specific headers that must not cross into HTTP/2 (RFC 9113 section 8.2.2).
 _CONNECTION_SPECIFIC = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
@@ -128,6 +131,7 @@ class H2ServerSession:
         self.last_stream_id = 0
         self.flush_soon = trio.Event()
         self.broken = False
+        self.goaway_frame = b""
 
     # -- the connection -------------------------------------------------------------------------
 
@@ -138,7 +142,9 @@ class H2ServerSession:
         never see the error.
         """
         async with self.send_lock:
-            data = self.h2.data_to_send()
+            # A graceful GOAWAY first: a GOAWAY h2 queued for an error (or abuse) comes after
+            # it, and has the last word.
+            data, self.goaway_frame = self.goaway_frame + self.h2.data_to_send(), b""
             if data and not self.broken:
                 # Shielded: the caller may be a stream's task, cancelled when its client resets
                 # it; frames taken from h2 and then not sent (or sent in part) would break the
@@ -231,7 +237,11 @@ class H2ServerSession:
         """Graceful GOAWAY: no new streams; in-flight ones finish."""
         if not self.closing:
             self.closing = True
-            self.h2.close_connection(error_code=ErrorCodes.NO_ERROR, last_stream_id=self.last_stream_id)
+            # Not h2's close_connection(): h2 then takes the connection for closed and refuses
+            # to send anything more, the responses of the streams in flight included. The
+            # frame goes out with the next flush; streams opened after it are refused (see
+            # _request_received).
+            self.goaway_frame = _GOAWAY_HEAD + struct.pack(">LL", self.last_stream_id, ErrorCodes.NO_ERROR)
 
     async def drain(self) -> None:
         """Send GOAWAY now (the listener drains)."""
