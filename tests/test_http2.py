@@ -101,10 +101,16 @@ class H2Upstream:
 
     def __init__(self, *, window_by_settings: bool = False) -> None:
         self.received: list[Received] = []
+        self.arrived = trio.Event()
         self.connections = 0
         self.window_by_settings = window_by_settings
         """Give no stream window back for the first 65535 bytes of a connection; then open the
         windows of every stream with SETTINGS_INITIAL_WINDOW_SIZE alone (RFC 9113 6.9.2)."""
+
+    async def wait_for_requests(self, count: int) -> None:
+        """Until ``count`` requests have arrived (each recorded before it is answered)."""
+        while len(self.received) < count:
+            await self.arrived.wait()
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -182,6 +188,8 @@ class _H2UpstreamConnection:
         raw, body = self.requests.pop(stream_id)
         headers = _text(raw)
         self.upstream.received.append(Received(headers, bytes(body)))
+        self.upstream.arrived.set()
+        self.upstream.arrived = trio.Event()
         pseudo = {n: v for n, v in headers if n.startswith(":")}
         parts = pseudo.get(":path", "/").partition("?")[0].strip("/").split("/")
         trailers: RawHeaders | None = None
@@ -934,3 +942,26 @@ async def test_empty_replies_from_an_http1_upstream_give_its_connection_back(nur
     assert replies[3].get("content-length") == "100"
     assert proxy.stats.value("cluster_upstream_rq_active", cluster="backend") == 0
     assert proxy.stats.value("cluster_upstream_cx_total", cluster="backend") == 1  # one, kept alive
+
+
+async def test_a_drain_lets_the_http2_requests_in_flight_finish(nursery: trio.Nursery) -> None:
+    # The drain's GOAWAY (NO_ERROR) stops new streams; the ones in flight still get their
+    # responses. curl, a real client, reads GOAWAY and then the response.
+    with trio.fail_after(10):
+        address, h2_upstream = await start_upstream(nursery, "http2-upstream")
+        assert h2_upstream is not None
+        proxy = await start_proxy(nursery, proxy_config(address, "http2-upstream"))
+        port = proxy.address("ingress")[1]
+        results: list[Curl] = []
+
+        async def in_flight() -> None:
+            results.append(await curl(port, "/delay/300", "--http2-prior-knowledge"))
+
+        async with trio.open_nursery() as clients:
+            clients.start_soon(in_flight)
+            await h2_upstream.wait_for_requests(1)
+            proxy.drain()
+    [got] = results
+    assert (got.http_version, got.status) == ("2", 200)
+    assert "GOAWAY, error=0" in got.verbose
+    assert described("http2-upstream", got.body)["path"] == "/delay/300"
