@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import quote_plus
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from meshcore.config.model import (
@@ -372,6 +372,7 @@ def test_prefix_route_matches_every_path_under_its_prefix(
 
 @given(name=st.text(min_size=1, max_size=8), value=st.text(max_size=8), other=st.text(max_size=8))
 def test_query_exact_value_survives_encoding(name: str, value: str, other: str) -> None:
+    assume(name != "z")  # "z" comes first in the query: the first value wins (Envoy's rule)
     t = one(route(query_params=(Q(name=name, exact=value),)))
     assert t.match(req(f"/?z={quote_plus(other)}&{quote_plus(name)}={quote_plus(value)}"))
 
