@@ -15,6 +15,7 @@ import functools
 import gc
 import json
 import socket as stdlib_socket
+import struct
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -33,8 +34,11 @@ import trio
 import trio.testing
 import trustme
 from h2.errors import ErrorCodes
+from hyperframe.frame import DataFrame, GoAwayFrame, HeadersFrame, SettingsFrame
 from meshcore.testing.harness import http_proxy_config, start_proxy
 from meshcore.testing.upstreams import serve_upstream
+
+from meshcore.runtime.h2pool import _GracefulGoaway
 
 RawHeaders = list[tuple[bytes, bytes]]
 RECEIVE_SIZE = 64 * 1024
@@ -97,6 +101,7 @@ class H2Upstream:
     ``/echo`` answers with the request body, ``/bytes/N`` with N bytes, ``/trailers`` with a
     body and trailers (as gRPC does), anything else (``/delay/MS`` after MS milliseconds)
     with a JSON description of the request. ``/stall`` never reads its request body, nor answers.
+    ``/drain`` sends GOAWAY (NO_ERROR, this stream the last) before its answer.
     """
 
     def __init__(self, *, window_by_settings: bool = False) -> None:
@@ -195,6 +200,13 @@ class _H2UpstreamConnection:
         trailers: RawHeaders | None = None
         if parts[0] == "delay":
             await trio.sleep(int(parts[1]) / 1000)
+        if parts[0] == "drain":
+            # As a server draining does: GOAWAY NO_ERROR naming this stream as the last it will
+            # process, then its response. Written by hand: h2's close_connection() would stop
+            # this side from sending the response (h2 takes any GOAWAY for the end).
+            goaway = b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + struct.pack(">LL", stream_id, 0)
+            async with self.lock:
+                await self.stream.send_all(self.h2.data_to_send() + goaway)
         if parts[0] == "echo":
             payload = bytes(body)
         elif parts[0] == "bytes":
@@ -906,7 +918,9 @@ async def test_a_burst_to_an_http2_upstream_that_cannot_be_reached_fails_at_once
 async def test_a_reply_to_head_has_no_body_on_the_wire(nursery: trio.Nursery, path: str) -> None:
     # RFC 9110 9.3.2: a response to HEAD has no content, even when the reply a filter or a
     # route made has a body (nghttp2, in curl, resets a stream that gets DATA for HEAD).
-    routes = [{"name": "direct", "match": {"prefix": "/direct"}, "direct_response": {"status": 200, "body": "hi\n"}}]
+    routes = [
+        {"name": "direct", "match": {"prefix": "/direct"}, "direct_response": {"status": 200, "body": "hi\n"}}
+    ]
     with trio.fail_after(10):
         proxy = await start_proxy(nursery, http_proxy_config(["127.0.0.1:1"], routes=routes))
         got = await curl(proxy.address("ingress")[1], path, "--http2-prior-knowledge", "-I")
@@ -965,3 +979,48 @@ async def test_a_drain_lets_the_http2_requests_in_flight_finish(nursery: trio.Nu
     assert (got.http_version, got.status) == ("2", 200)
     assert "GOAWAY, error=0" in got.verbose
     assert described("http2-upstream", got.body)["path"] == "/delay/300"
+
+
+async def test_an_upstream_draining_with_goaway_still_delivers_the_streams_it_took(
+    nursery: trio.Nursery,
+) -> None:
+    # GOAWAY NO_ERROR with last_stream_id = the stream: "I will finish this one, open no
+    # more here". The response that follows is the client's; the next request goes to a
+    # new connection.
+    with trio.fail_after(10):
+        address, h2_upstream = await start_upstream(nursery, "http2-upstream")
+        assert h2_upstream is not None
+        proxy = await start_proxy(nursery, proxy_config(address, "http2-upstream"))
+        async with open_h2_client(proxy.address("ingress")) as client:
+            drained = await client.request("/drain")
+            after = await client.request("/hello")
+    assert drained.status == 200
+    assert json.loads(drained.body)["pseudo"][":path"] == "/drain"
+    assert after.status == 200
+    assert h2_upstream.connections == 2
+
+
+def test_graceful_goaways_are_taken_out_of_the_upstream_bytes_however_they_are_split() -> None:
+    # Sans-IO: the upstream's bytes, cut at every place, come out the same minus the GOAWAYs
+    # with NO_ERROR; a GOAWAY with an error code stays in, for h2.
+    def frame(f: Any) -> bytes:
+        return bytes(f.serialize())
+
+    graceful = frame(GoAwayFrame(0, last_stream_id=5, error_code=0))
+    graceful_with_data = frame(GoAwayFrame(0, last_stream_id=3, error_code=0, additional_data=b"draining"))
+    failed = frame(GoAwayFrame(0, last_stream_id=7, error_code=2))
+    before = frame(SettingsFrame(0)) + frame(HeadersFrame(1, b"\x88")) + frame(DataFrame(1, b"d" * 300))
+    after = frame(DataFrame(3, b"e" * 40)) + failed
+    wire = before + graceful + frame(DataFrame(5, b"")) + graceful_with_data + after
+    expected = before + frame(DataFrame(5, b"")) + after
+    for cut in range(len(wire) + 1):
+        for cut2 in (cut, min(cut + 5, len(wire)), len(wire)):
+            taker = _GracefulGoaway()
+            out, lasts = b"", []
+            for piece in (wire[:cut], wire[cut:cut2], wire[cut2:]):
+                data, found = taker.feed(piece)
+                out += data
+                lasts += found
+            assert (out, lasts) == (expected, [5, 3]), (cut, cut2)
+    # Nothing to take out: the very bytes are handed on, not a copy.
+    assert _GracefulGoaway().feed(before)[0] is before
