@@ -28,6 +28,7 @@ from h2.errors import ErrorCodes
 
 from meshcore.errors import ProtocolError, UpstreamError
 from meshcore.http.flags import ResponseFlag
+from meshcore.http.h2server import GracefulGoaway
 from meshcore.http.messages import Body, Headers, Request, Response
 
 if TYPE_CHECKING:
@@ -48,60 +49,6 @@ _CONNECTION_SPECIFIC = frozenset(
 
 class StreamRefused(Exception):  # noqa: N818 - an outcome: the request was not processed
     """The upstream refused the stream before processing it: safe to retry elsewhere."""
-
-
-_HEAD = 9  # the size of a frame header
-_GOAWAY = 0x7  # the frame type
-_GOAWAY_MIN = _HEAD + 8  # last stream id and error code
-_GOAWAY_MAX = _HEAD + 16384  # h2's default SETTINGS_MAX_FRAME_SIZE: h2 refuses larger frames
-
-
-class _GracefulGoaway:
-    """Takes the graceful GOAWAY frames (NO_ERROR) out of the bytes an upstream sends.
-
-    h2 takes any GOAWAY it reads for the end of the connection and refuses every frame
-    after it: the responses of the streams a draining upstream still finishes (those up to
-    the frame's last stream id) would be lost. So h2 never sees a graceful GOAWAY; its last
-    stream id is handed over instead. A GOAWAY with an error code goes to h2 as it came.
-    """
-
-    __slots__ = ("buffer", "passing")
-
-    def __init__(self) -> None:
-        self.buffer = b""  # the start of a frame header, or of a GOAWAY frame
-        self.passing = 0  # bytes of the current frame (not a GOAWAY) still to come
-
-    def feed(self, data: bytes) -> tuple[bytes, list[int]]:
-        """The bytes for h2, and the last stream ids of the graceful GOAWAYs taken out."""
-        if self.buffer:
-            data, self.buffer = self.buffer + data, b""
-        lasts: list[int] = []
-        kept: list[bytes] = []
-        kept_from = 0
-        i = min(self.passing, len(data))
-        self.passing -= i
-        while i < len(data):
-            if len(data) - i < _HEAD:
-                break
-            end = i + _HEAD + int.from_bytes(data[i : i + 3], "big")
-            if data[i + 3] != _GOAWAY or end - i > _GOAWAY_MAX:
-                # Not a GOAWAY (or one h2 will refuse for its size): on to h2, whole or in part.
-                self.passing = max(0, end - len(data))
-                i = min(end, len(data))
-                continue
-            if end > len(data):
-                break
-            code = int.from_bytes(data[i + 13 : i + 17], "big")
-            if end - i >= _GOAWAY_MIN and code == ErrorCodes.NO_ERROR:
-                lasts.append(int.from_bytes(data[i + 9 : i + 13], "big") & 0x7FFFFFFF)
-                kept.append(data[kept_from:i])
-                kept_from = end
-            i = end
-        self.buffer = data[i:]
-        if not kept_from:
-            return data[:i] if self.buffer else data, lasts
-        kept.append(data[kept_from:i])
-        return b"".join(kept), lasts
 
 
 class _UpStream:
@@ -135,7 +82,7 @@ class H2Connection:
         self.send_lock = trio.Lock()
         self.closed = False
         self.goaway_last: int | None = None
-        self.graceful = _GracefulGoaway()
+        self.graceful = GracefulGoaway()
         self.settled = trio.Event()
         self.nursery: trio.Nursery | None = None
         self.flush_soon = trio.Event()
