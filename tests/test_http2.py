@@ -38,7 +38,7 @@ from hyperframe.frame import DataFrame, GoAwayFrame, HeadersFrame, SettingsFrame
 from meshcore.testing.harness import http_proxy_config, start_proxy
 from meshcore.testing.upstreams import serve_upstream
 
-from meshcore.runtime.h2pool import _GracefulGoaway
+from meshcore.http.h2server import GracefulGoaway
 
 RawHeaders = list[tuple[bytes, bytes]]
 RECEIVE_SIZE = 64 * 1024
@@ -46,6 +46,11 @@ RECEIVE_SIZE = 64 * 1024
 
 def _text(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
     return [(bytes(n).decode("latin-1"), bytes(v).decode("latin-1")) for n, v in headers]
+
+
+def frame(f: Any) -> bytes:
+    """A hyperframe frame on the wire."""
+    return bytes(f.serialize())
 
 
 def _raw(headers: Any) -> RawHeaders:
@@ -1003,9 +1008,6 @@ async def test_an_upstream_draining_with_goaway_still_delivers_the_streams_it_to
 def test_graceful_goaways_are_taken_out_of_the_upstream_bytes_however_they_are_split() -> None:
     # Sans-IO: the upstream's bytes, cut at every place, come out the same minus the GOAWAYs
     # with NO_ERROR; a GOAWAY with an error code stays in, for h2.
-    def frame(f: Any) -> bytes:
-        return bytes(f.serialize())
-
     graceful = frame(GoAwayFrame(0, last_stream_id=5, error_code=0))
     graceful_with_data = frame(GoAwayFrame(0, last_stream_id=3, error_code=0, additional_data=b"draining"))
     failed = frame(GoAwayFrame(0, last_stream_id=7, error_code=2))
@@ -1015,7 +1017,7 @@ def test_graceful_goaways_are_taken_out_of_the_upstream_bytes_however_they_are_s
     expected = before + frame(DataFrame(5, b"")) + after
     for cut in range(len(wire) + 1):
         for cut2 in (cut, min(cut + 5, len(wire)), len(wire)):
-            taker = _GracefulGoaway()
+            taker = GracefulGoaway()
             out, lasts = b"", []
             for piece in (wire[:cut], wire[cut:cut2], wire[cut2:]):
                 data, found = taker.feed(piece)
@@ -1023,4 +1025,23 @@ def test_graceful_goaways_are_taken_out_of_the_upstream_bytes_however_they_are_s
                 lasts += found
             assert (out, lasts) == (expected, [5, 3]), (cut, cut2)
     # Nothing to take out: the very bytes are handed on, not a copy.
-    assert _GracefulGoaway().feed(before)[0] is before
+    assert GracefulGoaway().feed(before)[0] is before
+
+
+async def test_a_client_going_away_gracefully_still_gets_the_responses_in_flight(
+    nursery: trio.Nursery,
+) -> None:
+    # A client closing gracefully (Node's session.close(), for one) sends GOAWAY NO_ERROR
+    # and waits for its open streams; they are still answered.
+    with trio.fail_after(10):
+        address, h2_upstream = await start_upstream(nursery, "http2-upstream")
+        assert h2_upstream is not None
+        proxy = await start_proxy(nursery, proxy_config(address, "http2-upstream"))
+        async with open_h2_client(proxy.address("ingress")) as client:
+            sid = await client.start("/delay/200")
+            await h2_upstream.wait_for_requests(1)
+            async with client.lock:  # by hand: h2's close_connection() would close our side too
+                await client.stream.send_all(frame(GoAwayFrame(0, last_stream_id=0, error_code=0)))
+            got = await client.response(sid)
+    assert got.status == 200
+    assert json.loads(got.body)["pseudo"][":path"] == "/delay/200"
