@@ -31,8 +31,8 @@ from meshcore.http.codec import (
     ResponseHead,
     ServerCodec,
 )
-from meshcore.http.fast_h1 import FastClientCodec, FastServerCodec
 from meshcore.http.h1 import H11ClientCodec, H11ServerCodec
+from meshcore.http.h1fast import FastClientCodec, FastServerCodec
 
 Outcome = tuple[list[Any], int | None]
 

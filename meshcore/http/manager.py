@@ -21,7 +21,7 @@ from meshcore.errors import ProtocolError
 from meshcore.http.codec import CLOSED, NEED_DATA, Data, EndOfMessage, RequestHead
 from meshcore.http.flags import ResponseFlag
 from meshcore.http.grpc import grpc_local_reply, grpc_message_of, grpc_status_of, is_grpc
-from meshcore.http.fast_h1 import FastServerCodec
+from meshcore.http.h1fast import FastServerCodec
 from meshcore.http.h1 import H11ServerCodec
 from meshcore.http.h2server import PREFACE, H2ServerSession
 from meshcore.http.messages import Body, Headers, HttpHandler, Request, Response, StreamInfo

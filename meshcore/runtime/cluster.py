@@ -21,7 +21,7 @@ from meshcore.config import Snapshot
 from meshcore.errors import ProtocolError, UpstreamError
 from meshcore.http.codec import CLOSED, NEED_DATA, Data, EndOfMessage, Informational, ResponseHead
 from meshcore.http.flags import ResponseFlag
-from meshcore.http.fast_h1 import FastClientCodec
+from meshcore.http.h1fast import FastClientCodec
 from meshcore.http.h1 import H11ClientCodec
 from meshcore.http.messages import Body, Headers, Request, Response, Upgraded
 from meshcore.http.semantics import strip_hop_by_hop

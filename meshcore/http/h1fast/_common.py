@@ -1,0 +1,288 @@
+"""Readers and writers shared by both sides: field lines, framing, bodies.
+
+Every rule here is h11's (the reference), written against bytes methods that run in C.
+"""
+
+from __future__ import annotations
+
+import re
+
+from meshcore.errors import ProtocolError
+from meshcore.http.codec import NEED_DATA, Data, EndOfMessage, RawHeaders
+
+__all__ = [
+    "REASONS",
+    "BodyWriter",
+    "ChunkedReader",
+    "CloseReader",
+    "LengthReader",
+    "bad",
+    "field_lines",
+    "framing",
+    "write_head",
+]
+
+TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
+# h11's field-content: runs of anything but NUL and whitespace, joined by spaces or tabs.
+FIELD_VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
+BLANK_LINE = re.compile(rb"\n\r?\n")
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;.*)?[ \t]*")
+_FOLD = re.compile(rb"[ \t]+")
+_MAX_CHUNK_LINE = 4096
+_CRLF = b"\r\n"
+REASONS = {
+    100: b"Continue", 101: b"Switching Protocols", 200: b"OK", 201: b"Created", 202: b"Accepted",
+    204: b"No Content", 206: b"Partial Content", 301: b"Moved Permanently", 302: b"Found",
+    303: b"See Other", 304: b"Not Modified", 307: b"Temporary Redirect", 308: b"Permanent Redirect",
+    400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found",
+    405: b"Method Not Allowed", 408: b"Request Timeout", 413: b"Content Too Large",
+    429: b"Too Many Requests", 431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
+    501: b"Not Implemented", 502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
+}  # fmt: skip
+
+BodyEvent = Data | EndOfMessage | object
+
+
+def bad(message: str, status: int = 400) -> ProtocolError:
+    """A protocol error of the peer's, answered with ``status``."""
+    return ProtocolError(message, status=status)
+
+
+def field_lines(lines: list[bytes], *, unfold: bool) -> list[tuple[bytes, bytes]]:
+    """Header (or trailer) lines checked for syntax, names lower-cased, as h11 reads them.
+
+    ``unfold``: join obs-fold continuation lines (h11 does in trailers and responses;
+    request heads reject them before this).
+    """
+    if unfold:
+        joined: list[bytes] = []
+        for line in lines:
+            fold = _FOLD.match(line)
+            if fold is None:
+                joined.append(line)
+            elif not joined:
+                msg = "continuation line at start of headers"
+                raise bad(msg)
+            else:
+                joined[-1] += b" " + line[fold.end() :]
+        lines = joined
+    fields = []
+    for line in lines:
+        name, colon, value = line.partition(b":")
+        value = value.strip(b" \t")
+        if not colon or TOKEN.fullmatch(name) is None or FIELD_VALUE.fullmatch(value) is None:
+            msg = f"illegal header line: {line[:80]!r}"
+            raise bad(msg)
+        fields.append((name.lower(), value))
+    return fields
+
+
+def _content_length(value: bytes) -> bytes:
+    lengths = {part.strip() for part in value.split(b",")}
+    if len(lengths) != 1:
+        msg = "conflicting Content-Length headers"
+        raise bad(msg)
+    single = lengths.pop()
+    if not single.isdigit() or not single.isascii():
+        msg = "bad Content-Length"
+        raise bad(msg)
+    return single
+
+
+def framing(fields: list[tuple[bytes, bytes]]) -> tuple[RawHeaders, bytes | None, bool]:
+    """Fields with Content-Length and Transfer-Encoding validated and normalised (as h11).
+
+    Returns the fields (a repeated identical Content-Length kept once), the length, and
+    whether the body is chunked.
+    """
+    out: RawHeaders = []
+    length: bytes | None = None
+    chunked = False
+    for name, value in fields:
+        if name == b"content-length":
+            single = _content_length(value)
+            if length is not None:
+                if length != single:
+                    msg = "conflicting Content-Length headers"
+                    raise bad(msg)
+                continue  # the same length again: h11 keeps one
+            length = single
+            out.append((name, single))
+        elif name == b"transfer-encoding":
+            if chunked:
+                msg = "multiple Transfer-Encoding headers"
+                raise bad(msg, 501)
+            if value.lower() != b"chunked":
+                msg = "Only Transfer-Encoding: chunked is supported"
+                raise bad(msg, 501)
+            chunked = True
+            out.append((name, b"chunked"))
+        else:
+            out.append((name, value))
+    return out, length, chunked
+
+
+# -- bodies in ------------------------------------------------------------------------------
+
+
+class LengthReader:
+    """A body of known length (zero included)."""
+
+    __slots__ = ("remaining",)
+
+    def __init__(self, length: int) -> None:
+        self.remaining = length
+
+    def read(self, buffer: bytearray, closed: bool) -> BodyEvent:
+        """The next Data, EndOfMessage or NEED_DATA."""
+        if not self.remaining:
+            return EndOfMessage(None)
+        if not buffer:
+            if closed:
+                msg = "peer closed connection without sending complete message body"
+                raise bad(msg)
+            return NEED_DATA
+        take = min(self.remaining, len(buffer))
+        data = bytes(buffer[:take])
+        del buffer[:take]
+        self.remaining -= take
+        return Data(data)
+
+
+class CloseReader:
+    """A response body delimited by the connection's close (HTTP/1.0 style)."""
+
+    __slots__ = ()
+
+    def read(self, buffer: bytearray, closed: bool) -> BodyEvent:
+        """The next Data, EndOfMessage (at EOF) or NEED_DATA."""
+        if buffer:
+            data = bytes(buffer)
+            buffer.clear()
+            return Data(data)
+        return EndOfMessage(None) if closed else NEED_DATA
+
+
+class ChunkedReader:
+    """A chunked body: size lines, data, CRLFs, then trailers."""
+
+    __slots__ = ("max_trailers", "remaining", "state")
+
+    _SIZE, _DATA, _CRLF, _TRAILERS = range(4)
+
+    def __init__(self, max_trailers: int) -> None:
+        self.max_trailers = max_trailers
+        self.state = self._SIZE
+        self.remaining = 0
+
+    def read(self, buffer: bytearray, closed: bool) -> BodyEvent:
+        """The next Data, EndOfMessage (with trailers) or NEED_DATA."""
+        while True:
+            if self.state == self._DATA:
+                if not buffer:
+                    return self._need(closed)
+                take = min(self.remaining, len(buffer))
+                data = bytes(buffer[:take])
+                del buffer[:take]
+                self.remaining -= take
+                if not self.remaining:
+                    self.state = self._CRLF
+                return Data(data)
+            if self.state == self._CRLF:
+                if len(buffer) < len(_CRLF):
+                    return self._need(closed)
+                if buffer[:2] != _CRLF:
+                    msg = f"malformed chunk footer: {bytes(buffer[:2])!r} (expected CRLF)"
+                    raise bad(msg)
+                del buffer[:2]
+                self.state = self._SIZE
+            elif self.state == self._SIZE:
+                end = buffer.find(_CRLF)
+                if end < 0:
+                    if len(buffer) > _MAX_CHUNK_LINE:
+                        msg = "chunk header too long"
+                        raise bad(msg)
+                    return self._need(closed)
+                match = _CHUNK_SIZE.fullmatch(buffer, 0, end)
+                if match is None:
+                    msg = f"illegal chunk header: {bytes(buffer[:end])[:40]!r}"
+                    raise bad(msg)
+                self.remaining = int(match[1], 16)  # before the del: the match views the buffer
+                del buffer[: end + 2]
+                self.state = self._DATA if self.remaining else self._TRAILERS
+            else:
+                return self._trailers(buffer, closed)
+
+    def _trailers(self, buffer: bytearray, closed: bool) -> BodyEvent:
+        # As h11 reads trailers: lines end in LF or CRLF, obs-fold is unfolded.
+        if buffer[:1] == b"\n" or buffer[:2] == _CRLF:
+            del buffer[: 1 if buffer[:1] == b"\n" else 2]
+            return EndOfMessage(None)
+        match = BLANK_LINE.search(buffer)
+        if match is None:
+            if len(buffer) > self.max_trailers:
+                msg = "trailers too large"
+                raise bad(msg, 431)
+            return self._need(closed)
+        block = bytes(buffer[: match.start()])
+        del buffer[: match.end()]
+        lines = [line.removesuffix(b"\r") for line in block.split(b"\n")]
+        trailers = framing(field_lines(lines, unfold=True))[0]
+        return EndOfMessage(trailers or None)
+
+    @staticmethod
+    def _need(closed: bool) -> object:
+        if closed:
+            msg = "peer closed connection without sending complete message body"
+            raise bad(msg)
+        return NEED_DATA
+
+
+# -- bytes out ------------------------------------------------------------------------------
+
+
+def write_head(start_line: bytes, headers: RawHeaders, *, error: str, status: int) -> bytes:
+    """A start line and header lines; a header that could split the message is refused."""
+    parts = [start_line]
+    for name, value in headers:
+        if TOKEN.fullmatch(name) is None or FIELD_VALUE.fullmatch(value) is None:
+            msg = f"{error}: illegal header {name[:40]!r}"
+            raise ProtocolError(msg, status=status, remote=False)
+        parts.append(name + b": " + value + _CRLF)
+    parts.append(_CRLF)
+    return b"".join(parts)
+
+
+class BodyWriter:
+    """Frames an outgoing body: by length, chunked, or (responses to HTTP/1.0) until close."""
+
+    __slots__ = ("chunked", "done", "error", "remaining", "status")
+
+    def __init__(self, *, chunked: bool, length: int | None, error: str, status: int) -> None:
+        self.chunked = chunked
+        self.remaining = length  # None: unbounded (close-delimited)
+        self.done = False
+        self.error = error
+        self.status = status
+
+    def data(self, data: bytes) -> bytes:
+        """Bytes for one chunk of body."""
+        if self.chunked:
+            return b"%x\r\n%s\r\n" % (len(data), data) if data else b""
+        if self.remaining is not None:
+            if len(data) > self.remaining:
+                msg = f"{self.error}: body longer than its Content-Length"
+                raise ProtocolError(msg, status=self.status, remote=False)
+            self.remaining -= len(data)
+        return data
+
+    def end(self, trailers: RawHeaders | None) -> bytes:
+        """Bytes that end the body."""
+        self.done = True
+        if self.chunked:
+            return b"0\r\n" + b"".join(n + b": " + v + _CRLF for n, v in trailers or ()) + _CRLF
+        if self.remaining:
+            msg = f"{self.error}: body shorter than its Content-Length"
+            raise ProtocolError(msg, status=self.status, remote=False)
+        return b""

@@ -1,0 +1,214 @@
+"""The fast HTTP/1.1 client codec: requests out, responses in (as H11ClientCodec)."""
+
+from __future__ import annotations
+
+import re
+
+from meshcore.errors import ProtocolError
+from meshcore.http.codec import (
+    CLOSED,
+    NEED_DATA,
+    ClientEvent,
+    EndOfMessage,
+    Informational,
+    RawHeaders,
+    ResponseHead,
+)
+from meshcore.http.h1fast._common import (
+    BLANK_LINE,
+    TOKEN,
+    BodyWriter,
+    ChunkedReader,
+    CloseReader,
+    LengthReader,
+    field_lines,
+    framing,
+    write_head,
+)
+
+__all__ = ["FastClientCodec"]
+
+_STATUS_LINE = re.compile(rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: ((?:[ \t]|[^\x00\s])*))?")
+_SEND_ERROR = "cannot forward request"
+_MAX_HEAD = 64 * 1024
+_FIRST_PRINTABLE = 0x21  # no status line starts below "!"
+_HEAD, _BODY, _DONE, _SWITCHED = range(4)
+
+
+def _upstream(err: ProtocolError) -> ProtocolError:
+    return ProtocolError(f"upstream: {err}", status=502)
+
+
+class FastClientCodec:
+    """Upstream HTTP/1.1: requests out, responses in (the contract of H11ClientCodec)."""
+
+    __slots__ = (
+        "_buffer",
+        "_closed",
+        "_interim",
+        "_keep_alive",
+        "_method",
+        "_reader",
+        "_state",
+        "_upgrading",
+        "_writer",
+    )
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._closed = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self._state = _HEAD
+        self._method = b""
+        self._keep_alive = True
+        self._upgrading = False
+        self._interim = False  # a 1xx came: a close before the final answer is an error
+        self._reader: LengthReader | ChunkedReader | CloseReader = LengthReader(0)
+        self._writer: BodyWriter | None = None
+
+    # -- requests out ---------------------------------------------------------------------------
+
+    def send_request_head(self, method: bytes, target: bytes, headers: RawHeaders) -> bytes:
+        """Bytes for a request line and headers; the body framing follows the headers."""
+        if TOKEN.fullmatch(method) is None or not target or b" " in target:
+            msg = f"{_SEND_ERROR}: illegal request line"
+            raise ProtocolError(msg, status=400, remote=False)
+        head = write_head(method + b" " + target + b" HTTP/1.1\r\n", headers, error=_SEND_ERROR, status=400)
+        length: int | None = None
+        chunked = upgrade = connection_upgrade = False
+        for name, value in headers:
+            lower = name.lower()
+            if lower == b"content-length":
+                length = int(value) if value.isdigit() else None
+            elif lower == b"transfer-encoding":
+                chunked = value.lower() == b"chunked"
+            elif lower == b"connection":
+                tokens = {t.strip() for t in value.lower().split(b",")}
+                self._keep_alive = self._keep_alive and b"close" not in tokens
+                connection_upgrade = connection_upgrade or b"upgrade" in tokens
+            elif lower == b"upgrade":
+                upgrade = True
+        self._upgrading = upgrade and connection_upgrade
+        self._method = method
+        self._writer = BodyWriter(
+            chunked=chunked, length=0 if chunked else (length or 0), error=_SEND_ERROR, status=400
+        )
+        return head
+
+    def send_data(self, data: bytes) -> bytes:
+        """Bytes for a chunk of request body."""
+        assert self._writer is not None  # noqa: S101 - the head goes first
+        return self._writer.data(data)
+
+    def send_end(self, trailers: RawHeaders | None = None) -> bytes:
+        """Bytes that end the request body."""
+        assert self._writer is not None  # noqa: S101 - the head goes first
+        return self._writer.end(trailers)
+
+    # -- responses in ---------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray) -> None:
+        """Feed bytes from the upstream; ``b""`` means it closed its side."""
+        if data:
+            self._buffer += data
+        else:
+            self._closed = True
+
+    def next_event(self) -> ClientEvent:
+        """The next event, NEED_DATA or CLOSED; ProtocolError (502) on a bad response."""
+        state = self._state
+        if state == _HEAD:
+            return self._read_head()
+        if state == _BODY:
+            try:
+                event = self._reader.read(self._buffer, self._closed)
+            except ProtocolError as err:
+                raise _upstream(err) from err
+            if type(event) is EndOfMessage:
+                self._state = _DONE
+            return event  # type: ignore[return-value]
+        if state == _DONE and self._closed and not self._keep_alive:
+            return CLOSED
+        return NEED_DATA
+
+    def _read_head(self) -> ClientEvent:
+        buffer = self._buffer
+        if buffer[:1] == b"\n" or buffer[:2] == b"\r\n":
+            msg = "upstream: no response line received"
+            raise ProtocolError(msg, status=502)
+        match = BLANK_LINE.search(buffer)
+        if match is None:
+            return self._incomplete_head()
+        block = bytes(buffer[: match.start()])
+        del buffer[: match.end()]
+        lines = [line.removesuffix(b"\r") for line in block.split(b"\n")]
+        status_line = _STATUS_LINE.fullmatch(lines[0])
+        if status_line is None:
+            msg = f"upstream: illegal status line: {lines[0][:80]!r}"
+            raise ProtocolError(msg, status=502)
+        try:
+            headers, length, chunked = framing(field_lines(lines[1:], unfold=True))
+        except ProtocolError as err:
+            raise _upstream(err) from err
+        version, status_text, reason = status_line.groups()
+        status = int(status_text)
+        if status < 200:  # noqa: PLR2004 - interim answers
+            return self._interim_head(status, headers)
+        tokens: set[bytes] = set()
+        for name, value in headers:
+            if name == b"connection":
+                tokens.update(t.strip() for t in value.lower().split(b","))
+        if b"close" in tokens or version < b"1.1":  # as h11 compares versions
+            self._keep_alive = False
+        if self._method == b"HEAD" or status in (204, 304):
+            self._reader = LengthReader(0)
+        elif chunked:
+            self._reader = ChunkedReader(_MAX_HEAD)
+        elif length is not None:
+            self._reader = LengthReader(int(length))
+        else:
+            self._reader = CloseReader()
+            self._keep_alive = False
+        self._state = _BODY
+        return ResponseHead(status, headers, version, reason or b"")
+
+    def _incomplete_head(self) -> ClientEvent:
+        buffer = self._buffer
+        if buffer and buffer[0] < _FIRST_PRINTABLE:
+            msg = "upstream: illegal status line"
+            raise ProtocolError(msg, status=502)
+        if len(buffer) > _MAX_HEAD:
+            msg = "upstream: response head too large"
+            raise ProtocolError(msg, status=502)
+        if not self._closed:
+            return NEED_DATA
+        if buffer or self._interim:
+            msg = "upstream: peer unexpectedly closed connection"
+            raise ProtocolError(msg, status=502)
+        return CLOSED
+
+    def _interim_head(self, status: int, headers: RawHeaders) -> ClientEvent:
+        if status == 101:  # noqa: PLR2004 - Switching Protocols
+            if not self._upgrading:
+                msg = "upstream: 101 Switching Protocols to a request that asked for no upgrade"
+                raise ProtocolError(msg, status=502)
+            self._state = _SWITCHED
+        self._interim = True
+        return Informational(status, headers)
+
+    def start_next_cycle(self) -> bool:
+        """Prepare for the next request; False when the connection cannot be reused."""
+        writer = self._writer
+        if self._state != _DONE or writer is None or not writer.done or not self._keep_alive:
+            return False
+        self._reset()
+        return True
+
+    @property
+    def trailing_data(self) -> bytes:
+        """Bytes the upstream sent after its 101 Switching Protocols head."""
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        return data

@@ -1,0 +1,243 @@
+"""The fast HTTP/1.1 server codec: requests in, responses out (as H11ServerCodec)."""
+
+from __future__ import annotations
+
+import re
+
+from meshcore.errors import ProtocolError
+from meshcore.http.codec import CLOSED, NEED_DATA, Data, EndOfMessage, RawHeaders, RequestHead, ServerEvent
+from meshcore.http.h1fast._common import (
+    REASONS,
+    BodyWriter,
+    ChunkedReader,
+    LengthReader,
+    bad,
+    field_lines,
+    framing,
+    write_head,
+)
+
+__all__ = ["FastServerCodec"]
+
+_REQUEST_LINE = re.compile(rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])")
+_SEND_ERROR = "cannot send response"
+_HEAD, _BODY, _DONE, _SWITCHED = range(4)
+
+
+class FastServerCodec:
+    """Downstream HTTP/1.1: requests in, responses out (the contract of H11ServerCodec)."""
+
+    __slots__ = (
+        "_buffer",
+        "_closed",
+        "_expect",
+        "_keep_alive",
+        "_max_head",
+        "_method",
+        "_reader",
+        "_state",
+        "_version",
+        "_writer",
+    )
+
+    def __init__(self, *, max_head_size: int = 60 * 1024) -> None:
+        self._max_head = max_head_size
+        self._buffer = bytearray()
+        self._closed = False
+        self._state = _HEAD
+        self._reader: LengthReader | ChunkedReader = LengthReader(0)
+        self._writer: BodyWriter | None = None
+        self._expect = False
+        self._keep_alive = True
+        self._method = b""
+        self._version = b"1.1"
+
+    # -- requests in ----------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray) -> None:
+        """Feed bytes from the client; ``b""`` means it closed its side."""
+        if data:
+            self._buffer += data
+        else:
+            self._closed = True
+
+    def next_event(self) -> ServerEvent:
+        """The next event, NEED_DATA, or CLOSED; ProtocolError on bad input."""
+        if self._state == _HEAD:
+            return self._read_head()
+        if self._state == _BODY:
+            event = self._reader.read(self._buffer, self._closed)
+            if type(event) is EndOfMessage:
+                self._state = _DONE
+            elif type(event) is Data:
+                self._expect = False
+            return event  # type: ignore[return-value]
+        return NEED_DATA  # done (paused until the next cycle: pipelining) or switched
+
+    def _read_head(self) -> ServerEvent:
+        buffer = self._buffer
+        while buffer[:2] == b"\r\n":  # RFC 9112 section 2.2: ignore empty lines before a request
+            del buffer[:2]
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0 or end + 4 > self._max_head:
+            return self._incomplete_head(end)
+        head = bytes(buffer[:end])
+        del buffer[: end + 4]
+        if head.count(b"\n") != head.count(b"\r\n"):
+            msg = "bare LF line ending in request head"
+            raise bad(msg)
+        lines = head.split(b"\r\n")
+        if any(line[:1] in (b" ", b"\t") for line in lines[1:]):
+            msg = "obsolete line folding (obs-fold) in request headers"
+            raise bad(msg)
+        match = _REQUEST_LINE.fullmatch(lines[0])
+        if match is None:
+            msg = f"illegal request line: {lines[0][:80]!r}"
+            raise bad(msg)
+        method, target, version = match.groups()
+        headers, length, chunked = framing(field_lines(lines[1:], unfold=False))
+        self._check_head(headers, version, length, chunked)
+        self._method = method
+        self._version = version
+        if chunked:
+            self._reader = ChunkedReader(self._max_head)
+        else:
+            self._reader = LengthReader(int(length) if length is not None else 0)
+            if self._reader.remaining == 0:
+                self._expect = False
+        self._state = _BODY
+        return RequestHead(method, target, headers, version)
+
+    def _incomplete_head(self, end: int) -> ServerEvent:
+        buffer = self._buffer
+        if end >= 0 or len(buffer) > self._max_head:
+            msg = f"request head larger than {self._max_head} bytes"
+            raise bad(msg, 431)
+        if b"\n\n" in buffer:
+            msg = "bare LF line ending in request head"
+            raise bad(msg)
+        if not self._closed:
+            return NEED_DATA
+        if buffer:
+            msg = "peer unexpectedly closed connection"
+            raise bad(msg)
+        return CLOSED
+
+    def _check_head(self, headers: RawHeaders, version: bytes, length: bytes | None, chunked: bool) -> None:
+        """What h11's Request checks after the fields, then our own (version, CL+TE), in that order."""
+        hosts = 0
+        connection = b""
+        for name, value in headers:
+            if name == b"host":
+                hosts += 1
+            elif name == b"connection":
+                connection += b"," + value.lower()
+            elif name == b"expect" and value.lower() == b"100-continue":
+                self._expect = version == b"1.1"
+        if hosts > 1:
+            msg = "Found multiple Host: headers"
+            raise bad(msg)
+        if version == b"1.1" and not hosts:
+            msg = "Missing mandatory Host: header"
+            raise bad(msg)
+        if version not in (b"1.0", b"1.1"):
+            msg = f"HTTP/{version.decode()} is not supported (HTTP/1.0 and HTTP/1.1 are)"
+            raise bad(msg, 505)
+        if chunked and length is not None:
+            msg = "request has both Content-Length and Transfer-Encoding"
+            raise bad(msg)
+        tokens = {t.strip() for t in connection.split(b",")}
+        self._keep_alive = b"close" not in tokens and version == b"1.1"  # as h11: no keep-alive for 1.0
+
+    @property
+    def expects_continue(self) -> bool:
+        """The client sent ``Expect: 100-continue`` and waits for it before its body."""
+        return self._expect and self._writer is None
+
+    @property
+    def request_complete(self) -> bool:
+        """The whole current request, body included, has been received."""
+        return self._state == _DONE
+
+    @property
+    def response_started(self) -> bool:
+        """A response head has been sent for the current request."""
+        return self._writer is not None
+
+    @property
+    def trailing_data(self) -> bytes:
+        """Bytes the client sent after the request that switched protocols (an upgrade)."""
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        return data
+
+    # -- responses out --------------------------------------------------------------------------
+
+    def send_informational(self, status: int, headers: RawHeaders) -> bytes:
+        """Bytes for a 1xx interim response (101 switches the connection to a byte pipe)."""
+        if status == 101:  # noqa: PLR2004 - Switching Protocols
+            self._state = _SWITCHED
+        self._expect = False
+        return write_head(
+            b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"")), headers, error=_SEND_ERROR, status=502
+        )
+
+    def send_response_head(self, status: int, headers: RawHeaders) -> bytes:
+        """Bytes for the status line and headers; the framing is chosen here, as h11 does."""
+        no_body = self._method == b"HEAD" or status in (204, 304) or status < 200  # noqa: PLR2004
+        length: int | None = None
+        close = not self._keep_alive
+        out: RawHeaders = []
+        for name, value in headers:
+            lower = name.lower()
+            if lower == b"content-length":
+                if not value.isdigit():
+                    msg = f"{_SEND_ERROR}: bad Content-Length"
+                    raise ProtocolError(msg, status=502, remote=False)
+                length = int(value)
+            elif lower == b"connection" and b"close" in value.lower():
+                close = True
+            elif lower != b"transfer-encoding":  # framing is ours to choose
+                out.append((lower, value))
+        chunked = False
+        if length is not None:  # on a body-less answer it describes the entity: passed on
+            out.append((b"content-length", str(length).encode()))
+        elif not no_body:
+            chunked = self._version == b"1.1"
+            close = close or not chunked  # HTTP/1.0 without a length: the close delimits the body
+            if chunked:
+                out.append((b"transfer-encoding", b"chunked"))
+        if close:
+            self._keep_alive = False
+            out.append((b"connection", b"close"))
+        self._writer = BodyWriter(
+            chunked=chunked, length=0 if no_body else length, error=_SEND_ERROR, status=502
+        )
+        self._expect = False
+        return write_head(
+            b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"")), out, error=_SEND_ERROR, status=502
+        )
+
+    def send_data(self, data: bytes) -> bytes:
+        """Bytes for a chunk of response body."""
+        assert self._writer is not None  # noqa: S101 - the head goes first
+        return self._writer.data(data)
+
+    def send_end(self, trailers: RawHeaders | None = None) -> bytes:
+        """Bytes that end the response body."""
+        assert self._writer is not None  # noqa: S101 - the head goes first
+        try:
+            return self._writer.end(trailers)
+        except ProtocolError:
+            self._keep_alive = False
+            raise
+
+    def start_next_cycle(self) -> bool:
+        """Prepare for the next request; False when the connection must close."""
+        if self._state != _DONE or self._writer is None or not self._writer.done or not self._keep_alive:
+            return False
+        self._state = _HEAD
+        self._writer = None
+        self._expect = False
+        self._method = b""
+        return True
