@@ -20,7 +20,9 @@ class Http2Settings:
     """HTTP/2 settings advertised to clients, and the limits that contain abuse."""
 
     max_concurrent_streams: int = attrs.field(default=100, validator=[at_least(1), at_most(2**31 - 1)])
-    initial_stream_window_size: int = attrs.field(default=65535, validator=[at_least(65535), at_most(2**31 - 1)])
+    initial_stream_window_size: int = attrs.field(
+        default=65535, validator=[at_least(65535), at_most(2**31 - 1)]
+    )
     """Bytes of request body a client may send on a stream ahead of the proxy reading them."""
     initial_connection_window_size: int = attrs.field(
         default=1024 * 1024, validator=[at_least(65535), at_most(2**31 - 1)]

@@ -66,7 +66,9 @@ class Router:
         """Serve ``request`` along its route (terminal: ``call_next`` is not called)."""
         route = request.route
         if route is None:
-            return _local(request, ResponseFlag.NO_ROUTE, f"no route for {request.authority}{request.path_only}")
+            return _local(
+                request, ResponseFlag.NO_ROUTE, f"no route for {request.authority}{request.path_only}"
+            )
         action = route.config
         if action.direct_response is not None:
             request.info.flags.add(ResponseFlag.DIRECT_RESPONSE)
@@ -76,11 +78,15 @@ class Router:
             request.info.flags.add(ResponseFlag.DIRECT_RESPONSE)
             return Response.local(action.redirect.status, headers=[("location", _location(request, route))])
         if request.upgrade is not None and request.upgrade not in action.upgrades:
-            return _local(request, ResponseFlag.UPGRADE_REJECTED, f"upgrade to {request.upgrade!r} not allowed here")
+            return _local(
+                request, ResponseFlag.UPGRADE_REJECTED, f"upgrade to {request.upgrade!r} not allowed here"
+            )
         name = route.pick_cluster()
         cluster = self._clusters.get(name) if name is not None else None
         if cluster is None:
-            return _local(request, ResponseFlag.NO_CLUSTER_FOUND, f"no cluster {name!r} for route {route.name!r}")
+            return _local(
+                request, ResponseFlag.NO_CLUSTER_FOUND, f"no cluster {name!r} for route {route.name!r}"
+            )
         route.rewrite_request(request)  # path, host and header edits (check-routes predicts the same)
         headers = request.headers
         if self._forwarded:

@@ -11,7 +11,16 @@ import attrs
 import structlog
 
 import meshcore
-from meshcore import ByteSize, Connection, Duration, FilterContext, NetworkHandler, UpstreamError, non_empty, ref
+from meshcore import (
+    ByteSize,
+    Connection,
+    Duration,
+    FilterContext,
+    NetworkHandler,
+    UpstreamError,
+    non_empty,
+    ref,
+)
 
 log = structlog.get_logger("meshcore.tcp_proxy")
 
@@ -59,7 +68,10 @@ class TcpProxy:
                     log.info("tcp_proxy_idle_timeout", cluster=self._config.cluster)
         except UpstreamError as err:
             self._stat_fail.value += 1
-            log.warning("tcp_proxy_failed", cluster=self._config.cluster, flags=err.flag.value, reason=str(err))
+            log.warning(
+                "tcp_proxy_failed", cluster=self._config.cluster, flags=err.flag.value, reason=str(err)
+            )
+
 
 @meshcore.hookimpl
 def meshcore_network_filters() -> list[meshcore.NetworkFilterType]:

@@ -28,6 +28,10 @@ from meshcore.config import (
     snapshot_from_data,
 )
 from meshcore.errors import ConfigError, ConfigProblem, MeshcoreError, PluginError, ProtocolError
+from meshcore.http.flags import ResponseFlag
+from meshcore.http.grpc import grpc_timeout, is_grpc
+from meshcore.http.manager import HttpConnectionManager, build_chain
+from meshcore.http.messages import Body, Headers, HttpHandler, Request, Response, StreamInfo, Upgraded
 from meshcore.plugin import (
     ConfigSourceType,
     HttpFilterType,
@@ -36,10 +40,6 @@ from meshcore.plugin import (
     PluginType,
     hookimpl,
 )
-from meshcore.http.flags import ResponseFlag
-from meshcore.http.grpc import grpc_timeout, is_grpc
-from meshcore.http.manager import HttpConnectionManager, build_chain
-from meshcore.http.messages import Body, Headers, HttpHandler, Request, Response, StreamInfo, Upgraded
 from meshcore.registry import PluginInfo, Registry, build_registry
 from meshcore.runtime.cluster import Cluster as UpstreamCluster
 from meshcore.runtime.cluster import Host, UpstreamError
@@ -95,10 +95,11 @@ __all__ = [
     "Snapshot",
     "Stats",
     "StreamInfo",
+    "Upgraded",
     "UpstreamCluster",
     "UpstreamError",
-    "Upgraded",
     "VirtualHost",
+    "__version__",
     "at_least",
     "at_most",
     "build_chain",
@@ -112,5 +113,4 @@ __all__ = [
     "regex",
     "snapshot_from_data",
     "splice",
-    "__version__",
 ]

@@ -178,7 +178,14 @@ def run_workers(args: argparse.Namespace, registry: Registry) -> int:
             print(problem, file=sys.stderr)
         return 1
     argv = [sys.executable, "-m", "meshcore", "proxy", "-c", args.config, "--workers", "1", "--reuse-port"]
-    argv += ["--log-level", args.log_level, "--log-format", args.log_format, "--poll-interval", str(args.poll_interval)]
+    argv += [
+        "--log-level",
+        args.log_level,
+        "--log-format",
+        args.log_format,
+        "--poll-interval",
+        str(args.poll_interval),
+    ]
     procs = [subprocess.Popen([*argv, "--no-admin"] if i else argv) for i in range(args.workers)]  # noqa: S603
 
     def forward(signum: int, _frame: object) -> None:

@@ -56,7 +56,9 @@ class FileSource:
         """Ask for a reload now (SIGHUP), whether or not the file changed."""
         self._reload.set()
 
-    async def run(self, apply: Callable[[Snapshot], None], *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, apply: Callable[[Snapshot], None], *, task_status: Any = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Apply the file's Snapshot, then every good change to it, forever.
 
         The first load must succeed (its ConfigError propagates); later bad files are

@@ -102,7 +102,7 @@ class FilterHarness:
         if structurer.problems or ref is None:
             raise ConfigError(structurer.problems)
         found = self.registry.get("http_filter", name)
-        assert found is not None  # noqa: S101 - the structurer checked the name
+        assert found is not None  # the structurer checked the name
         return found.factory(ref.config, self.context)
 
     async def _call_next(self, request: Request, _call_next: HttpHandler) -> Response:

@@ -1,9 +1,12 @@
 """Start real proxies in trio tests: from a config dict or a Snapshot, on loopback ports.
 
-    async with trio.open_nursery() as nursery:
-        upstream = await nursery.start(serve_upstream)
-        proxy = await start_proxy(nursery, http_proxy_config([upstream]))
-        response = await fetch(proxy.address("ingress"), "/hello")
+Example:
+    ::
+
+        async with trio.open_nursery() as nursery:
+            upstream = await nursery.start(serve_upstream)
+            proxy = await start_proxy(nursery, http_proxy_config([upstream]))
+            response = await fetch(proxy.address("ingress"), "/hello")
 """
 
 from __future__ import annotations
@@ -72,7 +75,9 @@ def http_proxy_config(
                     {
                         "name": "all",
                         "domains": ["*"],
-                        "routes": list(routes or [{"name": "default", "match": {"prefix": "/"}, "cluster": "backend"}]),
+                        "routes": list(
+                            routes or [{"name": "default", "match": {"prefix": "/"}, "cluster": "backend"}]
+                        ),
                     }
                 ],
             }

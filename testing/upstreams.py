@@ -41,7 +41,9 @@ async def serve_upstream(
     bound = listeners[0].socket.getsockname()[:2]
     async with trio.open_nursery() as nursery:
         task_status.started((bound[0], bound[1]))
-        await trio.serve_listeners(lambda stream: _Session(stream, name).run(), listeners, handler_nursery=nursery)
+        await trio.serve_listeners(
+            lambda stream: _Session(stream, name).run(), listeners, handler_nursery=nursery
+        )
 
 
 class _Session:
@@ -112,7 +114,9 @@ class _Session:
             await self._send(h11.EndOfMessage())
         elif parts[0] == "reset":
             await self._send(
-                h11.Response(status_code=200, headers=self._headers((b"content-length", str(arg * 2 + 1).encode()))),
+                h11.Response(
+                    status_code=200, headers=self._headers((b"content-length", str(arg * 2 + 1).encode()))
+                ),
                 h11.Data(data=b"r" * arg),
             )
             # SO_LINGER 0: close with RST, the way a crashing upstream does.
@@ -134,8 +138,12 @@ class _Session:
                 "upstream": self.name.decode(),
             }
         ).encode()
-        headers = self._headers((b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()))
-        await self._send(h11.Response(status_code=200, headers=headers), h11.Data(data=body), h11.EndOfMessage())
+        headers = self._headers(
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())
+        )
+        await self._send(
+            h11.Response(status_code=200, headers=headers), h11.Data(data=body), h11.EndOfMessage()
+        )
 
     async def _echo(self, request: h11.Request) -> None:
         length = dict(request.headers).get(b"content-length")

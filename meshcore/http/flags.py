@@ -33,7 +33,11 @@ class ResponseFlag(enum.Enum):
     UPSTREAM_REQUEST_TIMEOUT = ("UT", "the route timeout expired before the upstream responded", 504)
     UPSTREAM_OVERFLOW = ("UO", "the connection pool or circuit breaker is full", 503)
     UPSTREAM_PROTOCOL_ERROR = ("UPE", "the upstream broke the HTTP protocol", 502)
-    DOWNSTREAM_CONNECTION_TERMINATION = ("DC", "the client closed the connection before the response ended", 0)
+    DOWNSTREAM_CONNECTION_TERMINATION = (
+        "DC",
+        "the client closed the connection before the response ended",
+        0,
+    )
     DOWNSTREAM_PROTOCOL_ERROR = ("DPE", "the client broke the HTTP protocol", 400)
     DOWNSTREAM_HEADERS_TIMEOUT = ("DHT", "the client did not send the request headers in time", 408)
     LOCAL_RATE_LIMITED = ("RL", "a local rate limit rejected the request", 429)

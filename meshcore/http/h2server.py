@@ -161,7 +161,9 @@ class H2ServerSession:
         self.stream = conn.stream
         self.initial = initial
         settings = hcm.http2
-        config = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=True)
+        config = h2.config.H2Configuration(
+            client_side=False, header_encoding=None, validate_inbound_headers=True
+        )
         self.h2 = h2.connection.H2Connection(config=config)
         self.h2.local_settings = h2.settings.Settings(
             client=False,
@@ -259,7 +261,9 @@ class H2ServerSession:
                     await self._final_flush()
                     return False
                 except _Abuse as abuse:
-                    log.warning("http2_abuse_detected", peer=self.conn.peer, reason=str(abuse), code=abuse.code.name)
+                    log.warning(
+                        "http2_abuse_detected", peer=self.conn.peer, reason=str(abuse), code=abuse.code.name
+                    )
                     # h2 has queued an answer to every frame of the batch (a SETTINGS ACK per
                     # SETTINGS, a PING ACK per PING): drop them, the flood gets GOAWAY alone.
                     self.h2.data_to_send()
@@ -376,7 +380,9 @@ class H2ServerSession:
             return
         stream.scope.cancel()
         if stream.request is not None and event.remote_reset and not stream.done and not self.resets.spend():
-            raise _Abuse(ErrorCodes.ENHANCE_YOUR_CALM, "rapid reset: too many streams cancelled by the client")
+            raise _Abuse(
+                ErrorCodes.ENHANCE_YOUR_CALM, "rapid reset: too many streams cancelled by the client"
+            )
 
     def _make_request(self, stream: _Stream, event: h2.events.RequestReceived) -> Request:
         method = path = authority = b""
@@ -406,7 +412,9 @@ class H2ServerSession:
         for name, value in headers:
             if name == b"content-length" and value.isdigit():
                 length = int(value)
-        body = Body.empty() if event.stream_ended is not None else Body(self._body_reader(stream), length=length)
+        body = (
+            Body.empty() if event.stream_ended is not None else Body(self._body_reader(stream), length=length)
+        )
         return Request(
             method.decode("ascii"),
             path.decode("latin-1"),
@@ -433,7 +441,7 @@ class H2ServerSession:
                 # taking the chunk and returning it: a cancelled read must never lose data.
                 self.h2.acknowledge_received_data(flow, stream.id)
                 self.flush_soon.set()
-            return data if data else await read()
+            return data or await read()
 
         return read
 

@@ -21,15 +21,15 @@ from meshcore.errors import ProtocolError
 from meshcore.http.codec import CLOSED, NEED_DATA, Data, EndOfMessage, RequestHead
 from meshcore.http.flags import ResponseFlag
 from meshcore.http.grpc import grpc_local_reply, grpc_message_of, grpc_status_of, is_grpc
-from meshcore.http.h1fast import FastServerCodec
 from meshcore.http.h1 import H11ServerCodec
+from meshcore.http.h1fast import FastServerCodec
 from meshcore.http.h2server import PREFACE, H2ServerSession
 from meshcore.http.messages import Body, Headers, HttpHandler, Request, Response, StreamInfo
 from meshcore.http.routing import CompiledRoute, RouteTable
 from meshcore.http.semantics import HOP_BY_HOP
 from meshcore.runtime.context import Connection, FilterContext
 from meshcore.runtime.pipe import splice
-from meshcore.runtime.stats import Counter, Stats
+from meshcore.runtime.stats import Stats
 
 __all__ = ["HttpConnectionManager", "build_chain"]
 
@@ -114,7 +114,9 @@ class HttpConnectionManager:
         labels = {"listener": self.listener}
         self.stat_rq_total = stats.counter("http_downstream_rq_total", **labels)
         self.stat_rq_active = stats.gauge("http_downstream_rq_active", **labels)
-        self.stat_classes = [stats.counter("http_downstream_rq_xx", code_class=f"{i}xx", **labels) for i in range(1, 6)]
+        self.stat_classes = [
+            stats.counter("http_downstream_rq_xx", code_class=f"{i}xx", **labels) for i in range(1, 6)
+        ]
         self.stat_bytes_in = stats.counter("http_downstream_rq_rx_bytes_total", **labels)
         self.stat_bytes_out = stats.counter("http_downstream_rq_tx_bytes_total", **labels)
         self.stat_latency = stats.histogram("http_downstream_rq_time_ms", **labels)
@@ -124,7 +126,8 @@ class HttpConnectionManager:
 
     def drain(self) -> None:
         """Finish current requests, then close: idle connections close now, busy ones after
-        their response (which says ``connection: close``)."""
+        their response (which says ``connection: close``).
+        """
         self.draining = True
         for scope in self.idle_scopes:
             scope.cancel()
@@ -239,7 +242,9 @@ class HttpConnectionManager:
         grpc = is_grpc(request)
         grpc_status = grpc_status_of(response) if grpc else None
         if grpc_status is not None:
-            self.context.stats.counter("http_downstream_grpc_status", listener=self.listener, code=str(grpc_status)).inc()
+            self.context.stats.counter(
+                "http_downstream_grpc_status", listener=self.listener, code=str(grpc_status)
+            ).inc()
         if self.access_log:
             info = request.info
             access_log.info(
@@ -273,7 +278,9 @@ class _H1Session:
         self.conn = conn
         self.stream = conn.stream
         self.codec: H11ServerCodec | FastServerCodec = (
-            FastServerCodec(max_head_size=hcm.max_head) if hcm.fast_codec else H11ServerCodec(max_head_size=hcm.max_head)
+            FastServerCodec(max_head_size=hcm.max_head)
+            if hcm.fast_codec
+            else H11ServerCodec(max_head_size=hcm.max_head)
         )
         self.served = 0
         self.initial = initial
@@ -503,7 +510,9 @@ class _H1Session:
                     # as complete. Close without ending the message.
                     flag = getattr(err, "flag", ResponseFlag.UPSTREAM_RESET)
                     info.flags.add(flag)
-                    log.warning("response_aborted", listener=self.hcm.listener, flags=flag.value, reason=str(err))
+                    log.warning(
+                        "response_aborted", listener=self.hcm.listener, flags=flag.value, reason=str(err)
+                    )
                     if pending:
                         await self._send(pending)
                     return False
@@ -548,6 +557,7 @@ class _H1Session:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
+
 _REASONS = {
     400: b"Bad Request",
     408: b"Request Timeout",
@@ -556,5 +566,3 @@ _REASONS = {
     501: b"Not Implemented",
     505: b"HTTP Version Not Supported",
 }
-
-

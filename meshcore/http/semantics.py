@@ -36,4 +36,6 @@ def strip_hop_by_hop(headers: RawHeaders) -> RawHeaders:
                 drop.update(token.strip().lower() for token in value.split(b","))
     if drop is None:
         return headers
-    return [(n, v) for n, v in headers if n not in drop and not (n == b"te" and v.strip().lower() != b"trailers")]
+    return [
+        (n, v) for n, v in headers if n not in drop and not (n == b"te" and v.strip().lower() != b"trailers")
+    ]

@@ -21,8 +21,8 @@ from meshcore.config import Snapshot
 from meshcore.errors import ProtocolError, UpstreamError
 from meshcore.http.codec import CLOSED, NEED_DATA, Data, EndOfMessage, Informational, ResponseHead
 from meshcore.http.flags import ResponseFlag
-from meshcore.http.h1fast import FastClientCodec
 from meshcore.http.h1 import H11ClientCodec
+from meshcore.http.h1fast import FastClientCodec
 from meshcore.http.messages import Body, Headers, Request, Response, Upgraded
 from meshcore.http.semantics import strip_hop_by_hop
 from meshcore.runtime.h2pool import H2Pool, StreamRefused, upstream_error
@@ -134,7 +134,10 @@ class Host:
         while True:
             while self._idle:
                 conn = self._idle.pop()
-                if _is_stale(conn.stream) or trio.current_time() - conn.idle_since > self.cluster.config.idle_timeout:
+                if (
+                    _is_stale(conn.stream)
+                    or trio.current_time() - conn.idle_since > self.cluster.config.idle_timeout
+                ):
                     self._discard(conn)
                     continue
                 self.cluster.stats_cx_reused.value += 1
@@ -153,7 +156,11 @@ class Host:
 
     def release(self, conn: UpstreamConnection, *, reusable: bool) -> None:
         """Give a connection back: kept idle for reuse, or closed."""
-        if reusable and len(self._idle) < self.cluster.config.max_idle_connections_per_endpoint and self.healthy:
+        if (
+            reusable
+            and len(self._idle) < self.cluster.config.max_idle_connections_per_endpoint
+            and self.healthy
+        ):
             conn.idle_since = trio.current_time()
             self._idle.append(conn)
         else:
@@ -262,7 +269,6 @@ class Cluster:
             exchange.finish()
             raise
 
-
     async def _send_upgrade(self, request: Request, host: Host, deadline: float) -> Response:
         """An HTTP/1.1 upgrade (WebSocket) on a connection of its own: it becomes a byte pipe."""
         assert request.upgrade is not None  # noqa: S101 - checked by the caller
@@ -279,7 +285,9 @@ class Cluster:
                     (b"connection", b"upgrade"),
                     (b"upgrade", request.upgrade.encode("latin-1")),
                 ]
-                head = codec.send_request_head(request.method.encode(), request.path.encode("latin-1"), headers)
+                head = codec.send_request_head(
+                    request.method.encode(), request.path.encode("latin-1"), headers
+                )
                 await stream.send_all(head + codec.send_end())
                 while True:
                     event = codec.next_event()
@@ -305,7 +313,9 @@ class Cluster:
                                 break
                         headers_out = strip_hop_by_hop(answer.headers)
                         return Response(
-                            answer.status, headers=Headers.from_raw(headers_out), body=Body.from_bytes(b"".join(parts))
+                            answer.status,
+                            headers=Headers.from_raw(headers_out),
+                            body=Body.from_bytes(b"".join(parts)),
                         )
                     if type(event) is not Informational:
                         msg = f"upstream {host.label} closed the connection before answering the upgrade"
@@ -362,6 +372,7 @@ class Cluster:
         except BaseException:
             finish()
             raise
+
 
 class _Exchange:
     """One request/response over a pooled HTTP/1.1 connection."""

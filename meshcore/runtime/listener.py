@@ -20,9 +20,15 @@ import structlog
 import trio
 
 from meshcore.config import FilterChain, Listener, TlsContext
-from meshcore.runtime.context import Connection, FilterContext
+from meshcore.runtime.context import Connection
 
-__all__ = ["CompiledChain", "ListenerRuntime", "NetworkHandler", "build_network_chain", "open_listener_socket"]
+__all__ = [
+    "CompiledChain",
+    "ListenerRuntime",
+    "NetworkHandler",
+    "build_network_chain",
+    "open_listener_socket",
+]
 
 log = structlog.get_logger("meshcore.listener")
 
@@ -231,13 +237,17 @@ class ListenerRuntime:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await transport.aclose()
 
-    def _select(self, port: int, source: str, server_name: str | None, alpn: str | None) -> CompiledChain | None:
+    def _select(
+        self, port: int, source: str, server_name: str | None, alpn: str | None
+    ) -> CompiledChain | None:
         for chain in self.chains:
             if chain.matches(port, source, server_name, alpn):
                 return chain
         return None
 
-    async def _handshake(self, stream: trio.SocketStream) -> tuple[trio.SSLStream[trio.SocketStream], str | None] | None:
+    async def _handshake(
+        self, stream: trio.SocketStream
+    ) -> tuple[trio.SSLStream[trio.SocketStream], str | None] | None:
         """Terminate TLS, choosing the certificate by SNI; None if the handshake failed."""
         default = next(c.tls for c in self.chains if c.tls is not None)
         tls_stream = trio.SSLStream(stream, default, server_side=True)

@@ -129,7 +129,9 @@ class Proxy:
                 chains.append(CompiledChain(chain, filters))
             except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
                 path = f"listeners[{listener.name}].filter_chains[{ci}].tls"
-                raise ConfigError([ConfigProblem(path=path, message=f"cannot load TLS files: {err}")]) from err
+                raise ConfigError(
+                    [ConfigProblem(path=path, message=f"cannot load TLS files: {err}")]
+                ) from err
         return chains
 
     def apply(self, snapshot: Snapshot) -> None:
@@ -177,9 +179,14 @@ class Proxy:
                 if current is not None and current.config.address == listener.address:
                     continue
                 try:
-                    opened[listener.name] = ListenerRuntime(listener, built[listener.name], reuse_port=self.reuse_port)
+                    opened[listener.name] = ListenerRuntime(
+                        listener, built[listener.name], reuse_port=self.reuse_port
+                    )
                 except OSError as err:
-                    problem = ConfigProblem(path=f"listeners[{li}].address", message=f"cannot listen on {listener.address}: {err.strerror}")
+                    problem = ConfigProblem(
+                        path=f"listeners[{li}].address",
+                        message=f"cannot listen on {listener.address}: {err.strerror}",
+                    )
                     raise ConfigError([problem]) from err
         except ConfigError:
             for runtime in opened.values():
