@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -83,7 +84,8 @@ def run_proxy(config: str) -> None:
 
     registry = meshcore.build_registry(plugins=[("bench-passthrough", Plugin())])
     source_type = registry.get("config_source", "file")
-    assert source_type is not None and source_type.config is not None
+    assert source_type is not None
+    assert source_type.config is not None
     source = source_type.factory(
         source_type.config(path=config, poll_interval=meshcore.Duration(0)), registry
     )
@@ -126,8 +128,6 @@ clusters:
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
@@ -160,10 +160,10 @@ def wrk(port: int, server_pid: int, duration: int, connections: int) -> dict[str
     """Run wrk against a port; measure the server process's CPU during the run."""
     url = f"http://127.0.0.1:{port}/"
     # Warm up (connections, caches), then measure.
-    subprocess.run(["wrk", "-t1", f"-c{connections}", "-d1s", url], capture_output=True, check=True)  # noqa: S607
+    subprocess.run(["wrk", "-t1", f"-c{connections}", "-d1s", url], capture_output=True, check=True)  # noqa: S603, S607 - wrk from PATH, arguments built here
     cpu_before = _cpu_seconds(server_pid)
-    out = subprocess.run(  # noqa: S603
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url],  # noqa: S607
+    out = subprocess.run(  # noqa: S603 - arguments built here
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url],  # noqa: S607 - wrk from PATH
         capture_output=True,
         text=True,
         check=True,
@@ -184,6 +184,7 @@ def wrk(port: int, server_pid: int, duration: int, connections: int) -> dict[str
 
 
 def main() -> int:
+    """Run the benchmark (or, with ``--role``, one of its server processes)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per measured run")
     parser.add_argument("--connections", type=int, default=50)

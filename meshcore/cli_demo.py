@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import io
 import sys
+from http import HTTPStatus
 
+import attrs
 import structlog
 import trio
 
-from meshcore.config import load_snapshot
+from meshcore.config import Snapshot, load_snapshot
 from meshcore.errors import ConfigError
 from meshcore.logs import configure as configure_logging
 from meshcore.registry import build_registry
@@ -61,7 +63,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 upstream = response.header("x-upstream") or "(answered by the proxy)"
                 print(f"{method} {path} -> {response.status}  upstream={upstream}  flags={flags}")
                 print(f"    {response.body[:120]!r}")
-                failures += response.status >= 500 and path != "/status/503"
+                failures += response.status >= HTTPStatus.INTERNAL_SERVER_ERROR and path != "/status/503"
             print("\naccess log:")
             for line in logs.getvalue().splitlines():
                 if '"request_completed"' in line:
@@ -83,8 +85,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         structlog.reset_defaults()
 
 
-def _with_access_log(snapshot: object) -> object:
-    import attrs  # noqa: PLC0415 - demo only
-
-    listeners = tuple(attrs.evolve(li, access_log=True) for li in snapshot.listeners)  # type: ignore[attr-defined]
-    return attrs.evolve(snapshot, listeners=listeners)  # type: ignore[misc]
+def _with_access_log(snapshot: Snapshot) -> Snapshot:
+    listeners = tuple(attrs.evolve(li, access_log=True) for li in snapshot.listeners)
+    return attrs.evolve(snapshot, listeners=listeners)
