@@ -18,6 +18,7 @@ class ResponseFlag(enum.Enum):
     status: int
 
     def __new__(cls, code: str, description: str, status: int) -> ResponseFlag:
+        """A member from its code, its meaning and the HTTP status of its local reply (0: none)."""
         member = object.__new__(cls)
         member._value_ = code
         member.description = description

@@ -64,6 +64,7 @@ class H11ServerCodec:
         return h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_head)
 
     def receive_data(self, data: bytes | bytearray) -> None:
+        """Feed bytes from the client; ``b""`` means it closed its side."""
         if self._head_done:
             self._conn.receive_data(cast("bytes", data))  # h11 takes any bytes-like
         elif data:
@@ -103,6 +104,7 @@ class H11ServerCodec:
             self._conn.receive_data(b"")
 
     def next_event(self) -> ServerEvent:
+        """The next event, NEED_DATA, or CLOSED; ProtocolError on bad input."""
         if not self._head_done:
             self._take_head()  # until it hands the head over, h11 has nothing: NEED_DATA
         try:
@@ -136,24 +138,31 @@ class H11ServerCodec:
 
     @property
     def expects_continue(self) -> bool:
+        """The client sent ``Expect: 100-continue`` and waits for it before its body."""
         return bool(self._conn.they_are_waiting_for_100_continue)
 
     def send_informational(self, status: int, headers: RawHeaders) -> bytes:
+        """Bytes for a 1xx interim response (101 switches the connection to a byte pipe)."""
         return self._conn.send(h11.InformationalResponse(status_code=status, headers=headers)) or b""
 
     def send_response_head(self, status: int, headers: RawHeaders) -> bytes:
+        """Bytes for the status line and headers; h11 chooses the framing."""
         try:
             return self._conn.send(h11.Response(status_code=status, headers=headers)) or b""
         except h11.LocalProtocolError as err:
-            raise ProtocolError(f"cannot send response: {err}", status=502, remote=False) from err
+            msg = f"cannot send response: {err}"
+            raise ProtocolError(msg, status=502, remote=False) from err
 
     def send_data(self, data: bytes) -> bytes:
+        """Bytes for a chunk of body."""
         return self._conn.send(h11.Data(data=data)) or b""
 
     def send_end(self, trailers: RawHeaders | None = None) -> bytes:
+        """Bytes that end the body (with trailers where the framing allows)."""
         return self._conn.send(h11.EndOfMessage(headers=trailers or [])) or b""
 
     def start_next_cycle(self) -> bool:
+        """Prepare for the next request; False when the connection must close."""
         conn = self._conn
         if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
             return False
@@ -190,25 +199,32 @@ class H11ClientCodec:
         self._conn = h11.Connection(h11.CLIENT)
 
     def send_request_head(self, method: bytes, target: bytes, headers: RawHeaders) -> bytes:
+        """Bytes for a request line and headers; h11 chooses the framing."""
         try:
             return self._conn.send(h11.Request(method=method, target=target, headers=headers)) or b""
         except h11.LocalProtocolError as err:
-            raise ProtocolError(f"cannot forward request: {err}", status=400, remote=False) from err
+            msg = f"cannot forward request: {err}"
+            raise ProtocolError(msg, status=400, remote=False) from err
 
     def send_data(self, data: bytes) -> bytes:
+        """Bytes for a chunk of body."""
         return self._conn.send(h11.Data(data=data)) or b""
 
     def send_end(self, trailers: RawHeaders | None = None) -> bytes:
+        """Bytes that end the body (with trailers where the framing allows)."""
         return self._conn.send(h11.EndOfMessage(headers=trailers or [])) or b""
 
     def receive_data(self, data: bytes | bytearray) -> None:
+        """Feed bytes from the upstream; ``b""`` means it closed its side."""
         self._conn.receive_data(cast("bytes", data))  # h11 takes any bytes-like
 
     def next_event(self) -> ClientEvent:
+        """The next event, NEED_DATA or CLOSED; ProtocolError (502) on a bad response."""
         try:
             event = self._conn.next_event()
         except h11.RemoteProtocolError as err:
-            raise ProtocolError(f"upstream: {err}", status=502) from err
+            msg = f"upstream: {err}"
+            raise ProtocolError(msg, status=502) from err
         if type(event) is h11.Response:
             return ResponseHead(
                 event.status_code, cast("RawHeaders", list(event.headers)), event.http_version, event.reason
@@ -225,6 +241,7 @@ class H11ClientCodec:
         return NEED_DATA
 
     def start_next_cycle(self) -> bool:
+        """Prepare for the next request; False when the connection cannot be reused."""
         conn = self._conn
         if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
             return False
