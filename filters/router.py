@@ -62,25 +62,17 @@ class Router:
         self._clusters = context.clusters
         self._forwarded = config.add_forwarded_headers
 
-    async def __call__(self, request: Request, call_next: HttpHandler) -> Response:
-        """Serve ``request`` along its route (terminal: ``call_next`` is not called)."""
+    async def __call__(self, request: Request, _call_next: HttpHandler) -> Response:
+        """Serve ``request`` along its route (terminal: ``_call_next`` is not called)."""
         route = request.route
         if route is None:
             return _local(
                 request, ResponseFlag.NO_ROUTE, f"no route for {request.authority}{request.path_only}"
             )
+        answer = _answer_here(request, route)
+        if answer is not None:
+            return answer
         action = route.config
-        if action.direct_response is not None:
-            request.info.flags.add(ResponseFlag.DIRECT_RESPONSE)
-            direct = action.direct_response
-            return Response.local(direct.status, direct.body, content_type=direct.content_type)
-        if action.redirect is not None:
-            request.info.flags.add(ResponseFlag.DIRECT_RESPONSE)
-            return Response.local(action.redirect.status, headers=[("location", _location(request, route))])
-        if request.upgrade is not None and request.upgrade not in action.upgrades:
-            return _local(
-                request, ResponseFlag.UPGRADE_REJECTED, f"upgrade to {request.upgrade!r} not allowed here"
-            )
         name = route.pick_cluster()
         cluster = self._clusters.get(name) if name is not None else None
         if cluster is None:
@@ -102,6 +94,26 @@ class Router:
         for header, value in action.response_headers_to_add.items():
             response.headers.add(header, value)
         return response
+
+
+def _answer_here(request: Request, route: Any) -> Response | None:
+    """The reply of a route that answers itself; None when the request goes on to a cluster.
+
+    A direct response, a redirect, or a rejected upgrade.
+    """
+    action = route.config
+    if action.direct_response is not None:
+        request.info.flags.add(ResponseFlag.DIRECT_RESPONSE)
+        direct = action.direct_response
+        return Response.local(direct.status, direct.body, content_type=direct.content_type)
+    if action.redirect is not None:
+        request.info.flags.add(ResponseFlag.DIRECT_RESPONSE)
+        return Response.local(action.redirect.status, headers=[("location", _location(request, route))])
+    if request.upgrade is not None and request.upgrade not in action.upgrades:
+        return _local(
+            request, ResponseFlag.UPGRADE_REJECTED, f"upgrade to {request.upgrade!r} not allowed here"
+        )
+    return None
 
 
 def _location(request: Request, route: Any) -> str:

@@ -46,8 +46,8 @@ class TcpProxy:
         self._stat_tx = context.stats.counter("tcp_downstream_tx_bytes_total", **labels)
         self._stat_fail = context.stats.counter("tcp_upstream_cx_fail", **labels)
 
-    async def __call__(self, conn: Connection, call_next: NetworkHandler) -> None:
-        """Pipe ``conn`` to an endpoint of the cluster (terminal: ``call_next`` is unused)."""
+    async def __call__(self, conn: Connection, _call_next: NetworkHandler) -> None:
+        """Pipe ``conn`` to an endpoint of the cluster (terminal: ``_call_next`` is unused)."""
         cluster = self._clusters.get(self._config.cluster)
         self._stat_cx.value += 1
         if cluster is None:

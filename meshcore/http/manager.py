@@ -7,9 +7,11 @@ Per request: decode the head, match the route, run the chain, stream the respons
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from http import HTTPStatus
 from typing import Any
 
 import structlog
@@ -64,7 +66,7 @@ def build_chain(filters: Sequence[HttpFilter]) -> HttpHandler:
     return handler
 
 
-class _HeadersTimeout(ProtocolError):
+class _HeadersTimeoutError(ProtocolError):
     """The client did not send a complete request head within the headers timeout."""
 
 
@@ -125,8 +127,10 @@ class HttpConnectionManager:
         self.idle_scopes: set[trio.CancelScope] = set()
 
     def drain(self) -> None:
-        """Finish current requests, then close: idle connections close now, busy ones after
-        their response (which says ``connection: close``).
+        """Finish current requests, then close.
+
+        Idle connections close now, busy ones after their response (which says
+        ``connection: close``).
         """
         self.draining = True
         for scope in self.idle_scopes:
@@ -155,8 +159,8 @@ class HttpConnectionManager:
             filters.append(self._build_filter(ref.name, ref.config if override is None else override))
         return build_chain(filters)
 
-    async def __call__(self, conn: Connection, call_next: Callable[[Connection], Awaitable[None]]) -> None:
-        """Serve HTTP on ``conn`` until it closes (terminal: ``call_next`` is unused).
+    async def __call__(self, conn: Connection, _call_next: Callable[[Connection], Awaitable[None]]) -> None:
+        """Serve HTTP on ``conn`` until it closes (terminal: ``_call_next`` is unused).
 
         HTTP/2 when TLS negotiated ``h2``, or when the client opens with the HTTP/2
         connection preface (prior knowledge, h2c); HTTP/1.1 otherwise.
@@ -222,7 +226,7 @@ class HttpConnectionManager:
         except Exception:
             log.exception("filter_chain_crashed", listener=self.listener, path=request.path)
             response = Response.local(500, "internal error in a filter\n", headers=[("connection", "close")])
-        if request.info.flags and response.status != 200 and is_grpc(request):
+        if request.info.flags and response.status != HTTPStatus.OK and is_grpc(request):
             response = grpc_local_reply(request, response)
         return response
 
@@ -345,7 +349,7 @@ class _H1Session:
                     event = codec.next_event()
             if event is NEED_DATA:
                 msg = "request headers not received in time"
-                raise _HeadersTimeout(msg, status=408)
+                raise _HeadersTimeoutError(msg, status=408)
         if type(event) is RequestHead:
             return event
         if event is CLOSED:
@@ -358,7 +362,7 @@ class _H1Session:
         hcm = self.hcm
         flag = (
             ResponseFlag.DOWNSTREAM_HEADERS_TIMEOUT
-            if isinstance(err, _HeadersTimeout)
+            if isinstance(err, _HeadersTimeoutError)
             else ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR
         )
         hcm.stat_rejected.value += 1
@@ -419,21 +423,7 @@ class _H1Session:
         if len(head.headers) > self.hcm.max_headers:
             msg = f"more than {self.hcm.max_headers} request headers"
             raise ProtocolError(msg, status=431)
-        length = None
-        chunked = False
-        for name, value in head.headers:
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"transfer-encoding":
-                chunked = True
-        body: Body
-        if length == 0 or (length is None and not chunked):
-            body = Body.empty()
-            # Take the empty body's end from the codec (it needs no bytes): only then is the
-            # request complete, and the connection free for the next one.
-            self.codec.next_event()
-        else:
-            body = Body(self._read_body_chunk, length=length)
+        body = self._request_body(head)
         info = StreamInfo(downstream_address=self.conn.peer, connection_id=self.conn.id)
         request = Request(
             head.method.decode("ascii"),
@@ -448,6 +438,22 @@ class _H1Session:
         if upgrade and b"upgrade" in named:
             request.upgrade = upgrade.decode("latin-1").strip().lower()
         return request
+
+    def _request_body(self, head: RequestHead) -> Body:
+        """The request's body, as its framing headers announce it."""
+        length = None
+        chunked = False
+        for name, value in head.headers:
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"transfer-encoding":
+                chunked = True
+        if length == 0 or (length is None and not chunked):
+            # Take the empty body's end from the codec (it needs no bytes): only then is the
+            # request complete, and the connection free for the next one.
+            self.codec.next_event()
+            return Body.empty()
+        return Body(self._read_body_chunk, length=length)
 
     async def _read_body_chunk(self) -> bytes:
         codec = self.codec
@@ -480,7 +486,7 @@ class _H1Session:
 
     async def _write_response(self, request: Request, response: Response) -> bool:
         """Stream the response; False if it could not be completed (then the connection closes)."""
-        if response.status == 101 and response.upgraded is not None:
+        if response.status == HTTPStatus.SWITCHING_PROTOCOLS and response.upgraded is not None:
             await self._splice(request, response)
             return False
         codec, stream, body = self.codec, self.stream, response.body
@@ -505,7 +511,7 @@ class _H1Session:
             while True:
                 try:
                     chunk = await body.read()
-                except Exception as err:
+                except Exception as err:  # noqa: BLE001 - whatever a body reader raises ends the response alike
                     # Upstream reset or timeout mid-response: never pass off a truncated body
                     # as complete. Close without ending the message.
                     flag = getattr(err, "flag", ResponseFlag.UPSTREAM_RESET)
@@ -552,10 +558,8 @@ class _H1Session:
                 await upgraded.stream.aclose()
 
     async def _send(self, data: bytes) -> None:
-        try:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await self.stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
 
 
 _REASONS = {
