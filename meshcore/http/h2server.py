@@ -15,7 +15,8 @@ import math
 import struct
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import h2.config
 import h2.connection
@@ -316,43 +317,50 @@ class H2ServerSession:
     # -- events ---------------------------------------------------------------------------------
 
     def _handle(self, event: h2.events.Event) -> None:
-        kind = type(event)
-        if kind is h2.events.RequestReceived:
-            self._request_received(event)  # type: ignore[arg-type]
-        elif kind is h2.events.DataReceived:
-            stream = self.streams.get(event.stream_id)  # type: ignore[attr-defined]
-            if stream is None:
-                # Data for a stream we no longer serve: still give its window back.
-                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)  # type: ignore[attr-defined]
-                return
-            stream.chunks.append((event.data, event.flow_controlled_length))  # type: ignore[attr-defined]
+        handler = self._EVENT_HANDLERS.get(type(event))
+        if handler is not None:
+            handler(self, event)
+
+    def _data_received(self, event: h2.events.DataReceived) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is None:
+            # Data for a stream we no longer serve: still give its window back.
+            self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            return
+        stream.chunks.append((event.data, event.flow_controlled_length))
+        stream.readable.set()
+
+    def _stream_ended(self, event: h2.events.StreamEnded) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is not None:
+            stream.ended = True
             stream.readable.set()
-        elif kind is h2.events.StreamEnded:
-            stream = self.streams.get(event.stream_id)  # type: ignore[attr-defined]
-            if stream is not None:
-                stream.ended = True
-                stream.readable.set()
-        elif kind is h2.events.TrailersReceived:
-            stream = self.streams.get(event.stream_id)  # type: ignore[attr-defined]
-            if stream is not None:
-                stream.trailers = Headers.from_raw(list(event.headers))  # type: ignore[attr-defined]
-        elif kind is h2.events.StreamReset:
-            self._stream_reset(event)  # type: ignore[arg-type]
-        elif kind is h2.events.WindowUpdated:
-            if event.stream_id == 0:  # type: ignore[attr-defined]
-                for stream in self.streams.values():
-                    stream.window.set()
-            elif (stream := self.streams.get(event.stream_id)) is not None:  # type: ignore[attr-defined]
+
+    def _trailers_received(self, event: h2.events.TrailersReceived) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is not None:
+            stream.trailers = Headers.from_raw(list(event.headers))
+
+    def _window_updated(self, event: h2.events.WindowUpdated) -> None:
+        if event.stream_id == 0:
+            for stream in self.streams.values():
                 stream.window.set()
-        elif kind in (h2.events.PingReceived, h2.events.RemoteSettingsChanged):
-            if not self.control.spend():
-                raise _Abuse(ErrorCodes.ENHANCE_YOUR_CALM, "SETTINGS or PING flood")
-            if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in getattr(event, "changed_settings", ()):
-                # Every stream's window changed, with no WINDOW_UPDATE (RFC 9113 6.9.2).
-                for stream in self.streams.values():
-                    stream.window.set()
-        elif kind is h2.events.ConnectionTerminated:
-            self.closing = True
+        elif (stream := self.streams.get(event.stream_id)) is not None:
+            stream.window.set()
+
+    def _control_frame(self, event: h2.events.PingReceived | h2.events.RemoteSettingsChanged) -> None:
+        if not self.control.spend():
+            raise _Abuse(ErrorCodes.ENHANCE_YOUR_CALM, "SETTINGS or PING flood")
+        if (
+            isinstance(event, h2.events.RemoteSettingsChanged)
+            and h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings
+        ):
+            # Every stream's window changed, with no WINDOW_UPDATE (RFC 9113 6.9.2).
+            for stream in self.streams.values():
+                stream.window.set()
+
+    def _connection_terminated(self, _event: h2.events.ConnectionTerminated) -> None:
+        self.closing = True
 
     def _request_received(self, event: h2.events.RequestReceived) -> None:
         stream_id = event.stream_id
@@ -383,6 +391,20 @@ class H2ServerSession:
             raise _Abuse(
                 ErrorCodes.ENHANCE_YOUR_CALM, "rapid reset: too many streams cancelled by the client"
             )
+
+    # What _handle does with each kind of event h2 reports (by exact type, as h2 reports
+    # them); the others (acknowledgements, priority, unknown frames) need nothing.
+    _EVENT_HANDLERS: ClassVar[dict[type[h2.events.Event], Callable[[H2ServerSession, Any], None]]] = {
+        h2.events.RequestReceived: _request_received,
+        h2.events.DataReceived: _data_received,
+        h2.events.StreamEnded: _stream_ended,
+        h2.events.TrailersReceived: _trailers_received,
+        h2.events.StreamReset: _stream_reset,
+        h2.events.WindowUpdated: _window_updated,
+        h2.events.PingReceived: _control_frame,
+        h2.events.RemoteSettingsChanged: _control_frame,
+        h2.events.ConnectionTerminated: _connection_terminated,
+    }
 
     def _make_request(self, stream: _Stream, event: h2.events.RequestReceived) -> Request:
         method = path = authority = b""
