@@ -11,6 +11,7 @@ import select
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 from typing import Any, Protocol
 
 import structlog
@@ -33,6 +34,10 @@ __all__ = ["Cluster", "ClusterManager", "Host", "UpstreamError"]
 log = structlog.get_logger("meshcore.upstream")
 
 RECEIVE_SIZE = 64 * 1024
+# How many times a request may go out: again only when the upstream cannot have processed
+# it (a kept-alive HTTP/1.1 connection found closed, an HTTP/2 stream refused).
+_H1_ATTEMPTS = 2
+_H2_ATTEMPTS = 3
 
 
 class Picker(Protocol):
@@ -239,7 +244,7 @@ class Cluster:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.aclose()
 
-    async def send(self, request: Request, *, timeout: float) -> Response:
+    async def send(self, request: Request, *, timeout: float) -> Response:  # noqa: ASYNC109 - data: it bounds body reads after this returns too
         """Forward ``request`` to an endpoint; return the response with its body streaming.
 
         ``timeout`` (seconds, 0 for none) bounds the whole exchange, body included: past it
@@ -294,7 +299,7 @@ class Cluster:
                     if event is NEED_DATA:
                         codec.receive_data(await stream.receive_some(RECEIVE_SIZE))
                         continue
-                    if type(event) is Informational and event.status == 101:
+                    if type(event) is Informational and event.status == HTTPStatus.SWITCHING_PROTOCOLS:
                         response = Response(101, headers=Headers.from_raw(strip_hop_by_hop(event.headers)))
                         response.upgraded = Upgraded(stream, codec.trailing_data)
                         stream = None  # the connection manager owns it now
@@ -342,27 +347,12 @@ class Cluster:
                 host.wake_waiters()
 
         nursery = self.manager.nursery if self.manager is not None else None
-        try:
-            if nursery is None:
-                msg = "HTTP/2 upstreams need a running proxy (no nursery for their connections)"
-                raise UpstreamError(ResponseFlag.UPSTREAM_CONNECTION_FAILURE, msg)
-            for attempt in range(3):
-                with trio.move_on_at(deadline):
-                    conn = await host.h2_pool.acquire(nursery)
-                    try:
-                        response = await conn.exchange(request, deadline, finish)
-                    except StreamRefused:
-                        if attempt == 2 or request.body.consumed:
-                            raise
-                        continue
-                    return response
-                self.stats_rq_timeout.value += 1
-                raise UpstreamError(ResponseFlag.UPSTREAM_REQUEST_TIMEOUT, "upstream request timeout")
-            msg = "unreachable"
-            raise AssertionError(msg)  # pragma: no cover
-        except UpstreamError:
+        if nursery is None:
             finish()
-            raise
+            msg = "HTTP/2 upstreams need a running proxy (no nursery for their connections)"
+            raise UpstreamError(ResponseFlag.UPSTREAM_CONNECTION_FAILURE, msg)
+        try:
+            response = await self._h2_attempts(request, host, deadline, nursery, finish)
         except (TimeoutError, StreamRefused, ConnectionResetError, trio.BrokenResourceError) as err:
             finish()
             flag, msg = upstream_error(err, host.label)
@@ -372,6 +362,33 @@ class Cluster:
         except BaseException:
             finish()
             raise
+        if response is None:
+            self.stats_rq_timeout.value += 1
+            finish()
+            raise UpstreamError(ResponseFlag.UPSTREAM_REQUEST_TIMEOUT, "upstream request timeout")
+        return response
+
+    async def _h2_attempts(
+        self,
+        request: Request,
+        host: Host,
+        deadline: float,
+        nursery: trio.Nursery,
+        finish: Callable[[], None],
+    ) -> Response | None:
+        """The response, on a new stream after each refused one; None when the deadline passed."""
+        for attempt in range(_H2_ATTEMPTS):
+            with trio.move_on_at(deadline) as scope:
+                conn = await host.h2_pool.acquire(nursery)
+                try:
+                    return await conn.exchange(request, deadline, finish)
+                except StreamRefused:
+                    if attempt == _H2_ATTEMPTS - 1 or request.body.consumed:
+                        raise
+            if scope.cancelled_caught:
+                return None
+        msg = "unreachable"
+        raise AssertionError(msg)  # pragma: no cover - the last attempt returns or raises
 
 
 class _Exchange:
@@ -414,7 +431,7 @@ class _Exchange:
             headers.append((b"transfer-encoding", b"chunked"))
         head: ResponseHead | None = None
         with trio.move_on_at(self.deadline) as scope:
-            for attempt in (1, 2):
+            for attempt in range(1, _H1_ATTEMPTS + 1):
                 self.conn, reused = await self.host.acquire()
                 try:
                     await self._send_request(headers)
@@ -425,7 +442,7 @@ class _Exchange:
                     # fresh one, if nothing of the body was consumed (so nothing was lost).
                     self.host.release(self.conn, reusable=False)
                     self.conn = None
-                    if attempt == 2 or not reused or request.body.consumed:
+                    if attempt == _H1_ATTEMPTS or not reused or request.body.consumed:
                         msg = f"upstream {self.host.label} closed the connection: {err}"
                         raise UpstreamError(ResponseFlag.UPSTREAM_CONNECTION_TERMINATION, msg) from err
         if scope.cancelled_caught or head is None:
@@ -538,23 +555,15 @@ class _Exchange:
             if type(event) is Informational:
                 continue
             if event is CLOSED:
-                raise trio.BrokenResourceError("upstream closed before responding")
+                msg = "upstream closed before responding"
+                raise trio.BrokenResourceError(msg)
             msg = f"unexpected {type(event).__name__} before the response head"
             raise UpstreamError(ResponseFlag.UPSTREAM_PROTOCOL_ERROR, msg)
 
     async def _read_body(self) -> bytes:
         try:
             with trio.move_on_at(self.deadline):
-                event = await self._next_event()
-                if type(event) is Data:
-                    return event.data
-                if type(event) is EndOfMessage:
-                    if event.trailers and self.body is not None:
-                        self.body.trailers = Headers.from_raw(event.trailers)
-                    self.finish(reusable=True)
-                    return b""
-                msg = f"upstream {self.host.label} closed the connection mid-response"
-                raise UpstreamError(ResponseFlag.UPSTREAM_RESET, msg)
+                return self._body_part(await self._next_event())
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
             self.finish()
             msg = f"upstream {self.host.label} reset the connection mid-response: {err}"
@@ -564,6 +573,18 @@ class _Exchange:
             raise
         self.finish()
         raise self._timed_out()
+
+    def _body_part(self, event: Any) -> bytes:
+        """The body bytes an event carries, b"" at the end; UpstreamError if the upstream closed."""
+        if type(event) is Data:
+            return event.data
+        if type(event) is EndOfMessage:
+            if event.trailers and self.body is not None:
+                self.body.trailers = Headers.from_raw(event.trailers)
+            self.finish(reusable=True)
+            return b""
+        msg = f"upstream {self.host.label} closed the connection mid-response"
+        raise UpstreamError(ResponseFlag.UPSTREAM_RESET, msg)
 
 
 def _client_tls(config: ClusterConfig) -> ssl.SSLContext | None:
