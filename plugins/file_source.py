@@ -8,8 +8,8 @@ problem, and the last good Snapshot keeps serving.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -42,7 +42,7 @@ class FileSource:
 
     def _stat(self) -> tuple[int, int, int] | None:
         try:
-            st = os.stat(self.config.path)
+            st = Path(self.config.path).stat()
         except OSError:
             return None
         return st.st_mtime_ns, st.st_size, st.st_ino
@@ -77,7 +77,7 @@ class FileSource:
             try:
                 apply(self.load())
             except ConfigError as err:
-                log.error(
+                log.error(  # noqa: TRY400 - a bad file, its problems listed: no traceback
                     "config_rejected",
                     path=self.config.path,
                     problems=[str(p) for p in err.problems],

@@ -51,7 +51,7 @@ def make_request(
     return request
 
 
-async def _ok(request: Request) -> Response:
+async def _ok(_request: Request) -> Response:
     return Response.local(200, b"ok\n")
 
 

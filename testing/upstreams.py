@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import socket
 import struct
+from http import HTTPStatus
 from typing import Any
 
 import h11
@@ -95,7 +96,7 @@ class _Session:
         if parts[0] == "echo":
             await self._echo(request)
         elif parts[0] == "status":
-            no_body = arg in (204, 304) or 100 <= arg < 200
+            no_body = arg in (204, 304) or HTTPStatus.CONTINUE <= arg < HTTPStatus.OK
             headers = self._headers() if no_body else self._headers((b"content-length", b"0"))
             await self._send(h11.Response(status_code=arg, headers=headers), h11.EndOfMessage())
         elif parts[0] == "bytes":

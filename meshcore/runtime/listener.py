@@ -111,8 +111,7 @@ def _server_name_matches(server_name: str | None, patterns: Sequence[str]) -> bo
     if server_name is None:
         return False
     name = server_name.lower()
-    for pattern in patterns:
-        pattern = pattern.lower()
+    for pattern in (p.lower() for p in patterns):
         if pattern == name or (pattern.startswith("*.") and name.endswith(pattern[1:])):
             return True
     return False
@@ -191,7 +190,8 @@ class ListenerRuntime:
                 stream = await self.socket.accept()
             except OSError as err:
                 if err.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS):
-                    log.error("accept_failed", listener=self.config.name, reason=str(err))
+                    # Resource exhaustion: reported and waited out, not a bug (no traceback).
+                    log.error("accept_failed", listener=self.config.name, reason=str(err))  # noqa: TRY400 - see above
                     await trio.sleep(0.1)
                     continue
                 raise
