@@ -6,6 +6,7 @@ Sessions use the interpreter nox itself runs under (no version pinned here) and
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import nox
@@ -52,6 +53,9 @@ def typecheck(session: nox.Session) -> None:
     tree is not on its search path and only the installed copy is seen.
     """
     session.install(MYPY, *TYPE_STUBS, ".[test]")
+    # setuptools builds in build/ and never deletes from it: a module since moved or removed
+    # would still be in the wheel, and checked. So the build starts from nothing.
+    shutil.rmtree(ROOT / "build", ignore_errors=True)
     # Always rebuild: the version number does not change with every edit.
     session.install("--no-deps", "--force-reinstall", ".")
     config = str(ROOT / "pyproject.toml")
