@@ -40,11 +40,13 @@ async def serve_upstream(
     """Serve the test upstream until cancelled; report the bound ``(host, port)``."""
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[:2]
+
+    async def serve(stream: trio.SocketStream) -> None:
+        await _Session(stream, name).run()
+
     async with trio.open_nursery() as nursery:
         task_status.started((bound[0], bound[1]))
-        await trio.serve_listeners(
-            lambda stream: _Session(stream, name).run(), listeners, handler_nursery=nursery
-        )
+        await trio.serve_listeners(serve, listeners, handler_nursery=nursery)
 
 
 class _Session:

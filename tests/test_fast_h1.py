@@ -361,7 +361,7 @@ def test_client_requests_read_back_the_same(
         wire += codec.send_end()
         server = h11.Connection(h11.SERVER)
         server.receive_data(wire)
-        events = []
+        events: list[tuple[object, ...]] = []
         while (event := server.next_event()) is not h11.NEED_DATA:
             if isinstance(event, h11.Request):
                 events.append(("request", event.method, event.target, list(event.headers)))

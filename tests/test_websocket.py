@@ -17,7 +17,8 @@ async def echo_server(request: WebSocketRequest) -> None:
     try:
         while True:
             message = await ws.get_message()
-            await ws.send_message(f"echo: {message}")
+            # Text comes back as text, binary as binary.
+            await ws.send_message(b"echo: " + message if isinstance(message, bytes) else f"echo: {message}")
     except Exception:  # noqa: BLE001 - the client closed; nothing to clean up
         return
 

@@ -345,8 +345,8 @@ class H2ServerSession:
         if event.stream_id == 0:
             for stream in self.streams.values():
                 stream.window.set()
-        elif (stream := self.streams.get(event.stream_id)) is not None:
-            stream.window.set()
+        elif (one := self.streams.get(event.stream_id)) is not None:
+            one.window.set()
 
     def _control_frame(self, event: h2.events.PingReceived | h2.events.RemoteSettingsChanged) -> None:
         if not self.control.spend():
