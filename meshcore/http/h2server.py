@@ -517,11 +517,10 @@ class H2ServerSession:
     async def _send_response(self, stream: _Stream, response: Response) -> bool:
         headers = [(b":status", str(response.status).encode())]
         headers += [(n, v) for n, v in response.headers.raw if n not in _CONNECTION_SPECIFIC]
-        flags = stream.request.info.flags if stream.request is not None else set()
-        if flags:
-            headers.append((b"x-meshcore-flags", stream.request.info.flag_string().encode()))  # type: ignore[union-attr]
-        body = response.body
         request = stream.request
+        if request is not None and request.info.flags:
+            headers.append((b"x-meshcore-flags", request.info.flag_string().encode()))
+        body = response.body
         no_body = (request is not None and request.method == "HEAD") or response.status in (204, 304)
         try:
             if no_body or body.length == 0 or body.done:

@@ -15,7 +15,8 @@ before the request) is reset, and its sender stopped.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import h2.config
 import h2.connection
@@ -174,34 +175,62 @@ class H2Connection:
             sock.socket.close()
 
     def _handle(self, event: h2.events.Event) -> None:
-        kind = type(event)
-        up = self.streams.get(getattr(event, "stream_id", 0))
-        if kind is h2.events.ResponseReceived and up is not None:
-            up.head = list(event.headers)  # type: ignore[attr-defined]
+        handler = self._EVENT_HANDLERS.get(type(event))
+        if handler is not None:
+            handler(self, event)
+
+    def _response_received(self, event: h2.events.ResponseReceived) -> None:
+        if (up := self.streams.get(event.stream_id)) is not None:
+            up.head = list(event.headers)
             up.readable.set()
-        elif kind is h2.events.DataReceived and up is not None:
-            up.chunks.append((event.data, event.flow_controlled_length))  # type: ignore[attr-defined]
+
+    def _data_received(self, event: h2.events.DataReceived) -> None:
+        if (up := self.streams.get(event.stream_id)) is not None:
+            up.chunks.append((event.data, event.flow_controlled_length))
             up.readable.set()
-        elif kind is h2.events.TrailersReceived and up is not None:
-            up.trailers = Headers.from_raw(list(event.headers))  # type: ignore[attr-defined]
-        elif kind is h2.events.StreamEnded and up is not None:
+
+    def _trailers_received(self, event: h2.events.TrailersReceived) -> None:
+        if (up := self.streams.get(event.stream_id)) is not None:
+            up.trailers = Headers.from_raw(list(event.headers))
+
+    def _stream_ended(self, event: h2.events.StreamEnded) -> None:
+        if (up := self.streams.get(event.stream_id)) is not None:
             up.ended = True
             up.readable.set()
-        elif kind is h2.events.StreamReset and up is not None:
-            self._stream_reset(up, event.error_code)  # type: ignore[attr-defined]
-        elif kind is h2.events.WindowUpdated:
-            targets = self.streams.values() if event.stream_id == 0 else ([up] if up else [])  # type: ignore[attr-defined]
-            for target in targets:
+
+    def _reset_received(self, event: h2.events.StreamReset) -> None:
+        if (up := self.streams.get(event.stream_id)) is not None:
+            self._stream_reset(up, event.error_code)
+
+    def _window_updated(self, event: h2.events.WindowUpdated) -> None:
+        up = self.streams.get(event.stream_id)
+        targets = self.streams.values() if event.stream_id == 0 else ([up] if up else [])
+        for target in targets:
+            target.window.set()
+
+    def _settings_changed(self, event: h2.events.RemoteSettingsChanged) -> None:
+        self.settled.set()
+        self.host.wake_waiters()
+        if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+            # Every stream's window changed, with no WINDOW_UPDATE (RFC 9113 6.9.2).
+            for target in self.streams.values():
                 target.window.set()
-        elif kind is h2.events.RemoteSettingsChanged:
-            self.settled.set()
-            self.host.wake_waiters()
-            if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:  # type: ignore[attr-defined]
-                # Every stream's window changed, with no WINDOW_UPDATE (RFC 9113 6.9.2).
-                for target in self.streams.values():
-                    target.window.set()
-        elif kind is h2.events.ConnectionTerminated:
-            self._goaway(event.last_stream_id or 0)  # type: ignore[attr-defined]
+
+    def _connection_terminated(self, event: h2.events.ConnectionTerminated) -> None:
+        self._goaway(event.last_stream_id or 0)
+
+    # What _handle does with each kind of event h2 reports (by exact type, as h2 reports
+    # them); the others need nothing.
+    _EVENT_HANDLERS: ClassVar[dict[type[h2.events.Event], Callable[[H2Connection, Any], None]]] = {
+        h2.events.ResponseReceived: _response_received,
+        h2.events.DataReceived: _data_received,
+        h2.events.TrailersReceived: _trailers_received,
+        h2.events.StreamEnded: _stream_ended,
+        h2.events.StreamReset: _reset_received,
+        h2.events.WindowUpdated: _window_updated,
+        h2.events.RemoteSettingsChanged: _settings_changed,
+        h2.events.ConnectionTerminated: _connection_terminated,
+    }
 
     def _goaway(self, last: int) -> None:
         """GOAWAY: no new streams here; those past ``last`` were not processed (retry them)."""
