@@ -97,6 +97,8 @@ class EndOfMessage:
 
 ServerEvent = RequestHead | Data | EndOfMessage | _Sentinel
 ClientEvent = ResponseHead | Informational | Data | EndOfMessage | _Sentinel
+# What a body reader gives, on either side: the part both kinds of event have in common.
+BodyEvent = Data | EndOfMessage | _Sentinel
 
 
 class ServerCodec(Protocol):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 from meshcore.errors import ProtocolError
-from meshcore.http.codec import NEED_DATA, Data, EndOfMessage, RawHeaders
+from meshcore.http.codec import NEED_DATA, BodyEvent, Data, EndOfMessage, RawHeaders
 
 __all__ = [
     "REASONS",
@@ -40,8 +40,6 @@ REASONS = {
     501: b"Not Implemented", 502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout",
     505: b"HTTP Version Not Supported",
 }  # fmt: skip
-
-BodyEvent = Data | EndOfMessage | object
 
 
 def bad(message: str, status: int = 400) -> ProtocolError:
@@ -232,7 +230,7 @@ class ChunkedReader:
         return EndOfMessage(trailers or None)
 
     @staticmethod
-    def _need(closed: bool) -> object:
+    def _need(closed: bool) -> BodyEvent:
         if closed:
             msg = "peer closed connection without sending complete message body"
             raise bad(msg)

@@ -128,7 +128,7 @@ class FastClientCodec:
                 raise _upstream(err) from err
             if type(event) is EndOfMessage:
                 self._state = _DONE
-            return event  # type: ignore[return-value]
+            return event
         if state == _DONE and self._closed and not self._keep_alive:
             return CLOSED
         return NEED_DATA

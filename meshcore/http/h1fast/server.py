@@ -71,7 +71,7 @@ class FastServerCodec:
                 self._state = _DONE
             elif type(event) is Data:
                 self._expect = False
-            return event  # type: ignore[return-value]
+            return event
         return NEED_DATA  # done (paused until the next cycle: pipelining) or switched
 
     def _read_head(self) -> ServerEvent:
