@@ -567,7 +567,7 @@ def _modes_http_filters() -> list[meshcore.HttpFilterType]:
 
 def test_attrs_validators_give_plain_reasons(tmp_path: Path) -> None:
     plugin = types.ModuleType("modes_plugin")
-    plugin.meshcore_http_filters = _modes_http_filters  # type: ignore[attr-defined]
+    plugin.meshcore_http_filters = _modes_http_filters  # type: ignore[attr-defined]  # a module built at run time
     registry = meshcore.build_registry(autoload=False, plugins=[("modes", plugin)])
     assert registry.problems == []
     path = broken_copy(

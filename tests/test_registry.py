@@ -241,7 +241,7 @@ def _misspelled() -> list[meshcore.HttpFilterType]:
 
 def test_misspelled_hook() -> None:
     typo = types.ModuleType("typo")
-    typo.meshcore_http_filter = meshcore.hookimpl(_misspelled)  # type: ignore[attr-defined]
+    typo.meshcore_http_filter = meshcore.hookimpl(_misspelled)  # type: ignore[attr-defined]  # a module built at run time
     other = plugin("other", meshcore_http_filters=lambda: [http_filter("other")])
     registry = meshcore.build_registry(autoload=False, plugins=[("typo", typo), ("other", other)])
     assert registry.problems == [

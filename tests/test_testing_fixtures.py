@@ -309,7 +309,7 @@ def test_a_failure_inside_the_background_loop_is_raised_in_the_test(after: float
 
     loop = BackgroundLoop(timeout=5)
     loop.start()
-    loop.run_sync(lambda: loop._upstreams._nursery.start_soon(crash))  # type: ignore[union-attr]
+    loop.run_sync(lambda: loop._upstreams._nursery.start_soon(crash))  # type: ignore[union-attr]  # set by start()
     with pytest.raises(RuntimeError, match="has stopped") as stopped:
         loop.run(trio.sleep, 10)
     assert isinstance(stopped.value.__cause__, BaseExceptionGroup)
