@@ -41,9 +41,6 @@ from meshcore import Duration, FilterContext, HttpHandler, Request, Response, Re
 log = structlog.get_logger("meshcore.fault")
 
 ABORT_MESSAGE = "fault filter abort"
-# https://github.com/grpc/grpc/blob/master/doc/http-grpc-status-mapping.md
-_HTTP_TO_GRPC = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
-_GRPC_UNKNOWN = 2
 _MAX_DIGITS = 9  # header integers: enough for any valid value, too few to cost anything to parse
 
 
@@ -116,20 +113,10 @@ class _RouteStats:
         self.overflow = stats.counter("fault_overflow", listener=listener, route=route)
 
 
-def _is_grpc(request: Request) -> bool:
-    content_type = request.headers.get_raw(b"content-type")
-    return content_type is not None and content_type.startswith(b"application/grpc")
-
-
 def _abort_reply(request: Request, abort: _Abort) -> Response:
-    if abort.grpc is not None or abort.http is None or _is_grpc(request):
-        code = abort.grpc if abort.grpc is not None else _HTTP_TO_GRPC.get(abort.http or 0, _GRPC_UNKNOWN)
-        headers = [
-            ("content-type", "application/grpc"),
-            ("grpc-status", str(code)),
-            ("grpc-message", ABORT_MESSAGE),
-        ]
-        return Response.local(200, headers=headers)
+    if abort.grpc is not None or abort.http is None or meshcore.is_grpc(request):
+        code = abort.grpc if abort.grpc is not None else meshcore.grpc_status_for_http(abort.http or 0)
+        return meshcore.grpc_response(code, ABORT_MESSAGE)
     return Response.local(abort.http, f"{ABORT_MESSAGE}\n")
 
 

@@ -38,7 +38,6 @@ import trio
 import meshcore
 from meshcore import Duration, FilterContext, HttpHandler, Request, Response, ResponseFlag, at_least, at_most
 
-GRPC_RESOURCE_EXHAUSTED = 8
 GRPC_MESSAGE = "local rate limited"
 _KEY_HELP = 'must be "client_address", "identity" or a mapping {header: NAME}'
 
@@ -240,15 +239,10 @@ class LocalRateLimit:
     def _reject(self, request: Request, wait: float) -> Response:
         request.info.flags.add(ResponseFlag.LOCAL_RATE_LIMITED)
         retry_after = ("retry-after", str(max(1, math.ceil(wait))))
-        content_type = request.headers.get_raw(b"content-type")
-        if content_type is not None and content_type.startswith(b"application/grpc"):
-            headers = [
-                ("content-type", "application/grpc"),
-                ("grpc-status", str(GRPC_RESOURCE_EXHAUSTED)),
-                ("grpc-message", GRPC_MESSAGE),
-                retry_after,
-            ]
-            return Response.local(200, headers=headers)
+        if meshcore.is_grpc(request):
+            return meshcore.grpc_response(
+                meshcore.GrpcStatus.RESOURCE_EXHAUSTED, GRPC_MESSAGE, headers=[retry_after]
+            )
         return Response.local(self._status, self._body, headers=[retry_after])
 
     def _route_stats(self, route: str) -> _RouteStats:

@@ -29,7 +29,7 @@ from meshcore.config import (
 )
 from meshcore.errors import ConfigError, ConfigProblem, MeshcoreError, PluginError, ProtocolError
 from meshcore.http.flags import ResponseFlag
-from meshcore.http.grpc import grpc_timeout, is_grpc
+from meshcore.http.grpc import GrpcStatus, grpc_response, grpc_status_for_http, grpc_timeout, is_grpc
 from meshcore.http.manager import HttpConnectionManager, build_chain
 from meshcore.http.messages import Body, Headers, HttpHandler, Request, Response, StreamInfo, Upgraded
 from meshcore.plugin import (
@@ -68,6 +68,7 @@ __all__ = [
     "Duration",
     "FilterContext",
     "Gauge",
+    "GrpcStatus",
     "Headers",
     "Histogram",
     "Host",
@@ -104,6 +105,8 @@ __all__ = [
     "at_most",
     "build_chain",
     "build_registry",
+    "grpc_response",
+    "grpc_status_for_http",
     "grpc_timeout",
     "hookimpl",
     "is_grpc",

@@ -11,12 +11,22 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Iterable
 from urllib.parse import quote, unquote
 
 from meshcore.http.flags import ResponseFlag
-from meshcore.http.messages import Headers, Request, Response
+from meshcore.http.messages import Request, Response
 
-__all__ = ["GrpcStatus", "grpc_local_reply", "grpc_message_of", "grpc_status_of", "grpc_timeout", "is_grpc"]
+__all__ = [
+    "GrpcStatus",
+    "grpc_local_reply",
+    "grpc_message_of",
+    "grpc_response",
+    "grpc_status_for_http",
+    "grpc_status_of",
+    "grpc_timeout",
+    "is_grpc",
+]
 
 
 class GrpcStatus(enum.IntEnum):
@@ -101,22 +111,33 @@ def grpc_message_of(response: Response) -> str | None:
     return unquote(value.decode("latin-1"), errors="replace") if value is not None else None
 
 
+def grpc_status_for_http(status: int) -> GrpcStatus:
+    """The gRPC status a client should see for an HTTP status (gRPC's mapping; else UNKNOWN)."""
+    return _BY_HTTP_STATUS.get(status, GrpcStatus.UNKNOWN)
+
+
+def grpc_response(status: int, message: str, *, headers: Iterable[tuple[str, str]] = ()) -> Response:
+    """A gRPC error answered locally: HTTP 200, Trailers-Only (status and message in the headers)."""
+    return Response.local(
+        200,
+        headers=[
+            ("content-type", "application/grpc"),
+            ("grpc-status", str(int(status))),
+            ("grpc-message", quote(message, safe=" ()/:,")),
+            *headers,
+        ],
+    )
+
+
 def grpc_local_reply(request: Request, response: Response) -> Response:
-    """The gRPC form of a local HTTP reply: 200 with grpc-status and grpc-message headers."""
+    """The gRPC form of a local HTTP reply: its status from the response flag, else the HTTP status."""
     status = next(
         (_BY_FLAG[f] for f in sorted(request.info.flags, key=lambda f: f.value) if f in _BY_FLAG), None
     )
     if status is None:
-        status = _BY_HTTP_STATUS.get(response.status, GrpcStatus.UNKNOWN)
+        status = grpc_status_for_http(response.status)
     message = f"meshcore: HTTP {response.status}"
     if request.info.flags:
         message += f" ({request.info.flag_string()})"
-    headers = Headers(
-        [
-            ("content-type", "application/grpc"),
-            ("grpc-status", str(int(status))),
-            ("grpc-message", quote(message, safe=" ()/:,")),
-        ]
-    )
     response.body.close()
-    return Response(200, headers=headers)
+    return grpc_response(status, message)
