@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 import trio
 
+from meshcore.chain import compose
 from meshcore.config import FilterOverrides
 from meshcore.config.structure import HttpFilterRef
 from meshcore.errors import ProtocolError
@@ -51,19 +52,9 @@ async def _end_of_chain(request: Request) -> Response:
     raise ProtocolError(msg, status=500, remote=False)
 
 
-def _bind(filter_: HttpFilter, call_next: HttpHandler) -> HttpHandler:
-    async def handler(request: Request) -> Response:
-        return await filter_(request, call_next)
-
-    return handler
-
-
 def build_chain(filters: Sequence[HttpFilter]) -> HttpHandler:
-    """Compose onion-shaped filters into one handler (once per Snapshot)."""
-    handler: HttpHandler = _end_of_chain
-    for filter_ in reversed(filters):
-        handler = _bind(filter_, handler)
-    return handler
+    """Compose onion-shaped HTTP filters into one handler (once per Snapshot)."""
+    return compose(filters, _end_of_chain)
 
 
 class _HeadersTimeoutError(ProtocolError):

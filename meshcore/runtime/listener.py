@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 import trio
 
+from meshcore.chain import compose
 from meshcore.config import FilterChain, Listener, TlsContext
 from meshcore.runtime.context import Connection
 
@@ -43,19 +44,9 @@ async def _end_of_chain(conn: Connection) -> None:
     log.error("network_chain_ended", connection=conn.id, reason="no terminal filter")
 
 
-def _bind(filter_: NetworkFilter, call_next: NetworkHandler) -> NetworkHandler:
-    async def handler(conn: Connection) -> None:
-        await filter_(conn, call_next)
-
-    return handler
-
-
 def build_network_chain(filters: Sequence[NetworkFilter]) -> NetworkHandler:
     """Compose onion-shaped L4 filters into one handler (once per Snapshot)."""
-    handler: NetworkHandler = _end_of_chain
-    for filter_ in reversed(filters):
-        handler = _bind(filter_, handler)
-    return handler
+    return compose(filters, _end_of_chain)
 
 
 def server_tls_context(tls: TlsContext) -> ssl.SSLContext:
