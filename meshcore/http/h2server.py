@@ -29,6 +29,7 @@ from h2.errors import ErrorCodes
 
 from meshcore.errors import ProtocolError
 from meshcore.http.flags import ResponseFlag
+from meshcore.http.h2flow import send_flow_controlled
 from meshcore.http.messages import Body, Headers, Request, Response, StreamInfo
 
 if TYPE_CHECKING:
@@ -571,14 +572,4 @@ class H2ServerSession:
         return True
 
     async def _send_data(self, stream: _Stream, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            window = self.h2.local_flow_control_window(stream.id)
-            if window <= 0:
-                stream.window = trio.Event()
-                await stream.window.wait()
-                continue
-            size = min(window, len(view), self.h2.max_outbound_frame_size)
-            self.h2.send_data(stream.id, bytes(view[:size]))
-            view = view[size:]
-            await self.flush()
+        await send_flow_controlled(self.h2, stream, data, self.flush)

@@ -29,6 +29,7 @@ from h2.errors import ErrorCodes
 
 from meshcore.errors import ProtocolError, UpstreamError
 from meshcore.http.flags import ResponseFlag
+from meshcore.http.h2flow import send_flow_controlled
 from meshcore.http.h2server import GracefulGoaway
 from meshcore.http.messages import Body, Headers, Request, Response
 
@@ -387,19 +388,11 @@ class H2Connection:
         with up.sender:
             try:
                 async for chunk in body:
-                    view = memoryview(chunk)
-                    while view:
-                        if up.error is not None:
-                            return
-                        window = self.h2.local_flow_control_window(up.id)
-                        if window <= 0:
-                            up.window = trio.Event()
-                            await up.window.wait()
-                            continue
-                        size = min(window, len(view), self.h2.max_outbound_frame_size)
-                        self.h2.send_data(up.id, bytes(view[:size]))
-                        view = view[size:]
-                        await self.flush()
+                    sent = await send_flow_controlled(
+                        self.h2, up, chunk, self.flush, abandoned=lambda: up.error is not None
+                    )
+                    if not sent:
+                        return
                 if body.trailers is not None:
                     self.h2.send_headers(up.id, body.trailers.raw, end_stream=True)
                 else:
