@@ -15,14 +15,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from _common import cpu_seconds, free_port, milliseconds, run_proxy, start
 
 RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 13\r\n\r\nhello, world\n"
 
@@ -57,47 +57,6 @@ def run_upstream(port: int) -> None:
 # -- the proxy with three pass-through filters ----------------------------------------------
 
 
-def run_proxy(config: str) -> None:
-    """A meshcore proxy with a ``passthrough`` HTTP filter registered in-process."""
-    import trio
-
-    import meshcore
-    from meshcore.logs import configure
-    from meshcore.runtime.server import serve_proxy
-
-    configure("warning", fmt="json")
-
-    class PassThrough:
-        def __init__(self, _config: None, _context: meshcore.FilterContext) -> None:
-            pass
-
-        async def __call__(
-            self, request: meshcore.Request, call_next: meshcore.HttpHandler
-        ) -> meshcore.Response:
-            return await call_next(request)
-
-    class Plugin:
-        @staticmethod
-        @meshcore.hookimpl
-        def meshcore_http_filters() -> list[meshcore.HttpFilterType]:
-            return [meshcore.HttpFilterType(name="passthrough", factory=PassThrough)]
-
-    registry = meshcore.build_registry(plugins=[("bench-passthrough", Plugin())])
-    source_type = registry.get("config_source", "file")
-    assert source_type is not None
-    assert source_type.config is not None
-    source = source_type.factory(
-        source_type.config(path=config, poll_interval=meshcore.Duration(0)), registry
-    )
-
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(serve_proxy, source, registry)
-            print("ready", flush=True)
-
-    trio.run(main)
-
-
 PROXY_CONFIG = """
 admin: {{enabled: false}}
 listeners:
@@ -127,55 +86,26 @@ clusters:
 # -- measuring ------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
-
-
-def _start(argv: list[str]) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)  # noqa: S603 - our own script
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if line.strip() != "ready":
-        proc.kill()
-        msg = f"{argv} did not start: {line!r}"
-        raise RuntimeError(msg)
-    return proc
-
-
-def _ms(text: str) -> float:
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-
-
 def wrk(port: int, server_pid: int, duration: int, connections: int) -> dict[str, float]:
     """Run wrk against a port; measure the server process's CPU during the run."""
     url = f"http://127.0.0.1:{port}/"
     # Warm up (connections, caches), then measure.
     subprocess.run(["wrk", "-t1", f"-c{connections}", "-d1s", url], capture_output=True, check=True)  # noqa: S603, S607 - wrk from PATH, arguments built here
-    cpu_before = _cpu_seconds(server_pid)
+    cpu_before = cpu_seconds(server_pid)
     out = subprocess.run(  # noqa: S603 - arguments built here
         ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url],  # noqa: S607 - wrk from PATH
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    cpu = _cpu_seconds(server_pid) - cpu_before
+    cpu = cpu_seconds(server_pid) - cpu_before
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)", out)
     return {
         "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-        "p50_ms": _ms(re.search(r"50%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
-        "p99_ms": _ms(re.search(r"99%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
+        "p50_ms": milliseconds(re.search(r"^\s+50%\s+(\S+)", out, re.MULTILINE).group(1)),  # type: ignore[union-attr]
+        "p99_ms": milliseconds(re.search(r"^\s+99%\s+(\S+)", out, re.MULTILINE).group(1)),  # type: ignore[union-attr]
         "cpu_us_per_request": cpu / requests * 1e6,
         "requests": requests,
         "non_2xx": int(errors.group(1)) if errors else 0,
@@ -200,18 +130,18 @@ def main() -> int:
         run_proxy(args.config)
         return 0
 
-    upstream_port = _free_port()
+    upstream_port = free_port()
     me = [sys.executable, __file__]
-    procs = [_start([*me, "--role", "upstream", "--port", str(upstream_port)])]
+    procs = [start([*me, "--role", "upstream", "--port", str(upstream_port)])]
     results: dict[str, dict[str, float]] = {}
     try:
         results["upstream direct"] = wrk(upstream_port, procs[0].pid, args.duration, args.connections)
         with tempfile.TemporaryDirectory() as tmp:
             for codec in ("h11", "fast"):
-                port = _free_port()
+                port = free_port()
                 config = Path(tmp) / f"bench-{codec}.yaml"
                 config.write_text(PROXY_CONFIG.format(port=port, upstream=upstream_port, codec=codec))
-                procs.append(_start([*me, "--role", "proxy", "--config", str(config)]))
+                procs.append(start([*me, "--role", "proxy", "--config", str(config)]))
                 results[f"meshcore ({codec})"] = wrk(port, procs[-1].pid, args.duration, args.connections)
     finally:
         for proc in procs:

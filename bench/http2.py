@@ -19,9 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,11 +30,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
-import trio
-
-import meshcore
-from meshcore.logs import configure
-from meshcore.runtime.server import serve_proxy
+from _common import cpu_seconds, free_port, milliseconds, run_proxy, start
 
 BODY = b"hello, world\n"
 
@@ -92,41 +86,6 @@ def run_upstream(port: int) -> None:
 # -- the proxy with three pass-through filters ----------------------------------------------
 
 
-def run_proxy(config: str) -> None:
-    """A meshcore proxy with a ``passthrough`` HTTP filter registered in-process."""
-    configure("warning", fmt="json")
-
-    class PassThrough:
-        def __init__(self, _config: None, _context: meshcore.FilterContext) -> None:
-            pass
-
-        async def __call__(
-            self, request: meshcore.Request, call_next: meshcore.HttpHandler
-        ) -> meshcore.Response:
-            return await call_next(request)
-
-    class Plugin:
-        @staticmethod
-        @meshcore.hookimpl
-        def meshcore_http_filters() -> list[meshcore.HttpFilterType]:
-            return [meshcore.HttpFilterType(name="passthrough", factory=PassThrough)]
-
-    registry = meshcore.build_registry(plugins=[("bench-passthrough", Plugin())])
-    source_type = registry.get("config_source", "file")
-    assert source_type is not None
-    assert source_type.config is not None
-    source = source_type.factory(
-        source_type.config(path=config, poll_interval=meshcore.Duration(0)), registry
-    )
-
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(serve_proxy, source, registry)
-            print("ready", flush=True)
-
-    trio.run(main)
-
-
 PROXY_CONFIG = """
 admin: {{enabled: false}}
 listeners:
@@ -157,45 +116,16 @@ clusters:
 # -- measuring ------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
-
-
-def _start(argv: list[str]) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)  # noqa: S603 - our own script
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if line.strip() != "ready":
-        proc.kill()
-        msg = f"{argv} did not start: {line!r}"
-        raise RuntimeError(msg)
-    return proc
-
-
-def _ms(text: str) -> float:
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-
-
 def h2load(url: str, server_pid: int, duration: int, connections: int, streams: int) -> dict[str, float]:
     """Run h2load against ``url``; measure the server process's CPU during the run."""
     load = ["h2load", "-t1", f"-c{connections}", f"-m{streams}"]
     # Warm up (connections, caches), then measure.
     subprocess.run([*load, "-D1", url], capture_output=True, check=True)  # noqa: S603 - h2load from PATH, arguments built here
-    cpu_before = _cpu_seconds(server_pid)
+    cpu_before = cpu_seconds(server_pid)
     out = subprocess.run(  # noqa: S603 - arguments built here
         [*load, f"-D{duration}", url], capture_output=True, text=True, check=True
     ).stdout
-    cpu = _cpu_seconds(server_pid) - cpu_before
+    cpu = cpu_seconds(server_pid) - cpu_before
     counts = re.search(
         r"requests: \d+ total, \d+ started, (\d+) done, \d+ succeeded, (\d+) failed, (\d+) errored", out
     )
@@ -207,8 +137,8 @@ def h2load(url: str, server_pid: int, duration: int, connections: int, streams: 
     done = int(counts.group(1))
     return {
         "requests_per_s": float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1)),  # type: ignore[union-attr]
-        "mean_ms": _ms(timing.group(3)),
-        "max_ms": _ms(timing.group(2)),
+        "mean_ms": milliseconds(timing.group(3)),
+        "max_ms": milliseconds(timing.group(2)),
         "cpu_us_per_request": cpu / max(done, 1) * 1e6,
         "requests": done,
         # Failed or errored requests, and any answer but 2xx.
@@ -234,15 +164,15 @@ def main() -> int:
         run_proxy(args.config)
         return 0
 
-    upstream_port, proxy_port = _free_port(), _free_port()
+    upstream_port, proxy_port = free_port(), free_port()
     me = [sys.executable, __file__]
-    procs = [_start([*me, "--role", "upstream", "--port", str(upstream_port)])]
+    procs = [start([*me, "--role", "upstream", "--port", str(upstream_port)])]
     load = (args.duration, args.connections, args.streams)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             config = Path(tmp) / "bench.yaml"
             config.write_text(PROXY_CONFIG.format(port=proxy_port, upstream=upstream_port))
-            procs.append(_start([*me, "--role", "proxy", "--config", str(config)]))
+            procs.append(start([*me, "--role", "proxy", "--config", str(config)]))
             upstream, proxy = procs[0].pid, procs[1].pid
             direct = h2load(f"http://127.0.0.1:{upstream_port}/", upstream, *load)
             proxied = h2load(f"http://127.0.0.1:{proxy_port}/", proxy, *load)
