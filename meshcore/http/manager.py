@@ -32,7 +32,7 @@ from meshcore.http.routing import CompiledRoute, RouteTable
 from meshcore.http.semantics import HOP_BY_HOP
 from meshcore.runtime.context import Connection, FilterContext
 from meshcore.runtime.pipe import splice
-from meshcore.runtime.stats import Stats
+from meshcore.runtime.stats import Counter, Stats
 
 __all__ = ["HttpConnectionManager", "build_chain"]
 
@@ -114,6 +114,7 @@ class HttpConnectionManager:
         self.stat_bytes_out = stats.counter("http_downstream_rq_tx_bytes_total", **labels)
         self.stat_latency = stats.histogram("http_downstream_rq_time_ms", **labels)
         self.stat_rejected = stats.counter("http_downstream_rq_rejected", **labels)
+        self.stat_grpc: dict[int, Counter] = {}
         self.draining = False
         self.idle_scopes: set[trio.CancelScope] = set()
 
@@ -237,9 +238,12 @@ class HttpConnectionManager:
         grpc = is_grpc(request)
         grpc_status = grpc_status_of(response) if grpc else None
         if grpc_status is not None:
-            self.context.stats.counter(
-                "http_downstream_grpc_status", listener=self.listener, code=str(grpc_status)
-            ).inc()
+            counter = self.stat_grpc.get(grpc_status)
+            if counter is None:  # once per status code seen
+                counter = self.stat_grpc[grpc_status] = self.context.stats.counter(
+                    "http_downstream_grpc_status", listener=self.listener, code=str(grpc_status)
+                )
+            counter.value += 1
         if self.access_log:
             info = request.info
             access_log.info(

@@ -192,6 +192,7 @@ class Cluster:
         self.config = config
         self.picker = picker
         self.hosts: list[Host] = []
+        self.healthy_hosts: list[Host] = []
         self.tls_context: ssl.SSLContext | None = None
         self.manager: ClusterManager | None = None
         labels = {"cluster": config.name}
@@ -220,10 +221,12 @@ class Cluster:
             gone.healthy = False
             gone.close_idle()
         self.hosts = hosts
+        # Kept, not recomputed per request: health changes only here (no active checks yet).
+        self.healthy_hosts = [h for h in hosts if h.healthy]
 
     def pick(self) -> Host:
         """A healthy endpoint chosen by the load balancer; UpstreamError(UH) if none."""
-        healthy = [h for h in self.hosts if h.healthy]
+        healthy = self.healthy_hosts
         if not healthy:
             msg = f"cluster {self.name!r} has no healthy endpoint"
             raise UpstreamError(ResponseFlag.NO_HEALTHY_UPSTREAM, msg)
