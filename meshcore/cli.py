@@ -90,9 +90,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 for problem in err.problems:
                     print(problem)
                 continue
-            extra = [
-                msg for msgs in registry.hook.meshcore_validate_snapshot(snapshot=snapshot) for msg in msgs
-            ]
+            extra = registry.validate_snapshot(snapshot)
             for msg in extra:
                 print(f"{file}: {msg}")
             failed = failed or bool(extra)

@@ -15,7 +15,7 @@ import importlib.metadata
 import os
 import types
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pluggy
@@ -29,6 +29,9 @@ from meshcore.plugin import (
     NetworkFilterType,
     PluginType,
 )
+
+if TYPE_CHECKING:
+    from meshcore.config import Snapshot
 
 __all__ = ["AUTOLOAD_ENV", "BUILTIN_PLUGINS", "PluginInfo", "Registry", "build_registry"]
 
@@ -137,10 +140,7 @@ class Registry:
     def collect_types(self) -> None:
         """Call every registration hook of every plugin, one plugin at a time."""
         for hook_name, descriptor in _REGISTRATION_HOOKS.items():
-            caller = getattr(self.manager.hook, hook_name)
-            order = {name: i for i, name in enumerate(self.plugins)}
-            impls = sorted(caller.get_hookimpls(), key=lambda impl: order.get(impl.plugin_name, len(order)))
-            for impl in impls:
+            for impl in self._impls(hook_name):
                 info = self.plugins[impl.plugin_name]
                 where = f"plugin {info.name!r} ({info.origin})"
                 try:
@@ -150,6 +150,30 @@ class Registry:
                     continue
                 for item in provided:
                     self._add(info, hook_name, descriptor, item)
+
+    def _impls(self, hook_name: str) -> list[Any]:
+        """A hook's implementations in registration order (built-ins first)."""
+        order = {name: i for i, name in enumerate(self.plugins)}
+        caller = getattr(self.manager.hook, hook_name)
+        return sorted(caller.get_hookimpls(), key=lambda impl: order.get(impl.plugin_name, len(order)))
+
+    def validate_snapshot(self, snapshot: Snapshot) -> list[str]:
+        """Every plugin's objections to ``snapshot`` (``meshcore_validate_snapshot``), one plugin at a time.
+
+        A plugin whose hook raises objects in its own name: a bug in one plugin neither
+        crashes the caller nor lets a Snapshot through unchecked.
+        """
+        problems = []
+        for impl in self._impls("meshcore_validate_snapshot"):
+            try:
+                problems += [
+                    f"plugin {impl.plugin_name!r}: {msg}" for msg in impl.function(snapshot=snapshot)
+                ]
+            except Exception as err:  # noqa: BLE001 - one plugin must not take the others down
+                problems.append(
+                    f"plugin {impl.plugin_name!r}: meshcore_validate_snapshot raised {type(err).__name__}: {err}"
+                )
+        return problems
 
     def _add(self, info: PluginInfo, hook_name: str, descriptor: type[PluginType], item: object) -> None:
         where = f"plugin {info.name!r} ({info.origin})"

@@ -56,6 +56,15 @@ class FileSource:
         """Ask for a reload now (SIGHUP), whether or not the file changed."""
         self._reload.set()
 
+    def _apply(self, apply: Callable[[Snapshot], None]) -> None:
+        """Load and apply; problems found while applying (a port in use) name this file too."""
+        snapshot = self.load()
+        try:
+            apply(snapshot)
+        except ConfigError as err:
+            problems = [p if p.file else attrs.evolve(p, file=self.config.path) for p in err.problems]
+            raise ConfigError(problems) from err
+
     async def run(
         self, apply: Callable[[Snapshot], None], *, task_status: Any = trio.TASK_STATUS_IGNORED
     ) -> None:
@@ -64,7 +73,7 @@ class FileSource:
         The first load must succeed (its ConfigError propagates); later bad files are
         logged and skipped.
         """
-        apply(self.load())
+        self._apply(apply)
         task_status.started()
         interval = float(self.config.poll_interval) or math.inf
         while True:
@@ -75,7 +84,7 @@ class FileSource:
             if not forced and self._stat() == self._signature:
                 continue
             try:
-                apply(self.load())
+                self._apply(apply)
             except ConfigError as err:
                 log.error(  # noqa: TRY400 - a bad file, its problems listed: no traceback
                     "config_rejected",

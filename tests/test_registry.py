@@ -289,3 +289,42 @@ def test_hook_returning_the_wrong_type() -> None:
     ]
     assert "right" in registry.names("http_filter")
     assert "l4" not in registry.names("network_filter")
+
+
+class _Objects:
+    @staticmethod
+    @meshcore.hookimpl
+    def meshcore_validate_snapshot(snapshot: meshcore.Snapshot) -> list[str]:
+        return [f"no listeners allowed, got {len(snapshot.listeners)}"] if snapshot.listeners else []
+
+
+class _Crashes:
+    @staticmethod
+    @meshcore.hookimpl
+    def meshcore_validate_snapshot(snapshot: meshcore.Snapshot) -> list[str]:  # noqa: ARG004 - pluggy matches by name
+        msg = "bug in a plugin"
+        raise RuntimeError(msg)
+
+
+def test_snapshot_validation_hooks_report_each_plugin_and_survive_a_crashing_one() -> None:
+    registry = meshcore.build_registry(
+        autoload=False, plugins=[("objects", _Objects()), ("crashes", _Crashes())]
+    )
+    config = {
+        "listeners": [
+            {
+                "name": "l",
+                "address": "127.0.0.1:0",
+                "filter_chains": [{"filters": [{"tcp_proxy": {"cluster": "c"}}]}],
+            }
+        ],
+        "clusters": [{"name": "c", "endpoints": ["127.0.0.1:1"]}],
+    }
+    snapshot = meshcore.snapshot_from_data(config, registry)
+    assert registry.validate_snapshot(snapshot) == [
+        "plugin 'objects': no listeners allowed, got 1",
+        "plugin 'crashes': meshcore_validate_snapshot raised RuntimeError: bug in a plugin",
+    ]
+    assert registry.validate_snapshot(meshcore.snapshot_from_data({}, registry)) == [
+        "plugin 'crashes': meshcore_validate_snapshot raised RuntimeError: bug in a plugin"
+    ]

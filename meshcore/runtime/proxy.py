@@ -94,11 +94,7 @@ class Proxy:
     # -- applying Snapshots ------------------------------------------------------------------
 
     def _check(self, snapshot: Snapshot) -> None:
-        problems = [
-            ConfigProblem(path="", message=f"rejected by a plugin: {msg}")
-            for msgs in self.registry.hook.meshcore_validate_snapshot(snapshot=snapshot)
-            for msg in msgs
-        ]
+        problems = [ConfigProblem(path="", message=msg) for msg in self.registry.validate_snapshot(snapshot)]
         if problems:
             raise ConfigError(problems)
 
