@@ -525,23 +525,14 @@ class H2ServerSession:
         no_body = (request is not None and request.method == "HEAD") or response.status in (204, 304)
         try:
             if no_body or body.length == 0 or body.done:
-                # Nothing to send after the head: a reply to HEAD, a 204 or a 304 has no content
-                # on the wire (RFC 9110 9.3.2, 15.3.5, 15.4.5), even when a route or filter gave
-                # it a body. Read the body to its end all the same: that is what finishes an
-                # upstream exchange and gives its connection back for reuse.
-                try:
-                    while await body.read():
-                        pass
-                except Exception:  # noqa: BLE001 - the upstream failed after its head: nothing to send anyway
-                    body.close()
-                trailers = body.trailers
-                self.h2.send_headers(stream.id, headers, end_stream=trailers is None)
-                if trailers is not None:
-                    self.h2.send_headers(stream.id, trailers.raw, end_stream=True)
-                await self.flush()
+                await self._send_head_only(stream, headers, body)
                 return True
             self.h2.send_headers(stream.id, headers)
-            await self.flush()
+            # A body of known length is about to follow: send the head with it, in one write.
+            # A streamed body (length unknown: SSE, gRPC streams) gets its head at once.
+            known_length = body.length is not None
+            if not known_length:
+                await self.flush()
             while True:
                 try:
                     chunk = await body.read()
@@ -561,7 +552,8 @@ class H2ServerSession:
                     return False
                 if not chunk:
                     break
-                await self._send_data(stream, chunk)
+                more_to_come = not known_length or body.consumed < (body.length or 0)
+                await self._send_data(stream, chunk, flush=more_to_come)
             if body.trailers is not None:
                 self.h2.send_headers(stream.id, body.trailers.raw, end_stream=True)
             else:
@@ -571,5 +563,34 @@ class H2ServerSession:
             return False  # the client reset the stream meanwhile
         return True
 
-    async def _send_data(self, stream: _Stream, data: bytes) -> None:
-        await send_flow_controlled(self.h2, stream, data, self.flush)
+    async def _send_head_only(self, stream: _Stream, headers: list[tuple[bytes, bytes]], body: Body) -> None:
+        """A response with nothing after its head (and trailers, if any).
+
+        A reply to HEAD, a 204 or a 304 has no content on the wire (RFC 9110 9.3.2, 15.3.5,
+        15.4.5), even when a route or filter gave it a body. The body is read to its end all
+        the same: that is what finishes an upstream exchange and gives its connection back.
+        """
+        try:
+            while await body.read():
+                pass
+        except Exception:  # noqa: BLE001 - the upstream failed after its head: nothing to send anyway
+            body.close()
+        trailers = body.trailers
+        self.h2.send_headers(stream.id, headers, end_stream=trailers is None)
+        if trailers is not None:
+            self.h2.send_headers(stream.id, trailers.raw, end_stream=True)
+        await self.flush()
+
+    async def _send_data(self, stream: _Stream, data: bytes, *, flush: bool = True) -> None:
+        """Send body bytes within the client's windows.
+
+        ``flush=False`` leaves a frame that fits queued, to go out with the end of the stream
+        in the same write.
+        """
+        conn = self.h2
+        if not flush and len(data) <= min(
+            conn.local_flow_control_window(stream.id), conn.max_outbound_frame_size
+        ):
+            conn.send_data(stream.id, data)
+            return
+        await send_flow_controlled(conn, stream, data, self.flush)

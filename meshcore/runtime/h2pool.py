@@ -335,8 +335,10 @@ class H2Connection:
                     raise TimeoutError
             data, flow = up.chunks.popleft()
             if flow:
+                # Give the window back without awaiting here: a read cancelled between taking
+                # the chunk and returning it would lose the chunk. The flusher sends the update.
                 self.h2.acknowledge_received_data(flow, sid)
-                await self.flush()
+                self.flush_soon.set()
             return data
 
         def close() -> None:
