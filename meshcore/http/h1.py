@@ -193,10 +193,12 @@ class H11ServerCodec:
 class H11ClientCodec:
     """Upstream HTTP/1.1 over h11: requests out, responses in."""
 
-    __slots__ = ("_conn",)
+    __slots__ = ("_closed_before_answer", "_conn", "_received")
 
     def __init__(self) -> None:
         self._conn = h11.Connection(h11.CLIENT)
+        self._received = 0  # bytes of the current response so far
+        self._closed_before_answer = False
 
     def send_request_head(self, method: bytes, target: bytes, headers: RawHeaders) -> bytes:
         """Bytes for a request line and headers; h11 chooses the framing."""
@@ -216,29 +218,24 @@ class H11ClientCodec:
 
     def receive_data(self, data: bytes | bytearray) -> None:
         """Feed bytes from the upstream; ``b""`` means it closed its side."""
+        if not data and not self._received and self._conn.their_state is h11.SEND_RESPONSE:
+            # Closed before a byte of the answer: a kept-alive connection the upstream dropped
+            # while idle. h11 calls that a protocol error; for a proxy it is "closed, retry".
+            self._closed_before_answer = True
+            return
+        self._received += len(data)
         self._conn.receive_data(cast("bytes", data))  # h11 takes any bytes-like
 
     def next_event(self) -> ClientEvent:
         """The next event, NEED_DATA or CLOSED; ProtocolError (502) on a bad response."""
+        if self._closed_before_answer:
+            return CLOSED
         try:
             event = self._conn.next_event()
         except h11.RemoteProtocolError as err:
             msg = f"upstream: {err}"
             raise ProtocolError(msg, status=502) from err
-        if type(event) is h11.Response:
-            return ResponseHead(
-                event.status_code, cast("RawHeaders", list(event.headers)), event.http_version, event.reason
-            )
-        if type(event) is h11.Data:
-            return Data(bytes(event.data))
-        if type(event) is h11.EndOfMessage:
-            trailers = cast("RawHeaders", list(event.headers)) if event.headers else None
-            return EndOfMessage(trailers)
-        if type(event) is h11.InformationalResponse:
-            return Informational(event.status_code, cast("RawHeaders", list(event.headers)))
-        if type(event) is h11.ConnectionClosed:
-            return CLOSED
-        return NEED_DATA
+        return _client_event(event)
 
     def start_next_cycle(self) -> bool:
         """Prepare for the next request; False when the connection cannot be reused."""
@@ -246,9 +243,25 @@ class H11ClientCodec:
         if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
             return False
         conn.start_next_cycle()
+        self._received = 0
         return True
 
     @property
     def trailing_data(self) -> bytes:
         """Bytes the upstream sent after its 101 Switching Protocols head."""
         return bytes(self._conn.trailing_data[0])
+
+
+def _client_event(event: object) -> ClientEvent:
+    """Our event for an h11 client-side event."""
+    if type(event) is h11.Response:
+        return ResponseHead(
+            event.status_code, cast("RawHeaders", list(event.headers)), event.http_version, event.reason
+        )
+    if type(event) is h11.Data:
+        return Data(bytes(event.data))
+    if type(event) is h11.EndOfMessage:
+        return EndOfMessage(cast("RawHeaders", list(event.headers)) if event.headers else None)
+    if type(event) is h11.InformationalResponse:
+        return Informational(event.status_code, cast("RawHeaders", list(event.headers)))
+    return CLOSED if type(event) is h11.ConnectionClosed else NEED_DATA

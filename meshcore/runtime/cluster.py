@@ -34,6 +34,7 @@ __all__ = ["Cluster", "ClusterManager", "Host", "UpstreamError"]
 log = structlog.get_logger("meshcore.upstream")
 
 RECEIVE_SIZE = 64 * 1024
+STALE_PROBE_AFTER = 0.5  # seconds idle before a kept-alive connection is checked for EOF
 # How many times a request may go out: again only when the upstream cannot have processed
 # it (a kept-alive HTTP/1.1 connection found closed, an HTTP/2 stream refused).
 _H1_ATTEMPTS = 2
@@ -139,9 +140,12 @@ class Host:
         while True:
             while self._idle:
                 conn = self._idle.pop()
-                if (
-                    _is_stale(conn.stream)
-                    or trio.current_time() - conn.idle_since > self.cluster.config.idle_timeout
+                idle = trio.current_time() - conn.idle_since
+                # Probe only connections idle long enough for an upstream to have closed them
+                # (keep-alive timeouts are seconds): under load a connection comes back within
+                # milliseconds, and a failure on reuse is retried on a fresh connection anyway.
+                if idle > self.cluster.config.idle_timeout or (
+                    idle > STALE_PROBE_AFTER and _is_stale(conn.stream)
                 ):
                     self._discard(conn)
                     continue
