@@ -149,6 +149,7 @@ TRICKY = [
     b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n",
     b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc",
     b"GET / HTTP/1.1\r\nHost: a",
+    b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
     b"",
 ]
 
@@ -159,6 +160,12 @@ def test_tricky_inputs_agree() -> None:
             for eof in (True, False):
                 reference, fast = both(raw, splits, eof)
                 assert fast == reference, raw
+
+
+def test_http10_with_transfer_encoding_is_rejected_by_both() -> None:
+    raw = b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    for codec in (H11ServerCodec(), FastServerCodec()):
+        assert run(codec, [raw], eof=False) == ([], 400)
 
 
 def test_oversized_heads_get_431_from_both() -> None:

@@ -123,6 +123,10 @@ class H11ServerCodec:
             if has_cl and has_te:
                 msg = "request has both Content-Length and Transfer-Encoding"
                 raise ProtocolError(msg, status=400)
+            if has_te and event.http_version == b"1.0":
+                # RFC 9112 section 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
+                msg = "HTTP/1.0 request with Transfer-Encoding"
+                raise ProtocolError(msg, status=400)
             return RequestHead(event.method, event.target, headers, event.http_version)
         if type(event) is h11.Data:
             return Data(bytes(event.data))

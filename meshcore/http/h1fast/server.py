@@ -146,6 +146,10 @@ class FastServerCodec:
         if chunked and length is not None:
             msg = "request has both Content-Length and Transfer-Encoding"
             raise bad(msg)
+        if chunked and version == b"1.0":
+            # RFC 9112 section 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
+            msg = "HTTP/1.0 request with Transfer-Encoding"
+            raise bad(msg)
         tokens = {t.strip() for t in connection.split(b",")}
         self._keep_alive = b"close" not in tokens and version == b"1.1"  # as h11: no keep-alive for 1.0
 
