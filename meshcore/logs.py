@@ -47,7 +47,8 @@ def configure(level: str = "info", *, fmt: str = "auto", stream: TextIO | None =
     structlog.configure(
         processors=[*_processors(), structlog.processors.dict_tracebacks, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_level(level)),
-        logger_factory=structlog.PrintLoggerFactory(out),
+        # One write per line (PrintLogger writes the newline apart): worker processes share a pipe.
+        logger_factory=structlog.WriteLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(out)
