@@ -509,8 +509,10 @@ class _Exchange:
                     received = True
                     if waiting_for_client is not None:
                         waiting_for_client.cancel()
-                    # While a send is under way, keep reading: the upstream may need that to read it.
-                    if not pumping or waiting_for_client is not None or not data:
+                    # Keep reading until the sender is done: its client read may complete despite
+                    # that cancel, and the send that follows needs the upstream to keep reading,
+                    # which it does only while we read its response. Returning here deadlocked.
+                    if not pumping or not data:
                         return
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
                 errors.append(err)
