@@ -17,7 +17,7 @@ import difflib
 import enum
 import types
 import typing
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Protocol, TypeVar
 
 import attrs
@@ -323,10 +323,6 @@ class Structurer:
             hints = self._hints[cls] = typing.get_type_hints(cls)
         return hints
 
-    def structure_value(self, data: Any, tp: Any, path: Path) -> Any:
-        """Structure ``data`` as ``tp`` for a ``__meshcore_structure__`` hook (FAILED on problems)."""
-        return self._structure(data, tp, path)
-
     def structure_attrs(self, data: Any, cls: type, path: Path) -> Any:
         """Structure a mapping into attrs class ``cls`` field by field (FAILED on problems)."""
         return self._attrs(data, cls, path)
@@ -433,19 +429,3 @@ class Structurer:
             self.problem(path, f"{name!r} takes no per-route config")
             return self.FAILED
         return self._structure(data, config_tp, path)
-
-
-def iter_refs(value: Any) -> Iterator[PluginRef]:
-    """Every :class:`PluginRef` inside a structured config tree, depth first."""
-    if isinstance(value, PluginRef):
-        yield value
-        yield from iter_refs(value.config)
-    elif attrs.has(type(value)):
-        for field in attrs.fields(type(value)):
-            yield from iter_refs(getattr(value, field.name))
-    elif isinstance(value, tuple):
-        for item in value:
-            yield from iter_refs(item)
-    elif isinstance(value, Mapping):
-        for item in value.values():
-            yield from iter_refs(item)
