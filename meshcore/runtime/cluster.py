@@ -12,7 +12,7 @@ import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from http import HTTPStatus
-from typing import Any, Protocol
+from typing import Protocol
 
 import structlog
 import trio
@@ -20,12 +20,13 @@ import trio
 from meshcore.config import Cluster as ClusterConfig
 from meshcore.config import Snapshot
 from meshcore.errors import ProtocolError, UpstreamError
-from meshcore.http.codec import CLOSED, NEED_DATA, Data, EndOfMessage, Informational, ResponseHead
+from meshcore.http.codec import NEED_DATA, Data, Informational, ResponseHead
 from meshcore.http.flags import ResponseFlag
 from meshcore.http.h1 import H11ClientCodec
 from meshcore.http.h1fast import FastClientCodec
 from meshcore.http.messages import Body, Headers, Request, Response, Upgraded
 from meshcore.http.semantics import strip_hop_by_hop
+from meshcore.runtime.h1exchange import RECEIVE_SIZE, H1Exchange
 from meshcore.runtime.h2pool import H2Pool, StreamRefused, upstream_error
 from meshcore.runtime.stats import Stats
 
@@ -33,11 +34,9 @@ __all__ = ["Cluster", "ClusterManager", "Host", "UpstreamError"]
 
 log = structlog.get_logger("meshcore.upstream")
 
-RECEIVE_SIZE = 64 * 1024
 STALE_PROBE_AFTER = 0.5  # seconds idle before a kept-alive connection is checked for EOF
-# How many times a request may go out: again only when the upstream cannot have processed
-# it (a kept-alive HTTP/1.1 connection found closed, an HTTP/2 stream refused).
-_H1_ATTEMPTS = 2
+# How many times a request may go out on HTTP/2: again only when the upstream cannot have
+# processed it (a stream refused).
 _H2_ATTEMPTS = 3
 
 
@@ -274,7 +273,7 @@ class Cluster:
         protocol = self.config.protocol
         if protocol == "http2" or (protocol == "auto" and request.http_version == "2"):
             return await self._send_h2(request, host, deadline)
-        exchange = _Exchange(self, host, request, deadline)
+        exchange = H1Exchange(self, host, request, deadline)
         try:
             return await exchange.run()
         except BaseException:
@@ -396,204 +395,6 @@ class Cluster:
                 return None
         msg = "unreachable"
         raise AssertionError(msg)  # pragma: no cover - the last attempt returns or raises
-
-
-class _Exchange:
-    """One request/response over a pooled HTTP/1.1 connection."""
-
-    __slots__ = ("body", "cluster", "conn", "deadline", "done", "host", "request", "sending")
-
-    def __init__(self, cluster: Cluster, host: Host, request: Request, deadline: float) -> None:
-        self.cluster = cluster
-        self.host = host
-        self.request = request
-        self.deadline = deadline
-        self.conn: UpstreamConnection | None = None
-        self.body: Body | None = None
-        self.done = False
-        self.sending = False  # the request body is still being sent (see _receive)
-
-    def finish(self, *, reusable: bool = False) -> None:
-        """Release the connection and the load figures, once."""
-        if self.done:
-            return
-        self.done = True
-        self.host.active_requests -= 1
-        self.cluster.stats_rq_active.value -= 1
-        if self.conn is not None:
-            reusable = reusable and self.conn.codec.start_next_cycle()
-            self.host.release(self.conn, reusable=reusable)
-            self.conn = None
-
-    def _timed_out(self) -> UpstreamError:
-        self.cluster.stats_rq_timeout.value += 1
-        return UpstreamError(ResponseFlag.UPSTREAM_REQUEST_TIMEOUT, "upstream request timeout")
-
-    async def run(self) -> Response:
-        request = self.request
-        headers = [(b"host", request.authority.encode("latin-1")), *strip_hop_by_hop(request.headers.raw)]
-        if request.body.length is None and not request.body.done:
-            # A body of unknown length (the client sent it chunked): the downstream
-            # transfer-encoding was hop-by-hop and is gone, so frame this hop as chunked.
-            headers.append((b"transfer-encoding", b"chunked"))
-        head: ResponseHead | None = None
-        with trio.move_on_at(self.deadline) as scope:
-            for attempt in range(1, _H1_ATTEMPTS + 1):
-                self.conn, reused = await self.host.acquire()
-                try:
-                    await self._send_request(headers)
-                    head = await self._read_head()
-                    break
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
-                    # A kept-alive connection the upstream closed while idle: retry once on a
-                    # fresh one, if nothing of the body was consumed (so nothing was lost).
-                    self.host.release(self.conn, reusable=False)
-                    self.conn = None
-                    if attempt == _H1_ATTEMPTS or not reused or request.body.consumed:
-                        msg = f"upstream {self.host.label} closed the connection: {err}"
-                        raise UpstreamError(ResponseFlag.UPSTREAM_CONNECTION_TERMINATION, msg) from err
-        if scope.cancelled_caught or head is None:
-            raise self._timed_out()
-        headers_out = strip_hop_by_hop(head.headers)
-        length = None
-        for name, value in headers_out:
-            if name == b"content-length" and value.isdigit():
-                length = int(value)
-        body = self.body = Body(self._read_body, length=length, close=self.finish)
-        if self.request.method == "HEAD" or head.status in (204, 304):
-            body.length = 0
-        return Response(head.status, headers=Headers.from_raw(headers_out), body=body)
-
-    async def _send_request(self, headers: list[tuple[bytes, bytes]]) -> None:
-        assert self.conn is not None  # noqa: S101 - set by run()
-        conn, request = self.conn, self.request
-        out = conn.codec.send_request_head(request.method.encode(), request.path.encode(), headers)
-        body = request.body
-        if body.length == 0 or body.done:
-            self.sending = False
-            await conn.stream.send_all(out + conn.codec.send_end())
-            return
-        # The body goes out while the response comes in: see _receive.
-        self.sending = True
-        await conn.stream.send_all(out)
-
-    async def _receive(self) -> None:
-        """Receive more of the response into the codec, sending the rest of the request body meanwhile.
-
-        Full duplex: an upstream may stream its response while it still reads the request (an
-        echo does). Sending the whole body before reading would deadlock once the socket buffers
-        fill: the upstream stops reading while nobody reads its response, and we would not read
-        until it had read everything. Only waits are cancelled here (for the client's next body
-        chunk, for upstream bytes), never a send, so no stream is left half-written.
-        """
-        assert self.conn is not None  # noqa: S101 - set by run()
-        conn = self.conn
-        if not self.sending:
-            conn.codec.receive_data(await conn.stream.receive_some(RECEIVE_SIZE))
-            return
-        pumping = True
-        received = False
-        waiting_for_client: trio.CancelScope | None = None
-        waiting_for_upstream = trio.CancelScope()
-        errors: list[Exception] = []
-
-        async def receive() -> None:
-            nonlocal received, waiting_for_upstream
-            try:
-                while True:
-                    with trio.CancelScope() as waiting_for_upstream:
-                        data = await conn.stream.receive_some(RECEIVE_SIZE)
-                    if waiting_for_upstream.cancelled_caught:
-                        return
-                    conn.codec.receive_data(data)
-                    received = True
-                    if waiting_for_client is not None:
-                        waiting_for_client.cancel()
-                    # Keep reading until the sender is done: its client read may complete despite
-                    # that cancel, and the send that follows needs the upstream to keep reading,
-                    # which it does only while we read its response. Returning here deadlocked.
-                    if not pumping or not data:
-                        return
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
-                errors.append(err)
-                nursery.cancel_scope.cancel()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(receive)
-            body = self.request.body
-            try:
-                while not received:
-                    with trio.CancelScope() as waiting_for_client:
-                        chunk = await body.read()
-                    cancelled, waiting_for_client = waiting_for_client.cancelled_caught, None
-                    if cancelled:
-                        break
-                    if chunk:
-                        await conn.stream.send_all(conn.codec.send_data(chunk))
-                        continue
-                    trailers = body.trailers.raw if body.trailers is not None else None
-                    await conn.stream.send_all(conn.codec.send_end(trailers))
-                    self.sending = False
-                    break
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ProtocolError) as err:
-                errors.append(err)
-                nursery.cancel_scope.cancel()
-            pumping = False
-            if received:
-                waiting_for_upstream.cancel()
-        if errors:
-            raise errors[0]
-
-    async def _next_event(self) -> Any:
-        assert self.conn is not None  # noqa: S101 - set by run()
-        conn = self.conn
-        while True:
-            try:
-                event = conn.codec.next_event()
-            except ProtocolError as err:
-                raise UpstreamError(ResponseFlag.UPSTREAM_PROTOCOL_ERROR, str(err)) from err
-            if event is not NEED_DATA:
-                return event
-            await self._receive()
-
-    async def _read_head(self) -> ResponseHead:
-        while True:
-            event = await self._next_event()
-            if type(event) is ResponseHead:
-                return event
-            if type(event) is Informational:
-                continue
-            if event is CLOSED:
-                msg = "upstream closed before responding"
-                raise trio.BrokenResourceError(msg)
-            msg = f"unexpected {type(event).__name__} before the response head"
-            raise UpstreamError(ResponseFlag.UPSTREAM_PROTOCOL_ERROR, msg)
-
-    async def _read_body(self) -> bytes:
-        try:
-            with trio.move_on_at(self.deadline):
-                return self._body_part(await self._next_event())
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
-            self.finish()
-            msg = f"upstream {self.host.label} reset the connection mid-response: {err}"
-            raise UpstreamError(ResponseFlag.UPSTREAM_RESET, msg) from err
-        except (UpstreamError, ProtocolError):  # ProtocolError: the client broke off the request body
-            self.finish()
-            raise
-        self.finish()
-        raise self._timed_out()
-
-    def _body_part(self, event: Any) -> bytes:
-        """The body bytes an event carries, b"" at the end; UpstreamError if the upstream closed."""
-        if type(event) is Data:
-            return event.data
-        if type(event) is EndOfMessage:
-            if event.trailers and self.body is not None:
-                self.body.trailers = Headers.from_raw(event.trailers)
-            self.finish(reusable=True)
-            return b""
-        msg = f"upstream {self.host.label} closed the connection mid-response"
-        raise UpstreamError(ResponseFlag.UPSTREAM_RESET, msg)
 
 
 def _client_tls(config: ClusterConfig) -> ssl.SSLContext | None:
