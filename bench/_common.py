@@ -6,13 +6,15 @@ free ports, and a process's CPU time from /proc.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import socket
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["cpu_seconds", "free_port", "milliseconds", "run_proxy", "start"]
+__all__ = ["cpu_seconds", "free_port", "milliseconds", "run_proxy", "serve_canned", "start"]
 
 
 def run_proxy(config: str) -> None:
@@ -56,6 +58,17 @@ def run_proxy(config: str) -> None:
             print("ready", flush=True)
 
     trio.run(main)
+
+
+def serve_canned(protocol: Callable[[], asyncio.Protocol], port: int) -> None:
+    """Serve ``protocol`` (a canned-response upstream) on loopback ``port``; print "ready"."""
+
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(protocol, "127.0.0.1", port, backlog=1024)
+        print("ready", flush=True)
+        await server.serve_forever()
+
+    asyncio.run(main())
 
 
 def free_port() -> int:

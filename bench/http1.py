@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from _common import cpu_seconds, free_port, milliseconds, run_proxy, start
+from _common import cpu_seconds, free_port, milliseconds, run_proxy, serve_canned, start
 
 RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 13\r\n\r\nhello, world\n"
 
@@ -45,13 +45,7 @@ class _Canned(asyncio.Protocol):
 
 def run_upstream(port: int) -> None:
     """A canned-response HTTP/1.1 server (GET only, keep-alive, pipelining-safe)."""
-
-    async def main() -> None:
-        server = await asyncio.get_running_loop().create_server(_Canned, "127.0.0.1", port, backlog=1024)
-        print("ready", flush=True)
-        await server.serve_forever()
-
-    asyncio.run(main())
+    serve_canned(_Canned, port)
 
 
 # -- the proxy with three pass-through filters ----------------------------------------------

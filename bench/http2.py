@@ -30,7 +30,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
-from _common import cpu_seconds, free_port, milliseconds, run_proxy, start
+from _common import cpu_seconds, free_port, milliseconds, run_proxy, serve_canned, start
 
 BODY = b"hello, world\n"
 
@@ -74,13 +74,7 @@ class _CannedH2(asyncio.Protocol):
 
 def run_upstream(port: int) -> None:
     """A canned-response HTTP/2 server (cleartext, prior knowledge)."""
-
-    async def main() -> None:
-        server = await asyncio.get_running_loop().create_server(_CannedH2, "127.0.0.1", port, backlog=1024)
-        print("ready", flush=True)
-        await server.serve_forever()
-
-    asyncio.run(main())
+    serve_canned(_CannedH2, port)
 
 
 # -- the proxy with three pass-through filters ----------------------------------------------
