@@ -26,6 +26,10 @@ from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
 
 import trio
+
+from meshcore.config import Snapshot
+from meshcore.registry import Registry, build_registry
+from meshcore.runtime.stats import Stats
 from meshcore.testing.client import Client, ClientResponse, HeadersArg
 from meshcore.testing.proxies import (
     TEARDOWN_GRACE,
@@ -38,10 +42,6 @@ from meshcore.testing.proxies import (
     open_upstreams,
     to_snapshot,
 )
-
-from meshcore.config import Snapshot
-from meshcore.registry import Registry, build_registry
-from meshcore.runtime.stats import Stats
 
 __all__ = ["BackgroundLoop", "SyncClient", "SyncProxy", "SyncProxyFactory", "SyncUpstreamFactory"]
 

@@ -23,11 +23,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+
+import meshcore
 from meshcore.testing.background import BackgroundLoop, SyncProxyFactory, SyncUpstreamFactory
 from meshcore.testing.proxies import ProxyFactory, UpstreamFactory, open_proxies, open_upstreams
 from meshcore.testing.tls import MeshcoreCA
-
-import meshcore
 
 
 @pytest.fixture

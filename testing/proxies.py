@@ -24,8 +24,6 @@ from typing import Any
 
 import attrs
 import trio
-from meshcore.testing.client import Client
-from meshcore.testing.upstreams import serve_upstream
 
 from meshcore.config import Address, Snapshot, load_snapshot, snapshot_from_data
 from meshcore.errors import ConfigError
@@ -33,6 +31,8 @@ from meshcore.registry import Registry, build_registry
 from meshcore.runtime.proxy import Proxy
 from meshcore.runtime.server import serve_proxy
 from meshcore.runtime.stats import Stats
+from meshcore.testing.client import Client
+from meshcore.testing.upstreams import serve_upstream
 
 __all__ = [
     "TEARDOWN_GRACE",

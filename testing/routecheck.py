@@ -33,13 +33,13 @@ from types import MappingProxyType
 from typing import Any
 
 import attrs
-from meshcore.testing.proxies import ConfigLike, to_snapshot
 
 from meshcore.config import Snapshot, Structurer, non_empty, parse_document
 from meshcore.errors import ConfigError, ConfigProblem
 from meshcore.http.messages import Headers, Request
 from meshcore.http.routing import RouteTable
 from meshcore.registry import Registry, build_registry
+from meshcore.testing.proxies import ConfigLike, to_snapshot
 
 __all__ = [
     "CaseExpect",

@@ -8,8 +8,6 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from meshcore.filters.connection_limit import ConnectionLimit, ConnectionLimitConfig
-from meshcore.testing.harness import start_proxy, tcp_proxy_config
 
 from meshcore import (
     ConfigError,
@@ -21,7 +19,9 @@ from meshcore import (
     build_registry,
     snapshot_from_data,
 )
+from meshcore.filters.connection_limit import ConnectionLimit, ConnectionLimitConfig
 from meshcore.runtime.cluster import ClusterManager
+from meshcore.testing.harness import start_proxy, tcp_proxy_config
 
 MemoryStream = trio.StapledStream[trio.testing.MemorySendStream, trio.testing.MemoryReceiveStream]
 

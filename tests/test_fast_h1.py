@@ -17,9 +17,6 @@ import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from meshcore.testing.client import IncompleteResponse, fetch
-from meshcore.testing.harness import http_proxy_config, start_proxy
-from meshcore.testing.upstreams import serve_upstream
 
 from meshcore.errors import ProtocolError
 from meshcore.http.codec import (
@@ -33,6 +30,9 @@ from meshcore.http.codec import (
 )
 from meshcore.http.h1 import H11ClientCodec, H11ServerCodec
 from meshcore.http.h1fast import FastClientCodec, FastServerCodec
+from meshcore.testing.client import IncompleteResponse, fetch
+from meshcore.testing.harness import http_proxy_config, start_proxy
+from meshcore.testing.upstreams import serve_upstream
 
 Outcome = tuple[list[Any], int | None]
 

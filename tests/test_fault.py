@@ -7,13 +7,13 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from structlog.testing import capture_logs
+
+from meshcore import ConfigError, Request, Response, ResponseFlag
 from meshcore.testing.client import fetch
 from meshcore.testing.filters import FilterHarness, make_request
 from meshcore.testing.harness import http_proxy_config, start_proxy
 from meshcore.testing.upstreams import serve_upstream
-from structlog.testing import capture_logs
-
-from meshcore import ConfigError, Request, Response, ResponseFlag
 
 DI = ResponseFlag.DELAY_INJECTED
 FI = ResponseFlag.FAULT_INJECTED

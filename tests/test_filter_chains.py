@@ -8,11 +8,11 @@ from typing import Any
 import attrs
 import structlog
 import trio
+
+import meshcore
 from meshcore.testing.client import fetch
 from meshcore.testing.harness import http_proxy_config, start_proxy
 from meshcore.testing.upstreams import serve_upstream
-
-import meshcore
 
 
 @attrs.frozen(kw_only=True)

@@ -30,11 +30,11 @@ import pytest
 import structlog
 import trio
 import trio.testing
+
+from meshcore.runtime.proxy import Proxy
 from meshcore.testing.client import fetch
 from meshcore.testing.harness import http_proxy_config, start_proxy
 from meshcore.testing.upstreams import serve_upstream
-
-from meshcore.runtime.proxy import Proxy
 
 SERVICE = "test.Echo"
 CALL_TIMEOUT = 5.0  # every gRPC call's own deadline, unless a test sets a shorter one

@@ -15,11 +15,11 @@ import attrs
 import h11
 import pytest
 import trio
-from meshcore.testing.client import fetch
-from meshcore.testing.harness import http_proxy_config, start_proxy
 from structlog.testing import capture_logs
 
 from meshcore.runtime.proxy import Proxy
+from meshcore.testing.client import fetch
+from meshcore.testing.harness import http_proxy_config, start_proxy
 
 Address = tuple[str, int]
 DEADLINE = 5  # seconds any one exchange may take

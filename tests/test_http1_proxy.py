@@ -24,11 +24,11 @@ import attrs
 import httpx
 import pytest
 import trio
+
+from meshcore.runtime.proxy import Proxy
 from meshcore.testing.client import IncompleteResponse, fetch
 from meshcore.testing.harness import http_proxy_config, start_proxy
 from meshcore.testing.upstreams import serve_upstream
-
-from meshcore.runtime.proxy import Proxy
 
 CURL = "/usr/bin/curl"
 MB = 1024 * 1024

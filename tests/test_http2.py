@@ -35,10 +35,10 @@ import trio.testing
 import trustme
 from h2.errors import ErrorCodes
 from hyperframe.frame import DataFrame, GoAwayFrame, HeadersFrame, SettingsFrame
-from meshcore.testing.harness import http_proxy_config, start_proxy
-from meshcore.testing.upstreams import serve_upstream
 
 from meshcore.http.h2server import GracefulGoaway
+from meshcore.testing.harness import http_proxy_config, start_proxy
+from meshcore.testing.upstreams import serve_upstream
 
 RawHeaders = list[tuple[bytes, bytes]]
 RECEIVE_SIZE = 64 * 1024

@@ -38,6 +38,7 @@ from hyperframe.frame import (
     RstStreamFrame,
     SettingsFrame,
 )
+
 from meshcore.testing.client import fetch
 from meshcore.testing.harness import http_proxy_config
 from meshcore.testing.upstreams import serve_upstream

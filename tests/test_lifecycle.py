@@ -23,12 +23,12 @@ import attrs
 import h11
 import pytest
 import trio
-from meshcore.testing.client import fetch
-from meshcore.testing.harness import http_proxy_config, start_proxy
-from meshcore.testing.upstreams import _Session
 
 from meshcore.config import snapshot_from_data
 from meshcore.registry import build_registry
+from meshcore.testing.client import fetch
+from meshcore.testing.harness import http_proxy_config, start_proxy
+from meshcore.testing.upstreams import _Session
 
 DRAIN_TIMEOUT = 5.0
 

@@ -7,6 +7,7 @@ import itertools
 
 import attrs
 import pytest
+
 from meshcore.filters.load_balancers import LeastRequest, LeastRequestConfig, RoundRobin
 
 

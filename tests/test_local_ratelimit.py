@@ -8,12 +8,12 @@ import h11
 import pytest
 import trio
 import trio.testing
+
+from meshcore import ConfigError, Request, Response, ResponseFlag
 from meshcore.testing.client import fetch
 from meshcore.testing.filters import FilterHarness, make_request
 from meshcore.testing.harness import http_proxy_config, start_proxy
 from meshcore.testing.upstreams import serve_upstream
-
-from meshcore import ConfigError, Request, Response, ResponseFlag
 
 RL = ResponseFlag.LOCAL_RATE_LIMITED
 HOUR = "1h"  # a fill interval long enough that no test sees a refill

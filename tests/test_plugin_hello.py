@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 import trio
-from meshcore.testing.client import fetch
-from meshcore.testing.harness import http_proxy_config, start_proxy
 
 import meshcore
 from meshcore.registry import AUTOLOAD_ENV
+from meshcore.testing.client import fetch
+from meshcore.testing.harness import http_proxy_config, start_proxy
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN = ROOT / "examples" / "plugin-hello"

@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import trio
 import yaml
+
+from meshcore import ConfigError
 from meshcore.testing import (
     ProxyFactory,
     RouteCase,
@@ -23,8 +25,6 @@ from meshcore.testing import (
     check_routes,
     load_cases,
 )
-
-from meshcore import ConfigError
 
 
 def route_config(name: str = "main") -> dict[str, Any]:

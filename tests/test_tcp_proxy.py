@@ -9,10 +9,10 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import trio
-from meshcore.testing.harness import start_proxy, tcp_proxy_config
 from structlog.testing import capture_logs
 
 from meshcore.runtime.proxy import Proxy
+from meshcore.testing.harness import start_proxy, tcp_proxy_config
 
 TOTAL = 100 * 1024 * 1024
 BLOCK = 256 * 1024

@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import pytest
 import trio
+
+from meshcore import ConfigError
 from meshcore.testing import (
     BackgroundLoop,
     IncompleteResponse,
@@ -27,8 +29,6 @@ from meshcore.testing import (
     UpstreamFactory,
     http_proxy_config,
 )
-
-from meshcore import ConfigError
 
 TIMEOUT = 10  # seconds: every trio test is bounded by this
 DELAY = 0.5  # the injected delay, in seconds

@@ -16,8 +16,9 @@ import attrs
 import pytest
 import trio
 import trustme
-from meshcore.testing.harness import start_proxy
 from structlog.testing import capture_logs
+
+from meshcore.testing.harness import start_proxy
 
 
 @attrs.frozen

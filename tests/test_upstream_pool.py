@@ -12,6 +12,7 @@ from typing import Any
 import h11
 import pytest
 import trio
+
 from meshcore.testing.client import fetch
 from meshcore.testing.harness import http_proxy_config, start_proxy
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import trio
+from trio_websocket import WebSocketRequest, open_websocket_url, serve_websocket
+
 from meshcore.testing.client import fetch
 from meshcore.testing.harness import http_proxy_config, start_proxy
-from trio_websocket import WebSocketRequest, open_websocket_url, serve_websocket
 
 
 async def echo_server(request: WebSocketRequest) -> None:

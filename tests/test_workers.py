@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import trio
+
 from meshcore.testing.client import fetch
 from meshcore.testing.upstreams import serve_upstream
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import trio
+
+import meshcore
 from meshcore.testing import (
     FilterHarness,
     ProxyFactory,
@@ -22,8 +24,6 @@ from meshcore.testing import (
     make_request,
     to_snapshot,
 )
-
-import meshcore
 
 HELLO_YAML = Path(__file__).resolve().parent.parent / "hello.yaml"
 TIMEOUT = 10  # seconds: no test waits longer for the network
