@@ -11,13 +11,10 @@ process so that its memory can be read from /proc.
 
 from __future__ import annotations
 
-import functools
 import gc
 import json
 import socket as stdlib_socket
 import struct
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import ExitStack, asynccontextmanager, closing
 from pathlib import Path
@@ -33,6 +30,7 @@ import pytest
 import trio
 import trio.testing
 import trustme
+from _proxy_process import start_proxy_process
 from h2.errors import ErrorCodes
 from hyperframe.frame import DataFrame, GoAwayFrame, HeadersFrame, SettingsFrame
 
@@ -650,57 +648,6 @@ async def test_h2load_10_connections_of_10_streams_complete_without_an_error(
 
 
 # -- flow control ----------------------------------------------------------------------------
-
-
-@attrs.frozen
-class ProxyProcess:
-    """``meshcore proxy`` as a child process (its memory is its own, read from /proc)."""
-
-    process: trio.Process
-    address: tuple[str, int]
-
-    def rss_bytes(self) -> int:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        msg = "no VmRSS in /proc/PID/status"
-        raise AssertionError(msg)
-
-
-async def _kill(process: trio.Process) -> None:
-    process.kill()
-
-
-async def start_proxy_process(nursery: trio.Nursery, config: dict[str, Any], tmp_path: Path) -> ProxyProcess:
-    """Start ``python -m meshcore proxy`` on ``config``; it is killed when ``nursery`` is cancelled."""
-    path = tmp_path / "proxy.json"
-    path.write_text(json.dumps(config))
-    argv = [sys.executable, "-m", "meshcore", "proxy", "-c", str(path), "--log-format", "json"]
-    run = functools.partial(
-        trio.run_process,
-        argv,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        check=False,
-        deliver_cancel=_kill,
-    )
-    process: trio.Process = await nursery.start(run)
-    assert process.stderr is not None
-    pending = b""
-    while b'"proxy_started"' not in pending:
-        chunk = await process.stderr.receive_some()
-        assert chunk, f"the proxy exited before it started: {pending.decode(errors='replace')}"
-        pending += chunk
-    line = next(line for line in pending.split(b"\n") if b'"proxy_started"' in line)
-    host, _, port = json.loads(line)["listeners"]["ingress"].rpartition(":")
-
-    async def drain_logs() -> None:
-        assert process.stderr is not None
-        async for _ in process.stderr:
-            pass
-
-    nursery.start_soon(drain_logs)
-    return ProxyProcess(process, (host, int(port)))
 
 
 async def test_a_stream_whose_reader_never_reads_does_not_hold_back_100_others(

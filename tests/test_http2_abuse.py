@@ -16,10 +16,6 @@ treats it as the HPACK bomb it may be).
 from __future__ import annotations
 
 import contextlib
-import functools
-import json
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +24,7 @@ import attrs
 import hpack
 import pytest
 import trio
+from _proxy_process import ProxyProcess, start_proxy_process
 from h2.errors import ErrorCodes
 from hyperframe.frame import (
     ContinuationFrame,
@@ -54,71 +51,16 @@ header block that never ends), so a proxy that kept what it was sent would not p
 # -- the proxy as a process ------------------------------------------------------------------
 
 
-@attrs.define
-class ProxyProcess:
-    """``meshcore proxy`` as a child process: its address, memory and JSON log lines."""
-
-    process: trio.Process
-    address: tuple[str, int]
-    logs: list[dict[str, Any]] = attrs.Factory(list)
-
-    def rss_bytes(self) -> int:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        msg = "no VmRSS in /proc/PID/status"
-        raise AssertionError(msg)
-
-    def logged(self, event: str) -> list[dict[str, Any]]:
-        return [entry for entry in self.logs if entry.get("event") == event]
-
-
-async def _kill(process: trio.Process) -> None:
-    process.kill()
-
-
-async def start_proxy_process(nursery: trio.Nursery, tmp_path: Path, **manager: Any) -> ProxyProcess:
+async def start_abuse_target(nursery: trio.Nursery, tmp_path: Path, **manager: Any) -> ProxyProcess:
     """A proxy process: ``/up/...`` goes to an HTTP/1.1 test upstream, the rest gets a direct 200."""
     upstream = await nursery.start(serve_upstream)
     routes = [
         {"name": "up", "match": {"prefix": "/up/"}, "prefix_rewrite": "/", "cluster": "backend"},
         {"name": "ok", "match": {"prefix": "/"}, "direct_response": {"status": 200, "body": "ok\n"}},
     ]
-    config = http_proxy_config([upstream], routes=routes, manager=manager)
-    path = tmp_path / "proxy.json"
-    path.write_text(json.dumps(config))
-    argv = [sys.executable, "-m", "meshcore", "proxy", "-c", str(path), "--log-format", "json"]
-    run = functools.partial(
-        trio.run_process,
-        argv,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        check=False,
-        deliver_cancel=_kill,
+    return await start_proxy_process(
+        nursery, http_proxy_config([upstream], routes=routes, manager=manager), tmp_path
     )
-    process: trio.Process = await nursery.start(run)
-    assert process.stderr is not None
-    proxy = ProxyProcess(process, ("", 0))
-    started = trio.Event()
-
-    async def collect_logs() -> None:
-        assert process.stderr is not None
-        pending = b""
-        async for chunk in process.stderr:
-            *lines, pending = (pending + chunk).split(b"\n")
-            for line in lines:
-                entry = json.loads(line)
-                proxy.logs.append(entry)
-                if entry["event"] == "proxy_started":
-                    host, _, port = entry["listeners"]["ingress"].rpartition(":")
-                    proxy.address = (host, int(port))
-                    started.set()
-        started.set()
-
-    nursery.start_soon(collect_logs)
-    await started.wait()
-    assert proxy.address[1], f"the proxy exited before it started: {proxy.logs}"
-    return proxy
 
 
 # -- a raw HTTP/2 client ---------------------------------------------------------------------
@@ -218,7 +160,7 @@ async def under_attack(
     nursery: trio.Nursery, tmp_path: Path, flood: bytes | Callable[[], bytes], **manager: Any
 ) -> tuple[Outcome, ProxyProcess, int, Bystander]:
     """Start a proxy, a bystander, then the attack; return what the attacker saw and the RSS growth."""
-    proxy = await start_proxy_process(nursery, tmp_path, **manager)
+    proxy = await start_abuse_target(nursery, tmp_path, **manager)
     for _ in range(3):  # warm up: the code paths of both clients, before the baseline
         await fetch(proxy.address, "/up/hello")
         await attack(proxy.address, GoAwayFrame(0).serialize())
