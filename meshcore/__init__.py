@@ -27,6 +27,7 @@ from meshcore.config import (
     regex,
     snapshot_from_data,
 )
+from meshcore.connection import Connection, PeerTls
 from meshcore.errors import ConfigError, ConfigProblem, MeshcoreError, PluginError, ProtocolError
 from meshcore.http.flags import ResponseFlag
 from meshcore.http.grpc import GrpcStatus, grpc_response, grpc_status_for_http, grpc_timeout, is_grpc
@@ -43,7 +44,7 @@ from meshcore.plugin import (
 from meshcore.registry import PluginInfo, Registry, build_registry
 from meshcore.runtime.cluster import Cluster as UpstreamCluster
 from meshcore.runtime.cluster import Host, UpstreamError
-from meshcore.runtime.context import Connection, FilterContext
+from meshcore.runtime.context import FilterContext
 from meshcore.runtime.listener import NetworkHandler
 from meshcore.runtime.pipe import splice
 from meshcore.runtime.proxy import Proxy
@@ -82,6 +83,7 @@ __all__ = [
     "NetworkFilterRef",
     "NetworkFilterType",
     "NetworkHandler",
+    "PeerTls",
     "PluginError",
     "PluginInfo",
     "PluginType",

@@ -16,6 +16,7 @@ from typing import Any
 
 from meshcore.config import Snapshot, Structurer
 from meshcore.config.structure import HttpFilterRef
+from meshcore.connection import Connection
 from meshcore.errors import ConfigError
 from meshcore.http.manager import build_chain
 from meshcore.http.messages import Body, Headers, HttpHandler, Request, Response, StreamInfo
@@ -36,6 +37,7 @@ def make_request(
     body: bytes | Body = b"",
     peer: str = "127.0.0.1:40000",
     route: Any = None,
+    connection: Connection | None = None,
 ) -> Request:
     """A synthetic request as a codec would have produced it."""
     pairs = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
@@ -46,6 +48,7 @@ def make_request(
         headers=Headers(pairs),
         body=body if isinstance(body, Body) else Body.from_bytes(body),
         info=StreamInfo(downstream_address=peer),
+        connection=connection,
     )
     request.route = route
     return request

@@ -33,8 +33,8 @@ from meshcore.http.h2flow import send_flow_controlled
 from meshcore.http.messages import Body, Headers, Request, Response, StreamInfo
 
 if TYPE_CHECKING:
+    from meshcore.connection import Connection
     from meshcore.http.manager import HttpConnectionManager
-    from meshcore.runtime.context import Connection
 
 __all__ = ["PREFACE", "GracefulGoaway", "H2ServerSession"]
 
@@ -447,6 +447,7 @@ class H2ServerSession:
             body=body,
             http_version="2",
             info=StreamInfo(downstream_address=self.conn.peer, connection_id=self.conn.id),
+            connection=self.conn,
         )
 
     def _body_reader(self, stream: _Stream) -> Any:

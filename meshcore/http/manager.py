@@ -20,6 +20,7 @@ import trio
 from meshcore.chain import compose
 from meshcore.config import FilterOverrides
 from meshcore.config.structure import HttpFilterRef
+from meshcore.connection import Connection
 from meshcore.errors import ProtocolError
 from meshcore.http.codec import CLOSED, NEED_DATA, Data, EndOfMessage, RequestHead
 from meshcore.http.flags import ResponseFlag
@@ -30,7 +31,7 @@ from meshcore.http.h2server import PREFACE, H2ServerSession
 from meshcore.http.messages import Body, Headers, HttpHandler, Request, Response, StreamInfo
 from meshcore.http.routing import CompiledRoute, RouteTable
 from meshcore.http.semantics import HOP_BY_HOP
-from meshcore.runtime.context import Connection, FilterContext
+from meshcore.runtime.context import FilterContext
 from meshcore.runtime.pipe import splice
 from meshcore.runtime.stats import Counter, Stats
 
@@ -429,6 +430,7 @@ class _H1Session:
             body=body,
             http_version=head.http_version.decode("ascii"),
             info=info,
+            connection=self.conn,
         )
         if upgrade and b"upgrade" in named:
             request.upgrade = upgrade.decode("latin-1").strip().lower()

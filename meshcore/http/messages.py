@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshcore.http.flags import ResponseFlag
+
+if TYPE_CHECKING:
+    from meshcore.connection import Connection
 
 __all__ = ["Body", "Headers", "HttpHandler", "Request", "Response", "StreamInfo", "Upgraded"]
 
@@ -255,11 +258,14 @@ class Request:
         info: what happened to this request (route, flags, ...).
         route: the matched route (runtime object) or None; set before the filter chain runs.
         upgrade: the protocol an HTTP/1.1 client asks to switch to (``websocket``), or None.
+        connection: the downstream connection it came on (addresses, TLS, the peer's
+            identity), or None for a request made up with no connection (a test).
     """
 
     __slots__ = (
         "authority",
         "body",
+        "connection",
         "headers",
         "http_version",
         "info",
@@ -281,6 +287,7 @@ class Request:
         body: Body | None = None,
         http_version: str = "1.1",
         info: StreamInfo | None = None,
+        connection: Connection | None = None,
     ) -> None:
         self.method = method
         self.path = path
@@ -292,6 +299,7 @@ class Request:
         self.info = info if info is not None else StreamInfo()
         self.route: Any = None
         self.upgrade: str | None = None
+        self.connection = connection
 
     @property
     def path_only(self) -> str:

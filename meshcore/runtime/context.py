@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import attrs
-import trio
+
+from meshcore.connection import Connection
 
 if TYPE_CHECKING:
     from meshcore.config import Snapshot
@@ -37,49 +38,3 @@ class FilterContext:
     registry: Registry
     access_log: bool = False
     tls: bool = False
-
-
-class Connection:
-    """A downstream connection as L4 filters see it.
-
-    Attributes:
-        stream: the byte stream (TLS already terminated when the chain has TLS).
-        id: a process-unique connection id.
-        peer: the client's "host:port".
-        local: the local "host:port".
-        listener: the listener's name.
-        server_name: the TLS SNI, if any.
-        alpn: the negotiated ALPN protocol, if any.
-        metadata: free-form data filters share for the life of the connection.
-    """
-
-    __slots__ = ("alpn", "id", "listener", "local", "metadata", "peer", "server_name", "stream")
-
-    def __init__(
-        self,
-        stream: trio.abc.Stream,
-        *,
-        id: int,  # noqa: A002 - the natural name, as in Envoy's connection id
-        peer: str,
-        local: str,
-        listener: str,
-        server_name: str | None = None,
-        alpn: str | None = None,
-    ) -> None:
-        self.stream = stream
-        self.id = id
-        self.peer = peer
-        self.local = local
-        self.listener = listener
-        self.server_name = server_name
-        self.alpn = alpn
-        self.metadata: dict[str, object] = {}
-
-    @property
-    def peer_host(self) -> str:
-        """The client's address without the port."""
-        host = self.peer.rpartition(":")[0]
-        return host.strip("[]")
-
-    def __repr__(self) -> str:
-        return f"<Connection #{self.id} {self.peer} on {self.listener}>"

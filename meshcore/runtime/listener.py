@@ -21,7 +21,7 @@ import trio
 
 from meshcore.chain import compose
 from meshcore.config import FilterChain, Listener, TlsContext
-from meshcore.runtime.context import Connection
+from meshcore.connection import Connection, PeerTls, peer_tls
 
 __all__ = [
     "CompiledChain",
@@ -200,6 +200,7 @@ class ListenerRuntime:
         conn_id = next(_connection_ids)
         self.active += 1
         server_name = alpn = None
+        tls: PeerTls | None = None
         transport: trio.abc.Stream = stream
         try:
             with structlog.contextvars.bound_contextvars(connection=conn_id, peer=peer):
@@ -209,6 +210,7 @@ class ListenerRuntime:
                         return
                     transport, server_name = handshake
                     alpn = handshake[0].selected_alpn_protocol()
+                    tls = peer_tls(handshake[0])
                 chain = self._select(local_port, peer_host, server_name, alpn)
                 if chain is None:
                     log.warning("no_filter_chain_matched", listener=self.config.name, server_name=server_name)
@@ -221,6 +223,7 @@ class ListenerRuntime:
                     listener=self.config.name,
                     server_name=server_name,
                     alpn=alpn,
+                    tls=tls,
                 )
                 await chain.handler(conn)
         finally:
