@@ -39,7 +39,7 @@ import attrs
 
 from meshcore.config.model import Cluster, RouteConfiguration, Snapshot
 from meshcore.config.structure import HttpFilterRef, LbPolicyRef, NetworkFilterRef, PluginRef
-from meshcore.config.units import Address, ByteSize, Duration, format_duration
+from meshcore.config.units import Address, ByteSize, Duration, SecretStr, format_duration
 from meshcore.plugin import ConfigSourceType, HttpFilterType, LbPolicyType, NetworkFilterType, PluginType
 from meshcore.registry import Registry, build_registry
 
@@ -49,7 +49,7 @@ REGENERATE = "python -m meshcore.docsgen > docs/reference/config.md"
 """The command that regenerates the committed reference."""
 
 # Scalar types written in a human form, explained once in the "Values" section.
-_UNITS: Mapping[type, str] = {Duration: "duration", ByteSize: "size", Address: "address"}
+_UNITS: Mapping[type, str] = {Duration: "duration", ByteSize: "size", Address: "address", SecretStr: "secret"}
 _SCALARS: Mapping[type, str] = {bool: "boolean", int: "integer", float: "number", str: "string"}
 # (kind, section title, label, how the plugins of that kind are written in config)
 _PLUGIN_KINDS: tuple[tuple[str, str, str, str], ...] = (

@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 import meshcore
-from meshcore.config import Address, ByteSize, Duration, HttpFilterRef
+from meshcore import testing
+from meshcore.config import Address, ByteSize, Duration, HttpFilterRef, SecretStr
 from meshcore.runtime.admin import (
     ENDPOINTS,
     IDLE_TIMEOUT,
@@ -58,9 +59,11 @@ def config(**extra: Any) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def running(data: dict[str, Any]) -> AsyncIterator[tuple[Proxy, httpx.AsyncClient, tuple[str, int]]]:
+async def running(
+    data: dict[str, Any], registry: meshcore.Registry | None = None
+) -> AsyncIterator[tuple[Proxy, httpx.AsyncClient, tuple[str, int]]]:
     """A running proxy with ``data`` applied, its admin server, and a client for it."""
-    proxy = Proxy(meshcore.build_registry())
+    proxy = Proxy(registry or meshcore.build_registry())
     snapshot = meshcore.snapshot_from_data(data, proxy.registry)
     async with trio.open_nursery() as nursery:
         await nursery.start(proxy.run)
@@ -111,10 +114,13 @@ class Color(enum.Enum):
 @attrs.frozen
 class Credentials:
     user: str
-    password: str
-    api_token: str | None
-    client_secret: str
-    tls_private_key_file: str
+    api_key: SecretStr
+    password: SecretStr | None
+    max_tokens: int
+    keys: tuple[SecretStr, ...]
+    by_tenant: Any
+    pin: int = attrs.field(metadata={"secret": True})
+    hint: str | None = attrs.field(default=None, metadata={"secret": True})
 
 
 @attrs.frozen
@@ -131,15 +137,39 @@ class Everything:
     ratio: float
 
 
-def test_to_data_redacts_secret_fields_but_keeps_unset_ones() -> None:
-    creds = Credentials(user="u", password="p", api_token=None, client_secret="s", tls_private_key_file="/k")  # noqa: S106 - test data
-    assert to_data(creds) == {
+def credentials() -> Credentials:
+    return Credentials(
+        user="u",
+        api_key=SecretStr("k"),
+        password=None,
+        max_tokens=5,
+        keys=(SecretStr("a"), SecretStr("b")),
+        by_tenant=MappingProxyType({"t1": SecretStr("s1")}),
+        pin=1234,
+    )
+
+
+def test_to_data_redacts_declared_secrets_only_and_keeps_unset_ones() -> None:
+    # Declared: SecretStr wherever it is, and fields with metadata {"secret": True}. Names are
+    # not guessed from: max_tokens is shown.
+    assert to_data(credentials()) == {
         "user": "u",
-        "password": REDACTED,
-        "api_token": None,
-        "client_secret": REDACTED,
-        "tls_private_key_file": REDACTED,
+        "api_key": REDACTED,
+        "password": None,
+        "max_tokens": 5,
+        "keys": [REDACTED, REDACTED],
+        "by_tenant": {"t1": REDACTED},
+        "pin": REDACTED,
+        "hint": None,
     }
+
+
+def test_a_secret_str_is_a_str_whose_repr_hides_it() -> None:
+    key = SecretStr("hunter2")
+    assert key == "hunter2"
+    assert key.upper() == "HUNTER2"
+    assert "hunter2" not in repr(key)
+    assert "hunter2" not in repr(credentials())
 
 
 def test_to_data_converts_units_refs_and_mappings() -> None:
@@ -149,8 +179,7 @@ def test_to_data_converts_units_refs_and_mappings() -> None:
         address=Address("127.0.0.1", 80),
         v6=Address("::1", 8080),
         headers=MappingProxyType({"x-request-id": "1", "X-Auth-Token": "abc"}),
-        # A plugin whose name contains a secret word is not hidden; its secrets are.
-        ref=HttpFilterRef(name="token_auth", config=Credentials("u", "p", "t", "s", "k")),
+        ref=HttpFilterRef(name="token_auth", config=credentials()),
         color=Color.RED,
         items=(1, 2),
         odd=Path("/x"),
@@ -162,16 +191,8 @@ def test_to_data_converts_units_refs_and_mappings() -> None:
         "size": 1024,
         "address": "127.0.0.1:80",
         "v6": "[::1]:8080",
-        "headers": {"x-request-id": "1", "X-Auth-Token": REDACTED},
-        "ref": {
-            "token_auth": {
-                "user": "u",
-                "password": REDACTED,
-                "api_token": REDACTED,
-                "client_secret": REDACTED,
-                "tls_private_key_file": REDACTED,
-            }
-        },
+        "headers": {"x-request-id": "1", "X-Auth-Token": "abc"},
+        "ref": {"token_auth": to_data(credentials())},
         "color": "red",
         "items": [1, 2],
         "odd": "/x",
@@ -296,7 +317,7 @@ async def test_stats_text_and_prometheus() -> None:
             assert "meshcore_config_snapshots_applied 1" in lines
 
 
-async def test_config_dump_shows_the_snapshot_with_secrets_redacted(tmp_path: Path) -> None:
+async def test_config_dump_shows_the_snapshot(tmp_path: Path) -> None:
     cert = trustme.CA().issue_cert("localhost")
     cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert.cert_chain_pems[0].write_to_path(str(cert_file))
@@ -315,10 +336,54 @@ async def test_config_dump_shows_the_snapshot_with_secrets_redacted(tmp_path: Pa
     assert listener["drain_timeout"] == 30.0
     [chain] = listener["filter_chains"]
     assert chain["tls"]["certificate_file"] == str(cert_file)
-    assert chain["tls"]["private_key_file"] == REDACTED
-    assert str(key_file) not in response.text
+    # A key file's path is not the key: shown, as Envoy shows it.
+    assert chain["tls"]["private_key_file"] == str(key_file)
     assert chain["filters"] == [{"tcp_proxy": {"cluster": "c", "idle_timeout": 3600.0, "buffer_size": 65536}}]
     assert dump["clusters"][0]["lb_policy"] == {"round_robin": None}
+
+
+@attrs.frozen(kw_only=True)
+class ApiKeyConfig:
+    api_key: SecretStr
+    max_tokens: int = 10
+    backup_keys: dict[str, SecretStr] = attrs.field(factory=dict)
+
+
+class ApiKeyPlugin:
+    @staticmethod
+    @meshcore.hookimpl
+    def meshcore_http_filters() -> list[meshcore.HttpFilterType]:
+        async def passthrough(
+            request: meshcore.Request, call_next: meshcore.HttpHandler
+        ) -> meshcore.Response:
+            return await call_next(request)
+
+        return [
+            meshcore.HttpFilterType(
+                name="api_key", factory=lambda _config, _context: passthrough, config=ApiKeyConfig
+            )
+        ]
+
+
+async def test_config_dump_redacts_a_plugin_s_declared_secrets() -> None:
+    registry = meshcore.build_registry(autoload=False, plugins=[("api-key", ApiKeyPlugin())])
+    data = {
+        **testing.http_proxy_config(["127.0.0.1:1"]),
+        "admin": {"address": "127.0.0.1:0"},
+    }
+    filters = [{"api_key": {"api_key": "sk-live-123", "backup_keys": {"old": "sk-old-456"}}}, "router"]
+    data["listeners"][0]["filter_chains"][0]["filters"][0]["http_connection_manager"]["http_filters"] = (
+        filters
+    )
+    with trio.fail_after(TIMEOUT):
+        async with running(data, registry) as (_, client, _):
+            response = await client.get("/config_dump")
+    assert "sk-live-123" not in response.text
+    assert "sk-old-456" not in response.text
+    hcm = response.json()["listeners"][0]["filter_chains"][0]["filters"][0]["http_connection_manager"]
+    assert hcm["http_filters"][0] == {
+        "api_key": {"api_key": REDACTED, "max_tokens": 10, "backup_keys": {"old": REDACTED}}
+    }
 
 
 async def test_clusters_lists_endpoints_with_health_and_load() -> None:

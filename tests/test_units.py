@@ -1,4 +1,4 @@
-"""Human units in config: Duration, ByteSize and Address.
+"""Human units in config: Duration, ByteSize, Address and SecretStr.
 
 They parse what people write, and reject everything else with a reason in the house style
 ("must be ..., got ...").
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshcore import Address, ByteSize, Duration
+from meshcore import Address, ByteSize, Duration, SecretStr
 from meshcore.config import format_duration
 
 # No example database: tests must not write into the source tree.
@@ -194,3 +194,26 @@ def test_address_rejects(value: Any, reason: str) -> None:
 def test_address_round_trips(host: str, port: int) -> None:
     address = Address(host, port)
     assert Address.__meshcore_parse__(str(address)) == address
+
+
+# -- SecretStr --------------------------------------------------------------------------------
+
+
+def test_secret_str_parses_a_string_into_a_secret() -> None:
+    key = SecretStr.__meshcore_parse__("sk-123")
+    assert type(key) is SecretStr
+    assert key == "sk-123"
+    assert repr(key) == "SecretStr('[redacted]')"
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (5, "must be a string, got int"),
+        (None, "must be a string, got NoneType"),
+        ([], "must be a string, got list"),
+    ],
+)
+def test_secret_str_rejects_what_is_not_a_string(value: Any, reason: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        SecretStr.__meshcore_parse__(value)

@@ -36,7 +36,7 @@ from meshcore.config.structure import (
     Structurer,
     format_path,
 )
-from meshcore.config.units import Address, ByteSize, Duration, format_duration
+from meshcore.config.units import Address, ByteSize, Duration, SecretStr, format_duration
 from meshcore.config.validators import at_least, at_most, cidr, non_empty, regex, unique
 
 __all__ = [
@@ -63,6 +63,7 @@ __all__ = [
     "Route",
     "RouteConfiguration",
     "RouteMatch",
+    "SecretStr",
     "Snapshot",
     "Structurer",
     "TlsContext",

@@ -1,4 +1,4 @@
-"""Human units in config: durations ("250ms"), sizes ("10MiB") and addresses ("host:port").
+"""Human units in config: durations ("250ms"), sizes ("10MiB"), addresses ("host:port"), secrets.
 
 Each type knows how to parse itself from config data through ``__meshcore_parse__``; the
 structurer calls it, so a plugin author can define a scalar type of their own the same way.
@@ -13,7 +13,7 @@ from typing import Any, Self
 
 import attrs
 
-__all__ = ["Address", "ByteSize", "Duration", "format_duration"]
+__all__ = ["Address", "ByteSize", "Duration", "SecretStr", "format_duration"]
 
 _DURATION_UNITS = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION_RE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(us|µs|ms|s|m|h)\s*$")
@@ -150,3 +150,25 @@ class Address:
     def __str__(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
+
+
+class SecretStr(str):
+    """A secret, written in config as a string (an API key, a token, a PEM private key), never shown.
+
+    A config field typed ``SecretStr`` is a declared secret: the admin server's
+    ``/config_dump`` shows it as ``[redacted]``, and so does its ``repr`` (a config object
+    in a log line or a traceback). It is a ``str``: ``str(secret)``, comparisons and
+    string methods see the secret itself, as the filter that uses it needs to.
+    """
+
+    __slots__ = ()
+
+    @classmethod
+    def __meshcore_parse__(cls, value: Any) -> Self:
+        if not isinstance(value, str):
+            msg = f"must be a string, got {_type_name(value)}"
+            raise ValueError(msg)
+        return cls(value)
+
+    def __repr__(self) -> str:
+        return "SecretStr('[redacted]')"

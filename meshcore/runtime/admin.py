@@ -27,14 +27,14 @@ import attrs
 import structlog
 import trio
 
-from meshcore.config import Address, PluginRef
+from meshcore.config import Address, PluginRef, SecretStr
 from meshcore.errors import ProtocolError
 from meshcore.http.codec import CLOSED, NEED_DATA, Data, EndOfMessage, RawHeaders, RequestHead
 from meshcore.http.h1 import H11ServerCodec
 from meshcore.runtime.listener import open_listener_socket
 from meshcore.runtime.proxy import Proxy
 
-__all__ = ["AdminResponse", "handle", "redact", "serve_admin", "serve_admin_connection", "to_data"]
+__all__ = ["AdminResponse", "handle", "serve_admin", "serve_admin_connection", "to_data"]
 
 log = structlog.get_logger("meshcore.admin")
 
@@ -53,7 +53,6 @@ RECEIVE_SIZE = 16 * 1024
 MAX_QUERY_FIELDS = 16
 
 REDACTED = "[redacted]"
-_SECRET_WORDS = ("private_key", "secret", "password", "token")
 _TEXT = "text/plain; charset=utf-8"
 _JSON = "application/json"
 _PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
@@ -72,27 +71,26 @@ class AdminResponse:
 # -- config as data ---------------------------------------------------------------------------
 
 
-def _is_secret(name: str) -> bool:
-    lowered = name.lower()
-    return any(word in lowered for word in _SECRET_WORDS)
-
-
-def redact(name: str, value: Any) -> Any:
-    """``value`` of a field or key called ``name``, or REDACTED if the name says secret.
-
-    An unset secret (None) stays None: "no key configured" reveals nothing.
-    """
-    return REDACTED if value is not None and _is_secret(name) else value
+def _field_data(value: Any, field: attrs.Attribute[Any]) -> Any:
+    """The data of one attrs field's value: REDACTED if the field is declared secret and set."""
+    if value is not None and field.metadata.get("secret"):
+        return REDACTED
+    return to_data(value)
 
 
 def to_data(value: Any) -> Any:  # noqa: PLR0911 - a flat dispatch on the kind of value
-    """Plain JSON-able data for a config value, secrets redacted.
+    """Plain JSON-able data for a config value, declared secrets redacted.
 
-    attrs classes become objects (fields whose name contains "private_key", "secret",
-    "password" or "token" redacted, as are such mapping keys); a plugin reference becomes
-    ``{name: config}``; Address the string "host:port"; Duration seconds; ByteSize bytes.
-    A type nothing here knows (a plugin's own) is rendered with ``str``: a dump never fails.
+    A :class:`~meshcore.SecretStr` becomes REDACTED wherever it is (a field, a list item, a
+    mapping value), as does the value of an attrs field declared with ``metadata={"secret":
+    True}``; an unset secret (None) stays None: "no key configured" reveals nothing. Names
+    are not guessed from: ``max_tokens`` is shown, a ``SecretStr`` called ``key`` is not.
+    attrs classes become objects; a plugin reference becomes ``{name: config}``; Address
+    the string "host:port"; Duration seconds; ByteSize bytes. A type nothing here knows (a
+    plugin's own) is rendered with ``str``: a dump never fails.
     """
+    if isinstance(value, SecretStr):
+        return REDACTED
     if value is None or isinstance(value, bool | str):
         return value
     if isinstance(value, Address):
@@ -106,9 +104,9 @@ def to_data(value: Any) -> Any:  # noqa: PLR0911 - a flat dispatch on the kind o
     if isinstance(value, PluginRef):
         return {value.name: to_data(value.config)}
     if attrs.has(type(value)):
-        return {f.name: redact(f.name, to_data(getattr(value, f.name))) for f in attrs.fields(type(value))}
+        return {f.name: _field_data(getattr(value, f.name), f) for f in attrs.fields(type(value))}
     if isinstance(value, Mapping):
-        return {str(k): redact(str(k), to_data(v)) for k, v in value.items()}
+        return {str(k): to_data(v) for k, v in value.items()}
     if isinstance(value, tuple | list | set | frozenset):
         return [to_data(item) for item in value]
     return str(value)
