@@ -32,7 +32,6 @@ from meshcore.connection import Connection, PeerTls
 from meshcore.errors import ConfigError, ConfigProblem, MeshcoreError, PluginError, ProtocolError
 from meshcore.http.flags import ResponseFlag
 from meshcore.http.grpc import GrpcStatus, grpc_response, grpc_status_for_http, grpc_timeout, is_grpc
-from meshcore.http.manager import HttpConnectionManager, build_chain
 from meshcore.http.messages import Body, Headers, HttpHandler, Request, Response, StreamInfo, Upgraded
 from meshcore.plugin import (
     ConfigSourceType,
@@ -46,6 +45,7 @@ from meshcore.registry import PluginInfo, Registry, build_registry
 from meshcore.runtime.cluster import Cluster as UpstreamCluster
 from meshcore.runtime.cluster import Host, UpstreamError
 from meshcore.runtime.context import FilterContext
+from meshcore.runtime.http_manager import HttpConnectionManager, build_chain
 from meshcore.runtime.listener import NetworkHandler
 from meshcore.runtime.pipe import splice
 from meshcore.runtime.proxy import Proxy

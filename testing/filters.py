@@ -18,11 +18,11 @@ from meshcore.config import Snapshot, Structurer
 from meshcore.config.structure import HttpFilterRef
 from meshcore.connection import Connection
 from meshcore.errors import ConfigError
-from meshcore.http.manager import build_chain
 from meshcore.http.messages import Body, Headers, HttpHandler, Request, Response, StreamInfo
 from meshcore.registry import Registry, build_registry
 from meshcore.runtime.cluster import ClusterManager
 from meshcore.runtime.context import FilterContext
+from meshcore.runtime.http_manager import build_chain
 from meshcore.runtime.stats import Stats
 
 __all__ = ["FilterHarness", "make_request"]

@@ -1,1 +1,1 @@
-"""The proxy runtime: listeners, clusters, stats, admin, config sources (trio)."""
+"""The proxy runtime: listeners, the HTTP connection manager, clusters, stats, admin (trio)."""

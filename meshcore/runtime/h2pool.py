@@ -30,8 +30,8 @@ from h2.errors import ErrorCodes
 from meshcore.errors import ProtocolError, UpstreamError
 from meshcore.http.flags import ResponseFlag
 from meshcore.http.h2flow import send_flow_controlled
-from meshcore.http.h2server import GracefulGoaway
 from meshcore.http.messages import Body, Headers, Request, Response
+from meshcore.runtime.h2server import GracefulGoaway
 
 if TYPE_CHECKING:
     from meshcore.runtime.cluster import Host

@@ -34,7 +34,7 @@ from meshcore.http.messages import Body, Headers, Request, Response, StreamInfo
 
 if TYPE_CHECKING:
     from meshcore.connection import Connection
-    from meshcore.http.manager import HttpConnectionManager
+    from meshcore.runtime.http_manager import HttpConnectionManager
 
 __all__ = ["PREFACE", "GracefulGoaway", "H2ServerSession"]
 

@@ -27,11 +27,11 @@ from meshcore.http.flags import ResponseFlag
 from meshcore.http.grpc import grpc_local_reply, grpc_message_of, grpc_status_of, is_grpc
 from meshcore.http.h1 import H11ServerCodec
 from meshcore.http.h1fast import FastServerCodec
-from meshcore.http.h2server import PREFACE, H2ServerSession
 from meshcore.http.messages import Body, Headers, HttpHandler, Request, Response, StreamInfo
 from meshcore.http.routing import CompiledRoute, RouteTable
 from meshcore.http.semantics import HOP_BY_HOP
 from meshcore.runtime.context import FilterContext
+from meshcore.runtime.h2server import PREFACE, H2ServerSession
 from meshcore.runtime.pipe import splice
 from meshcore.runtime.stats import Counter, Stats
 
