@@ -30,7 +30,7 @@ from meshcore.config import (
 )
 from meshcore.connection import Connection, PeerTls
 from meshcore.errors import ConfigError, ConfigProblem, MeshcoreError, PluginError, ProtocolError
-from meshcore.http.flags import ResponseFlag
+from meshcore.flags import ResponseFlag
 from meshcore.http.grpc import GrpcStatus, grpc_response, grpc_status_for_http, grpc_timeout, is_grpc
 from meshcore.http.messages import Body, Headers, HttpHandler, Request, Response, StreamInfo, Upgraded
 from meshcore.plugin import (

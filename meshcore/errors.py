@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 if TYPE_CHECKING:
-    from meshcore.http.flags import ResponseFlag
+    from meshcore.flags import ResponseFlag
 
 __all__ = [
     "ConfigError",

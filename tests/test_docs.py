@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from meshcore.http.flags import ResponseFlag, render_flag_table
+from meshcore.flags import ResponseFlag, render_flag_table
 
 ROOT = Path(__file__).resolve().parent.parent
 

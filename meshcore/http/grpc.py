@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable
 from urllib.parse import quote, unquote
 
-from meshcore.http.flags import ResponseFlag
+from meshcore.flags import ResponseFlag
 from meshcore.http.messages import Request, Response
 
 __all__ = [

@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from meshcore.http.flags import ResponseFlag
+from meshcore.flags import ResponseFlag
 
 if TYPE_CHECKING:
     from meshcore.connection import Connection

@@ -20,8 +20,8 @@ import trio
 from meshcore.config import Cluster as ClusterConfig
 from meshcore.config import Snapshot
 from meshcore.errors import ProtocolError, UpstreamError
+from meshcore.flags import ResponseFlag
 from meshcore.http.codec import NEED_DATA, Data, Informational, ResponseHead
-from meshcore.http.flags import ResponseFlag
 from meshcore.http.h1 import H11ClientCodec
 from meshcore.http.h1fast import FastClientCodec
 from meshcore.http.messages import Body, Headers, Request, Response, Upgraded

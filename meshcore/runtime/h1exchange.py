@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from meshcore.errors import ProtocolError, UpstreamError
+from meshcore.flags import ResponseFlag
 from meshcore.http.codec import CLOSED, NEED_DATA, Data, EndOfMessage, Informational, ResponseHead
-from meshcore.http.flags import ResponseFlag
 from meshcore.http.messages import Body, Headers, Request, Response
 from meshcore.http.semantics import strip_hop_by_hop
 

@@ -28,7 +28,7 @@ import trio
 from h2.errors import ErrorCodes
 
 from meshcore.errors import ProtocolError
-from meshcore.http.flags import ResponseFlag
+from meshcore.flags import ResponseFlag
 from meshcore.http.h2flow import send_flow_controlled
 from meshcore.http.messages import Body, Headers, Request, Response, StreamInfo
 

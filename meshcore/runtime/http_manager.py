@@ -22,8 +22,8 @@ from meshcore.config import FilterOverrides
 from meshcore.config.structure import HttpFilterRef
 from meshcore.connection import Connection
 from meshcore.errors import ProtocolError
+from meshcore.flags import ResponseFlag
 from meshcore.http.codec import CLOSED, NEED_DATA, Data, EndOfMessage, RequestHead
-from meshcore.http.flags import ResponseFlag
 from meshcore.http.grpc import grpc_local_reply, grpc_message_of, grpc_status_of, is_grpc
 from meshcore.http.h1 import H11ServerCodec
 from meshcore.http.h1fast import FastServerCodec

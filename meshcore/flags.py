@@ -64,5 +64,5 @@ def render_flag_table() -> str:
     for flag in ResponseFlag:
         status = str(flag.status) if flag.status else "(as configured / none)"
         lines.append(f"| `{flag.value}` | {flag.name.lower()} | {flag.description} | {status} |")
-    lines += ["", "This table is generated from `meshcore/http/flags.py`; a test keeps the two in step.", ""]
+    lines += ["", "This table is generated from `meshcore/flags.py`; a test keeps the two in step.", ""]
     return "\n".join(lines)
