@@ -1,7 +1,10 @@
 """meshcore: a service mesh framework whose every behaviour is a plugin.
 
-This module is the public API. First-party filters and plugins import only from here,
-and so should third-party ones.
+This module is the public API: what a plugin author needs to write filters, load
+balancers and config sources, and to test them (with :mod:`meshcore.testing`). First-party
+filters and plugins import only from here, and so should third-party ones. The runtime's
+insides (the proxy, the connection manager, upstream pools) are not in it: the CLI and
+the testing kit reach them in :mod:`meshcore.runtime`.
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -29,7 +32,14 @@ from meshcore.config import (
     snapshot_from_data,
 )
 from meshcore.connection import Connection, PeerTls
-from meshcore.errors import ConfigError, ConfigProblem, MeshcoreError, PluginError, ProtocolError
+from meshcore.errors import (
+    ConfigError,
+    ConfigProblem,
+    MeshcoreError,
+    PluginError,
+    ProtocolError,
+    UpstreamError,
+)
 from meshcore.flags import ResponseFlag
 from meshcore.http.grpc import GrpcStatus, grpc_response, grpc_status_for_http, grpc_timeout, is_grpc
 from meshcore.http.messages import Body, Headers, HttpHandler, Request, Response, StreamInfo, Upgraded
@@ -41,14 +51,10 @@ from meshcore.plugin import (
     PluginType,
     hookimpl,
 )
-from meshcore.registry import PluginInfo, Registry, build_registry
-from meshcore.runtime.cluster import Cluster as UpstreamCluster
-from meshcore.runtime.cluster import Host, UpstreamError
+from meshcore.registry import Registry, build_registry
 from meshcore.runtime.context import FilterContext
-from meshcore.runtime.http_manager import HttpConnectionManager, build_chain
 from meshcore.runtime.listener import NetworkHandler
 from meshcore.runtime.pipe import splice
-from meshcore.runtime.proxy import Proxy
 from meshcore.runtime.stats import Counter, Gauge, Histogram, Stats
 
 try:
@@ -73,8 +79,6 @@ __all__ = [
     "GrpcStatus",
     "Headers",
     "Histogram",
-    "Host",
-    "HttpConnectionManager",
     "HttpFilterRef",
     "HttpFilterType",
     "HttpHandler",
@@ -86,10 +90,8 @@ __all__ = [
     "NetworkHandler",
     "PeerTls",
     "PluginError",
-    "PluginInfo",
     "PluginType",
     "ProtocolError",
-    "Proxy",
     "Registry",
     "Request",
     "Response",
@@ -101,13 +103,11 @@ __all__ = [
     "Stats",
     "StreamInfo",
     "Upgraded",
-    "UpstreamCluster",
     "UpstreamError",
     "VirtualHost",
     "__version__",
     "at_least",
     "at_most",
-    "build_chain",
     "build_registry",
     "grpc_response",
     "grpc_status_for_http",

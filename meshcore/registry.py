@@ -37,7 +37,7 @@ __all__ = ["AUTOLOAD_ENV", "BUILTIN_PLUGINS", "PluginInfo", "Registry", "build_r
 
 AUTOLOAD_ENV = "MESHCORE_DISABLE_PLUGIN_AUTOLOAD"
 BUILTIN_PLUGINS = (
-    "meshcore.filters.http_connection_manager",
+    "meshcore.runtime.http_manager_plugin",
     "meshcore.filters.router",
     "meshcore.filters.tcp_proxy",
     "meshcore.filters.connection_limit",

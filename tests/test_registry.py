@@ -19,7 +19,7 @@ import pytest
 
 import meshcore
 from meshcore.cli import main
-from meshcore.registry import AUTOLOAD_ENV, BUILTIN_PLUGINS
+from meshcore.registry import AUTOLOAD_ENV, BUILTIN_PLUGINS, PluginInfo
 
 BUILTIN_TYPES = {
     "network_filter": ["connection_limit", "http_connection_manager", "tcp_proxy"],
@@ -138,7 +138,7 @@ def test_entry_point_plugins_are_loaded(install: Callable[..., Distribution]) ->
     install("good-plugin", "good_plugin", GOOD_PLUGIN, entry_point="good")
     registry = meshcore.build_registry()
     assert registry.problems == []
-    assert registry.plugins["good"] == meshcore.PluginInfo(
+    assert registry.plugins["good"] == PluginInfo(
         name="good", distribution="good-plugin", version="0.1", provides=("http_filter:good",)
     )
     assert "good" in registry.names("http_filter")

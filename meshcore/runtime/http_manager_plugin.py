@@ -3,6 +3,10 @@
 It decodes requests (HTTP/2 by TLS ALPN ``h2`` or by prior knowledge, HTTP/1.1
 otherwise), runs each through its chain of HTTP filters (the last one the router) and
 encodes the responses. Filters see one message model whatever the protocol.
+
+It registers through the same hook and entry-point group as every plugin, but it is part
+of the runtime, not of ``meshcore.filters``: it drives the codecs and the HTTP/2 sessions
+(:mod:`meshcore.runtime.http_manager`), which are no part of the public API.
 """
 
 from __future__ import annotations
@@ -11,8 +15,11 @@ from typing import Literal
 
 import attrs
 
-import meshcore
-from meshcore import ByteSize, Duration, HttpFilterRef, at_least, at_most, non_empty, ref
+from meshcore.config import ByteSize, Duration, HttpFilterRef, at_least, at_most, non_empty, ref
+from meshcore.plugin import NetworkFilterType, hookimpl
+from meshcore.runtime.http_manager import HttpConnectionManager
+
+__all__ = ["Http2Settings", "HttpConnectionManagerConfig", "meshcore_network_filters"]
 
 
 @attrs.frozen(kw_only=True)
@@ -58,13 +65,13 @@ class HttpConnectionManagerConfig:
     http2: Http2Settings = Http2Settings()
 
 
-@meshcore.hookimpl
-def meshcore_network_filters() -> list[meshcore.NetworkFilterType]:
+@hookimpl
+def meshcore_network_filters() -> list[NetworkFilterType]:
     """Register ``http_connection_manager``."""
     return [
-        meshcore.NetworkFilterType(
+        NetworkFilterType(
             name="http_connection_manager",
-            factory=meshcore.HttpConnectionManager,
+            factory=HttpConnectionManager,
             config=HttpConnectionManagerConfig,
             ends_chain=True,
             description="HTTP/1.1 and HTTP/2; runs each request through a chain of HTTP filters",
