@@ -35,9 +35,15 @@ class RouterConfig:
     """Append the client address to ``x-forwarded-for`` and set ``x-forwarded-proto``."""
 
 
-def _local(request: Request, flag: ResponseFlag, message: str, status: int | None = None) -> Response:
+def _local(request: Request, flag: ResponseFlag, message: str | None = None) -> Response:
+    """A local reply for ``flag``: its body is ``message`` (from config) or the flag's description.
+
+    Never text from the request or from an upstream (an upstream error names what the upstream
+    sent): a local reply that reflects bytes it was sent is a response-splitting and
+    cross-site-scripting vector. The details go to the log.
+    """
     request.info.flags.add(flag)
-    return Response.local(status or flag.status, f"{message}\n")
+    return Response.local(flag.status, f"{message or flag.description}\n")
 
 
 def _timeout(request: Request, route_timeout: float) -> float:
@@ -66,9 +72,7 @@ class Router:
         """Serve ``request`` along its route (terminal: ``_call_next`` is not called)."""
         route = request.route
         if route is None:
-            return _local(
-                request, ResponseFlag.NO_ROUTE, f"no route for {request.authority}{request.path_only}"
-            )
+            return _local(request, ResponseFlag.NO_ROUTE)
         answer = _answer_here(request, route)
         if answer is not None:
             return answer
@@ -88,7 +92,7 @@ class Router:
             response = await cluster.send(request, timeout=_timeout(request, action.timeout))
         except UpstreamError as err:
             log.info("upstream_failed", route=route.name, cluster=name, flags=err.flag.value, reason=str(err))
-            return _local(request, err.flag, str(err))
+            return _local(request, err.flag)
         for header in action.response_headers_to_remove:
             response.headers.remove(header)
         for header, value in action.response_headers_to_add.items():
@@ -110,9 +114,7 @@ def _answer_here(request: Request, route: Any) -> Response | None:
         request.info.flags.add(ResponseFlag.DIRECT_RESPONSE)
         return Response.local(action.redirect.status, headers=[("location", _location(request, route))])
     if request.upgrade is not None and request.upgrade not in action.upgrades:
-        return _local(
-            request, ResponseFlag.UPGRADE_REJECTED, f"upgrade to {request.upgrade!r} not allowed here"
-        )
+        return _local(request, ResponseFlag.UPGRADE_REJECTED)
     return None
 
 

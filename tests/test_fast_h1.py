@@ -98,8 +98,16 @@ def requests(draw: st.DrawFn) -> bytes:
         raw += body
     elif framing == "chunked":
         pieces = draw(st.lists(st.binary(min_size=1, max_size=10), max_size=4))
-        raw += b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+        raw += b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n" + draw(TRAILERS)
     return raw
+
+
+# A trailer section (with its blank line): none, good fields, or the bad lines a proxy must refuse.
+TRAILER_LINE = st.one_of(
+    st.tuples(TOKEN, VALUE).map(lambda f: f"{f[0]}: {f[1]}\r\n".encode("latin-1")),
+    st.sampled_from([b" folded\r\n", b"\tfolded\r\n", b"x: bare-lf\n", b"x: nul\0\r\n", b"x: cr\r y\r\n"]),
+)
+TRAILERS = st.lists(TRAILER_LINE, max_size=3).map(lambda lines: b"".join(lines) + b"\r\n")
 
 
 SPLITS = st.lists(st.integers(min_value=0, max_value=10_000), max_size=6)
@@ -289,10 +297,11 @@ def responses(draw: st.DrawFn) -> bytes:
     head = f"HTTP/{version} {status}{reason}\r\n" + "".join(f"{n}: {v}\r\n" for n, v in headers) + "\r\n"
     raw = head.encode("latin-1")
     if framing == "chunked":
-        raw += (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
+        raw += (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n" + draw(TRAILERS)
     else:
         raw += body
-    return raw
+    # Sometimes bytes nobody asked for: the connection must not be reused after them.
+    return raw + draw(st.sampled_from([b"", b"", b"", b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\nX"]))
 
 
 def both_clients(method: bytes, raw: bytes, splits: list[int], eof: bool = True) -> tuple[Outcome, Outcome]:
@@ -335,6 +344,83 @@ def test_client_mutated_responses_are_accepted_or_rejected_alike(
         data[at : at + 1] = replacement
     reference, fast = both_clients(method, bytes(data), splits)
     assert fast == reference
+
+
+TRICKY_RESPONSES = [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nX",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\nX",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1234567890123456789\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 000000000000000000002\r\n\r\nok",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
+    b"HTTP/1.1 600 Nope\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 099 Nope\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX: a\r\n b\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\nContent-Length: 0\n\n",
+    b"HTTP/1.1 200 OK\r\nX: a\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX: a\rb\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX: a\0\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: a\r\n b\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: a\n\r\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: a\r\n\n",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n" + b"X: " + b"v" * 70_000 + b"\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX: " + b"v" * 70_000 + b"\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" * 17 + b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" * 16 + b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 100 Continue\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    b"HTTP/1.1 204 No Content\r\nContent-Length: 2\r\n\r\nok",
+    b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n",
+    b"\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    b"\x16\x03\x01",
+]
+
+
+def test_tricky_responses_agree() -> None:
+    for raw in TRICKY_RESPONSES:
+        for method in (b"GET", b"HEAD"):
+            for splits in ([], [1], [5, 17, 30], list(range(0, len(raw), max(7, len(raw) // 50)))):
+                for eof in (True, False):
+                    reference, fast = both_clients(method, raw, splits, eof)
+                    assert fast == reference, (raw[:100], method, splits, eof)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokX",
+        b"HTTP/1.1 204 No Content\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n\r\n",
+    ],
+)
+def test_bytes_after_a_response_make_the_connection_unusable(raw: bytes) -> None:
+    for codec in (H11ClientCodec(), FastClientCodec()):
+        assert run_client(codec, b"GET", [raw], eof=False)[0][-1] == ("reusable", False)
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: a\r\n b\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: a\n\r\n", 400),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: "
+            + b"v" * 70_000
+            + b"\r\n\r\n",
+            431,
+        ),
+    ],
+)
+def test_request_framing_corners_rejected_by_both(raw: bytes, status: int) -> None:
+    for splits in ([], [60], [len(raw) - 3]):
+        reference, fast = both(raw, splits, eof=False)
+        assert reference == fast
+        assert reference[1] == status
 
 
 @settings(max_examples=200, deadline=None)

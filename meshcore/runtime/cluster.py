@@ -34,7 +34,6 @@ __all__ = ["Cluster", "ClusterManager", "Host", "UpstreamError"]
 
 log = structlog.get_logger("meshcore.upstream")
 
-STALE_PROBE_AFTER = 0.5  # seconds idle before a kept-alive connection is checked for EOF
 # How many times a request may go out on HTTP/2: again only when the upstream cannot have
 # processed it (a stream refused).
 _H2_ATTEMPTS = 3
@@ -57,6 +56,8 @@ def _close_now(stream: trio.abc.Stream) -> None:
 def _is_stale(stream: trio.abc.Stream) -> bool:
     """An idle upstream connection that has data or EOF pending is unusable."""
     if isinstance(stream, trio.SSLStream):
+        if stream.pending():  # decrypted bytes nobody asked for
+            return True
         stream = stream.transport_stream
     if not isinstance(stream, trio.SocketStream):
         return False
@@ -140,12 +141,10 @@ class Host:
             while self._idle:
                 conn = self._idle.pop()
                 idle = trio.current_time() - conn.idle_since
-                # Probe only connections idle long enough for an upstream to have closed them
-                # (keep-alive timeouts are seconds): under load a connection comes back within
-                # milliseconds, and a failure on reuse is retried on a fresh connection anyway.
-                if idle > self.cluster.config.idle_timeout or (
-                    idle > STALE_PROBE_AFTER and _is_stale(conn.stream)
-                ):
+                # Probed every time (one poll, no wait): bytes an upstream sent while no request
+                # was outstanding would be read as the answer to the next one (response
+                # smuggling), so a connection with anything pending is never reused.
+                if idle > self.cluster.config.idle_timeout or _is_stale(conn.stream):
                     self._discard(conn)
                     continue
                 self.cluster.stats_cx_reused.value += 1

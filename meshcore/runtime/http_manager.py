@@ -35,7 +35,7 @@ from meshcore.runtime.h2server import PREFACE, H2ServerSession
 from meshcore.runtime.pipe import splice
 from meshcore.runtime.stats import Counter, Stats
 
-__all__ = ["HttpConnectionManager", "build_chain"]
+__all__ = ["HttpConnectionManager", "build_chain", "status_text"]
 
 log = structlog.get_logger("meshcore.http")
 access_log = structlog.get_logger("meshcore.access")
@@ -51,6 +51,19 @@ async def _end_of_chain(request: Request) -> Response:
     """Behind the terminal filter: reached only if the chain has no terminal filter."""
     msg = f"the filter chain ended without a response for {request.method} {request.path}"
     raise ProtocolError(msg, status=500, remote=False)
+
+
+def status_text(status: int) -> str:
+    """The body of a local error reply: the status's phrase, never the error's details.
+
+    Error messages quote the bytes that were wrong, sent by a client or an upstream; a reply
+    that reflects them is a response-splitting and cross-site-scripting vector. The details
+    go to the log.
+    """
+    try:
+        return f"{HTTPStatus(status).phrase}\n"
+    except ValueError:
+        return "Error\n"
 
 
 def build_chain(filters: Sequence[HttpFilter]) -> HttpHandler:
@@ -215,7 +228,7 @@ class HttpConnectionManager:
             if err.remote:
                 request.info.flags.add(ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR)
             log.warning("request_failed", listener=self.listener, status=err.status, reason=str(err))
-            response = Response.local(err.status, f"{err}\n", headers=[("connection", "close")])
+            response = Response.local(err.status, status_text(err.status), headers=[("connection", "close")])
         except Exception:
             log.exception("filter_chain_crashed", listener=self.listener, path=request.path)
             response = Response.local(500, "internal error in a filter\n", headers=[("connection", "close")])
@@ -371,7 +384,7 @@ class _H1Session:
             flags=flag.value,
             reason=str(err),
         )
-        body = f"{err}\n".encode()
+        body = status_text(err.status).encode()  # never the reason: it quotes what the client sent
         reason = _REASONS.get(err.status, b"Error")
         raw = (
             b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"

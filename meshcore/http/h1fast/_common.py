@@ -9,6 +9,7 @@ import re
 
 from meshcore.errors import ProtocolError
 from meshcore.http.codec import NEED_DATA, BodyEvent, Data, EndOfMessage, RawHeaders
+from meshcore.http.h1strict import block_end
 
 __all__ = [
     "REASONS",
@@ -25,9 +26,7 @@ __all__ = [
 TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 # h11's field-content: runs of anything but NUL and whitespace, joined by spaces or tabs.
 FIELD_VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
-BLANK_LINE = re.compile(rb"\n\r?\n")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;.*)?[ \t]*")
-_FOLD = re.compile(rb"[ \t]+")
 _MAX_CHUNK_LINE = 4096
 _CRLF = b"\r\n"
 REASONS = {
@@ -47,24 +46,12 @@ def bad(message: str, status: int = 400) -> ProtocolError:
     return ProtocolError(message, status=status)
 
 
-def field_lines(lines: list[bytes], *, unfold: bool) -> list[tuple[bytes, bytes]]:
+def field_lines(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
     """Header (or trailer) lines checked for syntax, names lower-cased, as h11 reads them.
 
-    ``unfold``: join obs-fold continuation lines (h11 does in trailers and responses;
-    request heads reject them before this).
+    obs-fold lines were refused before (:func:`~meshcore.http.h1strict.block_end`), on
+    both sides: here such a line is merely illegal.
     """
-    if unfold:
-        joined: list[bytes] = []
-        for line in lines:
-            fold = _FOLD.match(line)
-            if fold is None:
-                joined.append(line)
-            elif not joined:
-                msg = "continuation line at start of headers"
-                raise bad(msg)
-            else:
-                joined[-1] += b" " + line[fold.end() :]
-        lines = joined
     fields = []
     for line in lines:
         name, colon, value = line.partition(b":")
@@ -165,7 +152,7 @@ class CloseReader:
 class ChunkedReader:
     """A chunked body: size lines, data, CRLFs, then trailers."""
 
-    __slots__ = ("max_trailers", "remaining", "state")
+    __slots__ = ("max_trailers", "remaining", "scanned", "state")
 
     _SIZE, _DATA, _CRLF, _TRAILERS = range(4)
 
@@ -173,6 +160,7 @@ class ChunkedReader:
         self.max_trailers = max_trailers
         self.state = self._SIZE
         self.remaining = 0
+        self.scanned = 0  # bytes of a partial trailer section already checked
 
     def read(self, buffer: bytearray, closed: bool) -> BodyEvent:
         """The next Data, EndOfMessage (with trailers) or NEED_DATA."""
@@ -213,20 +201,21 @@ class ChunkedReader:
                 return self._trailers(buffer, closed)
 
     def _trailers(self, buffer: bytearray, closed: bool) -> BodyEvent:
-        # As h11 reads trailers: lines end in LF or CRLF, obs-fold is unfolded.
-        if buffer[:1] == b"\n" or buffer[:2] == _CRLF:
-            del buffer[: 1 if buffer[:1] == b"\n" else 2]
+        # Strict, as h1strict.TrailerScanner holds the h11 codecs: CRLF only, no obs-fold, a size
+        # limit whether the section came in one read or many.
+        if buffer[:2] == _CRLF:
+            del buffer[:2]
             return EndOfMessage(None)
-        match = BLANK_LINE.search(buffer)
-        if match is None:
-            if len(buffer) > self.max_trailers:
-                msg = "trailers too large"
-                raise bad(msg, 431)
+        stop = block_end(
+            buffer, self.max_trailers, what="trailers", status=400, too_large=431, start=self.scanned
+        )
+        if stop < 0:
+            self.scanned = len(buffer)
             return self._need(closed)
-        block = bytes(buffer[: match.start()])
-        del buffer[: match.end()]
-        lines = [line.removesuffix(b"\r") for line in block.split(b"\n")]
-        trailers = framing(field_lines(lines, unfold=True))[0]
+        block = bytes(buffer[: stop - 4])
+        del buffer[:stop]
+        self.scanned = 0
+        trailers = framing(field_lines(block.split(_CRLF)))[0]
         return EndOfMessage(trailers or None)
 
     @staticmethod

@@ -15,7 +15,6 @@ from meshcore.http.codec import (
     ResponseHead,
 )
 from meshcore.http.h1fast._common import (
-    BLANK_LINE,
     TOKEN,
     BodyWriter,
     ChunkedReader,
@@ -25,12 +24,12 @@ from meshcore.http.h1fast._common import (
     framing,
     write_head,
 )
+from meshcore.http.h1strict import MAX_INFORMATIONAL, block_end, check_response_head
 
 __all__ = ["FastClientCodec"]
 
 _STATUS_LINE = re.compile(rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: ((?:[ \t]|[^\x00\s])*))?")
 _SEND_ERROR = "cannot forward request"
-_MAX_HEAD = 64 * 1024
 _FIRST_PRINTABLE = 0x21  # no status line starts below "!"
 _HEAD, _BODY, _DONE, _SWITCHED = range(4)
 
@@ -47,16 +46,20 @@ class FastClientCodec:
         "_closed",
         "_interim",
         "_keep_alive",
+        "_max_head",
         "_method",
         "_reader",
+        "_scanned",
         "_state",
         "_upgrading",
         "_writer",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_head_size: int = 60 * 1024) -> None:
+        self._max_head = max_head_size
         self._buffer = bytearray()
         self._closed = False
+        self._scanned = 0  # bytes of a partial head already checked
         self._reset()
 
     def _reset(self) -> None:
@@ -64,7 +67,7 @@ class FastClientCodec:
         self._method = b""
         self._keep_alive = True
         self._upgrading = False
-        self._interim = False  # a 1xx came: a close before the final answer is an error
+        self._interim = 0  # 1xx responses so far: a close before the final answer is an error
         self._reader: LengthReader | ChunkedReader | CloseReader = LengthReader(0)
         self._writer: BodyWriter | None = None
 
@@ -138,24 +141,44 @@ class FastClientCodec:
         if buffer[:1] == b"\n" or buffer[:2] == b"\r\n":
             msg = "upstream: no response line received"
             raise ProtocolError(msg, status=502)
-        match = BLANK_LINE.search(buffer)
-        if match is None:
+        try:
+            stop = block_end(
+                buffer, self._max_head, what="response head", status=502, too_large=502, start=self._scanned
+            )
+        except ProtocolError as err:
+            raise _upstream(err) from err
+        if stop < 0:
+            self._scanned = len(buffer)
             return self._incomplete_head()
-        block = bytes(buffer[: match.start()])
-        del buffer[: match.end()]
-        lines = [line.removesuffix(b"\r") for line in block.split(b"\n")]
+        self._scanned = 0
+        block = bytes(buffer[: stop - 4])
+        del buffer[:stop]
+        lines = block.split(b"\r\n")
         status_line = _STATUS_LINE.fullmatch(lines[0])
         if status_line is None:
             msg = f"upstream: illegal status line: {lines[0][:80]!r}"
             raise ProtocolError(msg, status=502)
         try:
-            headers, length, chunked = framing(field_lines(lines[1:], unfold=True))
+            headers, length, chunked = framing(field_lines(lines[1:]))
         except ProtocolError as err:
             raise _upstream(err) from err
         version, status_text, reason = status_line.groups()
         status = int(status_text)
+        check_response_head(status, version, headers)
         if status < 200:  # noqa: PLR2004 - interim answers
             return self._interim_head(status, headers)
+        return self._final_head(status, headers, version, reason or b"", length, chunked)
+
+    def _final_head(
+        self,
+        status: int,
+        headers: RawHeaders,
+        version: bytes,
+        reason: bytes,
+        length: bytes | None,
+        chunked: bool,
+    ) -> ClientEvent:
+        """A final response head: choose its body reader and whether the connection stays."""
         tokens: set[bytes] = set()
         for name, value in headers:
             if name == b"connection":
@@ -165,22 +188,19 @@ class FastClientCodec:
         if self._method == b"HEAD" or status in (204, 304):
             self._reader = LengthReader(0)
         elif chunked:
-            self._reader = ChunkedReader(_MAX_HEAD)
+            self._reader = ChunkedReader(self._max_head)
         elif length is not None:
             self._reader = LengthReader(int(length))
         else:
             self._reader = CloseReader()
             self._keep_alive = False
         self._state = _BODY
-        return ResponseHead(status, headers, version, reason or b"")
+        return ResponseHead(status, headers, version, reason)
 
     def _incomplete_head(self) -> ClientEvent:
         buffer = self._buffer
         if buffer and buffer[0] < _FIRST_PRINTABLE:
             msg = "upstream: illegal status line"
-            raise ProtocolError(msg, status=502)
-        if len(buffer) > _MAX_HEAD:
-            msg = "upstream: response head too large"
             raise ProtocolError(msg, status=502)
         if not self._closed:
             return NEED_DATA
@@ -190,18 +210,25 @@ class FastClientCodec:
         return CLOSED
 
     def _interim_head(self, status: int, headers: RawHeaders) -> ClientEvent:
+        self._interim += 1
+        if self._interim > MAX_INFORMATIONAL:
+            msg = f"upstream: more than {MAX_INFORMATIONAL} interim (1xx) responses"
+            raise ProtocolError(msg, status=502)
         if status == 101:  # noqa: PLR2004 - Switching Protocols
             if not self._upgrading:
                 msg = "upstream: 101 Switching Protocols to a request that asked for no upgrade"
                 raise ProtocolError(msg, status=502)
             self._state = _SWITCHED
-        self._interim = True
         return Informational(status, headers)
 
     def start_next_cycle(self) -> bool:
         """Prepare for the next request; False when the connection cannot be reused."""
         writer = self._writer
         if self._state != _DONE or writer is None or not writer.done or not self._keep_alive:
+            return False
+        if self._buffer or self._closed:
+            # Bytes beyond the response are a framing error (they would be read as the answer
+            # to the next request); a closed connection carries nothing more.
             return False
         self._reset()
         return True

@@ -16,6 +16,7 @@ from meshcore.http.h1fast._common import (
     framing,
     write_head,
 )
+from meshcore.http.h1strict import check_length
 
 __all__ = ["FastServerCodec"]
 
@@ -95,7 +96,7 @@ class FastServerCodec:
             msg = f"illegal request line: {lines[0][:80]!r}"
             raise bad(msg)
         method, target, version = match.groups()
-        headers, length, chunked = framing(field_lines(lines[1:], unfold=False))
+        headers, length, chunked = framing(field_lines(lines[1:]))
         self._check_head(headers, version, length, chunked)
         self._method = method
         self._version = version
@@ -150,6 +151,7 @@ class FastServerCodec:
             # RFC 9112 section 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
             msg = "HTTP/1.0 request with Transfer-Encoding"
             raise bad(msg)
+        check_length(headers, status=400)
         tokens = {t.strip() for t in connection.split(b",")}
         self._keep_alive = b"close" not in tokens and version == b"1.1"  # as h11: no keep-alive for 1.0
 
