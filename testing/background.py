@@ -27,9 +27,7 @@ from typing import Any, Protocol, Self, TypeVar
 
 import trio
 
-from meshcore.config import Snapshot
-from meshcore.registry import Registry, build_registry
-from meshcore.runtime.stats import Stats
+from meshcore import Registry, Snapshot, Stats, build_registry
 from meshcore.testing.client import Client, ClientResponse, HeadersArg
 from meshcore.testing.proxies import (
     TEARDOWN_GRACE,

@@ -14,16 +14,25 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from meshcore.config import Snapshot, Structurer
-from meshcore.config.structure import HttpFilterRef
-from meshcore.connection import Connection
-from meshcore.errors import ConfigError
-from meshcore.http.messages import Body, Headers, HttpHandler, Request, Response, StreamInfo
-from meshcore.registry import Registry, build_registry
+from meshcore import (
+    Body,
+    ConfigError,
+    Connection,
+    FilterContext,
+    Headers,
+    HttpFilterRef,
+    HttpHandler,
+    Registry,
+    Request,
+    Response,
+    Snapshot,
+    Stats,
+    StreamInfo,
+    build_registry,
+)
+from meshcore.config import Structurer
 from meshcore.runtime.cluster import ClusterManager
-from meshcore.runtime.context import FilterContext
 from meshcore.runtime.http_manager import build_chain
-from meshcore.runtime.stats import Stats
 
 __all__ = ["FilterHarness", "make_request"]
 

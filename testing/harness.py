@@ -16,8 +16,7 @@ from typing import Any
 
 import trio
 
-from meshcore.config import Snapshot, snapshot_from_data
-from meshcore.registry import Registry, build_registry
+from meshcore import Registry, Snapshot, build_registry, snapshot_from_data
 from meshcore.runtime.proxy import Proxy
 
 __all__ = ["http_proxy_config", "start_proxy", "tcp_proxy_config"]

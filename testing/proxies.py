@@ -25,12 +25,18 @@ from typing import Any
 import attrs
 import trio
 
-from meshcore.config import Address, Snapshot, load_snapshot, snapshot_from_data
-from meshcore.errors import ConfigError
-from meshcore.registry import Registry, build_registry
+from meshcore import (
+    Address,
+    ConfigError,
+    Registry,
+    Snapshot,
+    Stats,
+    build_registry,
+    load_snapshot,
+    snapshot_from_data,
+)
 from meshcore.runtime.proxy import Proxy
 from meshcore.runtime.server import serve_proxy
-from meshcore.runtime.stats import Stats
 from meshcore.testing.client import Client
 from meshcore.testing.upstreams import serve_upstream
 

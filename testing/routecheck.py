@@ -34,11 +34,18 @@ from typing import Any
 
 import attrs
 
-from meshcore.config import Snapshot, Structurer, non_empty, parse_document
-from meshcore.errors import ConfigError, ConfigProblem
-from meshcore.http.messages import Headers, Request
+from meshcore import (
+    ConfigError,
+    ConfigProblem,
+    Headers,
+    Registry,
+    Request,
+    Snapshot,
+    build_registry,
+    non_empty,
+)
+from meshcore.config import Structurer, parse_document
 from meshcore.http.routing import RouteTable
-from meshcore.registry import Registry, build_registry
 from meshcore.testing.proxies import ConfigLike, to_snapshot
 
 __all__ = [
