@@ -613,6 +613,42 @@ async def test_http2_client_to_http1_upstream_bridges_the_headers(nursery: trio.
     assert chunked.get("x-upstream") == "upstream"
 
 
+# Hop-by-hop fields a route adds, and the fields their Connection header names: none crosses
+# into HTTP/2 (RFC 9113 section 8.2.2), whichever side of the proxy speaks it.
+HOP_BY_HOP_ADDED = {"connection": "x-internal", "x-internal": "hop only", "keep-alive": "timeout=5"}
+
+
+async def test_hop_by_hop_fields_a_route_adds_to_a_response_never_reach_an_http2_client(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(20):
+        address, _ = await start_upstream(nursery, "http1-upstream")
+        route = {"match": {"prefix": "/"}, "cluster": "backend", "response_headers_to_add": HOP_BY_HOP_ADDED}
+        config = http_proxy_config([address], routes=[route])
+        proxy = await start_proxy(nursery, config)
+        async with open_h2_client(proxy.address("ingress")) as client:
+            got = await client.request("/hello")
+    assert got.status == 200
+    assert {n for n, _ in got.headers} & {"connection", "keep-alive", "x-internal"} == set()
+    assert got.get("x-upstream") == "upstream"
+
+
+async def test_hop_by_hop_fields_a_route_adds_to_a_request_never_reach_an_http2_upstream(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(20):
+        address, h2_upstream = await start_upstream(nursery, "http2-upstream")
+        assert h2_upstream is not None
+        route = {"match": {"prefix": "/"}, "cluster": "backend", "request_headers_to_add": HOP_BY_HOP_ADDED}
+        config = http_proxy_config([address], routes=[route], cluster={"protocol": "http2"})
+        proxy = await start_proxy(nursery, config)
+        got = await curl(proxy.address("ingress")[1], "/hello", "--http1.1", "-H", "x-end-to-end: kept")
+    assert got.status == 200
+    request = h2_upstream.received[0]
+    assert {n for n, _ in request.headers} & {"connection", "keep-alive", "x-internal"} == set()
+    assert request.get("x-end-to-end") == "kept"
+
+
 async def test_trailers_and_status_cross_from_an_http2_upstream_to_an_http2_client(
     nursery: trio.Nursery,
 ) -> None:

@@ -1,10 +1,16 @@
-"""HTTP semantics a proxy applies whatever the codec: hop-by-hop headers."""
+"""HTTP semantics a proxy applies whatever the codec: hop-by-hop headers.
+
+One implementation for every hop a message crosses: a request from a client (HTTP/1.1) to
+the filters, and from the router to an upstream (HTTP/1.1 or HTTP/2); a response from an
+upstream, and to a client (HTTP/1.1 or HTTP/2, where RFC 9113 section 8.2.2 forbids these
+connection-specific fields outright).
+"""
 
 from __future__ import annotations
 
 from meshcore.http.codec import RawHeaders
 
-__all__ = ["HOP_BY_HOP", "strip_hop_by_hop"]
+__all__ = ["HOP_BY_HOP", "connection_tokens", "strip_hop_by_hop"]
 
 HOP_BY_HOP = frozenset(
     {
@@ -21,6 +27,11 @@ HOP_BY_HOP = frozenset(
 )
 
 
+def connection_tokens(value: bytes) -> set[bytes]:
+    """The options a Connection header value lists ("close", "upgrade", header names), lower-case."""
+    return {token.strip().lower() for token in value.split(b",")}
+
+
 def strip_hop_by_hop(headers: RawHeaders) -> RawHeaders:
     """Headers without those meaningful for one hop only (RFC 9110 section 7.6.1).
 
@@ -33,7 +44,7 @@ def strip_hop_by_hop(headers: RawHeaders) -> RawHeaders:
             drop = drop or set()
             drop.add(name)
             if name == b"connection":
-                drop.update(token.strip().lower() for token in value.split(b","))
+                drop.update(connection_tokens(value))
     if drop is None:
         return headers
     return [

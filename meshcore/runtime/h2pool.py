@@ -31,6 +31,7 @@ from meshcore.errors import ProtocolError, UpstreamError
 from meshcore.flags import ResponseFlag
 from meshcore.http.h2flow import send_flow_controlled
 from meshcore.http.messages import Body, Headers, Request, Response
+from meshcore.http.semantics import strip_hop_by_hop
 from meshcore.runtime.h2server import GracefulGoaway
 
 if TYPE_CHECKING:
@@ -44,9 +45,6 @@ RECEIVE_SIZE = 64 * 1024
 WINDOW = 1 << 20
 # The longest a send may block: it is not cancelled midway (see H2Connection.flush).
 SEND_TIMEOUT = 10.0
-_CONNECTION_SPECIFIC = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade", b"host"}
-)
 
 
 class StreamRefused(Exception):  # noqa: N818 - an outcome: the request was not processed
@@ -265,9 +263,9 @@ class H2Connection:
             (b":authority", request.authority.encode("latin-1")),
             (b":path", request.path.encode("latin-1")),
         ]
-        headers += [(n, v) for n, v in request.headers.raw if n not in _CONNECTION_SPECIFIC and n != b"te"]
-        if request.headers.get_raw(b"te") == b"trailers":
-            headers.append((b"te", b"trailers"))
+        # Connection-specific fields must not cross into HTTP/2 (RFC 9113 section 8.2.2); te
+        # only as "te: trailers" (gRPC needs it); the host is the :authority.
+        headers += [(n, v) for n, v in strip_hop_by_hop(request.headers.raw) if n != b"host"]
         body = request.body
         empty = body.length == 0 or body.done
         self.h2.send_headers(sid, headers, end_stream=empty)

@@ -31,6 +31,7 @@ from meshcore.errors import ProtocolError
 from meshcore.flags import ResponseFlag
 from meshcore.http.h2flow import send_flow_controlled
 from meshcore.http.messages import Body, Headers, Request, Response, StreamInfo
+from meshcore.http.semantics import strip_hop_by_hop
 
 if TYPE_CHECKING:
     from meshcore.connection import Connection
@@ -46,10 +47,6 @@ RECEIVE_SIZE = 64 * 1024
 SEND_TIMEOUT = 10.0
 # A GOAWAY frame's header: 8 bytes of payload, type 0x7, no flags, stream 0 (RFC 9113 6.8).
 _GOAWAY_HEAD = b"\x00\x00\x08\x07\x00\x00\x00\x00\x00"
-# Connection-specific headers that must not cross into HTTP/2 (RFC 9113 section 8.2.2).
-_CONNECTION_SPECIFIC = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
-)
 
 
 _HEAD = 9  # the size of a frame header
@@ -517,8 +514,8 @@ class H2ServerSession:
         self.flush_soon.set()
 
     async def _send_response(self, stream: _Stream, response: Response) -> bool:
-        headers = [(b":status", str(response.status).encode())]
-        headers += [(n, v) for n, v in response.headers.raw if n not in _CONNECTION_SPECIFIC]
+        # Connection-specific fields must not cross into HTTP/2 (RFC 9113 section 8.2.2).
+        headers = [(b":status", str(response.status).encode()), *strip_hop_by_hop(response.headers.raw)]
         request = stream.request
         if request is not None and request.info.flags:
             headers.append((b"x-meshcore-flags", request.info.flag_string().encode()))

@@ -29,7 +29,7 @@ from meshcore.http.h1 import H11ServerCodec
 from meshcore.http.h1fast import FastServerCodec
 from meshcore.http.messages import Body, Headers, HttpHandler, Request, Response, StreamInfo
 from meshcore.http.routing import CompiledRoute, RouteTable
-from meshcore.http.semantics import HOP_BY_HOP
+from meshcore.http.semantics import connection_tokens, strip_hop_by_hop
 from meshcore.runtime.context import FilterContext
 from meshcore.runtime.h2server import PREFACE, H2ServerSession
 from meshcore.runtime.pipe import splice
@@ -414,21 +414,18 @@ class _H1Session:
                 drained += len(data)
 
     def _request(self, head: RequestHead) -> Request:
-        authority = upgrade = b""
+        authority = upgrade = connection = b""
         headers = []
-        named: set[bytes] = set()
         for name, value in head.headers:
             if name == b"host":
                 authority = value
-            elif name not in HOP_BY_HOP:
-                headers.append((name, value))
-            elif name == b"connection":
-                named.update(token.strip().lower() for token in value.split(b","))
-            elif name == b"upgrade":
+                continue
+            headers.append((name, value))
+            if name == b"upgrade":
                 upgrade = value
-        if named:
-            # Drop the headers the Connection header names, too (hop-by-hop by declaration).
-            headers = [(n, v) for n, v in headers if n not in named]
+            elif name == b"connection":
+                connection += b"," + value
+        headers = strip_hop_by_hop(headers)
         if len(head.headers) > self.hcm.max_headers:
             msg = f"more than {self.hcm.max_headers} request headers"
             raise ProtocolError(msg, status=431)
@@ -445,7 +442,7 @@ class _H1Session:
             info=info,
             connection=self.conn,
         )
-        if upgrade and b"upgrade" in named:
+        if upgrade and b"upgrade" in connection_tokens(connection):
             request.upgrade = upgrade.decode("latin-1").strip().lower()
         return request
 
