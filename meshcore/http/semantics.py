@@ -1,4 +1,4 @@
-"""HTTP semantics a proxy applies whatever the codec: hop-by-hop headers.
+"""HTTP semantics a proxy applies whatever the codec: hop-by-hop headers, reason phrases.
 
 One implementation for every hop a message crosses: a request from a client (HTTP/1.1) to
 the filters, and from the router to an upstream (HTTP/1.1 or HTTP/2); a response from an
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from meshcore.http.codec import RawHeaders
 
-__all__ = ["HOP_BY_HOP", "connection_tokens", "strip_hop_by_hop"]
+__all__ = ["HOP_BY_HOP", "REASONS", "connection_tokens", "strip_hop_by_hop"]
 
 HOP_BY_HOP = frozenset(
     {
@@ -25,6 +25,18 @@ HOP_BY_HOP = frozenset(
         b"expect",
     }
 )
+
+# The reason phrase of a status line we write (RFC 9110 section 15); b"" for the others.
+REASONS = {
+    100: b"Continue", 101: b"Switching Protocols", 200: b"OK", 201: b"Created", 202: b"Accepted",
+    204: b"No Content", 206: b"Partial Content", 301: b"Moved Permanently", 302: b"Found",
+    303: b"See Other", 304: b"Not Modified", 307: b"Temporary Redirect", 308: b"Permanent Redirect",
+    400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found",
+    405: b"Method Not Allowed", 408: b"Request Timeout", 413: b"Content Too Large", 414: b"URI Too Long",
+    429: b"Too Many Requests", 431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
+    501: b"Not Implemented", 502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
+}  # fmt: skip
 
 
 def connection_tokens(value: bytes) -> set[bytes]:

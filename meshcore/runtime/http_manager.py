@@ -29,7 +29,7 @@ from meshcore.http.h1 import H11ServerCodec
 from meshcore.http.h1fast import FastServerCodec
 from meshcore.http.messages import Body, Headers, HttpHandler, Request, Response, StreamInfo
 from meshcore.http.routing import CompiledRoute, RouteTable
-from meshcore.http.semantics import connection_tokens, strip_hop_by_hop
+from meshcore.http.semantics import REASONS, connection_tokens, strip_hop_by_hop
 from meshcore.runtime.context import FilterContext
 from meshcore.runtime.h2server import PREFACE, H2ServerSession
 from meshcore.runtime.pipe import splice
@@ -385,7 +385,7 @@ class _H1Session:
             reason=str(err),
         )
         body = status_text(err.status).encode()  # never the reason: it quotes what the client sent
-        reason = _REASONS.get(err.status, b"Error")
+        reason = REASONS.get(err.status, b"")
         raw = (
             b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
             b"connection: close\r\nx-meshcore-flags: %s\r\n\r\n%s"
@@ -567,13 +567,3 @@ class _H1Session:
     async def _send(self, data: bytes) -> None:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await self.stream.send_all(data)
-
-
-_REASONS = {
-    400: b"Bad Request",
-    408: b"Request Timeout",
-    413: b"Content Too Large",
-    431: b"Request Header Fields Too Large",
-    501: b"Not Implemented",
-    505: b"HTTP Version Not Supported",
-}

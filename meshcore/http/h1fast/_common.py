@@ -10,6 +10,7 @@ import re
 from meshcore.errors import ProtocolError
 from meshcore.http.codec import NEED_DATA, BodyEvent, Data, EndOfMessage, RawHeaders
 from meshcore.http.h1strict import block_end
+from meshcore.http.semantics import REASONS
 
 __all__ = [
     "REASONS",
@@ -29,16 +30,6 @@ FIELD_VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;.*)?[ \t]*")
 _MAX_CHUNK_LINE = 4096
 _CRLF = b"\r\n"
-REASONS = {
-    100: b"Continue", 101: b"Switching Protocols", 200: b"OK", 201: b"Created", 202: b"Accepted",
-    204: b"No Content", 206: b"Partial Content", 301: b"Moved Permanently", 302: b"Found",
-    303: b"See Other", 304: b"Not Modified", 307: b"Temporary Redirect", 308: b"Permanent Redirect",
-    400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found",
-    405: b"Method Not Allowed", 408: b"Request Timeout", 413: b"Content Too Large",
-    429: b"Too Many Requests", 431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
-    501: b"Not Implemented", 502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout",
-    505: b"HTTP Version Not Supported",
-}  # fmt: skip
 
 
 def bad(message: str, status: int = 400) -> ProtocolError:
