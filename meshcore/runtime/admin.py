@@ -31,6 +31,7 @@ from meshcore.config import Address, PluginRef, SecretStr
 from meshcore.errors import ProtocolError
 from meshcore.http.codec import CLOSED, NEED_DATA, Data, EndOfMessage, RawHeaders, RequestHead
 from meshcore.http.h1 import H11ServerCodec
+from meshcore.runtime.linger import send_and_linger
 from meshcore.runtime.listener import open_listener_socket
 from meshcore.runtime.proxy import Proxy
 
@@ -46,9 +47,6 @@ IDLE_TIMEOUT = 60.0
 """Seconds a kept-alive connection may wait for its next request."""
 REQUEST_TIMEOUT = 10.0
 """Seconds a request may take to arrive whole, from its first byte."""
-LINGER_TIMEOUT = 1.0
-"""Seconds spent dropping a rejected client's input before closing (see _reject)."""
-LINGER_MAX_BYTES = 1024 * 1024
 RECEIVE_SIZE = 16 * 1024
 MAX_QUERY_FIELDS = 16
 
@@ -325,22 +323,12 @@ async def serve_admin_connection(proxy: Proxy, stream: trio.abc.HalfCloseableStr
 
 
 async def _reject(codec: H11ServerCodec, stream: trio.abc.HalfCloseableStream, err: ProtocolError) -> None:
-    """Answer a bad request with its status, then close gently.
-
-    Closing a socket with unread input makes the kernel send a reset, which can destroy
-    the answer before the client reads it. So: answer, stop sending, and drop what the
-    client still sends (for a bounded time and size) before the caller closes.
-    """
+    """Answer a bad request with its status, then linger before the caller closes (see linger)."""
     log.info("admin_request_rejected", status=err.status, reason=str(err))
     if codec.response_started:
         return
     response = AdminResponse(err.status, f"{err}\n", headers=(("connection", "close"),))
-    await stream.send_all(_encode(codec, response, head_only=False))
-    await stream.send_eof()
-    dropped = 0
-    with trio.move_on_after(LINGER_TIMEOUT):
-        while dropped < LINGER_MAX_BYTES and (data := await stream.receive_some(RECEIVE_SIZE)):
-            dropped += len(data)
+    await send_and_linger(stream, _encode(codec, response, head_only=False))
 
 
 async def _receive(codec: H11ServerCodec, stream: trio.abc.HalfCloseableStream) -> None:

@@ -32,6 +32,7 @@ from meshcore.http.routing import CompiledRoute, RouteTable
 from meshcore.http.semantics import REASONS, connection_tokens, strip_hop_by_hop
 from meshcore.runtime.context import FilterContext
 from meshcore.runtime.h2server import PREFACE, H2ServerSession
+from meshcore.runtime.linger import send_and_linger
 from meshcore.runtime.pipe import splice
 from meshcore.runtime.stats import Counter, Stats
 
@@ -41,9 +42,6 @@ log = structlog.get_logger("meshcore.http")
 access_log = structlog.get_logger("meshcore.access")
 
 RECEIVE_SIZE = 64 * 1024
-# After rejecting a request: how long, and how much, to read and drop before closing.
-LINGER_TIME = 1.0
-LINGER_BYTES = 1024 * 1024
 HttpFilter = Callable[[Request, HttpHandler], Awaitable[Response]]
 
 
@@ -390,28 +388,7 @@ class _H1Session:
             b"HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n"
             b"connection: close\r\nx-meshcore-flags: %s\r\n\r\n%s"
         ) % (err.status, reason, len(body), flag.value.encode(), body)
-        try:
-            with trio.move_on_after(1):
-                await self.stream.send_all(raw)
-            await self._linger()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-
-    async def _linger(self) -> None:
-        """Half-close, then drop what the client still sends, for a bounded time.
-
-        Closing with unread bytes (the rest of an oversized head, a body) resets the
-        connection, and a reset can destroy the reply before the client reads it
-        (RFC 9112 section 9.6).
-        """
-        stream = self.stream
-        if not isinstance(stream, trio.abc.HalfCloseableStream):
-            return
-        with trio.move_on_after(LINGER_TIME):
-            await stream.send_eof()
-            drained = 0
-            while drained < LINGER_BYTES and (data := await stream.receive_some(RECEIVE_SIZE)):
-                drained += len(data)
+        await send_and_linger(self.stream, raw)
 
     def _request(self, head: RequestHead) -> Request:
         authority = upgrade = connection = b""
