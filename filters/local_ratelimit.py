@@ -36,7 +36,17 @@ import attrs
 import trio
 
 import meshcore
-from meshcore import Duration, FilterContext, HttpHandler, Request, Response, ResponseFlag, at_least, at_most
+from meshcore import (
+    Duration,
+    FilterContext,
+    HttpHandler,
+    Request,
+    Response,
+    ResponseFlag,
+    TokenBucket,
+    at_least,
+    at_most,
+)
 
 GRPC_MESSAGE = "local rate limited"
 _KEY_HELP = 'must be "client_address", "identity" or a mapping {header: NAME}'
@@ -115,53 +125,26 @@ class LocalRateLimitConfig(TokenBucketConfig):
     """The body of a rejection (text/plain)."""
 
 
-class _Bucket:
-    """Tokens left, and how many fills have been counted since ``start``."""
-
-    __slots__ = ("fills", "start", "tokens")
-
-    def __init__(self, tokens: int, now: float) -> None:
-        self.tokens = tokens
-        self.start = now
-        self.fills = 0
-
-
-class _Shape:
-    """A bucket config compiled once: refills a bucket lazily, from the elapsed time."""
-
-    __slots__ = ("interval", "max_tokens", "per_fill")
-
-    def __init__(self, config: TokenBucketConfig) -> None:
-        self.max_tokens = config.max_tokens
-        self.per_fill = config.tokens_per_fill
-        self.interval = float(config.fill_interval)
-
-    def new(self, now: float) -> _Bucket:
-        return _Bucket(self.max_tokens, now)
-
-    def refill(self, bucket: _Bucket, now: float) -> None:
-        # Fills are counted from the bucket's start, so rounding never accumulates.
-        fills = int((now - bucket.start) / self.interval)
-        if fills > bucket.fills:
-            bucket.tokens = min(self.max_tokens, bucket.tokens + (fills - bucket.fills) * self.per_fill)
-            bucket.fills = fills
-
-    def wait(self, bucket: _Bucket, now: float) -> float:
-        """Seconds until the bucket's next fill."""
-        return bucket.start + (bucket.fills + 1) * self.interval - now
+def _new_bucket(config: TokenBucketConfig, now: float) -> TokenBucket:
+    return TokenBucket(
+        config.max_tokens,
+        tokens_per_fill=config.tokens_per_fill,
+        fill_interval=float(config.fill_interval),
+        now=now,
+    )
 
 
 class _Descriptor:
     """The buckets of one descriptor, by key, least recently used first."""
 
-    __slots__ = ("buckets", "header", "max_keys", "shape", "source")
+    __slots__ = ("buckets", "config", "header", "max_keys", "source")
 
     def __init__(self, config: RateLimitDescriptor) -> None:
-        self.shape = _Shape(config)
+        self.config = config
         self.source = config.key.source
         self.header = (config.key.header or "").encode("latin-1")
         self.max_keys = config.max_keys
-        self.buckets: OrderedDict[Hashable, _Bucket] = OrderedDict()
+        self.buckets: OrderedDict[Hashable, TokenBucket] = OrderedDict()
 
     def key(self, request: Request) -> Hashable | None:
         if self.source == "header":
@@ -172,16 +155,15 @@ class _Descriptor:
         identity = request.info.metadata.get("identity")
         return None if identity is None else str(identity)
 
-    def bucket(self, key: Hashable, now: float) -> _Bucket:
+    def bucket(self, key: Hashable, now: float) -> TokenBucket:
         buckets = self.buckets
         found = buckets.get(key)
         if found is None:
-            found = buckets[key] = self.shape.new(now)
+            found = buckets[key] = _new_bucket(self.config, now)
             if len(buckets) > self.max_keys:
                 buckets.popitem(last=False)
         else:
             buckets.move_to_end(key)
-            self.shape.refill(found, now)
         return found
 
 
@@ -197,8 +179,8 @@ class LocalRateLimit:
     """The ``local_ratelimit`` filter for one Snapshot (per listener, and per overriding route)."""
 
     def __init__(self, config: LocalRateLimitConfig, context: FilterContext) -> None:
-        self._shape = _Shape(config)
-        self._bucket: _Bucket | None = None  # made full on the first request
+        self._config = config
+        self._bucket: TokenBucket | None = None  # made full on the first request
         self._descriptors = tuple(_Descriptor(d) for d in config.descriptors)
         self._status = config.status
         self._body = config.body.encode()
@@ -209,29 +191,28 @@ class LocalRateLimit:
     async def __call__(self, request: Request, call_next: HttpHandler) -> Response:
         """Pass ``request`` on if every bucket that applies has a token, else reject it."""
         now = trio.current_time()
-        shape, bucket = self._shape, self._bucket
+        bucket = self._bucket
         if bucket is None:
-            bucket = self._bucket = shape.new(now)
-        else:
-            shape.refill(bucket, now)
+            bucket = self._bucket = _new_bucket(self._config, now)
         stats = self._route_stats(request.info.route_name or "")
         if not self._descriptors:
-            if bucket.tokens >= 1:
-                bucket.tokens -= 1
+            if bucket.take(now):
                 stats.allowed.value += 1
                 return await call_next(request)
             stats.limited.value += 1
-            return self._reject(request, shape.wait(bucket, now))
-        applying = [(shape, bucket)]
+            return self._reject(request, bucket.wait(now))
+        applying = [bucket]
         for descriptor in self._descriptors:
             key = descriptor.key(request)
             if key is not None:
-                applying.append((descriptor.shape, descriptor.bucket(key, now)))
-        empty = [s.wait(b, now) for s, b in applying if b.tokens < 1]
+                applying.append(descriptor.bucket(key, now))
+        for b in applying:
+            b.refill(now)
+        empty = [b.wait(now) for b in applying if b.tokens < 1]
         if empty:
             stats.limited.value += 1
             return self._reject(request, max(empty))
-        for _, b in applying:
+        for b in applying:
             b.tokens -= 1
         stats.allowed.value += 1
         return await call_next(request)

@@ -56,6 +56,7 @@ from meshcore.runtime.context import FilterContext
 from meshcore.runtime.listener import NetworkHandler
 from meshcore.runtime.pipe import splice
 from meshcore.runtime.stats import Counter, Gauge, Histogram, Stats
+from meshcore.tokenbucket import TokenBucket
 
 try:
     __version__ = version("meshcore")
@@ -102,6 +103,7 @@ __all__ = [
     "Snapshot",
     "Stats",
     "StreamInfo",
+    "TokenBucket",
     "Upgraded",
     "UpstreamError",
     "VirtualHost",

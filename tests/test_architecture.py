@@ -127,7 +127,7 @@ def test_filters_and_plugins_use_only_the_public_api() -> None:
 
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # Vocabulary every layer shares: errors, response flags, the downstream connection, the
-    # onion composition, logging, plugin descriptors.
+    # onion composition, logging, plugin descriptors, the token bucket.
     (
         "core",
         (
@@ -137,6 +137,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "meshcore.chain",
             "meshcore.logs",
             "meshcore.plugin",
+            "meshcore.tokenbucket",
         ),
     ),
     ("config", ("meshcore.config", "meshcore.hookspecs", "meshcore.registry")),

@@ -32,6 +32,7 @@ from meshcore.flags import ResponseFlag
 from meshcore.http.h2flow import send_flow_controlled
 from meshcore.http.messages import Body, Headers, Request, Response, StreamInfo
 from meshcore.http.semantics import strip_hop_by_hop
+from meshcore.tokenbucket import TokenBucket
 
 if TYPE_CHECKING:
     from meshcore.connection import Connection
@@ -106,24 +107,10 @@ class GracefulGoaway:
         return b"".join(kept), lasts
 
 
-class _Budget:
-    """A token bucket for abuse detection: ``burst`` events, refilled at ``rate`` per second."""
-
-    __slots__ = ("burst", "last", "rate", "tokens")
-
-    def __init__(self, burst: float, rate: float) -> None:
-        self.burst = burst
-        self.rate = rate
-        self.tokens = burst
-        self.last = time.monotonic()
-
-    def spend(self) -> bool:
-        """Take one token; False when the budget is exhausted."""
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        self.tokens -= 1
-        return self.tokens >= 0
+def _budget(burst: int, per_second: float) -> TokenBucket:
+    """Abuse detection: ``burst`` events at once, then ``per_second`` (0: no more, ever)."""
+    interval = 1 / per_second if per_second > 0 else math.inf
+    return TokenBucket(burst, fill_interval=interval, now=time.monotonic())
 
 
 class _Stream:
@@ -183,8 +170,8 @@ class H2ServerSession:
         self.streams: dict[int, _Stream] = {}
         self.send_lock = trio.Lock()
         self.closing = False
-        self.resets = _Budget(settings.max_stream_resets_burst, settings.max_stream_resets_per_second)
-        self.control = _Budget(settings.max_control_frames_burst, settings.max_control_frames_per_second)
+        self.resets = _budget(settings.max_stream_resets_burst, settings.max_stream_resets_per_second)
+        self.control = _budget(settings.max_control_frames_burst, settings.max_control_frames_per_second)
         self.nursery: trio.Nursery | None = None
         self.last_stream_id = 0
         self.flush_soon = trio.Event()
@@ -347,7 +334,7 @@ class H2ServerSession:
             one.window.set()
 
     def _control_frame(self, event: h2.events.PingReceived | h2.events.RemoteSettingsChanged) -> None:
-        if not self.control.spend():
+        if not self.control.take(time.monotonic()):
             raise _Abuse(ErrorCodes.ENHANCE_YOUR_CALM, "SETTINGS or PING flood")
         if (
             isinstance(event, h2.events.RemoteSettingsChanged)
@@ -385,7 +372,12 @@ class H2ServerSession:
         if stream is None:
             return
         stream.scope.cancel()
-        if stream.request is not None and event.remote_reset and not stream.done and not self.resets.spend():
+        if (
+            stream.request is not None
+            and event.remote_reset
+            and not stream.done
+            and not self.resets.take(time.monotonic())
+        ):
             raise _Abuse(
                 ErrorCodes.ENHANCE_YOUR_CALM, "rapid reset: too many streams cancelled by the client"
             )
