@@ -46,6 +46,7 @@ from meshcore import (
     TokenBucket,
     at_least,
     at_most,
+    split_host_port,
 )
 
 GRPC_MESSAGE = "local rate limited"
@@ -150,8 +151,7 @@ class _Descriptor:
         if self.source == "header":
             return request.headers.get_raw(self.header)
         if self.source == "client_address":
-            address = request.info.downstream_address
-            return address.rpartition(":")[0] or address
+            return split_host_port(request.info.downstream_address)[0]
         identity = request.info.metadata.get("identity")
         return None if identity is None else str(identity)
 

@@ -22,6 +22,7 @@ from meshcore import (
     UpstreamError,
     grpc_timeout,
     is_grpc,
+    split_host_port,
 )
 
 log = structlog.get_logger("meshcore.router")
@@ -86,7 +87,7 @@ class Router:
         route.rewrite_request(request)  # path, host and header edits (check-routes predicts the same)
         headers = request.headers
         if self._forwarded:
-            headers.add(b"x-forwarded-for", request.info.downstream_address.rpartition(":")[0].strip("[]"))
+            headers.add(b"x-forwarded-for", split_host_port(request.info.downstream_address)[0])
             headers.set(b"x-forwarded-proto", request.scheme)
         try:
             response = await cluster.send(request, timeout=_timeout(request, action.timeout))

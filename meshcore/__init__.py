@@ -31,7 +31,7 @@ from meshcore.config import (
     regex,
     snapshot_from_data,
 )
-from meshcore.connection import Connection, PeerTls
+from meshcore.connection import Connection, PeerTls, join_host_port, split_host_port
 from meshcore.errors import (
     ConfigError,
     ConfigProblem,
@@ -116,10 +116,12 @@ __all__ = [
     "grpc_timeout",
     "hookimpl",
     "is_grpc",
+    "join_host_port",
     "load_snapshot",
     "non_empty",
     "ref",
     "regex",
     "snapshot_from_data",
     "splice",
+    "split_host_port",
 ]

@@ -12,7 +12,7 @@ from typing import Any
 
 import trio
 
-__all__ = ["Connection", "PeerTls", "peer_tls", "split_host_port"]
+__all__ = ["Connection", "PeerTls", "join_host_port", "peer_tls", "split_host_port"]
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -22,6 +22,11 @@ def split_host_port(address: str) -> tuple[str, int]:
         # No port, or a bare IPv6 address ("::1"): the whole string is the host.
         return address.strip("[]"), 0
     return host.strip("[]"), int(port)
+
+
+def join_host_port(host: str, port: int) -> str:
+    """``"host:port"``, or ``"[v6]:port"`` for an IPv6 address: the inverse of split_host_port."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class PeerTls:

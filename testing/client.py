@@ -20,6 +20,8 @@ import attrs
 import h11
 import trio
 
+from meshcore import join_host_port
+
 __all__ = ["Client", "ClientResponse", "HeadersArg", "IncompleteResponse", "fetch"]
 
 HeadersArg = Sequence[tuple[str, str]] | Mapping[str, str]
@@ -158,8 +160,7 @@ class Client:
         server_hostname: str | None = None,
     ) -> None:
         self.address = address
-        bracketed = f"[{address[0]}]" if ":" in address[0] else address[0]
-        self.host = host if host is not None else f"{bracketed}:{address[1]}"
+        self.host = host if host is not None else join_host_port(*address)
         self.ssl_context = ssl_context
         self.server_hostname = server_hostname
 

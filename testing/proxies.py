@@ -32,6 +32,7 @@ from meshcore import (
     Snapshot,
     Stats,
     build_registry,
+    join_host_port,
     load_snapshot,
     snapshot_from_data,
 )
@@ -239,8 +240,7 @@ class RunningProxy:
 
     def endpoint(self, listener: str | None = None) -> str:
         """``"host:port"`` of ``listener``, as a cluster endpoint of another proxy's config."""
-        host, port = self.address(listener)
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return join_host_port(*self.address(listener))
 
     def url(self, path: str = "/", *, listener: str | None = None) -> str:
         """``http(s)://host:port/path`` of ``listener``: https when its filter chains use TLS."""

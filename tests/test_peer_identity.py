@@ -14,8 +14,8 @@ import pytest
 import trio
 
 import meshcore
-from meshcore.connection import split_host_port
-from meshcore.testing import MeshcoreCA, Upstream, UpstreamFactory, http_proxy_config
+from meshcore import join_host_port, split_host_port
+from meshcore.testing import FilterHarness, MeshcoreCA, Upstream, UpstreamFactory, http_proxy_config
 from meshcore.testing.proxies import ProxyFactory
 
 SPIFFE_ID = "spiffe://cluster.local/ns/shop/sa/frontend"
@@ -121,3 +121,26 @@ def test_split_host_port_handles_ipv6_brackets() -> None:
     assert split_host_port("[::1]:8443") == ("::1", 8443)
     assert split_host_port("::1") == ("::1", 0)
     assert split_host_port("example.com") == ("example.com", 0)
+
+
+@pytest.mark.parametrize(
+    ("host", "port"), [("127.0.0.1", 80), ("::1", 8443), ("fe80::1%eth0", 1), ("example.com", 0)]
+)
+def test_join_host_port_is_the_inverse_of_split_host_port(host: str, port: int) -> None:
+    assert split_host_port(join_host_port(host, port)) == (host, port)
+
+
+async def test_filters_see_an_ipv6_client_address_without_brackets() -> None:
+    # router's x-forwarded-for and local_ratelimit's client_address key read the client's
+    # address the same way as Connection.peer_host: split_host_port, brackets removed.
+    harness = FilterHarness(
+        "local_ratelimit",
+        {
+            "max_tokens": 100,
+            "fill_interval": "1h",
+            "descriptors": [{"key": "client_address", "max_tokens": 1, "fill_interval": "1h"}],
+        },
+    )
+    assert (await harness.request(peer="[::1]:40000")).status == 200
+    assert (await harness.request(peer="[::1]:40001")).status == 429  # same client, other port
+    assert (await harness.request(peer="127.0.0.1:40000")).status == 200

@@ -28,6 +28,7 @@ import structlog
 import trio
 
 from meshcore.config import Address, PluginRef, SecretStr
+from meshcore.connection import join_host_port
 from meshcore.errors import ProtocolError
 from meshcore.http.codec import CLOSED, NEED_DATA, Data, EndOfMessage, RawHeaders, RequestHead
 from meshcore.http.h1 import H11ServerCodec
@@ -120,10 +121,6 @@ def _json(data: Any, status: int = 200) -> AdminResponse:
     return AdminResponse(status, json.dumps(data, indent=2) + "\n", _JSON)
 
 
-def _host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _index(_proxy: Proxy, _query: Query) -> AdminResponse:
     lines = [f"{path:<20} {' '.join(e.methods)}  {e.help}" for path, e in ENDPOINTS.items()]
     return AdminResponse(200, "meshcore admin\n\n" + "\n".join(lines) + "\n")
@@ -179,7 +176,7 @@ def _clusters(proxy: Proxy, _query: Query) -> AdminResponse:
 
 def _listeners(proxy: Proxy, _query: Query) -> AdminResponse:
     listeners = [
-        {"name": name, "address": _host_port(*runtime.address), "active_connections": runtime.active}
+        {"name": name, "address": join_host_port(*runtime.address), "active_connections": runtime.active}
         for name, runtime in sorted(proxy.listeners.items())
     ]
     return _json({"listeners": listeners})
@@ -275,14 +272,14 @@ async def serve_admin(
     bound = (address.host, int(listener.socket.getsockname()[1]))
     async with listener, trio.open_nursery() as connections:
         task_status.started(bound)
-        log.info("admin_started", address=_host_port(*bound))
+        log.info("admin_started", address=join_host_port(*bound))
         await trio.serve_listeners(
             functools.partial(_accepted, proxy), [listener], handler_nursery=connections
         )
 
 
 async def _accepted(proxy: Proxy, stream: trio.SocketStream) -> None:
-    await serve_admin_connection(proxy, stream, _host_port(*stream.socket.getpeername()[:2]))
+    await serve_admin_connection(proxy, stream, join_host_port(*stream.socket.getpeername()[:2]))
 
 
 async def serve_admin_connection(proxy: Proxy, stream: trio.abc.HalfCloseableStream, peer: str) -> None:

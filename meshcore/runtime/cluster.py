@@ -19,6 +19,7 @@ import trio
 
 from meshcore.config import Cluster as ClusterConfig
 from meshcore.config import Snapshot
+from meshcore.connection import join_host_port
 from meshcore.errors import ProtocolError, UpstreamError
 from meshcore.flags import ResponseFlag
 from meshcore.http.codec import NEED_DATA, Data, Informational, ResponseHead
@@ -99,7 +100,7 @@ class Host:
     def __init__(self, cluster: Cluster, host: str, port: int, weight: int) -> None:
         self.cluster = cluster
         self.address = (host, port)
-        self.label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.label = join_host_port(host, port)
         self.weight = weight
         self.active_requests = 0
         self.healthy = True

@@ -21,7 +21,7 @@ import trio
 
 from meshcore.chain import compose
 from meshcore.config import FilterChain, Listener, TlsContext
-from meshcore.connection import Connection, PeerTls, peer_tls
+from meshcore.connection import Connection, PeerTls, join_host_port, peer_tls
 
 __all__ = [
     "CompiledChain",
@@ -196,7 +196,7 @@ class ListenerRuntime:
     async def _handle(self, stream: trio.SocketStream) -> None:
         peer_host, peer_port = stream.socket.getpeername()[:2]
         local_port = stream.socket.getsockname()[1]
-        peer = f"[{peer_host}]:{peer_port}" if ":" in peer_host else f"{peer_host}:{peer_port}"
+        peer = join_host_port(peer_host, peer_port)
         conn_id = next(_connection_ids)
         self.active += 1
         server_name = alpn = None
