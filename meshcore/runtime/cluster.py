@@ -30,6 +30,7 @@ from meshcore.http.semantics import strip_hop_by_hop
 from meshcore.runtime.h1exchange import RECEIVE_SIZE, H1Exchange
 from meshcore.runtime.h2pool import H2Pool, StreamRefused, upstream_error
 from meshcore.runtime.stats import Stats
+from meshcore.runtime.tls import client_context
 
 __all__ = ["Cluster", "ClusterManager", "Host", "UpstreamError"]
 
@@ -212,7 +213,7 @@ class Cluster:
         """Apply a new config: keep the pools of endpoints that stay."""
         self.config = config
         self.picker = picker
-        self.tls_context = _client_tls(config)
+        self.tls_context = client_context(config.tls) if config.tls is not None else None
         old = {h.address: h for h in self.hosts}
         hosts = []
         for endpoint in config.endpoints:
@@ -395,18 +396,6 @@ class Cluster:
                 return None
         msg = "unreachable"
         raise AssertionError(msg)  # pragma: no cover - the last attempt returns or raises
-
-
-def _client_tls(config: ClusterConfig) -> ssl.SSLContext | None:
-    tls = config.tls
-    if tls is None:
-        return None
-    context = ssl.create_default_context(cafile=tls.ca_file)
-    if tls.certificate_file is not None:
-        context.load_cert_chain(tls.certificate_file, tls.private_key_file)
-    if tls.alpn:
-        context.set_alpn_protocols(list(tls.alpn))
-    return context
 
 
 class ClusterManager:

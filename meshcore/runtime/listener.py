@@ -20,8 +20,9 @@ import structlog
 import trio
 
 from meshcore.chain import compose
-from meshcore.config import FilterChain, Listener, TlsContext
+from meshcore.config import FilterChain, Listener
 from meshcore.connection import Connection, PeerTls, join_host_port, peer_tls
+from meshcore.runtime.tls import server_context
 
 __all__ = [
     "CompiledChain",
@@ -49,18 +50,6 @@ def build_network_chain(filters: Sequence[NetworkFilter]) -> NetworkHandler:
     return compose(filters, _end_of_chain)
 
 
-def server_tls_context(tls: TlsContext) -> ssl.SSLContext:
-    """The SSLContext a filter chain presents."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(tls.certificate_file, tls.private_key_file)
-    if tls.client_ca_file is not None:
-        context.load_verify_locations(tls.client_ca_file)
-        context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_OPTIONAL
-    if tls.alpn:
-        context.set_alpn_protocols(list(tls.alpn))
-    return context
-
-
 class CompiledChain:
     """A filter chain built for one Snapshot: its match, TLS context and L4 handler."""
 
@@ -68,7 +57,7 @@ class CompiledChain:
         self.config = config
         self.filters = filters
         self.handler = build_network_chain(filters)
-        self.tls = server_tls_context(config.tls) if config.tls is not None else None
+        self.tls = server_context(config.tls) if config.tls is not None else None
         match = config.match
         self.networks = [ipaddress.ip_network(p, strict=False) for p in match.source_prefixes]
 
