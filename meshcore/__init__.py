@@ -22,9 +22,11 @@ from meshcore.config import (
     RouteConfiguration,
     SecretStr,
     Snapshot,
+    SnapshotDelta,
     VirtualHost,
     at_least,
     at_most,
+    delta_from_data,
     load_snapshot,
     non_empty,
     ref,
@@ -55,6 +57,7 @@ from meshcore.registry import Registry, build_registry
 from meshcore.runtime.context import FilterContext
 from meshcore.runtime.listener import NetworkHandler
 from meshcore.runtime.pipe import splice
+from meshcore.runtime.server import ConfigSink, ConfigSource, serve_proxy
 from meshcore.runtime.stats import Counter, Gauge, Histogram, Stats
 from meshcore.tokenbucket import TokenBucket
 
@@ -71,6 +74,8 @@ __all__ = [
     "Cluster",
     "ConfigError",
     "ConfigProblem",
+    "ConfigSink",
+    "ConfigSource",
     "ConfigSourceType",
     "Connection",
     "Counter",
@@ -101,6 +106,7 @@ __all__ = [
     "RouteConfiguration",
     "SecretStr",
     "Snapshot",
+    "SnapshotDelta",
     "Stats",
     "StreamInfo",
     "TokenBucket",
@@ -111,6 +117,7 @@ __all__ = [
     "at_least",
     "at_most",
     "build_registry",
+    "delta_from_data",
     "grpc_response",
     "grpc_status_for_http",
     "grpc_timeout",
@@ -121,6 +128,7 @@ __all__ = [
     "non_empty",
     "ref",
     "regex",
+    "serve_proxy",
     "snapshot_from_data",
     "splice",
     "split_host_port",

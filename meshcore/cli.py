@@ -13,15 +13,17 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import trio
+import yaml
 
 import meshcore
 from meshcore.cli_demo import cmd_demo
-from meshcore.config import CONFIG_SUFFIXES, Duration
-from meshcore.errors import ConfigError
+from meshcore.config import CONFIG_SUFFIXES, parse_document
+from meshcore.errors import ConfigError, ConfigProblem
 from meshcore.logs import LEVELS
 from meshcore.logs import configure as configure_logging
 from meshcore.registry import KINDS, Registry, build_registry
 from meshcore.runtime.server import serve_proxy
+from meshcore.runtime.sources import build_source
 
 __all__ = ["main"]
 
@@ -115,22 +117,78 @@ def cmd_plugins(_args: argparse.Namespace) -> int:
     return 1 if registry.problems else 0
 
 
-def _source(path: str, registry: Registry, poll_interval: float) -> Any:
-    config_type = registry.get("config_source", "file")
-    if config_type is None or config_type.config is None:
-        msg = "the built-in 'file' config source is missing from the registry"
-        raise RuntimeError(msg)
-    return config_type.factory(config_type.config(path=path, poll_interval=Duration(poll_interval)), registry)
+def _source_choice(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """The config source the command line names, and its config section as plain data.
+
+    ``-c FILE`` is the ``file`` source; ``--source NAME`` any registered one, configured by
+    ``--source-config FILE`` (a YAML, TOML or JSON mapping) and ``--source-arg KEY=VALUE``
+    (each value read as a YAML scalar, so ``2s``, ``10`` and ``true`` mean what they say).
+
+    Raises:
+        ConfigError: the arguments do not name a source, or its config cannot be read.
+    """
+    if args.config is not None:
+        if args.source not in (None, "file"):
+            message = "-c FILE runs the file source; give the other source's config with --source-config"
+            raise ConfigError([ConfigProblem(path="source", message=message)])
+        name, data = "file", {"path": args.config, "poll_interval": args.poll_interval}
+    elif args.source is None:
+        raise ConfigError([ConfigProblem(path="source", message="give -c FILE or --source NAME")])
+    else:
+        name, data = args.source, {}
+    if args.source_config is not None:
+        data.update(_source_config_file(args.source_config))
+    for arg in args.source_arg:
+        key, sep, value = arg.partition("=")
+        if not sep or not key:
+            message = f"--source-arg must be KEY=VALUE, got {arg!r}"
+            raise ConfigError([ConfigProblem(path=f"source.{name}", message=message)])
+        data[key] = _scalar(value)
+    return name, data
+
+
+def _source_config_file(path: str) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) else "is not UTF-8 text"
+        raise ConfigError([ConfigProblem(path="", message=f"cannot read: {reason}", file=path)]) from err
+    data, _ = parse_document(text, path)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        message = f"a source config must be a mapping, got {type(data).__name__}"
+        raise ConfigError([ConfigProblem(path="", message=message, file=path)])
+    return data
+
+
+def _scalar(text: str) -> Any:
+    """A ``--source-arg`` value: a YAML scalar (``10``, ``true``, ``2s``), else the text itself."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, str | int | float | bool) else text
+
+
+def _print_problems(err: ConfigError) -> None:
+    for problem in err.problems:
+        print(problem, file=sys.stderr)
 
 
 def cmd_proxy(args: argparse.Namespace) -> int:
-    """Run a proxy from a config file until SIGTERM/SIGINT (drain) ; SIGHUP reloads."""
+    """Run a proxy from a config source until SIGTERM/SIGINT (drain); SIGHUP reloads."""
     configure_logging(args.log_level, fmt=args.log_format)
     registry = build_registry()
     _report_plugin_problems(registry, sys.stderr)
+    try:
+        name, source_config = _source_choice(args)
+        source = build_source(registry, name, source_config)
+    except ConfigError as err:
+        _print_problems(err)
+        return 1
     if args.workers > 1:
-        return run_workers(args, registry)
-    source = _source(args.config, registry, args.poll_interval)
+        return run_workers(args, source)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -150,8 +208,8 @@ def cmd_proxy(args: argparse.Namespace) -> int:
         trio.run(main)
     except* ConfigError as group:
         # The first Snapshot was rejected (a bad file, a port in use): say why, exit 1.
-        for err in _leaves(group):
-            for problem in getattr(err, "problems", ()):
+        for leaf in _leaves(group):
+            for problem in getattr(leaf, "problems", ()):
                 print(problem, file=sys.stderr)
         failed = True
     return 1 if failed else 0
@@ -166,24 +224,25 @@ def _leaves(group: BaseExceptionGroup[Any]) -> Iterator[BaseException]:
             yield err
 
 
-def run_workers(args: argparse.Namespace, registry: Registry) -> int:
+def run_workers(args: argparse.Namespace, source: Any) -> int:
     """Run ``--workers N`` processes sharing the listeners (SO_REUSEPORT)."""
-    source = _source(args.config, registry, args.poll_interval)
-    try:
-        source.load()  # fail fast, once, before starting N processes
-    except ConfigError as err:
-        for problem in err.problems:
-            print(problem, file=sys.stderr)
-        return 1
-    argv = [sys.executable, "-m", "meshcore", "proxy", "-c", args.config, "--workers", "1", "--reuse-port"]
-    argv += [
-        "--log-level",
-        args.log_level,
-        "--log-format",
-        args.log_format,
-        "--poll-interval",
-        str(args.poll_interval),
-    ]
+    load = getattr(source, "load", None)
+    if load is not None:
+        try:
+            load()  # fail fast, once, before starting N processes (the file source can)
+        except ConfigError as err:
+            _print_problems(err)
+            return 1
+    argv = [sys.executable, "-m", "meshcore", "proxy", "--workers", "1", "--reuse-port"]
+    if args.config is not None:
+        argv += ["-c", args.config, "--poll-interval", str(args.poll_interval)]
+    if args.source is not None:
+        argv += ["--source", args.source]
+    if args.source_config is not None:
+        argv += ["--source-config", args.source_config]
+    for arg in args.source_arg:
+        argv += ["--source-arg", arg]
+    argv += ["--log-level", args.log_level, "--log-format", args.log_format]
     procs = [subprocess.Popen([*argv, "--no-admin"] if i else argv) for i in range(args.workers)]  # noqa: S603
 
     def forward(signum: int, _frame: object) -> None:
@@ -278,11 +337,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     proxy = commands.add_parser(
         "proxy",
-        help="run a proxy from a config file",
-        description="Run a proxy. SIGTERM/SIGINT drain in-flight requests and exit 0; SIGHUP reloads "
-        "the config (so does a change to the file). A bad reload is logged and the old config keeps serving.",
+        help="run a proxy from a config file or another config source",
+        description="Run a proxy fed by a config source: a config file (-c FILE), or any registered "
+        "source (--source NAME, configured by --source-config and --source-arg). SIGTERM/SIGINT drain "
+        "in-flight requests and exit 0; SIGHUP asks the source to reload (the file source also reloads "
+        "when the file changes). A bad config is logged and the old one keeps serving.",
     )
-    proxy.add_argument("-c", "--config", required=True, metavar="FILE", help="the config file")
+    proxy.add_argument("-c", "--config", metavar="FILE", help="the config file (the file source)")
+    proxy.add_argument(
+        "--source", metavar="NAME", help="the config source to run (see `meshcore plugins`); default: file"
+    )
+    proxy.add_argument(
+        "--source-config", metavar="FILE", help="the source's config section, a YAML, TOML or JSON file"
+    )
+    proxy.add_argument(
+        "--source-arg",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="one field of the source's config (repeatable; overrides --source-config)",
+    )
     proxy.add_argument("--workers", type=int, default=1, help="processes sharing the listeners (default 1)")
     proxy.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     proxy.add_argument("--no-admin", action="store_true", help=argparse.SUPPRESS)

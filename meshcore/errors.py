@@ -56,10 +56,18 @@ class ConfigProblem:
 
 
 class ConfigError(MeshcoreError):
-    """A config that cannot be used, with every problem found in it."""
+    """A config that cannot be used, with every problem found in it.
 
-    def __init__(self, problems: Iterable[ConfigProblem]) -> None:
+    Attributes:
+        problems: every problem found.
+        stage: where it was found: ``parse`` (the document is not YAML, TOML or JSON, or
+            cannot be read), ``validation`` (fields, references, plugin checks) or
+            ``apply`` (building it failed: a filter factory, a TLS context, a socket).
+    """
+
+    def __init__(self, problems: Iterable[ConfigProblem], *, stage: str = "validation") -> None:
         self.problems: Sequence[ConfigProblem] = tuple(problems)
+        self.stage = stage
         super().__init__("\n".join(str(p) for p in self.problems) or "invalid config")
 
 

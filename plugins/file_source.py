@@ -8,7 +8,6 @@ problem, and the last good Snapshot keeps serving.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ import structlog
 import trio
 
 import meshcore
-from meshcore import ConfigError, Duration, Registry, Snapshot, non_empty
+from meshcore import ConfigError, ConfigSink, Duration, Registry, Snapshot, non_empty
 
 log = structlog.get_logger("meshcore.file_source")
 
@@ -56,24 +55,13 @@ class FileSource:
         """Ask for a reload now (SIGHUP), whether or not the file changed."""
         self._reload.set()
 
-    def _apply(self, apply: Callable[[Snapshot], None]) -> None:
-        """Load and apply; problems found while applying (a port in use) name this file too."""
-        snapshot = self.load()
-        try:
-            apply(snapshot)
-        except ConfigError as err:
-            problems = [p if p.file else attrs.evolve(p, file=self.config.path) for p in err.problems]
-            raise ConfigError(problems) from err
-
-    async def run(
-        self, apply: Callable[[Snapshot], None], *, task_status: Any = trio.TASK_STATUS_IGNORED
-    ) -> None:
+    async def run(self, sink: ConfigSink, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Apply the file's Snapshot, then every good change to it, forever.
 
         The first load must succeed (its ConfigError propagates); later bad files are
-        logged and skipped.
+        logged, reported to the sink (counted, shown on the admin server) and skipped.
         """
-        self._apply(apply)
+        self._apply(sink, self.load())
         task_status.started()
         interval = float(self.config.poll_interval) or math.inf
         while True:
@@ -84,14 +72,32 @@ class FileSource:
             if not forced and self._stat() == self._signature:
                 continue
             try:
-                self._apply(apply)
+                snapshot = self.load()
             except ConfigError as err:
-                log.error(  # noqa: TRY400 - a bad file, its problems listed: no traceback
-                    "config_rejected",
-                    path=self.config.path,
-                    problems=[str(p) for p in err.problems],
-                    kept="previous snapshot",
-                )
+                sink.rejected(err)
+                self._log_rejected(err)
+                continue
+            try:
+                self._apply(sink, snapshot)
+            except ConfigError as err:
+                self._log_rejected(err)
+
+    def _apply(self, sink: ConfigSink, snapshot: Snapshot) -> None:
+        """Apply; problems found while applying (a port in use) name this file too."""
+        try:
+            sink.apply(snapshot)
+        except ConfigError as err:
+            problems = [p if p.file else attrs.evolve(p, file=self.config.path) for p in err.problems]
+            raise ConfigError(problems, stage=err.stage) from err
+
+    def _log_rejected(self, err: ConfigError) -> None:
+        log.error(
+            "config_rejected",
+            path=self.config.path,
+            stage=err.stage,
+            problems=[str(p) for p in err.problems],
+            kept="previous snapshot",
+        )
 
 
 @meshcore.hookimpl

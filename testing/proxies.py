@@ -17,7 +17,7 @@ written for production runs side by side with other tests.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from meshcore import (
     ConfigError,
     Registry,
     Snapshot,
+    SnapshotDelta,
     Stats,
     build_registry,
     join_host_port,
@@ -37,7 +38,7 @@ from meshcore import (
     snapshot_from_data,
 )
 from meshcore.runtime.proxy import Proxy
-from meshcore.runtime.server import serve_proxy
+from meshcore.runtime.server import ConfigSink, serve_proxy
 from meshcore.testing.client import Client
 from meshcore.testing.upstreams import serve_upstream
 
@@ -169,10 +170,8 @@ class _StaticSource:
     def __init__(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
 
-    async def run(
-        self, apply: Callable[[Snapshot], None], *, task_status: Any = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        apply(self.snapshot)
+    async def run(self, sink: ConfigSink, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        sink.apply(self.snapshot)
         task_status.started()
         await trio.sleep_forever()
 
@@ -273,6 +272,18 @@ class RunningProxy:
         snapshot = to_snapshot(config, self.registry, ephemeral=self.ephemeral)
         self.proxy.apply(snapshot)
         return snapshot
+
+    def apply_delta(self, delta: SnapshotDelta) -> Snapshot:
+        """Apply a delta, as a control plane would: composed onto the live Snapshot.
+
+        Returns the Snapshot now served. Listeners the delta adds are not moved to
+        ``127.0.0.1:0`` (give them such an address yourself).
+
+        Raises:
+            ConfigError: the delta or its result is invalid or cannot be applied; the old
+                Snapshot keeps serving.
+        """
+        return self.proxy.apply_delta(delta)
 
     async def drain(self) -> None:
         """Stop accepting, let in-flight requests finish, and wait until the proxy has stopped.

@@ -20,6 +20,8 @@ class ProxyProcess:
     process: trio.Process
     address: tuple[str, int]
     logs: list[dict[str, Any]] = attrs.Factory(list)
+    ended: bool = False
+    _logged: trio.Event = attrs.Factory(trio.Event)
 
     def rss_bytes(self) -> int:
         """The process's resident memory now (its own, read from /proc)."""
@@ -29,20 +31,52 @@ class ProxyProcess:
         msg = "no VmRSS in /proc/PID/status"
         raise AssertionError(msg)
 
-    def logged(self, event: str) -> list[dict[str, Any]]:
-        """The log lines of ``event`` so far."""
-        return [entry for entry in self.logs if entry.get("event") == event]
+    def logged(self, event: str, **fields: Any) -> list[dict[str, Any]]:
+        """The log lines of ``event`` (with these fields) so far."""
+        return [
+            entry
+            for entry in self.logs
+            if entry.get("event") == event and all(entry.get(k) == v for k, v in fields.items())
+        ]
+
+    async def wait_for(self, event: str, **fields: Any) -> dict[str, Any]:
+        """The first log line of ``event`` with these fields, once it is written."""
+        while True:
+            if found := self.logged(event, **fields):
+                return found[0]
+            if self.ended:
+                msg = f"the proxy exited without logging {event} {fields}; it logged {self.logs}"
+                raise AssertionError(msg)
+            await self._logged.wait()
+
+    def _add(self, entry: dict[str, Any]) -> None:
+        self.logs.append(entry)
+        self._logged.set()
+        self._logged = trio.Event()
 
 
 async def _kill(process: trio.Process) -> None:
     process.kill()
 
 
-async def start_proxy_process(nursery: trio.Nursery, config: dict[str, Any], tmp_path: Path) -> ProxyProcess:
-    """Start ``python -m meshcore proxy`` on ``config`` (listener "ingress"); killed with ``nursery``."""
-    path = tmp_path / "proxy.json"
-    path.write_text(json.dumps(config))
-    argv = [sys.executable, "-m", "meshcore", "proxy", "-c", str(path), "--log-format", "json"]
+async def start_proxy_process(
+    nursery: trio.Nursery,
+    config: dict[str, Any] | None,
+    tmp_path: Path,
+    *,
+    args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> ProxyProcess:
+    """Start ``python -m meshcore proxy`` (listener "ingress"); killed with ``nursery``.
+
+    With ``config``, it runs ``-c`` on that config written to a file; ``args`` are more
+    arguments (``--source NAME ...`` instead of a config), ``env`` its environment.
+    """
+    argv = [sys.executable, "-m", "meshcore", "proxy", "--log-format", "json", *args]
+    if config is not None:
+        path = tmp_path / "proxy.json"
+        path.write_text(json.dumps(config))
+        argv += ["-c", str(path)]
     run = functools.partial(
         trio.run_process,
         argv,
@@ -50,6 +84,7 @@ async def start_proxy_process(nursery: trio.Nursery, config: dict[str, Any], tmp
         stderr=subprocess.PIPE,
         check=False,
         deliver_cancel=_kill,
+        env=env,
     )
     process: trio.Process = await nursery.start(run)
     proxy = ProxyProcess(process, ("", 0))
@@ -58,16 +93,23 @@ async def start_proxy_process(nursery: trio.Nursery, config: dict[str, Any], tmp
     async def collect_logs() -> None:
         assert process.stderr is not None
         pending = b""
-        async for chunk in process.stderr:
-            *lines, pending = (pending + chunk).split(b"\n")
-            for line in lines:
-                entry = json.loads(line)
-                proxy.logs.append(entry)
-                if entry["event"] == "proxy_started":
-                    host, _, port = entry["listeners"]["ingress"].rpartition(":")
-                    proxy.address = (host, int(port))
-                    started.set()
-        started.set()
+        try:
+            async for chunk in process.stderr:
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    try:
+                        entry = json.loads(line)
+                    except json.JSONDecodeError:
+                        entry = {"event": "<not JSON>", "text": line.decode(errors="replace")}
+                    proxy._add(entry)
+                    if entry["event"] == "proxy_started":
+                        host, _, port = entry["listeners"]["ingress"].rpartition(":")
+                        proxy.address = (host, int(port))
+                        started.set()
+        finally:
+            proxy.ended = True
+            proxy._logged.set()
+            started.set()
 
     nursery.start_soon(collect_logs)
     await started.wait()

@@ -12,6 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO_SRC = ROOT / "examples" / "plugin-hello" / "src"
+TESTPLUGINS = ROOT / "tests" / "testplugins"
 
 
 @pytest.fixture
@@ -25,3 +26,24 @@ def hello_module(monkeypatch: pytest.MonkeyPatch) -> Iterator[types.ModuleType]:
     module = importlib.import_module("meshcore_hello")
     yield module
     sys.modules.pop("meshcore_hello", None)
+
+
+@pytest.fixture(scope="session")
+def testplugins_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory where pip has installed meshcore-testplugins (tests/testplugins), for real."""
+    from _distributions import install  # noqa: PLC0415 - only the tests that install it pay for it
+
+    return install(TESTPLUGINS, tmp_path_factory.mktemp("testplugins"))
+
+
+@pytest.fixture
+def testplugins_module(monkeypatch: pytest.MonkeyPatch) -> Iterator[types.ModuleType]:
+    """The test plugins ``meshcore_testplugins``, imported from the source tree (not installed).
+
+    For tests that register them in-process with ``build_registry(plugins=...)``.
+    """
+    monkeypatch.syspath_prepend(str(TESTPLUGINS / "src"))
+    module = importlib.import_module("meshcore_testplugins")
+    yield module
+    for name in [n for n in sys.modules if n.split(".")[0] == "meshcore_testplugins"]:
+        sys.modules.pop(name)

@@ -22,7 +22,17 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 HELLO = ROOT / "examples" / "plugin-hello" / "src" / "meshcore_hello" / "__init__.py"
 BUILD_TIMEOUT = 300  # seconds; a clean build takes a few
-PAGES = ("index", "getting-started", "concepts", "tutorial", "testing", "reference/config", "response-flags")
+PAGES = (
+    "index",
+    "getting-started",
+    "concepts",
+    "tutorial",
+    "testing",
+    "sources",
+    "applying",
+    "reference/config",
+    "response-flags",
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,30 +1,21 @@
 """examples/plugin-hello, installed for real, found by ``meshcore`` through its entry point.
 
-pip builds its wheel and installs it, and ``meshcore`` then finds it as it would in a
-user's install.
-
-The wheel is built without build isolation (no network: setuptools comes from the test
-environment, see the ``test`` extra) from a copy of the example, so that the build leaves
-nothing in the source tree, and installed into a directory of its own that only the
-processes of these tests have on their path.
+pip builds its wheel and installs it (see ``_distributions.install``), and ``meshcore``
+then finds it as it would in a user's install.
 """
 
 from __future__ import annotations
 
 import ast
 import importlib.metadata
-import os
-import shutil
-import subprocess
-import sys
 import types
 from pathlib import Path
 
 import pytest
 import trio
+from _distributions import env_with, install, run
 
 import meshcore
-from meshcore.registry import AUTOLOAD_ENV
 from meshcore.testing.client import fetch
 from meshcore.testing.harness import http_proxy_config, start_proxy
 
@@ -32,52 +23,12 @@ ROOT = Path(__file__).resolve().parent.parent
 PLUGIN = ROOT / "examples" / "plugin-hello"
 HELLO_YAML = PLUGIN / "hello.yaml"
 HTTP_FILTERS = "listeners[0].filter_chains[0].filters[0].http_connection_manager.http_filters"
-PIP_TIMEOUT = 120
-RUN_TIMEOUT = 60
-
-
-def run(*args: str, env: dict[str, str], timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - our own interpreter and arguments
-        [sys.executable, *args], capture_output=True, text=True, env=env, timeout=timeout, check=False
-    )
-
-
-def clean_env() -> dict[str, str]:
-    """This process's environment, with plugin autoload on and no pip configuration surprises."""
-    env = {k: v for k, v in os.environ.items() if k != AUTOLOAD_ENV and not k.startswith("PIP_")}
-    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
-    env["PIP_NO_INDEX"] = "1"
-    return env
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory where pip has installed meshcore-plugin-hello (and nothing else)."""
-    work = tmp_path_factory.mktemp("plugin-hello")
-    source = work / "source"
-    shutil.copytree(PLUGIN, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    target = work / "site"
-    done = run(
-        "-m",
-        "pip",
-        "install",
-        "--no-deps",
-        "--no-build-isolation",
-        "--target",
-        str(target),
-        str(source),
-        env=clean_env(),
-        timeout=PIP_TIMEOUT,
-    )
-    assert done.returncode == 0, f"pip install failed:\n{done.stdout}\n{done.stderr}"
-    return target
-
-
-def env_with(site: Path | None) -> dict[str, str]:
-    env = clean_env()
-    if site is not None:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
-    return env
+    return install(PLUGIN, tmp_path_factory.mktemp("plugin-hello"))
 
 
 def test_install_is_a_real_distribution(site: Path) -> None:

@@ -4,6 +4,8 @@
 reporting every problem with its file, line, field path and reason.
 """
 
+from meshcore.config.checks import check_snapshot, defined_names
+from meshcore.config.delta import SnapshotDelta, delta_from_data
 from meshcore.config.loader import CONFIG_SUFFIXES, load_snapshot, parse_document, snapshot_from_data
 from meshcore.config.model import (
     AdminConfig,
@@ -65,6 +67,7 @@ __all__ = [
     "RouteMatch",
     "SecretStr",
     "Snapshot",
+    "SnapshotDelta",
     "Structurer",
     "TlsContext",
     "UpstreamTls",
@@ -72,7 +75,10 @@ __all__ = [
     "WeightedCluster",
     "at_least",
     "at_most",
+    "check_snapshot",
     "cidr",
+    "defined_names",
+    "delta_from_data",
     "format_duration",
     "format_path",
     "load_snapshot",

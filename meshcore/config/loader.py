@@ -74,7 +74,7 @@ def parse_document(text: str, name: str) -> tuple[Any, _LineMap | None]:
         problem = ConfigProblem(path="", message=f"invalid YAML: {err.problem}", file=name, line=line)
     except yaml.YAMLError as err:
         problem = ConfigProblem(path="", message=f"invalid YAML: {err}", file=name)
-    raise ConfigError([problem])
+    raise ConfigError([problem], stage="parse")
 
 
 def _defined_names(data: Any, section: str) -> set[str]:
@@ -151,12 +151,14 @@ def load_snapshot(file: str | FsPath, catalog: Catalog) -> Snapshot:
         raw = FsPath(file).read_bytes()
     except OSError as err:
         raise ConfigError(
-            [ConfigProblem(path="", message=f"cannot read: {err.strerror}", file=name)]
+            [ConfigProblem(path="", message=f"cannot read: {err.strerror}", file=name)], stage="parse"
         ) from err
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise ConfigError([ConfigProblem(path="", message="is not UTF-8 text", file=name)]) from err
+        raise ConfigError(
+            [ConfigProblem(path="", message="is not UTF-8 text", file=name)], stage="parse"
+        ) from err
     data, lines = parse_document(text, name)
     version = hashlib.sha256(raw).hexdigest()[:12]
     return snapshot_from_data(data, catalog, file=name, lines=lines, version=version)

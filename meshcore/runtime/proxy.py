@@ -14,7 +14,7 @@ import structlog
 import trio
 
 from meshcore.config import Cluster as ClusterConfig
-from meshcore.config import Listener, Snapshot
+from meshcore.config import Listener, Snapshot, SnapshotDelta, check_snapshot
 from meshcore.errors import ConfigError, ConfigProblem
 from meshcore.registry import Registry
 from meshcore.runtime.cluster import ClusterManager, Picker
@@ -45,9 +45,10 @@ class Proxy:
         self.admin_address: tuple[str, int] | None = None
         self._nursery: trio.Nursery | None = None
         self._applied = trio.Event()
+        self._config_changed = trio.Event()
+        self.rejections = 0
         self._drain_requested = trio.Event()
         self._stat_applied = self.stats.counter("config_snapshots_applied")
-        self._stat_rejected = self.stats.counter("config_snapshots_rejected")
 
     def _picker(self, config: ClusterConfig) -> Picker:
         policy = self.registry.get("lb_policy", config.lb_policy.name)
@@ -81,11 +82,22 @@ class Proxy:
                     host.close_idle()
         log.info("proxy_stopped")
 
-    async def wait_applied(self) -> Snapshot:
-        """Wait until a first Snapshot is live; return the current one."""
+    async def wait_applied(self, version: str | None = None) -> Snapshot:
+        """Wait until a Snapshot is live (the one of ``version``, if given); return it."""
         await self._applied.wait()
+        while version is not None and self.snapshot is not None and self.snapshot.version != version:
+            await self._config_changed.wait()
         assert self.snapshot is not None  # noqa: S101 - set before _applied
         return self.snapshot
+
+    async def wait_rejected(self, count: int) -> None:
+        """Wait until ``count`` configs have been rejected since the proxy started."""
+        while self.rejections < count:
+            await self._config_changed.wait()
+
+    def _notify(self) -> None:
+        self._config_changed.set()
+        self._config_changed = trio.Event()
 
     def address(self, listener: str) -> tuple[str, int]:
         """The bound address of a listener (the real port when config said 0)."""
@@ -94,9 +106,30 @@ class Proxy:
     # -- applying Snapshots ------------------------------------------------------------------
 
     def _check(self, snapshot: Snapshot) -> None:
+        """The Snapshot as a whole: structure and references, then every plugin's checks."""
+        problems = check_snapshot(snapshot, self.registry)
+        if problems:  # plugins' checks may assume a well-formed Snapshot
+            raise ConfigError(problems)
         problems = [ConfigProblem(path="", message=msg) for msg in self.registry.validate_snapshot(snapshot)]
         if problems:
             raise ConfigError(problems)
+
+    def record_rejection(self, error: ConfigError) -> None:
+        """Count a rejected config (``config_snapshots_rejected`` by ``reason``: its stage)."""
+        self.stats.counter("config_snapshots_rejected", reason=error.stage).value += 1
+        self.rejections += 1
+        log.warning(
+            "snapshot_rejected",
+            stage=error.stage,
+            problems=[str(p) for p in error.problems],
+            kept=self.version,
+        )
+        self._notify()
+
+    @property
+    def version(self) -> str | None:
+        """The version of the live Snapshot (None before the first)."""
+        return self.snapshot.version if self.snapshot is not None else None
 
     def _build_chains(self, snapshot: Snapshot, listener: Listener) -> list[CompiledChain]:
         chains = []
@@ -120,13 +153,13 @@ class Proxy:
                     filters.append(found.factory(ref.config, context))
                 except (ValueError, OSError) as err:
                     path = f"listeners[{listener.name}].filter_chains[{ci}].filters[{fi}].{ref.name}"
-                    raise ConfigError([ConfigProblem(path=path, message=str(err))]) from err
+                    raise ConfigError([ConfigProblem(path=path, message=str(err))], stage="apply") from err
             try:
                 chains.append(CompiledChain(chain, filters))
             except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
                 path = f"listeners[{listener.name}].filter_chains[{ci}].tls"
                 raise ConfigError(
-                    [ConfigProblem(path=path, message=f"cannot load TLS files: {err}")]
+                    [ConfigProblem(path=path, message=f"cannot load TLS files: {err}")], stage="apply"
                 ) from err
         return chains
 
@@ -142,8 +175,8 @@ class Proxy:
             self._check(snapshot)
             built = {listener.name: self._build_chains(snapshot, listener) for listener in snapshot.listeners}
             opened = self._open_new_listeners(snapshot, built)
-        except ConfigError:
-            self._stat_rejected.value += 1
+        except ConfigError as err:
+            self.record_rejection(err)
             raise
         # Nothing can fail from here on: swap.
         self.clusters.apply(snapshot)
@@ -161,8 +194,30 @@ class Proxy:
         self.snapshot = snapshot
         self._stat_applied.value += 1
         self._applied.set()
+        self._notify()
         self.registry.hook.meshcore_snapshot_applied(snapshot=snapshot)
         log.info("snapshot_applied", version=snapshot.version, listeners=sorted(wanted))
+
+    def apply_delta(self, delta: SnapshotDelta) -> Snapshot:
+        """Compose ``delta`` onto the live Snapshot and apply the result; return it.
+
+        Raises:
+            ConfigError: the delta does not compose, or the result is rejected as a whole
+                (every problem named); the live Snapshot keeps serving.
+        """
+        current = self.snapshot
+        if current is None:
+            message = "a delta needs a live Snapshot to apply to: deliver a whole Snapshot first"
+            error = ConfigError([ConfigProblem(path="", message=message)])
+            self.record_rejection(error)
+            raise error
+        try:
+            snapshot = delta.compose(current)
+        except ConfigError as err:
+            self.record_rejection(err)
+            raise
+        self.apply(snapshot)
+        return snapshot
 
     def _open_new_listeners(
         self, snapshot: Snapshot, built: dict[str, list[CompiledChain]]
@@ -183,7 +238,7 @@ class Proxy:
                         path=f"listeners[{li}].address",
                         message=f"cannot listen on {listener.address}: {err.strerror}",
                     )
-                    raise ConfigError([problem]) from err
+                    raise ConfigError([problem], stage="apply") from err
         except ConfigError:
             for runtime in opened.values():
                 runtime.socket.socket.close()

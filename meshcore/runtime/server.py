@@ -1,12 +1,15 @@
 """Run a whole proxy: config source, proxy, admin server, signals.
 
-:func:`serve_proxy` is what ``meshcore proxy`` runs and what the test fixtures embed.
+:func:`serve_proxy` is what ``meshcore proxy`` runs and what the test fixtures embed. It is
+public (``meshcore.serve_proxy``): an application runs a proxy from any config source
+with it, chosen by name or given as an object.
 """
 
 from __future__ import annotations
 
 import signal
-from typing import Any, Protocol
+from collections.abc import Mapping
+from typing import Any
 
 import structlog
 import trio
@@ -14,37 +17,42 @@ import trio
 from meshcore.config import Snapshot
 from meshcore.registry import Registry
 from meshcore.runtime.proxy import Proxy
+from meshcore.runtime.sources import ConfigSink, ConfigSource, ProxySink, build_source
 
-__all__ = ["ConfigSource", "serve_proxy"]
+__all__ = ["ConfigSink", "ConfigSource", "serve_proxy"]
 
 log = structlog.get_logger("meshcore.server")
 
 
-class ConfigSource(Protocol):
-    """What a config source plugin's factory returns."""
-
-    async def run(self, apply: Any, *, task_status: Any = ...) -> None:
-        """Call ``apply(snapshot)`` with the first Snapshot, report started, then with every update."""
-
-    def reload(self) -> None:
-        """Reload now (SIGHUP)."""
-
-
 async def serve_proxy(
-    source: ConfigSource,
+    source: ConfigSource | str,
     registry: Registry,
     *,
+    source_config: Mapping[str, Any] | None = None,
     admin: bool = True,
     reuse_port: bool = False,
     handle_signals: bool = False,
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run a proxy fed by ``source`` until it is drained.
+    """Run a proxy fed by a config source until it is drained.
 
-    Reports the :class:`Proxy` through ``task_status`` once its first Snapshot is live and
-    the admin server (if any) listens. The first Snapshot's ConfigError propagates.
-    With ``handle_signals``: SIGTERM and SIGINT drain, SIGHUP reloads the source.
+    Args:
+        source: a config source object, or the registered name of one (``"file"``, a
+            plugin's), built from ``source_config``.
+        registry: the plugin registry (filters, policies and sources are looked up here).
+        source_config: the named source's config section, as plain data (structured and
+            validated by the source's config class).
+        admin: serve the admin server if the Snapshot enables it.
+        reuse_port: bind listeners with SO_REUSEPORT (``--workers``).
+        handle_signals: SIGTERM and SIGINT drain, SIGHUP reloads the source.
+        task_status: reports the :class:`~meshcore.runtime.proxy.Proxy` once its first
+            Snapshot is live and the admin server (if any) listens.
+
+    Raises:
+        ConfigError: the source could not be built, or its first Snapshot was rejected.
     """
+    if isinstance(source, str):
+        source = build_source(registry, source, source_config)
     proxy = Proxy(registry, reuse_port=reuse_port)
     async with trio.open_nursery() as nursery:
 
@@ -52,16 +60,9 @@ async def serve_proxy(
             await proxy.run(task_status=task_status)
             nursery.cancel_scope.cancel()  # drained: stop the source, admin and signal tasks
 
-        def apply(snapshot: Snapshot) -> None:
-            # Sources keep delivering while we drain (SIGHUP, a file change); the proxy refuses
-            # new Snapshots then (RuntimeError), which must not end the drain.
-            if proxy.draining:
-                log.info("snapshot_ignored", version=snapshot.version, reason="draining")
-                return
-            proxy.apply(snapshot)
-
+        sink: ConfigSink = ProxySink(proxy)
         await nursery.start(run_proxy)
-        await nursery.start(source.run, apply)
+        await nursery.start(source.run, sink)
         snapshot: Snapshot = await proxy.wait_applied()
         if admin and snapshot.admin.enabled:
             from meshcore.runtime.admin import serve_admin  # noqa: PLC0415 - optional part
@@ -86,7 +87,10 @@ async def _handle_signals(
         async for signum in signals:
             if signum == signal.SIGHUP:
                 log.info("reload_requested", signal="SIGHUP")
-                source.reload()
+                try:
+                    source.reload()
+                except Exception:  # a source's bug must not end the proxy
+                    log.exception("reload_failed", source=type(source).__name__)
             else:
                 log.info("drain_started", signal=signal.Signals(signum).name)
                 proxy.drain()

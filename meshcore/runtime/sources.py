@@ -1,0 +1,136 @@
+"""Config sources: the plugins a proxy takes its Snapshots from, and the sink they feed.
+
+A config source is registered by a plugin (``meshcore_config_sources``) and chosen by
+name: ``meshcore proxy --source NAME`` or ``serve_proxy(NAME, registry, source_config=...)``.
+Its factory gets its structured config and the registry; the object it returns has an
+``async run(sink)`` that delivers whole Snapshots (``sink.apply``) or deltas
+(``sink.apply_delta``) for as long as the proxy runs. Each call either applies or raises
+:class:`~meshcore.errors.ConfigError` with every problem (the source's cue to NACK); the
+last good Snapshot keeps serving either way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+import structlog
+import trio
+
+from meshcore.config import Snapshot, SnapshotDelta, Structurer
+from meshcore.errors import ConfigError, ConfigProblem
+
+if TYPE_CHECKING:
+    from meshcore.registry import Registry
+    from meshcore.runtime.proxy import Proxy
+
+__all__ = ["ConfigSink", "ConfigSource", "ProxySink", "build_source"]
+
+log = structlog.get_logger("meshcore.sources")
+
+
+class ConfigSink(Protocol):
+    """Where a config source delivers: the running proxy, seen from the source.
+
+    Every method is synchronous and returns once the change is live (or raises).
+    """
+
+    def apply(self, snapshot: Snapshot) -> None:
+        """Make ``snapshot`` the live config, or raise ConfigError with every problem."""
+
+    def apply_delta(self, delta: SnapshotDelta) -> Snapshot:
+        """Compose ``delta`` onto the live Snapshot, validate the result whole and apply it.
+
+        Returns the Snapshot now live. Raises ConfigError with every problem (the live
+        Snapshot stays), including when no Snapshot is live yet to compose onto.
+        """
+
+    def rejected(self, error: ConfigError) -> None:
+        """Report a config the source could not even turn into a Snapshot or delta.
+
+        A file that does not parse, a document with field problems: counted and shown on
+        the admin server like a rejected apply.
+        """
+
+
+class ConfigSource(Protocol):
+    """What a config source plugin's factory returns."""
+
+    async def run(self, sink: ConfigSink, *, task_status: trio.TaskStatus[None] = ...) -> None:
+        """Deliver the first Snapshot, report started, then every update until cancelled.
+
+        The first delivery's ConfigError should propagate (the proxy cannot start without
+        a config); later ones are the source's to report (log, NACK) and survive.
+        """
+
+    def reload(self) -> None:
+        """Look for a new config now (the CLI calls it on SIGHUP); may do nothing."""
+
+
+def build_source(registry: Registry, name: str, config: Mapping[str, Any] | None = None) -> ConfigSource:
+    """The config source ``name``, built from plain config data (structured by its config class).
+
+    Args:
+        registry: where the source is looked up.
+        name: the source's registered name (``file``, ...).
+        config: its config section, as in a config file (None: its defaults).
+
+    Raises:
+        ConfigError: no such source, a problem in its config (with field paths under
+            ``source.NAME``), or its factory failed.
+    """
+    found = registry.get("config_source", name)
+    if found is None:
+        known = ", ".join(sorted(registry.names("config_source"))) or "none"
+        raise ConfigError(
+            [ConfigProblem(path="source", message=f"unknown config source {name!r} (known: {known})")]
+        )
+    structured: Any = None
+    if found.config is not None:
+        structurer = Structurer(registry)
+        structured = structurer.structure(dict(config or {}), found.config, ("source", name))
+        if structurer.problems or structured is None:
+            raise ConfigError(
+                structurer.problems or [ConfigProblem(path=f"source.{name}", message="invalid")]
+            )
+    elif config:
+        raise ConfigError([ConfigProblem(path=f"source.{name}", message=f"{name!r} takes no config")])
+    try:
+        source: ConfigSource = found.factory(structured, registry)
+    except ConfigError:
+        raise
+    except Exception as err:
+        owner = registry.owner("config_source", name)
+        who = f"plugin {owner.name!r} ({owner.origin})" if owner is not None else "its plugin"
+        message = f"config source {name!r} of {who} failed to start: {type(err).__name__}: {err}"
+        raise ConfigError([ConfigProblem(path=f"source.{name}", message=message)]) from err
+    return source
+
+
+class ProxySink:
+    """The sink a proxy gives its config source.
+
+    While the proxy drains, deliveries are ignored (a SIGHUP, a file change, a control
+    plane push must not end the drain), and ``apply_delta`` returns the live Snapshot.
+    """
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+
+    def apply(self, snapshot: Snapshot) -> None:
+        """Apply ``snapshot`` (see :meth:`ConfigSink.apply`)."""
+        if self.proxy.draining:
+            log.info("snapshot_ignored", version=snapshot.version, reason="draining")
+            return
+        self.proxy.apply(snapshot)
+
+    def apply_delta(self, delta: SnapshotDelta) -> Snapshot:
+        """Apply ``delta`` (see :meth:`ConfigSink.apply_delta`)."""
+        if self.proxy.draining and self.proxy.snapshot is not None:
+            log.info("snapshot_ignored", version=delta.version, reason="draining")
+            return self.proxy.snapshot
+        return self.proxy.apply_delta(delta)
+
+    def rejected(self, error: ConfigError) -> None:
+        """Count a config the source could not read (see :meth:`ConfigSink.rejected`)."""
+        self.proxy.record_rejection(error)
