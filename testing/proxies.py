@@ -28,6 +28,7 @@ import trio
 from meshcore import (
     Address,
     ConfigError,
+    ConfigSink,
     Registry,
     Snapshot,
     SnapshotDelta,
@@ -35,10 +36,10 @@ from meshcore import (
     build_registry,
     join_host_port,
     load_snapshot,
+    serve_proxy,
     snapshot_from_data,
 )
 from meshcore.runtime.proxy import Proxy
-from meshcore.runtime.server import ConfigSink, serve_proxy
 from meshcore.testing.client import Client
 from meshcore.testing.upstreams import serve_upstream
 

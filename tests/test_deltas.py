@@ -14,6 +14,7 @@ import trio
 
 import meshcore
 from meshcore.config import Endpoint, check_snapshot
+from meshcore.runtime.proxy import Proxy
 from meshcore.testing import ProxyFactory, UpstreamFactory, http_proxy_config, open_proxies, tcp_proxy_config
 
 REGISTRY = meshcore.build_registry(autoload=False)
@@ -253,7 +254,7 @@ async def test_plugin_checks_see_the_composed_snapshot(meshcore_upstream: Upstre
 
 
 async def test_a_delta_before_any_snapshot_is_rejected() -> None:
-    proxy = meshcore.Proxy(REGISTRY)
+    proxy = Proxy(REGISTRY)
     with pytest.raises(meshcore.ConfigError, match="a delta needs a live Snapshot to apply to"):
         proxy.apply_delta(meshcore.SnapshotDelta(version="v1"))
     assert proxy.stats.value("config_snapshots_rejected", reason="validation") == 1
