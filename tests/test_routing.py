@@ -314,10 +314,17 @@ def test_rewrite_path(kwargs: dict[str, Any], path: str, expected: str) -> None:
 
 
 def test_both_rewrites_or_bad_substitution_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match=r"virtual_hosts\[0\].routes\[0\]: takes one of"):
+    # Validation finds these first (meshcore.config.consistency); compiling refuses them too.
+    with pytest.raises(ConfigError) as both:
         one(route(prefix_rewrite="/", regex_rewrite=("a", "b")))
-    with pytest.raises(ConfigError, match=r"routes\[1\]: regex_rewrite substitution '\\\\2' is unusable"):
+    assert str(both.value) == (
+        "virtual_hosts[0].routes[0].regex_rewrite: takes one of prefix_rewrite, regex_rewrite, got both"
+    )
+    with pytest.raises(ConfigError) as bad:
         one(route(), route(regex_rewrite=("(a)", r"\2")))
+    assert str(bad.value) == (
+        "virtual_hosts[0].routes[1].regex_rewrite[1]: '\\2' refers to group 2, which pattern '(a)' lacks (it has 1 group)"
+    )
 
 
 def weighted(*weights: int) -> Route:

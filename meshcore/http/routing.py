@@ -21,8 +21,9 @@ from types import MappingProxyType
 from typing import Any, Final
 from urllib.parse import unquote_plus
 
+from meshcore.config.consistency import route_config_problems
 from meshcore.config.model import HeaderMatch, QueryParamMatch, Route, RouteConfiguration, VirtualHost
-from meshcore.errors import ConfigError, ConfigProblem
+from meshcore.errors import ConfigError
 from meshcore.http.messages import Request
 
 __all__ = ["CompiledRoute", "CompiledVirtualHost", "RouteTable", "parse_query"]
@@ -393,41 +394,25 @@ class RouteTable:
             rng: the random source of weighted cluster picks (tests pass a seeded one).
 
         Raises:
-            ConfigError: a domain is served by two virtual hosts, or a route has both
-                ``prefix_rewrite`` and ``regex_rewrite`` or an unusable substitution.
+            ConfigError: what :func:`~meshcore.config.consistency.route_config_problems`
+                finds (a domain served by two virtual hosts, both rewrites on a route, an
+                unusable substitution), which validation reports before any apply.
         """
-        source = rng if rng is not None else random.Random()  # noqa: S311 - load spreading, not crypto
-        problems: list[ConfigProblem] = []
-        domains: dict[str, CompiledVirtualHost] = {}
-        vhosts = []
-        for i, vh in enumerate(config.virtual_hosts):
-            routes = []
-            for j, route in enumerate(vh.routes):
-                where = f"virtual_hosts[{i}].routes[{j}]"
-                if route.prefix_rewrite is not None and route.regex_rewrite is not None:
-                    problems.append(
-                        ConfigProblem(path=where, message="takes one of prefix_rewrite, regex_rewrite")
-                    )
-                elif route.regex_rewrite is not None:
-                    pattern, substitution = route.regex_rewrite
-                    try:
-                        re.compile(pattern).sub(substitution, "")  # checks the group references
-                    except re.error as err:
-                        msg = f"regex_rewrite substitution {substitution!r} is unusable ({err})"
-                        problems.append(ConfigProblem(path=where, message=msg))
-                        continue
-                name = route.name or f"{vh.name}/{j}"
-                routes.append(CompiledRoute(route, name=name, virtual_host=vh.name, rng=source))
-            vhost = CompiledVirtualHost(vh, tuple(routes))
-            vhosts.append(vhost)
-            for k, domain in enumerate(vh.domains):
-                key = domain.lower()
-                taken = domains.setdefault(key, vhost)
-                if taken is not vhost:
-                    msg = f"domain {domain!r} is already served by virtual host {taken.name!r}"
-                    problems.append(ConfigProblem(path=f"virtual_hosts[{i}].domains[{k}]", message=msg))
+        problems = route_config_problems(config)
         if problems:
             raise ConfigError(problems)
+        source = rng if rng is not None else random.Random()  # noqa: S311 - load spreading, not crypto
+        domains: dict[str, CompiledVirtualHost] = {}
+        vhosts = []
+        for vh in config.virtual_hosts:
+            routes = tuple(
+                CompiledRoute(route, name=route.name or f"{vh.name}/{j}", virtual_host=vh.name, rng=source)
+                for j, route in enumerate(vh.routes)
+            )
+            vhost = CompiledVirtualHost(vh, routes)
+            vhosts.append(vhost)
+            for domain in vh.domains:
+                domains.setdefault(domain.lower(), vhost)
         return cls(config, tuple(vhosts), domains)
 
     def match(self, request: Request) -> CompiledRoute | None:
