@@ -18,6 +18,7 @@ from meshcore.plugin import hookspec
 
 if TYPE_CHECKING:
     from meshcore.config import Snapshot
+    from meshcore.errors import ConfigProblem
     from meshcore.plugin import ConfigSourceType, HttpFilterType, LbPolicyType, NetworkFilterType
 
 __all__ = [
@@ -73,11 +74,14 @@ def meshcore_config_sources() -> Sequence[ConfigSourceType]:
 
 
 @hookspec
-def meshcore_validate_snapshot(snapshot: Snapshot) -> Sequence[str]:
-    """Check a structured Snapshot beyond its fields; return one message per problem.
+def meshcore_validate_snapshot(snapshot: Snapshot) -> Sequence[str | ConfigProblem]:
+    """Check a structured Snapshot beyond its fields; return one problem per thing wrong.
 
-    Called after a Snapshot has been structured and before it is applied. Any message
-    rejects the Snapshot (the last good one keeps serving). Return an empty sequence when
+    Called by ``meshcore validate`` and before every apply, once the Snapshot has been
+    structured. Any problem rejects the Snapshot (the last good one keeps serving). A
+    :class:`~meshcore.ConfigProblem` names the field path (``ConfigProblem(path=
+    "clusters[0].endpoints", message="...")``), and ``meshcore validate`` shows its line; a
+    plain string is shown as it is, with the plugin's name. Return an empty sequence when
     all is well.
     """
     raise NotImplementedError

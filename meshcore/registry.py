@@ -21,6 +21,7 @@ import attrs
 import pluggy
 
 from meshcore import hookspecs
+from meshcore.errors import ConfigProblem
 from meshcore.plugin import (
     PROJECT,
     ConfigSourceType,
@@ -37,6 +38,7 @@ __all__ = ["AUTOLOAD_ENV", "BUILTIN_PLUGINS", "PluginInfo", "Registry", "build_r
 
 AUTOLOAD_ENV = "MESHCORE_DISABLE_PLUGIN_AUTOLOAD"
 BUILTIN_PLUGINS = (
+    "meshcore.runtime.validation",
     "meshcore.runtime.http_manager_plugin",
     "meshcore.filters.router",
     "meshcore.filters.tcp_proxy",
@@ -157,23 +159,34 @@ class Registry:
         caller = getattr(self.manager.hook, hook_name)
         return sorted(caller.get_hookimpls(), key=lambda impl: order.get(impl.plugin_name, len(order)))
 
-    def validate_snapshot(self, snapshot: Snapshot) -> list[str]:
+    def snapshot_problems(self, snapshot: Snapshot) -> list[ConfigProblem]:
         """Every plugin's objections to ``snapshot`` (``meshcore_validate_snapshot``), one plugin at a time.
 
-        A plugin whose hook raises objects in its own name: a bug in one plugin neither
-        crashes the caller nor lets a Snapshot through unchecked.
+        A plugin's ConfigProblem keeps its field path (so that ``meshcore validate`` can
+        point at the line); a plain message is attributed to its plugin. A plugin whose hook
+        raises objects in its own name: a bug in one plugin neither crashes the caller nor
+        lets a Snapshot through unchecked.
         """
-        problems = []
+        problems: list[ConfigProblem] = []
         for impl in self._impls("meshcore_validate_snapshot"):
+            where = f"plugin {impl.plugin_name!r}"
             try:
-                problems += [
-                    f"plugin {impl.plugin_name!r}: {msg}" for msg in impl.function(snapshot=snapshot)
-                ]
+                found = list(impl.function(snapshot=snapshot))
             except Exception as err:  # noqa: BLE001 - one plugin must not take the others down
-                problems.append(
-                    f"plugin {impl.plugin_name!r}: meshcore_validate_snapshot raised {type(err).__name__}: {err}"
-                )
+                message = f"{where}: meshcore_validate_snapshot raised {type(err).__name__}: {err}"
+                problems.append(ConfigProblem(path="", message=message))
+                continue
+            problems += [
+                item
+                if isinstance(item, ConfigProblem)
+                else ConfigProblem(path="", message=f"{where}: {item}")
+                for item in found
+            ]
         return problems
+
+    def validate_snapshot(self, snapshot: Snapshot) -> list[str]:
+        """:meth:`snapshot_problems` as lines ("field.path: reason")."""
+        return [str(problem) for problem in self.snapshot_problems(snapshot)]
 
     def _add(self, info: PluginInfo, hook_name: str, descriptor: type[PluginType], item: object) -> None:
         where = f"plugin {info.name!r} ({info.origin})"
