@@ -24,6 +24,7 @@ from meshcore.logs import configure as configure_logging
 from meshcore.registry import KINDS, Registry, build_registry
 from meshcore.runtime.server import serve_proxy
 from meshcore.runtime.sources import build_source
+from meshcore.runtime.validation import validate_snapshot
 
 __all__ = ["main"]
 
@@ -68,6 +69,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """Validate config files; one line per problem; exit 1 if any."""
     registry = build_registry()
     _report_plugin_problems(registry, sys.stderr)
+    check = functools.partial(validate_snapshot, registry=registry)
     failed = False
     checked = 0
     for arg in args.files:
@@ -86,17 +88,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
         for file in files:
             checked += 1
             try:
-                snapshot = meshcore.load_snapshot(file, registry)
+                snapshot = meshcore.load_snapshot(file, registry, check=check)
             except ConfigError as err:
                 failed = True
                 for problem in err.problems:
                     print(problem)
                 continue
-            extra = registry.validate_snapshot(snapshot)
-            for msg in extra:
-                print(f"{file}: {msg}")
-            failed = failed or bool(extra)
-            if not args.quiet and not extra:
+            if not args.quiet:
                 print(f"{file}: ok (version {snapshot.version})")
     return 1 if failed or checked == 0 else 0
 

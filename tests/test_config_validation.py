@@ -661,6 +661,18 @@ def test_toml_syntax_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 # -- directories -------------------------------------------------------------------------------
 
+# The smallest config a file may hold: one listener (an empty one is an error, see below).
+MINIMAL = {
+    "listeners": [
+        {
+            "name": "l",
+            "address": "127.0.0.1:0",
+            "filter_chains": [{"filters": [{"tcp_proxy": {"cluster": "c"}}]}],
+        }
+    ],
+    "clusters": [{"name": "c"}],
+}
+
 
 def test_directory_arguments_expand_to_the_config_files_below(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -669,7 +681,7 @@ def test_directory_arguments_expand_to_the_config_files_below(
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b.yml").write_text((EXAMPLES / TCP).read_text(encoding="utf-8"), encoding="utf-8")
     (tmp_path / "sub" / "c.toml").write_text(TCP_TOML, encoding="utf-8")
-    (tmp_path / "sub" / "d.json").write_text("{}", encoding="utf-8")
+    (tmp_path / "sub" / "d.json").write_text(json.dumps(MINIMAL), encoding="utf-8")
     # Not config: hidden, a Python project (plugin package) below, other suffixes.
     (tmp_path / ".hidden").mkdir()
     (tmp_path / ".hidden" / "x.yaml").write_text("bad: [", encoding="utf-8")

@@ -6,6 +6,7 @@ reporting every problem with its file, line, field path and reason.
 
 from meshcore.config.checks import check_snapshot, defined_names
 from meshcore.config.delta import SnapshotDelta, delta_from_data
+from meshcore.config.files import file_field
 from meshcore.config.loader import CONFIG_SUFFIXES, load_snapshot, parse_document, snapshot_from_data
 from meshcore.config.model import (
     AdminConfig,
@@ -79,6 +80,7 @@ __all__ = [
     "cidr",
     "defined_names",
     "delta_from_data",
+    "file_field",
     "format_duration",
     "format_path",
     "load_snapshot",

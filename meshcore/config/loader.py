@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path as FsPath
 from typing import Any
 
@@ -20,9 +20,11 @@ from meshcore.config.model import Snapshot
 from meshcore.config.structure import Catalog, Path, Structurer, format_path
 from meshcore.errors import ConfigError, ConfigProblem
 
-__all__ = ["CONFIG_SUFFIXES", "load_snapshot", "parse_document", "snapshot_from_data"]
+__all__ = ["CONFIG_SUFFIXES", "Check", "load_snapshot", "parse_document", "snapshot_from_data"]
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json", ".toml")
+Check = Callable[[Snapshot], Iterable[ConfigProblem]]
+"""Checks of a structured Snapshot beyond its fields (``meshcore validate`` runs the runtime's)."""
 
 
 class _LineMap:
@@ -106,8 +108,19 @@ def snapshot_from_data(
     file: str | None = None,
     lines: _LineMap | None = None,
     version: str | None = None,
+    check: Check | None = None,
 ) -> Snapshot:
-    """Structure and check plain data as a Snapshot; raise ConfigError with every problem."""
+    """Structure and check plain data as a Snapshot; raise ConfigError with every problem.
+
+    Args:
+        data: the document, as parsed.
+        catalog: the plugins its names refer to.
+        file: the file it came from, for problems.
+        lines: where each field path is in that file (YAML), for problems.
+        version: the Snapshot's version when the data gives none.
+        check: run on the Snapshot once it is structured without a problem; its problems
+            are reported like the structurer's, file and line included.
+    """
     structurer = Structurer(catalog)
     if isinstance(data, Mapping) and version is not None and "version" not in data:
         data = {**data, "version": version}
@@ -116,16 +129,20 @@ def snapshot_from_data(
     if structurer.problems or snapshot is None:
         problems = structurer.problems or [ConfigProblem(path="", message="invalid config")]
         raise ConfigError(_locate(problems, file, lines))
+    found = list(check(snapshot)) if check is not None else []
+    if found:
+        # A check's problem without a field path is about no line in particular (not line 1).
+        raise ConfigError(_locate(found, file, lines, document_line=False))
     return snapshot
 
 
 def _locate(
-    problems: Iterable[ConfigProblem], file: str | None, lines: _LineMap | None
+    problems: Iterable[ConfigProblem], file: str | None, lines: _LineMap | None, *, document_line: bool = True
 ) -> list[ConfigProblem]:
     out = []
     for problem in problems:
         line = problem.line
-        if lines is not None and line is None:
+        if lines is not None and line is None and (problem.path or document_line):
             line = lines.line_for(_parse_path(problem.path))
         out.append(attrs.evolve(problem, file=file, line=line))
     out.sort(key=lambda p: p.line or 0)  # stable: same line keeps discovery order
@@ -144,8 +161,32 @@ def _parse_path(text: str) -> Path:
     return tuple(parts)
 
 
-def load_snapshot(file: str | FsPath, catalog: Catalog) -> Snapshot:
-    """Read, structure and check a config file; raise ConfigError naming file, line, path and reason."""
+def _not_empty(check: Check | None) -> Check:
+    """``check``, after the rule of config files: they are not empty.
+
+    A file that defines no listeners, clusters or route tables (an emptied or truncated
+    file, the wrong one) would stop every listener of a proxy that reloads it: it is an
+    error, and the proxy keeps its config. A file of route tables alone is fine
+    (``meshcore check-routes`` reads such files).
+    """
+
+    def checked(snapshot: Snapshot) -> list[ConfigProblem]:
+        if not (snapshot.listeners or snapshot.clusters or snapshot.route_configs):
+            return [ConfigProblem(path="", message=EMPTY_CONFIG)]
+        return list(check(snapshot)) if check is not None else []
+
+    return checked
+
+
+EMPTY_CONFIG = "is empty: it defines no listeners, clusters or route_configs (a proxy from it would accept no connections)"
+
+
+def load_snapshot(file: str | FsPath, catalog: Catalog, *, check: Check | None = None) -> Snapshot:
+    """Read, structure and check a config file; raise ConfigError naming file, line, path and reason.
+
+    An empty file (no listeners, clusters or route tables) is an error (see ``_not_empty``).
+    ``check`` runs on the structured Snapshot, as in :func:`snapshot_from_data`.
+    """
     name = str(file)
     try:
         raw = FsPath(file).read_bytes()
@@ -161,7 +202,7 @@ def load_snapshot(file: str | FsPath, catalog: Catalog) -> Snapshot:
         ) from err
     data, lines = parse_document(text, name)
     version = hashlib.sha256(raw).hexdigest()[:12]
-    return snapshot_from_data(data, catalog, file=name, lines=lines, version=version)
+    return snapshot_from_data(data, catalog, file=name, lines=lines, version=version, check=_not_empty(check))
 
 
 __all__ += ["format_path"]

@@ -15,11 +15,17 @@ from typing import Literal
 
 import attrs
 
-from meshcore.config import ByteSize, Duration, HttpFilterRef, at_least, at_most, non_empty, ref
+from meshcore.config import ByteSize, Duration, HttpFilterRef, Snapshot, at_least, at_most, non_empty, ref
+from meshcore.errors import ConfigProblem
 from meshcore.plugin import NetworkFilterType, hookimpl
 from meshcore.runtime.http_manager import HttpConnectionManager
 
-__all__ = ["Http2Settings", "HttpConnectionManagerConfig", "meshcore_network_filters"]
+__all__ = [
+    "Http2Settings",
+    "HttpConnectionManagerConfig",
+    "meshcore_network_filters",
+    "meshcore_validate_snapshot",
+]
 
 
 @attrs.frozen(kw_only=True)
@@ -77,3 +83,45 @@ def meshcore_network_filters() -> list[NetworkFilterType]:
             description="HTTP/1.1 and HTTP/2; runs each request through a chain of HTTP filters",
         )
     ]
+
+
+@hookimpl
+def meshcore_validate_snapshot(snapshot: Snapshot) -> list[ConfigProblem]:
+    """A route's filter override names a filter of the chain of a connection manager using its table.
+
+    An override of a filter that no such chain has would be ignored without a word. A route
+    table shared by managers with different chains may override a filter that only some
+    of them have.
+    """
+    chains: dict[str, list[tuple[str, tuple[str, ...]]]] = {}  # route config -> (where, filter names)
+    for i, listener in enumerate(snapshot.listeners):
+        for j, chain in enumerate(listener.filter_chains):
+            for k, network_filter in enumerate(chain.filters):
+                config = network_filter.config
+                if isinstance(config, HttpConnectionManagerConfig):
+                    where = (
+                        f"listeners[{i}].filter_chains[{j}].filters[{k}].{network_filter.name}.http_filters"
+                    )
+                    names = tuple(f.name for f in config.http_filters)
+                    chains.setdefault(config.route_config, []).append((where, names))
+    problems = []
+    for i, route_config in enumerate(snapshot.route_configs):
+        users = chains.get(route_config.name)
+        if not users:
+            continue
+        in_some_chain = {name for _, names in users for name in names}
+        for j, vhost in enumerate(route_config.virtual_hosts):
+            for k, route in enumerate(vhost.routes):
+                for name in route.filters.by_filter:
+                    if name not in in_some_chain:
+                        path = f"route_configs[{i}].virtual_hosts[{j}].routes[{k}].filters.{name}"
+                        problems.append(
+                            ConfigProblem(path=path, message=_not_in_chain(name, route_config.name, users))
+                        )
+    return problems
+
+
+def _not_in_chain(name: str, route_config: str, users: list[tuple[str, tuple[str, ...]]]) -> str:
+    which = "the connection manager" if len(users) == 1 else "any connection manager"
+    chains = "; ".join(f"{where}: {', '.join(names)}" for where, names in users)
+    return f"{name!r} is not in the HTTP filters of {which} using route config {route_config!r} ({chains})"
