@@ -208,8 +208,8 @@ def build_problems(snapshot: Snapshot, registry: Registry) -> list[ConfigProblem
     problems = []
     stats = Stats()
     for i, cluster in enumerate(snapshot.clusters):
-        ref = cluster.lb_policy
-        problems += _build(registry, "lb_policy", ref, f"clusters[{i}].lb_policy", ref.config)
+        policy = cluster.lb_policy
+        problems += _build(registry, "lb_policy", policy, f"clusters[{i}].lb_policy", policy.config)
     clusters = ClusterManager(stats, lambda _config: _never_picks())
     for i, listener in enumerate(snapshot.listeners):
         for j, chain in enumerate(listener.filter_chains):
