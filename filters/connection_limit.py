@@ -4,10 +4,12 @@ Modelled on Envoy's connection_limit filter. It counts the connections that pass
 and are still open; a connection beyond ``max_connections`` is not passed on: it is held
 for ``delay`` (so that a client that reconnects at once does not spin), then closed.
 
-The count belongs to one filter instance, that is one filter chain for one Snapshot: a
-new Snapshot starts a new count for new connections, while those on the old chain drain.
-Metrics, labelled ``listener``: the gauge ``connection_limit_active`` and the counter
-``connection_limit_rejected``.
+The count belongs to the filter chain, across Snapshots: a Snapshot that leaves the chain
+alone leaves the filter alone, and a new chain's ``connection_limit`` counts on from the one
+it replaces (``carry_over``), whose connections still hold their places while they drain.
+So a changed ``max_connections`` applies to the next connection, against the connections
+open now. Metrics, labelled ``listener``: the gauge ``connection_limit_active`` and the
+counter ``connection_limit_rejected``.
 """
 
 from __future__ import annotations
@@ -32,39 +34,54 @@ class ConnectionLimitConfig:
     """How long to hold a rejected connection before closing it (0: close at once)."""
 
 
+class _Count:
+    """Connections passed on and still open, shared by a filter and the ones that replace it."""
+
+    __slots__ = ("active",)
+
+    def __init__(self) -> None:
+        self.active = 0
+
+
 class ConnectionLimit:
-    """The ``connection_limit`` filter for one filter chain and Snapshot."""
+    """The ``connection_limit`` filter of one filter chain."""
 
     def __init__(self, config: ConnectionLimitConfig, context: FilterContext) -> None:
         self._max = config.max_connections
         self._delay = float(config.delay)
         self._listener = context.listener
-        self._active = 0
+        self._count = _Count()
         self._stat_active = context.stats.gauge("connection_limit_active", listener=context.listener)
         self._stat_rejected = context.stats.counter("connection_limit_rejected", listener=context.listener)
 
     @property
     def active(self) -> int:
-        """How many connections this filter passed on that are still open."""
-        return self._active
+        """How many connections this filter (and those it replaced) passed on that are still open."""
+        return self._count.active
+
+    def carry_over(self, previous: object) -> None:
+        """Count on from the ``connection_limit`` this one replaces: its connections are still open."""
+        if isinstance(previous, ConnectionLimit):
+            self._count = previous._count  # noqa: SLF001 - the filter it replaces
 
     async def __call__(self, conn: Connection, call_next: NetworkHandler) -> None:
         """Pass ``conn`` on while under the limit; past it, hold it for the delay and close it."""
-        if self._active >= self._max:
+        count = self._count
+        if count.active >= self._max:
             self._stat_rejected.value += 1
             log.info(
-                "connection_limit_rejected", listener=self._listener, active=self._active, peer=conn.peer
+                "connection_limit_rejected", listener=self._listener, active=count.active, peer=conn.peer
             )
             if self._delay:
                 await trio.sleep(self._delay)
             await conn.stream.aclose()
             return
-        self._active += 1
+        count.active += 1
         self._stat_active.value += 1
         try:
             await call_next(conn)
         finally:
-            self._active -= 1
+            count.active -= 1
             self._stat_active.value -= 1
 
 

@@ -10,6 +10,12 @@ the filter (``filters: {local_ratelimit: {...}}``) gets an instance and a bucket
 own, which replaces the listener's for that route; ``filters: {local_ratelimit:
 disabled}`` lets the route's requests through unlimited.
 
+Buckets outlive Snapshots: a Snapshot that leaves the filter alone leaves its buckets
+alone, and a rebuilt filter takes over the buckets of the one it replaces (``carry_over``):
+the same buckets when their shape is the same; when it changed, the tokens left, less any
+past the new ``max_tokens`` and plus whatever ``max_tokens`` grew by. So a config change is
+never a free refill, and a changed limit applies from the next request.
+
 ``descriptors`` add buckets keyed by something in the request: a header's value
 (``key: {header: x-user}``), the client's IP address (``key: client_address``), or the
 identity of the caller (``key: identity``; for now the value of
@@ -135,6 +141,39 @@ def _new_bucket(config: TokenBucketConfig, now: float) -> TokenBucket:
     )
 
 
+def _same_shape(config: TokenBucketConfig, other: TokenBucketConfig) -> bool:
+    return (config.max_tokens, config.tokens_per_fill, config.fill_interval) == (
+        other.max_tokens,
+        other.tokens_per_fill,
+        other.fill_interval,
+    )
+
+
+def _adopt(config: TokenBucketConfig, bucket: TokenBucket) -> TokenBucket:
+    """A bucket of ``config``'s shape continuing ``bucket``.
+
+    No refill and no loss, but the tokens past the new maximum; a grown maximum adds its
+    growth. Fills count on from the old bucket's last one.
+    """
+    last_fill = bucket.start + bucket.fills * bucket.fill_interval if bucket.fills else bucket.start
+    adopted = _new_bucket(config, last_fill)
+    grown = max(0, config.max_tokens - bucket.max_tokens)
+    adopted.tokens = max(0, min(config.max_tokens, bucket.tokens + grown))
+    return adopted
+
+
+class _State:
+    """The filter's own bucket, made full on the first request.
+
+    Shared with the filters that replace it with the same shape.
+    """
+
+    __slots__ = ("bucket",)
+
+    def __init__(self) -> None:
+        self.bucket: TokenBucket | None = None
+
+
 class _Descriptor:
     """The buckets of one descriptor, by key, least recently used first."""
 
@@ -146,6 +185,14 @@ class _Descriptor:
         self.header = (config.key.header or "").encode("latin-1")
         self.max_keys = config.max_keys
         self.buckets: OrderedDict[Hashable, TokenBucket] = OrderedDict()
+
+    def adopt(self, previous: _Descriptor) -> None:
+        """Take over the buckets of ``previous``, a descriptor with the same key."""
+        if _same_shape(self.config, previous.config) and self.max_keys == previous.max_keys:
+            self.buckets = previous.buckets  # the very same: both filters spend from them
+            return
+        kept = list(previous.buckets.items())[-self.max_keys :]
+        self.buckets = OrderedDict((k, _adopt(self.config, b)) for k, b in kept)
 
     def key(self, request: Request) -> Hashable | None:
         if self.source == "header":
@@ -180,7 +227,7 @@ class LocalRateLimit:
 
     def __init__(self, config: LocalRateLimitConfig, context: FilterContext) -> None:
         self._config = config
-        self._bucket: TokenBucket | None = None  # made full on the first request
+        self._state = _State()
         self._descriptors = tuple(_Descriptor(d) for d in config.descriptors)
         self._status = config.status
         self._body = config.body.encode()
@@ -188,12 +235,28 @@ class LocalRateLimit:
         self._listener = context.listener
         self._by_route: dict[str, _RouteStats] = {}
 
+    def carry_over(self, previous: object) -> None:
+        """Take over the buckets of the ``local_ratelimit`` this one replaces (see the module doc)."""
+        if not isinstance(previous, LocalRateLimit):
+            return
+        state, config = previous._state, previous._config  # noqa: SLF001 - the filter it replaces
+        if _same_shape(self._config, config):
+            self._state = state  # the very same bucket: both filters spend from it
+        elif state.bucket is not None:
+            self._state.bucket = _adopt(self._config, state.bucket)
+        old = {d.config.key: d for d in previous._descriptors}  # noqa: SLF001 - the filter it replaces
+        for descriptor in self._descriptors:
+            same_key = old.get(descriptor.config.key)
+            if same_key is not None:
+                descriptor.adopt(same_key)
+
     async def __call__(self, request: Request, call_next: HttpHandler) -> Response:
         """Pass ``request`` on if every bucket that applies has a token, else reject it."""
         now = trio.current_time()
-        bucket = self._bucket
+        state = self._state
+        bucket = state.bucket
         if bucket is None:
-            bucket = self._bucket = _new_bucket(self._config, now)
+            bucket = state.bucket = _new_bucket(self._config, now)
         stats = self._route_stats(request.info.route_name or "")
         if not self._descriptors:
             if bucket.take(now):

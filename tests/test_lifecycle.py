@@ -19,10 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import attrs
 import h11
 import pytest
 import trio
+from _h1client import Client, Reply
 
 from meshcore.config import snapshot_from_data
 from meshcore.registry import build_registry
@@ -79,71 +79,6 @@ class _GatedSession(_Session):
         self.upstream._arrive()
         await self.upstream.gate.wait()
         await self._describe(request, 0)
-
-
-# -- a keep-alive HTTP/1.1 client ----------------------------------------------------------------
-
-
-@attrs.frozen
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
-class Client:
-    """One HTTP/1.1 connection, kept alive across requests (h11 inside)."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.h11 = h11.Connection(h11.CLIENT)
-
-    @classmethod
-    async def connect(cls, address: tuple[str, int]) -> Client:
-        return cls(await trio.open_tcp_stream(*address))
-
-    async def __aenter__(self) -> Client:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stream.aclose()
-
-    async def send(self, path: str) -> None:
-        request = h11.Request(method="GET", target=path, headers=[("host", "example.com")])
-        await self.stream.send_all(
-            (self.h11.send(request) or b"") + (self.h11.send(h11.EndOfMessage()) or b"")
-        )
-
-    async def receive(self) -> Reply:
-        """The whole response; h11 raises if the connection ends before it is complete."""
-        head: h11.Response | None = None
-        body = b""
-        while True:
-            event = self.h11.next_event()
-            if event is h11.NEED_DATA:
-                self.h11.receive_data(await self.stream.receive_some(65536))
-            elif isinstance(event, h11.Response):
-                head = event
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                break
-            else:
-                msg = f"unexpected {event!r}"
-                raise AssertionError(msg)
-        assert head is not None
-        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
-            self.h11.start_next_cycle()
-        headers = {n.decode(): v.decode() for n, v in head.headers}
-        return Reply(head.status_code, headers, body)
-
-    async def get(self, path: str) -> Reply:
-        await self.send(path)
-        return await self.receive()
-
-    async def closed_by_server(self) -> bool:
-        """Whether the server closes the connection (EOF, no stray bytes) without our asking."""
-        return await self.stream.receive_some(65536) == b""
 
 
 def described_path(reply: Reply) -> str:
@@ -360,9 +295,14 @@ async def test_a_reload_during_the_drain_is_ignored_and_the_drain_completes(
 # -- reloads ------------------------------------------------------------------------------------
 
 
-async def test_a_changed_file_is_applied_and_keep_alive_requests_in_flight_finish_on_the_old_chain(
+async def test_a_changed_route_table_is_applied_for_the_next_request_of_a_kept_alive_connection(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
+    """Only the route table changed: it is swapped in, and no connection is drained.
+
+    The request in flight during the reload finishes on the routes it was matched with;
+    the next request on the same connection takes the new ones.
+    """
     with trio.fail_after(30):
         upstream = GatedUpstream()
         upstream_address = await nursery.start(upstream.serve)
@@ -384,10 +324,48 @@ async def test_a_changed_file_is_applied_and_keep_alive_requests_in_flight_finis
 
             upstream.gate.set()
             during = await client.receive()
-            closed = await client.closed_by_server()
+            after = await client.get("/hello")  # the same connection, kept alive
     assert (before.status, before.body, before.headers.get("connection")) == (200, b"v1\n", None)
     assert (new_route.status, new_route.text) == (200, "new in v2\n")
     assert (changed.status, changed.text) == (200, "v2\n")
+    assert (during.status, described_path(during)) == (200, "/gate/during-reload")
+    assert "connection" not in during.headers
+    assert (after.status, after.body, after.headers.get("connection")) == (200, b"v2\n", None)
+
+
+async def test_a_changed_filter_chain_drains_its_connections_after_the_request_in_flight(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """The listener's own filter chain changed: its connections drain.
+
+    They finish the request in flight on the old chain, then close; new connections take
+    the new chain.
+    """
+    with trio.fail_after(30):
+        upstream = GatedUpstream()
+        upstream_address = await nursery.start(upstream.serve)
+        config = tmp_path / "proxy.yaml"
+        write_config(config, config_text(upstream_address, ROUTES_V1))
+        proxy = await start_proxy_process(nursery, config, poll_interval=0.05)
+        address = await proxy.listener_address()
+
+        async with await Client.connect(address) as client:
+            before = await client.get("/hello")
+            await client.send("/gate/during-reload")
+            await upstream.wait_arrived(1)
+
+            text = config_text(upstream_address, ROUTES_V1).replace(
+                "http_filters: [router]", "http_filters: [router]\n              idle_timeout: 299s"
+            )
+            second = write_config(config, text)
+            await proxy.wait_for("snapshot_applied", version=second)
+            fresh = await fetch(address, "/hello")
+
+            upstream.gate.set()
+            during = await client.receive()
+            closed = await client.closed_by_server()
+    assert (before.status, before.headers.get("connection")) == (200, None)
+    assert (fresh.status, fresh.text) == (200, "v1\n")
     # Not dropped mid-request: answered in full, then closed because its chain was replaced.
     assert (during.status, described_path(during)) == (200, "/gate/during-reload")
     assert during.headers["connection"] == "close"
@@ -504,7 +482,12 @@ async def test_a_reload_while_1000_requests_are_in_flight_loses_none_of_them(nur
                     "direct_response": {"status": 200, "body": "v2\n"},
                 },
             ]
-            config_v2 = http_proxy_config([upstream_address], routes=routes_v2, cluster=cluster)
+            # The chain changes too (a route table alone is swapped without a drain): every
+            # connection finishes its request in flight on the old chain, then closes.
+            manager = {"idle_timeout": "299s"}
+            config_v2 = http_proxy_config(
+                [upstream_address], routes=routes_v2, cluster=cluster, manager=manager
+            )
             proxy.apply(snapshot_from_data(config_v2, registry, version="v2"))
             hello = await fetch(address, "/hello")
             assert upstream.arrived == IN_FLIGHT  # nothing was retried or sent twice

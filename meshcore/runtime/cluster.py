@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import select
 import ssl
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from typing import Protocol
@@ -17,16 +17,17 @@ from typing import Protocol
 import structlog
 import trio
 
+from meshcore.config import Catalog, Snapshot
 from meshcore.config import Cluster as ClusterConfig
-from meshcore.config import Snapshot
 from meshcore.connection import join_host_port
-from meshcore.errors import ProtocolError, UpstreamError
+from meshcore.errors import ConfigError, ConfigProblem, ProtocolError, UpstreamError
 from meshcore.flags import ResponseFlag
 from meshcore.http.codec import NEED_DATA, Data, Informational, ResponseHead
 from meshcore.http.h1 import H11ClientCodec
 from meshcore.http.h1fast import FastClientCodec
 from meshcore.http.messages import Body, Headers, Request, Response, Upgraded
 from meshcore.http.semantics import strip_hop_by_hop
+from meshcore.runtime.filterstate import blame
 from meshcore.runtime.h1exchange import RECEIVE_SIZE, H1Exchange
 from meshcore.runtime.h2pool import H2Pool, StreamRefused, upstream_error
 from meshcore.runtime.stats import Stats
@@ -191,7 +192,14 @@ class Host:
 class Cluster:
     """A named group of endpoints behind one load balancer, updated in place."""
 
-    def __init__(self, config: ClusterConfig, picker: Picker, stats: Stats) -> None:
+    def __init__(
+        self,
+        config: ClusterConfig,
+        picker: Picker,
+        stats: Stats,
+        *,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.name = config.name
         self.config = config
         self.picker = picker
@@ -207,13 +215,19 @@ class Cluster:
         self.stats_cx_connect_fail = stats.counter("cluster_upstream_cx_connect_fail", **labels)
         self.stats_cx_active = stats.gauge("cluster_upstream_cx_active", **labels)
         self.stats_rq_active = stats.gauge("cluster_upstream_rq_active", **labels)
-        self.update(config, picker)
+        self.update(config, picker, tls_context=tls_context)
 
-    def update(self, config: ClusterConfig, picker: Picker) -> None:
-        """Apply a new config: keep the pools of endpoints that stay."""
+    def update(self, config: ClusterConfig, picker: Picker, *, tls_context: ssl.SSLContext | None) -> None:
+        """Apply a new config: keep the pools of endpoints that stay.
+
+        ``picker`` and ``tls_context`` are built by the caller (they can fail, this cannot):
+        the same objects as before when the policy and TLS settings did not change, so a
+        round robin carries on where it was. New connections take ``tls_context``; pooled
+        ones keep theirs.
+        """
         self.config = config
         self.picker = picker
-        self.tls_context = client_context(config.tls) if config.tls is not None else None
+        self.tls_context = tls_context
         old = {h.address: h for h in self.hosts}
         hosts = []
         for endpoint in config.endpoints:
@@ -401,9 +415,16 @@ class Cluster:
 class ClusterManager:
     """Every cluster of the proxy by name; applies Snapshots in place."""
 
-    def __init__(self, stats: Stats, picker_factory: Callable[[ClusterConfig], Picker]) -> None:
+    def __init__(
+        self,
+        stats: Stats,
+        picker_factory: Callable[[ClusterConfig], Picker],
+        *,
+        catalog: Catalog | None = None,
+    ) -> None:
         self.stats = stats
         self._picker_factory = picker_factory
+        self._catalog = catalog
         self.clusters: dict[str, Cluster] = {}
         self.nursery: trio.Nursery | None = None
         """Where HTTP/2 upstream connections run their reader tasks (the proxy's nursery)."""
@@ -412,20 +433,57 @@ class ClusterManager:
         """The cluster called ``name``, if any."""
         return self.clusters.get(name)
 
-    def apply(self, snapshot: Snapshot) -> None:
-        """Update to ``snapshot``'s clusters: change in place, add new, drain removed."""
-        wanted: Mapping[str, ClusterConfig] = {c.name: c for c in snapshot.clusters}
-        for name in list(self.clusters):
-            if name not in wanted:
+    def prepare(self, snapshot: Snapshot) -> Callable[[], None]:
+        """Build what ``snapshot``'s clusters need; return the function that applies them.
+
+        Building may fail (a load-balancing policy's factory, a TLS file): ConfigError with
+        the field path, and nothing changed. The returned function cannot fail: it changes
+        clusters in place (endpoints that stay keep their pools), adds new ones, drains
+        removed ones. A cluster whose config did not change is not touched.
+        """
+        updates: list[tuple[ClusterConfig, Picker, ssl.SSLContext | None]] = []
+        for i, config in enumerate(snapshot.clusters):
+            current = self.clusters.get(config.name)
+            if current is not None and (current.config is config or current.config == config):
+                continue
+            if current is not None and current.config.lb_policy == config.lb_policy:
+                picker = current.picker
+            else:
+                policy = config.lb_policy
+                where = f"clusters[{i}].lb_policy.{policy.name}"
+                with blame(where, self._catalog, "lb_policy", policy.name, "factory"):
+                    picker = self._picker_factory(config)
+            if current is not None and current.config.tls == config.tls:
+                tls = current.tls_context
+            else:
+                try:
+                    tls = client_context(config.tls) if config.tls is not None else None
+                except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
+                    problem = ConfigProblem(
+                        path=f"clusters[{i}].tls", message=f"cannot load TLS files: {err}"
+                    )
+                    raise ConfigError([problem], stage="apply") from err
+            updates.append((config, picker, tls))
+        wanted = {c.name for c in snapshot.clusters}
+
+        def commit() -> None:
+            for name in [n for n in self.clusters if n not in wanted]:
                 for host in self.clusters.pop(name).hosts:
                     host.healthy = False
                     host.close_idle()
-        for name, config in wanted.items():
-            picker = self._picker_factory(config)
-            current = self.clusters.get(name)
-            if current is None:
-                cluster = self.clusters[name] = Cluster(config, picker, self.stats)
-                cluster.manager = self
-            elif current.config != config:
-                current.update(config, picker)
-        log.debug("clusters_applied", clusters=sorted(self.clusters))
+            for config, picker, tls in updates:
+                current = self.clusters.get(config.name)
+                if current is None:
+                    cluster = self.clusters[config.name] = Cluster(
+                        config, picker, self.stats, tls_context=tls
+                    )
+                    cluster.manager = self
+                else:
+                    current.update(config, picker, tls_context=tls)
+            log.debug("clusters_applied", clusters=sorted(self.clusters))
+
+        return commit
+
+    def apply(self, snapshot: Snapshot) -> None:
+        """Update to ``snapshot``'s clusters at once (see :meth:`prepare`)."""
+        self.prepare(snapshot)()

@@ -295,9 +295,14 @@ class H2ServerSession:
             self.goaway_frame = _GOAWAY_HEAD + struct.pack(">LL", self.last_stream_id, ErrorCodes.NO_ERROR)
 
     async def drain(self) -> None:
-        """Send GOAWAY now (the listener drains)."""
+        """Send GOAWAY now (the listener drains); an idle session then ends at once.
+
+        A busy one ends when its last stream does (see _serve_stream).
+        """
         self.goaway()
         await self.flush()
+        if not self.streams and self.nursery is not None:
+            self.nursery.cancel_scope.cancel()
 
     # -- events ---------------------------------------------------------------------------------
 

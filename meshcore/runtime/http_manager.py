@@ -1,7 +1,8 @@
 """The HTTP connection manager: the terminal L4 filter that speaks HTTP/1.1.
 
 Per Snapshot it compiles the route table and the L7 filter chain (and a chain per route
-that overrides filter settings). Per connection it runs one loop: no task per request.
+that overrides filter settings: :mod:`meshcore.runtime.http_chains`); a Snapshot that changes only
+the route table swaps it in place. Per connection it runs one loop: no task per request.
 Per request: decode the head, match the route, run the chain, stream the response.
 """
 
@@ -10,16 +11,15 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import Any
 
+import attrs
 import structlog
 import trio
 
-from meshcore.chain import compose
-from meshcore.config import FilterOverrides
-from meshcore.config.structure import HttpFilterRef
+from meshcore.config import Snapshot
 from meshcore.connection import Connection
 from meshcore.errors import ProtocolError
 from meshcore.flags import ResponseFlag
@@ -27,14 +27,16 @@ from meshcore.http.codec import CLOSED, NEED_DATA, Data, EndOfMessage, RequestHe
 from meshcore.http.grpc import grpc_local_reply, grpc_message_of, grpc_status_of, is_grpc
 from meshcore.http.h1 import H11ServerCodec
 from meshcore.http.h1fast import FastServerCodec
-from meshcore.http.messages import Body, Headers, HttpHandler, Request, Response, StreamInfo
+from meshcore.http.messages import Body, Headers, Request, Response, StreamInfo
 from meshcore.http.routing import CompiledRoute, RouteTable
 from meshcore.http.semantics import REASONS, connection_tokens, strip_hop_by_hop
 from meshcore.runtime.context import FilterContext
+from meshcore.runtime.filterstate import Commit
 from meshcore.runtime.h2server import PREFACE, H2ServerSession
+from meshcore.runtime.http_chains import HttpChains, RouteRuntime, build_chain
 from meshcore.runtime.linger import send_and_linger
 from meshcore.runtime.pipe import splice
-from meshcore.runtime.stats import Counter, Stats
+from meshcore.runtime.stats import Counter
 
 __all__ = ["HttpConnectionManager", "build_chain", "status_text"]
 
@@ -42,13 +44,6 @@ log = structlog.get_logger("meshcore.http")
 access_log = structlog.get_logger("meshcore.access")
 
 RECEIVE_SIZE = 64 * 1024
-HttpFilter = Callable[[Request, HttpHandler], Awaitable[Response]]
-
-
-async def _end_of_chain(request: Request) -> Response:
-    """Behind the terminal filter: reached only if the chain has no terminal filter."""
-    msg = f"the filter chain ended without a response for {request.method} {request.path}"
-    raise ProtocolError(msg, status=500, remote=False)
 
 
 def status_text(status: int) -> str:
@@ -64,24 +59,8 @@ def status_text(status: int) -> str:
         return "Error\n"
 
 
-def build_chain(filters: Sequence[HttpFilter]) -> HttpHandler:
-    """Compose onion-shaped HTTP filters into one handler (once per Snapshot)."""
-    return compose(filters, _end_of_chain)
-
-
 class _HeadersTimeoutError(ProtocolError):
     """The client did not send a complete request head within the headers timeout."""
-
-
-class _RouteRuntime:
-    """Per-route parts compiled once: its chain (if it overrides filters) and its stats."""
-
-    __slots__ = ("chain", "classes", "requests")
-
-    def __init__(self, chain: HttpHandler | None, stats: Stats, labels: dict[str, str]) -> None:
-        self.chain = chain
-        self.requests = stats.counter("route_rq_total", **labels)
-        self.classes = [stats.counter("route_rq_xx", code_class=f"{i}xx", **labels) for i in range(1, 6)]
 
 
 class HttpConnectionManager:
@@ -103,19 +82,10 @@ class HttpConnectionManager:
         self.http2: Any = getattr(config, "http2", None)
         self.drain_timeout = self.idle_timeout if self.idle_timeout < math.inf else 30.0
         self.h2_sessions: set[Any] = set()
-        route_config = context.snapshot.route_config(config.route_config)
-        if route_config is None:  # the loader checks references; this is a bug guard
-            msg = f"unknown route config {config.route_config!r}"
-            raise ValueError(msg)
-        self.routes = RouteTable.compile(route_config)
-        refs: tuple[HttpFilterRef, ...] = config.http_filters
-        self.chain = build_chain([self._build_filter(ref.name, ref.config) for ref in refs])
+        self.chains = HttpChains(config.http_filters, config.route_config, context)
+        """The filter chains and route table, replaced whole when only the route table changes
+        (see prepare_snapshot); a request reads it once, when it is dispatched."""
         stats = context.stats
-        for route in (r for vh in self.routes.virtual_hosts for r in vh.routes):
-            labels = {"route": route.name, "virtual_host": route.virtual_host}
-            overrides: FilterOverrides = route.config.filters
-            chain = self._route_chain(refs, overrides) if overrides.by_filter else None
-            route.chain = _RouteRuntime(chain, stats, labels)
         labels = {"listener": self.listener}
         self.stat_rq_total = stats.counter("http_downstream_rq_total", **labels)
         self.stat_rq_active = stats.gauge("http_downstream_rq_active", **labels)
@@ -142,26 +112,37 @@ class HttpConnectionManager:
         for session in self.h2_sessions:
             session.goaway()
             if session.nursery is not None:
-                session.nursery.start_soon(session.flush)
+                session.nursery.start_soon(session.drain)
 
-    def _build_filter(self, name: str, config: Any) -> HttpFilter:
-        found = self.context.registry.get("http_filter", name)
-        if found is None:  # the loader checks names; this is a bug guard
-            msg = f"unknown HTTP filter {name!r}"
-            raise ValueError(msg)
-        if config is None and found.config is not None:
-            config = found.config()  # a default chain entry written in Python, not structured
-        built: HttpFilter = found.factory(config, self.context)
-        return built
+    # -- across Snapshots (see meshcore.runtime.filterstate) ------------------------------------------
 
-    def _route_chain(self, refs: Sequence[HttpFilterRef], overrides: FilterOverrides) -> HttpHandler:
-        filters = []
-        for ref in refs:
-            override = overrides.by_filter.get(ref.name)
-            if override == FilterOverrides.DISABLED:
-                continue
-            filters.append(self._build_filter(ref.name, ref.config if override is None else override))
-        return build_chain(filters)
+    @property
+    def routes(self) -> RouteTable:
+        """The route table requests are matched against now."""
+        return self.chains.routes
+
+    def carry_over(self, previous: object) -> None:
+        """Hand each HTTP filter the one it replaces in ``previous`` (the manager this one replaces)."""
+        if isinstance(previous, HttpConnectionManager):
+            self.chains.carry_over(previous.chains)
+
+    def prepare_snapshot(self, snapshot: Snapshot) -> Commit | None:
+        """Follow a new Snapshot in place, without being rebuilt.
+
+        A changed route table is compiled now and swapped in by the returned function: the
+        next request on every connection takes it, and nothing drains. HTTP filters that
+        follow Snapshots themselves are asked too.
+        """
+        context = attrs.evolve(self.context, snapshot=snapshot)
+        chains, commits = self.chains.prepare(snapshot, context)
+
+        def install() -> None:
+            self.context = context
+            self.chains = chains
+            for commit in commits:
+                commit()
+
+        return install
 
     async def __call__(self, conn: Connection, _call_next: Callable[[Connection], Awaitable[None]]) -> None:
         """Serve HTTP on ``conn`` until it closes (terminal: ``_call_next`` is unused).
@@ -210,12 +191,13 @@ class HttpConnectionManager:
         """Match the route, run the filter chain; never raises for a bad request or filter bug."""
         self.stat_rq_total.value += 1
         self.stat_rq_active.value += 1
-        route: CompiledRoute | None = self.routes.match(request)
-        chain = self.chain
+        chains = self.chains
+        route: CompiledRoute | None = chains.routes.match(request)
+        chain = chains.chain
         if route is not None:
             request.route = route
             request.info.route_name = route.name
-            runtime: _RouteRuntime | None = route.chain
+            runtime: RouteRuntime | None = route.chain
             if runtime is not None:
                 runtime.requests.value += 1
                 if runtime.chain is not None:

@@ -51,11 +51,18 @@ def build_network_chain(filters: Sequence[NetworkFilter]) -> NetworkHandler:
 
 
 class CompiledChain:
-    """A filter chain built for one Snapshot: its match, TLS context and L4 handler."""
+    """A filter chain built for one Snapshot: its match, TLS context and L4 handler.
 
-    def __init__(self, config: FilterChain, filters: Sequence[NetworkFilter]) -> None:
+    It serves every Snapshot in which its config (and its listener's ``access_log``) stays
+    the same: an unchanged chain is never rebuilt.
+    """
+
+    def __init__(
+        self, config: FilterChain, filters: Sequence[NetworkFilter], *, access_log: bool = False
+    ) -> None:
         self.config = config
         self.filters = filters
+        self.access_log = access_log
         self.handler = build_network_chain(filters)
         self.tls = server_context(config.tls) if config.tls is not None else None
         match = config.match
@@ -80,11 +87,17 @@ class CompiledChain:
         return True
 
     def drain(self) -> None:
-        """Ask the chain's filters to finish current work and close their connections."""
+        """Ask the chain's filters to finish current work and close their connections.
+
+        A filter whose ``drain`` raises is logged and skipped: the others still drain.
+        """
         for filter_ in self.filters:
             drain = getattr(filter_, "drain", None)
             if drain is not None:
-                drain()
+                try:
+                    drain()
+                except Exception:
+                    log.exception("filter_drain_failed", filter=type(filter_).__name__)
 
 
 def _server_name_matches(server_name: str | None, patterns: Sequence[str]) -> bool:
@@ -134,14 +147,18 @@ class ListenerRuntime:
         return self.config.address.host, self.port
 
     def replace_chains(self, config: Listener, chains: list[CompiledChain]) -> None:
-        """New connections take ``chains``; connections on the old ones drain."""
+        """New connections take ``chains``; connections on old chains not among them drain.
+
+        A chain that is in both lists is untouched: its connections carry on.
+        """
         old = self.chains
         self.config = config
         self.chains = chains
         self.tls = any(chain.tls is not None for chain in chains)
         _install_sni(chains)
         for chain in old:
-            chain.drain()
+            if not any(chain is kept for kept in chains):
+                chain.drain()
 
     def stop(self) -> None:
         """Stop accepting; drain the connections of every chain."""

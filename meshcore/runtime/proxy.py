@@ -1,9 +1,10 @@
 """The proxy: applies Snapshots atomically and owns every listener task.
 
-Applying a Snapshot is a diff. Everything new is built first (filter chains, TLS
-contexts, sockets); if any of it fails, the Snapshot is rejected whole and the last good
-one keeps serving. Then: clusters update in place, listeners whose address stays keep
-their socket and take the new chains, new listeners start, removed ones drain.
+Applying a Snapshot is a diff (:mod:`meshcore.runtime.apply`). Everything new is built
+first (changed filter chains and route tables, TLS contexts, sockets); if any of it fails,
+the Snapshot is rejected whole and the last good one keeps serving. Then it is swapped in
+at once: clusters update in place, listeners keep their socket and their unchanged chains,
+changed chains drain, new listeners start, removed ones drain.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import structlog
 import trio
 
 from meshcore.config import Cluster as ClusterConfig
-from meshcore.config import Listener, Snapshot, SnapshotDelta, check_snapshot
+from meshcore.config import FilterChain, Listener, Snapshot, SnapshotDelta, check_snapshot
 from meshcore.errors import ConfigError, ConfigProblem
 from meshcore.registry import Registry
+from meshcore.runtime.apply import plan
 from meshcore.runtime.cluster import ClusterManager, Picker
 from meshcore.runtime.context import FilterContext
-from meshcore.runtime.listener import CompiledChain, ListenerRuntime
+from meshcore.runtime.listener import ListenerRuntime
 from meshcore.runtime.stats import Stats
 
 __all__ = ["Proxy"]
@@ -39,7 +41,7 @@ class Proxy:
         self.stats = stats or Stats()
         self.reuse_port = reuse_port
         self.snapshot: Snapshot | None = None
-        self.clusters = ClusterManager(self.stats, self._picker)
+        self.clusters = ClusterManager(self.stats, self._picker, catalog=registry)
         self.listeners: dict[str, ListenerRuntime] = {}
         self.draining = False
         self.admin_address: tuple[str, int] | None = None
@@ -131,40 +133,23 @@ class Proxy:
         """The version of the live Snapshot (None before the first)."""
         return self.snapshot.version if self.snapshot is not None else None
 
-    def _build_chains(self, snapshot: Snapshot, listener: Listener) -> list[CompiledChain]:
-        chains = []
-        for ci, chain in enumerate(listener.filter_chains):
-            context = FilterContext(
-                listener=listener.name,
-                snapshot=snapshot,
-                clusters=self.clusters,
-                stats=self.stats,
-                registry=self.registry,
-                access_log=listener.access_log,
-                tls=chain.tls is not None,
-            )
-            filters = []
-            for fi, ref in enumerate(chain.filters):
-                found = self.registry.get("network_filter", ref.name)
-                if found is None:
-                    msg = f"unknown network filter {ref.name!r}"
-                    raise ValueError(msg)
-                try:
-                    filters.append(found.factory(ref.config, context))
-                except (ValueError, OSError) as err:
-                    path = f"listeners[{listener.name}].filter_chains[{ci}].filters[{fi}].{ref.name}"
-                    raise ConfigError([ConfigProblem(path=path, message=str(err))], stage="apply") from err
-            try:
-                chains.append(CompiledChain(chain, filters))
-            except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
-                path = f"listeners[{listener.name}].filter_chains[{ci}].tls"
-                raise ConfigError(
-                    [ConfigProblem(path=path, message=f"cannot load TLS files: {err}")], stage="apply"
-                ) from err
-        return chains
+    def filter_context(self, snapshot: Snapshot, listener: Listener, chain: FilterChain) -> FilterContext:
+        """What the factories of ``chain``'s filters are given, for ``snapshot``."""
+        return FilterContext(
+            listener=listener.name,
+            snapshot=snapshot,
+            clusters=self.clusters,
+            stats=self.stats,
+            registry=self.registry,
+            access_log=listener.access_log,
+            tls=chain.tls is not None,
+        )
 
     def apply(self, snapshot: Snapshot) -> None:
-        """Apply ``snapshot`` atomically, or raise ConfigError and keep the current one."""
+        """Apply ``snapshot`` as a diff, all at once, or raise ConfigError and keep the current one.
+
+        What did not change is not touched (see :mod:`meshcore.runtime.apply`).
+        """
         if self._nursery is None:
             msg = "the proxy is not running: start it with nursery.start(proxy.run)"
             raise RuntimeError(msg)
@@ -173,24 +158,25 @@ class Proxy:
             raise RuntimeError(msg)
         try:
             self._check(snapshot)
-            built = {listener.name: self._build_chains(snapshot, listener) for listener in snapshot.listeners}
-            opened = self._open_new_listeners(snapshot, built)
+            built = plan(self, snapshot)
         except ConfigError as err:
             self.record_rejection(err)
             raise
         # Nothing can fail from here on: swap.
-        self.clusters.apply(snapshot)
+        built.clusters()
         wanted = {listener.name: listener for listener in snapshot.listeners}
         for name in list(self.listeners):
-            if name not in wanted or name in opened:
+            if name not in wanted or name in built.opened:
                 self.listeners.pop(name).stop()
         for name, listener in wanted.items():
-            if name in opened:
-                runtime = opened[name]
+            if name in built.opened:
+                runtime = built.opened[name]
                 self.listeners[name] = runtime
                 self._nursery.start_soon(runtime.serve)
             else:
-                self.listeners[name].replace_chains(listener, built[name])
+                self.listeners[name].replace_chains(listener, built.chains[name])
+        for commit in built.commits:
+            commit()
         self.snapshot = snapshot
         self._stat_applied.value += 1
         self._applied.set()
@@ -218,32 +204,6 @@ class Proxy:
             raise
         self.apply(snapshot)
         return snapshot
-
-    def _open_new_listeners(
-        self, snapshot: Snapshot, built: dict[str, list[CompiledChain]]
-    ) -> dict[str, ListenerRuntime]:
-        """Sockets for listeners that are new or moved; all or none."""
-        opened: dict[str, ListenerRuntime] = {}
-        try:
-            for li, listener in enumerate(snapshot.listeners):
-                current = self.listeners.get(listener.name)
-                if current is not None and current.config.address == listener.address:
-                    continue
-                try:
-                    opened[listener.name] = ListenerRuntime(
-                        listener, built[listener.name], reuse_port=self.reuse_port
-                    )
-                except OSError as err:
-                    problem = ConfigProblem(
-                        path=f"listeners[{li}].address",
-                        message=f"cannot listen on {listener.address}: {err.strerror}",
-                    )
-                    raise ConfigError([problem], stage="apply") from err
-        except ConfigError:
-            for runtime in opened.values():
-                runtime.socket.socket.close()
-            raise
-        return opened
 
     def drain(self) -> None:
         """Stop accepting; let in-flight requests finish within each listener's drain timeout."""
