@@ -17,7 +17,7 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_external_run = True
 
 ROOT = Path(__file__).resolve().parent
-LINT_PATHS = ("meshcore", "filters", "plugins", "testing", "tests", "noxfile.py", "examples", "bench")
+LINT_PATHS = ("meshcore", "filters", "plugins", "testing", "tests", "noxfile.py", "examples", "bench", "fuzz")
 
 # Linters are pinned: a new release adds rules, and CI must not turn red on its own.
 RUFF = "ruff==0.17.6"

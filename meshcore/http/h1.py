@@ -9,7 +9,6 @@ complete and checked, and follow chunked bodies to check their trailers
 
 from __future__ import annotations
 
-import re
 from typing import cast
 
 import h11
@@ -36,22 +35,6 @@ from meshcore.http.h1strict import (
 )
 
 __all__ = ["H11ClientCodec", "H11ServerCodec"]
-
-_CRLF2 = b"\r\n\r\n"
-# A LF not preceded by CR, or a line starting with whitespace (obs-fold).
-_BAD_LINE = re.compile(rb"(?<!\r)\n|\n[ \t]")
-
-
-def _check_lines(head: bytearray, start: int, stop: int) -> None:
-    """Reject bare LF and obs-fold among the request head bytes ``head[start:stop]``."""
-    found = _BAD_LINE.search(head, start, stop)
-    if found is None:
-        return
-    if found.group() == b"\n":
-        msg = "bare LF line ending in request head"
-    else:
-        msg = "obsolete line folding (obs-fold) in request headers"
-    raise ProtocolError(msg, status=400)
 
 
 class H11ServerCodec:
@@ -95,19 +78,15 @@ class H11ServerCodec:
         if skip:
             del head[:skip]
             self._scanned = max(self._scanned - skip, 0)
-        # Scan only new bytes (from 3 back: CRLF CRLF may straddle two reads).
-        end = head.find(_CRLF2, max(self._scanned - 3, 0))
-        stop = len(head) if end < 0 else end + 4
-        # Bad lines within the size limit first, then the size, so that the error does not
-        # depend on how the bytes were split across reads. From 1 back: whether the last LF
-        # seen starts an obs-fold shows only now.
-        _check_lines(head, max(self._scanned - 1, 0), min(stop, self._max_head))
-        if stop > self._max_head:
-            msg = f"request head larger than {self._max_head} bytes"
-            raise ProtocolError(msg, status=431)
-        if end < 0 and not self._eof:
-            self._scanned = stop
-            return
+        # Bare LF and obs-fold, then the size, checking only new bytes (block_end).
+        stop = block_end(
+            head, self._max_head, what="request head", status=400, too_large=431, start=self._scanned
+        )
+        if stop < 0:
+            if not self._eof:
+                self._scanned = len(head)
+                return
+            stop = len(head)
         # Complete, or the client closed mid-head (h11 then reports the truncated head).
         self._head_done = True
         self._scanned = 0

@@ -115,10 +115,12 @@ class Body:
 
     ``read()`` returns the next chunk, ``b""`` once the body has ended. Iterating with
     ``async for`` yields the chunks. A body can be read once. ``length`` is the declared
-    size when known (Content-Length), else None.
+    size when known (Content-Length), else None. ``limit``, when set, is the most bytes it
+    may carry: reading past it raises ProtocolError(413) (the connection manager sets it
+    on request bodies from ``max_request_body_size``).
     """
 
-    __slots__ = ("_close", "_read", "consumed", "done", "length", "trailers")
+    __slots__ = ("_close", "_read", "consumed", "done", "length", "limit", "trailers")
 
     def __init__(
         self, read: ChunkReader | None, *, length: int | None = None, close: Callable[[], None] | None = None
@@ -129,6 +131,7 @@ class Body:
         self.trailers: Headers | None = None
         self.done = read is None
         self.consumed = 0
+        self.limit: int | None = None
 
     @classmethod
     def from_bytes(cls, data: bytes, *, trailers: Headers | None = None) -> Body:
@@ -166,6 +169,9 @@ class Body:
         chunk = await self._read()
         if chunk:
             self.consumed += len(chunk)
+            if self.limit is not None and self.consumed > self.limit:
+                self.close()
+                raise _too_large(self.limit)
         else:
             self.done = True
         return chunk
@@ -184,10 +190,7 @@ class Body:
         while chunk := await self.read():
             size += len(chunk)
             if limit is not None and size > limit:
-                from meshcore.errors import ProtocolError  # noqa: PLC0415 - rare path
-
-                msg = f"body larger than {limit} bytes"
-                raise ProtocolError(msg, status=413)
+                raise _too_large(limit)
             parts.append(chunk)
         return b"".join(parts)
 
@@ -202,6 +205,13 @@ class Body:
         if not chunk:
             raise StopAsyncIteration
         return chunk
+
+
+def _too_large(limit: int) -> Exception:
+    from meshcore.errors import ProtocolError  # noqa: PLC0415 - rare path
+
+    msg = f"body larger than {limit} bytes"
+    return ProtocolError(msg, status=413)
 
 
 class StreamInfo:

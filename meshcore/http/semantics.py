@@ -1,4 +1,4 @@
-"""HTTP semantics a proxy applies whatever the codec: hop-by-hop headers, reason phrases.
+"""HTTP semantics a proxy applies whatever the codec: hop-by-hop headers, reason phrases, targets.
 
 One implementation for every hop a message crosses: a request from a client (HTTP/1.1) to
 the filters, and from the router to an upstream (HTTP/1.1 or HTTP/2); a response from an
@@ -8,9 +8,12 @@ connection-specific fields outright).
 
 from __future__ import annotations
 
+import re
+
+from meshcore.errors import ProtocolError
 from meshcore.http.codec import RawHeaders
 
-__all__ = ["HOP_BY_HOP", "REASONS", "connection_tokens", "strip_hop_by_hop"]
+__all__ = ["HOP_BY_HOP", "REASONS", "connection_tokens", "split_absolute_form", "strip_hop_by_hop"]
 
 HOP_BY_HOP = frozenset(
     {
@@ -23,8 +26,14 @@ HOP_BY_HOP = frozenset(
         b"proxy-authenticate",
         b"proxy-authorization",
         b"expect",
+        # Asks to upgrade this one connection to HTTP/2 (RFC 7540 section 3.2), which a proxy
+        # ignores: never forwarded, whether or not Connection names it.
+        b"http2-settings",
     }
 )
+# absolute-form (RFC 9112 section 3.2.2): scheme "://" authority, then path and query. No
+# userinfo ("@"): it is deprecated and a classic way to make a proxy and a server disagree.
+_ABSOLUTE_FORM = re.compile(rb"(?i:https?)://([^/?#@\s]+)([/?][^#\s]*)?")
 
 # The reason phrase of a status line we write (RFC 9110 section 15); b"" for the others.
 REASONS = {
@@ -62,3 +71,23 @@ def strip_hop_by_hop(headers: RawHeaders) -> RawHeaders:
     return [
         (n, v) for n, v in headers if n not in drop and not (n == b"te" and v.strip().lower() != b"trailers")
     ]
+
+
+def split_absolute_form(target: bytes) -> tuple[bytes, bytes] | None:
+    """The authority and the origin-form target of an absolute-form request target.
+
+    None if ``target`` is not in absolute form (it does not start with ``http://`` or
+    ``https://``); ProtocolError(400) if it is but is malformed (no authority, userinfo, a
+    fragment). RFC 9112 section 3.2.2: the authority of an absolute-form target wins over
+    Host, and a proxy forwards the target in origin form.
+    """
+    if target[:1] == b"/" or b"://" not in target[:9]:
+        return None
+    match = _ABSOLUTE_FORM.fullmatch(target)
+    if match is None:
+        msg = "invalid absolute-form request target"
+        raise ProtocolError(msg, status=400)
+    path = match[2] or b"/"
+    if path[:1] == b"?":
+        path = b"/" + path
+    return match[1], path

@@ -432,6 +432,7 @@ class H2ServerSession:
         body = (
             Body.empty() if event.stream_ended is not None else Body(self._body_reader(stream), length=length)
         )
+        body.limit = self.hcm.max_body  # a declared length over it gets 413 in dispatch
         return Request(
             method.decode("ascii"),
             path.decode("latin-1"),

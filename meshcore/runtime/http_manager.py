@@ -29,7 +29,7 @@ from meshcore.http.h1 import H11ServerCodec
 from meshcore.http.h1fast import FastServerCodec
 from meshcore.http.messages import Body, Headers, Request, Response, StreamInfo
 from meshcore.http.routing import CompiledRoute, RouteTable
-from meshcore.http.semantics import REASONS, connection_tokens, strip_hop_by_hop
+from meshcore.http.semantics import REASONS, connection_tokens, split_absolute_form, strip_hop_by_hop
 from meshcore.runtime.context import FilterContext
 from meshcore.runtime.filterstate import Commit
 from meshcore.runtime.h2server import PREFACE, H2ServerSession
@@ -59,6 +59,13 @@ def status_text(status: int) -> str:
         return "Error\n"
 
 
+def _check_declared_length(body: Body) -> None:
+    """413 for a body that announces more than its limit, before anything reaches an upstream."""
+    if body.limit is not None and body.length is not None and body.length > body.limit:
+        msg = f"request body of {body.length} bytes, more than the limit of {body.limit}"
+        raise ProtocolError(msg, status=413)
+
+
 class _HeadersTimeoutError(ProtocolError):
     """The client did not send a complete request head within the headers timeout."""
 
@@ -78,6 +85,7 @@ class HttpConnectionManager:
         self.headers_timeout = float(config.request_headers_timeout) or math.inf
         self.idle_timeout = float(config.idle_timeout) or math.inf
         self.max_requests = int(config.max_requests_per_connection) or math.inf
+        self.max_body: int | None = int(getattr(config, "max_request_body_size", 0)) or None
         self.protocol: str = getattr(config, "http_protocol", "auto")
         self.http2: Any = getattr(config, "http2", None)
         self.drain_timeout = self.idle_timeout if self.idle_timeout < math.inf else 30.0
@@ -203,6 +211,7 @@ class HttpConnectionManager:
                 if runtime.chain is not None:
                     chain = runtime.chain
         try:
+            _check_declared_length(request.body)
             response = await chain(request)
         except ProtocolError as err:
             if err.remote:
@@ -374,6 +383,7 @@ class _H1Session:
 
     def _request(self, head: RequestHead) -> Request:
         authority = upgrade = connection = b""
+        target = head.target
         headers = []
         for name, value in head.headers:
             if name == b"host":
@@ -388,11 +398,14 @@ class _H1Session:
         if len(head.headers) > self.hcm.max_headers:
             msg = f"more than {self.hcm.max_headers} request headers"
             raise ProtocolError(msg, status=431)
+        absolute = split_absolute_form(target)
+        if absolute is not None:  # its authority wins over Host; the upstream gets origin form
+            authority, target = absolute
         body = self._request_body(head)
         info = StreamInfo(downstream_address=self.conn.peer, connection_id=self.conn.id)
         request = Request(
             head.method.decode("ascii"),
-            head.target.decode("latin-1"),
+            target.decode("latin-1"),
             authority=authority.decode("latin-1"),
             scheme=self.hcm.scheme,
             headers=Headers.from_raw(headers),
@@ -402,7 +415,9 @@ class _H1Session:
             connection=self.conn,
         )
         if upgrade and b"upgrade" in connection_tokens(connection):
-            request.upgrade = upgrade.decode("latin-1").strip().lower()
+            protocol = upgrade.decode("latin-1").strip().lower()
+            if protocol != "h2c":  # ignored, not refused: served over HTTP/1.1 (RFC 9113 section 3.1)
+                request.upgrade = protocol
         return request
 
     def _request_body(self, head: RequestHead) -> Body:
@@ -419,7 +434,13 @@ class _H1Session:
             # request complete, and the connection free for the next one.
             self.codec.next_event()
             return Body.empty()
-        return Body(self._read_body_chunk, length=length)
+        limit = self.hcm.max_body
+        if limit is not None and length is not None and length > limit:
+            msg = f"request body of {length} bytes, more than the limit of {limit}"
+            raise ProtocolError(msg, status=413)
+        body = Body(self._read_body_chunk, length=length)
+        body.limit = limit
+        return body
 
     async def _read_body_chunk(self) -> bytes:
         codec = self.codec

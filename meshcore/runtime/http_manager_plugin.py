@@ -66,6 +66,11 @@ class HttpConnectionManagerConfig:
     idle_timeout: Duration = Duration(300)
     max_requests_per_connection: int = attrs.field(default=0, validator=at_least(0))
     """0: no limit."""
+    max_request_body_size: ByteSize = ByteSize(0)
+    """The largest request body accepted (0: no limit). A Content-Length over it gets 413
+    before anything reaches an upstream; a body streamed past it (chunked, HTTP/2) is cut
+    off with 413 (or a reset, if the response has begun). Filters that buffer a body
+    (``body.read_all()``) are held to it too."""
     http_protocol: Literal["auto", "http1", "http2"] = "auto"
     """auto: HTTP/2 by ALPN or prior knowledge, else HTTP/1.1."""
     http2: Http2Settings = Http2Settings()

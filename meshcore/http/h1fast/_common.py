@@ -167,11 +167,11 @@ class ChunkedReader:
                     self.state = self._CRLF
                 return Data(data)
             if self.state == self._CRLF:
-                if len(buffer) < len(_CRLF):
-                    return self._need(closed)
-                if buffer[:2] != _CRLF:
+                if buffer[:2] != _CRLF[: len(buffer)]:  # as h11: a wrong first byte is wrong already
                     msg = f"malformed chunk footer: {bytes(buffer[:2])!r} (expected CRLF)"
                     raise bad(msg)
+                if len(buffer) < len(_CRLF):
+                    return self._need(closed)
                 del buffer[:2]
                 self.state = self._SIZE
             elif self.state == self._SIZE:

@@ -16,7 +16,7 @@ from meshcore.http.h1fast._common import (
     framing,
     write_head,
 )
-from meshcore.http.h1strict import check_length
+from meshcore.http.h1strict import block_end, check_length
 
 __all__ = ["FastServerCodec"]
 
@@ -36,6 +36,7 @@ class FastServerCodec:
         "_max_head",
         "_method",
         "_reader",
+        "_scanned",
         "_state",
         "_version",
         "_writer",
@@ -45,6 +46,7 @@ class FastServerCodec:
         self._max_head = max_head_size
         self._buffer = bytearray()
         self._closed = False
+        self._scanned = 0  # bytes of a partial head already checked
         self._state = _HEAD
         self._reader: LengthReader | ChunkedReader = LengthReader(0)
         self._writer: BodyWriter | None = None
@@ -79,18 +81,17 @@ class FastServerCodec:
         buffer = self._buffer
         while buffer[:2] == b"\r\n":  # RFC 9112 section 2.2: ignore empty lines before a request
             del buffer[:2]
-        end = buffer.find(b"\r\n\r\n")
-        if end < 0 or end + 4 > self._max_head:
-            return self._incomplete_head(end)
-        head = bytes(buffer[:end])
-        del buffer[: end + 4]
-        if head.count(b"\n") != head.count(b"\r\n"):
-            msg = "bare LF line ending in request head"
-            raise bad(msg)
+            self._scanned = max(self._scanned - 2, 0)
+        stop = block_end(
+            buffer, self._max_head, what="request head", status=400, too_large=431, start=self._scanned
+        )
+        if stop < 0:
+            self._scanned = len(buffer)
+            return self._incomplete_head()
+        self._scanned = 0
+        head = bytes(buffer[: stop - 4])
+        del buffer[:stop]
         lines = head.split(b"\r\n")
-        if any(line[:1] in (b" ", b"\t") for line in lines[1:]):
-            msg = "obsolete line folding (obs-fold) in request headers"
-            raise bad(msg)
         match = _REQUEST_LINE.fullmatch(lines[0])
         if match is None:
             msg = f"illegal request line: {lines[0][:80]!r}"
@@ -109,17 +110,10 @@ class FastServerCodec:
         self._state = _BODY
         return RequestHead(method, target, headers, version)
 
-    def _incomplete_head(self, end: int) -> ServerEvent:
-        buffer = self._buffer
-        if end >= 0 or len(buffer) > self._max_head:
-            msg = f"request head larger than {self._max_head} bytes"
-            raise bad(msg, 431)
-        if b"\n\n" in buffer:
-            msg = "bare LF line ending in request head"
-            raise bad(msg)
+    def _incomplete_head(self) -> ServerEvent:
         if not self._closed:
             return NEED_DATA
-        if buffer:
+        if self._buffer:
             msg = "peer unexpectedly closed connection"
             raise bad(msg)
         return CLOSED
