@@ -158,6 +158,8 @@ TRICKY = [
     b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc",
     b"GET / HTTP/1.1\r\nHost: a",
     b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"POST / HTTP/0.1\r\nContent-Length: 5555555555555555555555555555553\r\n\r\nabc",  # fuzzer's find
+    b"POST / HTTP/0.1\r\nContent-Length: 5555555555555555555\r\n\r\nabc",
     b"",
 ]
 

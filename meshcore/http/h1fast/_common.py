@@ -29,6 +29,7 @@ TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 FIELD_VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;.*)?[ \t]*")
 _MAX_CHUNK_LINE = 4096
+_H11_MAX_DIGITS = 20  # h11 refuses longer lengths as it parses (stricter limits come later)
 _CRLF = b"\r\n"
 
 
@@ -60,7 +61,7 @@ def _content_length(value: bytes) -> bytes:
         msg = "conflicting Content-Length headers"
         raise bad(msg)
     single = lengths.pop()
-    if not single.isdigit() or not single.isascii():
+    if not single.isdigit() or not single.isascii() or len(single) > _H11_MAX_DIGITS:
         msg = "bad Content-Length"
         raise bad(msg)
     return single
