@@ -40,6 +40,11 @@ class ResponseFlag(enum.Enum):
         0,
     )
     DOWNSTREAM_PROTOCOL_ERROR = ("DPE", "the client broke the HTTP protocol", 400)
+    STREAM_IDLE_TIMEOUT = (
+        "SI",
+        "the client read none of the response for the stream idle timeout: disconnected or reset",
+        0,
+    )
     DOWNSTREAM_HEADERS_TIMEOUT = ("DHT", "the client did not send the request headers in time", 408)
     LOCAL_RATE_LIMITED = ("RL", "a local rate limit rejected the request", 429)
     FAULT_INJECTED = ("FI", "a fault filter aborted the request", 0)

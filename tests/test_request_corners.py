@@ -100,7 +100,10 @@ async def test_bodies_over_the_limit_get_413(nursery: trio.Nursery, codec: str) 
     chunk = b"400\r\n" + b"x" * 1024 + b"\r\n"
     streamed = await raw_exchange(
         address,
-        b"POST / HTTP/1.1\r\nhost: a.test\r\ntransfer-encoding: chunked\r\n\r\n" + chunk + chunk + b"0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nhost: a.test\r\ntransfer-encoding: chunked\r\n\r\n"
+        + chunk
+        + chunk
+        + b"0\r\n\r\n",
     )
     assert status_of(streamed) == 413
     within = await raw_exchange(
@@ -153,7 +156,9 @@ async def test_absolute_form_routes_by_its_authority(nursery: trio.Nursery, code
     assert seen["path"] == "/x?y=1"  # origin form upstream
     assert [v for n, v in seen["headers"] if n == "host"] == ["a.test"]  # one consistent Host
     # No path: "/"; the scheme is case-insensitive; a target with userinfo is refused.
-    bare = await raw_exchange(address, b"GET HTTP://a.test HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\n\r\n")
+    bare = await raw_exchange(
+        address, b"GET HTTP://a.test HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\n\r\n"
+    )
     assert json.loads(bare.partition(b"\r\n\r\n")[2])["path"] == "/"
     for target in (b"http://user@a.test/", b"http:///x", b"http://a.test/#frag"):
         refused = await raw_exchange(address, b"GET " + target + b" HTTP/1.1\r\nhost: a.test\r\n\r\n")

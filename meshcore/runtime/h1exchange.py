@@ -7,6 +7,7 @@ the answer is retried once on a new one, if nothing of the body was consumed.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -160,13 +161,19 @@ class H1Exchange:
                     if cancelled:
                         break
                     if chunk:
-                        await conn.stream.send_all(conn.codec.send_data(chunk))
+                        await self._send_body_part(conn.codec.send_data(chunk))
                         continue
                     trailers = body.trailers.raw if body.trailers is not None else None
-                    await conn.stream.send_all(conn.codec.send_end(trailers))
+                    await self._send_body_part(conn.codec.send_end(trailers))
                     self.sending = False
                     break
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ProtocolError) as err:
+            except (
+                trio.BrokenResourceError,
+                trio.ClosedResourceError,
+                OSError,
+                ProtocolError,
+                UpstreamError,
+            ) as err:
                 errors.append(err)
                 nursery.cancel_scope.cancel()
             pumping = False
@@ -174,6 +181,15 @@ class H1Exchange:
                 waiting_for_upstream.cancel()
         if errors:
             raise errors[0]
+
+    async def _send_body_part(self, data: bytes) -> None:
+        """Send request body bytes; an upstream that takes none of them for its idle timeout is given up on."""
+        assert self.conn is not None  # noqa: S101 - set by run()
+        with trio.move_on_after(float(self.cluster.config.idle_timeout) or math.inf) as scope:
+            await self.conn.stream.send_all(data)
+        if scope.cancelled_caught:
+            msg = f"upstream {self.host.label} stopped reading the request body"
+            raise UpstreamError(ResponseFlag.UPSTREAM_REQUEST_TIMEOUT, msg)
 
     async def _next_event(self) -> Any:
         assert self.conn is not None  # noqa: S101 - set by run()

@@ -14,6 +14,7 @@ before the request) is reset, and its sender stopped.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -185,8 +186,14 @@ class H2Connection:
 
     def _data_received(self, event: h2.events.DataReceived) -> None:
         if (up := self.streams.get(event.stream_id)) is not None:
-            up.chunks.append((event.data, event.flow_controlled_length))
-            up.readable.set()
+            if event.data:
+                up.chunks.append((event.data, event.flow_controlled_length))
+                up.readable.set()
+            elif event.flow_controlled_length:
+                # An empty DATA frame (padding only): never a chunk, for b"" ends a body, and the
+                # response would pass for complete when cut short. Its window goes back at once.
+                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                self.flush_soon.set()
 
     def _trailers_received(self, event: h2.events.TrailersReceived) -> None:
         if (up := self.streams.get(event.stream_id)) is not None:
@@ -389,7 +396,14 @@ class H2Connection:
             try:
                 async for chunk in body:
                     sent = await send_flow_controlled(
-                        self.h2, up, chunk, self.flush, abandoned=lambda: up.error is not None
+                        self.h2,
+                        up,
+                        chunk,
+                        self.flush,
+                        abandoned=lambda: up.error is not None,
+                        # An upstream that stops reading the request body: given up on after
+                        # the cluster's idle timeout without progress.
+                        idle_timeout=float(self.host.cluster.config.idle_timeout) or math.inf,
                     )
                     if not sent:
                         return
@@ -402,6 +416,8 @@ class H2Connection:
             except (h2.exceptions.ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError) as err:
                 # The stream or the connection is gone (reset, closed).
                 self._fail(up, ConnectionResetError(f"sending the request body failed: {err!r}"))
+            except trio.TooSlowError:
+                self._fail(up, ConnectionResetError("the upstream stopped reading the request body"))
             except ProtocolError as err:  # the client broke off its body
                 self._fail(up, err)
 

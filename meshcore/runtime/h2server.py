@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import math
 import struct
-import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -30,9 +29,9 @@ from h2.errors import ErrorCodes
 from meshcore.errors import ProtocolError
 from meshcore.flags import ResponseFlag
 from meshcore.http.h2flow import send_flow_controlled
+from meshcore.http.h2guard import TINY_WINDOW_UPDATE, Abuse, H2Budgets
 from meshcore.http.messages import Body, Headers, Request, Response, StreamInfo
 from meshcore.http.semantics import strip_hop_by_hop
-from meshcore.tokenbucket import TokenBucket
 
 if TYPE_CHECKING:
     from meshcore.connection import Connection
@@ -52,6 +51,7 @@ _GOAWAY_HEAD = b"\x00\x00\x08\x07\x00\x00\x00\x00\x00"
 
 _HEAD = 9  # the size of a frame header
 _GOAWAY = 0x7  # the frame type
+_CONTINUATION = 0x9
 _GOAWAY_MIN = _HEAD + 8  # last stream id and error code
 
 
@@ -67,12 +67,18 @@ class GracefulGoaway:
     client's connection preface, on the server side).
     """
 
-    __slots__ = ("buffer", "largest", "passing")
+    __slots__ = ("buffer", "empty_continuations", "largest", "passing")
 
     def __init__(self, skip: int = 0, max_frame_size: int = 16384) -> None:
+        self.empty_continuations = 0  # seen since the last take_empty_continuations()
         self.buffer = b""  # the start of a frame header, or of a GOAWAY frame
         self.passing = skip  # bytes of the current frame (not a GOAWAY) still to come
         self.largest = _HEAD + max_frame_size  # h2 refuses a larger frame: not kept here
+
+    def take_empty_continuations(self) -> int:
+        """How many empty CONTINUATION frames went by since the last call (frames that carry nothing)."""
+        count, self.empty_continuations = self.empty_continuations, 0
+        return count
 
     def feed(self, data: bytes) -> tuple[bytes, list[int]]:
         """The bytes for h2, and the last stream ids of the graceful GOAWAYs taken out."""
@@ -87,6 +93,8 @@ class GracefulGoaway:
             if len(data) - i < _HEAD:
                 break
             end = i + _HEAD + int.from_bytes(data[i : i + 3], "big")
+            if data[i + 3] == _CONTINUATION and end - i == _HEAD:
+                self.empty_continuations += 1  # h2 does not report them: counted here
             if data[i + 3] != _GOAWAY or end - i > self.largest:
                 # Not a GOAWAY (or one h2 will refuse for its size): on to h2, whole or in part.
                 self.passing = max(0, end - len(data))
@@ -107,12 +115,6 @@ class GracefulGoaway:
         return b"".join(kept), lasts
 
 
-def _budget(burst: int, per_second: float) -> TokenBucket:
-    """Abuse detection: ``burst`` events at once, then ``per_second`` (0: no more, ever)."""
-    interval = 1 / per_second if per_second > 0 else math.inf
-    return TokenBucket(burst, fill_interval=interval, now=time.monotonic())
-
-
 class _Stream:
     """One request stream: its inbound body buffer and the events its tasks wait on."""
 
@@ -130,14 +132,6 @@ class _Stream:
         self.request: Request | None = None
 
 
-class _Abuse(Exception):  # noqa: N818 - an outcome, not an error of ours
-    """The client abuses the connection; close it with GOAWAY ``code``."""
-
-    def __init__(self, code: ErrorCodes, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-
-
 class H2ServerSession:
     """One downstream HTTP/2 connection."""
 
@@ -151,15 +145,8 @@ class H2ServerSession:
             client_side=False, header_encoding=None, validate_inbound_headers=True
         )
         self.h2 = h2.connection.H2Connection(config=config)
-        self.h2.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: settings.max_concurrent_streams,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: settings.initial_stream_window_size,
-                h2.settings.SettingCodes.MAX_FRAME_SIZE: settings.max_frame_size,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: settings.max_header_list_size,
-            },
-        )
+        self.max_streams: int = settings.max_concurrent_streams
+        self.h2.local_settings = self._settings(self.max_streams)
         # Settings replaced wholesale are never "acknowledged" in h2's eyes, and h2 applies
         # these two limits only on an acknowledgement: apply them here, or h2 keeps its
         # defaults (frames over 16 KiB refused whatever we advertised, header lists up to
@@ -170,14 +157,26 @@ class H2ServerSession:
         self.streams: dict[int, _Stream] = {}
         self.send_lock = trio.Lock()
         self.closing = False
-        self.resets = _budget(settings.max_stream_resets_burst, settings.max_stream_resets_per_second)
-        self.control = _budget(settings.max_control_frames_burst, settings.max_control_frames_per_second)
+        self.budgets = H2Budgets(settings)
+        self.stream_idle_timeout: float = hcm.stream_idle_timeout
         self.nursery: trio.Nursery | None = None
         self.last_stream_id = 0
         self.flush_soon = trio.Event()
         self.broken = False
         self.goaway_frame = b""
         self.graceful = GracefulGoaway(skip=len(PREFACE), max_frame_size=settings.max_frame_size)
+
+    def _settings(self, max_streams: int) -> h2.settings.Settings:
+        settings = self.hcm.http2
+        return h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_streams,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: settings.initial_stream_window_size,
+                h2.settings.SettingCodes.MAX_FRAME_SIZE: settings.max_frame_size,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: settings.max_header_list_size,
+            },
+        )
 
     # -- the connection -------------------------------------------------------------------------
 
@@ -208,6 +207,10 @@ class H2ServerSession:
     async def run(self) -> None:
         """Serve the connection until the client goes, GOAWAY, drain, or idleness."""
         self.h2.initiate_connection()
+        # h2 enforces the stream limit it advertised by ending the whole connection (GOAWAY
+        # PROTOCOL_ERROR), and no stream completes. RFC 9113 section 5.1.2 lets a server
+        # refuse just the streams past it: _request_received does, so h2 gets no limit.
+        self.h2.local_settings = self._settings(2**31 - 1)
         grow = self.connection_window - 65535
         if grow > 0:
             self.h2.increment_flow_control_window(grow)
@@ -238,6 +241,7 @@ class H2ServerSession:
                 if lasts:
                     self.closing = True  # the client goes away: its open streams still get answers
                 try:
+                    self.budgets.empty_frames(self.graceful.take_empty_continuations())
                     for event in self.h2.receive_data(data):
                         self._handle(event)
                 except h2.exceptions.ProtocolError as err:
@@ -246,7 +250,7 @@ class H2ServerSession:
                     log.warning("http2_protocol_error", peer=self.conn.peer, reason=str(err))
                     await self._final_flush()
                     return False
-                except _Abuse as abuse:
+                except Abuse as abuse:
                     log.warning(
                         "http2_abuse_detected", peer=self.conn.peer, reason=str(abuse), code=abuse.code.name
                     )
@@ -312,6 +316,8 @@ class H2ServerSession:
             handler(self, event)
 
     def _data_received(self, event: h2.events.DataReceived) -> None:
+        if not event.data and event.stream_ended is None:
+            self.budgets.empty_frames()
         stream = self.streams.get(event.stream_id)
         if stream is None:
             # Data for a stream we no longer serve: still give its window back.
@@ -332,6 +338,8 @@ class H2ServerSession:
             stream.trailers = Headers.from_raw(list(event.headers))
 
     def _window_updated(self, event: h2.events.WindowUpdated) -> None:
+        if event.delta < TINY_WINDOW_UPDATE:
+            self.budgets.empty_frames()
         if event.stream_id == 0:
             for stream in self.streams.values():
                 stream.window.set()
@@ -339,8 +347,7 @@ class H2ServerSession:
             one.window.set()
 
     def _control_frame(self, event: h2.events.PingReceived | h2.events.RemoteSettingsChanged) -> None:
-        if not self.control.take(time.monotonic()):
-            raise _Abuse(ErrorCodes.ENHANCE_YOUR_CALM, "SETTINGS or PING flood")
+        self.budgets.control_frame()
         if (
             isinstance(event, h2.events.RemoteSettingsChanged)
             and h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings
@@ -357,6 +364,12 @@ class H2ServerSession:
         self.last_stream_id = max(self.last_stream_id, stream_id)
         if self.closing:
             self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            return
+        if len(self.streams) >= self.max_streams:
+            # Past the advertised limit: this stream is refused (the client may retry it), the
+            # others go on. A client that keeps doing it spends the reset budget.
+            self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            self.budgets.stream_refused()
             return
         stream = _Stream(stream_id)
         try:
@@ -377,15 +390,12 @@ class H2ServerSession:
         if stream is None:
             return
         stream.scope.cancel()
-        if (
-            stream.request is not None
-            and event.remote_reset
-            and not stream.done
-            and not self.resets.take(time.monotonic())
-        ):
-            raise _Abuse(
-                ErrorCodes.ENHANCE_YOUR_CALM, "rapid reset: too many streams cancelled by the client"
-            )
+        if stream.request is not None and event.remote_reset and not stream.done:
+            self.budgets.stream_reset()
+
+    def _priority_updated(self, event: h2.events.PriorityUpdated) -> None:
+        if event.stream_id not in self.streams:  # not the priority of a request's HEADERS
+            self.budgets.empty_frames()
 
     # What _handle does with each kind of event h2 reports (by exact type, as h2 reports
     # them); the others (acknowledgements, priority, unknown frames) need nothing.
@@ -396,6 +406,7 @@ class H2ServerSession:
         h2.events.TrailersReceived: _trailers_received,
         h2.events.StreamReset: _stream_reset,
         h2.events.WindowUpdated: _window_updated,
+        h2.events.PriorityUpdated: _priority_updated,
         h2.events.PingReceived: _control_frame,
         h2.events.RemoteSettingsChanged: _control_frame,
         h2.events.ConnectionTerminated: _connection_terminated,
@@ -447,20 +458,25 @@ class H2ServerSession:
 
     def _body_reader(self, stream: _Stream) -> Any:
         async def read() -> bytes:
-            while not stream.chunks:
-                if stream.ended:
-                    if stream.request is not None and stream.trailers is not None:
-                        stream.request.body.trailers = stream.trailers
-                    return b""
-                stream.readable = trio.Event()
-                await stream.readable.wait()
-            data, flow = stream.chunks.popleft()
-            if flow:
-                # Consumed: give the window back, so the client may send more. No await between
-                # taking the chunk and returning it: a cancelled read must never lose data.
-                self.h2.acknowledge_received_data(flow, stream.id)
-                self.flush_soon.set()
-            return data or await read()
+            # A loop, not a recursion per empty chunk: thousands of empty DATA frames ended in
+            # a RecursionError here (and a 500 without END_STREAM).
+            while True:
+                while not stream.chunks:
+                    if stream.ended:
+                        if stream.request is not None and stream.trailers is not None:
+                            stream.request.body.trailers = stream.trailers
+                        return b""
+                    stream.readable = trio.Event()
+                    await stream.readable.wait()
+                data, flow = stream.chunks.popleft()
+                if flow:
+                    # Consumed: give the window back, so the client may send more. No await
+                    # between taking the chunk and returning it: a cancelled read must never
+                    # lose data.
+                    self.h2.acknowledge_received_data(flow, stream.id)
+                    self.flush_soon.set()
+                if data:
+                    return data
 
         return read
 
@@ -557,6 +573,16 @@ class H2ServerSession:
             await self.flush()
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             return False  # the client reset the stream meanwhile
+        except trio.TooSlowError:
+            # The client's window stayed shut: reset, never ended as if complete (the caller
+            # closes the body, which frees the upstream side).
+            if request is not None:
+                request.info.flags.add(ResponseFlag.STREAM_IDLE_TIMEOUT)
+            log.warning("stream_idle_timeout", listener=self.hcm.listener, stream=stream.id)
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.h2.reset_stream(stream.id, ErrorCodes.CANCEL)
+            await self.flush()
+            return False
         return True
 
     async def _send_head_only(self, stream: _Stream, headers: list[tuple[bytes, bytes]], body: Body) -> None:
@@ -589,4 +615,4 @@ class H2ServerSession:
         ):
             conn.send_data(stream.id, data)
             return
-        await send_flow_controlled(conn, stream, data, self.flush)
+        await send_flow_controlled(conn, stream, data, self.flush, idle_timeout=self.stream_idle_timeout)

@@ -84,6 +84,7 @@ class HttpConnectionManager:
         self.max_headers = int(config.max_request_headers)
         self.headers_timeout = float(config.request_headers_timeout) or math.inf
         self.idle_timeout = float(config.idle_timeout) or math.inf
+        self.stream_idle_timeout = float(getattr(config, "stream_idle_timeout", 300)) or math.inf
         self.max_requests = int(config.max_requests_per_connection) or math.inf
         self.max_body: int | None = int(getattr(config, "max_request_body_size", 0)) or None
         self.protocol: str = getattr(config, "http_protocol", "auto")
@@ -476,7 +477,7 @@ class _H1Session:
         if response.status == HTTPStatus.SWITCHING_PROTOCOLS and response.upgraded is not None:
             await self._splice(request, response)
             return False
-        codec, stream, body = self.codec, self.stream, response.body
+        codec, body = self.codec, response.body
         headers = response.headers.raw
         info = request.info
         if info.flags:
@@ -515,15 +516,26 @@ class _H1Session:
                     continue
                 pending += codec.send_data(chunk)
                 if body.length is None or body.consumed < body.length:
-                    await stream.send_all(pending)
+                    await self._send_timed(pending)
                     pending = b""
             trailers = body.trailers.raw if body.trailers is not None else None
-            await stream.send_all(pending + codec.send_end(trailers))
+            await self._send_timed(pending + codec.send_end(trailers))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             info.flags.add(ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION)
             body.close()
             return False
+        except trio.TooSlowError:
+            # The client stopped reading: disconnect it, and free the upstream side.
+            info.flags.add(ResponseFlag.STREAM_IDLE_TIMEOUT)
+            log.warning("stream_idle_timeout", listener=self.hcm.listener, peer=self.conn.peer)
+            body.close()
+            return False
         return True
+
+    async def _send_timed(self, data: bytes) -> None:
+        """Send to the client; trio.TooSlowError if it takes none of it for the stream idle timeout."""
+        with trio.fail_after(self.hcm.stream_idle_timeout):
+            await self.stream.send_all(data)
 
     async def _splice(self, request: Request, response: Response) -> None:
         """Switch protocols: answer 101, then the connection is a byte pipe to the upstream."""

@@ -48,6 +48,11 @@ class Http2Settings:
     max_control_frames_burst: int = attrs.field(default=100, validator=at_least(1))
     """SETTINGS and PING frames a client may send in a burst before GOAWAY ENHANCE_YOUR_CALM."""
     max_control_frames_per_second: float = attrs.field(default=20.0, validator=at_least(0))
+    max_empty_frames_burst: int = attrs.field(default=200, validator=at_least(1))
+    """Frames that cost work and carry nothing (empty DATA without END_STREAM, empty
+    CONTINUATION, PRIORITY, WINDOW_UPDATE under 1 KiB) a client may send in a burst before
+    GOAWAY ENHANCE_YOUR_CALM."""
+    max_empty_frames_per_second: float = attrs.field(default=100.0, validator=at_least(0))
 
 
 @attrs.frozen(kw_only=True)
@@ -64,6 +69,10 @@ class HttpConnectionManagerConfig:
     max_request_headers: int = attrs.field(default=100, validator=at_least(1))
     request_headers_timeout: Duration = Duration(10)
     idle_timeout: Duration = Duration(300)
+    stream_idle_timeout: Duration = Duration(300)
+    """How long a response may make no progress because the client does not read it (0: no
+    limit; Envoy's default is 5 minutes): past it, an HTTP/1.1 connection is closed and an
+    HTTP/2 stream reset (CANCEL), never ended as if complete, and the upstream side freed."""
     max_requests_per_connection: int = attrs.field(default=0, validator=at_least(0))
     """0: no limit."""
     max_request_body_size: ByteSize = ByteSize(0)
