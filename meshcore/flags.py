@@ -47,6 +47,7 @@ class ResponseFlag(enum.Enum):
     )
     DOWNSTREAM_HEADERS_TIMEOUT = ("DHT", "the client did not send the request headers in time", 408)
     LOCAL_RATE_LIMITED = ("RL", "a local rate limit rejected the request", 429)
+    OVERLOAD = ("OM", "the overload manager shed the request (memory past its threshold)", 503)
     FAULT_INJECTED = ("FI", "a fault filter aborted the request", 0)
     DELAY_INJECTED = ("DI", "a fault filter delayed the request", 0)
     UNAUTHORIZED = ("UAEX", "an authorization filter denied the request", 403)

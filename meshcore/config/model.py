@@ -15,7 +15,7 @@ from typing import Any, Literal
 import attrs
 
 from meshcore.config.structure import HttpFilterRef, LbPolicyRef, NetworkFilterRef, Path, Structurer
-from meshcore.config.units import Address, Duration
+from meshcore.config.units import Address, ByteSize, Duration
 from meshcore.config.validators import at_least, at_most, cidr, non_empty, regex, unique
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "FilterOverrides",
     "HeaderMatch",
     "Listener",
+    "OverloadConfig",
     "QueryParamMatch",
     "Redirect",
     "Route",
@@ -105,6 +106,9 @@ class Listener:
     filter_chains: tuple[FilterChain, ...] = attrs.field(validator=non_empty)
     access_log: bool = False
     drain_timeout: Duration = Duration(30)
+    max_connections: int = attrs.field(default=0, validator=at_least(0))
+    """Connections this listener serves at once (0: no limit); one past it is closed at
+    once, counted in ``listener_cx_overflow``."""
 
 
 # -- clusters -------------------------------------------------------------------------------
@@ -332,6 +336,36 @@ class RouteConfiguration:
     virtual_hosts: tuple[VirtualHost, ...] = attrs.field(default=(), validator=unique(lambda vh: vh.name))
 
 
+# -- overload ---------------------------------------------------------------------------------
+
+
+_FRACTION = [at_least(0.01), at_most(1.0)]
+
+
+@attrs.frozen(kw_only=True)
+class OverloadConfig:
+    """Protection of the whole process: a connection limit, and load shed as memory runs out.
+
+    In the spirit of Envoy's overload manager: the process's resident memory (RSS) is
+    watched against ``max_memory``; as it passes each fraction, one more action starts
+    (and stops once it falls back), each logged and counted: keep-alive disabled, new
+    requests answered 503, new connections no longer accepted.
+    """
+
+    max_connections: int = attrs.field(default=0, validator=at_least(0))
+    """Downstream connections of all listeners at once (0: no limit); one past it is
+    closed at once, counted in ``overload_cx_overflow``."""
+    max_memory: ByteSize = ByteSize(0)
+    """The memory (RSS) the process should stay under (0: not watched)."""
+    disable_keepalive_at: float = attrs.field(default=0.8, validator=_FRACTION)
+    """The fraction of ``max_memory`` past which keep-alive is disabled."""
+    reject_requests_at: float = attrs.field(default=0.9, validator=_FRACTION)
+    """... past which new requests get 503."""
+    stop_accepting_at: float = attrs.field(default=0.95, validator=_FRACTION)
+    """... past which listeners stop accepting connections."""
+    check_interval: Duration = Duration(1)
+
+
 # -- the snapshot ---------------------------------------------------------------------------
 
 
@@ -346,6 +380,7 @@ class Snapshot:
     route_configs: tuple[RouteConfiguration, ...] = attrs.field(
         default=(), validator=unique(lambda x: x.name)
     )
+    overload: OverloadConfig = OverloadConfig()
 
     def cluster(self, name: str) -> Cluster | None:
         """The cluster called ``name``, if any."""

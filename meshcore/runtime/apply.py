@@ -76,7 +76,9 @@ def _plan_listener(proxy: Proxy, snapshot: Snapshot, index: int, listener: Liste
             for ci, config in enumerate(listener.filter_chains)
         ]
         try:
-            result.opened[listener.name] = ListenerRuntime(listener, chains, reuse_port=proxy.reuse_port)
+            result.opened[listener.name] = ListenerRuntime(
+                listener, chains, reuse_port=proxy.reuse_port, overload=proxy.overload, stats=proxy.stats
+            )
         except OSError as err:
             message = f"cannot listen on {listener.address}: {err.strerror}"
             problem = ConfigProblem(path=f"listeners[{index}].address", message=message)

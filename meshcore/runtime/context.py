@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from meshcore.config import Snapshot
     from meshcore.registry import Registry
     from meshcore.runtime.cluster import ClusterManager
+    from meshcore.runtime.overload import OverloadManager
     from meshcore.runtime.stats import Stats
 
 __all__ = ["Connection", "FilterContext"]
@@ -29,6 +30,7 @@ class FilterContext:
         registry: the plugin registry (to build nested filters).
         access_log: whether this listener logs one line per request.
         tls: whether the filter chain terminates TLS.
+        overload: the proxy's overload manager (None outside a proxy).
     """
 
     listener: str
@@ -38,3 +40,4 @@ class FilterContext:
     registry: Registry
     access_log: bool = False
     tls: bool = False
+    overload: OverloadManager | None = None

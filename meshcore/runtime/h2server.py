@@ -379,6 +379,9 @@ class H2ServerSession:
             self.h2.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)
             return
         stream.request = request
+        overload = self.hcm.overload
+        if overload is not None and overload.keepalive_disabled:
+            self.goaway()  # this stream is served; the client takes a new connection for more
         if event.stream_ended is not None:
             stream.ended = True
         self.streams[stream_id] = stream

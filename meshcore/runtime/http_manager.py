@@ -108,6 +108,7 @@ class HttpConnectionManager:
         self.stat_grpc: dict[int, Counter] = {}
         self.draining = False
         self.idle_scopes: set[trio.CancelScope] = set()
+        self.overload: Any = getattr(context, "overload", None)
 
     def drain(self) -> None:
         """Finish current requests, then close.
@@ -211,9 +212,15 @@ class HttpConnectionManager:
                 runtime.requests.value += 1
                 if runtime.chain is not None:
                     chain = runtime.chain
+        overload = self.overload
         try:
             _check_declared_length(request.body)
-            response = await chain(request)
+            if overload is not None and overload.rejecting:
+                overload.stat_rejected.value += 1
+                request.info.flags.add(ResponseFlag.OVERLOAD)
+                response = Response.local(503, status_text(503), headers=[("connection", "close")])
+            else:
+                response = await chain(request)
         except ProtocolError as err:
             if err.remote:
                 request.info.flags.add(ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR)
@@ -482,7 +489,8 @@ class _H1Session:
         info = request.info
         if info.flags:
             headers = [*headers, (b"x-meshcore-flags", info.flag_string().encode())]
-        if self.hcm.draining:
+        overload = self.hcm.overload
+        if self.hcm.draining or (overload is not None and overload.keepalive_disabled):
             headers = [*headers, (b"connection", b"close")]
         try:
             pending = codec.send_response_head(response.status, headers)

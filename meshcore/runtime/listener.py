@@ -22,6 +22,8 @@ import trio
 from meshcore.chain import compose
 from meshcore.config import FilterChain, Listener
 from meshcore.connection import Connection, PeerTls, join_host_port, peer_tls
+from meshcore.runtime.overload import OverloadManager
+from meshcore.runtime.stats import Stats
 from meshcore.runtime.tls import server_context
 
 __all__ = [
@@ -131,8 +133,20 @@ def open_listener_socket(host: str, port: int, *, reuse_port: bool = False) -> t
 class ListenerRuntime:
     """One listener: its socket, its current chains, and the connections it serves."""
 
-    def __init__(self, config: Listener, chains: list[CompiledChain], *, reuse_port: bool = False) -> None:
+    def __init__(
+        self,
+        config: Listener,
+        chains: list[CompiledChain],
+        *,
+        reuse_port: bool = False,
+        overload: OverloadManager | None = None,
+        stats: Stats | None = None,
+    ) -> None:
         self.config = config
+        self.overload = overload
+        self._stat_overflow = (
+            stats.counter("listener_cx_overflow", listener=config.name) if stats is not None else None
+        )
         self.chains = chains
         self.socket = open_listener_socket(config.address.host, config.address.port, reuse_port=reuse_port)
         self.port: int = self.socket.socket.getsockname()[1]
@@ -182,9 +196,24 @@ class ListenerRuntime:
         log.info("listener_stopped", listener=self.config.name)
 
     async def _accept_loop(self, connections: trio.Nursery) -> None:
+        overload = self.overload
         while True:
+            if overload is not None and not overload.accepting.is_set():
+                # The overload manager stopped accepting: connections wait in the backlog.
+                await overload.accepting.wait()
             try:
-                stream = await self.socket.accept()
+                if overload is None:
+                    stream = await self.socket.accept()
+                else:
+                    # A wait the overload manager cuts short when it stops accepting.
+                    with trio.CancelScope() as waiting:
+                        overload.accept_scopes.add(waiting)
+                        try:
+                            stream = await self.socket.accept()
+                        finally:
+                            overload.accept_scopes.discard(waiting)
+                    if waiting.cancelled_caught:
+                        continue
             except OSError as err:
                 if err.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS):
                     # Resource exhaustion: reported and waited out, not a bug (no traceback).
@@ -197,14 +226,32 @@ class ListenerRuntime:
                 # so this connection is refused, never served.
                 stream.socket.close()
                 return
+            if not self._admit():
+                stream.socket.close()  # past a connection limit: closed at once, counted
+                continue
+            self.active += 1  # counted from the accept, so a burst cannot overshoot the limit
+            if overload is not None:
+                overload.connections += 1
             connections.start_soon(self._handle, stream)
+
+    def _admit(self) -> bool:
+        """Whether a new connection is within this listener's and the process's limits."""
+        limit = self.config.max_connections
+        if limit and self.active >= limit:
+            if self._stat_overflow is not None:
+                self._stat_overflow.value += 1
+            log.info("connection_overflowed", listener=self.config.name, limit=limit)
+            return False
+        if self.overload is not None and not self.overload.admit():
+            log.info("connection_overflowed", listener=self.config.name, limit="process")
+            return False
+        return True
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         peer_host, peer_port = stream.socket.getpeername()[:2]
         local_port = stream.socket.getsockname()[1]
         peer = join_host_port(peer_host, peer_port)
         conn_id = next(_connection_ids)
-        self.active += 1
         server_name = alpn = None
         tls: PeerTls | None = None
         transport: trio.abc.Stream = stream
@@ -234,6 +281,8 @@ class ListenerRuntime:
                 await chain.handler(conn)
         finally:
             self.active -= 1
+            if self.overload is not None:
+                self.overload.connections -= 1
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await transport.aclose()
 

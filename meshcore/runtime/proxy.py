@@ -22,6 +22,7 @@ from meshcore.runtime.apply import plan
 from meshcore.runtime.cluster import ClusterManager, Picker
 from meshcore.runtime.context import FilterContext
 from meshcore.runtime.listener import ListenerRuntime
+from meshcore.runtime.overload import OverloadManager
 from meshcore.runtime.stats import Stats
 
 __all__ = ["Proxy"]
@@ -42,6 +43,7 @@ class Proxy:
         self.reuse_port = reuse_port
         self.snapshot: Snapshot | None = None
         self.clusters = ClusterManager(self.stats, self._picker, catalog=registry)
+        self.overload = OverloadManager(self.stats)
         self.listeners: dict[str, ListenerRuntime] = {}
         self.draining = False
         self.admin_address: tuple[str, int] | None = None
@@ -70,6 +72,7 @@ class Proxy:
         try:
             async with trio.open_nursery() as upstreams:
                 self.clusters.nursery = upstreams
+                await upstreams.start(self.overload.run)
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     task_status.started(self)
@@ -143,6 +146,7 @@ class Proxy:
             registry=self.registry,
             access_log=listener.access_log,
             tls=chain.tls is not None,
+            overload=self.overload,
         )
 
     def apply(self, snapshot: Snapshot) -> None:
@@ -164,6 +168,7 @@ class Proxy:
             raise
         # Nothing can fail from here on: swap.
         built.clusters()
+        self.overload.configure(snapshot.overload)
         wanted = {listener.name: listener for listener in snapshot.listeners}
         for name in list(self.listeners):
             if name not in wanted or name in built.opened:
