@@ -1,0 +1,69 @@
+"""The fuzz targets (fuzz/targets.py) for a bounded time each, coverage-guided under atheris.
+
+Any crash, hang (over 10 s on one input) or disagreement between the two HTTP/1.1 codecs
+fails the run, and with it this test; the input is in the test's tmp_path. CI runs a few
+seconds a target; the documented long run (fuzz/run.py's docstring) runs 30 minutes.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+FUZZ = Path(__file__).resolve().parent.parent / "fuzz"
+SECONDS = 3
+sys.path.insert(0, str(FUZZ))
+from targets import SEEDS, TARGETS, DisagreementError, h1_server  # noqa: E402 - fuzz/ is not a package
+
+from meshcore.errors import ProtocolError  # noqa: E402 - after the path of fuzz/
+from meshcore.http.codec import NEED_DATA, ServerEvent  # noqa: E402
+from meshcore.http.h1fast import FastServerCodec  # noqa: E402
+
+
+@pytest.mark.parametrize("target", list(TARGETS))
+async def test_a_bounded_fuzz_run_finds_nothing(tmp_path: Path, target: str) -> None:
+    pytest.importorskip("atheris", reason="atheris is in the test extra (Linux wheels only)")
+    argv = [sys.executable, str(FUZZ / "run.py"), target, str(tmp_path / "corpus")]
+    argv += [
+        f"-max_total_time={SECONDS}",
+        "-timeout=10",
+        "-rss_limit_mb=2048",
+        f"-artifact_prefix={tmp_path}/",
+    ]
+    with trio.fail_after(SECONDS + 60):
+        done = await trio.run_process(
+            argv, cwd=tmp_path, capture_stdout=True, capture_stderr=True, check=False
+        )
+    output = done.stderr.decode(errors="replace")
+    assert done.returncode == 0, output[-3000:]
+    runs = re.search(r"Done (\d+) runs", output)
+    assert runs is not None, output[-3000:]
+    assert int(runs[1]) > 100  # the target did run, input after input
+
+
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_the_seeds_pass(target: str) -> None:
+    for seed in SEEDS[target]:
+        TARGETS[target](seed)
+
+
+class LenientServerCodec(FastServerCodec):
+    """Takes what it should refuse: the fuzz target must tell."""
+
+    def next_event(self) -> ServerEvent:
+        try:
+            return super().next_event()
+        except ProtocolError:
+            return NEED_DATA
+
+
+def test_a_disagreement_is_a_finding() -> None:
+    # A target must fail when the codecs disagree, or the fuzzing above could not find anything.
+    folded = b"\x01\x00\x00\x00GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n"
+    h1_server(folded)  # both codecs refuse the obs-fold alike
+    with pytest.raises(DisagreementError):
+        h1_server(folded, fast_codec=LenientServerCodec)
