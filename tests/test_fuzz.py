@@ -17,7 +17,7 @@ import trio
 FUZZ = Path(__file__).resolve().parent.parent / "fuzz"
 SECONDS = 3
 sys.path.insert(0, str(FUZZ))
-from targets import SEEDS, TARGETS, DisagreementError, h1_server  # noqa: E402 - fuzz/ is not a package
+from targets import SEEDS, TARGETS, DisagreementError, h1_server  # type: ignore[import-not-found]  # noqa: E402 - fuzz/ is put on sys.path above; it is no package mypy sees
 
 from meshcore.errors import ProtocolError  # noqa: E402 - after the path of fuzz/
 from meshcore.http.codec import NEED_DATA, ServerEvent  # noqa: E402
