@@ -336,6 +336,10 @@ def type_text(tp: Any) -> str:  # noqa: PLR0911 - a flat dispatch on the kind of
     args = typing.get_args(tp)
     if tp is Any:
         return "any"
+    if origin is typing.Annotated:
+        return type_text(args[0])
+    if origin in (set, frozenset):
+        return f"list of {type_text(args[0])} (a set: duplicates count once)" if args else "list"
     if origin is typing.Union or origin is types.UnionType:
         options = [type_text(arg) for arg in args if arg is not type(None)]
         return " or ".join(options) + (" or null" if type(None) in args else "")
@@ -344,8 +348,8 @@ def type_text(tp: Any) -> str:  # noqa: PLR0911 - a flat dispatch on the kind of
             return f"`{_value(args[0])}`"
         return "one of " + ", ".join(f"`{_value(arg)}`" for arg in args)
     if origin in (tuple, Sequence, list):
-        if len(args) == 2 and args[1] is Ellipsis:  # noqa: PLR2004 - tuple[X, ...]
-            return f"list of {type_text(args[0])}"
+        if origin is not tuple or (len(args) == 2 and args[1] is Ellipsis):  # noqa: PLR2004 - tuple[X, ...]
+            return f"list of {type_text(args[0])}" if args else "list"
         return "[" + ", ".join(type_text(arg) for arg in args) + "]" if args else "list"
     if origin in (dict, Mapping):
         return f"mapping of {type_text(args[0])} to {type_text(args[1])}" if args else "mapping"

@@ -21,6 +21,7 @@ import attrs
 import pluggy
 
 from meshcore import hookspecs
+from meshcore.config.typecheck import config_type_problems
 from meshcore.errors import ConfigProblem
 from meshcore.plugin import (
     PROJECT,
@@ -204,10 +205,27 @@ class Registry:
                 f"{other.name!r} ({other.origin}); rename it or uninstall one of them"
             )
             return
+        self._check_config_types(where, item)
         self._types[kind][item.name] = item
         self._owner[(kind, item.name)] = info.name
         current = self.plugins[info.name]
         self.plugins[info.name] = attrs.evolve(current, provides=(*current.provides, f"{kind}:{item.name}"))
+
+
+    def _check_config_types(self, where: str, item: PluginType) -> None:
+        """Record a problem for each field of the item's config classes that config cannot hold.
+
+        The item is registered all the same: a config that leaves such a field at its
+        default works, and one that sets it gets a problem at its field path.
+        """
+        word = item.kind.replace("_", " ").replace("http", "HTTP")
+        classes = [("config", item.config), ("route_config", getattr(item, "route_config", None))]
+        for attribute, cls in classes:
+            if cls is None:
+                continue
+            self.problems += [
+                f"{where}: {word} {item.name!r} ({attribute}): {problem}" for problem in config_type_problems(cls)
+            ]
 
 
 def _unknown_hooks(plugin: object, manager: pluggy.PluginManager) -> list[str]:

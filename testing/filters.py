@@ -22,6 +22,7 @@ from meshcore import (
     Headers,
     HttpFilterRef,
     HttpHandler,
+    PluginError,
     Registry,
     Request,
     Response,
@@ -31,6 +32,7 @@ from meshcore import (
     build_registry,
 )
 from meshcore.config import Structurer
+from meshcore.config.typecheck import config_type_problems
 from meshcore.runtime.cluster import ClusterManager
 from meshcore.runtime.http_manager import build_chain
 
@@ -77,6 +79,11 @@ class FilterHarness:
         registry: the plugin registry (default: built-ins and installed plugins).
         stats: the stats store the filters count into (default: a new one).
 
+    Raises:
+        ConfigError: a config with problems, each with its field path.
+        PluginError: a filter's config class has a field of a type config cannot hold
+            (see :mod:`meshcore.config.typecheck`), named with the class and the field.
+
     Attributes:
         next: the handler behind the chain: ``async (request) -> Response``. Replace it to
             play the upstream: return a response, raise, stream a body, or stall.
@@ -108,12 +115,19 @@ class FilterHarness:
         self._chain = build_chain(built)
 
     def _build(self, name: str, section: Mapping[str, Any] | None, index: int) -> Any:
+        found = self.registry.get("http_filter", name)
+        if found is not None:
+            # Loud in the plugin author's own tests: a config class config cannot hold.
+            classes = [found.config, getattr(found, "route_config", None)]
+            problems = [p for cls in classes if cls is not None for p in config_type_problems(cls)]
+            if problems:
+                msg = f"HTTP filter {name!r}: " + "; ".join(problems)
+                raise PluginError(msg)
         structurer = Structurer(self.registry)
         data = {name: dict(section)} if section is not None else name
         ref = structurer.structure(data, HttpFilterRef, ("http_filters", index))
         if structurer.problems or ref is None:
             raise ConfigError(structurer.problems)
-        found = self.registry.get("http_filter", name)
         assert found is not None  # the structurer checked the name
         return found.factory(ref.config, self.context)
 

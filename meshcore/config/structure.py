@@ -2,7 +2,13 @@
 
 Unlike a fail-fast converter, this walks the whole document and collects every problem
 with its field path, so that ``meshcore validate`` reports all of them in one run. It is
-driven by the attrs classes' type hints and by three conventions:
+driven by the attrs classes' type hints: ``str``, ``int``, ``float``, ``bool``, ``None``,
+``Any``, ``T | None`` and unions, ``Literal``, enums, nested attrs classes, ``list[T]``,
+``set[T]``, ``frozenset[T]``, ``tuple[T, ...]`` and ``tuple[A, B]``, ``Sequence[T]`` (a
+tuple), ``dict[str, T]`` and ``Mapping[str, T]`` (read-only), ``Annotated[T, ...]``; a
+type outside these is a problem at its field path, never a crash (and the registry
+reports it for the plugin when it is built: :mod:`meshcore.config.typecheck`). And by
+three conventions:
 
 - a scalar type with a ``__meshcore_parse__`` classmethod parses itself (``Duration``);
 - a :class:`PluginRef` field names a plugin (a filter, a load balancer) looked up in a
@@ -107,6 +113,24 @@ class Reference:
     path: Path
 
 
+# Collection types and what their items become: tuple and Sequence a tuple, the others their own.
+_COLLECTIONS: Mapping[Any, Callable[[list[Any]], Any]] = {
+    tuple: tuple,
+    Sequence: tuple,
+    list: list,
+    set: set,
+    frozenset: frozenset,
+}
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _type_text(tp: Any) -> str:
+    """A type as written in Python (``list[str]``, ``bytes``), for messages."""
+    return (
+        tp.__name__ if isinstance(tp, type) and not typing.get_args(tp) else repr(tp).replace("typing.", "")
+    )
+
+
 _KIND_WORDS = {
     "network_filter": "network filter",
     "http_filter": "HTTP filter",
@@ -171,28 +195,40 @@ class Structurer:
         origin = typing.get_origin(tp)
         if tp is Any:
             return data
+        if origin is typing.Annotated:
+            return self._structure(data, typing.get_args(tp)[0], path)
         if origin is typing.Union or origin is types.UnionType:
             return self._union(data, typing.get_args(tp), path)
         if origin is typing.Literal:
             return self._literal(data, typing.get_args(tp), path)
-        if origin in (tuple, Sequence):
+        if origin in _COLLECTIONS:
             return self._sequence(data, tp, path)
         if origin in (dict, Mapping):
-            return self._mapping(data, typing.get_args(tp)[1], path)
+            return self._mapping(data, tp, path)
         if isinstance(tp, type):
-            if hasattr(tp, "__meshcore_structure__"):
-                return tp.__meshcore_structure__(self, data, path)
-            if issubclass(tp, PluginRef):
-                return self._plugin_ref(data, tp, path)
-            if hasattr(tp, "__meshcore_parse__"):
-                return self._parse(data, tp, path)
-            if attrs.has(tp):
-                return self._attrs(data, tp, path)
-            if issubclass(tp, enum.Enum):
-                return self._enum(data, tp, path)
+            return self._class(data, tp, path)
+        return self._not_a_config_type(tp, path)
+
+    def _class(self, data: Any, tp: type, path: Path) -> Any:  # noqa: PLR0911 - a flat dispatch on the kind of class
+        if hasattr(tp, "__meshcore_structure__"):
+            return tp.__meshcore_structure__(self, data, path)
+        if issubclass(tp, PluginRef):
+            return self._plugin_ref(data, tp, path)
+        if hasattr(tp, "__meshcore_parse__"):
+            return self._parse(data, tp, path)
+        if attrs.has(tp):
+            return self._attrs(data, tp, path)
+        if issubclass(tp, enum.Enum):
+            return self._enum(data, tp, path)
+        if tp in _SCALARS:
             return self._scalar(data, tp, path)
-        msg = f"cannot structure config type {tp!r}"
-        raise TypeError(msg)
+        return self._not_a_config_type(tp, path)
+
+    def _not_a_config_type(self, tp: Any, path: Path) -> Any:
+        # A type no config value can be (bytes, a class of no known kind): the plugin's bug,
+        # reported where it bites, as the registry reported it for the plugin.
+        self.problem(path, f"cannot be structured: its type {_type_text(tp)} is not a config type")
+        return self.FAILED
 
     # -- scalars ----------------------------------------------------------------------------
 
@@ -225,13 +261,17 @@ class Structurer:
             return self.FAILED
 
     def _enum(self, data: Any, tp: type[enum.Enum], path: Path) -> Any:
-        try:
-            return tp(data)
-        except ValueError:
-            values = [m.value for m in tp]
-            hint = _suggest(data, [str(v) for v in values]) if isinstance(data, str) else ""
-            self.problem(path, f"must be one of {', '.join(map(repr, values))}, got {_describe(data)}{hint}")
-            return self.FAILED
+        """An enum member by its value (``"fast"``), or else by its name (``FAST``)."""
+        if not isinstance(data, bool):  # True == 1: not a member of an IntEnum by accident
+            try:
+                return tp(data)
+            except (ValueError, TypeError):
+                if isinstance(data, str) and data in tp.__members__:
+                    return tp.__members__[data]
+        values = [m.value for m in tp]
+        hint = _suggest(data, [str(v) for v in values]) if isinstance(data, str) else ""
+        self.problem(path, f"must be one of {', '.join(map(repr, values))}, got {_describe(data)}{hint}")
+        return self.FAILED
 
     def _literal(self, data: Any, values: tuple[Any, ...], path: Path) -> Any:
         if data in values and type(data) in {type(v) for v in values}:
@@ -266,6 +306,7 @@ class Structurer:
     def _sequence(self, data: Any, tp: Any, path: Path) -> Any:
         args = typing.get_args(tp)
         item_tp = args[0] if args else Any
+        make = _COLLECTIONS[typing.get_origin(tp)]
         if not isinstance(data, list | tuple):
             self.problem(path, f"must be a list, got {_describe(data)}")
             return self.FAILED
@@ -279,7 +320,11 @@ class Structurer:
             self._check_chain(items, path)
         if any(item is self.FAILED for item in items):
             return self.FAILED
-        return tuple(items)
+        try:
+            return make(items)
+        except TypeError:  # set[T] of unhashable items (set[list[str]])
+            self.problem(path, f"cannot be structured: the items of {_type_text(tp)} cannot be in a set")
+            return self.FAILED
 
     def _fixed_tuple(self, data: Sequence[Any], item_tps: tuple[Any, ...], path: Path) -> Any:
         items = [
@@ -300,7 +345,9 @@ class Structurer:
             elif not terminal and i == last:
                 self.problem((*path, i), f"the last filter must end the chain, {plugin.name!r} does not")
 
-    def _mapping(self, data: Any, value_tp: Any, path: Path) -> Any:
+    def _mapping(self, data: Any, tp: Any, path: Path) -> Any:
+        args = typing.get_args(tp)
+        value_tp = args[1] if len(args) == 2 else Any  # noqa: PLR2004 - Mapping[K, V]
         if not isinstance(data, Mapping):
             self.problem(path, f"must be a mapping, got {_describe(data)}")
             return self.FAILED
@@ -313,14 +360,19 @@ class Structurer:
                 continue
             out[key] = self._structure(value, value_tp, (*path, key))
             failed = failed or out[key] is self.FAILED
-        return self.FAILED if failed else types.MappingProxyType(out)
+        if failed:
+            return self.FAILED
+        return out if typing.get_origin(tp) is dict else types.MappingProxyType(out)
 
     # -- attrs classes ----------------------------------------------------------------------
 
-    def _type_hints(self, cls: type) -> dict[str, Any]:
+    def _type_hints(self, cls: type) -> dict[str, Any] | None:
         hints = self._hints.get(cls)
         if hints is None:
-            hints = self._hints[cls] = typing.get_type_hints(cls)
+            try:
+                hints = self._hints[cls] = typing.get_type_hints(cls)
+            except Exception:  # noqa: BLE001 - a forward reference that does not resolve: the plugin's bug
+                return None
         return hints
 
     def structure_attrs(self, data: Any, cls: type, path: Path) -> Any:
@@ -335,6 +387,9 @@ class Structurer:
             return self.FAILED
         fields = attrs.fields_dict(cls)
         hints = self._type_hints(cls)
+        if hints is None:
+            self.problem(path, f"cannot be structured: the field types of {cls.__qualname__} do not resolve")
+            return self.FAILED
         self._check_unknown_fields(data, fields, path)
         kwargs: dict[str, Any] = {}
         failed = False
