@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import signal
-import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -25,6 +23,7 @@ from meshcore.registry import KINDS, Registry, build_registry
 from meshcore.runtime.server import serve_proxy
 from meshcore.runtime.sources import build_source
 from meshcore.runtime.validation import validate_snapshot
+from meshcore.runtime.workers import serve_worker_admin, supervise
 
 __all__ = ["main"]
 
@@ -190,16 +189,21 @@ def cmd_proxy(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            await nursery.start(
-                functools.partial(
-                    serve_proxy,
+
+            async def run_proxy(*, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+                await serve_proxy(
                     source,
                     registry,
                     handle_signals=True,
                     reuse_port=args.reuse_port,
-                    admin=not args.no_admin,
+                    admin=not args.no_admin and args.admin_fd is None,
+                    task_status=task_status,
                 )
-            )
+                nursery.cancel_scope.cancel()  # drained: the worker's private admin goes too
+
+            proxy = await nursery.start(run_proxy)
+            if args.admin_fd is not None:  # a worker of --workers N: the parent asks on this socket
+                await nursery.start(serve_worker_admin, proxy, args.admin_fd)
 
     failed = False
     try:
@@ -240,16 +244,12 @@ def run_workers(args: argparse.Namespace, source: Any) -> int:
         argv += ["--source-config", args.source_config]
     for arg in args.source_arg:
         argv += ["--source-arg", arg]
-    argv += ["--log-level", args.log_level, "--log-format", args.log_format]
-    procs = [subprocess.Popen([*argv, "--no-admin"] if i else argv) for i in range(args.workers)]  # noqa: S603
-
-    def forward(signum: int, _frame: object) -> None:
-        for proc in procs:
-            proc.send_signal(signum)
-
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, forward)
-    return max(proc.wait() for proc in procs)
+    argv += ["--log-level", args.log_level, "--log-format", args.log_format, "--no-admin"]
+    try:
+        return trio.run(supervise, argv, args.workers)
+    except ConfigError as err:  # the admin address is taken: said in one line
+        _print_problems(err)
+        return 1
 
 
 def cmd_upstream(args: argparse.Namespace) -> int:
@@ -358,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--workers", type=int, default=1, help="processes sharing the listeners (default 1)")
     proxy.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     proxy.add_argument("--no-admin", action="store_true", help=argparse.SUPPRESS)
+    proxy.add_argument("--admin-fd", type=int, default=None, help=argparse.SUPPRESS)
     proxy.add_argument("--poll-interval", type=float, default=1.0, help="seconds between config file checks")
     proxy.add_argument("--log-level", default="info", choices=sorted(LEVELS))
     proxy.add_argument("--log-format", default="auto", choices=["auto", "json", "console"])

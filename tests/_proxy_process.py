@@ -39,10 +39,10 @@ class ProxyProcess:
             if entry.get("event") == event and all(entry.get(k) == v for k, v in fields.items())
         ]
 
-    async def wait_for(self, event: str, **fields: Any) -> dict[str, Any]:
-        """The first log line of ``event`` with these fields, once it is written."""
+    async def wait_for(self, event: str, count: int = 1, **fields: Any) -> dict[str, Any]:
+        """The first log line of ``event`` with these fields, once ``count`` of them are written."""
         while True:
-            if found := self.logged(event, **fields):
+            if len(found := self.logged(event, **fields)) >= count:
                 return found[0]
             if self.ended:
                 msg = f"the proxy exited without logging {event} {fields}; it logged {self.logs}"

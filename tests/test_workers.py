@@ -1,15 +1,22 @@
-"""``meshcore proxy --workers N``: N processes serve the same listener (SO_REUSEPORT)."""
+"""``meshcore proxy --workers N``: N processes serve the same listener (SO_REUSEPORT), one admin server."""
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import httpx
+import pytest
 import trio
+from _proxy_process import start_proxy_process
 
+from meshcore import split_host_port
 from meshcore.testing.client import fetch
 from meshcore.testing.upstreams import serve_upstream
 
@@ -113,3 +120,122 @@ async def test_two_workers_share_a_listener_and_stop_on_sigterm(
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+# -- one admin server for the whole group ----------------------------------------------------------
+
+
+def _config(upstream: tuple[str, int], admin: str = "127.0.0.1:0") -> dict[str, Any]:
+    return {
+        "admin": {"address": admin},
+        "listeners": [
+            {
+                "name": "ingress",
+                "address": f"127.0.0.1:{_free_port()}",
+                "filter_chains": [{"filters": [{"http_connection_manager": {"route_config": "main"}}]}],
+            }
+        ],
+        "route_configs": [
+            {
+                "name": "main",
+                "virtual_hosts": [
+                    {
+                        "name": "all",
+                        "domains": ["*"],
+                        "routes": [{"match": {"prefix": "/"}, "cluster": "backend"}],
+                    }
+                ],
+            }
+        ],
+        "clusters": [{"name": "backend", "endpoints": [f"{upstream[0]}:{upstream[1]}"]}],
+    }
+
+
+def _requests_total(metrics: list[dict[str, Any]]) -> int:
+    return sum(
+        int(m["value"])
+        for m in metrics
+        if m["name"] == "http_downstream_rq_total" and m["labels"] == {"listener": "ingress"}
+    )
+
+
+async def test_the_admin_server_shows_every_worker_summed_and_each_alone(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    with trio.fail_after(40):
+        upstream = await nursery.start(serve_upstream)
+        proxy = await start_proxy_process(nursery, _config(upstream), tmp_path, args=("--workers", "2"))
+        await proxy.wait_for("proxy_started", count=2)
+        admin = split_host_port((await proxy.wait_for("admin_started"))["address"])
+        sent = 24
+        for n in range(sent):  # a connection each: the kernel spreads them over the workers
+            assert (await fetch(proxy.address, f"/bytes/{n + 1}")).status == 200
+
+        async with httpx.AsyncClient(base_url=f"http://{admin[0]}:{admin[1]}") as client:
+            assert (await client.get("/ready")).text == "LIVE\n"
+            workers = (await client.get("/workers")).json()["workers"]
+            total = _requests_total((await client.get("/stats?format=json")).json())
+            each = [
+                _requests_total((await client.get(f"/stats?format=json&worker={i}")).json()) for i in (0, 1)
+            ]
+            prometheus = (await client.get("/stats/prometheus")).text
+            text = (await client.get("/stats?filter=downstream_rq_total")).text
+            clusters = (await client.get("/clusters")).json()
+            listeners = (await client.get("/listeners")).json()
+            dump = (await client.get("/config_dump")).json()
+            one_worker = (await client.get("/ready?worker=1")).text
+            no_worker = await client.get("/stats?worker=2")
+
+            # Each worker has a pid of its own, a child of the parent; the sum covers both.
+            assert [w["ready"] for w in workers] == [True, True]
+            assert sorted(w["pid"] for w in workers) == sorted(_children(proxy.process.pid))
+            assert total == sent
+            assert sum(each) == sent
+            assert (
+                f'meshcore_http_downstream_rq_total{{listener="ingress"}} {sent}' in prometheus.splitlines()
+            )
+            assert f"http.ingress.downstream_rq_total: {sent}\n" == text
+            [backend] = clusters["clusters"]
+            assert backend["endpoints"][0]["address"] == f"{upstream[0]}:{upstream[1]}"
+            assert backend["endpoints"][0]["healthy"] is True
+            assert clusters["workers"] == 2
+            assert listeners["listeners"][0]["name"] == "ingress"
+            assert dump["listeners"][0]["name"] == "ingress"
+            assert one_worker == "LIVE\n"
+            assert (no_worker.status_code, no_worker.text) == (400, "no worker '2': workers are 0 to 1\n")
+
+            # A worker gone: the group is not ready, and says which; sums would be partial.
+            os.kill(workers[1]["pid"], signal.SIGKILL)
+            ready = await client.get("/ready")
+            assert (ready.status_code, ready.text) == (503, "NOT READY\nworker 1: NOT ANSWERING\n")
+            stats = await client.get("/stats")
+            assert (stats.status_code, stats.text) == (
+                503,
+                "worker 1 did not answer: the figures would be partial\n",
+            )
+        proxy.process.send_signal(signal.SIGTERM)
+        assert await proxy.process.wait() == 128 + signal.SIGKILL
+
+
+# -- a busy admin port: one line, exit 1 ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_a_busy_admin_port_is_one_line_naming_the_address(
+    nursery: trio.Nursery, tmp_path: Path, workers: str
+) -> None:
+    with trio.fail_after(30):
+        upstream = await nursery.start(serve_upstream)
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            config = tmp_path / "proxy.json"
+            config.write_text(json.dumps(_config(upstream, admin=f"127.0.0.1:{port}")))
+            argv = [sys.executable, "-m", "meshcore", "proxy", "-c", str(config), "--workers", workers]
+            done = await trio.run_process([*argv, "--log-format", "json"], capture_stderr=True, check=False)
+    lines = done.stderr.decode().splitlines()
+    not_logs = [line for line in lines if not line.startswith("{")]
+    assert done.returncode == 1
+    assert not_logs == [f"admin.address: cannot listen on 127.0.0.1:{port}: Address already in use"]
+    assert "Traceback" not in done.stderr.decode()

@@ -15,11 +15,10 @@ Start it next to the proxy::
 from __future__ import annotations
 
 import enum
-import functools
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -29,14 +28,28 @@ import trio
 
 from meshcore.config import Address, PluginRef, SecretStr
 from meshcore.connection import join_host_port
-from meshcore.errors import ProtocolError
+from meshcore.errors import ConfigError, ConfigProblem, ProtocolError
 from meshcore.http.codec import CLOSED, NEED_DATA, Data, EndOfMessage, RawHeaders, RequestHead
 from meshcore.http.h1 import H11ServerCodec
 from meshcore.runtime.linger import send_and_linger
 from meshcore.runtime.listener import open_listener_socket
 from meshcore.runtime.proxy import Proxy
+from meshcore.runtime.stats import Stats
+from meshcore.runtime.statsdata import stats_data
 
-__all__ = ["AdminResponse", "handle", "serve_admin", "serve_admin_connection", "to_data"]
+__all__ = [
+    "AdminResponse",
+    "Answer",
+    "answer_connection",
+    "handle",
+    "proxy_answer",
+    "serve_admin",
+    "serve_admin_answers",
+    "serve_admin_connection",
+    "serve_admin_listener",
+    "stats_response",
+    "to_data",
+]
 
 log = structlog.get_logger("meshcore.admin")
 
@@ -135,14 +148,21 @@ def _ready(proxy: Proxy, _query: Query) -> AdminResponse:
 
 
 def _stats(proxy: Proxy, query: Query) -> AdminResponse:
-    text = proxy.stats.render_text()
+    return stats_response(proxy.stats, query)
+
+
+def stats_response(stats: Stats, query: Query) -> AdminResponse:
+    """``/stats``: lines, or with ``?format=json`` the metrics as data; ``?filter=REGEX`` keeps matches."""
     pattern = query.get("filter", [None])[-1]
-    if pattern is None:
-        return AdminResponse(200, text)
     try:
-        regex = re.compile(pattern)
+        regex = re.compile(pattern) if pattern is not None else None
     except re.error as err:
         return AdminResponse(400, f"invalid filter regex {pattern!r}: {err}\n")
+    if query.get("format", [""])[-1] == "json":
+        return _json([item for item in stats_data(stats) if regex is None or regex.search(item["name"])])
+    text = stats.render_text()
+    if regex is None:
+        return AdminResponse(200, text)
     kept = [line for line in text.splitlines() if regex.search(line)]
     return AdminResponse(200, "".join(f"{line}\n" for line in kept))
 
@@ -210,7 +230,7 @@ _READ = ("GET", "HEAD")
 ENDPOINTS: dict[str, Endpoint] = {
     "/": Endpoint(_READ, _index, "this list"),
     "/ready": Endpoint(_READ, _ready, "200 LIVE when a snapshot is applied and not draining, else 503"),
-    "/stats": Endpoint(_READ, _stats, "counters, gauges, histograms as lines; ?filter=REGEX"),
+    "/stats": Endpoint(_READ, _stats, "counters, gauges, histograms as lines; ?filter=REGEX, ?format=json"),
     "/stats/prometheus": Endpoint(_READ, _prometheus, "the same in the Prometheus text format"),
     "/config_dump": Endpoint(_READ, _config_dump, "the live snapshot as JSON, secrets redacted"),
     "/clusters": Endpoint(_READ, _clusters, "clusters and their endpoints' health and load (JSON)"),
@@ -255,38 +275,85 @@ def handle(proxy: Proxy, method: str, target: str) -> AdminResponse:
 # -- the server (trio) ------------------------------------------------------------------------
 
 
+Answer = Callable[[str, str], Awaitable[AdminResponse]]
+"""What answers an admin request: ``await answer(method, target)``."""
+
+
 async def serve_admin(
     proxy: Proxy,
     address: Address,
     *,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the admin endpoints on ``address`` until cancelled.
+    """Serve the admin endpoints of ``proxy`` on ``address`` until cancelled.
 
     Args:
         proxy: the proxy to report on and control.
         address: where to listen; port 0 picks a free port.
         task_status: reports ``(host, bound_port)`` once the socket listens.
+
+    Raises:
+        ConfigError: the address cannot be listened on (in use, not ours), as the problem
+            ``admin.address: cannot listen on HOST:PORT: REASON``.
     """
-    listener = open_listener_socket(address.host, address.port)
+    await serve_admin_answers(proxy_answer(proxy), address, task_status=task_status)
+
+
+def proxy_answer(proxy: Proxy) -> Answer:
+    """The answers of :func:`handle` for ``proxy``, as an :data:`Answer`."""
+
+    async def answer(method: str, target: str) -> AdminResponse:
+        return handle(proxy, method, target)
+
+    return answer
+
+
+async def serve_admin_answers(
+    answer: Answer,
+    address: Address,
+    *,
+    task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve admin requests answered by ``answer`` on TCP ``address`` (see :func:`serve_admin`)."""
+    try:
+        listener = open_listener_socket(address.host, address.port)
+    except OSError as err:
+        message = f"cannot listen on {address}: {err.strerror or err}"
+        raise ConfigError([ConfigProblem(path="admin.address", message=message)], stage="apply") from err
     bound = (address.host, int(listener.socket.getsockname()[1]))
+    log.info("admin_started", address=join_host_port(*bound))
+    await serve_admin_listener(answer, listener, task_status=task_status, started=bound)
+
+
+async def serve_admin_listener(
+    answer: Answer,
+    listener: trio.SocketListener,
+    *,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+    started: Any = None,
+) -> None:
+    """Serve admin requests on connections accepted from ``listener`` (TCP or a unix socket)."""
+
+    async def accepted(stream: trio.SocketStream) -> None:
+        name = stream.socket.getpeername()
+        peer = join_host_port(*name[:2]) if isinstance(name, tuple) else "local"
+        await answer_connection(answer, stream, peer)
+
     async with listener, trio.open_nursery() as connections:
-        task_status.started(bound)
-        log.info("admin_started", address=join_host_port(*bound))
-        await trio.serve_listeners(
-            functools.partial(_accepted, proxy), [listener], handler_nursery=connections
-        )
-
-
-async def _accepted(proxy: Proxy, stream: trio.SocketStream) -> None:
-    await serve_admin_connection(proxy, stream, join_host_port(*stream.socket.getpeername()[:2]))
+        task_status.started(started)
+        await trio.serve_listeners(accepted, [listener], handler_nursery=connections)
 
 
 async def serve_admin_connection(proxy: Proxy, stream: trio.abc.HalfCloseableStream, peer: str) -> None:
+    """Answer ``proxy``'s admin requests on one connection (see :func:`answer_connection`)."""
+    await answer_connection(proxy_answer(proxy), stream, peer)
+
+
+async def answer_connection(answer: Answer, stream: trio.abc.HalfCloseableStream, peer: str) -> None:
     """Answer requests on one connection until it closes, idles out, or misbehaves; close it.
 
     Args:
-        proxy: the proxy to report on and control.
+        answer: what answers each request.
         stream: the accepted connection (a socket, or a memory stream in tests).
         peer: the client's address, for logs.
     """
@@ -303,7 +370,7 @@ async def serve_admin_connection(proxy: Proxy, stream: trio.abc.HalfCloseableStr
                     return
                 method = request.method.decode("ascii", "replace")
                 target = request.target.decode("ascii", "replace")
-                response = handle(proxy, method, target)
+                response = await answer(method, target)
                 log.debug("admin_request_served", method=method, target=target, status=response.status)
                 await stream.send_all(_encode(codec, response, head_only=method == "HEAD"))
                 if not codec.start_next_cycle():

@@ -1,0 +1,381 @@
+"""``meshcore proxy --workers N``: N proxy processes, one admin server for the group.
+
+Python has a GIL, so processes are the cores: N workers share the listeners
+(SO_REUSEPORT) and each runs a whole proxy. The parent process supervises them and serves
+the admin address itself, for the whole group:
+
+- each worker answers the admin endpoints on a private unix socket, which the parent
+  creates in a private directory (mode 0700) and hands down as an open file descriptor, so
+  that nothing can take its place and a request made before the worker is up waits for
+  it (``--admin-fd``, a hidden flag);
+- the parent answers each admin request by asking every worker, at once, each bounded by
+  :data:`WORKER_TIMEOUT`: ``/stats`` and ``/stats/prometheus`` are the workers' metrics
+  added up (``?worker=N`` shows one worker's own); ``/ready`` is LIVE only when every
+  worker is, and says which is not; ``/clusters`` and ``/listeners`` add up the load and
+  take an endpoint for healthy only when every worker does; ``/workers`` lists them;
+  ``/logging`` sets every worker's level; the rest is worker 0's answer (``?worker=N``).
+
+No shared memory and no snapshot files: a worker's figures are read when asked for, so
+they are never stale, and a worker that died or hangs is reported as such, not summed.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import tempfile
+from collections.abc import Awaitable, Callable, Sequence
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any, TypeGuard
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import h11
+import structlog
+import trio
+
+from meshcore.config import Address
+from meshcore.errors import ConfigError
+from meshcore.runtime.admin import (
+    AdminResponse,
+    proxy_answer,
+    serve_admin_answers,
+    serve_admin_listener,
+    stats_response,
+)
+from meshcore.runtime.proxy import Proxy
+from meshcore.runtime.stats import Stats
+from meshcore.runtime.statsdata import merge
+
+__all__ = ["WORKER_TIMEOUT", "WorkerGroup", "serve_worker_admin", "supervise"]
+
+log = structlog.get_logger("meshcore.workers")
+
+WORKER_TIMEOUT = 2.0
+"""Seconds a worker has to answer the parent's admin request before it counts as unavailable."""
+_JSON = "application/json"
+_PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class WorkerGroup:
+    """The workers' private admin sockets, and the group's admin answers made from them.
+
+    Args:
+        sockets: the path of each worker's admin socket, by worker number.
+        pids: each worker's process id (for ``/workers``), by worker number.
+    """
+
+    def __init__(self, sockets: Sequence[str], pids: Sequence[int] = ()) -> None:
+        self.sockets = list(sockets)
+        self.pids = list(pids)
+        self._answers: dict[str, Callable[[dict[str, list[str]], str, str], Awaitable[AdminResponse]]] = {
+            "/": self._index,
+            "/ready": self._ready,
+            "/stats": self._stats,
+            "/stats/prometheus": self._prometheus,
+            "/clusters": self._clusters,
+            "/listeners": self._listeners,
+            "/workers": self._workers,
+            "/logging": self._logging,
+        }
+
+    # -- talking to the workers ---------------------------------------------------------------
+
+    async def ask(self, worker: int, method: str, target: str) -> AdminResponse | None:
+        """Worker ``worker``'s answer to ``method target``; None if it did not answer in time."""
+        with trio.move_on_after(WORKER_TIMEOUT):
+            try:
+                return await _request(self.sockets[worker], method, target)
+            except (OSError, trio.BrokenResourceError, h11.ProtocolError) as err:
+                log.info("worker_unavailable", worker=worker, reason=str(err) or type(err).__name__)
+                return None
+        log.info("worker_unavailable", worker=worker, reason="no answer in time")
+        return None
+
+    async def ask_all(self, method: str, target: str) -> list[AdminResponse | None]:
+        """Every worker's answer (None where there was none), asked all at once."""
+        answers: list[AdminResponse | None] = [None] * len(self.sockets)
+
+        async def one(worker: int) -> None:
+            answers[worker] = await self.ask(worker, method, target)
+
+        async with trio.open_nursery() as nursery:
+            for worker in range(len(self.sockets)):
+                nursery.start_soon(one, worker)
+        return answers
+
+    # -- the group's answers ------------------------------------------------------------------
+
+    async def answer(self, method: str, target: str) -> AdminResponse:
+        """The group's answer to an admin request (an :data:`~meshcore.runtime.admin.Answer`)."""
+        try:
+            parts = urlsplit(target)
+            query = parse_qs(parts.query, keep_blank_values=True, max_num_fields=16)
+        except ValueError as err:
+            return AdminResponse(400, f"bad request target: {err}\n")
+        worker = query.pop("worker", [None])[-1]
+        if worker is not None:
+            return await self._one_worker(worker, method, parts.path, query)
+        found = self._answers.get(parts.path)
+        if found is None:  # any other endpoint (config_dump, ...): the workers run one config
+            return await self._one_worker("0", method, parts.path, query)
+        if method not in ("GET", "HEAD") and parts.path != "/logging":
+            return AdminResponse(405, f"{parts.path} takes GET, HEAD\n", headers=(("allow", "GET, HEAD"),))
+        return await found(query, method, parts.path)
+
+    async def _one_worker(
+        self, worker: str, method: str, path: str, query: dict[str, list[str]]
+    ) -> AdminResponse:
+        if not worker.isdigit() or int(worker) >= len(self.sockets):
+            return AdminResponse(400, f"no worker {worker!r}: workers are 0 to {len(self.sockets) - 1}\n")
+        target = path + (f"?{urlencode(query, doseq=True)}" if query else "")
+        found = await self.ask(int(worker), method, target)
+        return found if found is not None else AdminResponse(503, f"worker {worker} did not answer\n")
+
+    async def _index(self, _query: dict[str, list[str]], _method: str, _path: str) -> AdminResponse:
+        found = await self._one_worker("0", "GET", "/", {})
+        if not _ok(found):
+            return found
+        extra = (
+            f"/workers             GET HEAD  the {len(self.sockets)} workers, their pids and readiness (JSON)\n"
+            "\nEvery endpoint covers all workers (stats summed); ?worker=N asks one worker alone.\n"
+        )
+        return AdminResponse(200, found.body + extra)
+
+    async def _ready(self, _query: dict[str, list[str]], _method: str, _path: str) -> AdminResponse:
+        answers = await self.ask_all("GET", "/ready")
+        not_live = [
+            f"worker {i}: {a.body.strip() if a is not None else 'NOT ANSWERING'}"
+            for i, a in enumerate(answers)
+            if not _ok(a)
+        ]
+        if not_live:
+            return AdminResponse(503, "NOT READY\n" + "".join(f"{line}\n" for line in not_live))
+        return AdminResponse(200, "LIVE\n")
+
+    async def _metrics(self) -> tuple[Stats, list[int]]:
+        parts, missing = await self._json_parts("/stats?format=json")
+        return merge(parts), missing
+
+    async def _stats(self, query: dict[str, list[str]], _method: str, _path: str) -> AdminResponse:
+        total, missing = await self._metrics()
+        if missing:
+            return _unavailable(missing)
+        return stats_response(total, query)
+
+    async def _prometheus(self, _query: dict[str, list[str]], _method: str, _path: str) -> AdminResponse:
+        total, missing = await self._metrics()
+        if missing:
+            return _unavailable(missing)
+        return AdminResponse(200, total.render_prometheus(), _PROMETHEUS)
+
+    async def _json_parts(self, path: str) -> tuple[list[Any], list[int]]:
+        answers = await self.ask_all("GET", path)
+        missing = [i for i, a in enumerate(answers) if not _ok(a)]
+        return [json.loads(a.body) for a in answers if _ok(a)], missing
+
+    async def _clusters(self, _query: dict[str, list[str]], _method: str, _path: str) -> AdminResponse:
+        parts, missing = await self._json_parts("/clusters")
+        if missing:
+            return _unavailable(missing)
+        return _json({"clusters": _merge_clusters(parts), "workers": len(parts)})
+
+    async def _listeners(self, _query: dict[str, list[str]], _method: str, _path: str) -> AdminResponse:
+        parts, missing = await self._json_parts("/listeners")
+        if missing:
+            return _unavailable(missing)
+        listeners: dict[str, dict[str, Any]] = {}
+        for part in parts:
+            for listener in part["listeners"]:
+                kept = listeners.setdefault(listener["name"], {**listener, "active_connections": 0})
+                kept["active_connections"] += listener["active_connections"]
+        return _json({"listeners": [listeners[name] for name in sorted(listeners)], "workers": len(parts)})
+
+    async def _workers(self, _query: dict[str, list[str]], _method: str, _path: str) -> AdminResponse:
+        answers = await self.ask_all("GET", "/ready")
+        workers = [
+            {
+                "worker": i,
+                "pid": self.pids[i] if i < len(self.pids) else None,
+                "ready": _ok(a),
+                "state": a.body.strip() if a is not None else "NOT ANSWERING",
+            }
+            for i, a in enumerate(answers)
+        ]
+        return _json({"workers": workers})
+
+    async def _logging(self, query: dict[str, list[str]], method: str, path: str) -> AdminResponse:
+        target = path + (f"?{urlencode(query, doseq=True)}" if query else "")
+        answers = await self.ask_all(method, target)
+        first = answers[0]
+        if first is None:
+            return _unavailable([0])
+        failed = [i for i, a in enumerate(answers) if a is None or a.status != first.status]
+        if failed:
+            return AdminResponse(502, "".join(f"worker {i}: no answer or another one\n" for i in failed))
+        return first
+
+
+def _ok(answer: AdminResponse | None) -> TypeGuard[AdminResponse]:
+    return answer is not None and answer.status == HTTPStatus.OK
+
+
+def _merge_clusters(parts: list[Any]) -> list[dict[str, Any]]:
+    """Clusters of every worker as one: load summed, healthy only where every worker says so."""
+    clusters: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        for cluster in part["clusters"]:
+            kept = clusters.setdefault(cluster["name"], {**cluster, "endpoints": []})
+            by_address = {e["address"]: e for e in kept["endpoints"]}
+            for endpoint in cluster["endpoints"]:
+                seen = by_address.get(endpoint["address"])
+                if seen is None:
+                    kept["endpoints"].append(dict(endpoint))
+                    continue
+                seen["healthy"] = seen["healthy"] and endpoint["healthy"]
+                seen["active_requests"] += endpoint["active_requests"]
+                seen["open_connections"] += endpoint["open_connections"]
+    return [clusters[name] for name in sorted(clusters)]
+
+
+def _json(data: Any) -> AdminResponse:
+    return AdminResponse(200, json.dumps(data, indent=2) + "\n", _JSON)
+
+
+def _unavailable(workers: list[int]) -> AdminResponse:
+    listing = ", ".join(str(i) for i in workers)
+    return AdminResponse(503, f"worker {listing} did not answer: the figures would be partial\n")
+
+
+async def _request(path: str, method: str, target: str) -> AdminResponse:
+    """One request to a worker's admin socket, on a connection of its own."""
+    conn = h11.Connection(h11.CLIENT)
+    stream = await trio.open_unix_socket(path)
+    async with stream:
+        request = h11.Request(
+            method=method, target=target, headers=[("host", "worker"), ("connection", "close")]
+        )
+        await stream.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
+        status, content_type, body = 0, "text/plain", b""
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await stream.receive_some(65536))
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+                content_type = dict(event.headers).get(b"content-type", b"text/plain").decode("latin-1")
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                return AdminResponse(status, body.decode("utf-8", "replace"), content_type)
+            else:
+                msg = f"the worker closed the connection before answering ({event!r})"
+                raise trio.BrokenResourceError(msg)
+
+
+# -- the supervisor -------------------------------------------------------------------------------
+
+
+def _admin_socket(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        sock.listen(64)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def supervise(worker_argv: Sequence[str], count: int) -> int:
+    """Run ``count`` workers (``worker_argv`` + ``--admin-fd FD``) and the group's admin server.
+
+    Forwards SIGTERM, SIGINT and SIGHUP to every worker; returns when they have all exited,
+    with the highest exit status.
+
+    Raises:
+        ConfigError: the admin address cannot be listened on (``admin.address: cannot
+            listen on ...``); the workers were stopped first.
+    """
+    with tempfile.TemporaryDirectory(prefix="meshcore-workers-") as folder:  # mode 0700
+        sockets = [_admin_socket(Path(folder) / f"worker-{i}.sock") for i in range(count)]
+        processes: list[trio.Process] = []
+        try:
+            for sock in sockets:
+                fd = sock.fileno()
+                argv = [*worker_argv, "--admin-fd", str(fd)]
+                processes.append(await trio.lowlevel.open_process(argv, pass_fds=(fd,)))
+        finally:
+            for sock in sockets:  # the workers hold them now: when one exits, its socket goes
+                sock.close()
+        group = WorkerGroup(
+            [str(Path(folder) / f"worker-{i}.sock") for i in range(count)], [p.pid for p in processes]
+        )
+        log.info("workers_started", pids=group.pids)
+        admin_errors: list[ConfigError] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_forward_signals, processes)
+            nursery.start_soon(_serve_group_admin, group, processes, admin_errors)
+            codes = await _wait_all(processes)
+            nursery.cancel_scope.cancel()
+        if admin_errors:
+            raise admin_errors[0]
+        return max(codes)
+
+
+async def _wait_all(processes: list[trio.Process]) -> list[int]:
+    codes = [0] * len(processes)
+
+    async def wait(i: int, process: trio.Process) -> None:
+        code = await process.wait()
+        codes[i] = code if code >= 0 else 128 - code  # killed by a signal: 128 + its number
+        if code:
+            log.warning("worker_exited", worker=i, pid=process.pid, status=code)
+
+    async with trio.open_nursery() as nursery:
+        for i, process in enumerate(processes):
+            nursery.start_soon(wait, i, process)
+    return codes
+
+
+async def _forward_signals(processes: list[trio.Process]) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("signal_forwarded", signal=signal.Signals(signum).name)
+            for process in processes:
+                if process.returncode is None:
+                    process.send_signal(signum)
+
+
+async def _serve_group_admin(
+    group: WorkerGroup, processes: list[trio.Process], errors: list[ConfigError]
+) -> None:
+    """The admin server of the group, on the address of the workers' config (if enabled)."""
+    dump = None
+    for worker in range(len(group.sockets)):  # worker 0, or the first that is up
+        try:
+            dump = await _request(group.sockets[worker], "GET", "/config_dump")
+        except (OSError, trio.BrokenResourceError, h11.ProtocolError):
+            continue
+        if _ok(dump):
+            break
+    if dump is None or not _ok(dump):
+        log.error("admin_not_started", reason="no worker answered")
+        return
+    admin = json.loads(dump.body)["admin"]
+    if not admin["enabled"]:
+        return
+    try:
+        await serve_admin_answers(group.answer, Address.__meshcore_parse__(admin["address"]))
+    except ConfigError as err:
+        errors.append(err)
+        for process in processes:
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+
+
+async def serve_worker_admin(proxy: Proxy, fd: int, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    """A worker's side: answer ``proxy``'s admin endpoints on the socket the parent handed down."""
+    listener = trio.SocketListener(trio.socket.from_stdlib_socket(socket.socket(fileno=fd)))
+    await serve_admin_listener(proxy_answer(proxy), listener, task_status=task_status)
