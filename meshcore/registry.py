@@ -211,7 +211,6 @@ class Registry:
         current = self.plugins[info.name]
         self.plugins[info.name] = attrs.evolve(current, provides=(*current.provides, f"{kind}:{item.name}"))
 
-
     def _check_config_types(self, where: str, item: PluginType) -> None:
         """Record a problem for each field of the item's config classes that config cannot hold.
 
@@ -224,7 +223,8 @@ class Registry:
             if cls is None:
                 continue
             self.problems += [
-                f"{where}: {word} {item.name!r} ({attribute}): {problem}" for problem in config_type_problems(cls)
+                f"{where}: {word} {item.name!r} ({attribute}): {problem}"
+                for problem in config_type_problems(cls)
             ]
 
 

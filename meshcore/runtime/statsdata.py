@@ -26,7 +26,9 @@ def stats_data(stats: Stats) -> list[dict[str, Any]]:
     for name, labels, metric in stats.items():
         item: dict[str, Any] = {"name": name, "labels": dict(labels), "kind": metric.kind}
         if isinstance(metric, Histogram):
-            item.update(buckets=list(metric.buckets), counts=list(metric.counts), count=metric.count, sum=metric.sum)
+            item.update(
+                buckets=list(metric.buckets), counts=list(metric.counts), count=metric.count, sum=metric.sum
+            )
         else:
             item["value"] = metric.value
         out.append(item)
