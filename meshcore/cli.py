@@ -330,7 +330,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check_routes.set_defaults(func=cmd_check_routes)
 
-    plugins = commands.add_parser("plugins", help="list plugins and what they provide")
+    plugins = commands.add_parser(
+        "plugins",
+        help="list plugins and what they provide",
+        description="List every plugin meshcore found (its own first, then the `meshcore` entry points of "
+        "installed distributions), with its distribution and version and the filters, load-balancing "
+        "policies and config sources it provides; then the problems of plugins that failed to load. "
+        "Exits 1 if there were any. MESHCORE_DISABLE_PLUGIN_AUTOLOAD=1 skips installed plugins.",
+    )
     plugins.set_defaults(func=cmd_plugins)
 
     proxy = commands.add_parser(
@@ -360,21 +367,48 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--no-admin", action="store_true", help=argparse.SUPPRESS)
     proxy.add_argument("--admin-fd", type=int, default=None, help=argparse.SUPPRESS)
     proxy.add_argument("--poll-interval", type=float, default=1.0, help="seconds between config file checks")
-    proxy.add_argument("--log-level", default="info", choices=sorted(LEVELS))
-    proxy.add_argument("--log-format", default="auto", choices=["auto", "json", "console"])
+    proxy.add_argument("--log-level", default="info", choices=sorted(LEVELS), help="the least level logged")
+    proxy.add_argument(
+        "--log-format",
+        default="auto",
+        choices=["auto", "json", "console"],
+        help="log lines as JSON, or for people; auto: console on a terminal, else JSON",
+    )
     proxy.set_defaults(func=cmd_proxy)
 
-    upstream = commands.add_parser("upstream", help="run the sample upstream server (for demos and tests)")
-    upstream.add_argument("--host", default="127.0.0.1")
-    upstream.add_argument("--port", type=int, default=8080)
+    upstream = commands.add_parser(
+        "upstream",
+        help="run the sample upstream server (for demos and tests)",
+        description="Run the sample HTTP/1.1 upstream that the demo and the tests use, until interrupted.\n"
+        "Every answer carries x-upstream: NAME.",
+        epilog="It answers by path:\n"
+        "  /echo            streams the request body back (same length, chunk by chunk)\n"
+        "  /status/NNN      answers with status NNN and no body\n"
+        "  /bytes/N         N bytes of x\n"
+        "  /delay/MS        answers (as any other path) after MS milliseconds\n"
+        "  /chunks/N        N chunks of 1 KiB with chunked encoding, flushed one by one\n"
+        "  /reset/N         promises more, sends N body bytes, then resets the connection\n"
+        "  /anything/else   200 with a JSON description of the request (method, path, headers, body "
+        "size, name)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    upstream.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1)")
+    upstream.add_argument(
+        "--port", type=int, default=8080, help="the port to listen on (default 8080; 0: any)"
+    )
     upstream.add_argument("--name", default="upstream", help="sent back in the x-upstream header")
     upstream.set_defaults(func=cmd_upstream)
 
     demo = commands.add_parser(
         "demo",
         help="start a sample upstream and a proxy from examples/, send requests through it, and show what happened",
+        description="Start the sample upstream and a proxy from a config (its listeners and admin server "
+        "moved to free loopback ports), send a few requests through it, print what came back and what "
+        "the proxy counted, and stop both.",
     )
-    demo.add_argument("-c", "--config", default="examples/http-proxy.yaml", metavar="FILE")
+    demo.add_argument(
+        "-c", "--config", default="examples/http-proxy.yaml", metavar="FILE", help="the proxy config to run"
+    )
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -1,17 +1,9 @@
 """Upstream test servers a proxy can be pointed at: real HTTP/1.1 over loopback sockets.
 
-One server answers by path, so a single upstream covers the usual cases:
-
-- ``/echo``: streams the request body back (same length, chunk by chunk);
-- ``/status/NNN``: answers with status NNN and no body;
-- ``/bytes/N``: N bytes of ``x``;
-- ``/delay/MS``: answers after MS milliseconds;
-- ``/chunks/N``: N chunks of 1 KiB with chunked encoding, flushed one by one;
-- ``/reset/N``: promises more, sends N body bytes, then resets the connection;
-- anything else: 200 with a JSON description of the request (method, path, headers,
-  body size, server name).
-
-Every response carries ``x-upstream: NAME`` so tests can tell upstreams apart.
+One server answers by path (:data:`PATHS`), so a single upstream covers the usual cases;
+anything else gets 200 with a JSON description of the request (method, path, headers,
+body size, server name). Every response carries ``x-upstream: NAME`` so tests can tell
+upstreams apart. ``meshcore upstream`` runs it; its ``--help`` lists the same paths.
 """
 
 from __future__ import annotations
@@ -25,9 +17,19 @@ from typing import Any
 import h11
 import trio
 
-__all__ = ["serve_upstream"]
+__all__ = ["PATHS", "serve_upstream"]
 
 CHUNK = 64 * 1024
+PATHS: dict[str, str] = {
+    "/echo": "streams the request body back (same length, chunk by chunk)",
+    "/status/NNN": "answers with status NNN and no body",
+    "/bytes/N": "N bytes of x",
+    "/delay/MS": "answers (as any other path) after MS milliseconds",
+    "/chunks/N": "N chunks of 1 KiB with chunked encoding, flushed one by one",
+    "/reset/N": "promises more, sends N body bytes, then resets the connection",
+    "/anything/else": "200 with a JSON description of the request (method, path, headers, body size, name)",
+}
+"""The paths the test upstream answers, and how."""
 
 
 async def serve_upstream(
