@@ -19,8 +19,8 @@ source_suffix = {".md": "markdown"}
 root_doc = "index"
 exclude_patterns = ["_build"]
 
-# `{literalinclude}` and `{include}` take the example plugin's real files (paths relative to
-# the page); ":pyobject:" picks one class or function out of a module.
+# The guides show the example plugin's code inline, so that they read well as raw Markdown;
+# tests/test_doc_examples.py keeps each block equal to its file.
 myst_enable_extensions = ["colon_fence"]
 myst_heading_anchors = 3
 

@@ -1,8 +1,8 @@
 """The docs build with Sphinx, warnings as errors, as ``nox -s docs`` builds them.
 
-A broken cross-reference, a ``{literalinclude}`` of a file, class or function that is gone
-(the tutorial's and testing page's samples are the example plugin's real files), a page
-left out of every toctree: each is a Sphinx warning, so each fails this test.
+A broken cross-reference, a docstring the API reference cannot render, a page left out
+of every toctree: each is a Sphinx warning, so each fails this test. (The guides show the
+example plugin's real code inline; test_doc_examples.py keeps it equal to the files.)
 """
 
 from __future__ import annotations

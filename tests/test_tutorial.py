@@ -1,8 +1,9 @@
 """docs/tutorial.md, done as a newcomer does it: every shell step run for real, in order.
 
-The tutorial's code is the example plugin's real files, included with ``{literalinclude}``
-(the docs build fails if one goes missing, see test_docs_build.py). Everything else on the
-page is a ``console`` block, and this test runs each of its commands in a copy of the
+The tutorial's code is the example plugin's real files, shown inline after an
+``<!-- example: FILE ... -->`` marker (test_doc_examples.py keeps each block equal to its
+file). Everything else on the page is a ``console`` block, and this test runs each of its
+commands in a copy of the
 repository and compares what the command prints with what the page shows (``...`` stands
 for any text, as in doctest). So the page's last step, the example's own tests passing
 after ``pip install`` of meshcore and the plugin, is run here too.
@@ -16,7 +17,7 @@ Two things differ from a newcomer's machine, both because tests run offline:
   installs meshcore and the plugin themselves (editable, from the copy), nothing else.
 
 A code block of any other kind on the page fails the test: a sample that is neither
-included from a real file nor run here could rot unseen.
+shown from a real file nor run here could rot unseen.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ STEP_TIMEOUT = 240  # seconds for one command (an editable install builds two di
 
 FENCE = re.compile(r"^(`{3,}|~{3,})\s*(\S*)")
 EXIT_STATUS = re.compile(r"^%\s*exit-status:\s*(\d+)\s*$")
+EXAMPLE = re.compile(r"^<!-- example: .+ -->$")
 VENV = re.compile(r"python -m venv (?P<dir>\S+)")
 PIP_INSTALL = re.compile(r"python -m pip install\b")
 ACTIVATE = re.compile(r"(\.|source) \S+/bin/activate")
@@ -58,6 +60,7 @@ class Block:
     lines: tuple[str, ...]
     line: int
     exit_status: int = 0
+    example: bool = False
 
 
 @attrs.frozen
@@ -71,15 +74,17 @@ class Step:
 
 
 def read_blocks(text: str) -> list[Block]:
-    """Every fenced block of a MyST page, with the ``% exit-status: N`` comment before it."""
+    """Every fenced block of a MyST page, with the ``% exit-status: N`` comment or example marker before it."""
     blocks: list[Block] = []
     lines = text.splitlines()
     status = 0
+    example = False
     i = 0
     while i < len(lines):
         found = EXIT_STATUS.match(lines[i])
         if found:
             status = int(found[1])
+        example = example or EXAMPLE.match(lines[i]) is not None
         fence = FENCE.match(lines[i])
         if fence is None:
             i += 1
@@ -88,8 +93,9 @@ def read_blocks(text: str) -> list[Block]:
             (j for j in range(i + 1, len(lines)) if lines[j].strip() == fence[1]),
             len(lines),
         )
-        blocks.append(Block(fence[2], tuple(lines[i + 1 : end]), i + 1, status))
+        blocks.append(Block(fence[2], tuple(lines[i + 1 : end]), i + 1, status, example))
         status = 0
+        example = False
         i = end + 1
     return blocks
 
@@ -116,9 +122,10 @@ def tutorial_steps() -> list[Step]:
         if block.info == "console":
             steps += console_steps(block)
         else:
-            assert block.info == "{literalinclude}", (
+            assert block.example, (
                 f"tutorial.md:{block.line}: a ```{block.info} block is neither run by this test nor "
-                "included from a real file; make it a console step or a {literalinclude}"
+                "shown from a real file; make it a console step, or mark the file it shows "
+                "(<!-- example: FILE ... -->, see test_doc_examples.py)"
             )
     return steps
 
@@ -170,10 +177,10 @@ def test_the_tutorial_shows_only_included_files_and_steps_that_are_run() -> None
 
 
 def test_read_blocks_finds_fences_and_exit_statuses() -> None:
-    text = "intro\n\n% exit-status: 1\n\n```console\n$ false\n```\n\n```{literalinclude} a.py\n```\n"
+    text = "intro\n\n% exit-status: 1\n\n```console\n$ false\n```\n\n<!-- example: a.py -->\n```python\nx = 1\n```\n"
     assert read_blocks(text) == [
         Block("console", ("$ false",), 5, 1),
-        Block("{literalinclude}", (), 9, 0),
+        Block("python", ("x = 1",), 10, 0, example=True),
     ]
     (step,) = console_steps(read_blocks(text)[0])
     assert step == Step("false", "", 1, 6)
