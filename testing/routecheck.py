@@ -120,7 +120,6 @@ class RouteCase:
         name: what the case is about (optional).
         request: the request.
         expect: the expectations.
-        location: where the case was written (``file:line``), when it came from a file.
     """
 
     name: str = ""

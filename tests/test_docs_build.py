@@ -18,6 +18,9 @@ from pathlib import Path
 
 import pytest
 
+import meshcore
+import meshcore.testing
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 HELLO = ROOT / "examples" / "plugin-hello" / "src" / "meshcore_hello" / "__init__.py"
@@ -31,6 +34,7 @@ PAGES = (
     "sources",
     "applying",
     "reference/config",
+    "reference/api",
     "response-flags",
 )
 
@@ -89,3 +93,21 @@ def test_every_link_of_the_reference_lands_on_its_page(built: Path) -> None:
     assert "config-meshcore-config-model-cluster" in links
     assert links <= ids, f"links to nowhere: {sorted(links - ids)}"
     assert "{ref}" not in page  # every role was parsed, none left as text
+
+
+def test_the_api_reference_documents_every_public_name(built: Path) -> None:
+    page = (built / "reference" / "api.html").read_text(encoding="utf-8")
+    ids = set(re.findall(r'id="([^"]+)"', page))
+    public = [f"meshcore.{name}" for name in meshcore.__all__ if name != "__version__"]
+    public += [f"meshcore.testing.{name}" for name in meshcore.testing.__all__]
+    assert len(public) > 80
+    missing = [name for name in public if name not in ids]
+    assert not missing, f"reference/api.md documents none of {missing}"
+    # Members come from the docstrings too, not just the names.
+    assert {
+        "meshcore.Request.path_only",
+        "meshcore.Stats.counter",
+        "meshcore.testing.FilterHarness.request",
+    } <= ids
+    text = page_text(built / "reference" / "api.html")
+    assert "An HTTP request as filters see it, whatever protocol carried it." in text
