@@ -30,13 +30,12 @@ from meshcore.runtime.admin import (
     IDLE_TIMEOUT,
     MAX_BODY_SIZE,
     MAX_HEAD_SIZE,
-    REDACTED,
     REQUEST_TIMEOUT,
     handle,
     serve_admin,
     serve_admin_connection,
-    to_data,
 )
+from meshcore.runtime.configdata import REDACTED, to_data
 from meshcore.runtime.proxy import Proxy
 
 TIMEOUT = 10

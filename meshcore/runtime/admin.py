@@ -14,11 +14,9 @@ Start it next to the proxy::
 
 from __future__ import annotations
 
-import enum
 import json
-import math
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -26,11 +24,12 @@ import attrs
 import structlog
 import trio
 
-from meshcore.config import Address, PluginRef, SecretStr
+from meshcore.config import Address
 from meshcore.connection import join_host_port
 from meshcore.errors import ConfigError, ConfigProblem, ProtocolError
 from meshcore.http.codec import CLOSED, NEED_DATA, Data, EndOfMessage, RawHeaders, RequestHead
 from meshcore.http.h1 import H11ServerCodec
+from meshcore.runtime.configdata import to_data
 from meshcore.runtime.linger import send_and_linger
 from meshcore.runtime.listener import open_listener_socket
 from meshcore.runtime.proxy import Proxy
@@ -48,7 +47,6 @@ __all__ = [
     "serve_admin_connection",
     "serve_admin_listener",
     "stats_response",
-    "to_data",
 ]
 
 log = structlog.get_logger("meshcore.admin")
@@ -64,7 +62,6 @@ REQUEST_TIMEOUT = 10.0
 RECEIVE_SIZE = 16 * 1024
 MAX_QUERY_FIELDS = 16
 
-REDACTED = "[redacted]"
 _TEXT = "text/plain; charset=utf-8"
 _JSON = "application/json"
 _PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
@@ -78,50 +75,6 @@ class AdminResponse:
     body: str
     content_type: str = _TEXT
     headers: tuple[tuple[str, str], ...] = ()
-
-
-# -- config as data ---------------------------------------------------------------------------
-
-
-def _field_data(value: Any, field: attrs.Attribute[Any]) -> Any:
-    """The data of one attrs field's value: REDACTED if the field is declared secret and set."""
-    if value is not None and field.metadata.get("secret"):
-        return REDACTED
-    return to_data(value)
-
-
-def to_data(value: Any) -> Any:  # noqa: PLR0911 - a flat dispatch on the kind of value
-    """Plain JSON-able data for a config value, declared secrets redacted.
-
-    A :class:`~meshcore.SecretStr` becomes REDACTED wherever it is (a field, a list item, a
-    mapping value), as does the value of an attrs field declared with ``metadata={"secret":
-    True}``; an unset secret (None) stays None: "no key configured" reveals nothing. Names
-    are not guessed from: ``max_tokens`` is shown, a ``SecretStr`` called ``key`` is not.
-    attrs classes become objects; a plugin reference becomes ``{name: config}``; Address
-    the string "host:port"; Duration seconds; ByteSize bytes. A type nothing here knows (a
-    plugin's own) is rendered with ``str``: a dump never fails.
-    """
-    if isinstance(value, SecretStr):
-        return REDACTED
-    if value is None or isinstance(value, bool | str):
-        return value
-    if isinstance(value, Address):
-        return str(value)
-    if isinstance(value, int):  # ByteSize too
-        return int(value)
-    if isinstance(value, float):  # Duration too
-        return float(value) if math.isfinite(value) else str(value)
-    if isinstance(value, enum.Enum):
-        return to_data(value.value)
-    if isinstance(value, PluginRef):
-        return {value.name: to_data(value.config)}
-    if attrs.has(type(value)):
-        return {f.name: _field_data(getattr(value, f.name), f) for f in attrs.fields(type(value))}
-    if isinstance(value, Mapping):
-        return {str(k): to_data(v) for k, v in value.items()}
-    if isinstance(value, tuple | list | set | frozenset):
-        return [to_data(item) for item in value]
-    return str(value)
 
 
 # -- endpoints (no I/O) -----------------------------------------------------------------------
