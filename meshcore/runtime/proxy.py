@@ -115,7 +115,7 @@ class Proxy:
         problems = check_snapshot(snapshot, self.registry)
         if problems:  # plugins' checks may assume a well-formed Snapshot
             raise ConfigError(problems)
-        problems = [ConfigProblem(path="", message=msg) for msg in self.registry.validate_snapshot(snapshot)]
+        problems = self.registry.snapshot_problems(snapshot)  # with their field paths
         if problems:
             raise ConfigError(problems)
 
