@@ -101,8 +101,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_plugins(_args: argparse.Namespace) -> int:
     """List every plugin, its distribution and version, and what it provides."""
     registry = build_registry()
+    checkers = {impl.plugin_name for impl in registry.hook.meshcore_validate_snapshot.get_hookimpls()}
     for info in registry.plugins.values():
         print(f"{info.name}  ({info.origin})")
+        if info.name in checkers:
+            print("    checks Snapshots before they are applied (meshcore_validate_snapshot)")
         for kind in KINDS:
             for item in info.provides:
                 item_kind, _, name = item.partition(":")

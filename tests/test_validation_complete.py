@@ -541,3 +541,14 @@ async def test_a_running_proxy_refuses_a_cluster_whose_ca_file_is_missing(tmp_pa
     assert [str(p) for p in info.value.problems] == [
         f"clusters[0].tls.ca_file: cannot read '{tmp_path / 'ca.pem'}': No such file or directory"
     ]
+
+
+def test_meshcore_plugins_says_which_plugins_check_snapshots(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plugins"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    check = "    checks Snapshots before they are applied (meshcore_validate_snapshot)"
+    assert (
+        lines[lines.index(next(x for x in lines if x.startswith("meshcore.runtime.validation "))) + 1]
+        == check
+    )
+    assert lines.count(check) == 2  # the runtime's checks, and the connection manager's
