@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -107,17 +108,22 @@ class HttpConnectionManager:
         self.stat_rejected = stats.counter("http_downstream_rq_rejected", **labels)
         self.stat_grpc: dict[int, Counter] = {}
         self.draining = False
-        self.idle_scopes: set[trio.CancelScope] = set()
+        # Connections waiting for a request (or their first bytes), by the scope that waits.
+        self.idle_scopes: dict[trio.CancelScope, trio.abc.Stream] = {}
         self.overload: Any = getattr(context, "overload", None)
 
     def drain(self) -> None:
         """Finish current requests, then close.
 
         Idle connections close now, busy ones after their response (which says
-        ``connection: close``).
+        ``connection: close``). An idle connection's FIN goes out before this returns, not
+        when its task next runs: a keep-alive client that reuses the connection right after
+        the change sees it closed, instead of sending a request into a socket about to be
+        reset (RFC 9112 section 9.6).
         """
         self.draining = True
-        for scope in self.idle_scopes:
+        for scope, stream in self.idle_scopes.items():
+            _shut_down_sending(stream)
             scope.cancel()
         for session in self.h2_sessions:
             session.goaway()
@@ -179,11 +185,11 @@ class HttpConnectionManager:
         data = b""
         try:
             with trio.move_on_after(self.idle_timeout) as idle:
-                self.idle_scopes.add(idle)  # a drain closes a connection that sent nothing yet
+                self.idle_scopes[idle] = conn.stream  # a drain closes a connection that sent nothing yet
                 try:
                     data = bytes(await conn.stream.receive_some(RECEIVE_SIZE))
                 finally:
-                    self.idle_scopes.discard(idle)
+                    self.idle_scopes.pop(idle, None)
             # A prefix of the preface: read on, within the headers timeout.
             with trio.move_on_after(self.headers_timeout):
                 while data and len(data) < len(PREFACE) and PREFACE.startswith(data):
@@ -278,6 +284,18 @@ class HttpConnectionManager:
             )
 
 
+def _shut_down_sending(stream: trio.abc.Stream) -> None:
+    """Send FIN on ``stream``'s socket now.
+
+    A TLS stream's too, without close_notify: the connection is idle, nothing is cut short.
+    """
+    if isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if isinstance(stream, trio.SocketStream):
+        with contextlib.suppress(OSError):
+            stream.socket.shutdown(socket.SHUT_WR)
+
+
 class _H1Session:
     """One downstream HTTP/1.1 connection."""
 
@@ -335,13 +353,13 @@ class _H1Session:
             if hcm.draining:
                 return None
             with trio.move_on_after(hcm.idle_timeout) as idle:
-                hcm.idle_scopes.add(idle)
+                hcm.idle_scopes[idle] = self.stream
                 try:
                     await self._receive()
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     return None
                 finally:
-                    hcm.idle_scopes.discard(idle)
+                    hcm.idle_scopes.pop(idle, None)
             if idle.cancelled_caught:
                 return None
             event = codec.next_event()
