@@ -91,7 +91,10 @@ async def test_the_rate_holds_within_5_percent_on_a_real_clock_under_concurrent_
     nursery: trio.Nursery,
 ) -> None:
     upstream = await nursery.start(serve_upstream)
-    limit = {"max_tokens": 20, "tokens_per_fill": 10, "fill_interval": "50ms"}  # 200/s
+    # 200/s. A bucket of half a second's tokens: the clients and the proxy share this process
+    # and the machine, and a stall longer than the bucket takes to fill loses tokens to the
+    # cap, which is the bucket doing its job, not the rate drifting.
+    limit = {"max_tokens": 100, "tokens_per_fill": 10, "fill_interval": "50ms"}
     config = http_proxy_config([upstream], http_filters=[{"local_ratelimit": limit}, "router"])
     proxy = await start_proxy(nursery, config)
     sent: list[float] = []
@@ -103,7 +106,7 @@ async def test_the_rate_holds_within_5_percent_on_a_real_clock_under_concurrent_
                 clients.start_soon(keep_alive_client, proxy.address("ingress"), until, sent, seen)
     elapsed = max(sent) - min(sent)
     allowed = seen.count(200)
-    expected = 20 + 200 * elapsed
+    expected = 100 + 200 * elapsed
     assert seen.count(429) + allowed == len(seen) == len(sent)
     assert seen.count(429) > allowed  # the offered load was well above the rate
     assert allowed == pytest.approx(expected, rel=0.05)
