@@ -21,7 +21,7 @@ class Reply:
 class Client:
     """One HTTP/1.1 connection, kept alive across requests (h11 inside)."""
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self.h11 = h11.Connection(h11.CLIENT)
 
@@ -48,7 +48,7 @@ class Client:
         while True:
             event = self.h11.next_event()
             if event is h11.NEED_DATA:
-                self.h11.receive_data(await self.stream.receive_some(65536))
+                self.h11.receive_data(bytes(await self.stream.receive_some(65536)))
             elif isinstance(event, h11.Response):
                 head = event
             elif isinstance(event, h11.Data):

@@ -29,14 +29,11 @@ _WORDS = {
 
 def defined_names(snapshot: Snapshot) -> dict[str, set[str]]:
     """The names each kind of reference may use: ``{"cluster": {...}, "route_config": {...}}``."""
-    names: dict[str, set[str]] = {
+    return {
         "cluster": {c.name for c in snapshot.clusters},
         "route_config": {r.name for r in snapshot.route_configs},
+        "secret": {s.name for s in snapshot.secrets},
     }
-    secrets = getattr(snapshot, "secrets", None)
-    if secrets is not None:
-        names["secret"] = {s.name for s in secrets}
-    return names
 
 
 def check_snapshot(snapshot: Snapshot, catalog: Catalog) -> list[ConfigProblem]:

@@ -1,7 +1,8 @@
 """Deltas: a change to the live Snapshot, resource by resource, as a control plane sends it.
 
 A :class:`SnapshotDelta` names, per resource type (listeners, route tables, clusters,
-endpoint sets by cluster name), the resources added or changed and the names removed.
+endpoint sets by cluster name, secrets), the resources added or changed and the names
+removed.
 :meth:`SnapshotDelta.compose` lays it onto a Snapshot and returns the new whole Snapshot,
 which the runtime validates and applies like any other: a delta is a shorter way to say
 "this Snapshot", never a way around validation.
@@ -15,7 +16,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-from meshcore.config.model import Cluster, Endpoint, Listener, RouteConfiguration, Snapshot
+from meshcore.config.model import Cluster, Endpoint, Listener, RouteConfiguration, Snapshot, TlsSecret
 from meshcore.config.structure import Catalog, Structurer
 from meshcore.config.validators import non_empty, unique
 from meshcore.errors import ConfigError, ConfigProblem
@@ -51,6 +52,8 @@ class SnapshotDelta:
         clusters: clusters added or changed.
         removed_clusters: names of clusters removed.
         endpoints: new endpoint sets, by cluster name.
+        secrets: TLS secrets added or changed (a certificate rotated).
+        removed_secrets: names of secrets removed.
     """
 
     version: str = attrs.field(validator=non_empty)
@@ -61,6 +64,8 @@ class SnapshotDelta:
     clusters: tuple[Cluster, ...] = attrs.field(default=(), validator=unique(_named))
     removed_clusters: tuple[str, ...] = ()
     endpoints: Mapping[str, tuple[Endpoint, ...]] = _NO_ENDPOINTS
+    secrets: tuple[TlsSecret, ...] = attrs.field(default=(), validator=unique(_named))
+    removed_secrets: tuple[str, ...] = ()
 
     def compose(self, snapshot: Snapshot) -> Snapshot:
         """The Snapshot that results from applying this delta to ``snapshot``.
@@ -78,6 +83,7 @@ class SnapshotDelta:
             snapshot.route_configs, self.route_configs, self.removed_route_configs, "route_configs", problems
         )
         clusters = _merge(snapshot.clusters, self.clusters, self.removed_clusters, "clusters", problems)
+        secrets = _merge(snapshot.secrets, self.secrets, self.removed_secrets, "secrets", problems)
         if self.endpoints:
             clusters = list(clusters)
             index = {c.name: i for i, c in enumerate(clusters)}
@@ -96,6 +102,7 @@ class SnapshotDelta:
             listeners=tuple(listeners),
             route_configs=tuple(routes),
             clusters=tuple(clusters),
+            secrets=tuple(secrets),
         )
 
     @property
@@ -133,9 +140,9 @@ def delta_from_data(data: Any, catalog: Catalog, *, file: str | None = None) -> 
     """Structure plain data (a delta document from YAML, JSON, the wire) as a SnapshotDelta.
 
     Written like a config document: ``version``, ``listeners``, ``route_configs``,
-    ``clusters`` (each a list as in a config file), ``removed_listeners``,
-    ``removed_route_configs``, ``removed_clusters`` (lists of names) and ``endpoints`` (a
-    mapping of cluster name to a list of endpoints). References to other resources are
+    ``clusters``, ``secrets`` (each a list as in a config file), ``removed_listeners``,
+    ``removed_route_configs``, ``removed_clusters``, ``removed_secrets`` (lists of names)
+    and ``endpoints`` (a mapping of cluster name to a list of endpoints). References to other resources are
     checked once the delta is composed onto a Snapshot.
 
     Raises:

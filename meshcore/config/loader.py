@@ -92,6 +92,7 @@ def _check_references(data: Any, structurer: Structurer) -> None:
     known = {
         "cluster": _defined_names(data, "clusters"),
         "route_config": _defined_names(data, "route_configs"),
+        "secret": _defined_names(data, "secrets"),
     }
     for reference in structurer.references:
         names = known.get(reference.kind)

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import attrs
 
 from meshcore.config.structure import HttpFilterRef, LbPolicyRef, NetworkFilterRef, Path, Structurer
-from meshcore.config.units import Address, ByteSize, Duration
+from meshcore.config.units import Address, ByteSize, Duration, SecretStr
 from meshcore.config.validators import at_least, at_most, cidr, non_empty, regex, unique
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "RouteMatch",
     "Snapshot",
     "TlsContext",
+    "TlsSecret",
     "UpstreamTls",
     "VirtualHost",
     "WeightedCluster",
@@ -61,19 +62,81 @@ class AdminConfig:
     enabled: bool = True
 
 
+def _pem_certificates(_instance: Any, _attribute: attrs.Attribute[Any], value: str | None) -> None:
+    """Holds PEM certificates (-----BEGIN CERTIFICATE-----)."""
+    if value is not None and "-----BEGIN CERTIFICATE-----" not in value:
+        msg = "must be PEM text with -----BEGIN CERTIFICATE----- blocks"
+        raise ValueError(msg)
+
+
+def _pem_private_key(_instance: Any, _attribute: attrs.Attribute[Any], value: str | None) -> None:
+    """Holds a PEM private key (-----BEGIN PRIVATE KEY-----)."""
+    if value is not None and re.search(r"-----BEGIN [A-Z ]*PRIVATE KEY-----", value) is None:
+        msg = "must be PEM text with a -----BEGIN PRIVATE KEY----- block"
+        raise ValueError(msg)
+
+
+@attrs.frozen(kw_only=True)
+class TlsSecret:
+    """TLS material delivered as config (by a control plane, say) rather than as files: PEM text.
+
+    Listeners and clusters name it: ``secret`` for the certificate and key they present,
+    ``validation_secret`` for the roots they trust. A changed secret is taken by the next
+    handshake of every listener and cluster that uses it, with nothing drained.
+    """
+
+    name: str = attrs.field(validator=non_empty)
+    certificate_chain: str | None = attrs.field(default=None, validator=_pem_certificates)
+    """The certificate, then its intermediates (PEM)."""
+    private_key: SecretStr | None = attrs.field(default=None, validator=_pem_private_key)
+    """The certificate's private key (PEM, unencrypted); redacted by /config_dump."""
+    trusted_ca: str | None = attrs.field(default=None, validator=_pem_certificates)
+    """Root certificates to verify peers with (PEM, one or several)."""
+
+    def __attrs_post_init__(self) -> None:
+        if (self.certificate_chain is None) != (self.private_key is None):
+            msg = "takes certificate_chain and private_key together"
+            raise ValueError(msg)
+        if self.certificate_chain is None and self.trusted_ca is None:
+            msg = "needs certificate_chain and private_key, or trusted_ca, or both"
+            raise ValueError(msg)
+
+
 @attrs.frozen(kw_only=True)
 class TlsContext:
-    """Downstream TLS: the certificate a listener presents, and optionally client verification."""
+    """Downstream TLS: the certificate a listener presents, and optionally client verification.
 
-    certificate_file: str = attrs.field(validator=non_empty)
-    private_key_file: str = attrs.field(validator=non_empty)
+    The certificate and key come from files (``certificate_file``, ``private_key_file``) or
+    from a secret (``secret``); the roots client certificates are verified with, from
+    ``client_ca_file`` or ``validation_secret``.
+    """
+
+    certificate_file: str | None = attrs.field(default=None, validator=attrs.validators.optional(non_empty))
+    private_key_file: str | None = attrs.field(default=None, validator=attrs.validators.optional(non_empty))
+    secret: str | None = ref("secret", default=None)
+    """The TlsSecret whose certificate_chain and private_key the listener presents."""
     client_ca_file: str | None = None
+    validation_secret: str | None = ref("secret", default=None)
+    """The TlsSecret whose trusted_ca client certificates are verified with."""
     require_client_certificate: bool = False
     alpn: tuple[str, ...] = ("http/1.1",)
 
     def __attrs_post_init__(self) -> None:
-        if self.require_client_certificate and self.client_ca_file is None:
-            msg = "require_client_certificate needs client_ca_file"
+        files = self.certificate_file is not None or self.private_key_file is not None
+        if files and self.secret is not None:
+            msg = "takes certificate_file and private_key_file, or secret, not both"
+            raise ValueError(msg)
+        if not files and self.secret is None:
+            msg = "needs certificate_file and private_key_file, or secret"
+            raise ValueError(msg)
+        if files and (self.certificate_file is None or self.private_key_file is None):
+            msg = "takes certificate_file and private_key_file together"
+            raise ValueError(msg)
+        if self.client_ca_file is not None and self.validation_secret is not None:
+            msg = "takes client_ca_file or validation_secret, not both"
+            raise ValueError(msg)
+        if self.require_client_certificate and self.client_ca_file is None and self.validation_secret is None:
+            msg = "require_client_certificate needs client_ca_file or validation_secret"
             raise ValueError(msg)
 
 
@@ -133,13 +196,31 @@ class Endpoint:
 
 @attrs.frozen(kw_only=True)
 class UpstreamTls:
-    """TLS toward a cluster's endpoints."""
+    """TLS toward a cluster's endpoints.
+
+    The roots endpoints are verified with come from ``ca_file`` or ``validation_secret``
+    (neither: the system's); a client certificate, from files or ``secret``.
+    """
 
     ca_file: str | None = None
+    validation_secret: str | None = ref("secret", default=None)
+    """The TlsSecret whose trusted_ca the endpoints' certificates are verified with."""
     server_name: str | None = None
     certificate_file: str | None = None
     private_key_file: str | None = None
+    secret: str | None = ref("secret", default=None)
+    """The TlsSecret whose certificate_chain and private_key are presented to the endpoints."""
     alpn: tuple[str, ...] = ()
+
+    def __attrs_post_init__(self) -> None:
+        if self.ca_file is not None and self.validation_secret is not None:
+            msg = "takes ca_file or validation_secret, not both"
+            raise ValueError(msg)
+        if self.secret is not None and (
+            self.certificate_file is not None or self.private_key_file is not None
+        ):
+            msg = "takes certificate_file and private_key_file, or secret, not both"
+            raise ValueError(msg)
 
 
 @attrs.frozen(kw_only=True)
@@ -380,6 +461,7 @@ class Snapshot:
     route_configs: tuple[RouteConfiguration, ...] = attrs.field(
         default=(), validator=unique(lambda x: x.name)
     )
+    secrets: tuple[TlsSecret, ...] = attrs.field(default=(), validator=unique(lambda x: x.name))
     overload: OverloadConfig = OverloadConfig()
 
     def cluster(self, name: str) -> Cluster | None:
@@ -389,6 +471,10 @@ class Snapshot:
     def route_config(self, name: str) -> RouteConfiguration | None:
         """The route table called ``name``, if any."""
         return next((r for r in self.route_configs if r.name == name), None)
+
+    def secret(self, name: str) -> TlsSecret | None:
+        """The secret called ``name``, if any."""
+        return next((s for s in self.secrets if s.name == name), None)
 
 
 __all__ += ["HttpFilterRef", "NetworkFilterRef", "ref"]

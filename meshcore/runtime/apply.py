@@ -12,21 +12,25 @@ decides, per resource:
 - a changed filter chain is rebuilt, its new filters taking over the state of the ones
   they replace (:mod:`meshcore.runtime.filterstate`), and only that chain's connections drain;
 - a listener whose address changed gets a new socket, opened now (a port in use rejects
-  the Snapshot).
+  the Snapshot);
+- a TLS context whose material changed (a rotated secret, a file replaced) is built again
+  and swapped into its kept chain or cluster: the next handshake takes it.
 
 The proxy then swaps it all in at once (:meth:`~meshcore.runtime.proxy.Proxy.apply`).
 """
 
 from __future__ import annotations
 
+import ssl
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from meshcore.config import FilterChain, Listener, Snapshot
+from meshcore.config import FilterChain, Listener, Snapshot, TlsContext
 from meshcore.errors import ConfigError, ConfigProblem
 from meshcore.runtime.filterstate import Commit, blame, carry_over, prepare_snapshot, successors
 from meshcore.runtime.listener import CompiledChain, ListenerRuntime
+from meshcore.runtime.tls import Secrets, material, secrets_of, server_context
 
 if TYPE_CHECKING:
     from meshcore.runtime.proxy import Proxy
@@ -42,12 +46,15 @@ class Plan:
         clusters: applies the clusters (cannot fail).
         chains: the filter chains of each listener that keeps its socket.
         opened: new listener runtimes (new or moved listeners), sockets bound, not serving.
+        tls: installs new TLS contexts in kept chains (a rotated secret); before the chains
+            are handed to their listeners.
         commits: installs what kept filters prepared (route tables, ...).
     """
 
     clusters: Commit
     chains: dict[str, list[CompiledChain]] = attrs.Factory(dict)
     opened: dict[str, ListenerRuntime] = attrs.Factory(dict)
+    tls: list[Commit] = attrs.Factory(list)
     commits: list[Commit] = attrs.Factory(list)
 
     def abandon(self) -> None:
@@ -58,21 +65,26 @@ class Plan:
 
 def plan(proxy: Proxy, snapshot: Snapshot) -> Plan:
     """Build everything ``snapshot`` needs against what ``proxy`` runs now; ConfigError if it cannot."""
-    result = Plan(clusters=proxy.clusters.prepare(snapshot))
+    secrets = secrets_of(snapshot)
+    result = Plan(clusters=proxy.clusters.prepare(snapshot, secrets))
     try:
         for index, listener in enumerate(snapshot.listeners):
-            _plan_listener(proxy, snapshot, index, listener, result)
+            _plan_listener(proxy, snapshot, secrets, index, listener, result)
     except BaseException:
         result.abandon()
         raise
     return result
 
 
-def _plan_listener(proxy: Proxy, snapshot: Snapshot, index: int, listener: Listener, result: Plan) -> None:
+def _plan_listener(
+    proxy: Proxy, snapshot: Snapshot, secrets: Secrets, index: int, listener: Listener, result: Plan
+) -> None:
     current = proxy.listeners.get(listener.name)
     if current is None or current.config.address != listener.address:
         chains = [
-            _build_chain(proxy, snapshot, index, listener, ci, config, _predecessor(current, ci, config))
+            _build_chain(
+                proxy, snapshot, secrets, index, listener, ci, config, _predecessor(current, ci, config)
+            )
             for ci, config in enumerate(listener.filter_chains)
         ]
         try:
@@ -93,11 +105,13 @@ def _plan_listener(proxy: Proxy, snapshot: Snapshot, index: int, listener: Liste
         )
         if same is not None:
             available.remove(same)
-            result.commits += _follow(proxy, snapshot, f"listeners[{index}].filter_chains[{ci}]", same)
+            where = f"listeners[{index}].filter_chains[{ci}]"
+            result.tls += _refresh_tls(same, secrets, where)
+            result.commits += _follow(proxy, snapshot, where, same)
             chains.append(same)
         else:
             previous = _predecessor(current, ci, config)
-            chains.append(_build_chain(proxy, snapshot, index, listener, ci, config, previous))
+            chains.append(_build_chain(proxy, snapshot, secrets, index, listener, ci, config, previous))
     result.chains[listener.name] = chains
 
 
@@ -115,6 +129,7 @@ def _predecessor(current: ListenerRuntime | None, index: int, config: FilterChai
 def _build_chain(
     proxy: Proxy,
     snapshot: Snapshot,
+    secrets: Secrets,
     index: int,
     listener: Listener,
     chain_index: int,
@@ -141,11 +156,34 @@ def _build_chain(
                 f"{where}.filters[{fi}].{names[fi]}", registry, "network_filter", names[fi], "carry_over"
             ):
                 carry_over(new, old)
+    tls, tls_material = None, None
+    if config.tls is not None:
+        tls, tls_material = _server_tls(config.tls, secrets, where), material(config.tls, secrets)
+    return CompiledChain(config, filters, access_log=listener.access_log, tls=tls, tls_material=tls_material)
+
+
+def _server_tls(tls: TlsContext, secrets: Secrets, where: str) -> ssl.SSLContext:
     try:
-        return CompiledChain(config, filters, access_log=listener.access_log)
+        return server_context(tls, secrets)
     except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
-        problem = ConfigProblem(path=f"{where}.tls", message=f"cannot load TLS files: {err}")
+        problem = ConfigProblem(path=f"{where}.tls", message=f"cannot build the TLS context: {err}")
         raise ConfigError([problem], stage="apply") from err
+
+
+def _refresh_tls(chain: CompiledChain, secrets: Secrets, where: str) -> list[Commit]:
+    """A kept chain's new TLS context, when what it is made of changed (a rotated secret)."""
+    tls = chain.config.tls
+    if tls is None:
+        return []
+    now = material(tls, secrets)
+    if now == chain.tls_material:
+        return []
+    context = _server_tls(tls, secrets, where)
+
+    def install() -> None:
+        chain.tls, chain.tls_material = context, now
+
+    return [install]
 
 
 def _follow(proxy: Proxy, snapshot: Snapshot, where: str, chain: CompiledChain) -> list[Commit]:

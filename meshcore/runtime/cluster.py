@@ -12,7 +12,7 @@ import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from http import HTTPStatus
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 import trio
@@ -31,7 +31,7 @@ from meshcore.runtime.filterstate import blame
 from meshcore.runtime.h1exchange import RECEIVE_SIZE, H1Exchange
 from meshcore.runtime.h2pool import H2Pool, StreamRefused, upstream_error
 from meshcore.runtime.stats import Stats
-from meshcore.runtime.tls import client_context
+from meshcore.runtime.tls import Secrets, client_context, material, secrets_of
 
 __all__ = ["Cluster", "ClusterManager", "Host", "UpstreamError"]
 
@@ -130,7 +130,11 @@ class Host:
                     tls = cluster.config.tls
                     server_name = (tls.server_name if tls else None) or self.address[0]
                     stream = trio.SSLStream(stream, cluster.tls_context, server_hostname=server_name)
-                    await stream.do_handshake()
+                    try:
+                        await stream.do_handshake()
+                    except BaseException:
+                        _close_now(stream)  # or the socket of a refused handshake stays open
+                        raise
         except (OSError, trio.BrokenResourceError, trio.TooSlowError) as err:
             cluster.stats_cx_connect_fail.value += 1
             reason = "timed out" if isinstance(err, trio.TooSlowError) else str(err)
@@ -206,6 +210,8 @@ class Cluster:
         self.hosts: list[Host] = []
         self.healthy_hosts: list[Host] = []
         self.tls_context: ssl.SSLContext | None = None
+        self.tls_material: Any = None
+        """What ``tls_context`` is made of (see :func:`meshcore.runtime.tls.material`)."""
         self.manager: ClusterManager | None = None
         labels = {"cluster": config.name}
         self.stats_rq_total = stats.counter("cluster_upstream_rq_total", **labels)
@@ -433,18 +439,27 @@ class ClusterManager:
         """The cluster called ``name``, if any."""
         return self.clusters.get(name)
 
-    def prepare(self, snapshot: Snapshot) -> Callable[[], None]:
+    def prepare(self, snapshot: Snapshot, secrets: Secrets | None = None) -> Callable[[], None]:
         """Build what ``snapshot``'s clusters need; return the function that applies them.
 
-        Building may fail (a load-balancing policy's factory, a TLS file): ConfigError with
-        the field path, and nothing changed. The returned function cannot fail: it changes
-        clusters in place (endpoints that stay keep their pools), adds new ones, drains
-        removed ones. A cluster whose config did not change is not touched.
+        Building may fail (a load-balancing policy's factory, a TLS file or secret):
+        ConfigError with the field path, and nothing changed. The returned function cannot
+        fail: it changes clusters in place (endpoints that stay keep their pools), adds new
+        ones, drains removed ones. A cluster whose config and TLS material (see
+        :func:`meshcore.runtime.tls.material`) did not change is not touched; one whose TLS
+        material alone changed (a rotated secret) gets a new TLS context for new connections.
         """
-        updates: list[tuple[ClusterConfig, Picker, ssl.SSLContext | None]] = []
+        if secrets is None:
+            secrets = secrets_of(snapshot)
+        updates: list[tuple[ClusterConfig, Picker, ssl.SSLContext | None, Any]] = []
         for i, config in enumerate(snapshot.clusters):
             current = self.clusters.get(config.name)
-            if current is not None and (current.config is config or current.config == config):
+            tls_material = material(config.tls, secrets) if config.tls is not None else None
+            if (
+                current is not None
+                and (current.config is config or current.config == config)
+                and current.tls_material == tls_material
+            ):
                 continue
             if current is not None and current.config.lb_policy == config.lb_policy:
                 picker = current.picker
@@ -453,17 +468,17 @@ class ClusterManager:
                 where = f"clusters[{i}].lb_policy.{policy.name}"
                 with blame(where, self._catalog, "lb_policy", policy.name, "factory"):
                     picker = self._picker_factory(config)
-            if current is not None and current.config.tls == config.tls:
+            if current is not None and current.tls_material == tls_material:
                 tls = current.tls_context
             else:
                 try:
-                    tls = client_context(config.tls) if config.tls is not None else None
+                    tls = client_context(config.tls, secrets) if config.tls is not None else None
                 except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
-                    problem = ConfigProblem(
-                        path=f"clusters[{i}].tls", message=f"cannot load TLS files: {err}"
-                    )
-                    raise ConfigError([problem], stage="apply") from err
-            updates.append((config, picker, tls))
+                    message = f"cannot build the TLS context: {err}"
+                    raise ConfigError(
+                        [ConfigProblem(path=f"clusters[{i}].tls", message=message)], stage="apply"
+                    ) from err
+            updates.append((config, picker, tls, tls_material))
         wanted = {c.name for c in snapshot.clusters}
 
         def commit() -> None:
@@ -471,15 +486,16 @@ class ClusterManager:
                 for host in self.clusters.pop(name).hosts:
                     host.healthy = False
                     host.close_idle()
-            for config, picker, tls in updates:
+            for config, picker, tls, tls_material in updates:
                 current = self.clusters.get(config.name)
                 if current is None:
-                    cluster = self.clusters[config.name] = Cluster(
+                    current = self.clusters[config.name] = Cluster(
                         config, picker, self.stats, tls_context=tls
                     )
-                    cluster.manager = self
+                    current.manager = self
                 else:
                     current.update(config, picker, tls_context=tls)
+                current.tls_material = tls_material
             log.debug("clusters_applied", clusters=sorted(self.clusters))
 
         return commit

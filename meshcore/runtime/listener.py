@@ -24,7 +24,6 @@ from meshcore.config import FilterChain, Listener
 from meshcore.connection import Connection, PeerTls, join_host_port, peer_tls
 from meshcore.runtime.overload import OverloadManager
 from meshcore.runtime.stats import Stats
-from meshcore.runtime.tls import server_context
 
 __all__ = [
     "CompiledChain",
@@ -56,17 +55,30 @@ class CompiledChain:
     """A filter chain built for one Snapshot: its match, TLS context and L4 handler.
 
     It serves every Snapshot in which its config (and its listener's ``access_log``) stays
-    the same: an unchanged chain is never rebuilt.
+    the same: an unchanged chain is never rebuilt. Its TLS context is built by the caller
+    (:mod:`meshcore.runtime.tls`) and replaced in place when what it is made of changes (a
+    rotated secret): the next handshake takes the new one, and no connection is touched.
+
+    Attributes:
+        tls: the SSLContext the chain presents (None: plain TCP).
+        tls_material: what ``tls`` was made of (see :func:`meshcore.runtime.tls.material`).
     """
 
     def __init__(
-        self, config: FilterChain, filters: Sequence[NetworkFilter], *, access_log: bool = False
+        self,
+        config: FilterChain,
+        filters: Sequence[NetworkFilter],
+        *,
+        access_log: bool = False,
+        tls: ssl.SSLContext | None = None,
+        tls_material: Any = None,
     ) -> None:
         self.config = config
         self.filters = filters
         self.access_log = access_log
         self.handler = build_network_chain(filters)
-        self.tls = server_context(config.tls) if config.tls is not None else None
+        self.tls = tls
+        self.tls_material = tls_material
         match = config.match
         self.networks = [ipaddress.ip_network(p, strict=False) for p in match.source_prefixes]
 

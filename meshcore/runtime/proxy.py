@@ -168,6 +168,8 @@ class Proxy:
             raise
         # Nothing can fail from here on: swap.
         built.clusters()
+        for swap in built.tls:
+            swap()
         self.overload.configure(snapshot.overload)
         wanted = {listener.name: listener for listener in snapshot.listeners}
         for name in list(self.listeners):

@@ -3,34 +3,157 @@
 Validation (:mod:`meshcore.runtime.validation`) builds them the same way before a Snapshot
 is applied, so that a certificate, key or CA bundle that does not load is a validation
 problem with its field path, not a failure while applying.
+
+Certificates and keys come from files or from the Snapshot's secrets (PEM text). A key
+held as text is handed to OpenSSL through an anonymous in-memory file where the system has
+them (Linux), so that it never touches a disk. :func:`material` says what a context is
+made of, so that the runtime builds it again exactly when that changed: a rotated secret,
+or a file replaced on disk.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import ssl
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
-from meshcore.config import TlsContext, UpstreamTls
+from meshcore.config import Snapshot, TlsContext, TlsSecret, UpstreamTls
 
-__all__ = ["client_context", "server_context"]
+__all__ = ["Secrets", "client_context", "material", "secrets_of", "server_context"]
+
+Secrets = Mapping[str, TlsSecret]
+"""A Snapshot's secrets by name."""
+
+_NO_SECRETS: Secrets = MappingProxyType({})
+_FD_DIR = Path("/proc/self/fd")
 
 
-def server_context(tls: TlsContext) -> ssl.SSLContext:
-    """The SSLContext a listener's filter chain presents (and verifies clients with)."""
+def secrets_of(snapshot: Snapshot) -> Secrets:
+    """``snapshot``'s secrets by name."""
+    return {secret.name: secret for secret in snapshot.secrets}
+
+
+def server_context(tls: TlsContext, secrets: Secrets = _NO_SECRETS) -> ssl.SSLContext:
+    """The SSLContext a listener's filter chain presents (and verifies clients with).
+
+    Raises:
+        ValueError: a secret it names is missing or lacks what is needed of it.
+        OSError: a file or PEM text does not load (ssl.SSLError is an OSError).
+    """
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(tls.certificate_file, tls.private_key_file)
-    if tls.client_ca_file is not None:
+    if tls.secret is not None:
+        secret = _secret(secrets, tls.secret, "secret")
+        _load_chain(context, secret)
+    else:
+        assert tls.certificate_file is not None  # noqa: S101 - a TlsContext has files or a secret
+        context.load_cert_chain(tls.certificate_file, tls.private_key_file)
+    if tls.validation_secret is not None:
+        context.load_verify_locations(cadata=_roots(secrets, tls.validation_secret))
+    elif tls.client_ca_file is not None:
         context.load_verify_locations(tls.client_ca_file)
+    if tls.validation_secret is not None or tls.client_ca_file is not None:
         context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_OPTIONAL
     if tls.alpn:
         context.set_alpn_protocols(list(tls.alpn))
     return context
 
 
-def client_context(tls: UpstreamTls) -> ssl.SSLContext:
-    """The SSLContext a cluster connects to its endpoints with."""
-    context = ssl.create_default_context(cafile=tls.ca_file)
-    if tls.certificate_file is not None:
+def client_context(tls: UpstreamTls, secrets: Secrets = _NO_SECRETS) -> ssl.SSLContext:
+    """The SSLContext a cluster connects to its endpoints with (see :func:`server_context`)."""
+    if tls.validation_secret is not None:
+        context = ssl.create_default_context(cadata=_roots(secrets, tls.validation_secret))
+    else:
+        context = ssl.create_default_context(cafile=tls.ca_file)
+    if tls.secret is not None:
+        _load_chain(context, _secret(secrets, tls.secret, "secret"))
+    elif tls.certificate_file is not None:
         context.load_cert_chain(tls.certificate_file, tls.private_key_file)
     if tls.alpn:
         context.set_alpn_protocols(list(tls.alpn))
     return context
+
+
+def material(tls: TlsContext | UpstreamTls, secrets: Secrets) -> tuple[Any, ...]:
+    """What the context of ``tls`` is made of: its config, the secrets it names, its files.
+
+    Equal material makes an equal context, so a kept listener or cluster builds its context
+    again only when this changes (a secret rotated, a file replaced: its inode, size or time).
+    """
+    names = (tls.secret, tls.validation_secret)
+    files = [
+        getattr(tls, field, None)
+        for field in ("certificate_file", "private_key_file", "client_ca_file", "ca_file")
+    ]
+    return (
+        tls,
+        *(secrets.get(name) for name in names if name is not None),
+        *(_identity(path) for path in files if isinstance(path, str)),
+    )
+
+
+def _identity(path: str) -> tuple[str, int, int, int] | None:
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return path, st.st_mtime_ns, st.st_size, st.st_ino
+
+
+def _secret(secrets: Secrets, name: str, field: str) -> TlsSecret:
+    found = secrets.get(name)
+    if found is None:
+        msg = f"{field}: no secret {name!r} in the Snapshot"
+        raise ValueError(msg)
+    return found
+
+
+def _roots(secrets: Secrets, name: str) -> str:
+    secret = _secret(secrets, name, "validation_secret")
+    if secret.trusted_ca is None:
+        msg = f"validation_secret: secret {name!r} has no trusted_ca"
+        raise ValueError(msg)
+    return secret.trusted_ca
+
+
+def _load_chain(context: ssl.SSLContext, secret: TlsSecret) -> None:
+    """Load a secret's certificate chain and key into ``context``, never writing the key to disk."""
+    if secret.certificate_chain is None or secret.private_key is None:
+        msg = f"secret: secret {secret.name!r} has no certificate_chain and private_key"
+        raise ValueError(msg)
+    pem = f"{secret.certificate_chain.strip()}\n{str(secret.private_key).strip()}\n".encode()
+    with _pem_file(pem) as path:
+        try:
+            context.load_cert_chain(path)
+        except ssl.SSLError as err:
+            msg = f"secret {secret.name!r}: its certificate_chain and private_key do not load ({err.reason or err})"
+            raise ssl.SSLError(msg) from None
+
+
+@contextlib.contextmanager
+def _pem_file(data: bytes) -> Iterator[str]:
+    """A path OpenSSL can read ``data`` from, for the time of the block.
+
+    An anonymous in-memory file (memfd) seen through /proc where there is one; else a file in
+    a private temporary directory, removed at once.
+    """
+    if hasattr(os, "memfd_create") and _FD_DIR.is_dir():
+        fd = os.memfd_create("meshcore-tls", os.MFD_CLOEXEC)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            yield str(_FD_DIR / str(fd))
+        finally:
+            os.close(fd)
+        return
+    with tempfile.TemporaryDirectory(prefix="meshcore-tls-") as directory:  # mode 0700
+        path = Path(directory) / "chain.pem"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+        yield str(path)
