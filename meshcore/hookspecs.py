@@ -89,8 +89,11 @@ def meshcore_validate_snapshot(snapshot: Snapshot) -> Sequence[str | ConfigProbl
 
 @hookspec
 def meshcore_snapshot_applied(snapshot: Snapshot) -> None:
-    """Observe a Snapshot that the proxy has just applied (for metrics, caches, audit).
+    """Observe a Snapshot that the proxy applies (for metrics, caches, audit).
 
-    Called after the Snapshot is live. The return value is ignored.
+    Called once the Snapshot is checked and built, right before it goes live (nothing can
+    fail after). A hook that raises rejects the Snapshot, with an error naming its plugin;
+    the hooks of plugins called before it have then seen a Snapshot that did not go live.
+    The return value is ignored.
     """
     raise NotImplementedError

@@ -47,9 +47,21 @@ class FileSource:
         return st.st_mtime_ns, st.st_size, st.st_ino
 
     def load(self) -> Snapshot:
-        """Load and validate the file now; ConfigError with every problem if it is bad."""
+        """Load and validate the file now; ConfigError with every problem if it is bad.
+
+        Whatever else reading it raises is a ConfigError too (logged with its traceback: a
+        bug to report), so that no file can end the proxy.
+        """
         self._signature = self._stat()
-        return meshcore.load_snapshot(self.config.path, self.registry)
+        try:
+            return meshcore.load_snapshot(self.config.path, self.registry)
+        except ConfigError:
+            raise
+        except Exception as err:
+            log.exception("config_load_failed", path=self.config.path)
+            message = f"cannot be loaded: {type(err).__name__}: {err}"
+            problem = meshcore.ConfigProblem(path="", message=message, file=self.config.path)
+            raise ConfigError([problem], stage="parse") from err
 
     def reload(self) -> None:
         """Ask for a reload now (SIGHUP), whether or not the file changed."""
@@ -84,11 +96,7 @@ class FileSource:
 
     def _apply(self, sink: ConfigSink, snapshot: Snapshot) -> None:
         """Apply; problems found while applying (a port in use) name this file too."""
-        try:
-            sink.apply(snapshot)
-        except ConfigError as err:
-            problems = [p if p.file else attrs.evolve(p, file=self.config.path) for p in err.problems]
-            raise ConfigError(problems, stage=err.stage) from err
+        sink.apply(snapshot, file=self.config.path)
 
     def _log_rejected(self, err: ConfigError) -> None:
         log.error(

@@ -343,3 +343,38 @@ async def test_a_failing_carry_over_rejects_the_snapshot_naming_the_plugin(
             assert caught.value.stage == "apply"
             assert (await proxy.client().get("/")).header("x-upstream") == "u"
             assert proxy.proxy.listeners["ingress"].chains == before  # the same chain objects
+
+
+async def test_an_endpoint_given_twice_keeps_one_pool_each_and_closes_both_when_it_goes(
+    meshcore_proxy: ProxyFactory, meshcore_upstream: UpstreamFactory
+) -> None:
+    """An address given twice: two hosts, each kept in its place.
+
+    Found by test_apply_property: the second host of a repeated address took the first one's
+    place when the endpoints changed again, and the first one's socket was never closed.
+    """
+    with trio.fail_after(TIMEOUT):
+        upstream = await meshcore_upstream(name="u")
+        proxy = await meshcore_proxy(http_proxy_config([upstream.endpoint]))
+        twice = endpoints(upstream.endpoint, upstream.endpoint)
+        proxy.apply_delta(meshcore.SnapshotDelta(version="2", endpoints={"backend": twice}))
+        client = proxy.client()
+        for _ in range(2):
+            assert (await client.get("/")).status == 200
+        cluster = proxy.proxy.clusters.get("backend")
+        assert cluster is not None
+        hosts = list(cluster.hosts)
+        assert len(hosts) == 2
+        assert hosts[0] is not hosts[1]
+        opened = sum(h.open_connections for h in hosts)
+        assert opened >= 1
+
+        proxy.apply_delta(
+            meshcore.SnapshotDelta(version="3", endpoints={"backend": endpoints(upstream.endpoint)})
+        )
+        (kept,) = cluster.hosts
+        assert kept is hosts[0]
+        gone = hosts[1]
+        assert (gone.healthy, gone.open_connections) == (False, 0)  # its idle connection closed
+        proxy.apply_delta(meshcore.SnapshotDelta(version="4", endpoints={"backend": ()}))
+        assert (kept.healthy, kept.open_connections) == (False, 0)

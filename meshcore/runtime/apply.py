@@ -33,9 +33,10 @@ from meshcore.runtime.listener import CompiledChain, ListenerRuntime
 from meshcore.runtime.tls import Secrets, material, secrets_of, server_context
 
 if TYPE_CHECKING:
+    from meshcore.registry import Registry
     from meshcore.runtime.proxy import Proxy
 
-__all__ = ["Plan", "plan"]
+__all__ = ["Plan", "announce", "plan"]
 
 
 @attrs.define
@@ -76,6 +77,23 @@ def plan(proxy: Proxy, snapshot: Snapshot) -> Plan:
     return result
 
 
+def announce(registry: Registry, snapshot: Snapshot) -> None:
+    """Call ``meshcore_snapshot_applied`` of every plugin, one at a time, as ``snapshot`` goes live.
+
+    Called once everything is built, right before the swap (which cannot fail). A plugin
+    whose hook raises rejects the Snapshot: ConfigError naming it; the plugins called before
+    it have then seen a Snapshot that did not go live (their next call tells them so).
+    """
+    for impl in registry.hook.meshcore_snapshot_applied.get_hookimpls():
+        try:
+            impl.function(snapshot=snapshot)
+        except Exception as err:
+            info = registry.plugins.get(impl.plugin_name)
+            who = f"plugin {impl.plugin_name!r}" + (f" ({info.origin})" if info is not None else "")
+            message = f"{who}: meshcore_snapshot_applied raised {type(err).__name__}: {err}"
+            raise ConfigError([ConfigProblem(path="", message=message)], stage="apply") from err
+
+
 def _plan_listener(
     proxy: Proxy, snapshot: Snapshot, secrets: Secrets, index: int, listener: Listener, result: Plan
 ) -> None:
@@ -91,8 +109,9 @@ def _plan_listener(
             result.opened[listener.name] = ListenerRuntime(
                 listener, chains, reuse_port=proxy.reuse_port, overload=proxy.overload, stats=proxy.stats
             )
-        except OSError as err:
-            message = f"cannot listen on {listener.address}: {err.strerror}"
+        except (OSError, ValueError, TypeError, OverflowError) as err:  # a host no socket takes
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+            message = f"cannot listen on {listener.address}: {reason}"
             problem = ConfigProblem(path=f"listeners[{index}].address", message=message)
             raise ConfigError([problem], stage="apply") from err
         return

@@ -234,14 +234,18 @@ class Cluster:
         self.config = config
         self.picker = picker
         self.tls_context = tls_context
-        old = {h.address: h for h in self.hosts}
+        # By address, in order: an address given twice has two hosts, each kept in its place.
+        old: dict[tuple[str, int], list[Host]] = {}
+        for current in self.hosts:
+            old.setdefault(current.address, []).append(current)
         hosts = []
         for endpoint in config.endpoints:
             key = (endpoint.address.host, endpoint.address.port)
-            host = old.pop(key, None) or Host(self, *key, endpoint.weight)
+            same = old.get(key)
+            host = same.pop(0) if same else Host(self, *key, endpoint.weight)
             host.weight = endpoint.weight
             hosts.append(host)
-        for gone in old.values():
+        for gone in (h for left in old.values() for h in left):
             gone.healthy = False
             gone.close_idle()
         self.hosts = hosts

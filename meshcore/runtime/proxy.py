@@ -9,8 +9,11 @@ changed chains drain, new listeners start, removed ones drain.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
+import attrs
 import structlog
 import trio
 
@@ -18,7 +21,7 @@ from meshcore.config import Cluster as ClusterConfig
 from meshcore.config import FilterChain, Listener, Snapshot, SnapshotDelta, check_snapshot
 from meshcore.errors import ConfigError, ConfigProblem
 from meshcore.registry import Registry
-from meshcore.runtime.apply import plan
+from meshcore.runtime.apply import Plan, announce, plan
 from meshcore.runtime.cluster import ClusterManager, Picker
 from meshcore.runtime.context import FilterContext
 from meshcore.runtime.listener import ListenerRuntime
@@ -119,13 +122,14 @@ class Proxy:
         if problems:
             raise ConfigError(problems)
 
-    def record_rejection(self, error: ConfigError) -> None:
+    def record_rejection(self, error: ConfigError, version: str | None = None) -> None:
         """Count a rejected config (``config_snapshots_rejected`` by ``reason``: its stage)."""
         self.stats.counter("config_snapshots_rejected", reason=error.stage).value += 1
         self.rejections += 1
         log.warning(
             "snapshot_rejected",
             stage=error.stage,
+            version=version,
             problems=[str(p) for p in error.problems],
             kept=self.version,
         )
@@ -149,10 +153,13 @@ class Proxy:
             overload=self.overload,
         )
 
-    def apply(self, snapshot: Snapshot) -> None:
+    def apply(self, snapshot: Snapshot, *, file: str | None = None) -> None:
         """Apply ``snapshot`` as a diff, all at once, or raise ConfigError and keep the current one.
 
-        What did not change is not touched (see :mod:`meshcore.runtime.apply`).
+        What did not change is not touched (see :mod:`meshcore.runtime.apply`). Whatever is
+        raised while the Snapshot is checked and built, by meshcore or a plugin, rejects it:
+        ConfigError, naming the field or the plugin, and the live Snapshot keeps serving.
+        ``file`` is where the Snapshot was read from: problems that name no file name it.
         """
         if self._nursery is None:
             msg = "the proxy is not running: start it with nursery.start(proxy.run)"
@@ -160,17 +167,41 @@ class Proxy:
         if self.draining:
             msg = "the proxy is draining"
             raise RuntimeError(msg)
+        built: Plan | None = None
         try:
             self._check(snapshot)
             built = plan(self, snapshot)
-        except ConfigError as err:
-            self.record_rejection(err)
-            raise
-        # Nothing can fail from here on: swap.
-        built.clusters()
-        for swap in built.tls:
-            swap()
-        self.overload.configure(snapshot.overload)
+            announce(self.registry, snapshot)
+        except Exception as err:
+            if built is not None:
+                built.abandon()
+            error = err if isinstance(err, ConfigError) else _internal_error(err, snapshot)
+            if file is not None:
+                problems = [p if p.file else attrs.evolve(p, file=file) for p in error.problems]
+                error = ConfigError(problems, stage=error.stage)
+            self.record_rejection(error, snapshot.version)
+            if error is err:
+                raise
+            raise error from err
+        # Nothing can fail from here on: swap. (A step that fails all the same is a bug; it is
+        # logged, and the others still run.)
+        steps: list[Callable[[], None]] = [built.clusters, *built.tls]
+        steps.append(functools.partial(self.overload.configure, snapshot.overload))
+        steps.append(functools.partial(self._swap_listeners, snapshot, built))
+        steps += built.commits
+        for step in steps:
+            try:
+                step()
+            except Exception:
+                log.exception("snapshot_commit_failed", version=snapshot.version, step=repr(step))
+        self.snapshot = snapshot
+        self._stat_applied.value += 1
+        self._applied.set()
+        self._notify()
+        log.info("snapshot_applied", version=snapshot.version, listeners=sorted(self.listeners))
+
+    def _swap_listeners(self, snapshot: Snapshot, built: Plan) -> None:
+        assert self._nursery is not None  # noqa: S101 - checked by apply
         wanted = {listener.name: listener for listener in snapshot.listeners}
         for name in list(self.listeners):
             if name not in wanted or name in built.opened:
@@ -182,14 +213,6 @@ class Proxy:
                 self._nursery.start_soon(runtime.serve)
             else:
                 self.listeners[name].replace_chains(listener, built.chains[name])
-        for commit in built.commits:
-            commit()
-        self.snapshot = snapshot
-        self._stat_applied.value += 1
-        self._applied.set()
-        self._notify()
-        self.registry.hook.meshcore_snapshot_applied(snapshot=snapshot)
-        log.info("snapshot_applied", version=snapshot.version, listeners=sorted(wanted))
 
     def apply_delta(self, delta: SnapshotDelta) -> Snapshot:
         """Compose ``delta`` onto the live Snapshot and apply the result; return it.
@@ -202,12 +225,12 @@ class Proxy:
         if current is None:
             message = "a delta needs a live Snapshot to apply to: deliver a whole Snapshot first"
             error = ConfigError([ConfigProblem(path="", message=message)])
-            self.record_rejection(error)
+            self.record_rejection(error, delta.version)
             raise error
         try:
             snapshot = delta.compose(current)
         except ConfigError as err:
-            self.record_rejection(err)
+            self.record_rejection(err, delta.version)
             raise
         self.apply(snapshot)
         return snapshot
@@ -218,3 +241,10 @@ class Proxy:
         for runtime in self.listeners.values():
             runtime.stop()
         self._drain_requested.set()
+
+
+def _internal_error(err: Exception, snapshot: Snapshot) -> ConfigError:
+    """A failure of meshcore's own code while applying: logged with its traceback, and a rejection."""
+    log.error("apply_failed", version=snapshot.version, exc_info=err)
+    message = f"internal error while applying the Snapshot: {type(err).__name__}: {err}"
+    return ConfigError([ConfigProblem(path="", message=message)], stage="apply")

@@ -17,7 +17,7 @@ import trio
 from meshcore.config import Snapshot
 from meshcore.registry import Registry
 from meshcore.runtime.proxy import Proxy
-from meshcore.runtime.sources import ConfigSink, ConfigSource, ProxySink, build_source
+from meshcore.runtime.sources import ConfigSink, ConfigSource, ProxySink, build_source, run_source
 
 __all__ = ["ConfigSink", "ConfigSource", "serve_proxy"]
 
@@ -62,7 +62,7 @@ async def serve_proxy(
 
         sink: ConfigSink = ProxySink(proxy)
         await nursery.start(run_proxy)
-        await nursery.start(source.run, sink)
+        await nursery.start(run_source, source, sink)
         snapshot: Snapshot = await proxy.wait_applied()
         if admin and snapshot.admin.enabled:
             from meshcore.runtime.admin import serve_admin  # noqa: PLC0415 - optional part

@@ -24,7 +24,10 @@ if TYPE_CHECKING:
     from meshcore.registry import Registry
     from meshcore.runtime.proxy import Proxy
 
-__all__ = ["ConfigSink", "ConfigSource", "ProxySink", "build_source"]
+__all__ = ["RESTART_DELAYS", "ConfigSink", "ConfigSource", "ProxySink", "build_source", "run_source"]
+
+RESTART_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)
+"""Seconds before a config source that failed is run again: the first time, the second, ..."""
 
 log = structlog.get_logger("meshcore.sources")
 
@@ -35,8 +38,11 @@ class ConfigSink(Protocol):
     Every method is synchronous and returns once the change is live (or raises).
     """
 
-    def apply(self, snapshot: Snapshot) -> None:
-        """Make ``snapshot`` the live config, or raise ConfigError with every problem."""
+    def apply(self, snapshot: Snapshot, *, file: str | None = None) -> None:
+        """Make ``snapshot`` the live config, or raise ConfigError with every problem.
+
+        ``file``: the file it was read from, if any; problems that name no file name it.
+        """
 
     def apply_delta(self, delta: SnapshotDelta) -> Snapshot:
         """Compose ``delta`` onto the live Snapshot, validate the result whole and apply it.
@@ -117,12 +123,12 @@ class ProxySink:
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
 
-    def apply(self, snapshot: Snapshot) -> None:
+    def apply(self, snapshot: Snapshot, *, file: str | None = None) -> None:
         """Apply ``snapshot`` (see :meth:`ConfigSink.apply`)."""
         if self.proxy.draining:
             log.info("snapshot_ignored", version=snapshot.version, reason="draining")
             return
-        self.proxy.apply(snapshot)
+        self.proxy.apply(snapshot, file=file)
 
     def apply_delta(self, delta: SnapshotDelta) -> Snapshot:
         """Apply ``delta`` (see :meth:`ConfigSink.apply_delta`)."""
@@ -134,3 +140,46 @@ class ProxySink:
     def rejected(self, error: ConfigError) -> None:
         """Count a config the source could not read (see :meth:`ConfigSink.rejected`)."""
         self.proxy.record_rejection(error)
+
+
+class _Started:
+    """Forwards a source's first ``started()`` to the caller's task status; later ones are no-ops."""
+
+    def __init__(self, task_status: trio.TaskStatus[None]) -> None:
+        self.task_status = task_status
+        self.done = False
+
+    def started(self, value: None = None) -> None:
+        if not self.done:
+            self.done = True
+            self.task_status.started(value)
+
+
+async def run_source(
+    source: ConfigSource, sink: ConfigSink, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run ``source`` for as long as the proxy runs; a source that fails once started is run again.
+
+    Until the source reports started, its failure is the caller's (a proxy without a first
+    Snapshot does not start). After that, nothing it raises ends the proxy: the failure is
+    logged (``config_source_failed``) and the source is run again after a growing delay
+    (:data:`RESTART_DELAYS`), while the last good Snapshot keeps serving.
+    """
+    status = _Started(task_status)
+    failures = 0
+    while True:
+        try:
+            await source.run(sink, task_status=status)  # type: ignore[arg-type] # a TaskStatus in all but name
+        except Exception:
+            if not status.done:
+                raise
+            delay = RESTART_DELAYS[min(failures, len(RESTART_DELAYS) - 1)]
+            failures += 1
+            log.exception("config_source_failed", source=type(source).__name__, restart_in=delay)
+        else:
+            if not status.done:
+                message = "the config source ended without delivering a Snapshot"
+                raise ConfigError([ConfigProblem(path="source", message=message)])
+            log.warning("config_source_ended", source=type(source).__name__, kept="last good Snapshot")
+            return
+        await trio.sleep(delay)
