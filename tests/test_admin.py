@@ -232,6 +232,7 @@ def test_index_lists_every_endpoint(proxy: Proxy) -> None:
         "/stats",
         "/stats/prometheus",
         "/config_dump",
+        "/config_status",
         "/clusters",
         "/listeners",
         "/logging",

@@ -130,6 +130,10 @@ def _config_dump(proxy: Proxy, _query: Query) -> AdminResponse:
     return _json(to_data(proxy.snapshot))
 
 
+def _config_status(proxy: Proxy, _query: Query) -> AdminResponse:
+    return _json(proxy.health.to_data())
+
+
 def _clusters(proxy: Proxy, _query: Query) -> AdminResponse:
     clusters = []
     for name, cluster in sorted(proxy.clusters.clusters.items()):
@@ -186,6 +190,9 @@ ENDPOINTS: dict[str, Endpoint] = {
     "/stats": Endpoint(_READ, _stats, "counters, gauges, histograms as lines; ?filter=REGEX, ?format=json"),
     "/stats/prometheus": Endpoint(_READ, _prometheus, "the same in the Prometheus text format"),
     "/config_dump": Endpoint(_READ, _config_dump, "the live snapshot as JSON, secrets redacted"),
+    "/config_status": Endpoint(
+        _READ, _config_status, "the live version, when applied, rejections by stage, the last one (JSON)"
+    ),
     "/clusters": Endpoint(_READ, _clusters, "clusters and their endpoints' health and load (JSON)"),
     "/listeners": Endpoint(_READ, _listeners, "listeners and their bound addresses (JSON)"),
     "/logging": Endpoint(("POST",), _logging, "?level=debug|info|warning|error sets the log level"),

@@ -24,6 +24,7 @@ from meshcore.registry import Registry
 from meshcore.runtime.apply import Plan, announce, plan
 from meshcore.runtime.cluster import ClusterManager, Picker
 from meshcore.runtime.context import FilterContext
+from meshcore.runtime.health import ConfigHealth
 from meshcore.runtime.listener import ListenerRuntime
 from meshcore.runtime.overload import OverloadManager
 from meshcore.runtime.stats import Stats
@@ -54,6 +55,8 @@ class Proxy:
         self._applied = trio.Event()
         self._config_changed = trio.Event()
         self.rejections = 0
+        self.health = ConfigHealth()
+        """The live version, when it was applied, what was refused last (``/config_status``)."""
         self._drain_requested = trio.Event()
         self._stat_applied = self.stats.counter("config_snapshots_applied")
 
@@ -123,14 +126,18 @@ class Proxy:
             raise ConfigError(problems)
 
     def record_rejection(self, error: ConfigError, version: str | None = None) -> None:
-        """Count a rejected config (``config_snapshots_rejected`` by ``reason``: its stage)."""
+        """Count a rejected config (``config_snapshots_rejected`` by ``reason``: its stage).
+
+        It is also the last rejection shown at the admin server's ``/config_status``.
+        """
         self.stats.counter("config_snapshots_rejected", reason=error.stage).value += 1
         self.rejections += 1
+        rejection = self.health.record_rejected(error, version)
         log.warning(
             "snapshot_rejected",
             stage=error.stage,
             version=version,
-            problems=[str(p) for p in error.problems],
+            problems=list(rejection.problems),
             kept=self.version,
         )
         self._notify()
@@ -196,6 +203,7 @@ class Proxy:
                 log.exception("snapshot_commit_failed", version=snapshot.version, step=repr(step))
         self.snapshot = snapshot
         self._stat_applied.value += 1
+        self.health.record_applied(snapshot.version)
         self._applied.set()
         self._notify()
         log.info("snapshot_applied", version=snapshot.version, listeners=sorted(self.listeners))
