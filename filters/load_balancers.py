@@ -1,8 +1,11 @@
 """Load-balancing policies: ``round_robin`` and ``least_request`` (power of two choices).
 
-A policy's factory takes its config and returns a picker: ``pick(hosts)`` chooses one of
-the healthy hosts it is given. Hosts expose ``weight`` and ``active_requests``. Pickers
-are built once per cluster and Snapshot and keep their state across requests.
+A policy's factory takes its config and returns a picker: ``pick(hosts, request)`` chooses
+one of the healthy hosts it is given, for ``request``: the ``meshcore.Request`` of an HTTP
+exchange or the ``meshcore.Connection`` of a TCP one (None if neither), so that a hash
+policy (a header, a cookie, the client address, a query parameter) can be a plugin too.
+Hosts expose ``weight`` and ``active_requests``. A picker is built once per cluster and kept
+while the cluster's policy does not change, with its state across requests and Snapshots.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ class RoundRobin:
         self._next = 0
         self._current: dict[int, int] = {}
 
-    def pick(self, hosts: Sequence[H]) -> H:
+    def pick(self, hosts: Sequence[H], _request: object = None, /) -> H:
         """Choose the next host; ``hosts`` must not be empty."""
         if all(h.weight == 1 for h in hosts):
             self._next = (self._next + 1) % len(hosts)
@@ -72,7 +75,7 @@ class LeastRequest:
         self._choices = (config or LeastRequestConfig()).choice_count
         self._random = random.Random()  # noqa: S311 - load spreading, not cryptography
 
-    def pick(self, hosts: Sequence[H]) -> H:
+    def pick(self, hosts: Sequence[H], _request: object = None, /) -> H:
         """Choose a lightly loaded host; ``hosts`` must not be empty."""
         if len(hosts) == 1:
             return hosts[0]

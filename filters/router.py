@@ -7,8 +7,6 @@ redirect. Failures become local replies whose response flag says why.
 
 from __future__ import annotations
 
-from typing import Any
-
 import attrs
 import structlog
 
@@ -16,6 +14,7 @@ import meshcore
 from meshcore import (
     FilterContext,
     HttpHandler,
+    MatchedRoute,
     Request,
     Response,
     ResponseFlag,
@@ -101,7 +100,7 @@ class Router:
         return response
 
 
-def _answer_here(request: Request, route: Any) -> Response | None:
+def _answer_here(request: Request, route: MatchedRoute) -> Response | None:
     """The reply of a route that answers itself; None when the request goes on to a cluster.
 
     A direct response, a redirect, or a rejected upgrade.
@@ -119,8 +118,11 @@ def _answer_here(request: Request, route: Any) -> Response | None:
     return None
 
 
-def _location(request: Request, route: Any) -> str:
+def _location(request: Request, route: MatchedRoute) -> str:
+    """Where a redirect route sends ``request`` (called for a route whose action is a redirect)."""
     redirect = route.config.redirect
+    if redirect is None:
+        return request.path
     scheme = redirect.scheme or request.scheme
     host = redirect.host or request.host
     port = f":{redirect.port}" if redirect.port else ""

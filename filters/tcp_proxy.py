@@ -54,7 +54,7 @@ class TcpProxy:
             log.warning("tcp_proxy_failed", cluster=self._config.cluster, reason="no such cluster")
             return
         try:
-            async with cluster.connect() as (upstream, host):
+            async with cluster.connect(conn) as (upstream, host):
                 log.debug("tcp_proxy_connected", upstream=host.label)
                 timed_out = await meshcore.splice(
                     conn.stream,

@@ -46,7 +46,16 @@ from meshcore.errors import (
 )
 from meshcore.flags import ResponseFlag
 from meshcore.http.grpc import GrpcStatus, grpc_response, grpc_status_for_http, grpc_timeout, is_grpc
-from meshcore.http.messages import Body, Headers, HttpHandler, Request, Response, StreamInfo, Upgraded
+from meshcore.http.messages import (
+    Body,
+    Headers,
+    HttpHandler,
+    MatchedRoute,
+    Request,
+    Response,
+    StreamInfo,
+    Upgraded,
+)
 from meshcore.plugin import (
     ConfigSourceType,
     HttpFilterType,
@@ -92,6 +101,7 @@ __all__ = [
     "HttpHandler",
     "LbPolicyRef",
     "LbPolicyType",
+    "MatchedRoute",
     "MeshcoreError",
     "NetworkFilterRef",
     "NetworkFilterType",

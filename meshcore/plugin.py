@@ -76,7 +76,12 @@ class HttpFilterType(PluginType):
 
 @attrs.frozen(kw_only=True)
 class LbPolicyType(PluginType):
-    """A load-balancing policy: ``factory(config, endpoints)`` returns a picker."""
+    """A load-balancing policy: ``factory(config)`` returns a picker.
+
+    The picker's ``pick(hosts, request, /)`` returns one of ``hosts`` (healthy, never
+    empty; each has ``weight``, ``active_requests``, ``address``) for ``request``: the
+    ``Request`` of an HTTP exchange, the ``Connection`` of a TCP one, or None.
+    """
 
     kind: ClassVar[str] = "lb_policy"
 

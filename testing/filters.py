@@ -22,6 +22,7 @@ from meshcore import (
     Headers,
     HttpFilterRef,
     HttpHandler,
+    MatchedRoute,
     PluginError,
     Registry,
     Request,
@@ -47,7 +48,7 @@ def make_request(
     headers: Sequence[tuple[str, str]] | Mapping[str, str] = (),
     body: bytes | Body = b"",
     peer: str = "127.0.0.1:40000",
-    route: Any = None,
+    route: MatchedRoute | None = None,
     connection: Connection | None = None,
 ) -> Request:
     """A synthetic request as a codec would have produced it."""

@@ -47,3 +47,13 @@ def testplugins_module(monkeypatch: pytest.MonkeyPatch) -> Iterator[types.Module
     yield module
     for name in [n for n in sys.modules if n.split(".")[0] == "meshcore_testplugins"]:
         sys.modules.pop(name)
+
+
+@pytest.fixture
+def installed_testplugins(testplugins_site: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The installed meshcore-testplugins on sys.path: ``build_registry()`` finds it by its entry point."""
+    monkeypatch.syspath_prepend(str(testplugins_site))
+    monkeypatch.delenv("MESHCORE_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    yield
+    for name in [n for n in sys.modules if n.split(".")[0] == "meshcore_testplugins"]:
+        sys.modules.pop(name)

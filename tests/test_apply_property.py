@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from typing import Any, Literal
 
 import attrs
@@ -86,7 +86,7 @@ CERT = CA.issue_cert("proxy.test")
 
 
 def base_config(upstream: str, ca_file: str) -> dict[str, Any]:
-    routes = [
+    routes: list[dict[str, Any]] = [
         {"name": "probe", "match": {"path": "/probe"}, "cluster": "backend"},
         {
             "name": "split",
@@ -344,7 +344,7 @@ class World:
     base: meshcore.Snapshot
     config: dict[str, Any]
     delta: dict[str, Any]
-    logs: list[dict[str, Any]]
+    logs: list[MutableMapping[str, Any]]
     taken: str = "127.0.0.1:0"
 
     def apply(self, snapshot: meshcore.Snapshot) -> None:

@@ -9,9 +9,7 @@ installs (the ``testplugins_site`` fixture): a Snapshot from ``snapshot.yaml``, 
 from __future__ import annotations
 
 import json
-import sys
 import types
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,16 +96,6 @@ async def test_serve_proxy_runs_a_source_chosen_by_name(
 
 
 # -- a third-party source, in-process, through the public API ----------------------------------
-
-
-@pytest.fixture
-def installed_testplugins(testplugins_site: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The installed distribution on sys.path: ``build_registry()`` finds it by its entry point."""
-    monkeypatch.syspath_prepend(str(testplugins_site))
-    monkeypatch.delenv("MESHCORE_DISABLE_PLUGIN_AUTOLOAD", raising=False)
-    yield
-    for name in [n for n in sys.modules if n.split(".")[0] == "meshcore_testplugins"]:
-        sys.modules.pop(name)
 
 
 @pytest.mark.usefixtures("installed_testplugins")

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from meshcore.flags import ResponseFlag
 
 if TYPE_CHECKING:
+    from meshcore.config import Route
     from meshcore.connection import Connection
 
-__all__ = ["Body", "Headers", "HttpHandler", "Request", "Response", "StreamInfo", "Upgraded"]
+__all__ = ["Body", "Headers", "HttpHandler", "MatchedRoute", "Request", "Response", "StreamInfo", "Upgraded"]
 
 HeaderPairs = Iterable[tuple[bytes | str, bytes | str]]
 
@@ -254,6 +255,38 @@ class StreamInfo:
         return ",".join(sorted(f.value for f in self.flags)) or "-"
 
 
+class MatchedRoute(Protocol):
+    """The route a request matched, as filters see it: ``request.route``.
+
+    Set by the HTTP connection manager before the chain runs (None when no route matched).
+    A filter reads what the route says (``config``: its match, action, timeouts, per-route
+    filter settings) and may ask it what the router would do.
+    """
+
+    @property
+    def name(self) -> str:
+        """The route's name, or ``"<virtual host>/<index>"`` if it has none."""
+        ...
+
+    @property
+    def virtual_host(self) -> str:
+        """The name of the virtual host it belongs to."""
+        ...
+
+    @property
+    def config(self) -> Route:
+        """The route as configured (``meshcore.Route``)."""
+        ...
+
+    def pick_cluster(self) -> str | None:
+        """The upstream cluster for one request: ``cluster``, or a weighted pick (None: no cluster)."""
+        ...
+
+    def rewrite_request(self, request: Request) -> None:
+        """Apply the route's path, host and header rewrites to ``request``, as the router does."""
+        ...
+
+
 class Request:
     """An HTTP request as filters see it, whatever protocol carried it.
 
@@ -266,7 +299,8 @@ class Request:
         body: the request body stream.
         http_version: "1.1" or "2".
         info: what happened to this request (route, flags, ...).
-        route: the matched route (runtime object) or None; set before the filter chain runs.
+        route: the route it matched (a :class:`MatchedRoute`), or None; set before the
+            filter chain runs.
         upgrade: the protocol an HTTP/1.1 client asks to switch to (``websocket``), or None.
         connection: the downstream connection it came on (addresses, TLS, the peer's
             identity), or None for a request made up with no connection (a test).
@@ -307,7 +341,7 @@ class Request:
         self.body = body if body is not None else Body.empty()
         self.http_version = http_version
         self.info = info if info is not None else StreamInfo()
-        self.route: Any = None
+        self.route: MatchedRoute | None = None
         self.upgrade: str | None = None
         self.connection = connection
 

@@ -43,9 +43,15 @@ _H2_ATTEMPTS = 3
 
 
 class Picker(Protocol):
-    """A load balancer's picker (see ``meshcore.filters.load_balancers``)."""
+    """A load balancer's picker (see ``meshcore.filters.load_balancers``).
 
-    def pick(self, hosts: list[Host]) -> Host: ...
+    ``pick(hosts, request)``: one of ``hosts`` (healthy, never empty) for ``request``, the
+    :class:`~meshcore.Request` of an HTTP exchange or the :class:`~meshcore.Connection` of
+    a TCP one (None when there is neither), so that a policy can hash what it needs: a
+    header, a cookie, the client's address, a query parameter.
+    """
+
+    def pick(self, hosts: list[Host], request: Any = None, /) -> Host: ...
 
 
 def _close_now(stream: trio.abc.Stream) -> None:
@@ -252,18 +258,21 @@ class Cluster:
         # Kept, not recomputed per request: health changes only here (no active checks yet).
         self.healthy_hosts = [h for h in hosts if h.healthy]
 
-    def pick(self) -> Host:
-        """A healthy endpoint chosen by the load balancer; UpstreamError(UH) if none."""
+    def pick(self, request: Any = None) -> Host:
+        """A healthy endpoint chosen by the load balancer for ``request``; UpstreamError(UH) if none.
+
+        ``request`` is what the policy may look at: the Request, or for TCP the Connection.
+        """
         healthy = self.healthy_hosts
         if not healthy:
             msg = f"cluster {self.name!r} has no healthy endpoint"
             raise UpstreamError(ResponseFlag.NO_HEALTHY_UPSTREAM, msg)
-        return self.picker.pick(healthy)
+        return self.picker.pick(healthy, request)
 
     @asynccontextmanager
-    async def connect(self) -> AsyncIterator[tuple[trio.abc.Stream, Host]]:
-        """A raw transport to a chosen endpoint, for L4 proxying; closed on exit."""
-        host = self.pick()
+    async def connect(self, connection: Any = None) -> AsyncIterator[tuple[trio.abc.Stream, Host]]:
+        """A raw transport to an endpoint chosen for ``connection``, for L4 proxying; closed on exit."""
+        host = self.pick(connection)
         stream = await host.connect()
         host.active_requests += 1
         self.stats_cx_active.value += 1
@@ -282,7 +291,7 @@ class Cluster:
         the response head fails with UT, or the body read raises UpstreamError(UT).
         """
         deadline = trio.current_time() + timeout if timeout else math.inf
-        host = self.pick()
+        host = self.pick(request)
         info = request.info
         info.cluster_name = self.name
         info.upstream_address = host.label

@@ -250,7 +250,8 @@ class HttpConnectionManager:
         if response.status:  # 0: no response was sent (the client reset the stream first)
             index = min(max(response.status // 100, 1), 5) - 1
             self.stat_classes[index].value += 1
-            if route is not None and route.chain is not None:
+            # A filter may have set a route of its own (any MatchedRoute): only ours count.
+            if isinstance(route, CompiledRoute) and route.chain is not None:
                 route.chain.classes[index].value += 1
         grpc = is_grpc(request)
         grpc_status = grpc_status_of(response) if grpc else None

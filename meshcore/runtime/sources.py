@@ -169,7 +169,7 @@ async def run_source(
     failures = 0
     while True:
         try:
-            await source.run(sink, task_status=status)  # type: ignore[arg-type] # a TaskStatus in all but name
+            await source.run(sink, task_status=status)
         except Exception:
             if not status.done:
                 raise
