@@ -4,7 +4,7 @@
 reporting every problem with its file, line, field path and reason.
 """
 
-from meshcore.config.checks import check_snapshot, defined_names
+from meshcore.config.checks import SnapshotChecker, check_snapshot, defined_names
 from meshcore.config.delta import SnapshotDelta, delta_from_data
 from meshcore.config.files import file_field
 from meshcore.config.loader import CONFIG_SUFFIXES, load_snapshot, parse_document, snapshot_from_data
@@ -71,6 +71,7 @@ __all__ = [
     "RouteMatch",
     "SecretStr",
     "Snapshot",
+    "SnapshotChecker",
     "SnapshotDelta",
     "Structurer",
     "TlsContext",

@@ -5,12 +5,18 @@ delta, or built in Python by a config source, was not. :func:`check_snapshot` fi
 the structurer would have found in it: references to resources it does not define,
 plugin names the registry does not know, plugin configs of the wrong class, filter chains
 that do not end with exactly one terminal filter. Every problem has its field path.
+
+A proxy checks every Snapshot it is given, a hundred a second when endpoints churn; most
+resources are the very objects it checked last time (a delta keeps what it does not name).
+:class:`SnapshotChecker` remembers what it found in each resource object, so that only the
+names it refers to are looked up again.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 
@@ -18,13 +24,33 @@ from meshcore.config.model import Snapshot
 from meshcore.config.structure import Catalog, Path, PluginRef, format_path
 from meshcore.errors import ConfigProblem
 
-__all__ = ["check_snapshot", "defined_names"]
+__all__ = ["SnapshotChecker", "check_snapshot", "defined_names"]
 
 _WORDS = {
     "network_filter": "network filter",
     "http_filter": "HTTP filter",
     "lb_policy": "load-balancing policy",
 }
+_SCALARS = (str, int, float, bool, type(None))
+
+
+class _Ref(NamedTuple):
+    """A reference a walk found: a name of ``kind`` to look up at ``path``."""
+
+    kind: str
+    name: Any
+    path: Path
+
+
+class _Problem(NamedTuple):
+    """A structural problem a walk found at ``path``."""
+
+    path: Path
+    message: str
+
+
+_Finding = _Ref | _Problem
+"""What a walk found, in order."""
 
 
 def defined_names(snapshot: Snapshot) -> dict[str, set[str]]:
@@ -38,21 +64,78 @@ def defined_names(snapshot: Snapshot) -> dict[str, set[str]]:
 
 def check_snapshot(snapshot: Snapshot, catalog: Catalog) -> list[ConfigProblem]:
     """Every structural problem of ``snapshot`` that its attrs validators cannot see alone."""
-    walker = _Walker(catalog, defined_names(snapshot))
-    walker.walk(snapshot, ())
-    return walker.problems
+    return SnapshotChecker(catalog).check(snapshot)
+
+
+class SnapshotChecker:
+    """:func:`check_snapshot`, remembering what it found in the resources it has seen.
+
+    Args:
+        catalog: the plugin registry.
+        size: how many resources (listeners, clusters, ...) it remembers, the least
+            recently seen forgotten first.
+    """
+
+    def __init__(self, catalog: Catalog, *, size: int = 4096) -> None:
+        self.catalog = catalog
+        self.size = size
+        self._seen: OrderedDict[int, tuple[Any, list[_Finding]]] = OrderedDict()
+
+    def check(self, snapshot: Snapshot) -> list[ConfigProblem]:
+        """Every structural problem of ``snapshot`` (see :func:`check_snapshot`)."""
+        names = defined_names(snapshot)
+        problems: list[ConfigProblem] = []
+        for field in attrs.fields(Snapshot):
+            value = getattr(snapshot, field.name)
+            if isinstance(value, tuple):
+                for i, resource in enumerate(value):
+                    self._report(self._findings(resource), (field.name, i), names, problems)
+            else:
+                self._report(_Walker(self.catalog).run(value), (field.name,), names, problems)
+        return problems
+
+    def _findings(self, resource: Any) -> list[_Finding]:
+        key = id(resource)
+        found = self._seen.get(key)
+        if found is not None and found[0] is resource:
+            self._seen.move_to_end(key)
+            return found[1]
+        findings = _Walker(self.catalog).run(resource)
+        self._seen[key] = (resource, findings)  # holding it keeps its id from being reused
+        if len(self._seen) > self.size:
+            self._seen.popitem(last=False)
+        return findings
+
+    @staticmethod
+    def _report(
+        findings: list[_Finding], prefix: Path, names: dict[str, set[str]], problems: list[ConfigProblem]
+    ) -> None:
+        for finding in findings:
+            if isinstance(finding, _Ref):
+                known = names.get(finding.kind)
+                if known is None or finding.name in known:
+                    continue
+                listing = ", ".join(sorted(known)) or "none defined"
+                message = f"unknown {finding.kind.replace('_', ' ')} {finding.name!r} (defined: {listing})"
+            else:
+                message = finding.message
+            problems.append(ConfigProblem(path=format_path((*prefix, *finding.path)), message=message))
 
 
 class _Walker:
-    def __init__(self, catalog: Catalog, names: dict[str, set[str]]) -> None:
-        self.catalog = catalog
-        self.names = names
-        self.problems: list[ConfigProblem] = []
+    """One walk of a value: the references in it and its structural problems, in order."""
 
-    def problem(self, path: Path, message: str) -> None:
-        self.problems.append(ConfigProblem(path=format_path(path), message=message))
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.findings: list[_Finding] = []
+
+    def run(self, value: Any) -> list[_Finding]:
+        self.walk(value, ())
+        return self.findings
 
     def walk(self, value: Any, path: Path) -> None:
+        if isinstance(value, _SCALARS):
+            return
         if isinstance(value, PluginRef):
             self._plugin(value, path)
         elif attrs.has(type(value)):
@@ -72,34 +155,30 @@ class _Walker:
                 self.walk(item, (*path, str(key)))
 
     def _reference(self, kind: str, value: Any, path: Path) -> None:
-        names = self.names.get(kind)
-        if names is None or value is None:
+        if value is None:
             return
         if isinstance(value, tuple):
             for i, item in enumerate(value):
                 self._reference(kind, item, (*path, i))
             return
-        if value not in names:
-            listing = ", ".join(sorted(names)) or "none defined"
-            self.problem(path, f"unknown {kind.replace('_', ' ')} {value!r} (defined: {listing})")
+        self.findings.append(_Ref(kind, value, path))
 
     def _plugin(self, ref: PluginRef, path: Path) -> None:
         word = _WORDS.get(ref.kind, ref.kind)
         known = self.catalog.names(ref.kind)
         if ref.name not in known:
             listing = ", ".join(sorted(known)) or "none"
-            self.problem(path, f"unknown {word} {ref.name!r} (known: {listing})")
+            self.findings.append(_Problem(path, f"unknown {word} {ref.name!r} (known: {listing})"))
             return
         config_tp = self.catalog.config_type(ref.kind, ref.name)
         if config_tp is None:
             if ref.config is not None:
-                self.problem(
-                    (*path, ref.name), f"{ref.name!r} takes no config, got {type(ref.config).__name__}"
-                )
+                message = f"{ref.name!r} takes no config, got {type(ref.config).__name__}"
+                self.findings.append(_Problem((*path, ref.name), message))
             return
         if ref.config is not None and not isinstance(ref.config, config_tp):
-            got = type(ref.config).__name__
-            self.problem((*path, ref.name), f"must be a {config_tp.__name__}, got {got}")
+            message = f"must be a {config_tp.__name__}, got {type(ref.config).__name__}"
+            self.findings.append(_Problem((*path, ref.name), message))
             return
         self.walk(ref.config, (*path, ref.name))
 
@@ -113,6 +192,9 @@ class _Walker:
                 continue  # reported as unknown
             terminal = self.catalog.is_terminal(ref.kind, ref.name)
             if terminal and i != last:
-                self.problem((*path, i), f"{ref.name!r} ends a chain and must be the last filter")
+                self.findings.append(
+                    _Problem((*path, i), f"{ref.name!r} ends a chain and must be the last filter")
+                )
             elif not terminal and i == last:
-                self.problem((*path, i), f"the last filter must end the chain, {ref.name!r} does not")
+                message = f"the last filter must end the chain, {ref.name!r} does not"
+                self.findings.append(_Problem((*path, i), message))

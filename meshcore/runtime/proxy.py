@@ -18,7 +18,7 @@ import structlog
 import trio
 
 from meshcore.config import Cluster as ClusterConfig
-from meshcore.config import FilterChain, Listener, Snapshot, SnapshotDelta, check_snapshot
+from meshcore.config import FilterChain, Listener, Snapshot, SnapshotChecker, SnapshotDelta
 from meshcore.errors import ConfigError, ConfigProblem
 from meshcore.registry import Registry
 from meshcore.runtime.apply import Plan, announce, plan
@@ -55,6 +55,7 @@ class Proxy:
         self._applied = trio.Event()
         self._config_changed = trio.Event()
         self.rejections = 0
+        self._checker = SnapshotChecker(registry)
         self.health = ConfigHealth()
         """The live version, when it was applied, what was refused last (``/config_status``)."""
         self._drain_requested = trio.Event()
@@ -118,7 +119,7 @@ class Proxy:
 
     def _check(self, snapshot: Snapshot) -> None:
         """The Snapshot as a whole: structure and references, then every plugin's checks."""
-        problems = check_snapshot(snapshot, self.registry)
+        problems = self._checker.check(snapshot)
         if problems:  # plugins' checks may assume a well-formed Snapshot
             raise ConfigError(problems)
         problems = self.registry.snapshot_problems(snapshot)  # with their field paths
