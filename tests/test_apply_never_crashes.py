@@ -22,7 +22,7 @@ from _proxy_process import start_proxy_process
 
 import meshcore
 from meshcore.runtime import sources
-from meshcore.testing import ProxyFactory, UpstreamFactory, fetch, http_proxy_config, open_proxies
+from meshcore.testing import UpstreamFactory, fetch, http_proxy_config, open_proxies
 
 TIMEOUT = 20
 
@@ -71,28 +71,40 @@ async def test_a_running_proxy_refuses_a_reload_with_a_missing_ca_file_and_keeps
             nursery.cancel_scope.cancel()
 
 
-async def test_files_that_vanished_since_validation_reject_the_snapshot(
-    tmp_path: Path, meshcore_proxy: ProxyFactory, meshcore_upstream: UpstreamFactory
+class Vanisher:
+    """Deletes a file while the Snapshot is checked: after validation found it, before it is used."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @meshcore.hookimpl
+    def meshcore_validate_snapshot(self, snapshot: meshcore.Snapshot) -> list[str]:
+        if any(c.tls is not None for c in snapshot.clusters):
+            self.path.unlink(missing_ok=True)
+        return []
+
+
+async def test_a_file_that_vanished_since_validation_rejects_the_snapshot(
+    tmp_path: Path, meshcore_upstream: UpstreamFactory
 ) -> None:
     ca = trustme.CA()
-    upstream = await meshcore_upstream(name="kept")
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
+    # Plugins' checks run after meshcore's own (built-ins first): the file is gone by the build.
+    registry = meshcore.build_registry(autoload=False, plugins=[("vanisher", Vanisher(ca_file))])
+    upstream = await meshcore_upstream(name="kept")
     with trio.fail_after(TIMEOUT):
-        proxy = await meshcore_proxy(http_proxy_config([upstream.endpoint]))
-        snapshot = meshcore.snapshot_from_data(
-            with_cluster_tls(http_proxy_config([upstream.endpoint]), str(ca_file)), proxy.registry
-        )
-        ca_file.unlink()
-        with pytest.raises(meshcore.ConfigError) as caught:
-            proxy.proxy.apply(snapshot)
-        (problem,) = caught.value.problems
-        assert problem.path == "clusters[0].tls"
-        assert problem.message.startswith("cannot build the TLS context: ")
-        assert "No such file or directory" in problem.message
-        assert caught.value.stage == "apply"
-        assert (await proxy.client().get("/")).header("x-upstream") == "kept"
-        assert proxy.stats.value("config_snapshots_rejected", reason="apply") == 1
+        async with open_proxies(registry) as proxies:
+            proxy = await proxies(http_proxy_config([upstream.endpoint]))
+            with pytest.raises(meshcore.ConfigError) as caught:
+                proxy.apply(with_cluster_tls(http_proxy_config([upstream.endpoint]), str(ca_file)))
+            (problem,) = caught.value.problems
+            assert problem.path == "clusters[0].tls"
+            assert problem.message.startswith("cannot build the TLS context: ")
+            assert "No such file or directory" in problem.message
+            assert caught.value.stage == "apply"
+            assert (await proxy.client().get("/")).header("x-upstream") == "kept"
+            assert proxy.stats.value("config_snapshots_rejected", reason="apply") == 1
 
 
 # -- plugins that raise ------------------------------------------------------------------------

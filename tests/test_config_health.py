@@ -2,7 +2,7 @@
 
 Rejections are counted by the stage that refused them: ``parse`` (a file that is not
 YAML), ``validation`` (a field, a reference, a plugin's check) and ``apply`` (building it
-failed: a TLS file, a port). Each one is also the last rejection shown at
+failed: here, a port another process holds). Each one is also the last rejection shown at
 ``/config_status``, with every problem and the time it happened.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +68,13 @@ async def test_config_status_counts_rejections_by_stage_and_shows_the_last(
             path.write_text(yaml.safe_dump(config))
             await _reload(source, proxy, 2)
             config["clusters"][0]["lb_policy"] = "round_robin"
-            config["clusters"][0]["tls"] = {"ca_file": str(tmp_path / "missing.pem")}  # fails to build
-            path.write_text(yaml.safe_dump(config))
-            await _reload(source, proxy, 3)
+            with socket.socket() as taken:  # a port another process holds: only binding finds out
+                taken.bind(("127.0.0.1", 0))
+                taken.listen()
+                port = taken.getsockname()[1]
+                config["listeners"][0]["address"] = f"127.0.0.1:{port}"
+                path.write_text(yaml.safe_dump(config))
+                await _reload(source, proxy, 3)
 
             now = status(proxy)
             assert now["snapshots_rejected"] == {"parse": 1, "validation": 1, "apply": 1}
@@ -77,8 +82,9 @@ async def test_config_status_counts_rejections_by_stage_and_shows_the_last(
             last = now["last_rejection"]
             assert last["stage"] == "apply"
             assert last["version"] not in (None, first["version"])
-            (problem,) = last["problems"]
-            assert problem.startswith(f"{path}: clusters[0].tls: cannot build the TLS context: ")
+            assert last["problems"] == [
+                f"{path}: listeners[0].address: cannot listen on 127.0.0.1:{port}: Address already in use"
+            ]
             assert parse_time(last["at"]) >= parse_time(first["applied_at"])
             for stage in ("parse", "validation", "apply"):
                 assert proxy.stats.value("config_snapshots_rejected", reason=stage) == 1

@@ -19,7 +19,7 @@ import trustme
 from _h1client import Client
 
 import meshcore
-from meshcore.runtime.admin import to_data
+from meshcore.runtime.configdata import to_data
 from meshcore.testing import ProxyFactory, RunningProxy, http_proxy_config
 
 TIMEOUT = 15

@@ -23,6 +23,7 @@ from types import MappingProxyType
 from typing import Any
 
 from meshcore.config import Snapshot, TlsContext, TlsSecret, UpstreamTls
+from meshcore.config.files import ssl_reason
 
 __all__ = ["Secrets", "client_context", "material", "secrets_of", "server_context"]
 
@@ -130,8 +131,8 @@ def _load_chain(context: ssl.SSLContext, secret: TlsSecret) -> None:
         try:
             context.load_cert_chain(path)
         except ssl.SSLError as err:
-            msg = f"secret {secret.name!r}: its certificate_chain and private_key do not load ({err.reason or err})"
-            raise ssl.SSLError(msg) from None
+            msg = f"secret {secret.name!r}: its certificate_chain and private_key do not load: {ssl_reason(err)}"
+            raise ValueError(msg) from None
 
 
 @contextlib.contextmanager

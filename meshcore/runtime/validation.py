@@ -18,7 +18,6 @@ so that a plugin factory that refuses its config is found before any apply too.
 
 from __future__ import annotations
 
-import os
 import ssl
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
@@ -37,7 +36,7 @@ from meshcore.runtime.cluster import ClusterManager
 from meshcore.runtime.context import FilterContext
 from meshcore.runtime.http_manager_plugin import HttpConnectionManagerConfig
 from meshcore.runtime.stats import Stats
-from meshcore.runtime.tls import client_context, server_context
+from meshcore.runtime.tls import Secrets, client_context, material, secrets_of, server_context
 
 __all__ = [
     "build_problems",
@@ -118,22 +117,23 @@ _tls_checked: OrderedDict[tuple[Any, ...], list[tuple[str, str]]] = OrderedDict(
 def tls_problems(snapshot: Snapshot) -> list[ConfigProblem]:
     """The TLS contexts of every filter chain and cluster, checked as the runtime builds them."""
     problems = []
+    secrets = secrets_of(snapshot)
     for i, listener in enumerate(snapshot.listeners):
         for j, chain in enumerate(listener.filter_chains):
             if chain.tls is not None:
-                problems += _tls(chain.tls, f"listeners[{i}].filter_chains[{j}].tls")
+                problems += _tls(chain.tls, f"listeners[{i}].filter_chains[{j}].tls", secrets)
     for i, cluster in enumerate(snapshot.clusters):
         if cluster.tls is not None:
-            problems += _tls(cluster.tls, f"clusters[{i}].tls")
+            problems += _tls(cluster.tls, f"clusters[{i}].tls", secrets)
     return problems
 
 
-def _tls(tls: TlsContext | UpstreamTls, where: str) -> list[ConfigProblem]:
+def _tls(tls: TlsContext | UpstreamTls, where: str, secrets: Secrets) -> list[ConfigProblem]:
     files = _tls_files(tls)
-    key = (tls, *(_identity(path) for _, path, _ in files))
+    key = material(tls, secrets)  # the config, the secrets it names, its files' identities
     found = _tls_checked.get(key)
     if found is None:
-        found = _check_tls(tls, files)
+        found = _check_tls(tls, files, secrets)
         _tls_checked[key] = found
         if len(_tls_checked) > _TLS_CACHE_SIZE:
             _tls_checked.popitem(last=False)
@@ -162,16 +162,8 @@ def _tls_files(tls: TlsContext | UpstreamTls) -> list[tuple[str, str, FileCheck]
     return out
 
 
-def _identity(path: str) -> tuple[str, int, int, int] | None:
-    try:
-        st = os.stat(path)  # noqa: PTH116 - one stat, its inode and times, on the apply path
-    except OSError:
-        return None
-    return path, st.st_mtime_ns, st.st_size, st.st_ino
-
-
 def _check_tls(
-    tls: TlsContext | UpstreamTls, files: list[tuple[str, str, FileCheck]]
+    tls: TlsContext | UpstreamTls, files: list[tuple[str, str, FileCheck]], secrets: Secrets
 ) -> list[tuple[str, str]]:
     """``(field, message)`` for each file that does not load alone, else for the context as a whole."""
     found = []
@@ -186,9 +178,9 @@ def _check_tls(
         return found
     try:
         if isinstance(tls, TlsContext):
-            server_context(tls)
+            server_context(tls, secrets)
         else:
-            client_context(tls)
+            client_context(tls, secrets)
     except (ssl.SSLError, OSError, ValueError) as err:
         reason = ssl_reason(err)
         if reason == "key values mismatch":
