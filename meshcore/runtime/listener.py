@@ -259,9 +259,22 @@ class ListenerRuntime:
             return False
         return True
 
+    def _forget(self) -> None:
+        """A connection counted at its accept is gone."""
+        self.active -= 1
+        if self.overload is not None:
+            self.overload.connections -= 1
+
     async def _handle(self, stream: trio.SocketStream) -> None:
-        peer_host, peer_port = stream.socket.getpeername()[:2]
-        local_port = stream.socket.getsockname()[1]
+        try:
+            peer_host, peer_port = stream.socket.getpeername()[:2]
+            local_port = stream.socket.getsockname()[1]
+        except OSError:
+            # Reset by the client between the accept and now: it has no peer address any more
+            # (ENOTCONN), and nothing to serve. This took the listener down.
+            self._forget()
+            stream.socket.close()
+            return
         peer = join_host_port(peer_host, peer_port)
         conn_id = next(_connection_ids)
         server_name = alpn = None
@@ -292,9 +305,7 @@ class ListenerRuntime:
                 )
                 await chain.handler(conn)
         finally:
-            self.active -= 1
-            if self.overload is not None:
-                self.overload.connections -= 1
+            self._forget()
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await transport.aclose()
 
