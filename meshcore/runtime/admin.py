@@ -295,7 +295,11 @@ async def serve_admin_listener(
     """Serve admin requests on connections accepted from ``listener`` (TCP or a unix socket)."""
 
     async def accepted(stream: trio.SocketStream) -> None:
-        name = stream.socket.getpeername()
+        try:
+            name = stream.socket.getpeername()
+        except OSError:  # reset by the client before it was looked at (ENOTCONN): nothing to serve
+            stream.socket.close()
+            return
         peer = join_host_port(*name[:2]) if isinstance(name, tuple) else "local"
         await answer_connection(answer, stream, peer)
 
