@@ -57,6 +57,8 @@ def _server_run(codec: Any, chunks: list[bytes], eof: bool) -> Outcome:
                 event = codec.next_event()
                 if type(event) is RequestHead:
                     seen.append(("head", event.method, event.target, event.http_version, event.headers))
+                    if event.method == b"CONNECT":  # the proxy refuses it (501) and closes
+                        return seen, None
                 elif type(event) is Data:
                     body += event.data
                 elif type(event) is EndOfMessage:

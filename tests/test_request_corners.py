@@ -194,3 +194,20 @@ async def test_curl_http2_upgrade_is_served_over_http1(nursery: trio.Nursery, co
     names = {n for n, _ in seen["headers"]}
     assert not names & {"upgrade", "http2-settings", "connection"}
     nursery.cancel_scope.cancel()
+
+
+@CODECS
+async def test_connect_is_refused_and_the_proxy_serves_on(nursery: trio.Nursery, codec: str) -> None:
+    # Found by the h1_server fuzz target: a 2xx answer to CONNECT switched h11 to a byte pipe,
+    # the response body was refused, and the connection task took the listener down.
+    proxy = await start(nursery, codec)
+    address = proxy.address("ingress")
+    for target in (b"a.test:443", b"other.test:80"):
+        raw = await raw_exchange(
+            address, b"CONNECT " + target + b" HTTP/1.1\r\nhost: " + target + b"\r\n\r\n"
+        )
+        assert status_of(raw) == 501
+    assert forwarded(proxy) == 0
+    ok = await raw_exchange(address, b"GET /x HTTP/1.1\r\nhost: a.test\r\nconnection: close\r\n\r\n")
+    assert status_of(ok) == 200
+    nursery.cancel_scope.cancel()

@@ -409,6 +409,11 @@ class _H1Session:
         await send_and_linger(self.stream, raw)
 
     def _request(self, head: RequestHead) -> Request:
+        if head.method == b"CONNECT":
+            # No tunnels over HTTP/1.1: a 2xx to CONNECT would switch the connection to a byte
+            # pipe (h11 then refused the response body, and the task crashed the listener).
+            msg = "CONNECT is not supported"
+            raise ProtocolError(msg, status=501)
         authority = upgrade = connection = b""
         target = head.target
         headers = []
