@@ -304,6 +304,10 @@ class ListenerRuntime:
                     tls=tls,
                 )
                 await chain.handler(conn)
+        except Exception:
+            # A bug (a filter's, or ours) ends this connection, never the listener and the
+            # proxy with it. Cancellation is a BaseException: it goes through.
+            log.exception("connection_crashed", listener=self.config.name)
         finally:
             self._forget()
             with trio.CancelScope(shield=True), trio.move_on_after(1):
