@@ -131,6 +131,11 @@ class FaultFilter:
         self._abort = _Abort(abort.http_status, abort.grpc_status) if abort is not None else None
         self._abort_pct = abort.percentage if abort is not None else 0.0
         self._headers = config.header_control
+        # The connection manager removes x-meshcore-* headers of clients outside the mesh,
+        # except those a filter reads on purpose: header control is such a purpose.
+        self.trusted_request_headers: tuple[bytes, ...] = (
+            (b"x-meshcore-fault-*",) if config.header_control else ()
+        )
         self._max_header_ms = int(float(config.max_header_delay) * 1000)
         self._max_active = config.max_active_faults
         self._active = 0

@@ -33,6 +33,10 @@ class RouterConfig:
 
     add_forwarded_headers: bool = True
     """Append the client address to ``x-forwarded-for`` and set ``x-forwarded-proto``."""
+    internal_response_headers: tuple[str, ...] = ()
+    """``x-meshcore-*`` headers of upstream responses let through to the client (``*`` at
+    the end: a prefix). The others are removed, unless the upstream is a mesh peer (its
+    cluster verifies the upstream's SPIFFE ID)."""
 
 
 def _local(request: Request, flag: ResponseFlag, message: str | None = None) -> Response:
@@ -67,6 +71,7 @@ class Router:
     def __init__(self, config: RouterConfig, context: FilterContext) -> None:
         self._clusters = context.clusters
         self._forwarded = config.add_forwarded_headers
+        self._internal_allowed = tuple(h.lower().encode("latin-1") for h in config.internal_response_headers)
 
     async def __call__(self, request: Request, _call_next: HttpHandler) -> Response:
         """Serve ``request`` along its route (terminal: ``_call_next`` is not called)."""
@@ -83,21 +88,45 @@ class Router:
             return _local(
                 request, ResponseFlag.NO_CLUSTER_FOUND, f"no cluster {name!r} for route {route.name!r}"
             )
+        original = request.info.metadata.get("original_path")
+        if original is not None and action.prefix_rewrite is None and action.regex_rewrite is None:
+            request.path = original  # path_normalization.forward: original
         route.rewrite_request(request)  # path, host and header edits (check-routes predicts the same)
         headers = request.headers
         if self._forwarded:
             headers.add(b"x-forwarded-for", split_host_port(request.info.downstream_address)[0])
-            headers.set(b"x-forwarded-proto", request.scheme)
+            if b"x-forwarded-proto" not in headers:  # the connection manager sets it from the transport
+                headers.set(b"x-forwarded-proto", request.scheme)
         try:
             response = await cluster.send(request, timeout=_timeout(request, action.timeout))
         except UpstreamError as err:
             log.info("upstream_failed", route=route.name, cluster=name, flags=err.flag.value, reason=str(err))
             return _local(request, err.flag)
+        if not _is_mesh_peer(cluster):
+            response.headers.raw = _strip_internal(response.headers.raw, self._internal_allowed)
         for header in action.response_headers_to_remove:
             response.headers.remove(header)
         for header, value in action.response_headers_to_add.items():
             response.headers.add(header, value)
         return response
+
+
+def _is_mesh_peer(cluster: Any) -> bool:
+    """Whether the cluster's endpoints are proxies of the mesh: it verifies their SPIFFE IDs."""
+    tls = cluster.config.tls
+    return bool(tls is not None and getattr(tls, "peer_identities", ()))
+
+
+def _strip_internal(raw: list[tuple[bytes, bytes]], allowed: tuple[bytes, ...]) -> list[tuple[bytes, bytes]]:
+    """``raw`` without the mesh's own ``x-meshcore-*`` headers, except ``allowed`` ones."""
+    if not any(name.startswith(b"x-meshcore-") for name, _ in raw):
+        return raw
+    return [
+        (name, value)
+        for name, value in raw
+        if not name.startswith(b"x-meshcore-")
+        or any(name == a or (a.endswith(b"*") and name.startswith(a[:-1])) for a in allowed)
+    ]
 
 
 def _answer_here(request: Request, route: MatchedRoute) -> Response | None:

@@ -50,7 +50,9 @@ class ResponseFlag(enum.Enum):
     OVERLOAD = ("OM", "the overload manager shed the request (memory past its threshold)", 503)
     FAULT_INJECTED = ("FI", "a fault filter aborted the request", 0)
     DELAY_INJECTED = ("DI", "a fault filter delayed the request", 0)
-    UNAUTHORIZED = ("UAEX", "an authorization filter denied the request", 403)
+    UNAUTHORIZED = ("UAEX", "an external authorization service denied the request", 403)
+    RBAC_DENIED = ("RBAC", "denied by an authorization policy", 403)
+    JWT_REJECTED = ("JWT", "the request's JWT is missing, invalid or not accepted", 401)
     UPGRADE_REJECTED = ("UPG", "the route does not allow the HTTP upgrade the client asked for", 403)
     DIRECT_RESPONSE = ("DR", "the route answered directly (direct response or redirect)", 0)
 

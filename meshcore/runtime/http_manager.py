@@ -25,6 +25,7 @@ from meshcore.connection import Connection
 from meshcore.errors import ProtocolError
 from meshcore.flags import ResponseFlag
 from meshcore.http.codec import CLOSED, NEED_DATA, Data, EndOfMessage, RequestHead
+from meshcore.http.edge import EdgePolicy
 from meshcore.http.grpc import grpc_local_reply, grpc_message_of, grpc_status_of, is_grpc
 from meshcore.http.h1 import H11ServerCodec
 from meshcore.http.h1fast import FastServerCodec
@@ -95,6 +96,9 @@ class HttpConnectionManager:
         self.chains = HttpChains(config.http_filters, config.route_config, context)
         """The filter chains and route table, replaced whole when only the route table changes
         (see prepare_snapshot); a request reads it once, when it is dispatched."""
+        trusted = [name for f in self.chains.filters for name in getattr(f, "trusted_request_headers", ())]
+        self.edge = EdgePolicy.from_config(config, trusted)
+        """Path normalisation and header hygiene, before routing (meshcore/http/edge.py)."""
         stats = context.stats
         labels = {"listener": self.listener}
         self.stat_rq_total = stats.counter("http_downstream_rq_total", **labels)
@@ -207,6 +211,9 @@ class HttpConnectionManager:
         """Match the route, run the filter chain; never raises for a bad request or filter bug."""
         self.stat_rq_total.value += 1
         self.stat_rq_active.value += 1
+        refused = self.edge.prepare(request)  # path normalisation, header hygiene
+        if refused is not None:
+            return refused
         chains = self.chains
         route: CompiledRoute | None = chains.routes.match(request)
         chain = chains.chain

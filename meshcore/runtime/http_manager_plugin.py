@@ -56,6 +56,49 @@ class Http2Settings:
 
 
 @attrs.frozen(kw_only=True)
+class PathNormalization:
+    """How request paths are normalised before routing and filters (see docs/security.md).
+
+    The defaults follow Envoy's advice for proxies at an edge of trust: RFC 3986 dot
+    segments removed, slashes merged, encoded unreserved characters decoded, encoded
+    slashes refused.
+    """
+
+    enabled: bool = True
+    """Normalise paths at all. Off: routes and filters see paths as clients wrote them."""
+    merge_slashes: bool = True
+    """Merge runs of slashes (``//admin`` is ``/admin``)."""
+    escaped_slashes: Literal["reject", "keep", "decode"] = "reject"
+    """``%2F`` and ``%5C``: ``reject`` with 400, ``keep`` encoded (not a separator), or
+    ``decode`` into ``/``."""
+    forward: Literal["normalized", "original"] = "normalized"
+    """What the upstream receives: the normalised path, or the path as the client wrote it
+    (routing and filters still see the normalised one; a route that rewrites the path
+    rewrites the normalised one)."""
+
+
+@attrs.frozen(kw_only=True)
+class TrustSettings:
+    """Header hygiene at the edge of trust: what clients outside the mesh may tell upstreams."""
+
+    xff_trusted_hops: int = attrs.field(default=0, validator=at_least(0))
+    """Proxies in front of this one trusted to set ``x-forwarded-for``. 0: a client's own
+    ``x-forwarded-for`` is dropped (the upstream sees the client's address alone)."""
+    mesh_trust_domains: tuple[str, ...] = ()
+    """Trust domains whose SPIFFE IDs make a client a mesh peer, whose ``x-forwarded-*``
+    and ``x-meshcore-*`` headers are kept. Empty: any verified SPIFFE ID."""
+    forward_client_cert: Literal["sanitize_set", "sanitize", "append_forward", "forward_only"] = (
+        "sanitize_set"
+    )
+    """``x-forwarded-client-cert`` from clients outside the mesh: ``sanitize_set`` (drop
+    theirs, describe their verified certificate), ``sanitize`` (drop), ``append_forward``
+    (keep, append), ``forward_only`` (keep)."""
+    internal_headers: tuple[str, ...] = ()
+    """``x-meshcore-*`` headers clients outside the mesh may send (``x-meshcore-fault-*``:
+    a prefix). Others are removed."""
+
+
+@attrs.frozen(kw_only=True)
 class HttpConnectionManagerConfig:
     """Config of ``http_connection_manager``."""
 
@@ -83,6 +126,8 @@ class HttpConnectionManagerConfig:
     http_protocol: Literal["auto", "http1", "http2"] = "auto"
     """auto: HTTP/2 by ALPN or prior knowledge, else HTTP/1.1."""
     http2: Http2Settings = Http2Settings()
+    path_normalization: PathNormalization = PathNormalization()
+    trust: TrustSettings = TrustSettings()
 
 
 @hookimpl
