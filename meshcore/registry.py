@@ -47,6 +47,9 @@ BUILTIN_PLUGINS = (
     "meshcore.filters.fault",
     "meshcore.filters.local_ratelimit",
     "meshcore.filters.load_balancers",
+    "meshcore.filters.ext_authz",
+    "meshcore.filters.authz",
+    "meshcore.filters.jwt_authn",
     "meshcore.plugins.file_source",
 )
 
