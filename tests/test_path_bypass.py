@@ -108,14 +108,16 @@ def names_admin(path: str) -> bool:
     return plain == "/admin" or plain.startswith(("/admin/", "/admin;"))
 
 
-async def h2_get(address: tuple[str, int], target: str) -> tuple[int, dict[str, str], bytes]:
-    """GET ``target`` over HTTP/2 with prior knowledge, the :path sent exactly as given."""
+async def h2_get(
+    address: tuple[str, int], target: str, *, scheme: bytes = b"http"
+) -> tuple[int, dict[str, str], bytes]:
+    """GET ``target`` over HTTP/2 with prior knowledge, the :path (and :scheme) sent exactly as given."""
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
     conn.initiate_connection()
     stream_id = conn.get_next_available_stream_id()
     conn.send_headers(
         stream_id,
-        [(b":method", b"GET"), (b":path", target.encode()), (b":scheme", b"http"), (b":authority", b"x")],
+        [(b":method", b"GET"), (b":path", target.encode()), (b":scheme", scheme), (b":authority", b"x")],
         end_stream=True,
     )
     headers: dict[str, str] = {}
