@@ -40,7 +40,16 @@ from jwt.exceptions import (
 )
 
 import meshcore
-from meshcore import Duration, FilterContext, HttpHandler, Request, Response, ResponseFlag, non_empty
+from meshcore import (
+    Duration,
+    FilterContext,
+    HttpHandler,
+    Request,
+    Response,
+    ResponseFlag,
+    SecretStr,
+    non_empty,
+)
 from meshcore.filters.jwks import KeySet, RemoteJwks, shared_key_sets
 
 log = structlog.get_logger("meshcore.jwt_authn")
@@ -71,8 +80,8 @@ class JwtProvider:
     issuer: str = attrs.field(validator=non_empty)
     audiences: tuple[str, ...] = ()
     """Accepted ``aud`` values; empty: any (the ``aud`` claim is not checked)."""
-    jwks: str | None = None
-    """The keys, inline as JWKS JSON."""
+    jwks: SecretStr | None = None
+    """The keys, inline as JWKS JSON (a secret: an ``oct`` key is one; never in /config_dump)."""
     jwks_file: str | None = None
     """The keys, from a JWKS file (read when the Snapshot is built)."""
     remote_jwks: RemoteJwks | None = None
