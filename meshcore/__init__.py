@@ -57,6 +57,7 @@ from meshcore.http.messages import (
     Upgraded,
 )
 from meshcore.plugin import (
+    CertificateAuthorityType,
     ConfigSourceType,
     HttpFilterType,
     LbPolicyType,
@@ -82,6 +83,7 @@ __all__ = [
     "Body",
     "ByteSize",
     "Catalog",
+    "CertificateAuthorityType",
     "Cluster",
     "ConfigError",
     "ConfigProblem",

@@ -14,6 +14,7 @@ import trio
 import yaml
 
 import meshcore
+from meshcore.cli_ca import add_ca_parser
 from meshcore.cli_demo import cmd_demo
 from meshcore.config import CONFIG_SUFFIXES, parse_document
 from meshcore.errors import ConfigError, ConfigProblem
@@ -413,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-c", "--config", default="examples/http-proxy.yaml", metavar="FILE", help="the proxy config to run"
     )
     demo.set_defaults(func=cmd_demo)
+    add_ca_parser(commands)
     return parser
 
 

@@ -40,7 +40,14 @@ import attrs
 from meshcore.config.model import Cluster, RouteConfiguration, Snapshot
 from meshcore.config.structure import HttpFilterRef, LbPolicyRef, NetworkFilterRef, PluginRef
 from meshcore.config.units import Address, ByteSize, Duration, SecretStr, format_duration
-from meshcore.plugin import ConfigSourceType, HttpFilterType, LbPolicyType, NetworkFilterType, PluginType
+from meshcore.plugin import (
+    CertificateAuthorityType,
+    ConfigSourceType,
+    HttpFilterType,
+    LbPolicyType,
+    NetworkFilterType,
+    PluginType,
+)
 from meshcore.registry import Registry, build_registry
 
 __all__ = ["field_docs", "main", "render_class", "render_config_reference"]
@@ -88,6 +95,15 @@ _PLUGIN_KINDS: tuple[tuple[str, str, str, str], ...] = (
         (
             "Where a proxy's Snapshots come from. `meshcore proxy -c FILE` runs the `file` source "
             "with `path: FILE`."
+        ),
+    ),
+    (
+        CertificateAuthorityType.kind,
+        "Certificate authorities",
+        "config-certificate-authorities",
+        (
+            "What signs workload certificates: the `ca:` section of the control plane's config, "
+            "`ca: {meshcore: {directory: /var/lib/meshcore/ca, trust_domain: cluster.local}}`."
         ),
     ),
 )

@@ -19,9 +19,16 @@ from meshcore.plugin import hookspec
 if TYPE_CHECKING:
     from meshcore.config import Snapshot
     from meshcore.errors import ConfigProblem
-    from meshcore.plugin import ConfigSourceType, HttpFilterType, LbPolicyType, NetworkFilterType
+    from meshcore.plugin import (
+        CertificateAuthorityType,
+        ConfigSourceType,
+        HttpFilterType,
+        LbPolicyType,
+        NetworkFilterType,
+    )
 
 __all__ = [
+    "meshcore_certificate_authorities",
     "meshcore_config_sources",
     "meshcore_http_filters",
     "meshcore_lb_policies",
@@ -66,6 +73,16 @@ def meshcore_config_sources() -> Sequence[ConfigSourceType]:
     """Return the config sources this plugin provides (``file``, a control-plane client, ...).
 
     Called once when the registry is built. Each name must be unique across all plugins.
+    """
+    raise NotImplementedError
+
+
+@hookspec
+def meshcore_certificate_authorities() -> Sequence[CertificateAuthorityType]:
+    """Return the certificate authorities this plugin provides (the built-in CA, an external one).
+
+    Called once when the registry is built. Each name must be unique across all plugins.
+    The control plane's ``ca:`` config names the one it signs workload certificates with.
     """
     raise NotImplementedError
 

@@ -14,6 +14,7 @@ import attrs
 import pluggy
 
 __all__ = [
+    "CertificateAuthorityType",
     "ConfigSourceType",
     "HttpFilterType",
     "LbPolicyType",
@@ -94,3 +95,16 @@ class ConfigSourceType(PluginType):
     """
 
     kind: ClassVar[str] = "config_source"
+
+
+@attrs.frozen(kw_only=True)
+class CertificateAuthorityType(PluginType):
+    """A certificate authority: ``factory(config)`` returns a signer of workload certificates.
+
+    What it returns has ``sign(csr_pem: bytes, spiffe_id: str)`` (a signed certificate with
+    ``certificate_chain``, ``trusted_ca`` and ``not_after``) and ``trust_bundle() -> str``:
+    the control plane's ``Signer`` protocol. The control plane calls it when a sidecar
+    sends a CSR; an external CA (Vault, a cloud CA) plugs in here.
+    """
+
+    kind: ClassVar[str] = "certificate_authority"

@@ -25,6 +25,7 @@ from meshcore.config.typecheck import config_type_problems
 from meshcore.errors import ConfigProblem
 from meshcore.plugin import (
     PROJECT,
+    CertificateAuthorityType,
     ConfigSourceType,
     HttpFilterType,
     LbPolicyType,
@@ -51,6 +52,7 @@ BUILTIN_PLUGINS = (
     "meshcore.filters.authz",
     "meshcore.filters.jwt_authn",
     "meshcore.plugins.file_source",
+    "meshcore.plugins.ca",
 )
 
 # hook name -> descriptor class it must return
@@ -59,6 +61,7 @@ _REGISTRATION_HOOKS: Mapping[str, type[PluginType]] = {
     "meshcore_http_filters": HttpFilterType,
     "meshcore_lb_policies": LbPolicyType,
     "meshcore_config_sources": ConfigSourceType,
+    "meshcore_certificate_authorities": CertificateAuthorityType,
 }
 KINDS = tuple(cls.kind for cls in _REGISTRATION_HOOKS.values())
 

@@ -333,7 +333,10 @@ class ListenerRuntime:
             with trio.fail_after(TLS_HANDSHAKE_TIMEOUT):
                 await tls_stream.do_handshake()
         except (trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError) as err:
-            log.info("tls_handshake_failed", listener=self.config.name, reason=str(err) or type(err).__name__)
+            cause = err.__cause__ or err  # trio wraps the ssl.SSLError that says why (an expired certificate)
+            log.info(
+                "tls_handshake_failed", listener=self.config.name, reason=str(cause) or type(cause).__name__
+            )
             return None
         finally:
             _SNI_SEEN.reset(token)

@@ -1,0 +1,518 @@
+"""The ``meshcore`` certificate authority: short-lived SPIFFE workload certificates from CSRs.
+
+Proxies generate their own keys and send certificate signing requests; the CA checks
+each CSR's signature and that it asks for no identity but the one its caller has proven
+(``spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT``), and signs a certificate
+with that SPIFFE ID as its only subject alternative name, valid ``workload_lifetime``
+(24 h by default, down to a second), for both TLS server and client authentication.
+Private keys never reach it.
+
+Two ways to run it (built on ``cryptography``; no hand-written crypto):
+
+- **its own root** (the default): a self-signed root is created in ``directory`` on first
+  use (EC P-256, ``root_lifetime``) and signs workload certificates directly;
+- **under your root** (Istio's "plug-in CA"): ``ca_certificate_file`` and
+  ``ca_private_key_file`` hold an intermediate CA issued by a root you keep offline,
+  ``root_certificate_file`` that root (or several, during a rotation), and
+  ``certificate_chain_file`` the intermediates between them if there are more than one.
+  :func:`create_intermediate` makes such an intermediate from a root and its key.
+
+The trust bundle (what proxies verify peers against) holds every trusted root, so a root
+can be rotated with overlap. With its own root, a rotation is three steps on the CA's
+directory (``meshcore ca rotate-root DIR --step prepare|activate|finish``, see
+docs/security.md): *prepare* adds a new root to the bundle (certificates are still signed
+by the old one), *activate* signs with the new root once every proxy trusts it, *finish*
+drops the old root once no certificate it signed is still valid. The CA re-reads its
+directory on :meth:`LocalCA.reload`, so a control plane takes each step without a restart.
+
+Registered through ``meshcore_certificate_authorities`` as ``meshcore``: a third-party CA
+(Vault, a cloud CA) registers the same way, and is chosen by name in the control plane's
+``ca:`` section.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+import structlog
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+import meshcore
+from meshcore import Duration, non_empty
+
+__all__ = [
+    "CaConfig",
+    "CsrRejectedError",
+    "LocalCA",
+    "SignedCertificate",
+    "create_intermediate",
+    "create_root",
+    "make_csr",
+    "spiffe_id",
+]
+
+log = structlog.get_logger("meshcore.ca")
+
+SPIFFE_ID: Final = re.compile(r"^spiffe://([a-z0-9._-]+)/ns/([A-Za-z0-9._-]+)/sa/([A-Za-z0-9._-]+)$")
+_STATE: Final = "state.json"
+_BACKDATE: Final = 60.0  # seconds a certificate's validity starts before its issue (clock skew)
+_MIN_RSA_BITS: Final = 2048
+
+
+def spiffe_id(trust_domain: str, namespace: str, service_account: str) -> str:
+    """``spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT``."""
+    return f"spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
+
+
+class CsrRejectedError(ValueError):
+    """A certificate signing request the CA will not sign; the message says why."""
+
+
+@attrs.frozen
+class SignedCertificate:
+    """A signed workload certificate, as the control plane delivers it.
+
+    Attributes:
+        certificate_chain: PEM: the workload certificate, then the intermediates up to a root.
+        trusted_ca: PEM: every root of the trust bundle.
+        not_after: when the certificate expires (POSIX time).
+    """
+
+    certificate_chain: str
+    trusted_ca: str
+    not_after: float
+
+
+def _valid_lifetime(_instance: Any, attribute: attrs.Attribute[Any], value: Duration) -> None:
+    if float(value) < 1:
+        msg = f"{attribute.name} must be at least 1s, got {float(value):g}s"
+        raise ValueError(msg)
+
+
+@attrs.frozen(kw_only=True)
+class CaConfig:
+    """Config of the ``meshcore`` certificate authority."""
+
+    directory: str = attrs.field(validator=non_empty)
+    """Where the CA keeps its roots and its state (created if missing; keep it private)."""
+    trust_domain: str = attrs.field(default="cluster.local", validator=non_empty)
+    """The SPIFFE trust domain of the identities it signs."""
+    workload_lifetime: Duration = attrs.field(default=Duration(24 * 3600), validator=_valid_lifetime)
+    """How long a workload certificate is valid (proxies renew at about half of it)."""
+    root_lifetime: Duration = attrs.field(default=Duration(10 * 365 * 24 * 3600), validator=_valid_lifetime)
+    """How long a root it creates is valid."""
+    ca_certificate_file: str | None = None
+    """Plug-in mode: the intermediate CA certificate that signs (issued by your root)."""
+    ca_private_key_file: str | None = None
+    """Plug-in mode: its private key."""
+    root_certificate_file: str | None = None
+    """Plug-in mode: your root certificate(s), the trust bundle."""
+    certificate_chain_file: str | None = None
+    """Plug-in mode: intermediates between the signing CA and the root, if any."""
+
+    def __attrs_post_init__(self) -> None:
+        plug_in = [self.ca_certificate_file, self.ca_private_key_file, self.root_certificate_file]
+        if any(f is not None for f in plug_in) and not all(f is not None for f in plug_in):
+            msg = "a plug-in CA needs ca_certificate_file, ca_private_key_file and root_certificate_file"
+            raise ValueError(msg)
+
+
+# -- building certificates -------------------------------------------------------------------
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _pem(cert: x509.Certificate) -> str:
+    return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _ca_certificate(
+    subject: x509.Name,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: x509.Certificate | None,
+    issuer_key: Any,
+    lifetime: float,
+    path_length: int | None,
+) -> x509.Certificate:
+    now = _now()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer.subject if issuer is not None else subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(seconds=_BACKDATE))
+        .not_valid_after(now + dt.timedelta(seconds=lifetime))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
+    if issuer is not None:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key()),  # type: ignore[arg-type]
+            critical=False,
+        )
+    return builder.sign(issuer_key if issuer is not None else key, hashes.SHA256())
+
+
+def create_root(trust_domain: str, lifetime: float, name: str = "meshcore root") -> tuple[str, bytes]:
+    """A new self-signed root CA for ``trust_domain``: (certificate PEM, private key PEM)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, trust_domain),
+            x509.NameAttribute(NameOID.COMMON_NAME, name),
+        ]
+    )
+    return _pem(_ca_certificate(subject, key, None, None, lifetime, None)), _key_pem(key)
+
+
+def create_intermediate(
+    root_certificate_pem: bytes, root_key_pem: bytes, trust_domain: str, lifetime: float
+) -> tuple[str, bytes]:
+    """An intermediate CA signed by a root you hold: (certificate PEM, private key PEM).
+
+    For the plug-in mode: the root's key is needed here only, never by the CA.
+    """
+    root = x509.load_pem_x509_certificate(root_certificate_pem)
+    root_key = serialization.load_pem_private_key(root_key_pem, password=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, trust_domain),
+            x509.NameAttribute(NameOID.COMMON_NAME, "meshcore intermediate"),
+        ]
+    )
+    return _pem(_ca_certificate(subject, key, root, root_key, lifetime, 0)), _key_pem(key)
+
+
+def make_csr(identity: str) -> tuple[bytes, bytes]:
+    """A new EC P-256 key and a CSR for SPIFFE ID ``identity``: (CSR PEM, private key PEM).
+
+    What a proxy does before asking for a certificate; the key stays with the caller.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity)]), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return csr.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+
+
+def _check_public_key(csr: x509.CertificateSigningRequest) -> None:
+    key = csr.public_key()
+    if isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < _MIN_RSA_BITS:
+            msg = f"the CSR's RSA key has {key.key_size} bits, fewer than {_MIN_RSA_BITS}"
+            raise CsrRejectedError(msg)
+    elif isinstance(key, ec.EllipticCurvePublicKey):
+        if key.curve.name not in ("secp256r1", "secp384r1"):
+            msg = f"the CSR's EC key is on curve {key.curve.name}, not P-256 or P-384"
+            raise CsrRejectedError(msg)
+    elif not isinstance(key, ed25519.Ed25519PublicKey):
+        msg = f"the CSR's key type ({type(key).__name__}) is not RSA, EC or Ed25519"
+        raise CsrRejectedError(msg)
+
+
+def check_csr(csr_pem: bytes, identity: str, trust_domain: str) -> x509.CertificateSigningRequest:
+    """The CSR of ``csr_pem`` if it may be signed for ``identity``; CsrRejectedError if not.
+
+    Its signature must verify (the requester holds the key); it may ask for no subject
+    alternative name other than ``identity`` (none at all is fine: the CA puts it in);
+    ``identity`` must be a SPIFFE ID of ``trust_domain``.
+    """
+    match = SPIFFE_ID.match(identity)
+    if match is None:
+        msg = f"{identity!r} is not a workload SPIFFE ID (spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/ACCOUNT)"
+        raise CsrRejectedError(msg)
+    if match.group(1) != trust_domain:
+        msg = f"{identity!r} is not in trust domain {trust_domain!r}"
+        raise CsrRejectedError(msg)
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError as err:
+        msg = f"not a PEM certificate signing request: {err}"
+        raise CsrRejectedError(msg) from None
+    if not csr.is_signature_valid:
+        msg = "the CSR's signature does not verify: the requester does not hold its key"
+        raise CsrRejectedError(msg)
+    _check_public_key(csr)
+    try:
+        sans = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return csr
+    asked = [str(name.value) for name in sans]
+    if asked != [identity] or not all(isinstance(n, x509.UniformResourceIdentifier) for n in sans):
+        msg = f"the CSR asks for {', '.join(asked) or 'nothing'}; the caller may claim {identity} only"
+        raise CsrRejectedError(msg)
+    return csr
+
+
+def _load_certificates(path: str) -> list[x509.Certificate]:
+    data = Path(path).read_bytes()
+    return x509.load_pem_x509_certificates(data)
+
+
+# -- the CA ----------------------------------------------------------------------------------
+
+
+class LocalCA:
+    """The ``meshcore`` CA (see the module docstring). Satisfies the control plane's ``Signer``.
+
+    Args:
+        config: where it lives and what it signs.
+
+    Raises:
+        ValueError: the plug-in files cannot be read or do not fit together.
+    """
+
+    def __init__(self, config: CaConfig) -> None:
+        self.config = config
+        self.directory = Path(config.directory)
+        self._signer: x509.Certificate | None = None
+        self._signer_key: Any = None
+        self._chain: list[x509.Certificate] = []
+        self._bundle: list[x509.Certificate] = []
+        self.reload()
+
+    # -- state on disk -------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Read the signing CA and the trust bundle again (after a rotation step)."""
+        if self.config.ca_certificate_file is not None:
+            self._load_plug_in()
+        else:
+            self._load_own()
+        log.info(
+            "ca_loaded",
+            trust_domain=self.config.trust_domain,
+            roots=len(self._bundle),
+            signer=self._signer.subject.rfc4514_string() if self._signer is not None else None,
+        )
+
+    def _load_plug_in(self) -> None:
+        config = self.config
+        assert config.ca_certificate_file is not None  # noqa: S101 - plug-in mode
+        assert config.ca_private_key_file is not None  # noqa: S101
+        assert config.root_certificate_file is not None  # noqa: S101
+        try:
+            signer = _load_certificates(config.ca_certificate_file)[0]
+            key = serialization.load_pem_private_key(
+                Path(config.ca_private_key_file).read_bytes(), password=None
+            )
+            roots = _load_certificates(config.root_certificate_file)
+            chain = _load_certificates(config.certificate_chain_file) if config.certificate_chain_file else []
+        except (OSError, ValueError, IndexError) as err:
+            msg = f"cannot load the plug-in CA files: {err}"
+            raise ValueError(msg) from err
+        self._check_issued_by_bundle(signer, chain, roots)
+        self._signer, self._signer_key, self._chain, self._bundle = signer, key, chain, roots
+
+    def _check_issued_by_bundle(
+        self, signer: x509.Certificate, chain: list[x509.Certificate], roots: list[x509.Certificate]
+    ) -> None:
+        top = chain[-1] if chain else signer
+        for root in roots:
+            try:
+                top.verify_directly_issued_by(root)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            return
+        msg = "ca_certificate_file (or the top of certificate_chain_file) is not issued by a root of root_certificate_file"
+        raise ValueError(msg)
+
+    def _state(self) -> dict[str, Any]:
+        path = self.directory / _STATE
+        if path.exists():
+            state: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+            return state
+        return {"roots": [], "signing": None}
+
+    def _save_state(self, state: dict[str, Any]) -> None:
+        path = self.directory / _STATE
+        partial = path.with_suffix(".tmp")
+        partial.write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+        partial.replace(path)  # atomic: a CA reading meanwhile sees the old state or the new
+
+    def _new_root(self, state: dict[str, Any]) -> int:
+        number = max(state["roots"], default=0) + 1
+        cert, key = create_root(
+            self.config.trust_domain, float(self.config.root_lifetime), f"meshcore root {number}"
+        )
+        key_path = self.directory / f"root-{number}.key"
+        key_path.write_bytes(key)
+        key_path.chmod(0o600)
+        (self.directory / f"root-{number}.pem").write_text(cert, encoding="ascii")
+        state["roots"].append(number)
+        return number
+
+    def _load_own(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        state = self._state()
+        if not state["roots"]:
+            state["signing"] = self._new_root(state)
+            self._save_state(state)
+            log.info("ca_root_created", directory=str(self.directory), root=state["signing"])
+        number = state["signing"]
+        self._signer = _load_certificates(str(self.directory / f"root-{number}.pem"))[0]
+        self._signer_key = serialization.load_pem_private_key(
+            (self.directory / f"root-{number}.key").read_bytes(), password=None
+        )
+        self._chain = []
+        self._bundle = [_load_certificates(str(self.directory / f"root-{n}.pem"))[0] for n in state["roots"]]
+
+    # -- root rotation (own root) ----------------------------------------------------------------
+
+    def rotation_step(self, step: str) -> str:
+        """One step of a root rotation: ``prepare``, ``activate`` or ``finish``; what it did.
+
+        Raises:
+            ValueError: the step does not follow the one before, or the CA is a plug-in CA
+                (rotate your root by updating root_certificate_file, then the intermediate).
+        """
+        if self.config.ca_certificate_file is not None:
+            msg = "a plug-in CA's root is yours: add the new root to root_certificate_file, then replace the intermediate"
+            raise ValueError(msg)
+        state = self._state()
+        roots, signing = state["roots"], state["signing"]
+        if step == "prepare":
+            if len(roots) > 1:
+                msg = f"a rotation is under way (trusted roots {roots}, signing with {signing}): activate or finish it"
+                raise ValueError(msg)
+            number = self._new_root(state)
+            done = f"root {number} created and trusted; still signing with root {signing}"
+        elif step == "activate":
+            newest = max(roots)
+            if newest == signing:
+                msg = "nothing to activate: run the prepare step first"
+                raise ValueError(msg)
+            state["signing"] = newest
+            done = f"signing with root {newest}; root(s) {[r for r in roots if r != newest]} still trusted"
+        elif step == "finish":
+            if len(roots) == 1 or max(roots) != signing:
+                msg = "nothing to finish: prepare and activate first"
+                raise ValueError(msg)
+            state["roots"] = [signing]
+            done = f"only root {signing} is trusted now"
+        else:
+            msg = f"unknown rotation step {step!r} (prepare, activate, finish)"
+            raise ValueError(msg)
+        self._save_state(state)
+        self.reload()
+        log.info("ca_root_rotation_step", step=step, result=done)
+        return done
+
+    # -- the Signer protocol ---------------------------------------------------------------------
+
+    def trust_bundle(self) -> str:
+        """PEM of every trusted root."""
+        return "".join(_pem(root) for root in self._bundle)
+
+    def sign(self, csr_pem: bytes, spiffe_id: str) -> SignedCertificate:
+        """A workload certificate for ``spiffe_id`` from ``csr_pem``; CsrRejectedError if it may not.
+
+        ``spiffe_id`` is the identity the caller has proven (a bootstrap token, or the
+        SPIFFE ID of its current certificate): the CSR may ask for it and nothing else.
+        """
+        csr = check_csr(csr_pem, spiffe_id, self.config.trust_domain)
+        signer, key = self._signer, self._signer_key
+        assert signer is not None  # noqa: S101 - loaded by reload()
+        now = _now()
+        not_after = min(
+            now + dt.timedelta(seconds=float(self.config.workload_lifetime)), signer.not_valid_after_utc
+        )
+        backdate = min(_BACKDATE, float(self.config.workload_lifetime))
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([]))
+            .issuer_name(signer.subject)
+            .public_key(csr.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(seconds=backdate))
+            .not_valid_after(not_after)
+            .add_extension(
+                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]), critical=True
+            )
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=True,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False,
+            )
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()),  # type: ignore[arg-type]
+                critical=False,
+            )
+            .sign(key, hashes.SHA256())
+        )
+        plug_in = self.config.ca_certificate_file is not None
+        chain = [cert, signer, *self._chain] if plug_in else [cert]  # an own root is in the bundle
+        log.info(
+            "certificate_signed",
+            spiffe_id=spiffe_id,
+            not_after=not_after.isoformat(),
+            serial=cert.serial_number,
+        )
+        return SignedCertificate(
+            certificate_chain="".join(_pem(c) for c in chain),
+            trusted_ca=self.trust_bundle(),
+            not_after=not_after.timestamp(),
+        )
+
+
+@meshcore.hookimpl
+def meshcore_certificate_authorities() -> list[meshcore.CertificateAuthorityType]:
+    """Register the ``meshcore`` CA."""
+    return [
+        meshcore.CertificateAuthorityType(
+            name="meshcore",
+            factory=LocalCA,
+            config=CaConfig,
+            description="signs short-lived SPIFFE workload certificates with its own root or under yours",
+        )
+    ]
