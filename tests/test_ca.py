@@ -97,7 +97,11 @@ def csr_with(names: list[x509.GeneralName], key: object = None) -> bytes:
         (make_csr(ID)[0], "spiffe://other.domain/ns/shop/sa/frontend", "not in trust domain"),
         (make_csr(ID)[0], "spiffe://cluster.local/shop/frontend", "not a workload SPIFFE ID"),
         (b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n", ID, "not a PEM"),
-        (csr_with([], rsa.generate_private_key(public_exponent=65537, key_size=1024)), ID, "fewer than 2048"),
+        (
+            csr_with([], rsa.generate_private_key(public_exponent=65537, key_size=1024)),  # noqa: S505 - refused on purpose
+            ID,
+            "fewer than 2048",
+        ),
     ],
     ids=[
         "other identity",
@@ -148,7 +152,7 @@ def test_plug_in_mode_signs_under_the_users_root(tmp_path: Path) -> None:
     (tmp_path / "root-cert.pem").write_text(other_root)
     with pytest.raises(ValueError, match="not issued by a root of root_certificate_file"):
         LocalCA(config)
-    with pytest.raises(ValueError, match="rotate your root|a plug-in CA's root is yours"):
+    with pytest.raises(ValueError, match=r"a plug-in CA's root is yours"):
         ca.rotation_step("prepare")
 
 

@@ -103,7 +103,7 @@ async def run(*command: str, stdin: bytes = b"") -> tuple[int, str]:
 
 
 def pin(cert: Path) -> str:
-    """curl's --pinnedpubkey for the first certificate of ``cert``."""
+    """The ``--pinnedpubkey`` value (for curl) of the first certificate of ``cert``."""
     leaf = x509.load_pem_x509_certificates(cert.read_bytes())[0]
     spki = leaf.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
