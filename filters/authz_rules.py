@@ -1,4 +1,4 @@
-"""The rules of the ``authz`` filter: config classes in Istio's vocabulary, compiled once per Snapshot.
+"""The rules of the ``authz`` filter (see :mod:`meshcore.filters.authz_model`), compiled once per Snapshot.
 
 An ``AuthorizationPolicy``'s ``rules`` read the same here, field names in snake case
 (``notPaths`` is ``not_paths``). A rule matches when each of its parts does: ``from``
@@ -19,9 +19,18 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
-import attrs
-
 from meshcore import Connection, Request
+from meshcore.filters.authz_model import (
+    CLAIM_KEY,
+    CONNECTION_KEYS,
+    HEADER_KEY,
+    Condition,
+    From,
+    Operation,
+    Rule,
+    Source,
+    To,
+)
 
 __all__ = [
     "Attributes",
@@ -35,142 +44,7 @@ __all__ = [
 ]
 
 SPIFFE: Final = "spiffe://"
-_CLAIM_KEY: Final = re.compile(r"^request\.auth\.claims((?:\[[^\[\]]+\])+)$")
-_HEADER_KEY: Final = re.compile(r"^request\.headers\[([^\[\]]+)\]$")
-_SIMPLE_KEYS: Final = frozenset(
-    {
-        "source.ip",
-        "remote.ip",
-        "source.namespace",
-        "source.principal",
-        "request.auth.principal",
-        "request.auth.audiences",
-        "request.auth.presenter",
-        "destination.ip",
-        "destination.port",
-        "connection.sni",
-    }
-)
 _IP_KEYS: Final = frozenset({"source.ip", "remote.ip", "destination.ip"})
-_CONNECTION_KEYS: Final = frozenset(
-    {
-        "source.ip",
-        "remote.ip",
-        "source.namespace",
-        "source.principal",
-        "destination.ip",
-        "destination.port",
-        "connection.sni",
-    }
-)
-
-
-def _cidrs(_instance: Any, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
-    for item in value:
-        try:
-            ipaddress.ip_network(item, strict=False)
-        except ValueError:
-            msg = f"{attribute.name} must hold IP addresses or CIDR blocks, got {item!r}"
-            raise ValueError(msg) from None
-
-
-def _no_templates(_instance: Any, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
-    for item in value:
-        if "{" in item:
-            msg = f"{attribute.name}: path templates ({item!r}) are not supported; use a '*' prefix or suffix"
-            raise ValueError(msg)
-
-
-@attrs.frozen(kw_only=True)
-class Source:
-    """Who the request comes from (Istio's ``Source``)."""
-
-    principals: tuple[str, ...] = ()
-    """Peer identities from mTLS, ``cluster.local/ns/NS/sa/SA``; ``*``: any authenticated peer."""
-    not_principals: tuple[str, ...] = ()
-    request_principals: tuple[str, ...] = ()
-    """Request identities from a verified JWT, ``ISSUER/SUBJECT``; ``*``: any."""
-    not_request_principals: tuple[str, ...] = ()
-    namespaces: tuple[str, ...] = ()
-    """Namespaces of the peer's identity (mTLS)."""
-    not_namespaces: tuple[str, ...] = ()
-    ip_blocks: tuple[str, ...] = attrs.field(default=(), validator=_cidrs)
-    """The peer's address: IP addresses or CIDR blocks."""
-    not_ip_blocks: tuple[str, ...] = attrs.field(default=(), validator=_cidrs)
-    remote_ip_blocks: tuple[str, ...] = attrs.field(default=(), validator=_cidrs)
-    """The client's address as ``x-forwarded-for`` tells it (trusted hops counted)."""
-    not_remote_ip_blocks: tuple[str, ...] = attrs.field(default=(), validator=_cidrs)
-
-
-@attrs.frozen(kw_only=True)
-class Operation:
-    """What the request asks for (Istio's ``Operation``)."""
-
-    hosts: tuple[str, ...] = ()
-    """Host or :authority, case-insensitive, with or without the port."""
-    not_hosts: tuple[str, ...] = ()
-    ports: tuple[int, ...] = ()
-    """The local port the connection came in on."""
-    not_ports: tuple[int, ...] = ()
-    methods: tuple[str, ...] = ()
-    not_methods: tuple[str, ...] = ()
-    paths: tuple[str, ...] = attrs.field(default=(), validator=_no_templates)
-    """The normalised path, without its query string."""
-    not_paths: tuple[str, ...] = attrs.field(default=(), validator=_no_templates)
-
-
-@attrs.frozen(kw_only=True)
-class From:
-    """One entry of a rule's ``from``."""
-
-    source: Source = Source()
-
-
-@attrs.frozen(kw_only=True)
-class To:
-    """One entry of a rule's ``to``."""
-
-    operation: Operation = Operation()
-
-
-def _condition_key(_instance: Any, _attribute: attrs.Attribute[Any], key: str) -> None:
-    if key in _SIMPLE_KEYS or _HEADER_KEY.match(key) or _CLAIM_KEY.match(key):
-        return
-    known = ", ".join(sorted(_SIMPLE_KEYS))
-    msg = f"unsupported condition key {key!r} (known: request.headers[NAME], request.auth.claims[NAME], {known})"
-    raise ValueError(msg)
-
-
-@attrs.frozen(kw_only=True)
-class Condition:
-    """One entry of a rule's ``when``: an attribute and the values it must (not) have."""
-
-    key: str = attrs.field(validator=_condition_key)
-    values: tuple[str, ...] = ()
-    not_values: tuple[str, ...] = ()
-
-    def __attrs_post_init__(self) -> None:
-        if not self.values and not self.not_values:
-            msg = f"condition {self.key!r} needs values or not_values"
-            raise ValueError(msg)
-
-
-@attrs.frozen(kw_only=True)
-class Rule:
-    """A rule: ``from``, ``to`` and ``when``; an empty rule matches every request."""
-
-    from_: tuple[From, ...] = ()
-    """Sources (written ``from``): any may match."""
-    to: tuple[To, ...] = ()
-    """Operations: any may match."""
-    when: tuple[Condition, ...] = ()
-    """Conditions: all must hold."""
-
-    @classmethod
-    def __meshcore_structure__(cls, structurer: Any, data: Any, path: Any) -> Any:
-        if isinstance(data, Mapping) and "from" in data:
-            data = {("from_" if key == "from" else key): value for key, value in data.items()}
-        return structurer.structure_attrs(data, cls, path)
 
 
 # -- what a request says about itself ------------------------------------------------------
@@ -366,11 +240,11 @@ def _claim(jwt: Mapping[str, Any] | None, names: list[str]) -> list[str]:
 
 
 def _condition_values(key: str) -> Callable[[Attributes], list[str]]:
-    header = _HEADER_KEY.match(key)
+    header = HEADER_KEY.match(key)
     if header is not None:
         name = header.group(1).lower()
         return lambda a: a.request.headers.get_all(name) if a.request is not None else []
-    claim = _CLAIM_KEY.match(key)
+    claim = CLAIM_KEY.match(key)
     if claim is not None:
         names = re.findall(r"\[([^\[\]]+)\]", claim.group(1))
         return lambda a: _claim(a.jwt, names)
@@ -416,14 +290,13 @@ def _compile_condition(condition: Condition) -> Predicate:
 
 def _http_only(rule: Rule) -> bool:
     """Whether a rule says something only an HTTP request can tell (for the L4 form)."""
-    for item in rule.from_:
-        if item.source.request_principals or item.source.not_request_principals:
+    for source in (f.source for f in rule.from_):
+        if source.request_principals or source.not_request_principals:
             return True
-    for item in rule.to:
-        op = item.operation
+    for op in (t.operation for t in rule.to):
         if op.hosts or op.not_hosts or op.methods or op.not_methods or op.paths or op.not_paths:
             return True
-    return any(c.key not in _CONNECTION_KEYS for c in rule.when)
+    return any(c.key not in CONNECTION_KEYS for c in rule.when)
 
 
 def compile_rule(rule: Rule, *, http: bool = True, deny: bool = False) -> Predicate:
@@ -437,7 +310,7 @@ def compile_rule(rule: Rule, *, http: bool = True, deny: bool = False) -> Predic
         return lambda _a: False
     sources = [_compile_source(f.source, http=http) for f in rule.from_]
     operations = [_compile_operation(t.operation, http=http) for t in rule.to]
-    conditions = [_compile_condition(c) for c in rule.when if http or c.key in _CONNECTION_KEYS]
+    conditions = [_compile_condition(c) for c in rule.when if http or c.key in CONNECTION_KEYS]
 
     def any_of(groups: list[list[Predicate]], a: Attributes) -> bool:
         return not groups or any(all(check(a) for check in group) for group in groups)

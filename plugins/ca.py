@@ -32,9 +32,7 @@ Registered through ``meshcore_certificate_authorities`` as ``meshcore``: a third
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import re
 from pathlib import Path
 from typing import Any, Final
 
@@ -42,12 +40,21 @@ import attrs
 import structlog
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
 
 import meshcore
 from meshcore import Duration, non_empty
+from meshcore.plugins.ca_x509 import (
+    CsrRejectedError,
+    check_csr,
+    create_intermediate,
+    create_root,
+    load_certificates,
+    make_csr,
+    pem,
+    spiffe_id,
+    workload_certificate,
+)
 
 __all__ = [
     "CaConfig",
@@ -62,19 +69,7 @@ __all__ = [
 
 log = structlog.get_logger("meshcore.ca")
 
-SPIFFE_ID: Final = re.compile(r"^spiffe://([a-z0-9._-]+)/ns/([A-Za-z0-9._-]+)/sa/([A-Za-z0-9._-]+)$")
 _STATE: Final = "state.json"
-_BACKDATE: Final = 60.0  # seconds a certificate's validity starts before its issue (clock skew)
-_MIN_RSA_BITS: Final = 2048
-
-
-def spiffe_id(trust_domain: str, namespace: str, service_account: str) -> str:
-    """``spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT``."""
-    return f"spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
-
-
-class CsrRejectedError(ValueError):
-    """A certificate signing request the CA will not sign; the message says why."""
 
 
 @attrs.frozen
@@ -126,165 +121,6 @@ class CaConfig:
             raise ValueError(msg)
 
 
-# -- building certificates -------------------------------------------------------------------
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _pem(cert: x509.Certificate) -> str:
-    return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def _ca_certificate(
-    subject: x509.Name,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: x509.Certificate | None,
-    issuer_key: Any,
-    lifetime: float,
-    path_length: int | None,
-) -> x509.Certificate:
-    now = _now()
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer.subject if issuer is not None else subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(seconds=_BACKDATE))
-        .not_valid_after(now + dt.timedelta(seconds=lifetime))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-    )
-    if issuer is not None:
-        builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key()),  # type: ignore[arg-type]
-            critical=False,
-        )
-    return builder.sign(issuer_key if issuer is not None else key, hashes.SHA256())
-
-
-def create_root(trust_domain: str, lifetime: float, name: str = "meshcore root") -> tuple[str, bytes]:
-    """A new self-signed root CA for ``trust_domain``: (certificate PEM, private key PEM)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, trust_domain),
-            x509.NameAttribute(NameOID.COMMON_NAME, name),
-        ]
-    )
-    return _pem(_ca_certificate(subject, key, None, None, lifetime, None)), _key_pem(key)
-
-
-def create_intermediate(
-    root_certificate_pem: bytes, root_key_pem: bytes, trust_domain: str, lifetime: float
-) -> tuple[str, bytes]:
-    """An intermediate CA signed by a root you hold: (certificate PEM, private key PEM).
-
-    For the plug-in mode: the root's key is needed here only, never by the CA.
-    """
-    root = x509.load_pem_x509_certificate(root_certificate_pem)
-    root_key = serialization.load_pem_private_key(root_key_pem, password=None)
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, trust_domain),
-            x509.NameAttribute(NameOID.COMMON_NAME, "meshcore intermediate"),
-        ]
-    )
-    return _pem(_ca_certificate(subject, key, root, root_key, lifetime, 0)), _key_pem(key)
-
-
-def make_csr(identity: str) -> tuple[bytes, bytes]:
-    """A new EC P-256 key and a CSR for SPIFFE ID ``identity``: (CSR PEM, private key PEM).
-
-    What a proxy does before asking for a certificate; the key stays with the caller.
-    """
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([]))
-        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity)]), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return csr.public_bytes(serialization.Encoding.PEM), _key_pem(key)
-
-
-def _check_public_key(csr: x509.CertificateSigningRequest) -> None:
-    key = csr.public_key()
-    if isinstance(key, rsa.RSAPublicKey):
-        if key.key_size < _MIN_RSA_BITS:
-            msg = f"the CSR's RSA key has {key.key_size} bits, fewer than {_MIN_RSA_BITS}"
-            raise CsrRejectedError(msg)
-    elif isinstance(key, ec.EllipticCurvePublicKey):
-        if key.curve.name not in ("secp256r1", "secp384r1"):
-            msg = f"the CSR's EC key is on curve {key.curve.name}, not P-256 or P-384"
-            raise CsrRejectedError(msg)
-    elif not isinstance(key, ed25519.Ed25519PublicKey):
-        msg = f"the CSR's key type ({type(key).__name__}) is not RSA, EC or Ed25519"
-        raise CsrRejectedError(msg)
-
-
-def check_csr(csr_pem: bytes, identity: str, trust_domain: str) -> x509.CertificateSigningRequest:
-    """The CSR of ``csr_pem`` if it may be signed for ``identity``; CsrRejectedError if not.
-
-    Its signature must verify (the requester holds the key); it may ask for no subject
-    alternative name other than ``identity`` (none at all is fine: the CA puts it in);
-    ``identity`` must be a SPIFFE ID of ``trust_domain``.
-    """
-    match = SPIFFE_ID.match(identity)
-    if match is None:
-        msg = f"{identity!r} is not a workload SPIFFE ID (spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/ACCOUNT)"
-        raise CsrRejectedError(msg)
-    if match.group(1) != trust_domain:
-        msg = f"{identity!r} is not in trust domain {trust_domain!r}"
-        raise CsrRejectedError(msg)
-    try:
-        csr = x509.load_pem_x509_csr(csr_pem)
-    except ValueError as err:
-        msg = f"not a PEM certificate signing request: {err}"
-        raise CsrRejectedError(msg) from None
-    if not csr.is_signature_valid:
-        msg = "the CSR's signature does not verify: the requester does not hold its key"
-        raise CsrRejectedError(msg)
-    _check_public_key(csr)
-    try:
-        sans = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return csr
-    asked = [str(name.value) for name in sans]
-    if asked != [identity] or not all(isinstance(n, x509.UniformResourceIdentifier) for n in sans):
-        msg = f"the CSR asks for {', '.join(asked) or 'nothing'}; the caller may claim {identity} only"
-        raise CsrRejectedError(msg)
-    return csr
-
-
-def _load_certificates(path: str) -> list[x509.Certificate]:
-    data = Path(path).read_bytes()
-    return x509.load_pem_x509_certificates(data)
-
-
 # -- the CA ----------------------------------------------------------------------------------
 
 
@@ -328,12 +164,12 @@ class LocalCA:
         assert config.ca_private_key_file is not None  # noqa: S101
         assert config.root_certificate_file is not None  # noqa: S101
         try:
-            signer = _load_certificates(config.ca_certificate_file)[0]
+            signer = load_certificates(config.ca_certificate_file)[0]
             key = serialization.load_pem_private_key(
                 Path(config.ca_private_key_file).read_bytes(), password=None
             )
-            roots = _load_certificates(config.root_certificate_file)
-            chain = _load_certificates(config.certificate_chain_file) if config.certificate_chain_file else []
+            roots = load_certificates(config.root_certificate_file)
+            chain = load_certificates(config.certificate_chain_file) if config.certificate_chain_file else []
         except (OSError, ValueError, IndexError) as err:
             msg = f"cannot load the plug-in CA files: {err}"
             raise ValueError(msg) from err
@@ -386,12 +222,12 @@ class LocalCA:
             self._save_state(state)
             log.info("ca_root_created", directory=str(self.directory), root=state["signing"])
         number = state["signing"]
-        self._signer = _load_certificates(str(self.directory / f"root-{number}.pem"))[0]
+        self._signer = load_certificates(str(self.directory / f"root-{number}.pem"))[0]
         self._signer_key = serialization.load_pem_private_key(
             (self.directory / f"root-{number}.key").read_bytes(), password=None
         )
         self._chain = []
-        self._bundle = [_load_certificates(str(self.directory / f"root-{n}.pem"))[0] for n in state["roots"]]
+        self._bundle = [load_certificates(str(self.directory / f"root-{n}.pem"))[0] for n in state["roots"]]
 
     # -- root rotation (own root) ----------------------------------------------------------------
 
@@ -438,7 +274,7 @@ class LocalCA:
 
     def trust_bundle(self) -> str:
         """PEM of every trusted root."""
-        return "".join(_pem(root) for root in self._bundle)
+        return "".join(pem(root) for root in self._bundle)
 
     def sign(self, csr_pem: bytes, spiffe_id: str) -> SignedCertificate:
         """A workload certificate for ``spiffe_id`` from ``csr_pem``; CsrRejectedError if it may not.
@@ -449,47 +285,8 @@ class LocalCA:
         csr = check_csr(csr_pem, spiffe_id, self.config.trust_domain)
         signer, key = self._signer, self._signer_key
         assert signer is not None  # noqa: S101 - loaded by reload()
-        now = _now()
-        not_after = min(
-            now + dt.timedelta(seconds=float(self.config.workload_lifetime)), signer.not_valid_after_utc
-        )
-        backdate = min(_BACKDATE, float(self.config.workload_lifetime))
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([]))
-            .issuer_name(signer.subject)
-            .public_key(csr.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(seconds=backdate))
-            .not_valid_after(not_after)
-            .add_extension(
-                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]), critical=True
-            )
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=True,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                critical=False,
-            )
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()),  # type: ignore[arg-type]
-                critical=False,
-            )
-            .sign(key, hashes.SHA256())
-        )
+        cert = workload_certificate(csr, spiffe_id, signer, key, float(self.config.workload_lifetime))
+        not_after = cert.not_valid_after_utc
         plug_in = self.config.ca_certificate_file is not None
         chain = [cert, signer, *self._chain] if plug_in else [cert]  # an own root is in the bundle
         log.info(
@@ -499,7 +296,7 @@ class LocalCA:
             serial=cert.serial_number,
         )
         return SignedCertificate(
-            certificate_chain="".join(_pem(c) for c in chain),
+            certificate_chain="".join(pem(c) for c in chain),
             trusted_ca=self.trust_bundle(),
             not_after=not_after.timestamp(),
         )

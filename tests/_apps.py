@@ -1,4 +1,7 @@
-"""Small real HTTP/1.1 servers whose answers a test decides: a JWKS endpoint, an authorization service.
+"""Small real HTTP servers and clients for the security tests.
+
+Servers whose answers a test decides (a JWKS endpoint, an authorization service), and an
+HTTP/2 client that sends a request exactly as written (no client-side clean-up).
 
 ``await nursery.start(serve_app, handler)`` listens on a loopback port and answers every
 request with ``await handler(AppRequest)``: a ``(status, headers, body)`` triple.
@@ -10,6 +13,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
+import h2.config
+import h2.connection
+import h2.events
 import h11
 import trio
 
@@ -64,3 +70,35 @@ async def serve_app(handler: Handler, *, task_status: Any = trio.TASK_STATUS_IGN
     async with trio.open_nursery() as nursery:
         task_status.started(f"127.0.0.1:{port}")
         await trio.serve_listeners(serve, listeners, handler_nursery=nursery)
+
+
+async def h2_get(
+    address: tuple[str, int], target: str, *, scheme: bytes = b"http"
+) -> tuple[int, dict[str, str], bytes]:
+    """GET ``target`` over HTTP/2 with prior knowledge, the :path (and :scheme) sent exactly as given."""
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    conn.initiate_connection()
+    stream_id = conn.get_next_available_stream_id()
+    conn.send_headers(
+        stream_id,
+        [(b":method", b"GET"), (b":path", target.encode()), (b":scheme", scheme), (b":authority", b"x")],
+        end_stream=True,
+    )
+    headers: dict[str, str] = {}
+    body = b""
+    async with await trio.open_tcp_stream(*address) as stream:
+        await stream.send_all(conn.data_to_send())
+        while True:
+            data = await stream.receive_some(65536)
+            if not data:
+                break
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    headers = {n.decode(): v.decode() for n, v in event.headers}
+                elif isinstance(event, h2.events.DataReceived):
+                    body += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, stream_id)
+                elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                    return int(headers.get(":status", "0")), headers, body
+            await stream.send_all(conn.data_to_send())
+    return 0, headers, body

@@ -19,6 +19,7 @@ import jwt
 import pytest
 import trio
 import yaml
+from _apps import Answer, AppRequest, serve_app
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
@@ -26,7 +27,6 @@ from meshcore import ConfigError
 from meshcore.plugins.istio_security import UnsupportedError, authz_config
 from meshcore.testing import MeshcoreCA, UpstreamFactory, http_proxy_config, tcp_proxy_config
 from meshcore.testing.proxies import ProxyFactory
-from tests._apps import Answer, AppRequest, serve_app
 
 ISSUER = "https://accounts.google.com"
 SIGNER = ec.generate_private_key(ec.SECP256R1())

@@ -11,13 +11,12 @@ import hashlib
 from typing import Any
 
 import trio
+from _apps import Answer, AppRequest, h2_get, serve_app
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from meshcore.testing import MeshcoreCA, RunningProxy, UpstreamFactory, fetch, http_proxy_config
 from meshcore.testing.proxies import ProxyFactory
-from tests._apps import Answer, AppRequest, serve_app
-from tests.test_path_bypass import h2_get
 
 PEER = "spiffe://cluster.local/ns/shop/sa/frontend"
 FORGED = {

@@ -13,13 +13,13 @@ from typing import Any
 import jwt
 import pytest
 import trio
+from _apps import Answer, AppRequest, serve_app
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from meshcore.filters.jwks import KeySet, key_sets_of
 from meshcore.testing import RunningProxy, UpstreamFactory, http_proxy_config
 from meshcore.testing.proxies import ProxyFactory
-from tests._apps import Answer, AppRequest, serve_app
 
 ISSUER = "https://issuer.example"
 AUDIENCE = "shop"

@@ -16,12 +16,10 @@ import posixpath
 from typing import Any
 from urllib.parse import unquote
 
-import h2.config
-import h2.connection
-import h2.events
 import pytest
 import trio
 import yaml
+from _apps import h2_get
 
 from meshcore.testing import RunningProxy, UpstreamFactory, fetch, http_proxy_config
 from meshcore.testing.proxies import ProxyFactory
@@ -106,38 +104,6 @@ def resolved(path: str) -> str:
 def names_admin(path: str) -> bool:
     plain = resolved(path)
     return plain == "/admin" or plain.startswith(("/admin/", "/admin;"))
-
-
-async def h2_get(
-    address: tuple[str, int], target: str, *, scheme: bytes = b"http"
-) -> tuple[int, dict[str, str], bytes]:
-    """GET ``target`` over HTTP/2 with prior knowledge, the :path (and :scheme) sent exactly as given."""
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
-    conn.initiate_connection()
-    stream_id = conn.get_next_available_stream_id()
-    conn.send_headers(
-        stream_id,
-        [(b":method", b"GET"), (b":path", target.encode()), (b":scheme", scheme), (b":authority", b"x")],
-        end_stream=True,
-    )
-    headers: dict[str, str] = {}
-    body = b""
-    async with await trio.open_tcp_stream(*address) as stream:
-        await stream.send_all(conn.data_to_send())
-        while True:
-            data = await stream.receive_some(65536)
-            if not data:
-                break
-            for event in conn.receive_data(data):
-                if isinstance(event, h2.events.ResponseReceived):
-                    headers = {n.decode(): v.decode() for n, v in event.headers}
-                elif isinstance(event, h2.events.DataReceived):
-                    body += event.data
-                    conn.acknowledge_received_data(event.flow_controlled_length, stream_id)
-                elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
-                    return int(headers.get(":status", "0")), headers, body
-            await stream.send_all(conn.data_to_send())
-    return 0, headers, body
 
 
 @pytest.fixture(params=["h11", "fast", "h2"])

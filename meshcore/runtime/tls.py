@@ -25,7 +25,10 @@ from typing import Any
 from meshcore.config import Snapshot, TlsContext, TlsSecret, UpstreamTls
 from meshcore.config.files import ssl_reason
 
-__all__ = ["Secrets", "client_context", "material", "secrets_of", "server_context"]
+__all__ = ["TLS12_CIPHERS", "Secrets", "client_context", "material", "secrets_of", "server_context"]
+
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+"""The TLS 1.2 cipher suites listeners offer (OpenSSL syntax)."""
 
 Secrets = Mapping[str, TlsSecret]
 """A Snapshot's secrets by name."""
@@ -47,6 +50,10 @@ def server_context(tls: TlsContext, secrets: Secrets = _NO_SECRETS) -> ssl.SSLCo
         OSError: a file or PEM text does not load (ssl.SSLError is an OSError).
     """
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    # Mozilla's "intermediate" profile: TLS 1.2 and 1.3, and in TLS 1.2 only AEAD ciphers with
+    # forward secrecy (no CBC: LUCKY13; no static RSA key exchange). TLS 1.3's suites are all such.
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(TLS12_CIPHERS)
     if tls.secret is not None:
         secret = _secret(secrets, tls.secret, "secret")
         _load_chain(context, secret)

@@ -1,0 +1,60 @@
+"""docs/security.md: every command of its console blocks run as written, and its output compared.
+
+The steps run in order in a scratch directory holding a copy of ``examples/``, with this
+environment's ``meshcore`` first on the PATH (as after ``pip install meshcore``). Code
+blocks of other kinds are included from real files (``{literalinclude}``) or show a
+command run elsewhere (``text``: the testssl.sh scan, run by tests/test_testssl.py).
+"""
+
+from __future__ import annotations
+
+import doctest
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_testssl import SCAN
+from test_tutorial import console_steps, read_blocks
+
+ROOT = Path(__file__).resolve().parent.parent
+GUIDE = ROOT / "docs" / "security.md"
+pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl (Debian package)")
+
+
+def test_every_command_of_the_security_guide_works_as_written(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "examples" / "security", tmp_path / "examples" / "security")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    steps = []
+    for block in read_blocks(GUIDE.read_text(encoding="utf-8")):
+        if block.info == "console":
+            steps += console_steps(block)
+        else:
+            assert block.info in ("{literalinclude}", "text"), (
+                f"security.md:{block.line}: a ```{block.info} block"
+            )
+    assert len(steps) >= 10
+    for step in steps:
+        done = subprocess.run(  # noqa: S603 - bash runs the guide's own commands
+            ["bash", "-c", f"set -eo pipefail\n{step.command}"],  # noqa: S607 - bash from PATH, as a reader's shell
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        where = f"docs/security.md:{step.line}: $ {step.command}"
+        assert done.returncode == step.status, f"{where}\nexited {done.returncode}:\n{done.stdout}"
+        assert doctest.OutputChecker().check_output(step.expected, done.stdout, doctest.ELLIPSIS), (
+            f"{where}\nprinted:\n{done.stdout}\nbut the guide shows:\n{step.expected}"
+        )
+
+
+def test_the_guide_shows_the_testssl_command_the_test_runs() -> None:
+    text = GUIDE.read_text(encoding="utf-8")
+    shown = " ".join(text.split("```text\n", 1)[1].split("```", 1)[0].replace("\\\n", " ").split())
+    assert shown.startswith("testssl " + " ".join(SCAN) + " --add-ca ")
