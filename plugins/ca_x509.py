@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from meshcore import MeshcoreError
+
 __all__ = [
     "SPIFFE_ID",
     "CsrRejectedError",
@@ -40,8 +42,11 @@ def spiffe_id(trust_domain: str, namespace: str, service_account: str) -> str:
     return f"spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
 
 
-class CsrRejectedError(ValueError):
-    """A certificate signing request the CA will not sign; the message says why."""
+class CsrRejectedError(MeshcoreError, ValueError):
+    """A certificate signing request the CA will not sign; the message says why.
+
+    A :class:`meshcore.MeshcoreError`: the control plane answers the proxy with the message.
+    """
 
 
 def _now() -> dt.datetime:
