@@ -1,4 +1,4 @@
-"""Istio's security resources as proxy config: AuthorizationPolicy and RequestAuthentication.
+"""Istio's security resources as proxy config: AuthorizationPolicy, RequestAuthentication, PeerAuthentication.
 
 Pure functions from a resource document (``apiVersion``, ``kind``, ``metadata``, ``spec``,
 as written in Istio's manifests) to the config of the filter that enforces it, written as
@@ -17,10 +17,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 __all__ = [
+    "DEFAULT_MODE",
+    "PEER_AUTHENTICATION_MODES",
     "UnsupportedError",
     "authorization_policy",
     "authz_config",
+    "inbound_filter_chains",
     "jwt_authn_config",
+    "peer_authentication_mode",
     "request_authentication",
 ]
 
@@ -227,3 +231,95 @@ def jwt_authn_config(docs: Sequence[Mapping[str, Any]], **kwargs: Any) -> dict[s
     """The config of a ``jwt_authn`` filter enforcing RequestAuthentication ``docs``."""
     providers = [p for doc in docs for p in request_authentication(doc, **kwargs)]
     return {"providers": providers}
+
+
+# -- PeerAuthentication ----------------------------------------------------------------------
+
+PEER_AUTHENTICATION_MODES = ("STRICT", "PERMISSIVE", "DISABLE")
+DEFAULT_MODE = "PERMISSIVE"
+"""Istio's mode where no PeerAuthentication says otherwise."""
+
+
+def _selects(doc: Mapping[str, Any], labels: Mapping[str, str]) -> bool | None:
+    """True if ``doc`` selects a workload with ``labels``, False if not, None if it has no selector."""
+    selector = ((doc.get("spec") or {}).get("selector") or {}).get("matchLabels")
+    if not selector:
+        return None
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def _mode(spec_mtls: Any, where: str) -> str | None:
+    mode = (spec_mtls or {}).get("mode", "UNSET")
+    if mode == "UNSET":
+        return None
+    if mode not in PEER_AUTHENTICATION_MODES:
+        msg = f"{where}: mtls.mode {mode!r} is not one of STRICT, PERMISSIVE, DISABLE, UNSET"
+        raise UnsupportedError(msg)
+    return str(mode)
+
+
+def peer_authentication_mode(
+    docs: Sequence[Mapping[str, Any]],
+    *,
+    namespace: str,
+    labels: Mapping[str, str],
+    port: int,
+    root_namespace: str = "istio-system",
+) -> str:
+    """The mTLS mode of one workload's port under PeerAuthentication ``docs`` (Istio's precedence).
+
+    The most specific wins: a policy selecting the workload (its ``portLevelMtls`` for the
+    port, then its ``mtls``), then the namespace's policy without a selector, then the
+    mesh-wide one (in ``root_namespace``); ``UNSET`` defers to the next; PERMISSIVE if none
+    says anything.
+    """
+    workload: list[tuple[str, Mapping[str, Any]]] = []
+    namespace_wide: list[tuple[str, Mapping[str, Any]]] = []
+    mesh_wide: list[tuple[str, Mapping[str, Any]]] = []
+    for doc in docs:
+        meta = doc.get("metadata") or {}
+        doc_ns = meta.get("namespace", "default")
+        selected = _selects(doc, labels)
+        if doc_ns == namespace and selected:
+            workload.append((_where(doc), doc))
+        elif doc_ns == namespace and selected is None:
+            namespace_wide.append((_where(doc), doc))
+        elif doc_ns == root_namespace and selected is None:
+            mesh_wide.append((_where(doc), doc))
+    for where, doc in workload:
+        spec = doc.get("spec") or {}
+        ports = spec.get("portLevelMtls") or {}
+        found = _mode(ports.get(str(port)) or ports.get(port), f"{where}.portLevelMtls[{port}]")
+        if found is not None:
+            return found
+    for group in (workload, namespace_wide, mesh_wide):
+        for where, doc in group:
+            found = _mode((doc.get("spec") or {}).get("mtls"), f"{where}.mtls")
+            if found is not None:
+                return found
+    return DEFAULT_MODE
+
+
+def inbound_filter_chains(
+    mode: str, tls: Mapping[str, Any], filters: Sequence[Any], *, name: str = "inbound"
+) -> list[dict[str, Any]]:
+    """The filter chains of an inbound listener in ``mode``.
+
+    Args:
+        mode: STRICT (mTLS only), PERMISSIVE (mTLS and plaintext on the port, told apart by
+            the first byte), DISABLE (plaintext only).
+        tls: the ``tls`` section of the workload's certificate (its ``client_ca_file`` or
+            ``validation_secret`` the trust bundle); client certificates are required.
+        filters: the network filters of every chain.
+        name: the chains' name prefix.
+    """
+    if mode not in PEER_AUTHENTICATION_MODES:
+        msg = f"mode {mode!r} is not one of STRICT, PERMISSIVE, DISABLE"
+        raise UnsupportedError(msg)
+    mtls = {
+        "name": f"{name}-mtls",
+        "tls": {**tls, "require_client_certificate": True},
+        "filters": list(filters),
+    }
+    plaintext = {"name": f"{name}-plaintext", "filters": list(filters)}
+    return {"STRICT": [mtls], "PERMISSIVE": [mtls, plaintext], "DISABLE": [plaintext]}[mode]

@@ -159,7 +159,7 @@ MISTAKES: dict[str, tuple[str, Sequence[Edit], str, str, str]] = {
         [("                - router", "                - waf\n                - router")],
         "waf",
         f"{HCM}.http_filters[0]",
-        "unknown HTTP filter 'waf' (known: fault, local_ratelimit, router)",
+        "unknown HTTP filter 'waf' (known: authz, ext_authz, fault, jwt_authn, local_ratelimit, router)",
     ),
     "misspelled network filter": (
         HTTP,
@@ -168,7 +168,7 @@ MISTAKES: dict[str, tuple[str, Sequence[Edit], str, str, str]] = {
         "listeners[0].filter_chains[0].filters[0]",
         (
             "unknown network filter 'http_conection_manager'; did you mean 'http_connection_manager'? "
-            "(known: connection_limit, http_connection_manager, tcp_proxy)"
+            "(known: authz, connection_limit, http_connection_manager, tcp_proxy)"
         ),
     ),
     "unknown lb policy": (
@@ -385,7 +385,7 @@ MANY_MISTAKES: list[tuple[Edit, str, str, str]] = [
         ("                - router", "                - waf\n                - router"),
         "waf",
         f"{HCM}.http_filters[0]",
-        "unknown HTTP filter 'waf' (known: fault, local_ratelimit, router)",
+        "unknown HTTP filter 'waf' (known: authz, ext_authz, fault, jwt_authn, local_ratelimit, router)",
     ),
     (
         ("match: {path: /health}", "match: {path: /health, prefix: /}"),
@@ -513,7 +513,7 @@ def test_plugin_filter_names_are_suggested_and_listed(
     assert problems_of(path, hello_registry) == [
         (
             f"{path}:{line_of(path, 'helo')}: {HCM}.http_filters[0]: "
-            "unknown HTTP filter 'helo'; did you mean 'hello'? (known: fault, hello, local_ratelimit, router)"
+            "unknown HTTP filter 'helo'; did you mean 'hello'? (known: authz, ext_authz, fault, hello, jwt_authn, local_ratelimit, router)"
         )
     ]
 
@@ -549,7 +549,7 @@ def test_per_route_filter_config(tmp_path: Path, hello_registry: meshcore.Regist
     ]
     path = with_overrides("{helo: disabled}")
     assert problems_of(path, hello_registry) == [
-        f"{path}:{line_of(path, 'filters: {')}: {route}.helo: unknown HTTP filter 'helo' (known: fault, hello, local_ratelimit, router)"
+        f"{path}:{line_of(path, 'filters: {')}: {route}.helo: unknown HTTP filter 'helo' (known: authz, ext_authz, fault, hello, jwt_authn, local_ratelimit, router)"
     ]
 
 
@@ -720,9 +720,10 @@ def test_the_examples_directory_without_plugins(capsys: pytest.CaptureFixture[st
     status = main(["validate", str(EXAMPLES)])
     out = capsys.readouterr().out.splitlines()
     assert status == 0
-    assert len(out) == 2
+    assert len(out) == 3
     assert out[0].startswith(f"{EXAMPLES / HTTP}: ok (version ")
-    assert out[1].startswith(f"{EXAMPLES / TCP}: ok (version ")
+    assert out[1].startswith(f"{EXAMPLES / 'security' / 'inbound.yaml'}: ok (version ")
+    assert out[2].startswith(f"{EXAMPLES / TCP}: ok (version ")
 
 
 def test_the_examples_glob_without_plugins(capsys: pytest.CaptureFixture[str]) -> None:
@@ -734,7 +735,7 @@ def test_the_examples_glob_without_plugins(capsys: pytest.CaptureFixture[str]) -
     assert captured.err == (
         f"{EXAMPLES / 'plugin-hello'}: skipped, a Python project (name its config files to validate them)\n"
     )
-    assert captured.out.count(": ok (version ") == 2
+    assert captured.out.count(": ok (version ") == 3  # http-proxy, security/inbound, tcp-proxy
 
 
 def test_a_plugin_config_named_explicitly_needs_the_plugin(capsys: pytest.CaptureFixture[str]) -> None:
@@ -742,7 +743,7 @@ def test_a_plugin_config_named_explicitly_needs_the_plugin(capsys: pytest.Captur
     status, out = validate(capsys, hello)
     assert status == 1
     assert out == [
-        f"{hello}:{line_of(hello, '- hello:')}: {HCM}.http_filters[0]: unknown HTTP filter 'hello' (known: fault, local_ratelimit, router)"
+        f"{hello}:{line_of(hello, '- hello:')}: {HCM}.http_filters[0]: unknown HTTP filter 'hello' (known: authz, ext_authz, fault, jwt_authn, local_ratelimit, router)"
     ]
 
 
