@@ -147,7 +147,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("api", ("meshcore",)),  # meshcore/__init__.py, the public API: exactly "meshcore"
     ("plugins", ("meshcore.filters", "meshcore.plugins")),
     ("testing", ("meshcore.testing",)),
-    ("cli", ("meshcore.cli", "meshcore.cli_ca", "meshcore.cli_demo", "meshcore.docsgen", "meshcore.__main__")),
+    (
+        "cli",
+        ("meshcore.cli", "meshcore.cli_ca", "meshcore.cli_demo", "meshcore.docsgen", "meshcore.__main__"),
+    ),
 )
 SOURCE_DIRS = {
     "meshcore": "meshcore",

@@ -74,7 +74,9 @@ def test_the_most_specific_peer_authentication_wins(
 
 
 def test_an_unknown_mode_is_an_error() -> None:
-    bad = doc("kind: PeerAuthentication\nmetadata: {name: x, namespace: shop}\nspec: {mtls: {mode: OPTIONAL}}")
+    bad = doc(
+        "kind: PeerAuthentication\nmetadata: {name: x, namespace: shop}\nspec: {mtls: {mode: OPTIONAL}}"
+    )
     with pytest.raises(UnsupportedError, match="'OPTIONAL' is not one of"):
         peer_authentication_mode([bad], namespace="shop", labels={}, port=80)
 
@@ -99,7 +101,11 @@ class Mesh:
 
     def tls(self) -> dict[str, Any]:
         cert, key = self.server
-        return {"certificate_file": str(cert), "private_key_file": str(key), "client_ca_file": str(self.bundle)}
+        return {
+            "certificate_file": str(cert),
+            "private_key_file": str(key),
+            "client_ca_file": str(self.bundle),
+        }
 
     def client_context(self, *, with_certificate: bool = True) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=str(self.bundle))
@@ -129,6 +135,8 @@ async def outcome(call: Any) -> str:
         return f"refused ({type(err).__name__})"
     if isinstance(reply, tuple):  # h2_get
         status, _, body = reply
+        if status == 0:
+            return "refused (closed without a response)"
         return f"{status} {'mtls' if b'URI=spiffe' in body else 'plaintext'}"
     return f"{reply.status} {'mtls' if 'URI=spiffe' in reply.text else 'plaintext'}"
 
@@ -142,7 +150,11 @@ async def outcome(call: Any) -> str:
     ],
 )
 async def test_modes_on_a_real_listener(
-    mode: str, expected: list[str], mesh: Mesh, meshcore_proxy: ProxyFactory, meshcore_upstream: UpstreamFactory
+    mode: str,
+    expected: list[str],
+    mesh: Mesh,
+    meshcore_proxy: ProxyFactory,
+    meshcore_upstream: UpstreamFactory,
 ) -> None:
     upstream = await meshcore_upstream()
     with trio.fail_after(20):
@@ -153,7 +165,12 @@ async def test_modes_on_a_real_listener(
             await outcome(h2_get(address, "/")),
             await outcome(fetch(address, "/", ssl_context=mesh.client_context(), server_hostname="backend")),
             await outcome(
-                fetch(address, "/", ssl_context=mesh.client_context(with_certificate=False), server_hostname="backend")
+                fetch(
+                    address,
+                    "/",
+                    ssl_context=mesh.client_context(with_certificate=False),
+                    server_hostname="backend",
+                )
             ),
         ]
     assert [g.partition(" (")[0] for g in got] == expected, got

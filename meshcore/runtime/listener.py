@@ -24,6 +24,7 @@ from meshcore.config import FilterChain, Listener
 from meshcore.connection import Connection, PeerTls, join_host_port, peer_tls
 from meshcore.runtime.overload import OverloadManager
 from meshcore.runtime.stats import Stats
+from meshcore.runtime.sniff import sniff_tls
 
 __all__ = [
     "CompiledChain",
@@ -163,6 +164,7 @@ class ListenerRuntime:
         self.socket = open_listener_socket(config.address.host, config.address.port, reuse_port=reuse_port)
         self.port: int = self.socket.socket.getsockname()[1]
         self.tls = any(chain.tls is not None for chain in chains)
+        self.mixed = self.tls and any(chain.tls is None for chain in chains)  # PERMISSIVE: sniff
         _install_sni(chains)
         self.active = 0
         self._stopped = trio.Event()
@@ -181,6 +183,7 @@ class ListenerRuntime:
         self.config = config
         self.chains = chains
         self.tls = any(chain.tls is not None for chain in chains)
+        self.mixed = self.tls and any(chain.tls is None for chain in chains)
         _install_sni(chains)
         for chain in old:
             if not any(chain is kept for kept in chains):
@@ -282,14 +285,20 @@ class ListenerRuntime:
         transport: trio.abc.Stream = stream
         try:
             with structlog.contextvars.bound_contextvars(connection=conn_id, peer=peer):
-                if self.tls:
+                use_tls = self.tls
+                if self.mixed:  # TLS and plaintext chains on one port: the first byte tells
+                    sniffed = await sniff_tls(stream, TLS_HANDSHAKE_TIMEOUT)
+                    if sniffed is None:
+                        return
+                    use_tls = sniffed
+                if use_tls:
                     handshake = await self._handshake(stream)
                     if handshake is None:
                         return
                     transport, server_name = handshake
                     alpn = handshake[0].selected_alpn_protocol()
                     tls = peer_tls(handshake[0])
-                chain = self._select(local_port, peer_host, server_name, alpn)
+                chain = self._select(local_port, peer_host, server_name, alpn, tls=tls is not None)
                 if chain is None:
                     log.warning("no_filter_chain_matched", listener=self.config.name, server_name=server_name)
                     return
@@ -314,9 +323,11 @@ class ListenerRuntime:
                 await transport.aclose()
 
     def _select(
-        self, port: int, source: str, server_name: str | None, alpn: str | None
+        self, port: int, source: str, server_name: str | None, alpn: str | None, *, tls: bool = True
     ) -> CompiledChain | None:
         for chain in self.chains:
+            if self.mixed and (chain.tls is not None) != tls:
+                continue  # a TLS connection takes a TLS chain, a plaintext one a plaintext chain
             if chain.matches(port, source, server_name, alpn):
                 return chain
         return None
