@@ -33,6 +33,11 @@ class ResponseFlag(enum.Enum):
     UPSTREAM_RESET = ("UR", "the upstream reset the stream mid-response", 502)
     UPSTREAM_REQUEST_TIMEOUT = ("UT", "the route timeout expired before the upstream responded", 504)
     UPSTREAM_OVERFLOW = ("UO", "the connection pool or circuit breaker is full", 503)
+    UPSTREAM_IDENTITY_MISMATCH = (
+        "UIM",
+        "the upstream's certificate does not carry the identity expected of it (secure naming)",
+        503,
+    )
     UPSTREAM_PROTOCOL_ERROR = ("UPE", "the upstream broke the HTTP protocol", 502)
     DOWNSTREAM_CONNECTION_TERMINATION = (
         "DC",

@@ -211,6 +211,11 @@ class UpstreamTls:
     secret: str | None = ref("secret", default=None)
     """The TlsSecret whose certificate_chain and private_key are presented to the endpoints."""
     alpn: tuple[str, ...] = ()
+    peer_identities: tuple[str, ...] = ()
+    """Secure naming: the SPIFFE IDs (URI SANs) the endpoints' certificates may carry; one of
+    them must be there, else the connection fails with the flag ``UIM``. When set, the
+    certificate is checked for these instead of for ``server_name`` (workload certificates
+    carry no DNS name); its chain is verified against ``ca_file`` all the same."""
 
     def __attrs_post_init__(self) -> None:
         if self.ca_file is not None and self.validation_secret is not None:

@@ -31,7 +31,7 @@ from meshcore.runtime.filterstate import blame
 from meshcore.runtime.h1exchange import RECEIVE_SIZE, H1Exchange
 from meshcore.runtime.h2pool import H2Pool, StreamRefused, upstream_error
 from meshcore.runtime.stats import Stats
-from meshcore.runtime.tls import Secrets, client_context, material, secrets_of
+from meshcore.runtime.tls import Secrets, client_context, identity_mismatch, material, secrets_of
 
 __all__ = ["Cluster", "ClusterManager", "Host", "UpstreamError"]
 
@@ -141,6 +141,16 @@ class Host:
                     except BaseException:
                         _close_now(stream)  # or the socket of a refused handshake stays open
                         raise
+                    mismatch = (
+                        identity_mismatch(stream, tls.peer_identities)
+                        if tls and tls.peer_identities
+                        else None
+                    )
+                    if mismatch is not None:
+                        cluster.stats_cx_connect_fail.value += 1
+                        _close_now(stream)
+                        msg = f"upstream {self.label} is not who it should be: {mismatch}"
+                        raise UpstreamError(ResponseFlag.UPSTREAM_IDENTITY_MISMATCH, msg)
         except (OSError, trio.BrokenResourceError, trio.TooSlowError) as err:
             cluster.stats_cx_connect_fail.value += 1
             reason = "timed out" if isinstance(err, trio.TooSlowError) else str(err)

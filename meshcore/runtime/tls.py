@@ -24,8 +24,17 @@ from typing import Any
 
 from meshcore.config import Snapshot, TlsContext, TlsSecret, UpstreamTls
 from meshcore.config.files import ssl_reason
+from meshcore.connection import peer_tls
 
-__all__ = ["TLS12_CIPHERS", "Secrets", "client_context", "material", "secrets_of", "server_context"]
+__all__ = [
+    "TLS12_CIPHERS",
+    "Secrets",
+    "client_context",
+    "identity_mismatch",
+    "material",
+    "secrets_of",
+    "server_context",
+]
 
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 """The TLS 1.2 cipher suites listeners offer (OpenSSL syntax)."""
@@ -77,6 +86,10 @@ def client_context(tls: UpstreamTls, secrets: Secrets = _NO_SECRETS) -> ssl.SSLC
         context = ssl.create_default_context(cadata=_roots(secrets, tls.validation_secret))
     else:
         context = ssl.create_default_context(cafile=tls.ca_file)
+    if tls.peer_identities:
+        # Secure naming: the peer is checked for its SPIFFE ID after the handshake
+        # (identity_mismatch), not for a DNS name; its chain is still verified.
+        context.check_hostname = False
     if tls.secret is not None:
         _load_chain(context, _secret(secrets, tls.secret, "secret"))
     elif tls.certificate_file is not None:
@@ -165,3 +178,14 @@ def _pem_file(data: bytes) -> Iterator[str]:
         with os.fdopen(fd, "wb") as file:
             file.write(data)
         yield str(path)
+
+
+def identity_mismatch(ssl_object: Any, expected: tuple[str, ...]) -> str | None:
+    """Why the peer of an established TLS connection is not one of ``expected``; None if it is.
+
+    ``expected`` are SPIFFE IDs (URI SANs); the peer's certificate must carry one of them.
+    """
+    found = peer_tls(ssl_object).uri_sans
+    if any(uri in expected for uri in found):
+        return None
+    return f"its certificate names {', '.join(found) or 'no URI'}, expected {' or '.join(expected)} (secure naming)"
