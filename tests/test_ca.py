@@ -1,5 +1,7 @@
 """The ``meshcore`` CA: CSRs checked and signed, plug-in intermediates, root rotation, the plugin hook.
 
+The command line (``meshcore ca``) is run by tests/test_security_guide.py, as docs/security.md shows it.
+
 Certificates are checked by OpenSSL itself (``openssl verify``), not by the code that made them.
 """
 
@@ -7,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import types
 from pathlib import Path
 
@@ -177,32 +178,6 @@ def test_root_rotation_with_overlap(tmp_path: Path) -> None:
     assert ca.trust_bundle().count("BEGIN CERTIFICATE") == 1
     assert openssl_verify(tmp_path, ca.trust_bundle(), new, "new2")
     assert not openssl_verify(tmp_path, ca.trust_bundle(), old, "old2")
-
-
-def test_the_command_line_issues_and_rotates(tmp_path: Path) -> None:
-    def meshcore_ca(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(  # noqa: S603 - our own CLI
-            [sys.executable, "-m", "meshcore", "ca", *args],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=60,
-        )
-
-    directory = str(tmp_path / "ca")
-    init = meshcore_ca("init", directory)
-    assert init.returncode == 0, init.stderr
-    assert init.stdout.startswith("-----BEGIN CERTIFICATE-----")
-    issued = meshcore_ca("issue", directory, ID, "--out", str(tmp_path / "w"), "--lifetime", "1h")
-    assert issued.returncode == 0, issued.stderr
-    assert openssl_verify(tmp_path, init.stdout, (tmp_path / "w.pem").read_text())
-    assert meshcore_ca("rotate-root", directory, "--step", "finish").returncode == 1
-    for step in ("prepare", "activate", "finish"):
-        result = meshcore_ca("rotate-root", directory, "--step", step)
-        assert result.returncode == 0, result.stderr
-    assert not openssl_verify(
-        tmp_path, meshcore_ca("init", directory).stdout, (tmp_path / "w.pem").read_text(), "x"
-    )
 
 
 class ExternalCA:
