@@ -3,7 +3,8 @@
 The steps run in order in a scratch directory holding a copy of ``examples/``, with this
 environment's ``meshcore`` first on the PATH (as after ``pip install meshcore``). Code
 blocks of other kinds are included from real files (``{literalinclude}``) or show a
-command run elsewhere (``text``: the testssl.sh scan, run by tests/test_testssl.py).
+command run elsewhere (``text``: the testssl.sh scan, run by tests/test_testssl.py), or
+a fragment of config (``yaml``: checked by test_the_guides_config_fragments_are_valid).
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ def test_every_command_of_the_security_guide_works_as_written(tmp_path: Path) ->
         if block.info == "console":
             steps += console_steps(block)
         else:
-            assert block.info in ("{literalinclude}", "text"), (
-                f"security.md:{block.line}: a ```{block.info} block"
+            # Included from a real file, a command run elsewhere (text), or a config fragment (yaml).
+            assert block.info in ("{literalinclude}", "text", "yaml"), (
+                f"security.md:{block.line}: ```{block.info}"
             )
     assert len(steps) >= 10
     for step in steps:
@@ -58,3 +60,16 @@ def test_the_guide_shows_the_testssl_command_the_test_runs() -> None:
     text = GUIDE.read_text(encoding="utf-8")
     shown = " ".join(text.split("```text\n", 1)[1].split("```", 1)[0].replace("\\\n", " ").split())
     assert shown.startswith("testssl " + " ".join(SCAN) + " --add-ca ")
+
+
+def test_the_guides_config_fragments_are_valid() -> None:
+    """Each ``yaml`` block is a part of a proxy config that the structurer accepts."""
+    import yaml  # noqa: PLC0415 - only here
+
+    from meshcore import build_registry, snapshot_from_data  # noqa: PLC0415
+
+    fragments = [b for b in read_blocks(GUIDE.read_text(encoding="utf-8")) if b.info == "yaml"]
+    assert fragments
+    for block in fragments:
+        data = yaml.safe_load("\n".join(block.lines))
+        snapshot_from_data(data, build_registry(autoload=False))
