@@ -70,7 +70,7 @@ class RemoteJwks:
     """How long one fetch may take."""
 
 
-def _parse(text: str | bytes, where: str) -> list[dict[str, Any]]:
+def parse_jwks(text: str | bytes, where: str) -> list[dict[str, Any]]:
     """The keys of a JWKS document; ValueError naming ``where`` if it is not one."""
     try:
         data = json.loads(text)
@@ -82,6 +82,12 @@ def _parse(text: str | bytes, where: str) -> list[dict[str, Any]]:
         msg = f'{where} is not a JWKS: expected {{"keys": [{{"kty": ...}}, ...]}}'
         raise ValueError(msg)
     return keys
+
+
+def check_jwks_file(path: str) -> None:
+    """A ``file_field`` check: the file at ``path`` is a JWKS (ValueError saying why if not)."""
+    with open(path, "rb") as file:  # noqa: PTH123 - the check is given a path string
+        parse_jwks(file.read(), "the file")
 
 
 def _allowed(jwk: Mapping[str, Any]) -> frozenset[str]:
@@ -110,7 +116,7 @@ class KeySet:
 
     def load(self, text: str | bytes, where: str) -> None:
         """Replace the keys with those of JWKS ``text``; ValueError if it is not one."""
-        self.keys = _parse(text, where)
+        self.keys = parse_jwks(text, where)
         self._cache = {}
 
     def candidates(self, kid: str | None, alg: str) -> list[Any]:

@@ -50,7 +50,7 @@ from meshcore import (
     SecretStr,
     non_empty,
 )
-from meshcore.filters.jwks import KeySet, RemoteJwks, shared_key_sets
+from meshcore.filters.jwks import KeySet, RemoteJwks, check_jwks_file, shared_key_sets
 
 log = structlog.get_logger("meshcore.jwt_authn")
 
@@ -82,7 +82,7 @@ class JwtProvider:
     """Accepted ``aud`` values; empty: any (the ``aud`` claim is not checked)."""
     jwks: SecretStr | None = None
     """The keys, inline as JWKS JSON (a secret: an ``oct`` key is one; never in /config_dump)."""
-    jwks_file: str | None = None
+    jwks_file: str | None = meshcore.file_field(check=check_jwks_file, default=None)
     """The keys, from a JWKS file (read when the Snapshot is built)."""
     remote_jwks: RemoteJwks | None = None
     """The keys, fetched from a cluster (cached, refreshed in the background)."""

@@ -105,13 +105,13 @@ class CaConfig:
     """How long a workload certificate is valid (proxies renew at about half of it)."""
     root_lifetime: Duration = attrs.field(default=Duration(10 * 365 * 24 * 3600), validator=_valid_lifetime)
     """How long a root it creates is valid."""
-    ca_certificate_file: str | None = None
+    ca_certificate_file: str | None = meshcore.file_field("pem_certificates", default=None)
     """Plug-in mode: the intermediate CA certificate that signs (issued by your root)."""
-    ca_private_key_file: str | None = None
+    ca_private_key_file: str | None = meshcore.file_field("pem_private_key", default=None)
     """Plug-in mode: its private key."""
-    root_certificate_file: str | None = None
+    root_certificate_file: str | None = meshcore.file_field("pem_certificates", default=None)
     """Plug-in mode: your root certificate(s), the trust bundle."""
-    certificate_chain_file: str | None = None
+    certificate_chain_file: str | None = meshcore.file_field("pem_certificates", default=None)
     """Plug-in mode: intermediates between the signing CA and the root, if any."""
 
     def __attrs_post_init__(self) -> None:

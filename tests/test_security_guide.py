@@ -1,6 +1,6 @@
 """docs/security.md: every command of its console blocks run as written, and its output compared.
 
-The steps run in order in a scratch directory holding a copy of ``examples/``, with this
+The steps run in order in a scratch directory holding a copy of docs/security/inbound.yaml, with this
 environment's ``meshcore`` first on the PATH (as after ``pip install meshcore``). Code
 blocks of other kinds are included from real files (``{literalinclude}``) or show a
 command run elsewhere (``text``: the testssl.sh scan, run by tests/test_testssl.py), or
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs o
 
 
 def test_every_command_of_the_security_guide_works_as_written(tmp_path: Path) -> None:
-    shutil.copytree(ROOT / "examples" / "security", tmp_path / "examples" / "security")
+    shutil.copy2(ROOT / "docs" / "security" / "inbound.yaml", tmp_path / "inbound.yaml")
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     steps = []
     for block in read_blocks(GUIDE.read_text(encoding="utf-8")):
