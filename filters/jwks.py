@@ -146,8 +146,9 @@ class KeySet:
     def maybe_refresh(self, context: FilterContext, *, unknown_kid: bool = False) -> None:
         """Start a background fetch if the keys are stale or a token named an unknown key id."""
         remote = self.remote
-        if remote is None or self.fetching:
-            return
+        nursery = context.clusters.nursery
+        if remote is None or self.fetching or nursery is None:
+            return  # no running proxy (a dry build by validation, a test harness): nothing to fetch with
         now = trio.current_time()
         interval = float(remote.min_refresh_interval)
         if unknown_kid:
@@ -156,9 +157,6 @@ class KeySet:
             self.last_forced = now
         elif now - self.fetched_at < float(remote.cache_duration) or now - self.last_attempt < interval:
             return  # fresh, or the last attempt (a failed one) was too recent
-        nursery = context.clusters.nursery
-        if nursery is None:
-            return  # no running proxy (a filter built in a test harness): nothing to fetch with
         self.fetching = True
         self.last_attempt = now
         nursery.start_soon(self._fetch, context, remote)

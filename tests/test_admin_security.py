@@ -9,7 +9,7 @@ import httpx
 import trio
 
 from meshcore.config import AdminConfig
-from meshcore.runtime.admin import ENDPOINTS
+from meshcore.runtime.admin import ENDPOINTS, _is_loopback
 from meshcore.testing import MeshcoreCA, UpstreamFactory, http_proxy_config
 from meshcore.testing.proxies import ProxyFactory
 
@@ -18,6 +18,16 @@ SYMMETRIC_JWKS = '{"keys": [{"kty": "oct", "kid": "k", "k": "c2VjcmV0LWhtYWMta2V
 
 def test_the_admin_server_listens_on_loopback_unless_told_otherwise() -> None:
     assert ipaddress.ip_address(AdminConfig().address.host).is_loopback
+
+
+def test_an_admin_server_off_loopback_is_told_apart() -> None:
+    """``serve_admin`` warns (``admin_exposed``) when it listens beyond loopback."""
+    assert _is_loopback("127.0.0.1")
+    assert _is_loopback("::1")
+    assert _is_loopback("[::1]")
+    assert _is_loopback("localhost")
+    assert not _is_loopback("0.0.0.0")  # noqa: S104 - the case checked, nothing binds it
+    assert not _is_loopback("10.1.2.3")
 
 
 def test_every_endpoint_that_changes_something_takes_post_only() -> None:

@@ -6,6 +6,9 @@ refresh), JWKS endpoint down (cached keys keep working).
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import time
 from typing import Any
@@ -14,6 +17,7 @@ import jwt
 import pytest
 import trio
 from _apps import Answer, AppRequest, serve_app
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
@@ -48,6 +52,22 @@ class Key:
 
 RSA_KEY = Key("k1")
 EC_KEY = Key("k2", kind="ec")
+
+
+def hmac_with_public_key() -> str:
+    """A token an attacker signs with HS256, using the issuer's public key as the HMAC secret."""
+    public = RSA_KEY.private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    header = base64.urlsafe_b64encode(json.dumps({"alg": "HS256", "kid": "k1", "typ": "JWT"}).encode())
+    now = int(time.time())
+    claims = {"iss": ISSUER, "sub": "admin", "aud": AUDIENCE, "exp": now + 300}
+    payload = base64.urlsafe_b64encode(json.dumps(claims).encode())
+    signing_input = header.rstrip(b"=") + b"." + payload.rstrip(b"=")
+    signature = base64.urlsafe_b64encode(hmac.new(public, signing_input, hashlib.sha256).digest()).rstrip(
+        b"="
+    )
+    return (signing_input + b"." + signature).decode()
 
 
 def jwks(*keys: Key) -> str:
@@ -95,11 +115,9 @@ async def test_a_valid_token_passes_with_its_claims_and_without_itself(local_pro
         ("wrong audience", RSA_KEY.token(aud="other"), "Audiences in Jwt are not allowed"),
         ("bad signature", Key("k1").token(), "Jwt verification fails"),  # same kid, another key
         ("unknown kid", Key("k9").token(), "Jwks doesn't have key to match kid or alg from Jwt"),
-        (
-            "alg none",
-            jwt.encode({"iss": ISSUER, "sub": "x"}, None, algorithm="none"),
-            "Jwks doesn't have key",
-        ),
+        ("alg none", jwt.encode({"iss": ISSUER, "sub": "x"}, "", algorithm="none"), "Jwks doesn't have key"),
+        # Key confusion: HMAC "signed" with the RSA key's public PEM, naming the RSA key.
+        ("alg confusion", hmac_with_public_key(), "Jwks doesn't have key"),
         ("not a jwt", "abc.def", "Jwt is not in the form"),
     ],
 )

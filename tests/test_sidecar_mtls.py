@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 import trio
 
 from meshcore import Duration
@@ -45,7 +46,7 @@ def ca(tmp_path: Path) -> LocalCA:
 
 
 async def inbound_sidecar(proxies: ProxyFactory, app: str, server: Files) -> RunningProxy:
-    config = http_proxy_config([app])
+    config = http_proxy_config([app], listener={"access_log": True})
     filters = config["listeners"][0]["filter_chains"][0]["filters"]
     tls = {
         "certificate_file": str(server.cert),
@@ -70,11 +71,14 @@ async def test_two_sidecars_talk_mtls_and_know_each_other(
 ) -> None:
     app = await meshcore_upstream()
     server, client = Files(ca, BACKEND, tmp_path, "backend"), Files(ca, FRONTEND, tmp_path, "frontend")
-    with trio.fail_after(20):
+    with trio.fail_after(20), structlog.testing.capture_logs() as logs:
         inbound = await inbound_sidecar(meshcore_proxy, app.endpoint, server)
         outbound = await meshcore_proxy(outbound_config(inbound, client, server.bundle, [BACKEND]))
         replies = [await outbound.client().get(f"/call/{i}") for i in range(3)]
     assert [r.status for r in replies] == [200] * 3
+    # The inbound sidecar's access log names the caller.
+    lines = [e for e in logs if e["event"] == "request_completed" and e["listener"] == "ingress"]
+    assert {e["peer_principal"] for e in lines} == {FRONTEND}
     xfcc = dict(replies[0].json()["headers"])["x-forwarded-client-cert"]
     assert f"URI={FRONTEND}" in xfcc
     # One TLS connection, kept alive and reused by the outbound sidecar's pool.

@@ -14,6 +14,7 @@ Start it next to the proxy::
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Awaitable, Callable
@@ -235,6 +236,13 @@ def handle(proxy: Proxy, method: str, target: str) -> AdminResponse:
 # -- the server (trio) ------------------------------------------------------------------------
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 Answer = Callable[[str, str], Awaitable[AdminResponse]]
 """What answers an admin request: ``await answer(method, target)``."""
 
@@ -282,6 +290,9 @@ async def serve_admin_answers(
         raise ConfigError([ConfigProblem(path="admin.address", message=message)], stage="apply") from err
     bound = (address.host, int(listener.socket.getsockname()[1]))
     log.info("admin_started", address=join_host_port(*bound))
+    if not _is_loopback(address.host):
+        # It answers anyone who reaches it, with no authentication: loopback is the default.
+        log.warning("admin_exposed", address=join_host_port(*bound), advice="bind it to 127.0.0.1")
     await serve_admin_listener(answer, listener, task_status=task_status, started=bound)
 
 

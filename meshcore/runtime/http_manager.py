@@ -289,6 +289,7 @@ class HttpConnectionManager:
                 cluster=info.cluster_name,
                 route=info.route_name,
                 peer=info.downstream_address,
+                peer_principal=request.connection.peer_principal if request.connection is not None else None,
             )
 
 
