@@ -14,9 +14,9 @@ when the Snapshot is built. Keys from a URL are fetched through a cluster of the
   most once per ``min_refresh_interval`` (a failing endpoint is not hammered).
 
 A failed fetch (endpoint down, bad JSON) keeps the keys already there, with a log line
-and ``jwt_authn_jwks_fetch_failed``. Key sets outlive Snapshots: a filter built for a new
-Snapshot takes over the set of the filter it replaces when the issuer and source are the
-same, so an endpoint push never empties a cache.
+and ``jwt_authn_jwks_fetch_failed``. Key sets outlive Snapshots: a ``jwt_authn`` rebuilt
+for a new Snapshot takes over (``carry_over``) the set of the filter it replaces when the
+issuer and the source are the same, so a new Snapshot never empties a cache.
 
 Signature checks are PyJWT's. Only asymmetric algorithms matching the key's type (and
 its ``alg``, when the JWK names one) are accepted, plus HMAC for ``oct`` keys; ``none``
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import weakref
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -199,42 +198,3 @@ async def _download(context: FilterContext, remote: RemoteJwks) -> bytes:
         msg = f"{remote.path} answered {response.status}"
         raise LookupError(msg)
     return body
-
-
-class KeySets:
-    """Key sets shared by the filters of one proxy across Snapshots, by issuer and source.
-
-    Weakly held: a set lives while a filter uses it.
-    """
-
-    def find(self, issuer: str) -> KeySet | None:
-        """A live key set of ``issuer``, if any (for tests and tools)."""
-        return next((s for (name, _), s in self._sets.items() if name == issuer), None)
-
-    def __init__(self) -> None:
-        self._sets: weakref.WeakValueDictionary[tuple[Any, ...], KeySet] = weakref.WeakValueDictionary()
-
-    def get(self, issuer: str, remote: RemoteJwks) -> KeySet:
-        """The set for ``issuer`` fetched from ``remote``: the existing one, or a new one."""
-        key = (issuer, remote)
-        found = self._sets.get(key)
-        if found is None:
-            found = KeySet(issuer, remote)
-            self._sets[key] = found
-        return found
-
-
-_SHARED: weakref.WeakKeyDictionary[Any, KeySets] = weakref.WeakKeyDictionary()
-
-
-def shared_key_sets(context: FilterContext) -> KeySets:
-    """The key sets of the proxy ``context`` belongs to (one registry of them per cluster manager)."""
-    return key_sets_of(context.clusters)
-
-
-def key_sets_of(owner: Any) -> KeySets:
-    """The key sets of the proxy whose cluster manager is ``owner`` (``proxy.clusters``)."""
-    found = _SHARED.get(owner)
-    if found is None:
-        found = _SHARED[owner] = KeySets()
-    return found

@@ -50,7 +50,7 @@ from meshcore import (
     SecretStr,
     non_empty,
 )
-from meshcore.filters.jwks import KeySet, RemoteJwks, check_jwks_file, shared_key_sets
+from meshcore.filters.jwks import KeySet, RemoteJwks, check_jwks_file
 
 log = structlog.get_logger("meshcore.jwt_authn")
 
@@ -149,8 +149,8 @@ class _Provider:
 
 def _key_set(provider: JwtProvider, context: FilterContext) -> KeySet:
     if provider.remote_jwks is not None:
-        keys = shared_key_sets(context).get(provider.issuer, provider.remote_jwks)
-        keys.maybe_refresh(context)
+        keys = KeySet(provider.issuer, provider.remote_jwks)
+        keys.maybe_refresh(context)  # fetched now, in the proxy's task (unless carry_over adopts keys)
         return keys
     keys = KeySet(provider.issuer)
     if provider.jwks is not None:
@@ -183,6 +183,16 @@ class JwtAuthn:
         self.token_params = tuple(sorted({q for p in config.providers for q in p.from_params}))
         self.stat_allowed = context.stats.counter("jwt_authn_allowed", listener=context.listener)
         self._denied: dict[str, meshcore.Counter] = {}
+
+    def carry_over(self, previous: object) -> None:
+        """Keep the fetched keys of the filter this one replaces, for the same issuer and source."""
+        if not isinstance(previous, JwtAuthn):
+            return
+        for issuer, provider in self.providers.items():
+            before = previous.providers.get(issuer)
+            remote = provider.config.remote_jwks
+            if before is not None and remote is not None and before.config.remote_jwks == remote:
+                provider.keys = before.keys  # the very same set: both filters use it while the old drains
 
     def _token(self, request: Request) -> tuple[str, bytes | None, str | None] | None:
         """The token, and the header or query parameter it came in; None without one."""

@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from meshcore.filters.jwks import KeySet, key_sets_of
+from meshcore.filters.jwks import KeySet
+from meshcore.filters.jwt_authn import JwtAuthn
 from meshcore.testing import RunningProxy, UpstreamFactory, http_proxy_config
 from meshcore.testing.proxies import ProxyFactory
 
@@ -178,10 +179,17 @@ def remote_config(upstream: str, jwks_at: str, **remote: Any) -> dict[str, Any]:
     return out
 
 
+def jwt_filter(proxy: RunningProxy) -> JwtAuthn:
+    """The proxy's live jwt_authn filter (the first HTTP filter of its only listener's chain)."""
+    manager = proxy.proxy.listeners["ingress"].chains[0].filters[0]
+    found = manager.chains.filters[0]
+    assert isinstance(found, JwtAuthn)
+    return found
+
+
 async def fetched(proxy: RunningProxy, count: int) -> KeySet:
     """The issuer's key set, once ``count`` fetches of it have finished (well or not)."""
-    keys = key_sets_of(proxy.proxy.clusters).find(ISSUER)
-    assert keys is not None
+    keys = jwt_filter(proxy).providers[ISSUER].keys
 
     def done() -> int | float:
         return proxy.stats.value("jwt_authn_jwks_fetched", issuer=ISSUER) + proxy.stats.value(
@@ -235,8 +243,16 @@ async def test_cached_keys_keep_working_while_the_jwks_endpoint_is_down(
             await trio.sleep(0.06)  # the keys go stale: the next request asks for a refetch
             statuses.append((await proxy.client().get("/", headers=bearer(RSA_KEY.token()))).status)
             await fetched(proxy, attempt)  # ... which fails
-        # A new Snapshot (same issuer, same source) keeps the cache: no empty key set.
-        proxy.apply(remote_config(upstream.endpoint, jwks_at, **settings))
+        # A new Snapshot that rebuilds the filter (another clock skew), same issuer and source:
+        # the new filter takes over the cached keys.
+        before = jwt_filter(proxy)
+        changed = remote_config(upstream.endpoint, jwks_at, **settings)
+        changed["listeners"][0]["filter_chains"][0]["filters"][0]["http_connection_manager"]["http_filters"][
+            0
+        ]["jwt_authn"]["clock_skew"] = "30s"
+        proxy.apply(changed)
+        assert jwt_filter(proxy) is not before
+        assert jwt_filter(proxy).providers[ISSUER].keys is before.providers[ISSUER].keys
         statuses.append((await proxy.client().get("/", headers=bearer(RSA_KEY.token()))).status)
     assert statuses == [200] * 4
     # Three failed refetches (a fourth may start when the new Snapshot finds the keys stale).
