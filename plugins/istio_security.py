@@ -322,4 +322,9 @@ def inbound_filter_chains(
         "filters": list(filters),
     }
     plaintext = {"name": f"{name}-plaintext", "filters": list(filters)}
-    return {"STRICT": [mtls], "PERMISSIVE": [mtls, plaintext], "DISABLE": [plaintext]}[mode]
+    chains: dict[str, list[dict[str, Any]]] = {
+        "STRICT": [mtls],
+        "PERMISSIVE": [mtls, plaintext],
+        "DISABLE": [plaintext],
+    }
+    return chains[mode]
