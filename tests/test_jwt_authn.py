@@ -23,6 +23,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from meshcore.filters.jwks import KeySet
 from meshcore.filters.jwt_authn import JwtAuthn
+from meshcore.runtime.http_manager import HttpConnectionManager
 from meshcore.testing import RunningProxy, UpstreamFactory, http_proxy_config
 from meshcore.testing.proxies import ProxyFactory
 
@@ -182,6 +183,7 @@ def remote_config(upstream: str, jwks_at: str, **remote: Any) -> dict[str, Any]:
 def jwt_filter(proxy: RunningProxy) -> JwtAuthn:
     """The proxy's live jwt_authn filter (the first HTTP filter of its only listener's chain)."""
     manager = proxy.proxy.listeners["ingress"].chains[0].filters[0]
+    assert isinstance(manager, HttpConnectionManager)
     found = manager.chains.filters[0]
     assert isinstance(found, JwtAuthn)
     return found
