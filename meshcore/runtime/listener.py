@@ -23,8 +23,8 @@ from meshcore.chain import compose
 from meshcore.config import FilterChain, Listener
 from meshcore.connection import Connection, PeerTls, join_host_port, peer_tls
 from meshcore.runtime.overload import OverloadManager
-from meshcore.runtime.stats import Stats
 from meshcore.runtime.sniff import sniff_tls
+from meshcore.runtime.stats import Stats
 
 __all__ = [
     "CompiledChain",
