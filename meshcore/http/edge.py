@@ -205,32 +205,51 @@ class EdgePolicy:
             headers.add(_XFCC, element)
 
     def _from_outside(self, request: Request) -> None:
-        """Drop what a client outside the mesh cannot be trusted to say."""
+        """Drop what a client outside the mesh cannot be trusted to say.
+
+        One pass over the headers finds what needs work; the list is rebuilt only when a
+        header must go (most requests carry none of these).
+        """
         headers = request.headers
-        raw = strip_internal_headers(headers.raw, self.internal_headers)
+        raw = headers.raw
+        conn = request.connection
+        tls = conn.tls if conn is not None else None
+        remote = conn.peer_host if conn is not None else ""
+        internal, forwarded, drop = self._scan(raw)
+        if forwarded:
+            trusted = self.xff_trusted_hops
+            hops = [h.strip() for v in forwarded for h in v.split(b",") if h.strip()]
+            if trusted and len(hops) >= trusted:
+                remote = hops[-trusted].decode("latin-1")
+            else:
+                drop.add(_XFF)
+        if internal:
+            raw = strip_internal_headers(raw, self.internal_headers)
+        if drop:
+            raw = [(n, v) for n, v in raw if n not in drop]
         if raw is not headers.raw:
             headers.raw = raw
-        conn = request.connection
-        remote = conn.peer_host if conn is not None else ""
-        trusted = self.xff_trusted_hops
-        if any(name == _XFF for name, _ in raw):
-            hops = [h.strip() for v in headers.get_all(_XFF) for h in v.split(",") if h.strip()]
-            if trusted and len(hops) >= trusted:
-                remote = hops[-trusted]
-            else:
-                headers.remove(_XFF)
         request.info.metadata[REMOTE_ADDRESS] = remote
-        tls = conn.tls if conn is not None else None
         if conn is not None:
-            headers.set(_XFP, b"https" if tls is not None else b"http")
-        self._client_cert(request, tls)
-
-    def _client_cert(self, request: Request, tls: Any) -> None:
-        mode = self.forward_client_cert
-        headers = request.headers
-        if mode in ("sanitize_set", "sanitize"):
-            headers.remove(_XFCC)
-        if mode in ("sanitize_set", "append_forward"):
+            raw.append((_XFP, b"https" if tls is not None else b"http"))
+        if self.forward_client_cert in ("sanitize_set", "append_forward"):
             element = client_cert_element(tls)
             if element is not None:
-                headers.add(_XFCC, element)
+                raw.append((_XFCC, element.encode("latin-1")))
+
+    def _scan(self, raw: list[tuple[bytes, bytes]]) -> tuple[bool, list[bytes], set[bytes]]:
+        """Whether internal headers must go, the x-forwarded-for values, the headers to drop."""
+        drop: set[bytes] = set()
+        internal = False
+        forwarded: list[bytes] = []
+        sanitize = self.forward_client_cert in ("sanitize_set", "sanitize")
+        for name, value in raw:
+            if name[:2] != b"x-":
+                continue
+            if name.startswith(INTERNAL_PREFIX):
+                internal = internal or not _allowed(name, self.internal_headers)
+            elif name == _XFF:
+                forwarded.append(value)
+            elif name == _XFP or (name == _XFCC and sanitize):
+                drop.add(name)
+        return internal, forwarded, drop
