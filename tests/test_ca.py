@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 import meshcore
+from meshcore.config import CertificateAuthorityRef, Structurer
 from meshcore.plugins.ca import (
     CaConfig,
     CsrRejectedError,
@@ -213,3 +214,23 @@ def test_a_third_party_ca_plugs_in_through_the_hook() -> None:
     builtin = registry.get("certificate_authority", "meshcore")
     assert builtin is not None
     assert builtin.config is CaConfig
+
+
+def test_a_ca_section_names_a_certificate_authority_and_its_config(tmp_path: Path) -> None:
+    """What a control plane's ``ca:`` section structures into, and builds its Signer from."""
+    registry = meshcore.build_registry(autoload=False)
+    structurer = Structurer(registry)
+    ref = structurer.structure(
+        {"meshcore": {"directory": str(tmp_path), "trust_domain": "example.org"}}, CertificateAuthorityRef
+    )
+    assert structurer.problems == []
+    assert isinstance(ref, CertificateAuthorityRef)
+    found = registry.get("certificate_authority", ref.name)
+    assert found is not None
+    signer = found.factory(ref.config)
+    identity = "spiffe://example.org/ns/a/sa/b"
+    assert signer.sign(make_csr(identity)[0], identity).trusted_ca == signer.trust_bundle()
+    structurer.structure({"vault": {}}, CertificateAuthorityRef)
+    assert [p.message for p in structurer.problems] == [
+        "unknown certificate authority 'vault' (known: meshcore)"
+    ]

@@ -34,6 +34,7 @@ from meshcore.config.model import (
 )
 from meshcore.config.structure import (
     Catalog,
+    CertificateAuthorityRef,
     HttpFilterRef,
     LbPolicyRef,
     NetworkFilterRef,
@@ -50,6 +51,7 @@ __all__ = [
     "AdminConfig",
     "ByteSize",
     "Catalog",
+    "CertificateAuthorityRef",
     "Cluster",
     "DirectResponse",
     "Duration",

@@ -32,6 +32,7 @@ from meshcore.errors import ConfigProblem
 
 __all__ = [
     "Catalog",
+    "CertificateAuthorityRef",
     "HttpFilterRef",
     "LbPolicyRef",
     "NetworkFilterRef",
@@ -104,6 +105,17 @@ class LbPolicyRef(PluginRef):
     kind: ClassVar[str] = "lb_policy"
 
 
+class CertificateAuthorityRef(PluginRef):
+    """The certificate authority a control plane signs workload certificates with (its ``ca:``).
+
+    Written ``ca: {meshcore: {directory: /var/lib/meshcore/ca}}``; the registry's
+    ``certificate_authority`` of that name builds it: ``found.factory(ref.config)`` is a
+    ``Signer``.
+    """
+
+    kind: ClassVar[str] = "certificate_authority"
+
+
 @attrs.frozen(kw_only=True)
 class Reference:
     """A name in the config that must name another config object of ``kind``."""
@@ -135,6 +147,7 @@ _KIND_WORDS = {
     "network_filter": "network filter",
     "http_filter": "HTTP filter",
     "lb_policy": "load-balancing policy",
+    "certificate_authority": "certificate authority",
 }
 
 
