@@ -75,25 +75,50 @@ def cmd_rotate_root(args: argparse.Namespace) -> int:
 
 def add_ca_parser(commands: Any) -> None:
     """Add ``meshcore ca`` and its subcommands to the CLI's subcommand parser."""
-    ca = commands.add_parser("ca", help="the mesh's certificate authority: init, issue, rotate-root")
-    steps = ca.add_subparsers(dest="ca_command", required=True, metavar="CA_COMMAND")
+    ca = commands.add_parser(
+        "ca",
+        help="the mesh's certificate authority: init, issue, rotate-root",
+        description=(
+            "The mesh's certificate authority, kept in a directory: create its root (init), sign a "
+            "new key's CSR for a workload's SPIFFE ID (issue), or take one step of a root rotation "
+            "with overlap (rotate-root). See docs/security.md."
+        ),
+    )
+    steps = ca.add_subparsers(dest="ca_command", required=True, metavar="CA_COMMAND", help="what to do")
 
     def common(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("directory", metavar="DIR", help="the CA's directory (created if missing)")
         parser.add_argument("--trust-domain", default="cluster.local", help="default: cluster.local")
 
-    init = steps.add_parser("init", help="create the CA's root in DIR and print the trust bundle")
+    init = steps.add_parser(
+        "init",
+        help="create the CA's root in DIR and print the trust bundle",
+        description="Create the CA in DIR (its root, on first use) and print its trust bundle (PEM).",
+    )
     common(init)
     init.set_defaults(func=cmd_init)
-    issue = steps.add_parser("issue", help="sign a new key's CSR for a SPIFFE ID (for clients and tests)")
+    issue = steps.add_parser(
+        "issue",
+        help="sign a new key's CSR for a SPIFFE ID (for clients and tests)",
+        description="Make a key and a CSR for SPIFFE_ID here, have the CA in DIR sign it, and write the files.",
+    )
     common(issue)
-    issue.add_argument("spiffe_id", metavar="SPIFFE_ID")
+    issue.add_argument("spiffe_id", metavar="SPIFFE_ID", help="spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/ACCOUNT")
     issue.add_argument(
         "--out", required=True, metavar="PREFIX", help="writes PREFIX.pem, PREFIX.key, PREFIX-ca.pem"
     )
     issue.add_argument("--lifetime", default="24h", help="how long the certificate is valid (default: 24h)")
     issue.set_defaults(func=cmd_issue)
-    rotate = steps.add_parser("rotate-root", help="one step of a root rotation with overlap")
+    rotate = steps.add_parser(
+        "rotate-root",
+        help="one step of a root rotation with overlap",
+        description="One step of a root rotation with overlap: prepare, then activate, then finish.",
+    )
     common(rotate)
-    rotate.add_argument("--step", required=True, choices=("prepare", "activate", "finish"))
+    rotate.add_argument(
+        "--step",
+        required=True,
+        choices=("prepare", "activate", "finish"),
+        help="prepare: trust a new root; activate: sign with it; finish: drop the old one",
+    )
     rotate.set_defaults(func=cmd_rotate_root)

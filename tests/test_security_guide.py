@@ -2,9 +2,10 @@
 
 The steps run in order in a scratch directory holding a copy of docs/security/inbound.yaml, with this
 environment's ``meshcore`` first on the PATH (as after ``pip install meshcore``). Code
-blocks of other kinds are included from real files (``{literalinclude}``) or show a
-command run elsewhere (``text``: the testssl.sh scan, run by tests/test_testssl.py), or
-a fragment of config (``yaml``: checked by test_the_guides_config_fragments_are_valid).
+blocks of other kinds show a command run elsewhere (``text``: the testssl.sh scan, run by
+tests/test_testssl.py) or config (``yaml``: docs/security/inbound.yaml shown inline, kept
+equal to the file by tests/test_doc_examples.py, and fragments, checked by
+test_the_guides_config_fragments_are_valid).
 """
 
 from __future__ import annotations
@@ -33,10 +34,8 @@ def test_every_command_of_the_security_guide_works_as_written(tmp_path: Path) ->
         if block.info == "console":
             steps += console_steps(block)
         else:
-            # Included from a real file, a command run elsewhere (text), or a config fragment (yaml).
-            assert block.info in ("{literalinclude}", "text", "yaml"), (
-                f"security.md:{block.line}: ```{block.info}"
-            )
+            # A command run elsewhere (text), or config (yaml: the inline example, or a fragment).
+            assert block.info in ("text", "yaml"), f"security.md:{block.line}: ```{block.info}"
     assert len(steps) >= 10
     for step in steps:
         done = subprocess.run(  # noqa: S603 - bash runs the guide's own commands
