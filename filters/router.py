@@ -7,6 +7,8 @@ redirect. Failures become local replies whose response flag says why.
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 import structlog
 

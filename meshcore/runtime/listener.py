@@ -7,6 +7,7 @@ connections on the old ones finish their current request and close (drain).
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import errno
 import ipaddress
@@ -319,7 +320,14 @@ class ListenerRuntime:
             log.exception("connection_crashed", listener=self.config.name)
         finally:
             self._forget()
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
+            # A drain may have shut the socket's sending side already (an idle connection's
+            # FIN): closing TLS then cannot send close_notify, and that must not end the
+            # listener. trio closes the socket underneath all the same.
+            with (
+                trio.CancelScope(shield=True),
+                trio.move_on_after(1),
+                contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+            ):
                 await transport.aclose()
 
     def _select(

@@ -23,8 +23,8 @@ from meshcore.errors import ConfigError, ConfigProblem
 from meshcore.registry import Registry
 from meshcore.runtime.apply import Plan, announce, plan
 from meshcore.runtime.cluster import ClusterManager, Picker
-from meshcore.runtime.context import FilterContext
 from meshcore.runtime.config_health import ConfigHealth
+from meshcore.runtime.context import FilterContext
 from meshcore.runtime.listener import ListenerRuntime
 from meshcore.runtime.overload import OverloadManager
 from meshcore.runtime.stats import Stats
