@@ -18,20 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import trio
 
-import meshcore.config
 from meshcore import Duration
 from meshcore.plugins.ca import CaConfig, LocalCA, SignedCertificate
 from meshcore.plugins.workload_certs import WorkloadCertificate, keep_certificate
 from meshcore.testing import RunningProxy, UpstreamFactory, fetch, http_proxy_config
 from meshcore.testing.proxies import ProxyFactory
-
-pytestmark = pytest.mark.skipif(
-    not hasattr(meshcore.config, "TlsSecret"),
-    reason="needs Snapshot secrets (TlsSecret, branch runtime-apply); passes with them merged",
-)
 
 FRONTEND = "spiffe://cluster.local/ns/shop/sa/frontend"
 BACKEND = "spiffe://cluster.local/ns/shop/sa/backend"
