@@ -378,3 +378,21 @@ async def test_an_endpoint_given_twice_keeps_one_pool_each_and_closes_both_when_
         assert (gone.healthy, gone.open_connections) == (False, 0)  # its idle connection closed
         proxy.apply_delta(meshcore.SnapshotDelta(version="4", endpoints={"backend": ()}))
         assert (kept.healthy, kept.open_connections) == (False, 0)
+
+
+async def test_a_stream_s_place_is_free_as_soon_as_its_last_frame_went_out(
+    meshcore_proxy: ProxyFactory,
+) -> None:
+    """A client that keeps within MAX_CONCURRENT_STREAMS is never refused.
+
+    Found by the full-scale soak test: a stream counted against the limit until its task
+    finished, after its END_STREAM had gone out; a client opening its next stream at once
+    got REFUSED_STREAM. With a limit of 1, back-to-back requests hit it about 1 in 20.
+    """
+    direct = {"name": "d", "match": {"prefix": "/"}, "direct_response": {"status": 200, "body": "x"}}
+    config = http_proxy_config([], routes=[direct], manager={"http2": {"max_concurrent_streams": 1}})
+    with trio.fail_after(TIMEOUT):
+        proxy = await meshcore_proxy(config)
+        async with open_h2_client(proxy.address()) as h2:
+            statuses = [(await h2.request("/")).status for _ in range(300)]
+    assert statuses == [200] * 300

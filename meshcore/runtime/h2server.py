@@ -365,7 +365,7 @@ class H2ServerSession:
         if self.closing:
             self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             return
-        if len(self.streams) >= self.max_streams:
+        if self._streams_open() >= self.max_streams:
             # Past the advertised limit: this stream is refused (the client may retry it), the
             # others go on. A client that keeps doing it spends the reset budget.
             self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
@@ -387,6 +387,15 @@ class H2ServerSession:
         self.streams[stream_id] = stream
         assert self.nursery is not None  # noqa: S101 - set by run()
         self.nursery.start_soon(self._serve_stream, stream)
+
+    def _streams_open(self) -> int:
+        """The streams being served that still count against the limit (RFC 9113 5.1.2).
+
+        A stream whose last frame went out is closed, and the client may use its place at
+        once, even though its task is still finishing (logs, stats); so h2's state decides.
+        """
+        states = self.h2.streams
+        return sum(1 for sid in self.streams if (state := states.get(sid)) is not None and not state.closed)
 
     def _stream_reset(self, event: h2.events.StreamReset) -> None:
         stream = self.streams.pop(event.stream_id, None)
