@@ -204,17 +204,49 @@ async def test_the_admin_server_shows_every_worker_summed_and_each_alone(
             assert one_worker == "LIVE\n"
             assert (no_worker.status_code, no_worker.text) == (400, "no worker '2': workers are 0 to 1\n")
 
-            # A worker gone: the group is not ready, and says which; sums would be partial.
-            os.kill(workers[1]["pid"], signal.SIGKILL)
-            ready = await client.get("/ready")
+            # A worker that hangs: the group is not ready, and says which; sums would be partial.
+            os.kill(workers[1]["pid"], signal.SIGSTOP)
+            try:
+                ready = await client.get("/ready")
+                stats = await client.get("/stats")
+            finally:
+                os.kill(workers[1]["pid"], signal.SIGCONT)
             assert (ready.status_code, ready.text) == (503, "NOT READY\nworker 1: NOT ANSWERING\n")
-            stats = await client.get("/stats")
             assert (stats.status_code, stats.text) == (
                 503,
                 "worker 1 did not answer: the figures would be partial\n",
             )
+            assert (await client.get("/ready")).text == "LIVE\n"
         proxy.process.send_signal(signal.SIGTERM)
-        assert await proxy.process.wait() == 128 + signal.SIGKILL
+        assert await proxy.process.wait() == 0
+
+
+async def test_a_worker_that_dies_is_started_again(nursery: trio.Nursery, tmp_path: Path) -> None:
+    with trio.fail_after(40):
+        upstream = await nursery.start(serve_upstream)
+        proxy = await start_proxy_process(nursery, _config(upstream), tmp_path, args=("--workers", "2"))
+        await proxy.wait_for("proxy_started", count=2)
+        admin = split_host_port((await proxy.wait_for("admin_started"))["address"])
+        async with httpx.AsyncClient(base_url=f"http://{admin[0]}:{admin[1]}") as client:
+            before = (await client.get("/workers")).json()["workers"]
+            assert [w["ready"] for w in before] == [True, True]
+
+            os.kill(before[1]["pid"], signal.SIGKILL)  # a crash, or the OOM killer
+            died = await proxy.wait_for("worker_died")
+            restarted = await proxy.wait_for("worker_restarted")
+            await proxy.wait_for("proxy_started", count=3)
+            assert (died["worker"], died["status"]) == (1, 128 + signal.SIGKILL)
+            after = (await client.get("/workers")).json()["workers"]
+            assert after[0]["pid"] == before[0]["pid"]
+            assert after[1]["pid"] == restarted["pid"] != before[1]["pid"]
+            assert sorted(w["pid"] for w in after) == sorted(_children(proxy.process.pid))
+            assert (await client.get("/ready")).text == "LIVE\n"
+            for n in range(10):  # both workers serve (a connection each: the kernel spreads them)
+                assert (await fetch(proxy.address, f"/bytes/{n + 1}")).status == 200
+            assert _requests_total((await client.get("/stats?format=json")).json()) == 10
+        proxy.process.send_signal(signal.SIGTERM)
+        assert await proxy.process.wait() == 0
+        assert not any(_alive(w["pid"]) for w in after)
 
 
 # -- a busy admin port: one line, exit 1 ----------------------------------------------------------
@@ -239,3 +271,22 @@ async def test_a_busy_admin_port_is_one_line_naming_the_address(
     assert done.returncode == 1
     assert not_logs == [f"admin.address: cannot listen on 127.0.0.1:{port}: Address already in use"]
     assert "Traceback" not in done.stderr.decode()
+
+
+async def test_workers_that_cannot_start_are_not_started_again(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """A listener port held by another program: every worker fails to start; the group exits 1."""
+    with trio.fail_after(30):
+        upstream = await nursery.start(serve_upstream)
+        with socket.socket() as taken:  # no SO_REUSEPORT: the workers cannot share it
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            config = _config(upstream)
+            config["listeners"][0]["address"] = f"127.0.0.1:{taken.getsockname()[1]}"
+            path = tmp_path / "proxy.json"
+            path.write_text(json.dumps(config))
+            argv = [sys.executable, "-m", "meshcore", "proxy", "-c", str(path), "--workers", "2"]
+            done = await trio.run_process([*argv, "--log-format", "json"], capture_stderr=True, check=False)
+    events = [json.loads(line)["event"] for line in done.stderr.decode().splitlines() if line.startswith("{")]
+    assert done.returncode == 1
+    assert events.count("worker_exited") == 2
+    assert "worker_restarted" not in events

@@ -17,6 +17,8 @@ the admin address itself, for the whole group:
 
 No shared memory and no snapshot files: a worker's figures are read when asked for, so
 they are never stale, and a worker that died or hangs is reported as such, not summed.
+A worker that dies on its own is started again (with a growing delay if it keeps dying);
+its figures start from zero.
 """
 
 from __future__ import annotations
@@ -288,69 +290,142 @@ def _admin_socket(path: Path) -> socket.socket:
     return sock
 
 
+RESTART_DELAY = 1.0
+"""Seconds before a worker that died is started again; doubled at each death in a row."""
+RESTART_DELAY_MAX = 30.0
+"""The longest wait before a restart (a worker that dies at once, again and again)."""
+STABLE_AFTER = 60.0
+"""Seconds of life after which a worker's next death waits :data:`RESTART_DELAY` again."""
+
+
+class _Supervision:
+    """The workers of a group: started, restarted when they die, stopped on a signal."""
+
+    def __init__(self, worker_argv: Sequence[str], paths: Sequence[Path], group: WorkerGroup) -> None:
+        self.worker_argv = list(worker_argv)
+        self.paths = list(paths)
+        self.group = group
+        self.processes: list[trio.Process | None] = [None] * len(paths)
+        self.codes = [0] * len(paths)
+        self.stopping = trio.Event()
+
+    async def spawn(self, worker: int) -> None:
+        """Start worker ``worker`` on a new admin socket at its path (the parent asks there)."""
+        path = self.paths[worker]
+        path.unlink(missing_ok=True)  # the socket of a worker that died
+        sock = _admin_socket(path)
+        try:
+            fd = sock.fileno()
+            argv = [*self.worker_argv, "--admin-fd", str(fd)]
+            process = await trio.lowlevel.open_process(argv, pass_fds=(fd,))
+        finally:
+            sock.close()  # the worker holds it now: when it exits, its socket goes
+        self.processes[worker] = process
+        self.group.pids[worker] = process.pid
+        if self.stopping.is_set():  # a stop signal came while it was being started
+            process.send_signal(signal.SIGTERM)
+
+    def signal_all(self, signum: int) -> None:
+        """Send ``signum`` to every live worker; SIGTERM and SIGINT also stop the restarts."""
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            self.stopping.set()
+        for process in self.processes:
+            if process is not None and process.returncode is None:
+                process.send_signal(signum)
+
+    async def keep(self, worker: int) -> None:
+        """Wait for worker ``worker``; start it again when it dies, until the group stops."""
+        delay = RESTART_DELAY
+        served = False  # this worker slot has had a worker that answered /ready
+        while True:
+            process = self.processes[worker]
+            assert process is not None  # noqa: S101 - spawned before keep() runs
+            started = trio.current_time()
+            ready = trio.Event()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_ready, worker, ready)
+                code = await process.wait()
+                nursery.cancel_scope.cancel()
+            served = served or ready.is_set()
+            status = code if code >= 0 else 128 - code  # killed by a signal: 128 + its number
+            if self.stopping.is_set() or not served:  # stopped, or could not start (a port taken)
+                if code:
+                    log.warning("worker_exited", worker=worker, pid=process.pid, status=status)
+                self.codes[worker] = status
+                return
+            if trio.current_time() - started > STABLE_AFTER:
+                delay = RESTART_DELAY
+            log.warning("worker_died", worker=worker, pid=process.pid, status=status, restart_in=delay)
+            with trio.move_on_after(delay):
+                await self.stopping.wait()
+            if self.stopping.is_set():
+                self.codes[worker] = status
+                return
+            await self.spawn(worker)
+            log.info("worker_restarted", worker=worker, pid=self.group.pids[worker])
+            delay = min(delay * 2, RESTART_DELAY_MAX)
+
+    async def _watch_ready(self, worker: int, ready: trio.Event) -> None:
+        """Set ``ready`` once the worker answers ``/ready`` with LIVE (asked every 0.2 s)."""
+        while True:
+            with trio.move_on_after(WORKER_TIMEOUT):
+                try:
+                    answer = await _request(str(self.paths[worker]), "GET", "/ready")
+                except (OSError, trio.BrokenResourceError, h11.ProtocolError):
+                    answer = None
+                if _ok(answer):
+                    ready.set()
+                    return
+            await trio.sleep(0.2)
+
+    async def run(self) -> list[int]:
+        """Keep every worker running until the group stops; their exit statuses."""
+        async with trio.open_nursery() as nursery:
+            for worker in range(len(self.paths)):
+                nursery.start_soon(self.keep, worker)
+        return self.codes
+
+
 async def supervise(worker_argv: Sequence[str], count: int) -> int:
     """Run ``count`` workers (``worker_argv`` + ``--admin-fd FD``) and the group's admin server.
 
-    Forwards SIGTERM, SIGINT and SIGHUP to every worker; returns when they have all exited,
-    with the highest exit status.
+    Forwards SIGTERM, SIGINT and SIGHUP to every worker. A worker that dies on its own (a
+    crash, the OOM killer) is started again after :data:`RESTART_DELAY` seconds, doubled at
+    each death in a row up to :data:`RESTART_DELAY_MAX`; one that exits before it ever
+    answered ``/ready`` is not (it could not start: a port taken by another program, say, and
+    would only fail again). Returns when every worker has exited after SIGTERM or SIGINT (or
+    could not start), with the highest exit status.
 
     Raises:
         ConfigError: the admin address cannot be listened on (``admin.address: cannot
             listen on ...``); the workers were stopped first.
     """
     with tempfile.TemporaryDirectory(prefix="meshcore-workers-") as folder:  # mode 0700
-        sockets = [_admin_socket(Path(folder) / f"worker-{i}.sock") for i in range(count)]
-        processes: list[trio.Process] = []
-        try:
-            for sock in sockets:
-                fd = sock.fileno()
-                argv = [*worker_argv, "--admin-fd", str(fd)]
-                processes.append(await trio.lowlevel.open_process(argv, pass_fds=(fd,)))
-        finally:
-            for sock in sockets:  # the workers hold them now: when one exits, its socket goes
-                sock.close()
-        group = WorkerGroup(
-            [str(Path(folder) / f"worker-{i}.sock") for i in range(count)], [p.pid for p in processes]
-        )
+        paths = [Path(folder) / f"worker-{i}.sock" for i in range(count)]
+        group = WorkerGroup([str(path) for path in paths], [0] * count)
+        workers = _Supervision(worker_argv, paths, group)
+        for worker in range(count):
+            await workers.spawn(worker)
         log.info("workers_started", pids=group.pids)
         admin_errors: list[ConfigError] = []
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_forward_signals, processes)
-            nursery.start_soon(_serve_group_admin, group, processes, admin_errors)
-            codes = await _wait_all(processes)
+            nursery.start_soon(_forward_signals, workers)
+            nursery.start_soon(_serve_group_admin, group, workers, admin_errors)
+            codes = await workers.run()
             nursery.cancel_scope.cancel()
         if admin_errors:
             raise admin_errors[0]
         return max(codes)
 
 
-async def _wait_all(processes: list[trio.Process]) -> list[int]:
-    codes = [0] * len(processes)
-
-    async def wait(i: int, process: trio.Process) -> None:
-        code = await process.wait()
-        codes[i] = code if code >= 0 else 128 - code  # killed by a signal: 128 + its number
-        if code:
-            log.warning("worker_exited", worker=i, pid=process.pid, status=code)
-
-    async with trio.open_nursery() as nursery:
-        for i, process in enumerate(processes):
-            nursery.start_soon(wait, i, process)
-    return codes
-
-
-async def _forward_signals(processes: list[trio.Process]) -> None:
+async def _forward_signals(workers: _Supervision) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("signal_forwarded", signal=signal.Signals(signum).name)
-            for process in processes:
-                if process.returncode is None:
-                    process.send_signal(signum)
+            workers.signal_all(signum)
 
 
-async def _serve_group_admin(
-    group: WorkerGroup, processes: list[trio.Process], errors: list[ConfigError]
-) -> None:
+async def _serve_group_admin(group: WorkerGroup, workers: _Supervision, errors: list[ConfigError]) -> None:
     """The admin server of the group, on the address of the workers' config (if enabled)."""
     dump = None
     for worker in range(len(group.sockets)):  # worker 0, or the first that is up
@@ -370,9 +445,7 @@ async def _serve_group_admin(
         await serve_admin_answers(group.answer, Address.__meshcore_parse__(admin["address"]))
     except ConfigError as err:
         errors.append(err)
-        for process in processes:
-            if process.returncode is None:
-                process.send_signal(signal.SIGTERM)
+        workers.signal_all(signal.SIGTERM)
 
 
 async def serve_worker_admin(proxy: Proxy, fd: int, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
