@@ -424,7 +424,11 @@ async def test_listeners_show_the_bound_port() -> None:
 async def test_unknown_path_and_wrong_method_over_http() -> None:
     with trio.fail_after(TIMEOUT):
         async with running(config()) as (_, client, _):
-            assert (await client.get("/nope")).status_code == 404
+            reflected = await client.get("/%3Cscript%3Ealert(1)%3C/script%3E")
+            assert reflected.status_code == 404
+            # The answer quotes the path: as plain text a browser must not sniff into HTML.
+            assert reflected.headers["content-type"] == "text/plain; charset=utf-8"
+            assert reflected.headers["x-content-type-options"] == "nosniff"
             response = await client.post("/ready")
             assert response.status_code == 405
             assert response.headers["allow"] == "GET, HEAD"

@@ -414,6 +414,8 @@ def _encode(codec: H11ServerCodec, response: AdminResponse, *, head_only: bool) 
         (b"content-type", response.content_type.encode()),
         (b"content-length", str(len(body)).encode()),
         (b"cache-control", b"no-store"),
+        # Error answers quote the request (a path, a query): never sniffed into HTML.
+        (b"x-content-type-options", b"nosniff"),
         *((name.encode(), value.encode()) for name, value in response.headers),
     ]
     out = codec.send_response_head(response.status, headers)
