@@ -1,6 +1,9 @@
 """HTTP/1.1 benchmark: wrk at 50 keep-alive connections, upstream direct vs. through meshcore.
 
 Run: ``python bench/http1.py [--duration 10] [--connections 50]`` (needs ``wrk``).
+``--tracing`` measures the ``tracing`` filter instead: the same chain (fast codec) without
+it, with it at 100% sampling and at 1%, exporting to a live OTLP/HTTP sink (a process that
+answers 200 to every export), and prints the CPU it adds per request.
 
 It starts a minimal upstream (asyncio, a canned 200 per request: cheap, so that the proxy
 is what is measured), then drives load with wrk (a) at the upstream directly and (b) at
@@ -16,6 +19,7 @@ import argparse
 import asyncio
 import json
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,7 +65,7 @@ listeners:
           - http_connection_manager:
               route_config: main
               codec: {codec}
-              http_filters: [passthrough, passthrough, passthrough, router]
+              http_filters: {filters}
 route_configs:
   - name: main
     virtual_hosts:
@@ -78,6 +82,88 @@ clusters:
 
 
 # -- measuring ------------------------------------------------------------------------------
+
+
+TRACING = (
+    "{{tracing: {{sampler: ratio, ratio: {ratio}, otlp_http: "
+    '{{endpoint: "http://127.0.0.1:{sink}/v1/traces", max_queue_size: 8192}}}}}}'
+)
+PASSTHROUGH = "[passthrough, passthrough, passthrough, router]"
+
+
+class _Sink(asyncio.Protocol):
+    """An OTLP/HTTP sink: reads each export request whole and answers 200 with an empty body."""
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            head_end = self.buffer.find(b"\r\n\r\n")
+            if head_end < 0:
+                return
+            length = int(re.search(rb"content-length: *(\d+)", self.buffer[:head_end].lower()).group(1))  # type: ignore[union-attr]
+            if len(self.buffer) < head_end + 4 + length:
+                return
+            self.buffer = self.buffer[head_end + 4 + length :]
+            self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+
+
+def run_tracing(args: argparse.Namespace, me: list[str], upstream_port: int, procs: list[Any]) -> int:
+    """The tracing variant: the CPU per request that the tracing filter adds.
+
+    The three proxies run side by side and are measured in turns, ``--rounds`` times (the
+    machine is shared and noisy): the median of each one's CPU per request is compared.
+    """
+    sink_port = free_port()
+    procs.append(start([*me, "--role", "sink", "--port", str(sink_port)]))
+    variants = {
+        "no tracing": PASSTHROUGH,
+        "tracing 100%": f"[{TRACING.format(ratio=1.0, sink=sink_port)}, passthrough, passthrough, router]",
+        "tracing 1%": f"[{TRACING.format(ratio=0.01, sink=sink_port)}, passthrough, passthrough, router]",
+    }
+    ports: dict[str, tuple[int, int]] = {}
+    runs: dict[str, list[dict[str, float]]] = {label: [] for label in variants}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (label, filters) in enumerate(variants.items()):
+            port = free_port()
+            config = Path(tmp) / f"bench-{i}.yaml"
+            config.write_text(
+                PROXY_CONFIG.format(port=port, upstream=upstream_port, codec="fast", filters=filters)
+            )
+            procs.append(start([*me, "--role", "proxy", "--config", str(config)]))
+            ports[label] = (port, procs[-1].pid)
+        order = list(ports.items())
+        for round_ in range(args.rounds):
+            # Each round starts with another variant: one measured just after the 100% proxy
+            # shares the machine with that proxy's last exports.
+            shift = round_ % len(order)
+            for label, (port, pid) in order[shift:] + order[:shift]:
+                runs[label].append(wrk(port, pid, args.duration, args.connections))
+    median = {
+        label: statistics.median(r["cpu_us_per_request"] for r in results) for label, results in runs.items()
+    }
+    print(
+        f"wrk -c{args.connections} -d{args.duration}s x {args.rounds} rounds, HTTP/1.1 keep-alive, fast codec, "
+        "spans to a live OTLP sink; median of the rounds"
+    )
+    print(f"{'':14} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'server CPU us/req':>18} {'errors':>7}")
+    for label, results in runs.items():
+        errors = sum(r["non_2xx"] + r["socket_errors"] for r in results)
+        rps = statistics.median(r["requests_per_s"] for r in results)
+        p50 = statistics.median(r["p50_ms"] for r in results)
+        p99 = statistics.median(r["p99_ms"] for r in results)
+        print(f"{label:14} {rps:>10.0f} {p50:>8.2f} {p99:>8.2f} {median[label]:>18.1f} {errors:>7.0f}")
+        rounds = ", ".join(f"{r['cpu_us_per_request']:.1f}" for r in results)
+        print(f"{'':14} CPU us/req per round: {rounds}")
+    base = median["no tracing"]
+    for label in ("tracing 100%", "tracing 1%"):
+        print(f"{label}: +{median[label] - base:.1f} us CPU per request over no tracing")
+    if args.json:
+        print(json.dumps(runs))
+    return 0
 
 
 def wrk(port: int, server_pid: int, duration: int, connections: int) -> dict[str, float]:
@@ -107,13 +193,15 @@ def wrk(port: int, server_pid: int, duration: int, connections: int) -> dict[str
     }
 
 
-def main() -> int:
+def main() -> int:  # noqa: PLR0912, PLR0915 - a flat script: the roles, then the variants
     """Run the benchmark (or, with ``--role``, one of its server processes)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per measured run")
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
-    parser.add_argument("--role", choices=["upstream", "proxy"], help=argparse.SUPPRESS)
+    parser.add_argument("--tracing", action="store_true", help="measure the tracing filter's cost")
+    parser.add_argument("--rounds", type=int, default=5, help="--tracing: measured turns per variant")
+    parser.add_argument("--role", choices=["upstream", "proxy", "sink"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -123,18 +211,30 @@ def main() -> int:
     if args.role == "proxy":
         run_proxy(args.config)
         return 0
+    if args.role == "sink":
+        serve_canned(_Sink, args.port)
+        return 0
 
     upstream_port = free_port()
     me = [sys.executable, __file__]
     procs = [start([*me, "--role", "upstream", "--port", str(upstream_port)])]
     results: dict[str, dict[str, float]] = {}
+    if args.tracing:
+        try:
+            return run_tracing(args, me, upstream_port, procs)
+        finally:
+            for proc in procs:
+                proc.terminate()
+                proc.wait(timeout=30)
     try:
         results["upstream direct"] = wrk(upstream_port, procs[0].pid, args.duration, args.connections)
         with tempfile.TemporaryDirectory() as tmp:
             for codec in ("h11", "fast"):
                 port = free_port()
                 config = Path(tmp) / f"bench-{codec}.yaml"
-                config.write_text(PROXY_CONFIG.format(port=port, upstream=upstream_port, codec=codec))
+                config.write_text(
+                    PROXY_CONFIG.format(port=port, upstream=upstream_port, codec=codec, filters=PASSTHROUGH)
+                )
                 procs.append(start([*me, "--role", "proxy", "--config", str(config)]))
                 results[f"meshcore ({codec})"] = wrk(port, procs[-1].pid, args.duration, args.connections)
     finally:

@@ -9,6 +9,7 @@ the testing kit reach them in :mod:`meshcore.runtime`.
 
 from importlib.metadata import PackageNotFoundError, version
 
+from meshcore import telemetry
 from meshcore.config import (
     Address,
     ByteSize,
@@ -148,4 +149,5 @@ __all__ = [
     "snapshot_from_data",
     "splice",
     "split_host_port",
+    "telemetry",
 ]

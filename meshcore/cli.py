@@ -350,7 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a proxy fed by a config source: a config file (-c FILE), or any registered "
         "source (--source NAME, configured by --source-config and --source-arg). SIGTERM/SIGINT drain "
         "in-flight requests and exit 0; SIGHUP asks the source to reload (the file source also reloads "
-        "when the file changes). A bad config is logged and the old one keeps serving.",
+        "when the file changes). A bad config is logged and the old one keeps serving. SIGUSR1 reopens "
+        "access-log files (after logrotate moved them).",
     )
     proxy.add_argument("-c", "--config", metavar="FILE", help="the config file (the file source)")
     proxy.add_argument(

@@ -51,6 +51,8 @@ BUILTIN_PLUGINS = (
     "meshcore.filters.ext_authz",
     "meshcore.filters.authz",
     "meshcore.filters.jwt_authn",
+    "meshcore.filters.tracing",
+    "meshcore.filters.mesh_metrics",
     "meshcore.plugins.file_source",
     "meshcore.plugins.ca",
 )

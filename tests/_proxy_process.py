@@ -21,6 +21,8 @@ class ProxyProcess:
     address: tuple[str, int]
     logs: list[dict[str, Any]] = attrs.Factory(list)
     ended: bool = False
+    addresses: dict[str, tuple[str, int]] = attrs.Factory(dict)
+    """Every listener's address, by name."""
     _logged: trio.Event = attrs.Factory(trio.Event)
 
     def rss_bytes(self) -> int:
@@ -66,15 +68,18 @@ async def start_proxy_process(
     *,
     args: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
+    name: str = "proxy",
 ) -> ProxyProcess:
     """Start ``python -m meshcore proxy`` (listener "ingress"); killed with ``nursery``.
 
     With ``config``, it runs ``-c`` on that config written to a file; ``args`` are more
-    arguments (``--source NAME ...`` instead of a config), ``env`` its environment.
+    arguments (``--source NAME ...`` instead of a config), ``env`` its environment. ``address``
+    is the listener "ingress"'s (if any), ``addresses`` every listener's; ``name`` names the
+    config file, so that several proxies can share ``tmp_path``.
     """
     argv = [sys.executable, "-m", "meshcore", "proxy", "--log-format", "json", *args]
     if config is not None:
-        path = tmp_path / "proxy.json"
+        path = tmp_path / f"{name}.json"
         path.write_text(json.dumps(config))
         argv += ["-c", str(path)]
     run = functools.partial(
@@ -103,8 +108,10 @@ async def start_proxy_process(
                         entry = {"event": "<not JSON>", "text": line.decode(errors="replace")}
                     proxy._add(entry)
                     if entry["event"] == "proxy_started":
-                        host, _, port = entry["listeners"]["ingress"].rpartition(":")
-                        proxy.address = (host, int(port))
+                        for listener, address in entry["listeners"].items():
+                            host, _, port = address.rpartition(":")
+                            proxy.addresses[listener] = (host, int(port))
+                        proxy.address = proxy.addresses.get("ingress", ("", 0))
                         started.set()
         finally:
             proxy.ended = True
@@ -113,5 +120,5 @@ async def start_proxy_process(
 
     nursery.start_soon(collect_logs)
     await started.wait()
-    assert proxy.address[1], f"the proxy exited before it started: {proxy.logs}"
+    assert proxy.addresses, f"the proxy exited before it started: {proxy.logs}"
     return proxy

@@ -312,9 +312,10 @@ async def test_stats_text_and_prometheus() -> None:
             response = await client.get("/stats/prometheus")
             assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
             lines = response.text.splitlines()
-            assert "# TYPE meshcore_admin_test_bumped counter" in lines
-            assert 'meshcore_admin_test_bumped{cluster="c"} 7' in lines
-            assert "meshcore_config_snapshots_applied 1" in lines
+            # Counters end in _total in the exposition (promtool's rule), whatever they are called inside.
+            assert "# TYPE meshcore_admin_test_bumped_total counter" in lines
+            assert 'meshcore_admin_test_bumped_total{cluster="c"} 7' in lines
+            assert "meshcore_config_snapshots_applied_total 1" in lines
 
 
 async def test_config_dump_shows_the_snapshot(tmp_path: Path) -> None:

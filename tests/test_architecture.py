@@ -142,7 +142,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     ("config", ("meshcore.config", "meshcore.hookspecs", "meshcore.registry")),
     ("http", ("meshcore.http",)),
-    ("runtime", ("meshcore.runtime",)),
+    (
+        "runtime",
+        ("meshcore.runtime", "meshcore.telemetry"),
+    ),  # telemetry: the runtime's tracing, metrics, logs
     ("control", ("meshcore.control",)),
     ("api", ("meshcore",)),  # meshcore/__init__.py, the public API: exactly "meshcore"
     ("plugins", ("meshcore.filters", "meshcore.plugins")),

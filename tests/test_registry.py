@@ -22,8 +22,23 @@ from meshcore.cli import main
 from meshcore.registry import AUTOLOAD_ENV, BUILTIN_PLUGINS, PluginInfo
 
 BUILTIN_TYPES = {
-    "network_filter": ["authz", "connection_limit", "http_connection_manager", "tcp_proxy"],
-    "http_filter": ["authz", "ext_authz", "fault", "jwt_authn", "local_ratelimit", "router"],
+    "network_filter": [
+        "authz",
+        "connection_limit",
+        "http_connection_manager",
+        "tcp_mesh_metrics",
+        "tcp_proxy",
+    ],
+    "http_filter": [
+        "authz",
+        "ext_authz",
+        "fault",
+        "jwt_authn",
+        "local_ratelimit",
+        "mesh_metrics",
+        "router",
+        "tracing",
+    ],
     "lb_policy": ["least_request", "round_robin"],
     "config_source": ["file"],
 }

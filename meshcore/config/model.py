@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import attrs
 
+from meshcore.config.accesslog import AccessLogs, access_logs
 from meshcore.config.structure import HttpFilterRef, LbPolicyRef, NetworkFilterRef, Path, Structurer
 from meshcore.config.units import Address, ByteSize, Duration, SecretStr
 from meshcore.config.validators import at_least, at_most, cidr, non_empty, regex, unique
@@ -167,7 +168,8 @@ class Listener:
     name: str = attrs.field(validator=non_empty)
     address: Address
     filter_chains: tuple[FilterChain, ...] = attrs.field(validator=non_empty)
-    access_log: bool = False
+    access_log: AccessLogs = attrs.field(default=AccessLogs(), converter=access_logs)
+    """Access logs (a list; ``true``: one JSON line per request in the process log)."""
     drain_timeout: Duration = Duration(30)
     max_connections: int = attrs.field(default=0, validator=at_least(0))
     """Connections this listener serves at once (0: no limit); one past it is closed at

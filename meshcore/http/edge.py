@@ -188,6 +188,7 @@ class EdgePolicy:
             if self.forward_original_path and request.path != original:
                 request.info.metadata[ORIGINAL_PATH] = original
         if self.is_mesh_peer(request):
+            request.info.internal = True  # what the request id and tracing trust, too
             self._from_mesh_peer(request)
         else:
             self._from_outside(request)

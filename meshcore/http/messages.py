@@ -12,14 +12,27 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
+import structlog
+
 from meshcore.flags import ResponseFlag
 
 if TYPE_CHECKING:
     from meshcore.config import Route
     from meshcore.connection import Connection
 
-__all__ = ["Body", "Headers", "HttpHandler", "MatchedRoute", "Request", "Response", "StreamInfo", "Upgraded"]
+__all__ = [
+    "Body",
+    "Headers",
+    "HttpHandler",
+    "MatchedRoute",
+    "Request",
+    "Response",
+    "StreamInfo",
+    "Upgraded",
+    "UpstreamAttempt",
+]
 
+_log = structlog.get_logger("meshcore.http")
 HeaderPairs = Iterable[tuple[bytes | str, bytes | str]]
 
 
@@ -215,6 +228,41 @@ def _too_large(limit: int) -> Exception:
     return ProtocolError(msg, status=413)
 
 
+class UpstreamAttempt:
+    """One try of a request at an upstream endpoint: the first, then each retry.
+
+    Attributes:
+        number: 1 for the first attempt, 2 for the first retry, ...
+        cluster: the cluster's name.
+        endpoint: the endpoint tried ("host:port").
+        start: monotonic time (``time.monotonic()``) the attempt began.
+        end: monotonic time its response head came or it failed; None while it runs.
+        status: the response status, when one came.
+        flag: why it failed without a response (UF, UC, UT, ...), when it did.
+    """
+
+    __slots__ = ("cluster", "end", "endpoint", "flag", "number", "start", "status")
+
+    def __init__(self, number: int, cluster: str, endpoint: str) -> None:
+        self.number = number
+        self.cluster = cluster
+        self.endpoint = endpoint
+        self.start = time.monotonic()
+        self.end: float | None = None
+        self.status: int | None = None
+        self.flag: ResponseFlag | None = None
+
+    def __repr__(self) -> str:
+        outcome = self.status if self.status is not None else (self.flag.value if self.flag else "...")
+        return f"<UpstreamAttempt {self.number} {self.cluster}/{self.endpoint} {outcome}>"
+
+
+AttemptObserver = Callable[["Request", UpstreamAttempt], None]
+"""Called when an upstream attempt starts (``end`` is None; the request's headers may still
+be edited, e.g. to give each attempt a span of its own) and when it ends."""
+Observer = Callable[["Request", "Response"], None]
+
+
 class StreamInfo:
     """What happened to one request: timing, peers, route, flags, upstream. For logs and stats.
 
@@ -227,16 +275,29 @@ class StreamInfo:
         upstream_address: the endpoint that served it, when one did.
         flags: response flags explaining locally generated replies and failures.
         metadata: free-form data filters share for the life of the request.
+        attempts: every upstream attempt, in order (retries included).
+        on_attempt: an :data:`AttemptObserver` a filter may set (tracing: a span per attempt).
+        request_id: its ``x-request-id`` (set by the connection manager).
+        trace_id: its trace id as 32 hex digits, when a tracing filter saw it.
+        internal: whether it came from inside the mesh: the edge of trust took its
+            connection for a mesh peer's (set by the connection manager, before routing).
+            Only then are a client's request id and a forced trace honoured.
     """
 
     __slots__ = (
+        "_observers",
+        "attempts",
         "cluster_name",
         "connection_id",
         "downstream_address",
         "flags",
+        "internal",
         "metadata",
+        "on_attempt",
+        "request_id",
         "route_name",
         "start",
+        "trace_id",
         "upstream_address",
     )
 
@@ -249,10 +310,40 @@ class StreamInfo:
         self.upstream_address: str | None = None
         self.flags: set[ResponseFlag] = set()
         self.metadata: dict[str, Any] = {}
+        self.request_id: str | None = None
+        self.trace_id: str | None = None
+        self.internal = False
+        self.attempts: list[UpstreamAttempt] = []
+        self.on_attempt: AttemptObserver | None = None
+        self._observers: list[Observer] | None = None
 
     def flag_string(self) -> str:
         """The flags as Envoy prints them ("NR,UT"), or "-"."""
         return ",".join(sorted(f.value for f in self.flags)) or "-"
+
+    def when_complete(self, observer: Observer) -> None:
+        """Call ``observer(request, response)`` once the response has been sent (or abandoned).
+
+        For filters that report on the whole exchange (a tracing span's end, metrics with
+        the bytes sent and the final flags). Observers run in the order they were added;
+        one that raises is logged and does not stop the others.
+        """
+        if self._observers is None:
+            self._observers = [observer]
+        else:
+            self._observers.append(observer)
+
+    def complete(self, request: Request, response: Response) -> None:
+        """Run the observers (the connection manager calls this once, when the exchange ends)."""
+        observers = self._observers
+        if observers is None:
+            return
+        self._observers = None
+        for observer in observers:
+            try:
+                observer(request, response)
+            except Exception:  # noqa: BLE001 - a telemetry bug must not cost the other observers
+                _log.exception("request_observer_failed", observer=repr(observer))
 
 
 class MatchedRoute(Protocol):

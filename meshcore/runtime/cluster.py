@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import select
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from http import HTTPStatus
@@ -25,7 +26,7 @@ from meshcore.flags import ResponseFlag
 from meshcore.http.codec import NEED_DATA, Data, Informational, ResponseHead
 from meshcore.http.h1 import H11ClientCodec
 from meshcore.http.h1fast import FastClientCodec
-from meshcore.http.messages import Body, Headers, Request, Response, Upgraded
+from meshcore.http.messages import Body, Headers, Request, Response, Upgraded, UpstreamAttempt
 from meshcore.http.semantics import strip_hop_by_hop
 from meshcore.runtime.filterstate import blame
 from meshcore.runtime.h1exchange import RECEIVE_SIZE, H1Exchange
@@ -305,6 +306,26 @@ class Cluster:
         info = request.info
         info.cluster_name = self.name
         info.upstream_address = host.label
+        # One attempt per send (a retry is another send): tracing and access logs read them.
+        record = UpstreamAttempt(len(info.attempts) + 1, self.name, host.label)
+        info.attempts.append(record)
+        if info.on_attempt is not None:
+            info.on_attempt(request, record)
+        try:
+            response = await self._send_to(request, host, deadline)
+        except UpstreamError as err:
+            record.flag = err.flag
+            record.end = time.monotonic()
+            if info.on_attempt is not None:
+                info.on_attempt(request, record)
+            raise
+        record.status = response.status
+        record.end = time.monotonic()
+        if info.on_attempt is not None:
+            info.on_attempt(request, record)
+        return response
+
+    async def _send_to(self, request: Request, host: Host, deadline: float) -> Response:
         self.stats_rq_total.value += 1
         host.active_requests += 1
         self.stats_rq_active.value += 1

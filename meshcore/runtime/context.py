@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from meshcore.registry import Registry
     from meshcore.runtime.cluster import ClusterManager
     from meshcore.runtime.overload import OverloadManager
+    from meshcore.runtime.services import ServicesView
     from meshcore.runtime.stats import Stats
 
 __all__ = ["Connection", "FilterContext"]
@@ -28,7 +29,11 @@ class FilterContext:
         clusters: the upstream clusters, by name (``clusters.get(name)``).
         stats: the metrics store (create metrics here, once, and keep them).
         registry: the plugin registry (to build nested filters).
-        access_log: whether this listener logs one line per request.
+        services: the proxy's long-lived helpers by key (exporters, log sinks: see
+            :mod:`meshcore.runtime.services`); None outside a running proxy (a test harness).
+        access_log: whether this listener has access logs.
+        access_logger: its access logs (``log_http``, ``log_tcp``: see
+            :class:`meshcore.telemetry.accesslog.AccessLogger`), or None.
         tls: whether the filter chain terminates TLS.
         overload: the proxy's overload manager (None outside a proxy).
     """
@@ -38,6 +43,8 @@ class FilterContext:
     clusters: ClusterManager
     stats: Stats
     registry: Registry
+    services: ServicesView | None = None
     access_log: bool = False
+    access_logger: Any = None
     tls: bool = False
     overload: OverloadManager | None = None

@@ -26,7 +26,7 @@ from meshcore.errors import ProtocolError
 from meshcore.flags import ResponseFlag
 from meshcore.http.codec import CLOSED, NEED_DATA, Data, EndOfMessage, RequestHead
 from meshcore.http.edge import EdgePolicy
-from meshcore.http.grpc import grpc_local_reply, grpc_message_of, grpc_status_of, is_grpc
+from meshcore.http.grpc import grpc_local_reply, grpc_status_of, is_grpc
 from meshcore.http.h1 import H11ServerCodec
 from meshcore.http.h1fast import FastServerCodec
 from meshcore.http.messages import Body, Headers, Request, Response, StreamInfo
@@ -39,11 +39,11 @@ from meshcore.runtime.http_chains import HttpChains, RouteRuntime, build_chain
 from meshcore.runtime.linger import send_and_linger
 from meshcore.runtime.pipe import splice
 from meshcore.runtime.stats import Counter
+from meshcore.telemetry.request_id import RequestIds
 
 __all__ = ["HttpConnectionManager", "build_chain", "status_text"]
 
 log = structlog.get_logger("meshcore.http")
-access_log = structlog.get_logger("meshcore.access")
 
 RECEIVE_SIZE = 64 * 1024
 
@@ -81,6 +81,7 @@ class HttpConnectionManager:
         self.listener = context.listener
         self.scheme = "https" if context.tls else "http"
         self.access_log = context.access_log
+        self.access_logger = context.access_logger
         self.max_head = int(config.max_request_headers_size)
         self.fast_codec = getattr(config, "codec", "h11") == "fast"
         self.max_headers = int(config.max_request_headers)
@@ -93,6 +94,7 @@ class HttpConnectionManager:
         self.http2: Any = getattr(config, "http2", None)
         self.drain_timeout = self.idle_timeout if self.idle_timeout < math.inf else 30.0
         self.h2_sessions: set[Any] = set()
+        self.request_ids = RequestIds(getattr(config, "request_id", None))
         self.chains = HttpChains(config.http_filters, config.route_config, context)
         """The filter chains and route table, replaced whole when only the route table changes
         (see prepare_snapshot); a request reads it once, when it is dispatched."""
@@ -212,7 +214,12 @@ class HttpConnectionManager:
         self.stat_rq_total.value += 1
         self.stat_rq_active.value += 1
         refused = self.edge.prepare(request)  # path normalisation, header hygiene
+        # Once the edge decided whom to trust (request.info.internal: a mesh peer). A refused
+        # request gets an id too, for its access-log line.
+        self.request_ids.apply(request)
         if refused is not None:
+            if self.request_ids.in_response:
+                self.request_ids.respond(request, refused)
             return refused
         chains = self.chains
         route: CompiledRoute | None = chains.routes.match(request)
@@ -244,15 +251,17 @@ class HttpConnectionManager:
             response = Response.local(500, "internal error in a filter\n", headers=[("connection", "close")])
         if request.info.flags and response.status != HTTPStatus.OK and is_grpc(request):
             response = grpc_local_reply(request, response)
+        if self.request_ids.in_response:
+            self.request_ids.respond(request, response)
         return response
 
     def record(self, request: Request, response: Response) -> None:
-        """Count the finished request and write its access-log line (if enabled)."""
+        """Count the finished request, tell its observers, write its access-log line (if enabled)."""
         self.stat_rq_active.value -= 1
+        request.info.complete(request, response)
         self.stat_bytes_in.value += request.body.consumed
         self.stat_bytes_out.value += response.body.consumed
-        elapsed_ms = (time.monotonic() - request.info.start) * 1000
-        self.stat_latency.observe(elapsed_ms)
+        self.stat_latency.observe((time.monotonic() - request.info.start) * 1000)
         route = request.route
         if response.status:  # 0: no response was sent (the client reset the stream first)
             index = min(max(response.status // 100, 1), 5) - 1
@@ -269,28 +278,8 @@ class HttpConnectionManager:
                     "http_downstream_grpc_status", listener=self.listener, code=str(grpc_status)
                 )
             counter.value += 1
-        if self.access_log:
-            info = request.info
-            access_log.info(
-                "request_completed",
-                listener=self.listener,
-                method=request.method,
-                authority=request.authority,
-                path=request.path,
-                protocol=f"HTTP/{request.http_version}",
-                status=response.status,
-                grpc_status=grpc_status,
-                grpc_message=grpc_message_of(response) if grpc else None,
-                flags=info.flag_string(),
-                bytes_received=request.body.consumed,
-                bytes_sent=response.body.consumed,
-                duration_ms=round(elapsed_ms, 3),
-                upstream=info.upstream_address,
-                cluster=info.cluster_name,
-                route=info.route_name,
-                peer=info.downstream_address,
-                peer_principal=request.connection.peer_principal if request.connection is not None else None,
-            )
+        if self.access_logger is not None:
+            self.access_logger.log_http(request, response)
 
 
 def _shut_down_sending(stream: trio.abc.Stream) -> None:

@@ -15,7 +15,16 @@ from typing import Literal
 
 import attrs
 
-from meshcore.config import ByteSize, Duration, HttpFilterRef, Snapshot, at_least, at_most, non_empty, ref
+from meshcore.config import (
+    ByteSize,
+    Duration,
+    HttpFilterRef,
+    Snapshot,
+    at_least,
+    at_most,
+    non_empty,
+    ref,
+)
 from meshcore.errors import ConfigProblem
 from meshcore.plugin import NetworkFilterType, hookimpl
 from meshcore.runtime.http_manager import HttpConnectionManager
@@ -99,6 +108,23 @@ class TrustSettings:
 
 
 @attrs.frozen(kw_only=True)
+class RequestIdConfig:
+    """``x-request-id``: generated when absent, propagated upstream, optionally echoed back.
+
+    A client's id is kept when the request comes from a mesh peer (what ``trust`` calls
+    one: a verified SPIFFE ID of ``mesh_trust_domains``), or when ``preserve_external`` is
+    set; otherwise it is replaced, as Envoy does at the edge (``preserve_external_request_id``).
+    """
+
+    generate: bool = True
+    """Generate an id (a UUID) for a request that has none, or whose id is not kept."""
+    preserve_external: bool = False
+    """Keep the id of a request from outside the mesh too (trust every client)."""
+    set_in_response: bool = False
+    """Echo the id in the response's ``x-request-id``."""
+
+
+@attrs.frozen(kw_only=True)
 class HttpConnectionManagerConfig:
     """Config of ``http_connection_manager``."""
 
@@ -128,6 +154,7 @@ class HttpConnectionManagerConfig:
     http2: Http2Settings = Http2Settings()
     path_normalization: PathNormalization = PathNormalization()
     trust: TrustSettings = TrustSettings()
+    request_id: RequestIdConfig = RequestIdConfig()
 
 
 @hookimpl

@@ -71,7 +71,7 @@ class CompiledChain:
         config: FilterChain,
         filters: Sequence[NetworkFilter],
         *,
-        access_log: bool = False,
+        access_log: object = False,
         tls: ssl.SSLContext | None = None,
         tls_material: Any = None,
     ) -> None:

@@ -27,7 +27,9 @@ from meshcore.runtime.config_health import ConfigHealth
 from meshcore.runtime.context import FilterContext
 from meshcore.runtime.listener import ListenerRuntime
 from meshcore.runtime.overload import OverloadManager
+from meshcore.runtime.services import Services
 from meshcore.runtime.stats import Stats
+from meshcore.telemetry.accesslog import build_access_logger
 
 __all__ = ["Proxy"]
 
@@ -49,6 +51,7 @@ class Proxy:
         self.clusters = ClusterManager(self.stats, self._picker, catalog=registry)
         self.overload = OverloadManager(self.stats)
         self.listeners: dict[str, ListenerRuntime] = {}
+        self.services = Services()
         self.draining = False
         self.admin_address: tuple[str, int] | None = None
         self._nursery: trio.Nursery | None = None
@@ -80,11 +83,13 @@ class Proxy:
             async with trio.open_nursery() as upstreams:
                 self.clusters.nursery = upstreams
                 await upstreams.start(self.overload.run)
+                await upstreams.start(self.services.run)
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     task_status.started(self)
                     await self._drain_requested.wait()
                 # Leaving the nursery waited for every listener to drain (each bounded by its timeout).
+                await self.services.stop_all()  # exporters and log sinks flush what the last requests left
                 upstreams.cancel_scope.cancel()
         finally:
             # Drained or cancelled: close the kept-alive upstream connections, or nobody will.
@@ -149,14 +154,22 @@ class Proxy:
         return self.snapshot.version if self.snapshot is not None else None
 
     def filter_context(self, snapshot: Snapshot, listener: Listener, chain: FilterChain) -> FilterContext:
-        """What the factories of ``chain``'s filters are given, for ``snapshot``."""
+        """What the factories of ``chain``'s filters are given, for ``snapshot``.
+
+        Raises:
+            ConfigError: an access log's file cannot be opened.
+        """
+        services = self.services.owned_by((listener.name, chain, listener.access_log))
+        access_logger = build_access_logger(listener, services, self.stats)
         return FilterContext(
             listener=listener.name,
             snapshot=snapshot,
             clusters=self.clusters,
             stats=self.stats,
             registry=self.registry,
-            access_log=listener.access_log,
+            services=services,
+            access_log=bool(listener.access_log),
+            access_logger=access_logger or None,
             tls=chain.tls is not None,
             overload=self.overload,
         )
@@ -181,6 +194,7 @@ class Proxy:
             built = plan(self, snapshot)
             announce(self.registry, snapshot)
         except Exception as err:
+            self.services.abort()  # what this Snapshot's chains opened (access-log files, exporters)
             if built is not None:
                 built.abandon()
             error = err if isinstance(err, ConfigError) else _internal_error(err, snapshot)
@@ -194,6 +208,7 @@ class Proxy:
         # Nothing can fail from here on: swap. (A step that fails all the same is a bug; it is
         # logged, and the others still run.)
         steps: list[Callable[[], None]] = [built.clusters, *built.tls]
+        steps.append(functools.partial(self.services.commit, _service_owners(snapshot)))
         steps.append(functools.partial(self.overload.configure, snapshot.overload))
         steps.append(functools.partial(self._swap_listeners, snapshot, built))
         steps += built.commits
@@ -250,6 +265,19 @@ class Proxy:
         for runtime in self.listeners.values():
             runtime.stop()
         self._drain_requested.set()
+
+
+def _service_owners(snapshot: Snapshot) -> list[tuple[str, FilterChain, object]]:
+    """The owners of services in ``snapshot``: one per filter chain, as ``filter_context`` names them.
+
+    A chain that the diff keeps is not rebuilt (its filters never ask again): its owner,
+    equal to the one recorded when it was built, keeps its services alive.
+    """
+    return [
+        (listener.name, chain, listener.access_log)
+        for listener in snapshot.listeners
+        for chain in listener.filter_chains
+    ]
 
 
 def _internal_error(err: Exception, snapshot: Snapshot) -> ConfigError:

@@ -82,10 +82,15 @@ def _addresses(proxy: Proxy) -> dict[str, tuple[str, int]]:
 async def _handle_signals(
     proxy: Proxy, source: ConfigSource, *, task_status: Any = trio.TASK_STATUS_IGNORED
 ) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1) as signals:
         task_status.started()
         async for signum in signals:
-            if signum == signal.SIGHUP:
+            if signum == signal.SIGUSR1:
+                log.info("logs_reopen_requested", signal="SIGUSR1")
+                for service in proxy.services.live():
+                    if hasattr(service, "reopen"):
+                        service.reopen()  # access-log files, after logrotate moved them
+            elif signum == signal.SIGHUP:
                 log.info("reload_requested", signal="SIGHUP")
                 try:
                     source.reload()

@@ -13,6 +13,49 @@ __all__ = ["Counter", "Gauge", "Histogram", "Stats"]
 
 Labels = tuple[tuple[str, str], ...]
 
+HELP = {
+    "cluster_upstream_cx_active": "Open connections to the cluster's endpoints.",
+    "cluster_upstream_cx_connect_fail": "Connections to the cluster's endpoints that failed.",
+    "cluster_upstream_cx_reused": "Requests sent on a kept-alive connection.",
+    "cluster_upstream_cx_total": "Connections opened to the cluster's endpoints.",
+    "cluster_upstream_rq_active": "Requests in flight to the cluster.",
+    "cluster_upstream_rq_timeout": "Requests to the cluster that timed out.",
+    "cluster_upstream_rq_total": "Requests sent to the cluster.",
+    "config_snapshots_applied": "Snapshots applied.",
+    "config_snapshots_rejected": "Snapshots rejected (the last good one kept serving).",
+    "http_downstream_grpc_status": "gRPC calls by the status they ended with.",
+    "http_downstream_rq_active": "Requests in flight on the listener.",
+    "http_downstream_rq_rejected": "Requests rejected before routing (bad framing, headers timeout).",
+    "http_downstream_rq_rx_bytes_total": "Request body bytes received.",
+    "http_downstream_rq_time_ms": "Time from the request head to the end of the response.",
+    "http_downstream_rq_total": "Requests received on the listener.",
+    "http_downstream_rq_tx_bytes_total": "Response body bytes sent.",
+    "http_downstream_rq_xx": "Responses by status class.",
+    "route_rq_total": "Requests that took the route.",
+    "route_rq_xx": "Responses by status class, per route.",
+    "tcp_downstream_cx_total": "TCP connections proxied.",
+    "tcp_downstream_rx_bytes_total": "Bytes received from TCP clients.",
+    "tcp_downstream_tx_bytes_total": "Bytes sent to TCP clients.",
+    "tcp_upstream_cx_fail": "TCP connections that could not reach an endpoint.",
+    # The mesh metrics (meshcore.filters.mesh_metrics): here too, so that the sum of several
+    # workers' metrics (statsdata.merge) keeps their help.
+    "requests_total": "Requests, by source and destination workload, response code and flags.",
+    "request_duration_seconds": "Time from the request head to the end of the response.",
+    "request_bytes": "Request body sizes in bytes.",
+    "response_bytes": "Response body sizes in bytes.",
+    "tcp_sent_bytes_total": "Bytes sent to TCP clients.",
+    "tcp_received_bytes_total": "Bytes received from TCP clients.",
+    "tcp_connections_opened_total": "TCP connections opened.",
+    "tcp_connections_closed_total": "TCP connections closed.",
+    "access_log_lines_written_total": "Access-log lines written.",
+    "access_log_lines_dropped_total": "Access-log lines dropped: the sink was too slow or failed.",
+    "access_log_write_errors_total": "Access-log writes that failed.",
+    "tracing_exports_failed_total": "Span exports that failed (refused, timed out, or answered non-2xx).",
+    "tracing_spans_dropped_total": "Spans dropped: the export queue was full, or their export failed.",
+    "tracing_spans_exported_total": "Spans a collector took.",
+}
+"""Help texts of the built-in metrics (``Stats.describe`` adds others)."""
+
 # Latency buckets in milliseconds.
 DEFAULT_BUCKETS = (0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
 
@@ -94,12 +137,19 @@ class Stats:
     def __init__(self, prefix: str = "meshcore") -> None:
         self.prefix = prefix
         self._metrics: dict[tuple[str, Labels], Metric] = {}
+        self._help: dict[str, str] = dict(HELP)
 
-    def _get(self, cls: type[Metric], name: str, labels: dict[str, str]) -> Metric:
+    def describe(self, name: str, text: str) -> None:
+        """Set the help text of metric ``name`` (the ``# HELP`` line of the exposition)."""
+        self._help[name] = text
+
+    def _get(
+        self, cls: type[Metric], name: str, labels: dict[str, str], buckets: tuple[float, ...] | None = None
+    ) -> Metric:
         key = (name, tuple(sorted(labels.items())))
         metric = self._metrics.get(key)
         if metric is None:
-            metric = self._metrics[key] = cls()
+            metric = self._metrics[key] = Histogram(buckets) if buckets is not None else cls()
         elif not isinstance(metric, cls):
             msg = f"metric {name!r} is a {metric.kind}, not a {cls.kind}"
             raise TypeError(msg)
@@ -117,9 +167,13 @@ class Stats:
         assert isinstance(metric, Gauge)  # noqa: S101 - narrowed by _get
         return metric
 
-    def histogram(self, name: str, **labels: str) -> Histogram:
-        """The histogram ``name`` with ``labels`` (created on first use)."""
-        metric = self._get(Histogram, name, labels)
+    def histogram(self, name: str, buckets: tuple[float, ...] | None = None, /, **labels: str) -> Histogram:
+        """The histogram ``name`` with ``labels`` (created on first use, with ``buckets`` if given).
+
+        Every series of one name should have the same buckets: Prometheus sums them bucket by
+        bucket (across labels, and across ``--workers``).
+        """
+        metric = self._get(Histogram, name, labels, tuple(sorted(buckets)) if buckets is not None else None)
         assert isinstance(metric, Histogram)  # noqa: S101 - narrowed by _get
         return metric
 
@@ -153,25 +207,45 @@ class Stats:
         return "\n".join(lines) + "\n"
 
     def render_prometheus(self) -> str:
-        """The Prometheus text exposition format (version 0.0.4)."""
+        """The Prometheus text exposition format (version 0.0.4), clean for ``promtool check metrics``.
+
+        Every family has ``# HELP`` and ``# TYPE``; a counter's name ends in ``_total`` (added
+        when its stored name lacks it); a histogram stored in milliseconds (``*_ms``) is
+        exposed in seconds (``*_seconds``), Prometheus's base unit.
+        """
         out: list[str] = []
         typed: set[str] = set()
         for name, labels, metric in self.items():
-            full = f"{self.prefix}_{name}"
+            full, scale = _exposed_name(f"{self.prefix}_{name}", metric)
             if full not in typed:
                 typed.add(full)
+                text = self._help.get(name) or f"{name.replace('_', ' ')} (undocumented)"
+                out.append(f"# HELP {full} {_escape_help(text)}")
                 out.append(f"# TYPE {full} {metric.kind}")
             if isinstance(metric, Histogram):
                 seen = 0
                 for bound, n in zip((*metric.buckets, float("inf")), metric.counts, strict=True):
                     seen += n
-                    le = "+Inf" if bound == float("inf") else f"{bound:g}"
+                    le = "+Inf" if bound == float("inf") else f"{bound * scale:g}"
                     out.append(f"{full}_bucket{_labels((*labels, ('le', le)))} {seen}")
-                out.append(f"{full}_sum{_labels(labels)} {metric.sum:g}")
+                out.append(f"{full}_sum{_labels(labels)} {metric.sum * scale:g}")
                 out.append(f"{full}_count{_labels(labels)} {metric.count}")
             else:
                 out.append(f"{full}{_labels(labels)} {metric.value}")
         return "\n".join(out) + "\n"
+
+
+def _exposed_name(full: str, metric: Metric) -> tuple[str, float]:
+    """The exposed name of a metric and the factor its values are scaled by."""
+    if isinstance(metric, Counter) and not full.endswith("_total"):
+        return f"{full}_total", 1.0
+    if isinstance(metric, Histogram) and full.endswith("_ms"):
+        return f"{full[:-3]}_seconds", 0.001
+    return full, 1.0
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
 
 
 def _labels(labels: Labels) -> str:

@@ -211,7 +211,7 @@ def build_problems(snapshot: Snapshot, registry: Registry) -> list[ConfigProblem
                 clusters=clusters,
                 stats=stats,
                 registry=registry,
-                access_log=listener.access_log,
+                access_log=bool(listener.access_log),
                 tls=chain.tls is not None,
             )
             for k, ref in enumerate(chain.filters):

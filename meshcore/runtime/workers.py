@@ -389,9 +389,9 @@ class _Supervision:
 async def supervise(worker_argv: Sequence[str], count: int) -> int:
     """Run ``count`` workers (``worker_argv`` + ``--admin-fd FD``) and the group's admin server.
 
-    Forwards SIGTERM, SIGINT and SIGHUP to every worker. A worker that dies on its own (a
-    crash, the OOM killer) is started again after :data:`RESTART_DELAY` seconds, doubled at
-    each death in a row up to :data:`RESTART_DELAY_MAX`; one that exits before it ever
+    Forwards SIGTERM, SIGINT, SIGHUP and SIGUSR1 to every worker. A worker that dies on its
+    own (a crash, the OOM killer) is started again after :data:`RESTART_DELAY` seconds, doubled
+    at each death in a row up to :data:`RESTART_DELAY_MAX`; one that exits before it ever
     answered ``/ready`` is not (it could not start: a port taken by another program, say, and
     would only fail again). Returns when every worker has exited after SIGTERM or SIGINT (or
     could not start), with the highest exit status.
@@ -419,7 +419,8 @@ async def supervise(worker_argv: Sequence[str], count: int) -> int:
 
 
 async def _forward_signals(workers: _Supervision) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+    # SIGUSR1: the workers reopen their access-log files (logrotate).
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1) as signals:
         async for signum in signals:
             log.info("signal_forwarded", signal=signal.Signals(signum).name)
             workers.signal_all(signum)

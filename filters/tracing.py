@@ -1,0 +1,424 @@
+"""``tracing``: a span per request at each proxy, and a child span per upstream attempt.
+
+The filter continues the trace a request carries (W3C ``traceparent``/``tracestate``, B3
+single or multi header: ``propagators``) or starts one, decides whether to record it
+(``sampler``), and writes the context on to the upstream. A recorded request yields a
+SERVER span for the proxy's whole handling of it and a CLIENT span per try at the
+upstream (a retry is another try), each try's span id written into that try's headers, so
+the next hop's spans are its children. Names and attributes follow the OpenTelemetry HTTP
+semantic conventions (``http.request.method``, ``url.path``, ``http.response.status_code``,
+``http.request.resend_count``, ...) plus the mesh's own (``meshcore.*``: source and
+destination workloads, response flags, upstream cluster and endpoint, request id).
+
+Spans are built when the response has been sent and handed to an OTLP/HTTP exporter that
+the proxy runs as a service: requests never wait on export, and a dead collector only
+costs spans (counted in ``tracing_spans_dropped_total``).
+
+Trust follows the edge of trust (the connection manager's ``trust`` settings), as Envoy's
+tracing follows its notion of an internal request: a client outside the mesh may carry
+trace context, and its trace is continued (a sampled flag included, as W3C and B3 mean
+it), but only a mesh peer's request (``request.info.internal``) can force recording, with
+the ``force_header`` or a B3 debug flag; an outside client's is ignored, whatever the
+header is called. (The default ``x-meshcore-force-trace`` is also removed at the edge, as
+every ``x-meshcore-*`` header from outside is.)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import attrs
+
+import meshcore
+from meshcore import (
+    Duration,
+    FilterContext,
+    HttpHandler,
+    Request,
+    Response,
+    at_least,
+    at_most,
+    non_empty,
+    telemetry,
+)
+
+_MASK64 = (1 << 64) - 1
+KNOWN_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"))
+Propagator = Literal["tracecontext", "b3", "b3multi"]
+
+
+def _endpoint(_instance: Any, _attribute: Any, value: str) -> None:
+    telemetry.parse_endpoint(value)
+
+
+@attrs.frozen(kw_only=True)
+class OtlpHttpConfig:
+    """Where spans go: an OpenTelemetry collector's OTLP/HTTP traces endpoint."""
+
+    endpoint: str = attrs.field(validator=_endpoint)
+    """``http://HOST:4318/v1/traces`` (or https://)."""
+    timeout: Duration = Duration(5)
+    """How long one export may take; past it the batch is dropped (and counted)."""
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+    """Extra headers on export requests (an API key for a hosted backend)."""
+    max_queue_size: int = attrs.field(default=2048, validator=at_least(1))
+    """Finished spans waiting for export at most; more are dropped (and counted)."""
+    max_batch_size: int = attrs.field(default=512, validator=at_least(1))
+    export_interval: Duration = Duration(1)
+    """Seconds between exports when fewer than ``max_batch_size`` spans wait."""
+
+
+@attrs.frozen(kw_only=True)
+class TracingConfig:
+    """Config of ``tracing`` (also its per-route override)."""
+
+    otlp_http: OtlpHttpConfig | None = None
+    """The collector; without one, traces are continued and propagated but not recorded."""
+    service_name: str | None = None
+    """The ``service.name`` of the spans (default: the proxy's workload, else "meshcore")."""
+    propagators: tuple[Propagator, ...] = attrs.field(default=("tracecontext",), validator=non_empty)
+    """Formats read (first valid one wins) and written (all of them)."""
+    sampler: Literal["always", "never", "ratio", "parent_based"] = "parent_based"
+    """``parent_based``: follow the caller's decision, and ``ratio`` for new traces."""
+    ratio: float = attrs.field(default=1.0, validator=[at_least(0.0), at_most(1.0)])
+    """The share of traces recorded by ``ratio`` (and by ``parent_based`` for new traces)."""
+    force_header: str | None = "x-meshcore-force-trace"
+    """A mesh peer's request carrying this header is recorded, whatever the sampler says
+    (from a client outside the mesh it is ignored, as a B3 debug flag is)."""
+    attributes: Mapping[str, str] = attrs.field(factory=dict)
+    """Extra attributes on every span of this proxy (custom tags)."""
+    request_headers: tuple[str, ...] = ()
+    """Request headers recorded as ``http.request.header.<name>`` attributes."""
+
+
+_SPLIT_CACHE: dict[str, tuple[str, int]] = {}
+
+
+def _split(address: str) -> tuple[str, int]:
+    """``host:port`` as (host, port); cached: authorities and peers repeat from request to request."""
+    found = _SPLIT_CACHE.get(address)
+    if found is not None:
+        return found
+    if len(_SPLIT_CACHE) >= 4096:  # noqa: PLR2004 - a bound, not a tunable
+        _SPLIT_CACHE.clear()
+    found = _SPLIT_CACHE[address] = meshcore.split_host_port(address)
+    return found
+
+
+def _route_template(route: Any) -> str | None:
+    """The low-cardinality ``http.route`` of a matched route: its exact path, or prefix + "*"."""
+    match = route.config.match
+    if match.path is not None:
+        return str(match.path)
+    if match.prefix is not None:
+        return f"{match.prefix}*"
+    return None
+
+
+class Tracing:
+    """The ``tracing`` filter for one Snapshot."""
+
+    def __init__(self, config: TracingConfig, context: FilterContext) -> None:
+        self.propagators = config.propagators
+        self.owned = telemetry.owned_headers(config.propagators)
+        self.sampler = config.sampler
+        self.threshold = round(config.ratio * (1 << 64))
+        self.force = config.force_header.lower().encode() if config.force_header else None
+        self.clusters = context.clusters
+        self.request_headers = [
+            (h.lower().encode(), f"http.request.header.{h.lower()}") for h in config.request_headers
+        ]
+        self.templates: dict[int, str | None] = {}
+        node = getattr(context.snapshot, "node", None)
+        self.workload: str | None = getattr(node, "workload", None)
+        self.namespace: str | None = getattr(node, "namespace", None)
+        static: list[telemetry.Attribute] = [("meshcore.listener", context.listener)]
+        static += [(k, v) for k, v in config.attributes.items()]
+        self.static = tuple(static)
+        self.exporter: telemetry.OtlpHttpExporter | None = None
+        if config.otlp_http is not None:
+            self.exporter = self._exporter(config, config.otlp_http, context, node)
+
+    def _exporter(
+        self, config: TracingConfig, otlp: OtlpHttpConfig, context: FilterContext, node: Any
+    ) -> telemetry.OtlpHttpExporter:
+        service = config.service_name or self.workload or "meshcore"
+        resource: list[telemetry.Attribute] = [
+            ("service.name", service),
+            ("telemetry.sdk.name", "meshcore"),
+            ("telemetry.sdk.language", "python"),
+            ("telemetry.sdk.version", meshcore.__version__),
+        ]
+        if self.namespace:
+            resource.append(("service.namespace", self.namespace))
+        if getattr(node, "id", None):
+            resource.append(("service.instance.id", node.id))
+
+        def make() -> telemetry.OtlpHttpExporter:
+            return telemetry.OtlpHttpExporter(
+                otlp.endpoint,
+                resource=resource,
+                stats=context.stats,
+                headers=otlp.headers,
+                timeout=float(otlp.timeout),
+                max_queue=otlp.max_queue_size,
+                max_batch=otlp.max_batch_size,
+                interval=float(otlp.export_interval),
+                version=meshcore.__version__,
+            )
+
+        if context.services is None:  # no running proxy (a test harness): nothing exports
+            return make()
+        key = ("otlp_http", repr(otlp), tuple(resource))  # repr: the headers mapping is unhashable
+        exporter: telemetry.OtlpHttpExporter = context.services.get(key, make)
+        return exporter
+
+    def _sampled(self, request: Request, parent: telemetry.SpanContext | None, trace_id: int) -> bool:
+        if request.info.internal:  # forcing is for the mesh's own (Envoy: internal requests only)
+            if self.force is not None and request.headers.get_raw(self.force) is not None:
+                return True
+            if parent is not None and parent.debug:
+                return True
+        if parent is not None and self.sampler == "parent_based" and parent.sampled is not None:
+            return parent.sampled
+        if self.sampler == "always":
+            return True
+        if self.sampler == "never":
+            return False
+        return (trace_id & _MASK64) < self.threshold
+
+    async def __call__(self, request: Request, call_next: HttpHandler) -> Response:
+        """Continue or start the request's trace; record it if sampled."""
+        parent = telemetry.extract(request.headers, self.propagators)
+        if parent is None:
+            trace_id, parent_id, trace_state = telemetry.new_trace_id(), 0, ""
+        else:
+            trace_id, parent_id, trace_state = parent.trace_id, parent.span_id, parent.trace_state
+        info = request.info
+        info.trace_id = trace_hex = "%032x" % trace_id  # noqa: UP031 - the fastest format
+        if not self._sampled(request, parent, trace_id) or self.exporter is None:
+            # Not recorded here: pass the decision on, so that later hops agree.
+            telemetry.inject(
+                request.headers,
+                self.propagators,
+                trace_id,
+                telemetry.new_span_id(),
+                sampled=False if self.exporter is not None else bool(parent and parent.sampled),
+                trace_state=trace_state,
+                owned=self.owned,
+                trace_hex=trace_hex,
+            )
+            return await call_next(request)
+        span = _ServerSpan(self, trace_id, parent_id, trace_state, trace_hex)
+        info.on_attempt = span.attempt
+        info.when_complete(span.finish)
+        return await call_next(request)
+
+    def template(self, route: Any) -> str | None:
+        """The route's ``http.route`` (computed once per route)."""
+        key = id(route)
+        if key not in self.templates:
+            self.templates[key] = _route_template(route) if route is not None else None
+        return self.templates[key]
+
+
+class _ServerSpan:
+    """The span of one recorded request at this proxy, until the response has been sent."""
+
+    __slots__ = ("attempt_spans", "parent_id", "span_id", "trace_hex", "trace_id", "trace_state", "tracing")
+
+    def __init__(
+        self, tracing: Tracing, trace_id: int, parent_id: int, trace_state: str, trace_hex: str
+    ) -> None:
+        self.tracing = tracing
+        self.trace_id = trace_id
+        self.span_id = telemetry.new_span_id()
+        self.parent_id = parent_id
+        self.trace_state = trace_state
+        self.trace_hex = trace_hex
+        self.attempt_spans: dict[int, int] = {}
+
+    def attempt(self, request: Request, attempt: Any) -> None:
+        """A try at the upstream begins: give it a span id, and send that as the parent."""
+        if attempt.end is not None:
+            return  # it ended: its span is built with the others when the response is sent
+        span_id = telemetry.new_span_id()
+        self.attempt_spans[attempt.number] = span_id
+        tracing = self.tracing
+        telemetry.inject(
+            request.headers,
+            tracing.propagators,
+            self.trace_id,
+            span_id,
+            sampled=True,
+            parent_id=self.span_id,
+            trace_state=self.trace_state,
+            owned=tracing.owned,
+            trace_hex=self.trace_hex,
+        )
+
+    def finish(self, request: Request, response: Response) -> None:
+        """The response has been sent: build the spans and queue them for export."""
+        tracing = self.tracing
+        exporter = tracing.exporter
+        assert exporter is not None  # noqa: S101 - only recorded with an exporter
+        end_ns = time.time_ns()
+        offset = end_ns - time.monotonic_ns()
+        info = request.info
+        method = request.method
+        known = method in KNOWN_METHODS
+        status = response.status
+        template = tracing.template(request.route)
+        attributes = _request_attributes(request, tracing, template)
+        if status:
+            attributes.append(("http.response.status_code", status))
+        if info.request_id:
+            attributes.append(("meshcore.request_id", info.request_id))
+        if info.cluster_name:
+            attributes.append(("meshcore.upstream.cluster", info.cluster_name))
+        if info.upstream_address:
+            attributes.append(("meshcore.upstream.address", info.upstream_address))
+        flags = info.flag_string() if info.flags else ""
+        if flags:
+            attributes.append(("meshcore.response_flags", flags))
+        _identities(attributes, info.metadata, tracing)
+        error = status >= 500 or status == 0  # noqa: PLR2004 - 5xx (0: no response was sent)
+        if error:
+            attributes.append(("error.type", str(status) if status else flags or "DC"))
+        name = f"{method if known else 'HTTP'} {template}" if template else (method if known else "HTTP")
+        exporter.submit(
+            telemetry.SpanData(
+                self.trace_id,
+                self.span_id,
+                self.parent_id,
+                name,
+                telemetry.KIND_SERVER,
+                int(info.start * 1e9) + offset,
+                end_ns,
+                attributes,
+                telemetry.STATUS_ERROR if error else telemetry.STATUS_UNSET,
+                self.trace_state,
+            )
+        )
+        attempts = info.attempts
+        for attempt in attempts:
+            span_id = self.attempt_spans.get(attempt.number)
+            if span_id is not None:
+                last = attempt is attempts[-1] and attempt.status is not None
+                # The last answered try lasts until its body has been relayed.
+                end = end_ns if last or attempt.end is None else int(attempt.end * 1e9) + offset
+                start = int(attempt.start * 1e9) + offset
+                exporter.submit(self._attempt_span(request, attempt, span_id, start, end))
+
+    def _attempt_span(
+        self, request: Request, attempt: Any, span_id: int, start_ns: int, end_ns: int
+    ) -> telemetry.SpanData:
+        method = request.method
+        known = method in KNOWN_METHODS
+        host, port = _split(attempt.endpoint)
+        cluster = self.tracing.clusters.get(attempt.cluster)
+        scheme = "https" if cluster is not None and cluster.config.tls is not None else "http"
+        attributes: list[telemetry.Attribute] = [
+            ("http.request.method", method if known else "_OTHER"),
+            ("server.address", host),
+            ("server.port", port),
+            ("url.full", f"{scheme}://{attempt.endpoint}{request.path}"),
+            ("meshcore.upstream.cluster", attempt.cluster),
+            *self.tracing.static,
+        ]
+        if attempt.number > 1:
+            attributes.append(("http.request.resend_count", attempt.number - 1))
+        status = attempt.status or 0
+        if status:
+            attributes.append(("http.response.status_code", status))
+        flag = attempt.flag
+        if flag is not None:
+            attributes += [("meshcore.response_flags", flag.value), ("error.type", flag.value)]
+        elif status >= 400:  # noqa: PLR2004 - client spans: 4xx and 5xx are errors
+            attributes.append(("error.type", str(status)))
+        error = flag is not None or status >= 400  # noqa: PLR2004 - as above
+        return telemetry.SpanData(
+            self.trace_id,
+            span_id,
+            self.span_id,
+            method if known else "HTTP",
+            telemetry.KIND_CLIENT,
+            start_ns,
+            end_ns,
+            attributes,
+            telemetry.STATUS_ERROR if error else telemetry.STATUS_UNSET,
+            self.trace_state,
+        )
+
+
+def _request_attributes(
+    request: Request, tracing: Tracing, template: str | None
+) -> list[telemetry.Attribute]:
+    """The server span's attributes that describe the request (semantic conventions)."""
+    info = request.info
+    method = request.method
+    known = method in KNOWN_METHODS
+    attributes: list[telemetry.Attribute] = [
+        ("http.request.method", method if known else "_OTHER"),
+        ("url.scheme", request.scheme),
+        ("url.path", request.path_only),
+        ("network.protocol.version", request.http_version),
+        *tracing.static,
+    ]
+    if not known:
+        attributes.append(("http.request.method_original", method))
+    query = request.query
+    if query:
+        attributes.append(("url.query", query))
+    host, port = _split(request.authority)
+    if host:
+        attributes.append(("server.address", host))
+    if port:
+        attributes.append(("server.port", port))
+    client, client_port = _split(info.downstream_address)
+    if client:
+        attributes.append(("client.address", client))
+    if client_port:
+        attributes.append(("client.port", client_port))
+    agent = request.headers.get_raw(b"user-agent")
+    if agent is not None:
+        attributes.append(("user_agent.original", agent.decode("latin-1")))
+    for raw_name, attribute in tracing.request_headers:
+        value = request.headers.get_raw(raw_name)
+        if value is not None:
+            attributes.append((attribute, value.decode("latin-1")))
+    if template is not None:
+        attributes.append(("http.route", template))
+    if info.route_name:
+        attributes.append(("meshcore.route.name", info.route_name))
+    return attributes
+
+
+def _identities(attributes: list[telemetry.Attribute], metadata: dict[str, Any], tracing: Tracing) -> None:
+    """Source and destination workloads: from the peer-metadata exchange, else this proxy's own."""
+    for side in ("source", "destination"):
+        peer = metadata.get(f"meshcore.{side}")
+        if peer is not None:
+            if peer.workload:
+                attributes.append((f"meshcore.{side}.workload", peer.workload))
+            if peer.namespace:
+                attributes.append((f"meshcore.{side}.namespace", peer.namespace))
+    if tracing.workload:
+        attributes.append(("meshcore.workload", tracing.workload))
+    if tracing.namespace:
+        attributes.append(("meshcore.namespace", tracing.namespace))
+
+
+@meshcore.hookimpl
+def meshcore_http_filters() -> list[meshcore.HttpFilterType]:
+    """Register ``tracing``."""
+    return [
+        meshcore.HttpFilterType(
+            name="tracing",
+            factory=Tracing,
+            config=TracingConfig,
+            description="distributed tracing: W3C and B3 propagation, sampling, spans exported over OTLP/HTTP",
+        )
+    ]

@@ -1,0 +1,215 @@
+"""The OTLP/HTTP span exporter: a bounded queue filled by requests, emptied by a proxy task.
+
+Requests only :meth:`OtlpHttpExporter.submit` finished spans: an append to a bounded
+queue, never a wait. The exporter runs as a proxy service (see
+:mod:`meshcore.runtime.services`): every ``interval``, or as soon as ``max_batch`` spans
+wait, it encodes a batch (:mod:`meshcore.telemetry.otlp`) and POSTs it to the collector
+on a kept-alive HTTP/1.1 connection, each export bounded by ``timeout``. A dead or slow
+collector costs spans, never requests: a full queue drops new spans, a failed export drops
+its batch, both counted (``tracing_spans_dropped_total`` by reason), and after a failure
+the exporter backs off (up to ``MAX_BACKOFF``) so that a dead collector costs no CPU.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections import deque
+from collections.abc import Mapping, Sequence
+from urllib.parse import urlsplit
+
+import h11
+import structlog
+import trio
+
+from meshcore.runtime.stats import Stats
+from meshcore.telemetry.otlp import Attribute, SpanData, encode_resource, encode_spans
+
+__all__ = ["MAX_BACKOFF", "OtlpHttpExporter", "parse_endpoint"]
+
+log = structlog.get_logger("meshcore.tracing")
+
+MAX_BACKOFF = 5.0
+"""Longest pause, in seconds, between export attempts to a failing collector."""
+RECEIVE_SIZE = 64 * 1024
+
+
+def parse_endpoint(url: str) -> tuple[str, str, int, str]:
+    """``http[s]://host:port/path`` as ``(scheme, host, port, path)``; ValueError if not that."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        msg = f"must be an http:// or https:// URL such as http://127.0.0.1:4318/v1/traces, got {url!r}"
+        raise ValueError(msg)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as err:
+        msg = f"has an invalid port: {url!r}"
+        raise ValueError(msg) from err
+    return parts.scheme, parts.hostname, port, parts.path or "/v1/traces"
+
+
+class OtlpHttpExporter:
+    """Exports spans to one OTLP/HTTP collector endpoint (a proxy service).
+
+    Args:
+        endpoint: the collector's URL (``http://127.0.0.1:4318/v1/traces``).
+        resource: the resource attributes (``service.name``, ...), encoded once.
+        stats: where to count exported and dropped spans.
+        headers: extra request headers (an API key for a hosted backend).
+        timeout: seconds one export (connect, send, answer) may take.
+        max_queue: spans waiting at most; more are dropped.
+        max_batch: spans per export request at most.
+        interval: seconds between exports when fewer than ``max_batch`` spans wait.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        resource: Sequence[Attribute],
+        stats: Stats,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 5.0,
+        max_queue: int = 2048,
+        max_batch: int = 512,
+        interval: float = 1.0,
+        version: str = "",
+    ) -> None:
+        self.endpoint = endpoint
+        self.scheme, self.host, self.port, self.path = parse_endpoint(endpoint)
+        self.resource, self.scope = encode_resource(resource, "meshcore", version)
+        self.headers = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+        self.timeout = timeout
+        self.max_queue = max_queue
+        self.max_batch = max_batch
+        self.interval = interval
+        self.queue: deque[SpanData] = deque()
+        self._wake = trio.Event()
+        self._stopped = trio.Event()
+        self._stopping = False
+        self._stream: trio.abc.Stream | None = None
+        self._codec: h11.Connection | None = None
+        labels = {"endpoint": endpoint}
+        self.stat_exported = stats.counter("tracing_spans_exported_total", **labels)
+        self.stat_queue_full = stats.counter("tracing_spans_dropped_total", reason="queue_full", **labels)
+        self.stat_failed = stats.counter("tracing_spans_dropped_total", reason="export_failed", **labels)
+        self.stat_exports_failed = stats.counter("tracing_exports_failed_total", **labels)
+
+    def submit(self, span: SpanData) -> None:
+        """Queue a finished span for export (never blocks; drops and counts when full)."""
+        queue = self.queue
+        if len(queue) >= self.max_queue:
+            self.stat_queue_full.value += 1
+            return
+        queue.append(span)
+        if len(queue) >= self.max_batch:
+            self._wake.set()
+
+    def stop(self) -> None:
+        """Export what is queued, then return from :meth:`run` (the proxy is stopping)."""
+        self._stopping = True
+        self._wake.set()
+        self._stopped.set()
+
+    async def run(self) -> None:
+        """Export batches until stopped (a proxy service task)."""
+        backoff = 0.0
+        try:
+            while True:
+                if backoff and not self._stopping:
+                    # The collector failed: wait it out, whatever queues up meanwhile.
+                    with trio.move_on_after(backoff):
+                        await self._stopped.wait()
+                elif not self._stopping:
+                    with trio.move_on_after(self.interval):
+                        await self._wake.wait()
+                self._wake = trio.Event()
+                while self.queue:
+                    batch = [self.queue.popleft() for _ in range(min(self.max_batch, len(self.queue)))]
+                    if await self._export(batch, failing=bool(backoff)):
+                        if backoff:
+                            log.info("collector_recovered", endpoint=self.endpoint)
+                        backoff = 0.0
+                    else:
+                        backoff = min(max(backoff * 2, 0.1), MAX_BACKOFF)
+                        if not self._stopping:
+                            break
+                if self._stopping:
+                    return
+        finally:
+            self._close()
+
+    async def _export(self, batch: list[SpanData], *, failing: bool) -> bool:
+        """POST one batch; True if the collector took it. Failures are counted (and logged once)."""
+        body = encode_spans(batch, self.resource, self.scope)
+        failure = ""
+        status = 0
+        with trio.move_on_after(self.timeout) as scope:
+            try:
+                status = await self._post(body)
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError) as err:
+                failure = str(err) or type(err).__name__
+        if scope.cancelled_caught:
+            failure = f"no answer within {self.timeout:g}s"
+        elif not failure and not 200 <= status < 300:  # noqa: PLR2004 - the 2xx range
+            failure = f"the collector answered {status}"
+        if not failure:
+            self.stat_exported.value += len(batch)
+            return True
+        self._close()
+        self.stat_failed.value += len(batch)
+        self.stat_exports_failed.value += 1
+        if not failing:  # once per outage, not once per batch
+            log.warning("spans_dropped", endpoint=self.endpoint, spans=len(batch), reason=failure)
+        return False
+
+    async def _connect(self) -> tuple[trio.abc.Stream, h11.Connection]:
+        if self._stream is None or self._codec is None:
+            stream: trio.abc.Stream = await trio.open_tcp_stream(self.host, self.port)
+            if self.scheme == "https":
+                stream = trio.SSLStream(stream, ssl.create_default_context(), server_hostname=self.host)
+            self._stream, self._codec = stream, h11.Connection(h11.CLIENT)
+        return self._stream, self._codec
+
+    async def _post(self, body: bytes) -> int:
+        stream, codec = await self._connect()
+        headers = [
+            (b"host", f"{self.host}:{self.port}".encode()),
+            (b"content-type", b"application/x-protobuf"),
+            (b"content-length", str(len(body)).encode()),
+            *self.headers,
+        ]
+        data = codec.send(h11.Request(method="POST", target=self.path, headers=headers))
+        await stream.send_all(
+            b"".join(
+                (data or b"", codec.send(h11.Data(data=body)) or b"", codec.send(h11.EndOfMessage()) or b"")
+            )
+        )
+        status = 0
+        while True:
+            event = codec.next_event()
+            if event is h11.NEED_DATA:
+                codec.receive_data(bytes(await stream.receive_some(RECEIVE_SIZE)))
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            elif isinstance(event, h11.ConnectionClosed):
+                msg = "the collector closed the connection"
+                raise trio.BrokenResourceError(msg)
+        if codec.our_state is h11.DONE and codec.their_state is h11.DONE:
+            codec.start_next_cycle()
+        else:
+            self._close()
+        return status
+
+    def _close(self) -> None:
+        if self._stream is not None:
+            stream = self._stream
+            if isinstance(stream, trio.SSLStream):
+                stream = stream.transport_stream
+            if isinstance(stream, trio.SocketStream):
+                stream.socket.close()
+        self._stream = self._codec = None
+
+    def __repr__(self) -> str:
+        return f"<OtlpHttpExporter {self.endpoint} queued={len(self.queue)}>"
