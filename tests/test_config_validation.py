@@ -159,7 +159,7 @@ MISTAKES: dict[str, tuple[str, Sequence[Edit], str, str, str]] = {
         [("                - router", "                - waf\n                - router")],
         "waf",
         f"{HCM}.http_filters[0]",
-        "unknown HTTP filter 'waf' (known: authz, ext_authz, fault, jwt_authn, local_ratelimit, router)",
+        "unknown HTTP filter 'waf' (known: authz, ext_authz, fault, jwt_authn, local_ratelimit, mesh_metrics, router, tracing)",
     ),
     "misspelled network filter": (
         HTTP,
@@ -168,7 +168,7 @@ MISTAKES: dict[str, tuple[str, Sequence[Edit], str, str, str]] = {
         "listeners[0].filter_chains[0].filters[0]",
         (
             "unknown network filter 'http_conection_manager'; did you mean 'http_connection_manager'? "
-            "(known: authz, connection_limit, http_connection_manager, tcp_proxy)"
+            "(known: authz, connection_limit, http_connection_manager, tcp_mesh_metrics, tcp_proxy)"
         ),
     ),
     "unknown lb policy": (
@@ -385,7 +385,7 @@ MANY_MISTAKES: list[tuple[Edit, str, str, str]] = [
         ("                - router", "                - waf\n                - router"),
         "waf",
         f"{HCM}.http_filters[0]",
-        "unknown HTTP filter 'waf' (known: authz, ext_authz, fault, jwt_authn, local_ratelimit, router)",
+        "unknown HTTP filter 'waf' (known: authz, ext_authz, fault, jwt_authn, local_ratelimit, mesh_metrics, router, tracing)",
     ),
     (
         ("match: {path: /health}", "match: {path: /health, prefix: /}"),
@@ -513,7 +513,7 @@ def test_plugin_filter_names_are_suggested_and_listed(
     assert problems_of(path, hello_registry) == [
         (
             f"{path}:{line_of(path, 'helo')}: {HCM}.http_filters[0]: "
-            "unknown HTTP filter 'helo'; did you mean 'hello'? (known: authz, ext_authz, fault, hello, jwt_authn, local_ratelimit, router)"
+            "unknown HTTP filter 'helo'; did you mean 'hello'? (known: authz, ext_authz, fault, hello, jwt_authn, local_ratelimit, mesh_metrics, router, tracing)"
         )
     ]
 
@@ -549,7 +549,7 @@ def test_per_route_filter_config(tmp_path: Path, hello_registry: meshcore.Regist
     ]
     path = with_overrides("{helo: disabled}")
     assert problems_of(path, hello_registry) == [
-        f"{path}:{line_of(path, 'filters: {')}: {route}.helo: unknown HTTP filter 'helo' (known: authz, ext_authz, fault, hello, jwt_authn, local_ratelimit, router)"
+        f"{path}:{line_of(path, 'filters: {')}: {route}.helo: unknown HTTP filter 'helo' (known: authz, ext_authz, fault, hello, jwt_authn, local_ratelimit, mesh_metrics, router, tracing)"
     ]
 
 
@@ -742,7 +742,7 @@ def test_a_plugin_config_named_explicitly_needs_the_plugin(capsys: pytest.Captur
     status, out = validate(capsys, hello)
     assert status == 1
     assert out == [
-        f"{hello}:{line_of(hello, '- hello:')}: {HCM}.http_filters[0]: unknown HTTP filter 'hello' (known: authz, ext_authz, fault, jwt_authn, local_ratelimit, router)"
+        f"{hello}:{line_of(hello, '- hello:')}: {HCM}.http_filters[0]: unknown HTTP filter 'hello' (known: authz, ext_authz, fault, jwt_authn, local_ratelimit, mesh_metrics, router, tracing)"
     ]
 
 

@@ -177,7 +177,7 @@ def test_objects_built_in_python_are_checked_as_the_structurer_checks_documents(
     assert [str(p) for p in check_snapshot(broken, REGISTRY)] == [
         (
             "listeners[0].filter_chains[0].filters[0]: unknown network filter 'no_such_filter' "
-            "(known: authz, connection_limit, http_connection_manager, tcp_proxy)"
+            "(known: authz, connection_limit, http_connection_manager, tcp_mesh_metrics, tcp_proxy)"
         ),
         (
             "listeners[0].filter_chains[1].filters[0].http_connection_manager.http_filters[0]: "

@@ -17,6 +17,7 @@ import meshcore
 from meshcore import telemetry
 from meshcore.runtime.admin import serve_admin
 from meshcore.telemetry import Workload
+from meshcore.testing import MeshcoreCA
 from meshcore.testing.client import fetch
 from meshcore.testing.harness import http_proxy_config, start_proxy, tcp_proxy_config
 from meshcore.testing.upstreams import serve_upstream
@@ -29,23 +30,61 @@ def metrics(reporter: str, workload: str, **extra: Any) -> dict[str, Any]:
     return {"mesh_metrics": {"reporter": reporter, "workload": workload, "namespace": "shop", **extra}}
 
 
-async def two_sidecars(nursery: trio.Nursery, **inbound: Any) -> tuple[Any, Any, tuple[str, int]]:
-    """Client → A (outbound, workload "web") → B (inbound, workload "reviews" v1) → upstream."""
+WEB = "spiffe://cluster.local/ns/shop/sa/web"
+REVIEWS = "spiffe://cluster.local/ns/shop/sa/reviews"
+EXCHANGE = "x-meshcore-peer-metadata"
+PLAINTEXT_OPT_IN = {"trust": {"internal_headers": [EXCHANGE]}}
+"""What B says to take the exchange from a plaintext peer (A's router says the same of B's answer)."""
+
+
+async def two_sidecars(
+    nursery: trio.Nursery, ca: MeshcoreCA | None = None, *, opt_in: bool = True, **inbound: Any
+) -> tuple[Any, Any, tuple[str, int]]:
+    """Client → A (outbound, workload "web") → B (inbound, workload "reviews" v1) → upstream.
+
+    With ``ca``, A and B are mesh peers: mutual TLS with SPIFFE IDs, A checking B's
+    (``peer_identities``), so that each takes the other's ``x-meshcore-peer-metadata``, as
+    the edge of trust lets a mesh peer's ``x-meshcore-*`` headers through. Without, they
+    talk plaintext, and take it only if told to (``opt_in``).
+    """
     upstream = await nursery.start(serve_upstream)
-    b = await start_proxy(
-        nursery,
-        http_proxy_config(
-            [upstream],
-            http_filters=[
-                metrics("destination", "reviews", version="v1", service="reviews", **inbound),
-                "router",
-            ],
-        ),
+    b_config = http_proxy_config(
+        [upstream],
+        http_filters=[
+            metrics("destination", "reviews", version="v1", service="reviews", **inbound),
+            "router",
+        ],
+        manager=PLAINTEXT_OPT_IN if ca is None and opt_in else None,
     )
+    a_router: Any = "router"
+    a_cluster: dict[str, Any] | None = None
+    if ca is not None:
+        server = ca.issue("127.0.0.1", "localhost", uris=[REVIEWS])
+        b_config["listeners"][0]["filter_chains"][0]["tls"] = {
+            "certificate_file": server.certificate_file,
+            "private_key_file": server.private_key_file,
+            "client_ca_file": str(ca.ca_file),
+            "require_client_certificate": True,
+        }
+        client = ca.issue(uris=[WEB])
+        a_cluster = {
+            "tls": {
+                "ca_file": str(ca.ca_file),
+                "server_name": "localhost",
+                "certificate_file": client.certificate_file,
+                "private_key_file": client.private_key_file,
+                "peer_identities": [REVIEWS],
+            }
+        }
+    elif opt_in:
+        a_router = {"router": {"internal_response_headers": [EXCHANGE]}}
+    b = await start_proxy(nursery, b_config)
     a = await start_proxy(
         nursery,
         http_proxy_config(
-            ["{}:{}".format(*b.address("ingress"))], http_filters=[metrics("source", "web"), "router"]
+            ["{}:{}".format(*b.address("ingress"))],
+            http_filters=[metrics("source", "web"), a_router],
+            cluster=a_cluster,
         ),
     )
     return a, b, a.address("ingress")
@@ -59,9 +98,11 @@ def series(stats: meshcore.Stats, name: str, **match: str) -> int | float:
     return total
 
 
-async def test_both_sidecars_count_the_request_with_both_workloads(nursery: trio.Nursery) -> None:
+async def test_both_sidecars_count_the_request_with_both_workloads(
+    nursery: trio.Nursery, meshcore_ca: MeshcoreCA
+) -> None:
     with trio.fail_after(10):
-        a, b, address = await two_sidecars(nursery)
+        a, b, address = await two_sidecars(nursery, meshcore_ca)
         responses = [await fetch(address, path) for path in ("/", "/", "/status/503")]
     pair = {"source_workload": "web", "destination_workload": "reviews"}
     assert series(b.stats, "requests_total", reporter="destination", response_code="200", **pair) == 2
@@ -70,8 +111,36 @@ async def test_both_sidecars_count_the_request_with_both_workloads(nursery: trio
     assert series(a.stats, "requests_total", destination_cluster="backend", request_protocol="http") == 3
     assert series(b.stats, "request_duration_seconds", **pair) == 3
     assert series(b.stats, "response_bytes", **pair) == 3
+    mtls = {"connection_security_policy": "mutual_tls", "source_principal": WEB}
+    assert series(b.stats, "requests_total", reporter="destination", **mtls, **pair) == 3
     # The exchange header never reaches the app nor the client.
-    assert all(response.header("x-meshcore-peer-metadata") is None for response in responses)
+    assert all(response.header(EXCHANGE) is None for response in responses)
+
+
+async def test_plaintext_peers_exchange_metadata_only_when_told_to(nursery: trio.Nursery) -> None:
+    """Outside mTLS a peer is a client like any other: what it says of itself is not taken by default."""
+    with trio.fail_after(10):
+        a, b, address = await two_sidecars(nursery, opt_in=False)
+        await fetch(address, "/")
+        a_trusting, b_trusting, trusting = await two_sidecars(nursery)
+        await fetch(trusting, "/")
+    assert series(b.stats, "requests_total", source_workload="unknown", destination_workload="reviews") == 1
+    assert series(a.stats, "requests_total", source_workload="web", destination_workload="unknown") == 1
+    pair = {"source_workload": "web", "destination_workload": "reviews"}
+    assert series(b_trusting.stats, "requests_total", reporter="destination", **pair) == 1
+    assert series(a_trusting.stats, "requests_total", reporter="source", **pair) == 1
+
+
+async def test_a_client_outside_the_mesh_cannot_claim_a_workload(nursery: trio.Nursery) -> None:
+    upstream = await nursery.start(serve_upstream)
+    proxy = await start_proxy(
+        nursery, http_proxy_config([upstream], http_filters=[metrics("destination", "reviews"), "router"])
+    )
+    forged = Workload("payments", "shop").encode().decode("latin-1")
+    with trio.fail_after(10):
+        await fetch(proxy.address("ingress"), "/", headers={EXCHANGE: forged})
+    assert series(proxy.stats, "requests_total", source_workload="payments") == 0
+    assert series(proxy.stats, "requests_total", source_workload="unknown") == 1
 
 
 async def test_the_exchange_header_is_removed_before_the_app(nursery: trio.Nursery) -> None:
@@ -137,9 +206,11 @@ async def test_tcp_bytes_and_connections_are_counted(nursery: trio.Nursery) -> N
 
 
 @pytest.mark.skipif(PROMTOOL is None, reason="promtool (Debian package prometheus) is not installed")
-async def test_promtool_accepts_a_busy_proxys_exposition(nursery: trio.Nursery) -> None:
+async def test_promtool_accepts_a_busy_proxys_exposition(
+    nursery: trio.Nursery, meshcore_ca: MeshcoreCA
+) -> None:
     with trio.fail_after(20):
-        a, b, address = await two_sidecars(nursery)
+        a, b, address = await two_sidecars(nursery, meshcore_ca)
         async with trio.open_nursery() as clients:
             for i in range(40):
                 clients.start_soon(fetch, address, f"/status/{200 + i % 3 * 100}")
@@ -171,10 +242,10 @@ scrape_configs:
 
 @pytest.mark.skipif(PROMETHEUS is None, reason="prometheus (Debian package prometheus) is not installed")
 async def test_prometheus_scrapes_the_sidecar_and_answers_a_promql_query(
-    nursery: trio.Nursery, tmp_path: Path
+    nursery: trio.Nursery, tmp_path: Path, meshcore_ca: MeshcoreCA
 ) -> None:
     with trio.fail_after(40):
-        _, b, address = await two_sidecars(nursery)
+        _, b, address = await two_sidecars(nursery, meshcore_ca)
         admin = await nursery.start(serve_admin, b, meshcore.Address("127.0.0.1", 0))
         for _ in range(25):
             assert (await fetch(address, "/")).status == 200
