@@ -75,7 +75,7 @@ class LogEntry:
     @property
     def duration_ms(self) -> int:
         """Milliseconds from the request head (or the connection) to the end."""
-        return int((self.end - self.info.start) * 1000)
+        return _milliseconds(self.end - self.info.start)
 
     @property
     def start_time(self) -> float:
@@ -189,12 +189,21 @@ def _tls(entry: LogEntry) -> Any:
     return entry.connection.tls if entry.connection is not None else None
 
 
+def _milliseconds(seconds: float) -> int:
+    """Whole milliseconds, as Envoy truncates them, of a difference of two monotonic times.
+
+    Rounded to the microsecond first: the difference of two floats is off by a few ulps,
+    and 0.1 s could otherwise print as 99 ms (it did, depending on the clock's value).
+    """
+    return round(seconds * 1_000_000) // 1000
+
+
 def _response_duration(entry: LogEntry) -> int | None:
     """Milliseconds to the first byte of the upstream's answer (the last attempt's head)."""
     attempts = entry.info.attempts
     if not attempts or attempts[-1].end is None:
         return None
-    return int((attempts[-1].end - entry.info.start) * 1000)
+    return _milliseconds(attempts[-1].end - entry.info.start)
 
 
 def _response_tx_duration(entry: LogEntry) -> int | None:
