@@ -14,6 +14,7 @@ import pytest
 import trio
 
 import meshcore
+from meshcore.telemetry.sinks import FileSink
 from meshcore.testing.client import fetch
 from meshcore.testing.harness import http_proxy_config, start_proxy, tcp_proxy_config
 from meshcore.testing.upstreams import serve_upstream
@@ -232,3 +233,21 @@ async def test_rotation_by_size_and_by_logrotate_loses_and_splits_no_line(
             assert record["path"] == f"/r/{record['id']}"
             seen.append(int(record["id"]))
     assert sorted(seen) == list(range(total))
+
+
+async def test_a_line_written_after_its_sink_stopped_is_counted_as_dropped(tmp_path: Path) -> None:
+    """A draining chain's last request may log after a reload retired its sink: never lost silently."""
+    stats = meshcore.Stats()
+    path = tmp_path / "access.log"
+    sink = FileSink(
+        str(path), max_size=None, max_files=1, flush_interval=60.0, max_buffered=1 << 20, stats=stats
+    )
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sink.run)
+            sink.write("before\n")
+            sink.stop()  # run() flushes what is buffered, then returns
+    sink.write("after\n")
+    assert path.read_text() == "before\n"
+    assert stats.value("access_log_lines_written_total", sink=f"file:{path}") == 1
+    assert stats.value("access_log_lines_dropped_total", sink=f"file:{path}") == 1

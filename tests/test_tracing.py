@@ -9,6 +9,8 @@ import pytest
 import trio
 from _otlp import Collector, attributes, serve_collector
 
+import meshcore
+from meshcore import telemetry
 from meshcore.http.messages import Headers
 from meshcore.telemetry import extract, inject
 from meshcore.testing import MeshcoreCA, UpstreamFactory
@@ -379,3 +381,24 @@ async def test_a_dead_collector_never_slows_or_fails_requests(nursery: trio.Nurs
     # 300 spans made: all dropped but those still queued (50 at most) or in the export under way (10).
     assert dropped >= 300 - 50 - 10
     assert proxy.stats.value("tracing_spans_dropped_total", endpoint=endpoint, reason="queue_full") > 0
+
+
+async def test_spans_of_an_exporter_that_has_stopped_are_counted_as_dropped(nursery: trio.Nursery) -> None:
+    """A draining chain's last request may end after a reload retired its exporter."""
+    collector = await nursery.start(serve_collector, Collector())
+    stats = meshcore.Stats()
+    exporter = telemetry.OtlpHttpExporter(collector.endpoint, resource=[("service.name", "t")], stats=stats)
+
+    def span(span_id: int) -> telemetry.SpanData:
+        return telemetry.SpanData(1, span_id, 0, "GET", telemetry.KIND_SERVER, 1, 2, [], 0, "")
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as own:
+            own.start_soon(exporter.run)
+            exporter.submit(span(1))
+            exporter.stop()  # exports what is queued, then returns
+    exporter.submit(span(2))
+    labels = {"endpoint": collector.endpoint}
+    assert [int.from_bytes(s.span_id, "big") for _, s in collector.spans] == [1]
+    assert stats.value("tracing_spans_exported_total", **labels) == 1
+    assert stats.value("tracing_spans_dropped_total", reason="exporter_stopped", **labels) == 1

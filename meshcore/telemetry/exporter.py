@@ -93,10 +93,17 @@ class OtlpHttpExporter:
         self.stat_queue_full = stats.counter("tracing_spans_dropped_total", reason="queue_full", **labels)
         self.stat_failed = stats.counter("tracing_spans_dropped_total", reason="export_failed", **labels)
         self.stat_exports_failed = stats.counter("tracing_exports_failed_total", **labels)
+        self.stat_stopped = stats.counter("tracing_spans_dropped_total", reason="exporter_stopped", **labels)
+        self._done = False
 
     def submit(self, span: SpanData) -> None:
         """Queue a finished span for export (never blocks; drops and counts when full)."""
         queue = self.queue
+        if self._done:
+            # Its task has ended (no live Snapshot uses it, or the proxy stopped): a request
+            # of a draining filter chain still finishing. Nothing will export it: count it.
+            self.stat_stopped.value += 1
+            return
         if len(queue) >= self.max_queue:
             self.stat_queue_full.value += 1
             return
@@ -136,6 +143,10 @@ class OtlpHttpExporter:
                 if self._stopping:
                     return
         finally:
+            self._done = True
+            if self.queue:  # cancelled (past the stop grace) with spans still waiting
+                self.stat_stopped.value += len(self.queue)
+                self.queue.clear()
             self._close()
 
     async def _export(self, batch: list[SpanData], *, failing: bool) -> bool:

@@ -54,11 +54,17 @@ class BufferedSink:
         self.stat_dropped = stats.counter("access_log_lines_dropped_total", sink=name)
         self.stat_errors = stats.counter("access_log_write_errors_total", sink=name)
         self._failing = False
+        self._done = False
 
     def write(self, line: str) -> None:
-        """Buffer one line (never blocks; drops and counts it when the buffer is full)."""
+        """Buffer one line (never blocks; drops and counts it when the buffer is full).
+
+        After the sink's task has ended (no live Snapshot uses it, or the proxy stopped),
+        nothing would write it: a line of a draining chain's last request is counted as
+        dropped, never lost silently.
+        """
         size = len(line)
-        if self.size + size > self.max_buffered:
+        if self._done or self.size + size > self.max_buffered:
             self.stat_dropped.value += 1
             return
         self.lines.append(line)
@@ -86,6 +92,9 @@ class BufferedSink:
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(5):
                 await self.flush()
+            self._done = True
+            self.stat_dropped.value += len(self.lines)  # the final flush timed out
+            self.lines, self.size = [], 0
             self.close()
 
     async def flush(self) -> None:
