@@ -28,7 +28,7 @@ import trio
 
 import meshcore
 from meshcore.http.messages import UpstreamAttempt
-from meshcore.telemetry.otlp import encode_spans
+from meshcore.telemetry.otlp import encode_batch
 from meshcore.testing.filters import FilterHarness, make_request
 
 
@@ -91,11 +91,11 @@ def measure(ratio: float | None, requests: int) -> float:
 
 
 def _export(exporter: Any) -> None:
-    """What the exporter task does with the queued spans, off the request path: encode them."""
+    """What the exporter task does with the queued spans, off the request path: batch them."""
     queue = exporter.queue
     while queue:
         batch = [queue.popleft() for _ in range(min(exporter.max_batch, len(queue)))]
-        encode_spans(batch, exporter.resource, exporter.scope)
+        encode_batch(batch, exporter.resource, exporter.scope)
 
 
 def _exporters() -> list[Any]:

@@ -1,9 +1,10 @@
 """The OTLP/HTTP span exporter: a bounded queue filled by requests, emptied by a proxy task.
 
-Requests only :meth:`OtlpHttpExporter.submit` finished spans: an append to a bounded
-queue, never a wait. The exporter runs as a proxy service (see
+Requests only :meth:`OtlpHttpExporter.submit` finished spans (once the response has been
+sent): each is encoded at once (a bytes object is cheap to keep, for the garbage
+collector) and appended to a bounded queue, never a wait. The exporter runs as a proxy service (see
 :mod:`meshcore.runtime.services`): every ``interval``, or as soon as ``max_batch`` spans
-wait, it encodes a batch (:mod:`meshcore.telemetry.otlp`) and POSTs it to the collector
+wait, it makes a batch of them (:mod:`meshcore.telemetry.otlp`) and POSTs it to the collector
 on a kept-alive HTTP/1.1 connection, each export bounded by ``timeout``. A dead or slow
 collector costs spans, never requests: a full queue drops new spans, a failed export drops
 its batch, both counted (``tracing_spans_dropped_total`` by reason), and after a failure
@@ -22,7 +23,7 @@ import structlog
 import trio
 
 from meshcore.runtime.stats import Stats
-from meshcore.telemetry.otlp import Attribute, SpanData, encode_resource, encode_spans
+from meshcore.telemetry.otlp import Attribute, SpanData, encode_batch, encode_resource, encode_span
 
 __all__ = ["MAX_BACKOFF", "OtlpHttpExporter", "parse_endpoint"]
 
@@ -82,7 +83,8 @@ class OtlpHttpExporter:
         self.max_queue = max_queue
         self.max_batch = max_batch
         self.interval = interval
-        self.queue: deque[SpanData] = deque()
+        self.queue: deque[bytes] = deque()
+        """Spans waiting for export, encoded (:func:`~meshcore.telemetry.otlp.encode_span`)."""
         self._wake = trio.Event()
         self._stopped = trio.Event()
         self._stopping = False
@@ -107,7 +109,7 @@ class OtlpHttpExporter:
         if len(queue) >= self.max_queue:
             self.stat_queue_full.value += 1
             return
-        queue.append(span)
+        queue.append(encode_span(span))
         if len(queue) >= self.max_batch:
             self._wake.set()
 
@@ -149,9 +151,9 @@ class OtlpHttpExporter:
                 self.queue.clear()
             self._close()
 
-    async def _export(self, batch: list[SpanData], *, failing: bool) -> bool:
+    async def _export(self, batch: list[bytes], *, failing: bool) -> bool:
         """POST one batch; True if the collector took it. Failures are counted (and logged once)."""
-        body = encode_spans(batch, self.resource, self.scope)
+        body = encode_batch(batch, self.resource, self.scope)
         failure = ""
         status = 0
         with trio.move_on_after(self.timeout) as scope:

@@ -1,7 +1,8 @@
 """Finished spans and their OTLP encoding (protobuf wire format, written by hand).
 
 Sans-IO. :class:`SpanData` is what a tracing filter hands to an exporter when a request
-ends; :func:`encode_spans` turns a batch into the body of an OTLP/HTTP export request
+ends; :func:`encode_span` encodes one (the exporter queues them so), :func:`encode_batch`
+(or :func:`encode_spans`, from SpanData) makes a batch the body of an OTLP/HTTP export request
 (``ExportTraceServiceRequest``, ``application/x-protobuf``), the bytes a collector
 decodes with ``opentelemetry-proto``. Writing the few messages OTLP needs by hand costs a
 fraction of building protobuf objects (see ``bench/tracing_export.py``) and needs no
@@ -23,7 +24,9 @@ __all__ = [
     "STATUS_UNSET",
     "Attribute",
     "SpanData",
+    "encode_batch",
     "encode_resource",
+    "encode_span",
     "encode_spans",
 ]
 
@@ -184,12 +187,28 @@ def encode_resource(attributes: Sequence[Attribute], scope: str, version: str) -
     return resource, instrumentation
 
 
-def encode_spans(spans: Sequence[SpanData], resource: bytes, scope: bytes) -> bytes:
-    """An ``ExportTraceServiceRequest`` carrying ``spans`` of one resource and scope."""
-    scope_spans = _len_field(0x0A, scope) + b"".join(_len_field(0x12, _span(s)) for s in spans)
+def encode_span(span: SpanData) -> bytes:
+    """One span as an element of ``ScopeSpans.spans`` (field 2: tag and length included).
+
+    The exporter keeps spans encoded while they wait: one bytes object each, which the
+    garbage collector never walks, where a SpanData is some twenty tracked objects that
+    live long enough to be promoted (measured: that cost a proxy at 100% sampling more
+    CPU than the encoding itself).
+    """
+    return _len_field(0x12, _span(span))
+
+
+def encode_batch(spans: Sequence[bytes], resource: bytes, scope: bytes) -> bytes:
+    """An ``ExportTraceServiceRequest`` carrying spans (from :func:`encode_span`) of one resource and scope."""
+    scope_spans = _len_field(0x0A, scope) + b"".join(spans)
     resource_spans = (
         _len_field(0x0A, resource)  # ResourceSpans.resource = 1
         + _len_field(0x12, scope_spans)  # scope_spans = 2
         + _len_field(0x1A, SCHEMA_URL.encode())  # schema_url = 3
     )
     return _len_field(0x0A, resource_spans)  # ExportTraceServiceRequest.resource_spans = 1
+
+
+def encode_spans(spans: Sequence[SpanData], resource: bytes, scope: bytes) -> bytes:
+    """An ``ExportTraceServiceRequest`` carrying ``spans`` of one resource and scope."""
+    return encode_batch([encode_span(span) for span in spans], resource, scope)
