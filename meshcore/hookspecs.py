@@ -22,9 +22,13 @@ if TYPE_CHECKING:
     from meshcore.plugin import (
         CertificateAuthorityType,
         ConfigSourceType,
+        DiscoveryType,
         HttpFilterType,
         LbPolicyType,
+        MeshAnalyzerType,
+        MeshKindType,
         NetworkFilterType,
+        TranslatorType,
     )
 
 __all__ = [
@@ -32,6 +36,10 @@ __all__ = [
     "meshcore_config_sources",
     "meshcore_http_filters",
     "meshcore_lb_policies",
+    "meshcore_mesh_analyzers",
+    "meshcore_mesh_discovery",
+    "meshcore_mesh_kinds",
+    "meshcore_mesh_translators",
     "meshcore_network_filters",
     "meshcore_snapshot_applied",
     "meshcore_validate_snapshot",
@@ -83,6 +91,45 @@ def meshcore_certificate_authorities() -> Sequence[CertificateAuthorityType]:
 
     Called once when the registry is built. Each name must be unique across all plugins.
     The control plane's ``ca:`` config names the one it signs workload certificates with.
+    """
+    raise NotImplementedError
+
+
+# -- control plane: called once when the registry is built ----------------------------------
+
+
+@hookspec
+def meshcore_mesh_kinds() -> Sequence[MeshKindType]:
+    """Return the kinds of mesh resources this plugin provides (``VirtualService``, ...).
+
+    Called once when the registry is built. Each kind must be unique across all plugins.
+    """
+    raise NotImplementedError
+
+
+@hookspec
+def meshcore_mesh_translators() -> Sequence[TranslatorType]:
+    """Return the translators this plugin provides (mesh model + one proxy -> its Snapshot).
+
+    Called once when the registry is built. Each name must be unique across all plugins.
+    """
+    raise NotImplementedError
+
+
+@hookspec
+def meshcore_mesh_discovery() -> Sequence[DiscoveryType]:
+    """Return the discovery backends this plugin provides (``static``, ``dns``, ...).
+
+    Called once when the registry is built. Each name must be unique across all plugins.
+    """
+    raise NotImplementedError
+
+
+@hookspec
+def meshcore_mesh_analyzers() -> Sequence[MeshAnalyzerType]:
+    """Return the mesh analyzers this plugin provides (``meshcore analyze``, edit checks).
+
+    Called once when the registry is built. Each name must be unique across all plugins.
     """
     raise NotImplementedError
 

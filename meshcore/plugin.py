@@ -16,10 +16,14 @@ import pluggy
 __all__ = [
     "CertificateAuthorityType",
     "ConfigSourceType",
+    "DiscoveryType",
     "HttpFilterType",
     "LbPolicyType",
+    "MeshAnalyzerType",
+    "MeshKindType",
     "NetworkFilterType",
     "PluginType",
+    "TranslatorType",
     "hookimpl",
     "hookspec",
 ]
@@ -108,3 +112,74 @@ class CertificateAuthorityType(PluginType):
     """
 
     kind: ClassVar[str] = "certificate_authority"
+
+
+# -- control plane ----------------------------------------------------------------------------
+
+
+def _spec_as_is(spec: Any) -> Any:
+    return spec
+
+
+@attrs.frozen(kw_only=True)
+class MeshKindType(PluginType):
+    """A kind of mesh resource (``VirtualService``, ...): ``config`` structures its ``spec``.
+
+    ``name`` is the kind as documents write it. ``factory`` is not called by meshcore (a
+    kind is data); checks beyond one field belong in the spec class's ``__attrs_post_init__``.
+
+    Attributes:
+        api_versions: the ``apiVersion`` values a document of this kind may give, the
+            preferred one first (``networking.istio.io/v1``, ...).
+    """
+
+    kind: ClassVar[str] = "mesh_kind"
+    factory: Callable[..., Any] = _spec_as_is
+    api_versions: tuple[str, ...]
+
+
+@attrs.frozen(kw_only=True)
+class TranslatorType(PluginType):
+    """A translator: ``factory(context)`` adds to one proxy's Snapshot under construction.
+
+    Translators run in ``order`` (lowest first; the built-in ones use 100 to 500), each one
+    given the same :class:`meshcore.control.TranslationContext`. They must be pure: no I/O.
+
+    Attributes:
+        order: when it runs relative to the others.
+        handles: the fields of mesh resources this translator gives meaning to, as
+            ``Kind.field.subfield`` (``VirtualService.http.retries``) or a whole kind
+            (``AuthorizationPolicy``). A field that a resource sets and that no translator
+            handles is refused as "not supported by meshcore yet", never silently ignored.
+    """
+
+    kind: ClassVar[str] = "translator"
+    order: int = 1000
+    handles: tuple[str, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class DiscoveryType(PluginType):
+    """A discovery backend: ``factory(config)`` returns a :class:`meshcore.control.Discovery`.
+
+    It feeds services, workloads and endpoints into the mesh model (``static`` from
+    ServiceEntry and WorkloadEntry resources, ``dns``, a third party's registry).
+
+    Attributes:
+        handles: the fields of mesh resources it gives meaning to, as for translators.
+    """
+
+    kind: ClassVar[str] = "discovery"
+    handles: tuple[str, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class MeshAnalyzerType(PluginType):
+    """A mesh analyzer: ``factory(model)`` returns the :class:`meshcore.control.Finding` list.
+
+    Attributes:
+        codes: the stable codes it reports (``MC0001``, ...), each documented.
+    """
+
+    kind: ClassVar[str] = "mesh_analyzer"
+    codes: tuple[str, ...] = ()

@@ -27,10 +27,14 @@ from meshcore.plugin import (
     PROJECT,
     CertificateAuthorityType,
     ConfigSourceType,
+    DiscoveryType,
     HttpFilterType,
     LbPolicyType,
+    MeshAnalyzerType,
+    MeshKindType,
     NetworkFilterType,
     PluginType,
+    TranslatorType,
 )
 
 if TYPE_CHECKING:
@@ -55,6 +59,15 @@ BUILTIN_PLUGINS = (
     "meshcore.filters.mesh_metrics",
     "meshcore.plugins.file_source",
     "meshcore.plugins.ca",
+    "meshcore.plugins.istio_services",
+    "meshcore.plugins.istio_routing",
+    "meshcore.plugins.istio_sidecar",
+    "meshcore.plugins.istio_security_kinds",
+    "meshcore.plugins.istio_telemetry",
+    "meshcore.plugins.discovery_static",
+    "meshcore.plugins.discovery_dns",
+    "meshcore.plugins.translate_sidecar",
+    "meshcore.plugins.translate_outbound",
 )
 
 # hook name -> descriptor class it must return
@@ -64,6 +77,10 @@ _REGISTRATION_HOOKS: Mapping[str, type[PluginType]] = {
     "meshcore_lb_policies": LbPolicyType,
     "meshcore_config_sources": ConfigSourceType,
     "meshcore_certificate_authorities": CertificateAuthorityType,
+    "meshcore_mesh_kinds": MeshKindType,
+    "meshcore_mesh_translators": TranslatorType,
+    "meshcore_mesh_discovery": DiscoveryType,
+    "meshcore_mesh_analyzers": MeshAnalyzerType,
 }
 KINDS = tuple(cls.kind for cls in _REGISTRATION_HOOKS.values())
 

@@ -1,10 +1,11 @@
 """Rules of the house that the code layout must keep (DESIGN.md, "Rules of the house").
 
 Rule 1: filters/ and plugins/ use only the public API: ``import meshcore`` and the names in
-``meshcore.__all__`` (``from meshcore import X``, ``meshcore.X``). They may reach each other
-as ``meshcore.filters.*`` and ``meshcore.plugins.*``. Anything else under ``meshcore.`` is a
-runtime internal; if a first-party filter needs one, the public API lacks it: add it to
-meshcore/__init__.py (and its ``__all__``).
+``meshcore.__all__`` (``from meshcore import X``, ``meshcore.X``), and the control plane's
+public API, the names in ``meshcore.control.__all__`` (``from meshcore.control import X``).
+They may reach each other as ``meshcore.filters.*`` and ``meshcore.plugins.*``. Anything
+else under ``meshcore.`` is an internal; if a first-party plugin needs one, the public API
+lacks it: add it to meshcore/__init__.py or meshcore/control/__init__.py (and ``__all__``).
 
 Rule 7: layers import downward only. Every module of meshcore/ and testing/ belongs to one
 layer of :data:`LAYERS`, lowest first; a module may import its own layer and those below,
@@ -30,18 +31,23 @@ from pathlib import Path
 import pytest
 
 import meshcore
+import meshcore.control
 
 ROOT = Path(__file__).resolve().parent.parent
 PUBLIC_ONLY_DIRS = ("filters", "plugins")
 PACKAGE = "meshcore"
 # First-party plugin packages, which may use each other.
 OPEN_SUBPACKAGES = frozenset({"filters", "plugins"})
+# Public namespaces below the package: only the names of their __all__, imported from them.
+PUBLIC_NAMESPACES = {f"{PACKAGE}.control": frozenset(meshcore.control.__all__)}
 
 
 def _internal_module(module: str) -> bool:
     """Whether ``import module`` reaches past the public API of meshcore."""
     if not module.startswith(PACKAGE + "."):
         return False  # meshcore itself, the standard library, third-party packages
+    if module in PUBLIC_NAMESPACES:
+        return False  # checked name by name in internal_uses
     return module.split(".")[1] not in OPEN_SUBPACKAGES
 
 
@@ -73,7 +79,9 @@ def internal_uses(source: str, filename: str, public: Collection[str]) -> list[s
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.extend(
-                (node.lineno, f"import {alias.name}") for alias in node.names if _internal_module(alias.name)
+                (node.lineno, f"import {alias.name}")
+                for alias in node.names
+                if _internal_module(alias.name) or alias.name in PUBLIC_NAMESPACES
             )
         elif isinstance(node, ast.ImportFrom):
             module = node.module or ""
@@ -83,6 +91,12 @@ def internal_uses(source: str, filename: str, public: Collection[str]) -> list[s
                 found.append((node.lineno, f"from {'.' * node.level}{module} import ... (relative)"))
             elif _internal_module(module):
                 found.append((node.lineno, f"from {module} import {', '.join(a.name for a in node.names)}"))
+            elif module in PUBLIC_NAMESPACES:
+                found.extend(
+                    (node.lineno, f"from {module} import {alias.name} (not in {module}.__all__)")
+                    for alias in node.names
+                    if alias.name not in PUBLIC_NAMESPACES[module]
+                )
             elif module == PACKAGE:
                 found.extend(
                     (node.lineno, f"from {PACKAGE} import {alias.name} (not in meshcore.__all__)")
@@ -299,6 +313,7 @@ PUBLIC = ("hookimpl", "Duration", "ByteSize")
         "from meshcore.plugins.file_source import FileSourceConfig\n",
         "from meshcore.filters import load_balancers\n",
         "from meshcore import filters, plugins\n",
+        "from meshcore.control import MeshModel, translate\n",
         "import attrs\nfrom collections.abc import Sequence\nregistry = attrs.registry\n",
         "import meshcorex.thing\nmeshcorex.thing.registry\n",
     ],
@@ -338,6 +353,15 @@ def test_checker_allows_the_public_api(source: str) -> None:
             ["filters/bad.py:2: meshcore.cli (not in meshcore.__all__)"],
         ),
         ("from .. import registry\n", ["filters/bad.py:1: from .. import ... (relative)"]),
+        (
+            "from meshcore.control import translate, serve\n",
+            ["filters/bad.py:1: from meshcore.control import serve (not in meshcore.control.__all__)"],
+        ),
+        ("import meshcore.control\n", ["filters/bad.py:1: import meshcore.control"]),
+        (
+            "from meshcore.control.translate import translate\n",
+            ["filters/bad.py:1: from meshcore.control.translate import translate"],
+        ),
         (
             "import meshcore.errors\nfrom meshcore.registry import Registry\n",
             [

@@ -41,6 +41,19 @@ BUILTIN_TYPES = {
     ],
     "lb_policy": ["least_request", "round_robin"],
     "config_source": ["file"],
+    "mesh_kind": [
+        "AuthorizationPolicy",
+        "DestinationRule",
+        "PeerAuthentication",
+        "RequestAuthentication",
+        "ServiceEntry",
+        "Sidecar",
+        "Telemetry",
+        "VirtualService",
+        "WorkloadEntry",
+    ],
+    "translator": ["egress_ports", "http_proxy", "inbound", "outbound_clusters", "scope"],
+    "discovery": ["dns", "static"],
 }
 
 

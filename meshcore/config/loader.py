@@ -20,20 +20,30 @@ from meshcore.config.model import Snapshot
 from meshcore.config.structure import Catalog, Path, Structurer, format_path
 from meshcore.errors import ConfigError, ConfigProblem
 
-__all__ = ["CONFIG_SUFFIXES", "Check", "load_snapshot", "parse_document", "snapshot_from_data"]
+__all__ = [
+    "CONFIG_SUFFIXES",
+    "Check",
+    "LineMap",
+    "load_snapshot",
+    "parse_document",
+    "parse_documents",
+    "parse_path",
+    "snapshot_from_data",
+]
 
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json", ".toml")
 Check = Callable[[Snapshot], Iterable[ConfigProblem]]
 """Checks of a structured Snapshot beyond its fields (``meshcore validate`` runs the runtime's)."""
 
 
-class _LineMap:
+class LineMap:
     """Maps field paths to the 1-based line where they appear (YAML only)."""
 
     def __init__(self) -> None:
         self.lines: dict[Path, int] = {}
 
     def walk(self, node: yaml.Node, path: Path) -> None:
+        """Record the line of ``node`` and of everything below it, ``node`` being at ``path``."""
         self.lines[path] = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
@@ -46,6 +56,7 @@ class _LineMap:
                 self.walk(item, (*path, i))
 
     def line_for(self, path: Path) -> int | None:
+        """The line of ``path``, or of its closest parent that has one."""
         while True:
             line = self.lines.get(path)
             if line is not None or not path:
@@ -53,7 +64,7 @@ class _LineMap:
             path = path[:-1]
 
 
-def parse_document(text: str, name: str) -> tuple[Any, _LineMap | None]:
+def parse_document(text: str, name: str) -> tuple[Any, LineMap | None]:
     """Parse config text by the file name's suffix; raise ConfigError on a syntax error."""
     suffix = FsPath(name).suffix.lower()
     try:
@@ -61,7 +72,7 @@ def parse_document(text: str, name: str) -> tuple[Any, _LineMap | None]:
             return json.loads(text), None
         if suffix == ".toml":
             return tomllib.loads(text), None
-        lines = _LineMap()
+        lines = LineMap()
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         if node is None:
             return {}, lines
@@ -77,6 +88,38 @@ def parse_document(text: str, name: str) -> tuple[Any, _LineMap | None]:
     except yaml.YAMLError as err:
         problem = ConfigProblem(path="", message=f"invalid YAML: {err}", file=name)
     raise ConfigError([problem], stage="parse")
+
+
+def parse_documents(text: str, name: str) -> list[tuple[Any, LineMap | None]]:
+    """Every document of a file: YAML documents separated by ``---``, or one JSON/TOML document.
+
+    A JSON file may also hold a list of documents. Empty YAML documents are skipped. Raises
+    ConfigError on a syntax error, naming the file and line.
+    """
+    if FsPath(name).suffix.lower() in (".json", ".toml"):
+        data, lines = parse_document(text, name)
+        return [(item, None) for item in data] if isinstance(data, list) else [(data, lines)]
+    out: list[tuple[Any, LineMap | None]] = []
+    loader = yaml.SafeLoader(text)
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            if node is None:
+                continue
+            lines = LineMap()
+            lines.walk(node, ())
+            data = loader.construct_document(node)
+            if data is not None:
+                out.append((data, lines))
+    except yaml.MarkedYAMLError as err:
+        line = err.problem_mark.line + 1 if err.problem_mark is not None else None
+        problem = ConfigProblem(path="", message=f"invalid YAML: {err.problem}", file=name, line=line)
+        raise ConfigError([problem]) from err
+    except yaml.YAMLError as err:
+        raise ConfigError([ConfigProblem(path="", message=f"invalid YAML: {err}", file=name)]) from err
+    finally:
+        loader.dispose()
+    return out
 
 
 def _defined_names(data: Any, section: str) -> set[str]:
@@ -107,7 +150,7 @@ def snapshot_from_data(
     catalog: Catalog,
     *,
     file: str | None = None,
-    lines: _LineMap | None = None,
+    lines: LineMap | None = None,
     version: str | None = None,
     check: Check | None = None,
 ) -> Snapshot:
@@ -138,19 +181,20 @@ def snapshot_from_data(
 
 
 def _locate(
-    problems: Iterable[ConfigProblem], file: str | None, lines: _LineMap | None, *, document_line: bool = True
+    problems: Iterable[ConfigProblem], file: str | None, lines: LineMap | None, *, document_line: bool = True
 ) -> list[ConfigProblem]:
     out = []
     for problem in problems:
         line = problem.line
         if lines is not None and line is None and (problem.path or document_line):
-            line = lines.line_for(_parse_path(problem.path))
+            line = lines.line_for(parse_path(problem.path))
         out.append(attrs.evolve(problem, file=file, line=line))
     out.sort(key=lambda p: p.line or 0)  # stable: same line keeps discovery order
     return out
 
 
-def _parse_path(text: str) -> Path:
+def parse_path(text: str) -> Path:
+    """The inverse of :func:`~meshcore.config.structure.format_path`: ``a[0].b`` -> ``("a", 0, "b")``."""
     parts: list[str | int] = []
     for chunk in text.replace("[", ".[").split("."):
         if not chunk:

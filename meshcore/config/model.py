@@ -29,6 +29,7 @@ __all__ = [
     "FilterOverrides",
     "HeaderMatch",
     "Listener",
+    "NodeInfo",
     "OverloadConfig",
     "QueryParamMatch",
     "Redirect",
@@ -458,10 +459,45 @@ class OverloadConfig:
 
 
 @attrs.frozen(kw_only=True)
+class NodeInfo:
+    """Who a proxy is in the mesh, as its control plane knows it.
+
+    Set by the control plane in every Snapshot it sends (None for a proxy configured from a
+    file). Filters read it as ``context.snapshot.node``.
+
+    Attributes:
+        id: this proxy's own id, unique among the control plane's proxies.
+        workload: the workload it serves (a WorkloadEntry's name), "" if none is known.
+        namespace: the workload's namespace.
+        service_account: the workload's service account (its SPIFFE identity's last part).
+        labels: the workload's labels.
+        services: the host names of the services the workload is an endpoint of.
+        version: the meshcore version the proxy runs.
+        trust_domain: the mesh's trust domain (``spiffe://<trust_domain>/ns/...``).
+    """
+
+    id: str = attrs.field(validator=non_empty)
+    workload: str = ""
+    namespace: str = "default"
+    service_account: str = "default"
+    labels: Mapping[str, str] = _EMPTY
+    services: tuple[str, ...] = ()
+    version: str = ""
+    trust_domain: str = "cluster.local"
+
+    @property
+    def spiffe_id(self) -> str:
+        """The workload's SPIFFE ID: ``spiffe://<trust_domain>/ns/<namespace>/sa/<service_account>``."""
+        return f"spiffe://{self.trust_domain}/ns/{self.namespace}/sa/{self.service_account}"
+
+
+@attrs.frozen(kw_only=True)
 class Snapshot:
     """The whole config of one proxy at one version: immutable, applied atomically."""
 
     version: str = ""
+    node: NodeInfo | None = None
+    """Who this proxy is in the mesh (set by a control plane; None when configured from a file)."""
     admin: AdminConfig = AdminConfig()
     listeners: tuple[Listener, ...] = attrs.field(default=(), validator=unique(lambda x: x.name))
     clusters: tuple[Cluster, ...] = attrs.field(default=(), validator=unique(lambda x: x.name))

@@ -40,6 +40,7 @@ __all__ = [
     "PluginRef",
     "Reference",
     "Structurer",
+    "document_keys",
     "format_path",
 ]
 
@@ -175,6 +176,15 @@ def _reason(err: Exception) -> str:
 def _suggest(word: str, choices: Sequence[str]) -> str:
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def document_keys(cls: type) -> dict[str, attrs.Attribute[Any]]:
+    """The fields of attrs class ``cls`` by the key documents write them under.
+
+    That is the field's name, unless its metadata gives ``key`` (for a name Python
+    reserves: Istio's ``from`` is the field ``from_`` with ``metadata={"key": "from"}``).
+    """
+    return {field.metadata.get("key", field.name): field for field in attrs.fields(cls)}
 
 
 class Structurer:
@@ -398,7 +408,7 @@ class Structurer:
         if not isinstance(data, Mapping):
             self.problem(path, f"must be a mapping, got {_describe(data)}")
             return self.FAILED
-        fields = attrs.fields_dict(cls)
+        fields = document_keys(cls)
         hints = self._type_hints(cls)
         if hints is None:
             self.problem(path, f"cannot be structured: the field types of {cls.__qualname__} do not resolve")
@@ -406,24 +416,25 @@ class Structurer:
         self._check_unknown_fields(data, fields, path)
         kwargs: dict[str, Any] = {}
         failed = False
-        for name, field in fields.items():
+        for key, field in fields.items():
+            name = field.name
             if not field.init:
                 continue
-            if name not in data:
+            if key not in data:
                 if field.default is attrs.NOTHING:
-                    self.problem((*path, name), "is required")
+                    self.problem((*path, key), "is required")
                     failed = True
                 continue
-            value = self._structure(data[name], hints[name], (*path, name))
+            value = self._structure(data[key], hints[name], (*path, key))
             if value is self.FAILED:
                 failed = True
                 continue
-            if not self._validate_field(field, value, (*path, name)):
+            if not self._validate_field(field, value, (*path, key)):
                 failed = True
                 continue
             ref_kind = field.metadata.get("ref")
             if ref_kind is not None:
-                self._collect_refs(ref_kind, value, (*path, name))
+                self._collect_refs(ref_kind, value, (*path, key))
             kwargs[name] = value
         if failed:
             return self.FAILED

@@ -1,0 +1,90 @@
+"""The control plane: mesh resources, the mesh model, translation and delivery.
+
+This module is the public API of the control plane, for plugins that add kinds of mesh
+resources, discovery backends, translators and analyzers, as the first-party ones in
+``meshcore.plugins`` do. It sits above the proxy runtime (it may import ``meshcore.config``,
+``meshcore.http`` and ``meshcore.runtime``; nothing below imports it).
+"""
+
+from meshcore.config import (
+    DirectResponse,
+    FilterChain,
+    FilterOverrides,
+    HeaderMatch,
+    Listener,
+    QueryParamMatch,
+    Redirect,
+    RouteMatch,
+    TlsContext,
+    WeightedCluster,
+)
+from meshcore.config import Endpoint as ClusterEndpoint
+from meshcore.control.discovery import Discovered, Discovery, DiscoveryRef, build_model
+from meshcore.control.model import (
+    HTTP_PROTOCOLS,
+    Endpoint,
+    MeshModel,
+    MeshSettings,
+    Service,
+    ServicePort,
+    Workload,
+    fqdn,
+    labels_match,
+)
+from meshcore.control.resources import Claims, MeshResource, MeshResources, ObjectMeta, load_resources
+from meshcore.control.translate import (
+    ClusterBuild,
+    ListenerBuild,
+    ProxyIdentity,
+    RouteBuild,
+    RouteConfigBuild,
+    SnapshotBuilder,
+    Translation,
+    TranslationContext,
+    TranslationError,
+    VirtualHostBuild,
+    translate,
+)
+
+__all__ = [
+    "HTTP_PROTOCOLS",
+    "Claims",
+    "ClusterBuild",
+    "ClusterEndpoint",
+    "DirectResponse",
+    "Discovered",
+    "Discovery",
+    "DiscoveryRef",
+    "Endpoint",
+    "FilterChain",
+    "FilterOverrides",
+    "HeaderMatch",
+    "Listener",
+    "ListenerBuild",
+    "MeshModel",
+    "MeshResource",
+    "MeshResources",
+    "MeshSettings",
+    "ObjectMeta",
+    "ProxyIdentity",
+    "QueryParamMatch",
+    "Redirect",
+    "RouteBuild",
+    "RouteConfigBuild",
+    "RouteMatch",
+    "Service",
+    "ServicePort",
+    "SnapshotBuilder",
+    "TlsContext",
+    "Translation",
+    "TranslationContext",
+    "TranslationError",
+    "VirtualHostBuild",
+    "WeightedCluster",
+    "Workload",
+    "build_model",
+    "fqdn",
+    "labels_match",
+    "load_resources",
+    "translate",
+]
