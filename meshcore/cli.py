@@ -16,6 +16,7 @@ import yaml
 import meshcore
 from meshcore.cli_ca import add_ca_parser
 from meshcore.cli_demo import cmd_demo
+from meshcore.cli_mesh import add_commands as add_mesh_commands
 from meshcore.config import CONFIG_SUFFIXES, parse_document
 from meshcore.errors import ConfigError, ConfigProblem
 from meshcore.logs import LEVELS
@@ -416,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=cmd_demo)
     add_ca_parser(commands)
+    add_mesh_commands(commands)
     return parser
 
 

@@ -68,6 +68,8 @@ BUILTIN_PLUGINS = (
     "meshcore.plugins.discovery_dns",
     "meshcore.plugins.translate_sidecar",
     "meshcore.plugins.translate_outbound",
+    "meshcore.plugins.control_plane_source",
+    "meshcore.plugins.mesh_analyzers",
 )
 
 # hook name -> descriptor class it must return

@@ -19,6 +19,7 @@ from meshcore.config import (
     WeightedCluster,
 )
 from meshcore.config import Endpoint as ClusterEndpoint
+from meshcore.control.analyze import Finding, Severity, finding
 from meshcore.control.discovery import Discovered, Discovery, DiscoveryRef, build_model
 from meshcore.control.model import (
     HTTP_PROTOCOLS,
@@ -32,6 +33,8 @@ from meshcore.control.model import (
     labels_match,
 )
 from meshcore.control.resources import Claims, MeshResource, MeshResources, ObjectMeta, load_resources
+from meshcore.control.signer import NO_CA, SignedCertificate, Signer, SigningError
+from meshcore.control.source import ControlPlaneSource, ControlPlaneSourceConfig
 from meshcore.control.translate import (
     ClusterBuild,
     ListenerBuild,
@@ -48,15 +51,19 @@ from meshcore.control.translate import (
 
 __all__ = [
     "HTTP_PROTOCOLS",
+    "NO_CA",
     "Claims",
     "ClusterBuild",
     "ClusterEndpoint",
+    "ControlPlaneSource",
+    "ControlPlaneSourceConfig",
     "DirectResponse",
     "Discovered",
     "Discovery",
     "DiscoveryRef",
     "Endpoint",
     "FilterChain",
+    "Finding",
     "FilterOverrides",
     "HeaderMatch",
     "Listener",
@@ -74,6 +81,10 @@ __all__ = [
     "RouteMatch",
     "Service",
     "ServicePort",
+    "Severity",
+    "SignedCertificate",
+    "Signer",
+    "SigningError",
     "SnapshotBuilder",
     "TlsContext",
     "Translation",
@@ -83,6 +94,7 @@ __all__ = [
     "WeightedCluster",
     "Workload",
     "build_model",
+    "finding",
     "fqdn",
     "labels_match",
     "load_resources",

@@ -1,0 +1,376 @@
+"""The mesh commands of ``meshcore``: control-plane, sidecar, mesh status, mesh config, analyze."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+import attrs
+import trio
+import yaml
+
+from meshcore.config import Address, Duration
+from meshcore.errors import ConfigError
+from meshcore.logs import LEVELS
+from meshcore.logs import configure as configure_logging
+from meshcore.registry import build_registry
+
+__all__ = ["add_commands"]
+
+DEFAULT_ADMIN = "127.0.0.1:15014"
+
+
+def _address(text: str) -> Address:
+    try:
+        return Address.__meshcore_parse__(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _print_problems(err: ConfigError) -> None:
+    for problem in err.problems:
+        print(problem, file=sys.stderr)
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for err in group.exceptions:
+        out.extend(_leaves(err) if isinstance(err, BaseExceptionGroup) else [err])
+    return out
+
+
+def _run(main: Any) -> int:
+    """Run ``main`` under trio; a ConfigError (bad config, port in use) is printed, exit 1."""
+    failed = False
+    try:
+        trio.run(main)
+    except* ConfigError as group:
+        for err in _leaves(group):
+            if isinstance(err, ConfigError):
+                _print_problems(err)
+        failed = True
+    except* KeyboardInterrupt:
+        pass
+    return 1 if failed else 0
+
+
+# -- control-plane ---------------------------------------------------------------------------------
+
+
+def cmd_control_plane(args: argparse.Namespace) -> int:
+    """Run a control plane until SIGTERM/SIGINT; SIGHUP reloads the mesh files."""
+    from meshcore.control.process import serve_control_plane  # noqa: PLC0415 - only this command
+    from meshcore.control.settings import load_settings  # noqa: PLC0415 - only this command
+
+    configure_logging(args.log_level, fmt=args.log_format)
+    registry = build_registry()
+    for problem in registry.problems:
+        print(f"plugin problem: {problem}", file=sys.stderr)
+    try:
+        config = load_settings(args.config, registry)
+    except ConfigError as err:
+        _print_problems(err)
+        return 1
+    overrides: dict[str, Any] = {}
+    if args.listen is not None:
+        overrides["listen"] = args.listen
+    if args.admin is not None:
+        overrides["admin"] = args.admin
+    if args.allow_any_identity:
+        overrides["allow_any_identity"] = True
+    if args.poll_interval is not None:
+        overrides["poll_interval"] = Duration(args.poll_interval)
+    config = attrs.evolve(config, **overrides)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                functools.partial(
+                    serve_control_plane,
+                    config,
+                    registry,
+                    mesh=args.mesh or (),
+                    handle_signals=True,
+                    settings_file=args.config,
+                )
+            )
+
+    return _run(main)
+
+
+# -- sidecar --------------------------------------------------------------------------------------
+
+
+def cmd_sidecar(args: argparse.Namespace) -> int:
+    """Run a proxy configured by the control plane until SIGTERM/SIGINT (drain)."""
+    from meshcore.control.source import ControlPlaneSource, ControlPlaneSourceConfig  # noqa: PLC0415 - only this command
+    from meshcore.runtime.server import serve_proxy  # noqa: PLC0415 - only this command
+
+    configure_logging(args.log_level, fmt=args.log_format)
+    registry = build_registry()
+    for problem in registry.problems:
+        print(f"plugin problem: {problem}", file=sys.stderr)
+    config = ControlPlaneSourceConfig(
+        address=args.control_plane,
+        workload=args.workload,
+        namespace=args.namespace,
+        id=args.id,
+        token_file=args.token_file,
+        tls=args.tls,
+        ca_file=args.ca_file,
+        server_name=args.server_name,
+        http_proxy=args.http_proxy,
+        admin=args.admin,
+    )
+    source = ControlPlaneSource(config, registry)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(functools.partial(serve_proxy, source, registry, handle_signals=True))
+
+    return _run(main)
+
+
+# -- operator tools ---------------------------------------------------------------------------------
+
+
+def _get(admin: str, path: str) -> Any:
+    """GET ``path`` from the control plane's admin server as JSON (never through a proxy)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    url = f"http://{admin}{path}"
+    try:
+        with opener.open(url, timeout=10) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        body = err.read()
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise SystemExit(f"{url}: HTTP {err.code}: {body.decode(errors='replace').strip()}") from None
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise SystemExit(f"cannot reach the control plane's admin server at {admin}: {reason}") from None
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 60:  # noqa: PLR2004 - a minute
+        return f"{seconds:.1f}s ago"
+    return f"{seconds / 60:.0f}m ago"
+
+
+def cmd_mesh_status(args: argparse.Namespace) -> int:
+    """Print every proxy's status; exit 0 (2 if the control plane cannot be reached)."""
+    try:
+        data = _get(args.admin, "/proxies")
+        mesh = _get(args.admin, "/mesh")
+    except SystemExit as err:
+        print(err, file=sys.stderr)
+        return 2
+    if args.output == "json":
+        print(json.dumps({**data, "rejected": mesh.get("rejected")}, indent=2))
+        return 0
+    types = ("listeners", "routes", "clusters", "endpoints")
+    rows = [("PROXY", "WORKLOAD", "STATUS", *(t.upper() for t in types), "LAST CONTACT")]
+    notes = []
+    for proxy in data["proxies"]:
+        versions = proxy["versions"]
+        status = proxy["status"] if proxy["connected"] else f"{proxy['status']} (disconnected)"
+        rows.append(
+            (
+                proxy["id"],
+                f"{proxy['workload'] or '-'}.{proxy['namespace']}",
+                status,
+                *((versions.get(t, {}).get("acked") or "-")[:8] for t in types),
+                _ago(proxy["since_last_contact"]),
+            )
+        )
+        if proxy["nack"]:
+            notes.append(f"{proxy['id']}: NACKED: " + proxy["nack"].replace("\n", "\n    "))
+        if proxy["error"]:
+            notes.append(f"{proxy['id']}: not translated: {proxy['error']}")
+        notes.extend(f"{proxy['id']}: {problem}" for problem in proxy["problems"])
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    print(f"mesh version {data['mesh']}, {len(data['proxies'])} proxies")
+    for row in rows:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    for note in notes:
+        print(note)
+    rejected = mesh.get("rejected")
+    if rejected:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rejected["at"]))
+        print(f"last mesh edit REFUSED at {when} (the mesh before it is served):")
+        for problem in rejected["problems"]:
+            print(f"  {problem}")
+    return 0
+
+
+def cmd_mesh_config(args: argparse.Namespace) -> int:
+    """Print the Snapshot a workload's proxy gets, as YAML (or JSON)."""
+    if args.proxy:
+        query = urllib.parse.urlencode({"proxy": args.proxy})
+    else:
+        query = urllib.parse.urlencode({"workload": args.workload, "namespace": args.namespace})
+    try:
+        data = _get(args.admin, f"/config_dump?{query}")
+    except SystemExit as err:
+        print(err, file=sys.stderr)
+        return 2
+    if "error" in data:
+        print(data["error"], file=sys.stderr)
+        return 1
+    for problem in data["problems"]:
+        print(f"# not translated: {problem}")
+    if args.output == "json":
+        print(json.dumps(data["snapshot"], indent=2))
+    else:
+        print(yaml.safe_dump(data["snapshot"], sort_keys=False, default_flow_style=False), end="")
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """Analyze mesh files offline; exit 1 if a finding reaches the failure threshold."""
+    from meshcore.control.analyze import Severity, analyze  # noqa: PLC0415 - only this command
+    from meshcore.control.discovery import build_model, open_discoveries  # noqa: PLC0415 - only this command
+    from meshcore.control.resources import load_resources  # noqa: PLC0415 - only this command
+    from meshcore.control.settings import load_settings  # noqa: PLC0415 - only this command
+
+    registry = build_registry()
+    try:
+        settings = load_settings(args.config, registry)
+        resources = load_resources(args.files, registry)
+    except ConfigError as err:
+        _print_problems(err)
+        return 1
+    offline = [ref for ref in settings.discovery if ref.name != "dns"]  # no network offline
+    model = build_model(resources, open_discoveries(offline, registry), settings.mesh_settings)
+    for problem in model.problems:
+        print(problem)
+    findings = [f for f in analyze(model, registry) if f.code not in args.suppress]
+    threshold = Severity[args.failure_threshold.upper()]
+    if args.output == "json":
+        print(json.dumps([{**attrs.asdict(f), "severity": f.severity.name} for f in findings], indent=2))
+    else:
+        for found in findings:
+            print(found)
+        if not findings and not model.problems:
+            print(f"no problems found in {len(resources)} resources")
+    failed = bool(model.problems) or any(f.severity >= threshold for f in findings)
+    return 1 if failed else 0
+
+
+def add_commands(commands: Any) -> None:
+    """Add the mesh commands to ``meshcore``'s sub-command parser."""
+    logging = argparse.ArgumentParser(add_help=False)
+    logging.add_argument("--log-level", default="info", choices=sorted(LEVELS))
+    logging.add_argument("--log-format", default="auto", choices=["auto", "json", "console"])
+
+    cp = commands.add_parser(
+        "control-plane",
+        parents=[logging],
+        help="run a control plane: mesh resources in, a Snapshot per proxy out",
+        description="Load the mesh resources (Istio's kinds) from files and folders, watch them, and push "
+        "each proxy its Snapshot. A bad edit is refused whole: the last good mesh stays. SIGHUP reloads; "
+        "SIGTERM/SIGINT stop.",
+    )
+    cp.add_argument(
+        "-c", "--mesh", action="extend", nargs="+", metavar="PATH", help="mesh resource files and folders"
+    )
+    cp.add_argument("--config", metavar="FILE", help="the control plane's own config (YAML, TOML, JSON)")
+    cp.add_argument(
+        "--listen", type=_address, metavar="HOST:PORT", help="where proxies connect (default 127.0.0.1:15010)"
+    )
+    cp.add_argument(
+        "--admin", type=_address, metavar="HOST:PORT", help=f"the admin server (default {DEFAULT_ADMIN})"
+    )
+    cp.add_argument(
+        "--allow-any-identity", action="store_true", help="accept proxies without a bootstrap token"
+    )
+    cp.add_argument(
+        "--poll-interval", type=float, metavar="SECONDS", help="how often mesh files are checked (default 1)"
+    )
+    cp.set_defaults(func=cmd_control_plane)
+
+    sidecar = commands.add_parser(
+        "sidecar",
+        parents=[logging],
+        help="run a proxy configured by the control plane",
+        description="Run a proxy whose every listener, route and cluster comes from the control plane. It keeps "
+        "serving its last good config while the control plane is away, and reconnects.",
+    )
+    sidecar.add_argument(
+        "--control-plane",
+        required=True,
+        type=_address,
+        metavar="HOST:PORT",
+        help="the control plane's delivery address",
+    )
+    sidecar.add_argument(
+        "--workload", default="", help="the workload this proxy serves (its WorkloadEntry's name)"
+    )
+    sidecar.add_argument("--namespace", default="default", help="the workload's namespace (default: default)")
+    sidecar.add_argument("--id", default="", help="this proxy's id (default: WORKLOAD.NAMESPACE~HOST~PID)")
+    sidecar.add_argument(
+        "--token-file", metavar="FILE", help="the bootstrap token the control plane knows this workload by"
+    )
+    sidecar.add_argument("--tls", action="store_true", help="connect to the control plane with TLS")
+    sidecar.add_argument(
+        "--ca-file", metavar="FILE", help="roots to check the control plane's certificate (implies --tls)"
+    )
+    sidecar.add_argument("--server-name", metavar="NAME", help="the name in the control plane's certificate")
+    sidecar.add_argument(
+        "--http-proxy",
+        default="127.0.0.1:15001",
+        metavar="HOST:PORT",
+        help='the HTTP proxy listener for HTTP_PROXY ("" for none)',
+    )
+    sidecar.add_argument(
+        "--admin",
+        type=_address,
+        default=Address("127.0.0.1", 15000),
+        metavar="HOST:PORT",
+        help="this proxy's admin server",
+    )
+    sidecar.set_defaults(func=cmd_sidecar)
+
+    mesh = commands.add_parser("mesh", help="operator tools: proxies' status, the Snapshot of a workload")
+    mesh_commands = mesh.add_subparsers(dest="mesh_command", required=True, metavar="COMMAND")
+    status = mesh_commands.add_parser(
+        "status",
+        help="every proxy: SYNCED, STALE or NACKED (with the NACK message), versions, last contact",
+    )
+    status.add_argument(
+        "--admin", default=DEFAULT_ADMIN, metavar="HOST:PORT", help="the control plane's admin server"
+    )
+    status.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    status.set_defaults(func=cmd_mesh_status)
+    config = mesh_commands.add_parser("config", help="the Snapshot a workload's proxy gets, as YAML")
+    config.add_argument("workload", nargs="?", default="", help="the workload")
+    config.add_argument("-n", "--namespace", default="default")
+    config.add_argument("--proxy", default="", help="a connected proxy's id instead of a workload")
+    config.add_argument(
+        "--admin", default=DEFAULT_ADMIN, metavar="HOST:PORT", help="the control plane's admin server"
+    )
+    config.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
+    config.set_defaults(func=cmd_mesh_config)
+
+    analyze = commands.add_parser(
+        "analyze",
+        help="check mesh resource files offline for cross-resource problems (codes MC0001...)",
+        description="Load mesh resources and report what is wrong between them, each finding with a stable "
+        "code documented in the docs (mesh analysis). Exits 1 if a finding reaches --failure-threshold.",
+    )
+    analyze.add_argument("files", nargs="+", metavar="PATH", help="mesh resource files and folders")
+    analyze.add_argument("--config", metavar="FILE", help="the control plane's config (trust domain, ...)")
+    analyze.add_argument("--failure-threshold", choices=["error", "warning", "info"], default="error")
+    analyze.add_argument(
+        "--suppress", action="append", default=[], metavar="CODE", help="a code not to report"
+    )
+    analyze.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    analyze.set_defaults(func=cmd_analyze)

@@ -1,0 +1,123 @@
+"""A whole control plane: mesh files, discovery, pushes, delivery and admin servers, signals.
+
+:func:`serve_control_plane` is what ``meshcore control-plane`` runs and what tests embed.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import structlog
+import trio
+
+from meshcore.control.admin import handle
+from meshcore.control.discovery import run_discoveries
+from meshcore.control.plane import ControlPlane
+from meshcore.control.serve import serve_delivery, server_ssl_context
+from meshcore.control.settings import ControlPlaneConfig, Tokens
+from meshcore.control.signer import Signer
+from meshcore.control.watch import MeshWatcher
+from meshcore.errors import ConfigError, ConfigProblem
+from meshcore.registry import Registry
+from meshcore.runtime.admin import AdminResponse, serve_admin_answers
+
+__all__ = ["RunningControlPlane", "serve_control_plane"]
+
+log = structlog.get_logger("meshcore.control")
+
+
+@attrs.frozen
+class RunningControlPlane:
+    """A started control plane: its state, and where it listens."""
+
+    plane: ControlPlane
+    watcher: MeshWatcher
+    delivery: tuple[str, int]
+    admin: tuple[str, int]
+
+
+async def serve_control_plane(
+    config: ControlPlaneConfig,
+    registry: Registry,
+    *,
+    mesh: Sequence[str] = (),
+    signer: Signer | None = None,
+    handle_signals: bool = False,
+    settings_file: str | None = None,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a control plane until cancelled (or, with ``handle_signals``, SIGTERM or SIGINT).
+
+    The mesh files must make a good mesh to start: their ConfigError propagates. Reports a
+    :class:`RunningControlPlane` through ``task_status``. SIGHUP reloads the mesh files.
+    """
+    paths = [*config.mesh, *mesh]
+    if not paths:
+        raise ConfigError([ConfigProblem(path="mesh", message="no mesh files or folders given (-c DIR)")])
+    base = Path(settings_file).parent if settings_file else None
+    tokens = Tokens(config.bootstrap_tokens, allow_any=config.allow_any_identity, base=base)
+    plane = ControlPlane(registry, config, tokens=tokens, signer=signer)
+    watcher = MeshWatcher(plane, paths, float(config.poll_interval))
+    resources = watcher.load()
+    if not plane.propose(resources):
+        assert plane.rejection is not None  # noqa: S101 - set by a refusal
+        raise ConfigError(plane.rejection.problems)
+    ssl_context = None
+    if config.tls is not None:
+        try:
+            ssl_context = server_ssl_context(config.tls.certificate_file, config.tls.private_key_file)
+        except (OSError, ValueError) as err:
+            raise ConfigError(
+                [ConfigProblem(path="tls", message=f"cannot load TLS files: {err}", file=settings_file)]
+            ) from err
+    async with trio.open_nursery() as nursery:
+        await nursery.start(plane.run)
+        await nursery.start(run_discoveries, plane.backends, plane.discovery_changed)
+        plane.flush()  # what discovery learnt in its first round, before any proxy connects
+        nursery.start_soon(watcher.run)
+        try:
+            delivery = await nursery.start(serve_delivery, plane, config.listen, ssl_context)
+            admin = await nursery.start(serve_admin_answers, _answer(plane), config.admin)
+        except OSError as err:
+            raise ConfigError(
+                [ConfigProblem(path="listen", message=f"cannot listen: {err.strerror}", file=settings_file)]
+            ) from err
+        if handle_signals:
+            await nursery.start(_signals, watcher, nursery.cancel_scope)
+        log.info(
+            "control_plane_started",
+            delivery=_text(delivery),
+            admin=_text(admin),
+            mesh=plane.model.version if plane.model else None,
+        )
+        task_status.started(RunningControlPlane(plane, watcher, delivery, admin))
+
+
+def _answer(plane: ControlPlane) -> Any:
+    async def answer(method: str, target: str) -> AdminResponse:
+        return handle(plane, method, target)
+
+    return answer
+
+
+def _text(address: tuple[str, int]) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def _signals(
+    watcher: MeshWatcher, scope: trio.CancelScope, *, task_status: Any = trio.TASK_STATUS_IGNORED
+) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        task_status.started()
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                log.info("reload_requested", signal="SIGHUP")
+                watcher.reload()
+            else:
+                log.info("control_plane_stopping", signal=signal.Signals(signum).name)
+                scope.cancel()

@@ -1,0 +1,146 @@
+"""A Snapshot as delivery resources: plain data by resource type and name, with versions.
+
+A proxy's Snapshot is split the way xDS splits it: ``listeners``, ``routes`` (route
+tables), ``clusters`` (without their endpoints), ``endpoints`` (by cluster name),
+``secrets``, and ``node`` (the proxy's identity). Each resource is plain data in the shape
+of a proxy config file (defaults left out), so the sidecar structures and validates what
+it receives with its own registry, exactly as it would a file, and a Snapshot it cannot
+use is refused with the runtime's own messages.
+
+Versions are digests of the content: the same resources have the same version in any
+control-plane process, so a restarted control plane recognises a proxy that is already
+up to date.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from meshcore.config import Address, FilterOverrides, PluginRef, Snapshot, format_duration
+from meshcore.config.units import Duration
+
+__all__ = [
+    "PUSH_ORDER",
+    "ResourceSet",
+    "digest",
+    "resource_sets",
+    "snapshot_data",
+    "unstructure",
+]
+
+PUSH_ORDER = ("node", "secrets", "clusters", "endpoints", "routes", "listeners")
+"""Resource types in the order a push sends them (what is referred to before what refers)."""
+
+ResourceSet = dict[str, Any]
+"""Resources of one type by name: plain data."""
+
+
+def unstructure(value: Any) -> Any:  # noqa: PLR0911 - a flat dispatch on the kind of value
+    """Plain data for a config value that structures back to it; fields at their default left out.
+
+    attrs classes become mappings (under each field's document key), a plugin reference
+    ``{name: config}`` (or just its name without config), Address "host:port", Duration
+    "250ms", tuples lists. Secrets are kept: this is what a proxy receives, not a dump.
+    """
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return str(value)  # a str subclass (a secret) as plain text
+    if isinstance(value, enum.Enum):
+        return unstructure(value.value)
+    if isinstance(value, int):
+        return int(value)  # ByteSize too
+    if isinstance(value, Duration):
+        return format_duration(value)
+    if isinstance(value, float):
+        return value
+    if isinstance(value, Address):
+        return str(value)
+    if isinstance(value, PluginRef):
+        config = unstructure(value.config)
+        return {value.name: config} if config not in (None, {}) else value.name
+    if isinstance(value, FilterOverrides):
+        return {name: unstructure(config) for name, config in value.by_filter.items()}
+    if attrs.has(type(value)):
+        out = {}
+        for field in attrs.fields(type(value)):
+            item = getattr(value, field.name)
+            if field.default is not attrs.NOTHING and not isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]  # a class at run time
+                try:
+                    if item == field.default:
+                        continue
+                except Exception:  # noqa: BLE001, S112 - a value that cannot compare is not the default
+                    pass
+            out[field.metadata.get("key", field.name)] = unstructure(item)
+        return out
+    if isinstance(value, Mapping):
+        return {str(k): unstructure(v) for k, v in value.items()}
+    if isinstance(value, tuple | list | set | frozenset):
+        return [unstructure(item) for item in value]
+    return str(value)
+
+
+def digest(data: Any) -> str:
+    """A short, stable digest of plain data (the version of a resource or a set of them)."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def resource_sets(snapshot: Snapshot) -> dict[str, ResourceSet]:
+    """``snapshot`` split into resources by type and name (``PUSH_ORDER``; admin is the proxy's own)."""
+    clusters: ResourceSet = {}
+    endpoints: ResourceSet = {}
+    for cluster in snapshot.clusters:
+        data = unstructure(attrs.evolve(cluster, endpoints=()))
+        clusters[cluster.name] = data
+        endpoints[cluster.name] = [unstructure(e) for e in cluster.endpoints]
+    return {
+        "node": {"node": unstructure(snapshot.node)} if snapshot.node is not None else {},
+        "secrets": {
+            getattr(s, "name", str(i)): unstructure(s) for i, s in enumerate(getattr(snapshot, "secrets", ()))
+        },
+        "clusters": clusters,
+        "endpoints": endpoints,
+        "routes": {r.name: unstructure(r) for r in snapshot.route_configs},
+        "listeners": {listener.name: unstructure(listener) for listener in snapshot.listeners},
+    }
+
+
+def snapshot_data(
+    resources: Mapping[str, ResourceSet], *, admin: Any = None, version: str = ""
+) -> dict[str, Any]:
+    """The config document (as in a file) that the resources of every type make together.
+
+    Args:
+        resources: resources by type and name (see :func:`resource_sets`).
+        admin: the proxy's own ``admin`` section, if any.
+        version: the Snapshot's version.
+    """
+    clusters = []
+    for name, cluster in resources.get("clusters", {}).items():
+        data = dict(cluster)
+        found = resources.get("endpoints", {}).get(name)
+        if found:
+            data["endpoints"] = found
+        clusters.append(data)
+    out: dict[str, Any] = {
+        "version": version,
+        "listeners": list(resources.get("listeners", {}).values()),
+        "clusters": clusters,
+        "route_configs": list(resources.get("routes", {}).values()),
+    }
+    node = resources.get("node", {}).get("node")
+    if node is not None:
+        out["node"] = node
+    secrets = list(resources.get("secrets", {}).values())
+    if secrets:
+        out["secrets"] = secrets
+    if admin is not None:
+        out["admin"] = admin
+    return out
