@@ -153,10 +153,11 @@ def _get(admin: str, path: str) -> Any:
         try:
             return json.loads(body)
         except ValueError:
-            raise SystemExit(f"{url}: HTTP {err.code}: {body.decode(errors='replace').strip()}") from None
+            msg = f"{url}: HTTP {err.code}: {body.decode(errors='replace').strip()}"
+            raise SystemExit(msg) from None
     except (urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        raise SystemExit(f"cannot reach the control plane's admin server at {admin}: {reason}") from None
+        msg = f"cannot reach the control plane's admin server at {admin}: {getattr(err, 'reason', err)}"
+        raise SystemExit(msg) from None
 
 
 def _ago(seconds: float) -> str:

@@ -17,7 +17,7 @@ import attrs
 
 import meshcore
 from meshcore import Duration, non_empty
-from meshcore.plugins.istio_common import EMPTY, PolicySelector, PolicyTargetReference
+from meshcore.plugins.istio_common import PolicySelector, PolicyTargetReference
 
 SECURITY = ("security.istio.io/v1", "security.istio.io/v1beta1")
 
@@ -35,7 +35,7 @@ class MutualTLS:
 class PortLevelMtls:
     """``portLevelMtls``: mTLS settings by port number (YAML keys are numbers)."""
 
-    by_port: Mapping[int, MutualTLS] = EMPTY
+    by_port: Mapping[int, MutualTLS] = MappingProxyType({})
 
     @classmethod
     def __meshcore_structure__(cls, structurer: Any, data: Any, path: Any) -> Any:

@@ -90,9 +90,9 @@ class ServiceEntrySpec:
             msg = f"workloadSelector needs resolution STATIC, got {self.resolution}"
             raise ValueError(msg)
         names = [port.name for port in self.ports]
-        numbers = [port.number for port in self.ports]
+        numbers = [str(port.number) for port in self.ports]
         for what, values in (("name", names), ("number", numbers)):
-            repeated = sorted({str(v) for v in values if values.count(v) > 1})
+            repeated = sorted({v for v in values if values.count(v) > 1})
             if repeated:
                 msg = f"ports repeat the {what} {', '.join(repeated)}"
                 raise ValueError(msg)

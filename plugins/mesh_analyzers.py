@@ -267,8 +267,7 @@ def selectors(model: MeshModel) -> list[Finding]:
             workloads = [
                 w
                 for w in model.workloads
-                if (w.namespace == resource.namespace or resource.namespace == root)
-                and labels_match(labels, w.labels)
+                if (resource.namespace in (w.namespace, root)) and labels_match(labels, w.labels)
             ]
             if not workloads:
                 wanted = ", ".join(f"{k}={v}" for k, v in labels.items())
@@ -299,10 +298,8 @@ def selectors(model: MeshModel) -> list[Finding]:
                 )
             )
         if not model.services_of(workload):
-            resource = model.resources.get("WorkloadEntry", workload.namespace, workload.name)
-            out.append(
-                _found("MC0015", "no ServiceEntry selects this workload: nothing routes to it", resource)
-            )
+            entry = model.resources.get("WorkloadEntry", workload.namespace, workload.name)
+            out.append(_found("MC0015", "no ServiceEntry selects this workload: nothing routes to it", entry))
     return out
 
 
@@ -342,12 +339,12 @@ def ports(model: MeshModel) -> list[Finding]:
             )
         )
         if model.services_of(workload) and not sidecar_ingress:
-            resource = model.resources.get("WorkloadEntry", workload.namespace, workload.name)
+            entry = model.resources.get("WorkloadEntry", workload.namespace, workload.name)
             out.append(
                 _found(
                     "MC0011",
                     f"address {workload.address or '(none)'} is where the application listens too; give the workload another address, or a Sidecar with ingress listeners and their defaultEndpoint",
-                    resource,
+                    entry,
                     "spec.address",
                 )
             )

@@ -17,6 +17,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
 import meshcore
@@ -90,7 +92,7 @@ def _cluster(
         name=cluster_name(service, port, subset),
         endpoints=endpoints,
         lb_policy=LbPolicyRef(name=_LB[simple]),
-        protocol=cluster_protocol(port),  # type: ignore[arg-type]  # "http1" or "http2"
+        protocol=cluster_protocol(port),
     )
     return ClusterBuild(
         cluster=cluster, service=service, port=port, subset=subset, destination_rule=rule, policy=policy
@@ -230,14 +232,20 @@ def _tcp_cluster(context: TranslationContext, service: Service, port: ServicePor
     return cluster_name(service, port)
 
 
-def _egress_targets(
-    context: TranslationContext, hosts: tuple[str, ...], number: int
-) -> list[tuple[Service, ServicePort]]:
-    """The service ports an egress listener on port ``number`` with ``hosts`` forwards to."""
+def _egress_targets(context: TranslationContext, egress: Any) -> list[tuple[Service, ServicePort]]:
+    """The service ports an egress listener with a port forwards to.
+
+    The service's port of the same number, else its only port, else (for an HTTP listener)
+    its default HTTP port.
+    """
+    number = egress.port.number
+    http = ServicePort(number=number, name="", protocol=egress.port.protocol.upper()).is_http
     targets = []
     for service in context.services:
-        if any(egress_host_matches(h, service, context.namespace) for h in hosts):
+        if any(egress_host_matches(h, service, context.namespace) for h in egress.hosts):
             port = service.port(number) or (service.ports[0] if len(service.ports) == 1 else None)
+            if port is None and http:
+                port = default_http_port(service)
             if port is not None:
                 targets.append((service, port))
     return targets
@@ -251,7 +259,7 @@ def egress_ports(context: TranslationContext) -> None:
             continue
         where = f"{sidecar.ref}: spec.egress[{i}]"  # type: ignore[union-attr]  # not None in this loop
         number = egress.port.number
-        targets = _egress_targets(context, egress.hosts, number)
+        targets = _egress_targets(context, egress)
         if not targets:
             context.problems.append(
                 f"{where}: no service port this proxy may reach matches hosts {list(egress.hosts)}"
@@ -270,9 +278,9 @@ def egress_ports(context: TranslationContext) -> None:
                 if add_virtual_host(context, table, service, port, domains, used).needs_fault:
                     listener.ensure_http_filter("fault")
         elif len(targets) > 1:
-            names = ", ".join(s.host for s, _ in targets)
+            hosts = ", ".join(s.host for s, _ in targets)
             context.problems.append(
-                f"{where}: a TCP local port forwards to one service, {len(targets)} match: {names}"
+                f"{where}: a TCP local port forwards to one service, {len(targets)} match: {hosts}"
             )
             continue
         else:

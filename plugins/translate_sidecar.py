@@ -14,6 +14,8 @@ iptables: the application listens on localhost).
 
 from __future__ import annotations
 
+from typing import Literal
+
 import meshcore
 from meshcore import Address, Cluster, Duration, Route, TranslatorType
 from meshcore.control import (
@@ -57,7 +59,7 @@ def scope(context: TranslationContext) -> None:
     ]
 
 
-def cluster_protocol(port: ServicePort) -> str:
+def cluster_protocol(port: ServicePort) -> Literal["http1", "http2"]:
     """The upstream protocol of a cluster for ``port``: HTTP/2 for HTTP2 and GRPC, else HTTP/1.1."""
     return "http2" if port.effective_protocol in ("HTTP2", "GRPC") else "http1"
 

@@ -3,7 +3,7 @@
 :class:`DeliveryStream` is one connection and stream to the control plane. One task reads
 (and pings the control plane every ``ping_interval``, so that it sees the proxy alive and
 the proxy sees a dead connection); any task may send. The stream's end is raised as
-:class:`DeliveryClosed` with the control plane's reason when it gave one.
+:class:`DeliveryClosedError` with the control plane's reason when it gave one.
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ from meshcore.control.protocol import CertificateAnswered, ClientSession, Push
 from meshcore.control.serve import WINDOW
 from meshcore.errors import MeshcoreError, ProtocolError
 
-__all__ = ["DeliveryClosed", "DeliveryStream", "client_ssl_context"]
+__all__ = ["DeliveryClosedError", "DeliveryStream", "client_ssl_context"]
 
 log = structlog.get_logger("meshcore.control.client")
 
 RECEIVE_SIZE = 64 * 1024
 
 
-class DeliveryClosed(MeshcoreError):
+class DeliveryClosedError(MeshcoreError):
     """The delivery stream ended; ``status`` is the control plane's gRPC status (None: the connection was lost)."""
 
     def __init__(self, message: str, status: int | None = None) -> None:
@@ -103,10 +103,10 @@ class DeliveryStream:
 
     async def _open(self, address: Address, token: str | None) -> None:
         conn = self.h2
+        conn.initiate_connection()
         conn.update_settings(
             {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: WINDOW, h2.settings.SettingCodes.ENABLE_PUSH: 0}
         )
-        conn.initiate_connection()
         conn.increment_flow_control_window(WINDOW - 65535)
         self.stream_id = conn.get_next_available_stream_id()
         headers = [
@@ -142,7 +142,7 @@ class DeliveryStream:
         """Receive pushes until the stream ends; each one's error from ``handle_push`` NACKs it, None ACKs.
 
         Raises:
-            DeliveryClosed: always, when the stream or connection ends.
+            DeliveryClosedError: always, when the stream or connection ends.
         """
         next_ping = trio.current_time() + self.ping_interval
         while True:
@@ -151,7 +151,8 @@ class DeliveryStream:
                 try:
                     data = bytes(await self.transport.receive_some(RECEIVE_SIZE))
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as err:
-                    raise DeliveryClosed(f"connection lost: {err}") from err
+                    msg = f"connection lost: {err}"
+                    raise DeliveryClosedError(msg) from err
             if data is None:  # time to ping (only the reading is bounded by it: never a send half done)
                 next_ping = trio.current_time() + self.ping_interval
                 async with self._lock:
@@ -159,7 +160,7 @@ class DeliveryStream:
                     await self._flush()
                 continue
             if not data:
-                raise DeliveryClosed(self._ended())
+                raise DeliveryClosedError(self._ended())
             for message in self._receive(data):
                 for event in self.session.receive(message):
                     if isinstance(event, Push):
@@ -168,9 +169,9 @@ class DeliveryStream:
                     elif isinstance(event, CertificateAnswered):
                         self._answered(event)
             if self._status is not None:
-                code, message = self._status
-                raise DeliveryClosed(
-                    message or f"the control plane ended the stream (grpc-status {code})", code
+                code, reason = self._status
+                raise DeliveryClosedError(
+                    reason or f"the control plane ended the stream (grpc-status {code})", code
                 )
             async with self._lock:
                 await self._flush()
@@ -185,7 +186,7 @@ class DeliveryStream:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError as err:
             msg = f"HTTP/2 error from the control plane: {err}"
-            raise DeliveryClosed(msg) from err
+            raise DeliveryClosedError(msg) from err
         messages: list[dict[str, Any]] = []
         for event in events:
             if isinstance(event, h2.events.DataReceived) and event.stream_id == self.stream_id:
@@ -196,17 +197,17 @@ class DeliveryStream:
                 if headers.get(b":status") != b"200":
                     status = headers.get(b":status", b"?").decode()
                     msg = f"the control plane answered HTTP {status} (is that address a meshcore control plane?)"
-                    raise DeliveryClosed(msg)
+                    raise DeliveryClosedError(msg)
             elif isinstance(event, h2.events.TrailersReceived):
                 trailers = dict(event.headers)
                 code = int(trailers.get(b"grpc-status", b"2"))
                 self._status = (code, trailers.get(b"grpc-message", b"").decode("utf-8", "replace"))
             elif isinstance(event, h2.events.StreamReset):
                 msg = f"the control plane reset the stream ({event.error_code!r})"
-                raise DeliveryClosed(msg)
+                raise DeliveryClosedError(msg)
             elif isinstance(event, h2.events.ConnectionTerminated):
                 msg = f"the control plane went away ({event.error_code!r})"
-                raise DeliveryClosed(msg)
+                raise DeliveryClosedError(msg)
         return messages
 
     async def request_certificate(self, csr_pem: str, *, timeout: float = 10.0) -> CertificateAnswered:  # noqa: ASYNC109 - the answer comes through run()

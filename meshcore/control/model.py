@@ -209,7 +209,7 @@ class MeshModel:
     resources: MeshResources
     services: tuple[Service, ...] = ()
     workloads: tuple[Workload, ...] = ()
-    endpoints: Mapping[tuple[str, str], tuple[Endpoint, ...]] = _EMPTY
+    endpoints: Mapping[tuple[str, str], tuple[Endpoint, ...]] = MappingProxyType({})
     settings: MeshSettings = MeshSettings()
     problems: tuple[ConfigProblem, ...] = ()
     _by_host: Mapping[str, tuple[Service, ...]] = attrs.field(init=False, repr=False, eq=False)

@@ -127,7 +127,9 @@ class ControlPlane:
         self._pending_since = math.inf
         self._last_change = 0.0
         self._rebuild = False
+        self._noted = trio.Event()
         counter = self.stats.counter
+        self.stat_rounds = counter("control_push_rounds_total")
         self.stat_pushes = counter("control_pushes_total")
         self.stat_acks = counter("control_acks_total")
         self.stat_nacks = counter("control_nacks_total")
@@ -168,7 +170,9 @@ class ControlPlane:
         """Record a refused edit (files that do not load count too); the last good mesh stays."""
         self.rejection = Rejection(at=self.clock(), problems=tuple(problems))
         self.stat_rejected.value += 1
-        log.error(  # noqa: TRY400 - a bad edit, its problems listed: no traceback
+        self._noted.set()
+        self._noted = trio.Event()
+        log.error(
             "mesh_rejected",
             problems=[str(p) for p in problems],
             kept=self.model.version if self.model else None,
@@ -215,6 +219,7 @@ class ControlPlane:
 
     def flush(self) -> None:
         """Push what changed to every proxy now (what the debounce loop does when quiet)."""
+        self.stat_rounds.value += 1
         if self._rebuild and self.resources is not None:
             self._rebuild = False
             model = build_model(self.resources, self.backends, self.config.mesh_settings)
@@ -226,6 +231,8 @@ class ControlPlane:
         for proxy in list(self.proxies.values()):
             if proxy.connected and proxy.identity is not None:
                 self.push(proxy)
+        self._noted.set()
+        self._noted = trio.Event()
 
     # -- translation --------------------------------------------------------------------------
 
@@ -242,11 +249,11 @@ class ControlPlane:
             try:
                 translation = translate(self.model, identity, self.registry, self._translators)
             except TranslationError as err:
-                log.error(
+                log.error(  # noqa: TRY400 - the reason is the message
                     "translation_failed",
                     workload=f"{identity.namespace}/{identity.workload}",
                     reason=str(err),
-                )  # noqa: TRY400 - the reason is the message
+                )
                 found = Translated(resources={}, digests={}, versions={}, error=str(err))
             else:
                 sets = resource_sets(translation.snapshot)
@@ -277,27 +284,34 @@ class ControlPlane:
             node = {"node": unstructure(own)}
         resources = {**translated.resources, "node": node}
         digests = {**translated.digests, "node": {"node": digest(node)}}
+        versions = {t: translated.versions.get(t) or digest(sorted(digests[t].items())) for t in PUSH_ORDER}
+        changed = [t for t in PUSH_ORDER if versions[t] != proxy.session.version(t)]
+        if changed:
+            # A push is another attempt at what the proxy refused: with it, the types it NACKed.
+            refused = [
+                t for t in PUSH_ORDER if (sent := proxy.session.types.get(t)) is not None and sent.nack
+            ]
+            changed = [t for t in PUSH_ORDER if t in changed or t in refused]
         updates = []
-        for type_url in PUSH_ORDER:
+        for type_url in changed:
             current = digests[type_url]
-            version = translated.versions.get(type_url) or digest(sorted(current.items()))
-            if version == proxy.session.version(type_url):
-                continue
             before = proxy.sent.get(type_url)
             if type_url == "endpoints" and before is not None:
-                changed = {n: resources[type_url][n] for n, d in current.items() if before.get(n) != d}
+                delta = {n: resources[type_url][n] for n, d in current.items() if before.get(n) != d}
                 removed = tuple(n for n in before if n not in current)
                 updates.append(
                     TypeUpdate(
                         type_url=type_url,
-                        version=version,
-                        resources=changed,
+                        version=versions[type_url],
+                        resources=delta,
                         removed=removed,
                         incremental=True,
                     )
                 )
             else:
-                updates.append(TypeUpdate(type_url=type_url, version=version, resources=resources[type_url]))
+                updates.append(
+                    TypeUpdate(type_url=type_url, version=versions[type_url], resources=resources[type_url])
+                )
             proxy.sent[type_url] = current
         return updates
 
@@ -393,6 +407,16 @@ class ControlPlane:
         status = proxy.status.value
         if not proxy.history or proxy.history[-1][1] != status:
             proxy.history.append((self.clock(), status))
+        self._noted.set()
+        self._noted = trio.Event()
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Return once ``predicate()`` holds, looking again whenever a proxy's state changes.
+
+        For tests and tools: bound it with ``trio.fail_after``.
+        """
+        while not predicate():
+            await self._noted.wait()
 
     def _sign(self, proxy: ProxyHandle, event: CertificateRequested) -> CertificateAnswered:
         if self.signer is None:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import signal
 from collections.abc import Sequence
 from pathlib import Path
@@ -80,7 +81,9 @@ async def serve_control_plane(
         plane.flush()  # what discovery learnt in its first round, before any proxy connects
         nursery.start_soon(watcher.run)
         try:
-            delivery = await nursery.start(serve_delivery, plane, config.listen, ssl_context)
+            delivery = await nursery.start(
+                functools.partial(serve_delivery, plane, config.listen, ssl_context=ssl_context)
+            )
             admin = await nursery.start(serve_admin_answers, _answer(plane), config.admin)
         except OSError as err:
             raise ConfigError(

@@ -261,7 +261,7 @@ class ServerSession:
         """NACKED if the latest of some type was refused; STALE if some type is not applied yet."""
         if any(s.nack for s in self.types.values()):
             return Status.NACKED
-        if self.node is None or any(s.acked != s.version for s in self.types.values()):
+        if self.node is None or not self.types or any(s.acked != s.version for s in self.types.values()):
             return Status.STALE
         return Status.SYNCED
 
@@ -333,10 +333,10 @@ class ClientSession:
             version=field(body, "version_info", str),
             resources=resources,
             removed=tuple(str(n) for n in removed),
-            incremental=field(body, "incremental", bool, False),
+            incremental=field(body, "incremental", bool, default=False),
         )
         self._pending.append((update, field(body, "nonce", str)))
-        if not field(body, "last", bool, False):
+        if not field(body, "last", bool, default=False):
             return []
         pending, self._pending = self._pending, []
         return [Push(tuple(u for u, _ in pending), tuple(n for _, n in pending))]

@@ -302,6 +302,7 @@ def load_resources(
             documents.extend((data, lines, name) for data, lines in parse_documents(text, name))
         except ConfigError as err:
             problems.extend(err.problems)
+    resources = MeshResources()
     try:
         resources = resources_from_documents(documents, registry, claims=claims)
     except ConfigError as err:

@@ -15,6 +15,7 @@ seconds) is dropped.
 from __future__ import annotations
 
 import collections
+import contextlib
 import ssl
 from typing import Any
 
@@ -96,8 +97,8 @@ class _Connection:
                 await self.stream.send_all(data)
 
     async def run(self) -> None:
-        self.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: WINDOW})
         self.h2.initiate_connection()
+        self.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: WINDOW})
         self.h2.increment_flow_control_window(WINDOW - 65535)
         await self.flush()
         try:
@@ -140,14 +141,7 @@ class _Connection:
             if state is not None and state.closing is None:
                 self._data(state, event.data)
         elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
-            state = self.streams.get(event.stream_id)
-            if state is not None:
-                if isinstance(event, h2.events.StreamEnded):
-                    self._close(state, _OK, "")
-                else:
-                    self.streams.pop(event.stream_id)
-                if state.proxy is not None:
-                    self.plane.disconnect(state.proxy)
+            self._ended(event)
         elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
             for state in self.streams.values():
                 state.window.set()
@@ -155,6 +149,18 @@ class _Connection:
             for state in self.streams.values():
                 if state.proxy is not None:
                     state.proxy.last_contact = self.plane.clock()
+
+    def _ended(self, event: h2.events.StreamEnded | h2.events.StreamReset) -> None:
+        """The proxy ended its stream (answered with status 0) or reset it."""
+        state = self.streams.get(event.stream_id)
+        if state is None:
+            return
+        if isinstance(event, h2.events.StreamEnded):
+            self._close(state, _OK, "")
+        else:
+            self.streams.pop(event.stream_id)
+        if state.proxy is not None:
+            self.plane.disconnect(state.proxy)
 
     def _request(self, event: h2.events.RequestReceived) -> None:
         headers = {bytes(n): bytes(v) for n, v in event.headers}
@@ -232,10 +238,8 @@ class _Connection:
                     trailers = [(b"grpc-status", str(code).encode())]
                     if message:
                         trailers.append((b"grpc-message", message.encode()))
-                    try:
+                    with contextlib.suppress(h2.exceptions.StreamClosedError):
                         self.h2.send_headers(state.id, trailers, end_stream=True)
-                    except h2.exceptions.StreamClosedError:
-                        pass
             await self.flush()
 
 

@@ -11,6 +11,7 @@ versions it has, so that an unchanged mesh costs no push.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import random
 import socket
@@ -23,20 +24,27 @@ import attrs
 import structlog
 import trio
 
-from meshcore import __version__
-from meshcore.config import Address, AdminConfig, Duration, Snapshot, at_least, snapshot_from_data
-from meshcore.control.client import DeliveryClosed, DeliveryStream, client_ssl_context
+from meshcore.config import Address, AdminConfig, Duration, at_least, delta_from_data, snapshot_from_data
+from meshcore.control.client import DeliveryClosedError, DeliveryStream, client_ssl_context
 from meshcore.control.protocol import CertificateAnswered, ClientSession, Push
 from meshcore.control.translate import ProxyIdentity
 from meshcore.control.wire import digest, snapshot_data, unstructure
 from meshcore.errors import ConfigError, ProtocolError
 from meshcore.registry import Registry
+from meshcore.runtime.sources import ConfigSink
 
 __all__ = ["ControlPlaneSource", "ControlPlaneSourceConfig"]
 
 log = structlog.get_logger("meshcore.control.source")
 
 _PERMISSION_DENIED = 7
+
+
+def _meshcore_version() -> str:
+    try:
+        return importlib.metadata.version("meshcore")
+    except importlib.metadata.PackageNotFoundError:  # a source tree never installed
+        return "0+unknown"
 
 
 @attrs.frozen(kw_only=True)
@@ -82,7 +90,7 @@ class ControlPlaneSource:
             id=proxy_id,
             workload=config.workload,
             namespace=config.namespace,
-            version=__version__,
+            version=_meshcore_version(),
             metadata={"http_proxy": config.http_proxy},
         )
         self.resources: dict[str, dict[str, Any]] = {}
@@ -107,10 +115,12 @@ class ControlPlaneSource:
             log.error("token_unreadable", file=self.config.token_file, reason=err.strerror)  # noqa: TRY400 - a missing file, no traceback
             return None
 
-    async def run(
-        self, apply: Callable[[Snapshot], None], *, task_status: Any = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Apply every push, forever; report started once the first Snapshot is live."""
+    async def run(self, sink: ConfigSink, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Apply every push, forever; report started once the first Snapshot is live.
+
+        A push the proxy refuses (even the first) is NACKed and the source carries on: the
+        control plane shows the refusal, and the next good push is applied.
+        """
         if self.config.tls or self.config.ca_file:
             self._ssl = client_ssl_context(self.config.ca_file)
         started = False
@@ -118,7 +128,7 @@ class ControlPlaneSource:
 
         async def on_push(push: Push) -> str | None:
             nonlocal started, backoff
-            error = self._apply(push, apply)
+            error = self._apply(push, sink)
             if error is None:
                 backoff = float(self.config.initial_backoff)
                 if not started:
@@ -137,11 +147,12 @@ class ControlPlaneSource:
                     ping_interval=float(self.config.ping_interval),
                 )
             except (OSError, trio.BrokenResourceError, ssl.SSLError) as err:
-                self.last_error = f"cannot connect to {self.config.address}: {err}"
+                reason = str(err) or str(err.__cause__ or "") or type(err).__name__
+                self.last_error = f"cannot connect to {self.config.address}: {reason}"
                 log.warning(
                     "control_plane_unreachable",
                     address=str(self.config.address),
-                    reason=str(err),
+                    reason=reason,
                     retry_in=round(backoff, 3),
                 )
             else:
@@ -155,7 +166,7 @@ class ControlPlaneSource:
         log.info("control_plane_connected", address=str(self.config.address), proxy=self.identity.id)
         try:
             await stream.run(on_push)
-        except DeliveryClosed as err:
+        except DeliveryClosedError as err:
             self.last_error = str(err)
             if err.status == _PERMISSION_DENIED:
                 log.error("control_plane_refused", reason=str(err))  # noqa: TRY400 - the reason is the message
@@ -169,8 +180,12 @@ class ControlPlaneSource:
             self.connected = trio.Event()
             await stream.aclose()
 
-    def _apply(self, push: Push, apply: Callable[[Snapshot], None]) -> str | None:
-        """Merge, check and apply a push; None when applied, else every problem (the NACK)."""
+    def _apply(self, push: Push, sink: ConfigSink) -> str | None:
+        """Merge, check and apply a push; None when applied, else every problem (the NACK).
+
+        A push of endpoints alone goes to the proxy as a delta: the proxy composes it onto
+        its live Snapshot and updates those clusters' endpoints in place.
+        """
         candidate = {t: dict(items) for t, items in self.resources.items()}
         for update in push.updates:
             items = candidate.setdefault(update.type_url, {}) if update.incremental else {}
@@ -180,22 +195,38 @@ class ControlPlaneSource:
             candidate[update.type_url] = items
         versions = {**self.versions, **{u.type_url: u.version for u in push.updates}}
         version = digest(sorted(versions.items()))[:12]
-        admin = unstructure(AdminConfig(address=self.config.admin))
+        endpoints_only = self.resources and all(
+            u.type_url == "endpoints" and u.incremental for u in push.updates
+        )
         try:
-            snapshot = snapshot_from_data(
-                snapshot_data(candidate, admin=admin, version=version), self.registry
-            )
-            apply(snapshot)
+            if endpoints_only:
+                changed = {n: v for u in push.updates for n, v in u.resources.items()}
+                removed: dict[str, list[Any]] = {
+                    n: [] for u in push.updates for n in u.removed if n in candidate.get("clusters", {})
+                }
+                delta = delta_from_data(
+                    {"version": version, "endpoints": {**removed, **changed}}, self.registry
+                )
+                sink.apply_delta(delta)
+            else:
+                admin = unstructure(AdminConfig(address=self.config.admin))
+                data = snapshot_data(candidate, admin=admin, version=version)
+                try:
+                    snapshot = snapshot_from_data(data, self.registry)
+                except ConfigError as err:
+                    sink.rejected(err)
+                    raise
+                sink.apply(snapshot)
         except ConfigError as err:
             message = "\n".join(str(p) for p in err.problems)
-            log.error(
+            log.error(  # noqa: TRY400 - problems listed, no traceback
                 "snapshot_rejected",
                 version=version,
                 problems=[str(p) for p in err.problems],
                 kept=self.versions,
-            )  # noqa: TRY400 - problems listed, no traceback
+            )
             return message
-        except Exception as err:  # noqa: BLE001 - whatever apply raises is a NACK, never the proxy's end
+        except Exception as err:
             log.exception("snapshot_apply_failed", version=version)
             return f"applying the Snapshot failed: {type(err).__name__}: {err}"
         self.resources, self.versions = candidate, versions
@@ -208,5 +239,5 @@ class ControlPlaneSource:
         stream = self.stream
         if stream is None:
             msg = "the connection to the control plane went away"
-            raise DeliveryClosed(msg)
+            raise DeliveryClosedError(msg)
         return await stream.request_certificate(csr_pem, timeout=timeout)

@@ -368,4 +368,4 @@ def translate(
     except (ValueError, TypeError) as err:
         msg = f"the translated Snapshot is invalid: {err}"
         raise TranslationError(msg) from err
-    return Translation(snapshot=snapshot, problems=tuple(context.problems))
+    return Translation(snapshot=snapshot, problems=tuple(dict.fromkeys(context.problems)))

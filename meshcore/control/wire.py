@@ -68,22 +68,30 @@ def unstructure(value: Any) -> Any:  # noqa: PLR0911 - a flat dispatch on the ki
     if isinstance(value, FilterOverrides):
         return {name: unstructure(config) for name, config in value.by_filter.items()}
     if attrs.has(type(value)):
-        out = {}
-        for field in attrs.fields(type(value)):
-            item = getattr(value, field.name)
-            if field.default is not attrs.NOTHING and not isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]  # a class at run time
-                try:
-                    if item == field.default:
-                        continue
-                except Exception:  # noqa: BLE001, S112 - a value that cannot compare is not the default
-                    pass
-            out[field.metadata.get("key", field.name)] = unstructure(item)
-        return out
+        return _unstructure_attrs(value)
     if isinstance(value, Mapping):
         return {str(k): unstructure(v) for k, v in value.items()}
     if isinstance(value, tuple | list | set | frozenset):
         return [unstructure(item) for item in value]
     return str(value)
+
+
+def _unstructure_attrs(value: Any) -> dict[str, Any]:
+    out = {}
+    for field in attrs.fields(type(value)):
+        item = getattr(value, field.name)
+        if not _is_default(item, field.default):
+            out[field.metadata.get("key", field.name)] = unstructure(item)
+    return out
+
+
+def _is_default(item: Any, default: Any) -> bool:
+    if default is attrs.NOTHING or isinstance(default, attrs.Factory):  # type: ignore[arg-type]  # a class at run time
+        return False
+    try:
+        return bool(item == default)
+    except Exception:  # noqa: BLE001 - a value that cannot compare is not the default
+        return False
 
 
 def digest(data: Any) -> str:
