@@ -40,7 +40,7 @@ BUILTIN_TYPES = {
         "tracing",
     ],
     "lb_policy": ["least_request", "round_robin"],
-    "config_source": ["file"],
+    "config_source": ["control_plane", "file"],
     "mesh_kind": [
         "AuthorizationPolicy",
         "DestinationRule",
@@ -54,6 +54,7 @@ BUILTIN_TYPES = {
     ],
     "translator": ["egress_ports", "http_proxy", "inbound", "outbound_clusters", "scope"],
     "discovery": ["dns", "static"],
+    "mesh_analyzer": ["conflicts", "ports", "routes", "selectors", "subsets"],
 }
 
 
