@@ -56,6 +56,7 @@ class ControlPlaneSourceConfig:
     workload: str = ""
     """The workload this proxy serves (a WorkloadEntry's name); "" for an outbound-only proxy."""
     namespace: str = "default"
+    """That workload's namespace."""
     id: str = ""
     """This proxy's id (default: ``<workload>.<namespace>~<host>~<pid>``)."""
     token_file: str | None = None
@@ -71,7 +72,9 @@ class ControlPlaneSourceConfig:
     admin: Address = Address("127.0.0.1", 15000)
     """This proxy's admin server."""
     ping_interval: Duration = attrs.field(default=Duration(5), validator=at_least(0.01))
+    """How often the proxy pings the control plane (so each sees the other alive)."""
     initial_backoff: Duration = attrs.field(default=Duration(0.1), validator=at_least(0.001))
+    """The first wait before reconnecting."""
     max_backoff: Duration = attrs.field(default=Duration(2), validator=at_least(0.001))
     """Reconnection waits double from ``initial_backoff`` up to this, each a random part of it."""
 
