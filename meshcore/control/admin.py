@@ -44,6 +44,12 @@ def proxy_report(plane: ControlPlane, proxy: ProxyHandle) -> dict[str, Any]:
         if (s := proxy.session.types.get(t)) is not None
     }
     translated = proxy.translated
+    acked = proxy.session.acked_versions()
+    current = (
+        proxy.connected
+        and identity is not None
+        and all(acked.get(t) == v for t, v in plane.translated(identity).versions.items())
+    )
     return {
         "id": identity.id if identity else "",
         "workload": identity.workload if identity else "",
@@ -52,6 +58,7 @@ def proxy_report(plane: ControlPlane, proxy: ProxyHandle) -> dict[str, Any]:
         "peer": proxy.peer,
         "status": proxy.status.value,
         "connected": proxy.connected,
+        "current": current,
         "nack": proxy.session.nack_message if proxy.status is Status.NACKED else "",
         "versions": versions,
         "last_contact": proxy.last_contact,

@@ -15,6 +15,7 @@ import attrs
 import structlog
 import trio
 
+from meshcore.config import Address
 from meshcore.control.admin import handle
 from meshcore.control.discovery import run_discoveries
 from meshcore.control.plane import ControlPlane
@@ -80,15 +81,16 @@ async def serve_control_plane(
         await nursery.start(run_discoveries, plane.backends, plane.discovery_changed)
         plane.flush()  # what discovery learnt in its first round, before any proxy connects
         nursery.start_soon(watcher.run)
-        try:
-            delivery = await nursery.start(
-                functools.partial(serve_delivery, plane, config.listen, ssl_context=ssl_context)
-            )
-            admin = await nursery.start(serve_admin_answers, _answer(plane), config.admin)
-        except OSError as err:
-            raise ConfigError(
-                [ConfigProblem(path="listen", message=f"cannot listen: {err.strerror}", file=settings_file)]
-            ) from err
+        delivery = await _listen(
+            nursery,
+            "listen",
+            config.listen,
+            settings_file,
+            functools.partial(serve_delivery, plane, config.listen, ssl_context=ssl_context),
+        )
+        admin = await _listen(
+            nursery, "admin", config.admin, settings_file, functools.partial(serve_admin_answers, _answer(plane), config.admin)
+        )
         if handle_signals:
             await nursery.start(_signals, watcher, nursery.cancel_scope)
         log.info(
@@ -105,6 +107,21 @@ def _answer(plane: ControlPlane) -> Any:
         return handle(plane, method, target)
 
     return answer
+
+
+async def _listen(
+    nursery: trio.Nursery, field: str, address: Address, file: str | None, serve: Any
+) -> tuple[str, int]:
+    """Start a server; a busy or unusable address is a ConfigError naming the field."""
+    try:
+        bound: tuple[str, int] = await nursery.start(serve)
+    except OSError as err:
+        message = f"cannot listen on {address}: {err.strerror}"
+        raise ConfigError([ConfigProblem(path=field, message=message, file=file)]) from err
+    except ConfigError as err:  # the admin server says it itself, as a proxy's admin
+        problems = [attrs.evolve(p, path=field, file=file) for p in err.problems]
+        raise ConfigError(problems) from err
+    return bound
 
 
 def _text(address: tuple[str, int]) -> str:

@@ -111,12 +111,29 @@ def load_settings(path: str | None, registry: Registry) -> ControlPlaneConfig:
                     for p in structurer.problems
                 ]
             )
-        config = found
+        config = _relative_to(found, Path(path).parent)
     tls_needed = config.listen.host not in ("127.0.0.1", "::1", "localhost") and config.tls is None
     if tls_needed:
         msg = f"listening on {config.listen} needs tls (plaintext is for loopback addresses only)"
         raise ConfigError([ConfigProblem(path="listen", message=msg, file=path)])
     return config
+
+
+def _relative_to(config: ControlPlaneConfig, base: Path) -> ControlPlaneConfig:
+    """Relative file names in a settings file are read from the file's folder."""
+
+    def resolve(name: str | None) -> str | None:
+        return None if name is None or Path(name).is_absolute() else str(base / name)
+
+    tls = config.tls
+    if tls is not None:
+        tls = ServerTls(
+            certificate_file=resolve(tls.certificate_file) or "",
+            private_key_file=resolve(tls.private_key_file) or "",
+        )
+    tokens = tuple(attrs.evolve(t, token_file=resolve(t.token_file)) for t in config.bootstrap_tokens)
+    mesh = tuple(resolve(m) or m for m in config.mesh)
+    return attrs.evolve(config, tls=tls, bootstrap_tokens=tokens, mesh=mesh)
 
 
 class Tokens:

@@ -75,7 +75,7 @@ class ControlPlaneSourceConfig:
     """How often the proxy pings the control plane (so each sees the other alive)."""
     initial_backoff: Duration = attrs.field(default=Duration(0.1), validator=at_least(0.001))
     """The first wait before reconnecting."""
-    max_backoff: Duration = attrs.field(default=Duration(2), validator=at_least(0.001))
+    max_backoff: Duration = attrs.field(default=Duration(1), validator=at_least(0.001))
     """Reconnection waits double from ``initial_backoff`` up to this, each a random part of it."""
 
 
