@@ -212,6 +212,48 @@ def cmd_mesh_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mesh_reload(args: argparse.Namespace) -> int:
+    """Ask the control plane to look at its mesh files now; exit 1 if it refuses them."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(f"http://{args.admin}/reload", method="POST")
+    try:
+        with opener.open(request, timeout=30) as response:
+            answer = json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        answer = json.loads(err.read() or b"{}")
+    except (urllib.error.URLError, OSError) as err:
+        print(
+            f"cannot reach the control plane's admin server at {args.admin}: {getattr(err, 'reason', err)}",
+            file=sys.stderr,
+        )
+        return 2
+    if answer.get("accepted"):
+        print(f"mesh accepted (version {answer['version']})")
+        return 0
+    print(f"mesh REFUSED, version {answer.get('version')} is still served:")
+    for problem in answer.get("problems", [answer.get("error", "")]):
+        print(f"  {problem}")
+    return 1
+
+
+def cmd_mesh_wait(args: argparse.Namespace) -> int:
+    """Wait until at least N proxies run the current mesh (SYNCED); exit 1 on timeout."""
+    deadline = time.monotonic() + args.timeout
+    ready: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        try:
+            proxies = _get(args.admin, "/proxies")["proxies"]
+        except SystemExit:
+            proxies = []  # not up yet
+        ready = [p for p in proxies if p["status"] == "SYNCED" and p["current"]]
+        if len(ready) >= args.proxies and len(ready) == len([p for p in proxies if p["connected"]]):
+            print(f"{len(ready)} proxies SYNCED")
+            return 0
+        time.sleep(0.1)
+    print(f"{len(ready)} of {args.proxies} proxies SYNCED after {args.timeout:g}s", file=sys.stderr)
+    return 1
+
+
 def cmd_mesh_config(args: argparse.Namespace) -> int:
     """Print the Snapshot a workload's proxy gets, as YAML (or JSON)."""
     if args.proxy:
@@ -272,6 +314,13 @@ def add_commands(commands: Any) -> None:
     logging.add_argument("--log-level", default="info", choices=sorted(LEVELS))
     logging.add_argument("--log-format", default="auto", choices=["auto", "json", "console"])
 
+    _add_control_plane(commands, logging)
+    _add_sidecar(commands, logging)
+    _add_mesh(commands)
+    _add_analyze(commands)
+
+
+def _add_control_plane(commands: Any, logging: argparse.ArgumentParser) -> None:
     cp = commands.add_parser(
         "control-plane",
         parents=[logging],
@@ -298,6 +347,8 @@ def add_commands(commands: Any) -> None:
     )
     cp.set_defaults(func=cmd_control_plane)
 
+
+def _add_sidecar(commands: Any, logging: argparse.ArgumentParser) -> None:
     sidecar = commands.add_parser(
         "sidecar",
         parents=[logging],
@@ -340,6 +391,8 @@ def add_commands(commands: Any) -> None:
     )
     sidecar.set_defaults(func=cmd_sidecar)
 
+
+def _add_mesh(commands: Any) -> None:
     mesh = commands.add_parser("mesh", help="operator tools: proxies' status, the Snapshot of a workload")
     mesh_commands = mesh.add_subparsers(dest="mesh_command", required=True, metavar="COMMAND")
     status = mesh_commands.add_parser(
@@ -351,6 +404,25 @@ def add_commands(commands: Any) -> None:
     )
     status.add_argument("-o", "--output", choices=["table", "json"], default="table")
     status.set_defaults(func=cmd_mesh_status)
+    reload = mesh_commands.add_parser(
+        "reload", help="have the control plane look at its mesh files now (as SIGHUP does)"
+    )
+    reload.add_argument(
+        "--admin", default=DEFAULT_ADMIN, metavar="HOST:PORT", help="the control plane's admin server"
+    )
+    reload.set_defaults(func=cmd_mesh_reload)
+    wait = mesh_commands.add_parser(
+        "wait",
+        help="wait until proxies run the current mesh (for scripts: after starting sidecars, after an edit)",
+    )
+    wait.add_argument("--proxies", type=int, default=1, metavar="N", help="at least this many (default 1)")
+    wait.add_argument(
+        "--timeout", type=float, default=30.0, metavar="SECONDS", help="give up after (default 30)"
+    )
+    wait.add_argument(
+        "--admin", default=DEFAULT_ADMIN, metavar="HOST:PORT", help="the control plane's admin server"
+    )
+    wait.set_defaults(func=cmd_mesh_wait)
     config = mesh_commands.add_parser("config", help="the Snapshot a workload's proxy gets, as YAML")
     config.add_argument("workload", nargs="?", default="", help="the workload")
     config.add_argument("-n", "--namespace", default="default")
@@ -361,6 +433,8 @@ def add_commands(commands: Any) -> None:
     config.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
     config.set_defaults(func=cmd_mesh_config)
 
+
+def _add_analyze(commands: Any) -> None:
     analyze = commands.add_parser(
         "analyze",
         help="check mesh resource files offline for cross-resource problems (codes MC0001...)",

@@ -166,7 +166,15 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("testing", ("meshcore.testing",)),
     (
         "cli",
-        ("meshcore.cli", "meshcore.cli_ca", "meshcore.cli_demo", "meshcore.cli_mesh", "meshcore.docsgen", "meshcore.__main__"),
+        (
+            "meshcore.cli",
+            "meshcore.cli_ca",
+            "meshcore.cli_demo",
+            "meshcore.cli_mesh",
+            "meshcore.docsgen",
+            "meshcore.meshdocs",
+            "meshcore.__main__",
+        ),
     ),
 )
 SOURCE_DIRS = {

@@ -15,3 +15,12 @@ def test_response_flag_table_is_current() -> None:
 def test_every_flag_has_a_unique_code() -> None:
     codes = [flag.value for flag in ResponseFlag]
     assert len(codes) == len(set(codes))
+
+
+def test_the_mesh_resource_reference_is_current() -> None:
+    from meshcore.meshdocs import REGENERATE, render_mesh_reference  # noqa: PLC0415 - this test only
+
+    text = (ROOT / "docs" / "reference" / "mesh.md").read_text(encoding="utf-8")
+    assert text == render_mesh_reference(), (
+        f"docs/reference/mesh.md is out of date; regenerate it: {REGENERATE}"
+    )

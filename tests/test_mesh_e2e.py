@@ -35,7 +35,7 @@ import trio
 import trustme
 
 ROOT = Path(__file__).resolve().parent.parent
-APPS = Path(__file__).resolve().parent / "mesh_apps.py"
+APPS = ROOT / "examples" / "first-mesh" / "apps.py"
 CLIENTS = 20
 START_TIMEOUT = 30.0
 
@@ -380,7 +380,7 @@ class Load:
                 except httpx.HTTPError as err:
                     self.results.append((started, 0, repr(err)))
                 else:
-                    self.results.append((started, response.status_code, response.text))
+                    self.results.append((started, response.status_code, response.text.strip()))
                 await trio.sleep(self.pause)
 
     def backends(self, since: float = 0.0) -> collections.Counter[str]:

@@ -144,7 +144,7 @@ def _config_dump(plane: ControlPlane, query: Query) -> AdminResponse:
 
 
 def _index(_plane: ControlPlane, _query: Query) -> AdminResponse:
-    lines = [f"{path:<16} {help_}" for path, (_, help_) in ENDPOINTS.items()]
+    lines = [f"{path:<16} {' '.join(methods):<8} {help_}" for path, (_, help_, methods) in ENDPOINTS.items()]
     return AdminResponse(200, "meshcore control plane admin\n\n" + "\n".join(lines) + "\n")
 
 
@@ -164,15 +164,40 @@ def _mesh(plane: ControlPlane, _query: Query) -> AdminResponse:
     return _json(mesh_report(plane))
 
 
+def _reload(plane: ControlPlane, _query: Query) -> AdminResponse:
+    """Look at the mesh files now (as SIGHUP does) and say what became of them."""
+    if plane.reloader is None:
+        return _json({"error": "this control plane has no mesh files to reload"}, 503)
+    accepted = plane.reloader()
+    rejection = plane.rejection
+    problems = [str(p) for p in rejection.problems] if rejection is not None and not accepted else []
+    version = plane.model.version if plane.model else None
+    return _json({"accepted": accepted, "version": version, "problems": problems}, 200 if accepted else 422)
+
+
 Handler = Callable[[ControlPlane, Query], AdminResponse]
-ENDPOINTS: dict[str, tuple[Handler, str]] = {
-    "/": (_index, "this list"),
-    "/ready": (_ready, "200 LIVE once a mesh is loaded, else 503"),
-    "/stats": (_stats, "counters and gauges as lines"),
-    "/stats/prometheus": (_prometheus, "the same in the Prometheus text format"),
-    "/proxies": (_proxies, "every proxy: status (SYNCED, STALE, NACKED), versions, last contact (JSON)"),
-    "/mesh": (_mesh, "the mesh model: services, endpoints, workloads, the last refused edit (JSON)"),
-    "/config_dump": (_config_dump, "?proxy=ID or ?workload=NAME&namespace=NS: the Snapshot it gets (JSON)"),
+_READ = ("GET", "HEAD")
+ENDPOINTS: dict[str, tuple[Handler, str, tuple[str, ...]]] = {
+    "/": (_index, "this list", _READ),
+    "/ready": (_ready, "200 LIVE once a mesh is loaded, else 503", _READ),
+    "/stats": (_stats, "counters and gauges as lines", _READ),
+    "/stats/prometheus": (_prometheus, "the same in the Prometheus text format", _READ),
+    "/proxies": (
+        _proxies,
+        "every proxy: status (SYNCED, STALE, NACKED), versions, last contact (JSON)",
+        _READ,
+    ),
+    "/mesh": (_mesh, "the mesh model: services, endpoints, workloads, the last refused edit (JSON)", _READ),
+    "/config_dump": (
+        _config_dump,
+        "?proxy=ID or ?workload=NAME&namespace=NS: the Snapshot it gets (JSON)",
+        _READ,
+    ),
+    "/reload": (
+        _reload,
+        "look at the mesh files now; 200 if taken, 422 with the problems if refused",
+        ("POST",),
+    ),
 }
 
 
@@ -186,8 +211,10 @@ def handle(plane: ControlPlane, method: str, target: str) -> AdminResponse:
     found = ENDPOINTS.get(parts.path)
     if found is None:
         return AdminResponse(404, f"no admin endpoint {parts.path!r}; GET / lists them\n")
-    if method not in ("GET", "HEAD"):
-        return AdminResponse(405, f"{parts.path} takes GET, HEAD\n", headers=(("allow", "GET, HEAD"),))
+    methods = found[2]
+    if method not in methods:
+        allow = ", ".join(methods)
+        return AdminResponse(405, f"{parts.path} takes {allow}\n", headers=(("allow", allow),))
     try:
         return found[0](plane, query)
     except Exception as err:

@@ -120,6 +120,8 @@ class ControlPlane:
         self.model: MeshModel | None = None
         self.rejection: Rejection | None = None
         self.proxies: dict[str, ProxyHandle] = {}
+        self.reloader: Callable[[], bool] | None = None
+        """Looks at the mesh files now (the admin server's /reload); set by whoever watches them."""
         self.stats = Stats()
         self._translators = translators_of(registry)
         self._cache: dict[tuple[Any, ...], Translated] = {}

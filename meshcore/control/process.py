@@ -64,6 +64,7 @@ async def serve_control_plane(
     tokens = Tokens(config.bootstrap_tokens, allow_any=config.allow_any_identity, base=base)
     plane = ControlPlane(registry, config, tokens=tokens, signer=signer)
     watcher = MeshWatcher(plane, paths, float(config.poll_interval))
+    plane.reloader = watcher.check_now
     resources = watcher.load()
     if not plane.propose(resources):
         assert plane.rejection is not None  # noqa: S101 - set by a refusal

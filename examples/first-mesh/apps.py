@@ -1,12 +1,12 @@
-"""The small applications of the test mesh, run as processes: ``python mesh_apps.py ROLE ...``.
+"""The applications of "Your first mesh" (docs/first-mesh.md): ``python apps.py ROLE ...``.
 
 - ``backend --port P --version V``: answers every GET with ``backend V``;
 - ``frontend --port P --backend URL``: answers every GET by calling ``URL`` (through the
   ``HTTP_PROXY`` of its environment, as any application would) and returning
   ``frontend -> <what the backend said>``; a failed call is a 502 with the reason.
 
-Plain standard-library servers (threads), so that the mesh is tested with applications
-that know nothing of meshcore.
+Plain standard-library servers (threads): applications that know nothing of meshcore. The
+test mesh of meshcore's own tests (tests/test_mesh_e2e.py) runs them too.
 """
 
 from __future__ import annotations
@@ -34,14 +34,16 @@ class _Quiet(http.server.BaseHTTPRequestHandler):
 
 
 def backend(version: str) -> type[http.server.BaseHTTPRequestHandler]:
+    """A handler that answers ``backend VERSION``."""
     class Backend(_Quiet):
         def do_GET(self) -> None:
-            self.answer(200, f"backend {version}")
+            self.answer(200, f"backend {version}\n")
 
     return Backend
 
 
 def frontend(url: str) -> type[http.server.BaseHTTPRequestHandler]:
+    """A handler that calls ``url`` (through HTTP_PROXY) and says what it answered."""
     opener = urllib.request.build_opener()  # HTTP_PROXY from the environment, as usual
 
     class Frontend(_Quiet):
@@ -50,14 +52,15 @@ def frontend(url: str) -> type[http.server.BaseHTTPRequestHandler]:
                 with opener.open(url, timeout=10) as response:
                     said = response.read().decode()
             except (urllib.error.URLError, OSError) as err:
-                self.answer(502, f"frontend: backend failed: {err}")
+                self.answer(502, f"frontend: backend failed: {err}\n")
                 return
-            self.answer(200, f"frontend -> {said}")
+            self.answer(200, f"frontend -> {said.strip()}\n")
 
     return Frontend
 
 
 def main(argv: list[str]) -> int:
+    """Serve one application until killed."""
     parser = argparse.ArgumentParser()
     parser.add_argument("role", choices=["backend", "frontend"])
     parser.add_argument("--port", type=int, required=True)
