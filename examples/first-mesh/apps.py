@@ -35,6 +35,7 @@ class _Quiet(http.server.BaseHTTPRequestHandler):
 
 def backend(version: str) -> type[http.server.BaseHTTPRequestHandler]:
     """A handler that answers ``backend VERSION``."""
+
     class Backend(_Quiet):
         def do_GET(self) -> None:
             self.answer(200, f"backend {version}\n")

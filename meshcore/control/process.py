@@ -90,7 +90,11 @@ async def serve_control_plane(
             functools.partial(serve_delivery, plane, config.listen, ssl_context=ssl_context),
         )
         admin = await _listen(
-            nursery, "admin", config.admin, settings_file, functools.partial(serve_admin_answers, _answer(plane), config.admin)
+            nursery,
+            "admin",
+            config.admin,
+            settings_file,
+            functools.partial(serve_admin_answers, _answer(plane), config.admin),
         )
         if handle_signals:
             await nursery.start(_signals, watcher, nursery.cancel_scope)
