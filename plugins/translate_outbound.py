@@ -82,18 +82,30 @@ def _cluster(
     rule: MeshResource | None,
     policy: TrafficPolicy | None,
 ) -> ClusterBuild:
-    endpoints = tuple(
-        ClusterEndpoint(address=Address(e.address, e.port_for(port)), weight=e.weight)
-        for e in context.model.endpoints_of(service)
-        if labels is None or labels_match(labels, e.labels)
-    )
     simple = policy.loadBalancer.simple if policy is not None and policy.loadBalancer is not None else None
-    cluster = Cluster(
-        name=cluster_name(service, port, subset),
-        endpoints=endpoints,
-        lb_policy=LbPolicyRef(name=_LB[simple]),
-        protocol=cluster_protocol(port),
+    # The same for every proxy that reaches this subset: built once per model (the control
+    # plane then turns it into data once, too).
+    key = (
+        "outbound_cluster",
+        service.key,
+        port,
+        subset,
+        tuple(sorted(labels.items())) if labels else None,
+        simple,
     )
+    cluster = context.model.memo.get(key)
+    if cluster is None:
+        endpoints = tuple(
+            ClusterEndpoint(address=Address(e.address, e.port_for(port)), weight=e.weight)
+            for e in context.model.endpoints_of(service)
+            if labels is None or labels_match(labels, e.labels)
+        )
+        cluster = context.model.memo[key] = Cluster(
+            name=cluster_name(service, port, subset),
+            endpoints=endpoints,
+            lb_policy=LbPolicyRef(name=_LB[simple]),
+            protocol=cluster_protocol(port),
+        )
     return ClusterBuild(
         cluster=cluster, service=service, port=port, subset=subset, destination_rule=rule, policy=policy
     )

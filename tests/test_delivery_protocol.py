@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from meshcore.control.messages import MAX_MESSAGE_SIZE, FrameDecoder, encode
+from meshcore.control.messages import MAX_MESSAGE_SIZE, FrameDecoder, encode, encode_resources
 from meshcore.control.protocol import (
     Acked,
     CertificateAnswered,
@@ -228,3 +228,22 @@ def test_certificate_requests_and_answers() -> None:
     assert relay([answer], client) == [CertificateAnswered(request_id, error="no CA configured")]
     signed = CertificateAnswered(request_id, certificate_chain="CERT", trusted_ca="CA", not_after=1.5e9)
     assert relay([server.certificate_response(signed)], client) == [signed]
+
+
+@pytest.mark.parametrize("preencoded", [False, True])
+def test_framed_pushes_are_the_messages_encoded(preencoded: bool) -> None:
+    """``push_frames`` (resources encoded once for many proxies) sends exactly what ``push`` says."""
+    resources = {"c": {"name": "c", "é": [1, 2.5, None, True]}, "d": {"name": "d"}}
+    delta = TypeUpdate(
+        type_url="endpoints", version="v2", resources={"c": []}, removed=("x",), incremental=True
+    )
+    full = TypeUpdate(
+        type_url="clusters",
+        version='v"1',
+        resources=resources,
+        resources_json=encode_resources(resources) if preencoded else None,
+    )
+    messages, frames = ServerSession().push([delta, full]), ServerSession().push_frames([delta, full])
+    assert frames == b"".join(encode(m) for m in messages)
+    decoder = FrameDecoder()
+    assert decoder.feed(frames) == messages

@@ -204,6 +204,7 @@ class MeshModel:
         endpoints: each service's endpoints, by ``(namespace, host)``.
         settings: the mesh-wide settings.
         problems: what discovery could not make sense of (a model with problems is refused).
+        memo: see the field.
     """
 
     resources: MeshResources
@@ -212,6 +213,9 @@ class MeshModel:
     endpoints: Mapping[tuple[str, str], tuple[Endpoint, ...]] = MappingProxyType({})
     settings: MeshSettings = MeshSettings()
     problems: tuple[ConfigProblem, ...] = ()
+    memo: dict[Any, Any] = attrs.field(factory=dict, init=False, eq=False, repr=False)
+    """Results that depend on this model alone, kept by translators that compute them (a
+    cluster of a service's subset is the same for every proxy that reaches it)."""
     _by_host: Mapping[str, tuple[Service, ...]] = attrs.field(init=False, repr=False, eq=False)
     _workloads: Mapping[tuple[str, str], Workload] = attrs.field(init=False, repr=False, eq=False)
 

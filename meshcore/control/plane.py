@@ -26,6 +26,7 @@ import trio
 from meshcore.config import NodeInfo
 from meshcore.control.analyze import Severity, analyze
 from meshcore.control.discovery import Discovery, build_model, open_discoveries
+from meshcore.control.messages import encode, encode_resources
 from meshcore.control.model import MeshModel
 from meshcore.control.protocol import (
     Acked,
@@ -41,7 +42,7 @@ from meshcore.control.resources import MeshResources
 from meshcore.control.settings import ControlPlaneConfig, Tokens
 from meshcore.control.signer import NO_CA, Signer, SigningError
 from meshcore.control.translate import ProxyIdentity, TranslationError, translate, translators_of
-from meshcore.control.wire import PUSH_ORDER, digest, resource_sets, unstructure
+from meshcore.control.wire import PUSH_ORDER, Memo, digest, resource_sets, unstructure
 from meshcore.errors import ConfigError, ConfigProblem
 from meshcore.registry import Registry
 from meshcore.runtime.stats import Stats
@@ -50,7 +51,8 @@ __all__ = ["ControlPlane", "ProxyHandle", "Rejection", "Translated"]
 
 log = structlog.get_logger("meshcore.control")
 
-Send = Callable[[list[dict[str, Any]]], None]
+Send = Callable[[bytes], None]
+"""Queues framed messages toward a proxy (never waits)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -63,6 +65,8 @@ class Translated:
     node: NodeInfo | None = None
     problems: tuple[str, ...] = ()
     error: str = ""
+    node_data: dict[str, Any] | None = attrs.field(default=None, eq=False)
+    """``node`` as plain data; each proxy's own id and version go in when it is sent."""
 
 
 @attrs.frozen(kw_only=True)
@@ -125,6 +129,9 @@ class ControlPlane:
         self.stats = Stats()
         self._translators = translators_of(registry)
         self._cache: dict[tuple[Any, ...], Translated] = {}
+        self._memo: Memo = {}  # data of shared config objects, for the current model
+        self._digests: dict[int, tuple[Any, str]] = {}  # digests of shared data, by id
+        self._fragments: dict[tuple[str, int], tuple[Any, str]] = {}  # encoded resources, by name and id
         self._wake: trio.Event | None = None
         self._pending_since = math.inf
         self._last_change = 0.0
@@ -162,7 +169,7 @@ class ControlPlane:
             self.refuse(err.problems)
             return False
         self.resources, self.model, self.rejection = resources, model, None
-        self._cache.clear()
+        self._forget_translations()
         self.stat_accepted.value += 1
         log.info("mesh_accepted", version=model.version, resources=len(resources))
         self._changed()
@@ -179,6 +186,13 @@ class ControlPlane:
             problems=[str(p) for p in problems],
             kept=self.model.version if self.model else None,
         )
+
+    def _forget_translations(self) -> None:
+        """A new model: every translation, and what they shared, is stale."""
+        self._cache.clear()
+        self._memo.clear()
+        self._digests.clear()
+        self._fragments.clear()
 
     def discovery_changed(self) -> None:
         """A discovery backend learnt something: rebuild the model and push (debounced)."""
@@ -229,7 +243,7 @@ class ControlPlane:
                 log.warning("model_rebuild_refused", problems=[str(p) for p in model.problems])
             else:
                 self.model = model
-                self._cache.clear()
+                self._forget_translations()
         for proxy in list(self.proxies.values()):
             if proxy.connected and proxy.identity is not None:
                 self.push(proxy)
@@ -258,21 +272,42 @@ class ControlPlane:
                 )
                 found = Translated(resources={}, digests={}, versions={}, error=str(err))
             else:
-                sets = resource_sets(translation.snapshot)
+                sets = resource_sets(translation.snapshot, memo=self._memo)
                 sets.pop("node")
                 digests = {
-                    t: {name: digest(data) for name, data in items.items()} for t, items in sets.items()
+                    t: {name: self._digest(data) for name, data in items.items()} for t, items in sets.items()
                 }
                 versions = {t: digest(sorted(d.items())) for t, d in digests.items()}
+                node = translation.snapshot.node
                 found = Translated(
                     resources=sets,
                     digests=digests,
                     versions=versions,
-                    node=translation.snapshot.node,
+                    node=node,
                     problems=translation.problems,
+                    node_data=unstructure(node) if node is not None else None,
                 )
         self._cache[key] = found
         return found
+
+    def _digest(self, data: Any) -> str:
+        """The digest of resource data; data shared by several proxies' translations is digested once."""
+        found = self._digests.get(id(data))
+        if found is not None and found[0] is data:
+            return found[1]
+        value = digest(data)
+        self._digests[id(data)] = (data, value)
+        return value
+
+    def _encode(self, resources: dict[str, Any]) -> str:
+        """A response's resources as JSON text, each resource encoded once per model."""
+        parts = []
+        for name, data in resources.items():
+            found = self._fragments.get((name, id(data)))
+            if found is None or found[0] is not data:
+                found = self._fragments[(name, id(data))] = (data, encode_resources({name: data})[1:-1])
+            parts.append(found[1])
+        return "[" + ",".join(parts) + "]"
 
     def updates_for(self, proxy: ProxyHandle) -> list[TypeUpdate]:
         """What ``proxy`` lacks: each type whose version differs, endpoints as a delta when it can be."""
@@ -281,9 +316,12 @@ class ControlPlane:
         if translated.error:
             return []
         node: dict[str, Any] = {}
-        if translated.node is not None:
-            own = attrs.evolve(translated.node, id=proxy.identity.id, version=proxy.identity.version)
-            node = {"node": unstructure(own)}
+        if translated.node_data is not None:
+            own = {**translated.node_data, "id": proxy.identity.id}
+            own.pop("version", None)
+            if proxy.identity.version:  # as unstructure writes it: a default left out
+                own["version"] = proxy.identity.version
+            node = {"node": own}
         resources = {**translated.resources, "node": node}
         digests = {**translated.digests, "node": {"node": digest(node)}}
         versions = {t: translated.versions.get(t) or digest(sorted(digests[t].items())) for t in PUSH_ORDER}
@@ -311,8 +349,15 @@ class ControlPlane:
                     )
                 )
             else:
+                # The node is each proxy's own; other resources are mostly shared, and encoded once.
+                encoded = self._encode(resources[type_url]) if type_url != "node" else None
                 updates.append(
-                    TypeUpdate(type_url=type_url, version=versions[type_url], resources=resources[type_url])
+                    TypeUpdate(
+                        type_url=type_url,
+                        version=versions[type_url],
+                        resources=resources[type_url],
+                        resources_json=encoded,
+                    )
                 )
             proxy.sent[type_url] = current
         return updates
@@ -322,7 +367,7 @@ class ControlPlane:
         updates = self.updates_for(proxy)
         if updates:
             self.stat_pushes.value += 1
-            proxy.send(proxy.session.push(updates))
+            proxy.send(proxy.session.push_frames(updates))
             log.debug(
                 "pushed",
                 proxy=proxy.identity.id if proxy.identity else "",
@@ -368,7 +413,7 @@ class ControlPlane:
                 )
                 self._note(proxy)
             elif isinstance(event, CertificateRequested):
-                proxy.send([proxy.session.certificate_response(self._sign(proxy, event))])
+                proxy.send(encode(proxy.session.certificate_response(self._sign(proxy, event))))
         return None
 
     def _subscribed(self, proxy: ProxyHandle, event: Subscribed) -> None:
@@ -431,6 +476,11 @@ class ControlPlane:
             signed = self.signer.sign(event.csr.encode(), node.spiffe_id)
         except SigningError as err:
             return CertificateAnswered(event.request_id, error=str(err))
+        except Exception as err:  # noqa: BLE001 - a CA's refusal (or bug) is an answer, never the stream's end
+            log.warning(
+                "certificate_refused", proxy=proxy.identity.id, spiffe_id=node.spiffe_id, reason=str(err)
+            )
+            return CertificateAnswered(event.request_id, error=str(err) or type(err).__name__)
         log.info(
             "certificate_issued",
             proxy=proxy.identity.id,

@@ -24,7 +24,7 @@ from typing import Any
 
 import attrs
 
-from meshcore.control.messages import field
+from meshcore.control.messages import encode_resources, encode_response, field
 from meshcore.control.translate import ProxyIdentity
 from meshcore.control.wire import PUSH_ORDER
 from meshcore.errors import ProtocolError
@@ -63,6 +63,8 @@ class TypeUpdate:
     resources: Mapping[str, Any] = _EMPTY
     removed: tuple[str, ...] = ()
     incremental: bool = False
+    resources_json: str | None = attrs.field(default=None, eq=False, repr=False)
+    """``resources`` already encoded (see :func:`~meshcore.control.messages.encode_resources`), if so."""
 
 
 # -- events -------------------------------------------------------------------------------------
@@ -208,28 +210,52 @@ class ServerSession:
 
     # -- output --
 
-    def push(self, updates: Sequence[TypeUpdate]) -> list[dict[str, Any]]:
-        """The responses of one push (in ``PUSH_ORDER``), the last marked as such."""
+    def _stamp(self, updates: Sequence[TypeUpdate]) -> list[tuple[TypeUpdate, str, bool]]:
+        """Each update of one push in ``PUSH_ORDER`` with its nonce, and whether it is the last."""
         ordered = sorted(updates, key=lambda u: PUSH_ORDER.index(u.type_url))
         out = []
         for i, update in enumerate(ordered):
             nonce = f"n{next(self._nonces)}"
             sent = self.types.setdefault(update.type_url, _Sent())
             sent.version, sent.nonce = update.version, nonce
-            out.append(
-                {
-                    "discovery_response": {
-                        "type_url": update.type_url,
-                        "version_info": update.version,
-                        "nonce": nonce,
-                        "resources": [{"name": n, "resource": r} for n, r in update.resources.items()],
-                        "removed_resources": list(update.removed),
-                        "incremental": update.incremental,
-                        "last": i == len(ordered) - 1,
-                    }
-                }
-            )
+            out.append((update, nonce, i == len(ordered) - 1))
         return out
+
+    def push(self, updates: Sequence[TypeUpdate]) -> list[dict[str, Any]]:
+        """The responses of one push (in ``PUSH_ORDER``), the last marked as such."""
+        return [
+            {
+                "discovery_response": {
+                    "type_url": update.type_url,
+                    "version_info": update.version,
+                    "nonce": nonce,
+                    "resources": [{"name": n, "resource": r} for n, r in update.resources.items()],
+                    "removed_resources": list(update.removed),
+                    "incremental": update.incremental,
+                    "last": last,
+                }
+            }
+            for update, nonce, last in self._stamp(updates)
+        ]
+
+    def push_frames(self, updates: Sequence[TypeUpdate]) -> bytes:
+        """The framed responses of one push: :meth:`push`, encoded.
+
+        Resources already encoded as JSON text (``resources_json``) are used as they are, so
+        that a push to many proxies encodes them once.
+        """
+        return b"".join(
+            encode_response(
+                type_url=update.type_url,
+                version=update.version,
+                nonce=nonce,
+                resources_json=update.resources_json or encode_resources(dict(update.resources)),
+                removed=list(update.removed),
+                incremental=update.incremental,
+                last=last,
+            )
+            for update, nonce, last in self._stamp(updates)
+        )
 
     @staticmethod
     def certificate_response(answer: CertificateAnswered) -> dict[str, Any]:

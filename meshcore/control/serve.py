@@ -28,7 +28,7 @@ import structlog
 import trio
 
 from meshcore.config import Address
-from meshcore.control.messages import CONTENT_TYPE, PATH, FrameDecoder, encode
+from meshcore.control.messages import CONTENT_TYPE, PATH, FrameDecoder
 from meshcore.control.plane import ControlPlane, ProxyHandle
 from meshcore.errors import ProtocolError
 from meshcore.http.h2flow import send_flow_controlled
@@ -183,7 +183,7 @@ class _Connection:
         self.streams[stream_id] = state
         self.h2.send_headers(stream_id, [(b":status", b"200"), (b"content-type", CONTENT_TYPE.encode())])
         state.proxy = self.plane.connect(
-            lambda messages: self._queue(state, messages),
+            lambda frames: self._queue(state, frames),
             lambda: self._close(state, _ABORTED, "replaced by a newer stream of the same proxy"),
             self.peer,
         )
@@ -202,13 +202,11 @@ class _Connection:
             self._close(state, _INVALID_ARGUMENT, str(err))
             self.plane.disconnect(state.proxy)
 
-    def _queue(self, state: _Stream, messages: list[dict[str, Any]]) -> None:
+    def _queue(self, state: _Stream, frames: bytes) -> None:
         if state.closing is not None:
             return
-        for message in messages:
-            frame = encode(message)
-            state.outbox.append(frame)
-            state.queued += len(frame)
+        state.outbox.append(frames)
+        state.queued += len(frames)
         if state.queued > MAX_QUEUED:
             self._close(state, _ABORTED, "the proxy does not read what it is sent")
         self.wake.set()

@@ -7,6 +7,7 @@ but makes a bad mesh: logged, shown, and the last good mesh stays.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,14 +36,19 @@ class MeshWatcher:
         self._signature: tuple[Any, ...] = ()
 
     def signature(self) -> tuple[Any, ...]:
-        """What changes when a file is added, removed or written."""
+        """What changes when a file is added, removed or written.
+
+        The files' contents are part of it (a digest): a rewrite that keeps the size and
+        lands within the file system's timestamp granularity would otherwise go unseen.
+        """
         out = []
         for file in mesh_files(self.paths):
             try:
                 st = file.stat()
+                digest = hashlib.sha256(file.read_bytes()).digest()
             except OSError:
                 continue
-            out.append((str(file), st.st_mtime_ns, st.st_size, st.st_ino))
+            out.append((str(file), st.st_mtime_ns, st.st_size, st.st_ino, digest))
         return tuple(out)
 
     def load(self) -> MeshResources:

@@ -27,6 +27,7 @@ from meshcore.config.units import Duration
 
 __all__ = [
     "PUSH_ORDER",
+    "Memo",
     "ResourceSet",
     "digest",
     "resource_sets",
@@ -100,14 +101,33 @@ def digest(data: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def resource_sets(snapshot: Snapshot) -> dict[str, ResourceSet]:
-    """``snapshot`` split into resources by type and name (``PUSH_ORDER``; admin is the proxy's own)."""
+Memo = dict[int, tuple[Any, Any]]
+"""Plain data of config objects already seen, by ``id`` (the object kept with it: ids are reused)."""
+
+
+def _cluster_data(cluster: Any, memo: Memo | None) -> tuple[Any, Any]:
+    """A cluster's data without its endpoints, and its endpoints' data (memoized per object)."""
+    if memo is not None:
+        found = memo.get(id(cluster))
+        if found is not None and found[0] is cluster:
+            data: tuple[Any, Any] = found[1]
+            return data
+    data = (unstructure(attrs.evolve(cluster, endpoints=())), [unstructure(e) for e in cluster.endpoints])
+    if memo is not None:
+        memo[id(cluster)] = (cluster, data)
+    return data
+
+
+def resource_sets(snapshot: Snapshot, *, memo: Memo | None = None) -> dict[str, ResourceSet]:
+    """``snapshot`` split into resources by type and name (``PUSH_ORDER``; admin is the proxy's own).
+
+    With ``memo``, a cluster object met before (translators share the clusters that depend on
+    the mesh alone) is not turned into data again: the same data object is returned.
+    """
     clusters: ResourceSet = {}
     endpoints: ResourceSet = {}
     for cluster in snapshot.clusters:
-        data = unstructure(attrs.evolve(cluster, endpoints=()))
-        clusters[cluster.name] = data
-        endpoints[cluster.name] = [unstructure(e) for e in cluster.endpoints]
+        clusters[cluster.name], endpoints[cluster.name] = _cluster_data(cluster, memo)
     return {
         "node": {"node": unstructure(snapshot.node)} if snapshot.node is not None else {},
         "secrets": {
