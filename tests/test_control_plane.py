@@ -392,7 +392,7 @@ async def test_bootstrap_tokens_say_which_identities_may_be_claimed(tmp_path: Pa
 
 
 class _NoSink:
-    def apply(self, snapshot: meshcore.Snapshot) -> None:
+    def apply(self, snapshot: meshcore.Snapshot, *, file: str | None = None) -> None:
         raise AssertionError(snapshot)
 
     def apply_delta(self, delta: meshcore.SnapshotDelta) -> meshcore.Snapshot:
