@@ -110,7 +110,7 @@ def cmd_control_plane(args: argparse.Namespace) -> int:
 
 def cmd_sidecar(args: argparse.Namespace) -> int:
     """Run a proxy configured by the control plane until SIGTERM/SIGINT (drain)."""
-    from meshcore.control.source import ControlPlaneSource, ControlPlaneSourceConfig  # noqa: PLC0415 - only this command
+    from meshcore.control.source import ControlPlaneSourceConfig  # noqa: PLC0415 - only this command
     from meshcore.runtime.server import serve_proxy  # noqa: PLC0415 - only this command
 
     configure_logging(args.log_level, fmt=args.log_format)
@@ -129,7 +129,14 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
         http_proxy=args.http_proxy,
         admin=args.admin,
     )
-    source = ControlPlaneSource(config, registry)
+    found = registry.types("config_source").get("control_plane")
+    if found is None:
+        print(
+            "the control_plane config source is not installed (meshcore.plugins.control_plane_source)",
+            file=sys.stderr,
+        )
+        return 1
+    source = found.factory(config, registry)  # the plugin's: with the workload certificate agent
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:

@@ -68,6 +68,7 @@ BUILTIN_PLUGINS = (
     "meshcore.plugins.discovery_dns",
     "meshcore.plugins.translate_sidecar",
     "meshcore.plugins.translate_outbound",
+    "meshcore.plugins.translate_security",
     "meshcore.plugins.control_plane_source",
     "meshcore.plugins.mesh_analyzers",
 )

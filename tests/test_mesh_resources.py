@@ -271,15 +271,15 @@ def test_a_kind_no_translator_handles_is_refused_whole(tmp_path: Path) -> None:
         tmp_path,
         """\
         apiVersion: security.istio.io/v1
-        kind: AuthorizationPolicy
-        metadata: {name: deny-all, namespace: prod}
+        kind: RequestAuthentication
+        metadata: {name: jwt, namespace: prod}
         spec: {}
         """,
     )
     assert found == [
         (
-            "mesh.yaml:1: AuthorizationPolicy prod/deny-all: AuthorizationPolicy resources are not supported by "
-            "meshcore yet: no translator handles AuthorizationPolicy"
+            "mesh.yaml:1: RequestAuthentication prod/jwt: RequestAuthentication resources are not supported by "
+            "meshcore yet: no translator handles RequestAuthentication"
         )
     ]
 

@@ -16,6 +16,7 @@ from meshcore.config import (
     Redirect,
     RouteMatch,
     TlsContext,
+    UpstreamTls,
     WeightedCluster,
 )
 from meshcore.config import Endpoint as ClusterEndpoint
@@ -36,6 +37,7 @@ from meshcore.control.resources import Claims, MeshResource, MeshResources, Obje
 from meshcore.control.signer import NO_CA, SignedCertificate, Signer, SigningError
 from meshcore.control.source import ControlPlaneSource, ControlPlaneSourceConfig
 from meshcore.control.translate import (
+    WORKLOAD_SECRET,
     ClusterBuild,
     ListenerBuild,
     ProxyIdentity,
@@ -52,6 +54,7 @@ from meshcore.control.translate import (
 __all__ = [
     "HTTP_PROTOCOLS",
     "NO_CA",
+    "WORKLOAD_SECRET",
     "Claims",
     "ClusterBuild",
     "ClusterEndpoint",
@@ -90,6 +93,7 @@ __all__ = [
     "Translation",
     "TranslationContext",
     "TranslationError",
+    "UpstreamTls",
     "VirtualHostBuild",
     "WeightedCluster",
     "Workload",

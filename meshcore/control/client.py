@@ -8,6 +8,7 @@ the proxy sees a dead connection); any task may send. The stream's end is raised
 
 from __future__ import annotations
 
+import enum
 import math
 import os
 import ssl
@@ -28,7 +29,16 @@ from meshcore.control.protocol import CertificateAnswered, ClientSession, Push
 from meshcore.control.serve import WINDOW
 from meshcore.errors import MeshcoreError, ProtocolError
 
-__all__ = ["DeliveryClosedError", "DeliveryStream", "client_ssl_context"]
+__all__ = ["DEFERRED", "Deferred", "DeliveryClosedError", "DeliveryStream", "client_ssl_context"]
+
+
+class Deferred(enum.Enum):
+    """What a push handler returns to answer a push later (:meth:`DeliveryStream.answer`)."""
+
+    DEFERRED = "deferred"
+
+
+DEFERRED = Deferred.DEFERRED
 
 log = structlog.get_logger("meshcore.control.client")
 
@@ -138,8 +148,15 @@ class DeliveryStream:
         if data:
             await self.transport.send_all(data)
 
-    async def run(self, handle_push: Callable[[Push], Awaitable[str | None]]) -> None:
+    async def answer(self, push: Push, error: str | None) -> None:
+        """ACK ``push`` (``error`` None) or NACK it with ``error``: for a push whose answer was deferred."""
+        await self.send(self.session.nack(push, error) if error else self.session.ack(push))
+
+    async def run(self, handle_push: Callable[[Push], Awaitable[str | Deferred | None]]) -> None:
         """Receive pushes until the stream ends; each one's error from ``handle_push`` NACKs it, None ACKs.
+
+        ``DEFERRED`` answers nothing yet: the caller answers later with :meth:`answer` (a push
+        that needs the workload certificate waits for it).
 
         Raises:
             DeliveryClosedError: always, when the stream or connection ends.
@@ -165,7 +182,8 @@ class DeliveryStream:
                 for event in self.session.receive(message):
                     if isinstance(event, Push):
                         error = await handle_push(event)
-                        await self.send(self.session.nack(event, error) if error else self.session.ack(event))
+                        if error is not DEFERRED:
+                            await self.answer(event, error)
                     elif isinstance(event, CertificateAnswered):
                         self._answered(event)
             if self._status is not None:

@@ -60,11 +60,14 @@ class MeshSettings:
         trust_domain: the SPIFFE trust domain of workload identities.
         domain_suffix: the suffix of service names (``svc.<suffix>``).
         root_namespace: the namespace whose policies (Sidecar, ...) apply mesh-wide.
+        mtls: workloads have certificates (the control plane runs a CA): sidecars talk
+            mutual TLS as PeerAuthentication says (PERMISSIVE where it says nothing).
     """
 
     trust_domain: str = "cluster.local"
     domain_suffix: str = "cluster.local"
     root_namespace: str = "istio-system"
+    mtls: bool = False
 
 
 @attrs.frozen(kw_only=True)

@@ -60,6 +60,8 @@ async def serve_control_plane(
     paths = [*config.mesh, *mesh]
     if not paths:
         raise ConfigError([ConfigProblem(path="mesh", message="no mesh files or folders given (-c DIR)")])
+    if signer is None and config.ca is not None:
+        signer = certificate_authority(config, registry, settings_file)
     base = Path(settings_file).parent if settings_file else None
     tokens = Tokens(config.bootstrap_tokens, allow_any=config.allow_any_identity, base=base)
     plane = ControlPlane(registry, config, tokens=tokens, signer=signer)
@@ -97,7 +99,7 @@ async def serve_control_plane(
             functools.partial(serve_admin_answers, _answer(plane), config.admin),
         )
         if handle_signals:
-            await nursery.start(_signals, watcher, nursery.cancel_scope)
+            await nursery.start(_signals, watcher, signer, nursery.cancel_scope)
         log.info(
             "control_plane_started",
             delivery=_text(delivery),
@@ -105,6 +107,28 @@ async def serve_control_plane(
             mesh=plane.model.version if plane.model else None,
         )
         task_status.started(RunningControlPlane(plane, watcher, delivery, admin))
+
+
+def certificate_authority(
+    config: ControlPlaneConfig, registry: Registry, settings_file: str | None
+) -> Signer:
+    """The signer of the ``ca:`` section: the registry's certificate authority of that name, built.
+
+    Raises:
+        ConfigError: naming ``ca``, when the CA is not installed or cannot start (its files).
+    """
+    assert config.ca is not None  # noqa: S101 - called with a ca: section
+    found = registry.types("certificate_authority").get(config.ca.name)
+    if found is None:
+        message = f"no certificate authority {config.ca.name!r} is installed"
+        raise ConfigError([ConfigProblem(path="ca", message=message, file=settings_file)])
+    try:
+        signer: Signer = found.factory(config.ca.config)
+    except (OSError, ValueError) as err:
+        message = f"the certificate authority {config.ca.name!r} cannot start: {err}"
+        raise ConfigError([ConfigProblem(path="ca", message=message, file=settings_file)]) from err
+    log.info("certificate_authority_started", name=config.ca.name, roots=signer.trust_bundle().count("BEGIN"))
+    return signer
 
 
 def _answer(plane: ControlPlane) -> Any:
@@ -129,13 +153,28 @@ async def _listen(
     return bound
 
 
+def _reload_ca(signer: Signer | None) -> None:
+    """SIGHUP: a CA that keeps state on disk (a root rotation's step) reads it again."""
+    reload = getattr(signer, "reload", None)
+    if reload is None:
+        return
+    try:
+        reload()
+    except (OSError, ValueError) as err:
+        log.error("certificate_authority_reload_failed", reason=str(err))  # noqa: TRY400 - the reason says it
+
+
 def _text(address: tuple[str, int]) -> str:
     host, port = address
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def _signals(
-    watcher: MeshWatcher, scope: trio.CancelScope, *, task_status: Any = trio.TASK_STATUS_IGNORED
+    watcher: MeshWatcher,
+    signer: Signer | None,
+    scope: trio.CancelScope,
+    *,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         task_status.started()
@@ -143,6 +182,7 @@ async def _signals(
             if signum == signal.SIGHUP:
                 log.info("reload_requested", signal="SIGHUP")
                 watcher.reload()
+                _reload_ca(signer)
             else:
                 log.info("control_plane_stopping", signal=signal.Signals(signum).name)
                 scope.cancel()

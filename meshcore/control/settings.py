@@ -13,7 +13,7 @@ from pathlib import Path
 
 import attrs
 
-from meshcore.config import Address, Duration, at_least, non_empty
+from meshcore.config import Address, CertificateAuthorityRef, Duration, at_least, non_empty
 from meshcore.config.loader import parse_document, parse_path
 from meshcore.config.structure import Structurer
 from meshcore.control.discovery import DiscoveryRef
@@ -81,6 +81,11 @@ class ControlPlaneConfig:
     root_namespace: str = attrs.field(default="istio-system", validator=non_empty)
     proxy_retention: Duration = Duration(300)
     """How long a proxy that went away stays listed (as STALE)."""
+    ca: CertificateAuthorityRef | None = None
+    """The certificate authority that signs the sidecars' workload certificates
+    (``ca: {meshcore: {directory: ca/}}``). With one, sidecars get certificates through
+    their delivery stream and talk mutual TLS as PeerAuthentication says; its relative
+    ``directory`` and ``*_file`` names are read from the settings file's folder."""
 
     @property
     def mesh_settings(self) -> MeshSettings:
@@ -89,6 +94,7 @@ class ControlPlaneConfig:
             trust_domain=self.trust_domain,
             domain_suffix=self.domain_suffix,
             root_namespace=self.root_namespace,
+            mtls=self.ca is not None,
         )
 
 
@@ -133,7 +139,16 @@ def _relative_to(config: ControlPlaneConfig, base: Path) -> ControlPlaneConfig:
         )
     tokens = tuple(attrs.evolve(t, token_file=resolve(t.token_file)) for t in config.bootstrap_tokens)
     mesh = tuple(resolve(m) or m for m in config.mesh)
-    return attrs.evolve(config, tls=tls, bootstrap_tokens=tokens, mesh=mesh)
+    ca = config.ca
+    if ca is not None and attrs.has(type(ca.config)):
+        paths = {
+            f.name: resolve(getattr(ca.config, f.name))
+            for f in attrs.fields(type(ca.config))
+            if (f.name == "directory" or f.name.endswith("_file"))
+            and isinstance(getattr(ca.config, f.name), str)
+        }
+        ca = attrs.evolve(ca, config=attrs.evolve(ca.config, **{k: v for k, v in paths.items() if v}))
+    return attrs.evolve(config, tls=tls, bootstrap_tokens=tokens, mesh=mesh, ca=ca)
 
 
 class Tokens:

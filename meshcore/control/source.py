@@ -7,6 +7,14 @@ problem the proxy found (its runtime's own messages: a port already taken, a fil
 does not have). While the control plane is away the proxy keeps serving its last good
 Snapshot and reconnects with jittered exponential backoff, telling the control plane the
 versions it has, so that an unchanged mesh costs no push.
+
+When the control plane has a CA, the Snapshots it pushes name the ``workload`` secret
+(:data:`~meshcore.control.translate.WORKLOAD_SECRET`) that the control plane never sends:
+the source runs a certificate agent (``keep_certificate``: a key made here, a CSR signed by
+the control plane over this same stream, renewed at about half its lifetime) and adds the
+certificate to every Snapshot it applies. A push that needs it before the first one came
+is answered once it came (its ACK deferred); a renewed certificate is applied at once (the
+next handshakes take it, nothing drains).
 """
 
 from __future__ import annotations
@@ -16,24 +24,39 @@ import os
 import random
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import structlog
 import trio
 
-from meshcore.config import Address, AdminConfig, Duration, at_least, delta_from_data, snapshot_from_data
-from meshcore.control.client import DeliveryClosedError, DeliveryStream, client_ssl_context
+from meshcore.config import (
+    Address,
+    AdminConfig,
+    Duration,
+    NodeInfo,
+    at_least,
+    delta_from_data,
+    snapshot_from_data,
+)
+from meshcore.control.client import (
+    DEFERRED,
+    Deferred,
+    DeliveryClosedError,
+    DeliveryStream,
+    client_ssl_context,
+)
 from meshcore.control.protocol import CertificateAnswered, ClientSession, Push
-from meshcore.control.translate import ProxyIdentity
+from meshcore.control.signer import SigningError
+from meshcore.control.translate import WORKLOAD_SECRET, ProxyIdentity
 from meshcore.control.wire import digest, snapshot_data, unstructure
 from meshcore.errors import ConfigError, ProtocolError
 from meshcore.registry import Registry
 from meshcore.runtime.sources import ConfigSink
 
-__all__ = ["ControlPlaneSource", "ControlPlaneSourceConfig"]
+__all__ = ["CertificateKeeper", "ControlPlaneSource", "ControlPlaneSourceConfig"]
 
 log = structlog.get_logger("meshcore.control.source")
 
@@ -79,12 +102,66 @@ class ControlPlaneSourceConfig:
     """Reconnection waits double from ``initial_backoff`` up to this, each a random part of it."""
 
 
+class CertificateKeeper(Protocol):
+    """A certificate agent (``meshcore.plugins.workload_certs.keep_certificate``).
+
+    It keeps a certificate for ``spiffe_id`` fresh until cancelled: a key and CSR of its
+    own, ``sign`` (which raises when refused), ``install`` for each new certificate (an
+    object with ``certificate_chain``, ``private_key`` and ``trusted_ca``, PEM).
+    """
+
+    def __call__(
+        self, spiffe_id: str, sign: Callable[[bytes], Awaitable[Any]], install: Callable[[Any], None]
+    ) -> Awaitable[None]:
+        """Run until cancelled."""
+        ...
+
+
+def _names_secret(data: Any, name: str) -> bool:
+    """Whether resource data refers to the secret ``name`` (``secret:`` or ``validation_secret:``)."""
+    if isinstance(data, Mapping):
+        return any(
+            (key in ("secret", "validation_secret") and value == name) or _names_secret(value, name)
+            for key, value in data.items()
+        )
+    if isinstance(data, list):
+        return any(_names_secret(item, name) for item in data)
+    return False
+
+
+def _spiffe_id(node: Mapping[str, Any]) -> str:
+    """The SPIFFE ID of the node resource's data (NodeInfo's defaults where it leaves fields out)."""
+    defaults = NodeInfo(id="-")
+    return NodeInfo(
+        id="-",
+        namespace=str(node.get("namespace", defaults.namespace)),
+        service_account=str(node.get("service_account", defaults.service_account)),
+        trust_domain=str(node.get("trust_domain", defaults.trust_domain)),
+    ).spiffe_id
+
+
 class ControlPlaneSource:
     """Snapshots from the control plane (see the module's documentation)."""
 
-    def __init__(self, config: ControlPlaneSourceConfig, registry: Registry) -> None:
+    def __init__(
+        self,
+        config: ControlPlaneSourceConfig,
+        registry: Registry,
+        *,
+        keep_certificate: CertificateKeeper | None = None,
+    ) -> None:
         self.config = config
         self.registry = registry
+        self.keep_certificate = keep_certificate
+        self.certificate: Any = None
+        """The workload certificate its agent installed last (None: none yet)."""
+        self._spiffe_id = ""
+        self._wanted = trio.Event()  # the first push that needs a certificate came
+        self._installed = trio.Event()
+        self._pending: list[tuple[DeliveryStream, Push]] = []  # pushes waiting for the certificate
+        self._pending_resources: dict[str, dict[str, Any]] | None = None
+        self._pending_versions: dict[str, str] = {}
+        self._backoff = float(config.initial_backoff)
         proxy_id = (
             config.id
             or f"{config.workload or 'proxy'}.{config.namespace}~{socket.gethostname()}~{os.getpid()}"
@@ -127,18 +204,26 @@ class ControlPlaneSource:
         if self.config.tls or self.config.ca_file:
             self._ssl = client_ssl_context(self.config.ca_file)
         started = False
-        backoff = float(self.config.initial_backoff)
+        self._backoff = float(self.config.initial_backoff)
 
-        async def on_push(push: Push) -> str | None:
-            nonlocal started, backoff
+        def applied() -> None:
+            nonlocal started
+            self._backoff = float(self.config.initial_backoff)
+            if not started:
+                started = True
+                task_status.started()
+
+        async def on_push(push: Push) -> str | Deferred | None:
             error = self._apply(push, sink)
             if error is None:
-                backoff = float(self.config.initial_backoff)
-                if not started:
-                    started = True
-                    task_status.started()
+                applied()
             return error
 
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._certificates, sink, applied)
+            await self._connect_forever(on_push)
+
+    async def _connect_forever(self, on_push: Callable[[Push], Awaitable[str | Deferred | None]]) -> None:
         while True:
             try:
                 stream = await DeliveryStream.connect(
@@ -156,12 +241,12 @@ class ControlPlaneSource:
                     "control_plane_unreachable",
                     address=str(self.config.address),
                     reason=reason,
-                    retry_in=round(backoff, 3),
+                    retry_in=round(self._backoff, 3),
                 )
             else:
                 await self._serve(stream, on_push)
-            await trio.sleep(self._rng.uniform(backoff / 2, backoff))
-            backoff = min(backoff * 2, float(self.config.max_backoff))
+            await trio.sleep(self._rng.uniform(self._backoff / 2, self._backoff))
+            self._backoff = min(self._backoff * 2, float(self.config.max_backoff))
 
     async def _serve(self, stream: DeliveryStream, on_push: Callable[[Push], Any]) -> None:
         self.stream = stream
@@ -181,28 +266,69 @@ class ControlPlaneSource:
         finally:
             self.stream = None
             self.connected = trio.Event()
+            self._pending, self._pending_resources = [], None  # the next stream pushes again
             await stream.aclose()
 
-    def _apply(self, push: Push, sink: ConfigSink) -> str | None:
+    def _apply(self, push: Push, sink: ConfigSink) -> str | Deferred | None:
         """Merge, check and apply a push; None when applied, else every problem (the NACK).
 
         A push of endpoints alone goes to the proxy as a delta: the proxy composes it onto
-        its live Snapshot and updates those clusters' endpoints in place.
+        its live Snapshot and updates those clusters' endpoints in place. A push that needs
+        the workload certificate before there is one is kept (``DEFERRED``) until it comes.
         """
-        candidate = {t: dict(items) for t, items in self.resources.items()}
+        waiting = self._pending_resources is not None
+        base = self._pending_resources if self._pending_resources is not None else self.resources
+        candidate = {t: dict(items) for t, items in base.items()}
         for update in push.updates:
             items = candidate.setdefault(update.type_url, {}) if update.incremental else {}
             items.update(update.resources)
             for name in update.removed:
                 items.pop(name, None)
             candidate[update.type_url] = items
-        versions = {**self.versions, **{u.type_url: u.version for u in push.updates}}
+        versions = {
+            **(self._pending_versions if waiting else self.versions),
+            **{u.type_url: u.version for u in push.updates},
+        }
+        if self.certificate is None and _names_secret(candidate, WORKLOAD_SECRET):
+            return self._wait_for_certificate(push, candidate, versions)
+        return self._apply_candidate(candidate, versions, sink, push=None if waiting else push)
+
+    def _wait_for_certificate(
+        self, push: Push, candidate: dict[str, dict[str, Any]], versions: dict[str, str]
+    ) -> str | Deferred:
+        if self.keep_certificate is None:
+            return f"the Snapshot needs the {WORKLOAD_SECRET!r} certificate and this proxy has no certificate agent"
+        node = candidate.get("node", {}).get("node")
+        spiffe_id = _spiffe_id(node if isinstance(node, Mapping) else {})
+        if self.stream is None:
+            return "the connection to the control plane went away"
+        self._spiffe_id = spiffe_id
+        self._pending.append((self.stream, push))
+        self._pending_resources, self._pending_versions = candidate, versions
+        self._wanted.set()
+        log.info("snapshot_waits_for_certificate", spiffe_id=spiffe_id, pending=len(self._pending))
+        return DEFERRED
+
+    def _apply_candidate(
+        self,
+        candidate: dict[str, dict[str, Any]],
+        versions: dict[str, str],
+        sink: ConfigSink,
+        *,
+        push: Push | None,
+    ) -> str | None:
+        certificate = self.certificate
         version = digest(sorted(versions.items()))[:12]
-        endpoints_only = self.resources and all(
-            u.type_url == "endpoints" and u.incremental for u in push.updates
+        if certificate is not None:
+            version = digest([version, certificate.certificate_chain])[:12]
+        endpoints_only = (
+            push is not None
+            and self.resources
+            and all(u.type_url == "endpoints" and u.incremental for u in push.updates)
         )
         try:
             if endpoints_only:
+                assert push is not None  # noqa: S101 - endpoints_only says so
                 changed = {n: v for u in push.updates for n, v in u.resources.items()}
                 removed: dict[str, list[Any]] = {
                     n: [] for u in push.updates for n in u.removed if n in candidate.get("clusters", {})
@@ -213,7 +339,19 @@ class ControlPlaneSource:
                 sink.apply_delta(delta)
             else:
                 admin = unstructure(AdminConfig(address=self.config.admin))
-                data = snapshot_data(candidate, admin=admin, version=version)
+                resources = candidate
+                if certificate is not None:
+                    secret = {
+                        "name": WORKLOAD_SECRET,
+                        "certificate_chain": certificate.certificate_chain,
+                        "private_key": certificate.private_key,
+                        "trusted_ca": certificate.trusted_ca,
+                    }
+                    resources = {
+                        **candidate,
+                        "secrets": {**candidate.get("secrets", {}), WORKLOAD_SECRET: secret},
+                    }
+                data = snapshot_data(resources, admin=admin, version=version)
                 try:
                     snapshot = snapshot_from_data(data, self.registry)
                 except ConfigError as err:
@@ -233,8 +371,58 @@ class ControlPlaneSource:
             log.exception("snapshot_apply_failed", version=version)
             return f"applying the Snapshot failed: {type(err).__name__}: {err}"
         self.resources, self.versions = candidate, versions
-        log.info("snapshot_received", version=version, types=[u.type_url for u in push.updates])
+        log.info(
+            "snapshot_received", version=version, types=[u.type_url for u in push.updates] if push else []
+        )
         return None
+
+    # -- the workload certificate ------------------------------------------------------------------
+
+    async def _certificates(self, sink: ConfigSink, applied: Callable[[], None]) -> None:
+        """Once a push needs the certificate: run the agent, and apply each certificate it installs."""
+        await self._wanted.wait()
+        assert self.keep_certificate is not None  # noqa: S101 - only wanted with an agent
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.keep_certificate, self._spiffe_id, self._sign, self._install)
+            while True:
+                await self._installed.wait()
+                self._installed = trio.Event()
+                await self._take_certificate(sink, applied)
+
+    async def _sign(self, csr: bytes) -> CertificateAnswered:
+        answer = await self.request_certificate(csr.decode("ascii"))
+        if answer.error:
+            raise SigningError(answer.error)
+        return answer
+
+    def _install(self, certificate: Any) -> None:
+        self.certificate = certificate
+        self._installed.set()
+
+    async def _take_certificate(self, sink: ConfigSink, applied: Callable[[], None]) -> None:
+        """Apply the pushes that waited for a certificate and answer them; or swap a renewed one in."""
+        if self._pending_resources is not None:
+            pending, candidate, versions = self._pending, self._pending_resources, self._pending_versions
+            self._pending, self._pending_resources = [], None
+            error = self._apply_candidate(candidate, versions, sink, push=None)
+            if error is None:
+                applied()
+            for stream, push in pending:
+                if stream is self.stream:
+                    try:
+                        await stream.answer(push, error)
+                    except (
+                        OSError,
+                        trio.BrokenResourceError,
+                        trio.ClosedResourceError,
+                        ProtocolError,
+                    ) as err:
+                        log.warning("answer_not_sent", reason=str(err))  # the stream's run() sees it end
+                        break
+        elif self.resources:
+            error = self._apply_candidate(self.resources, self.versions, sink, push=None)
+            if error is not None:
+                log.error("certificate_not_applied", problems=error)
 
     async def request_certificate(self, csr_pem: str, *, timeout: float = 10.0) -> CertificateAnswered:  # noqa: ASYNC109 - passed on
         """Ask the control plane to sign ``csr_pem`` (the key stays here); waits for a connection."""

@@ -28,6 +28,7 @@ from meshcore.config import (
     Route,
     RouteConfiguration,
     Snapshot,
+    Structurer,
     TlsContext,
     VirtualHost,
 )
@@ -38,6 +39,7 @@ from meshcore.plugin import TranslatorType
 from meshcore.registry import Registry
 
 __all__ = [
+    "WORKLOAD_SECRET",
     "ClusterBuild",
     "ListenerBuild",
     "ProxyIdentity",
@@ -51,6 +53,13 @@ __all__ = [
 ]
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
+
+WORKLOAD_SECRET = "workload"  # noqa: S105 - the name of a secret, not one
+"""The TlsSecret of a sidecar's workload certificate, its key and the trust bundle.
+
+Translators name it in listeners and clusters; the control plane never sends it (the key
+never leaves the proxy): the sidecar's certificate agent adds it to every Snapshot it
+applies (Istio's SDS names it ``default``)."""
 
 
 class TranslationError(MeshcoreError):
@@ -100,6 +109,9 @@ class ListenerBuild:
         tcp_cluster: the cluster of a TCP listener.
         network_filters: L4 filters before the terminal one.
         tls: TLS it terminates, if any.
+        tls_chains: when not empty, one filter chain per item instead, all with the same
+            filters, each terminating that TLS or none: ``(mTLS, None)`` is PERMISSIVE
+            (mTLS and plaintext on one port, told apart by the connection's first byte).
         service: the service it serves (inbound, or a local port for one service).
         port: that service's port.
     """
@@ -113,6 +125,7 @@ class ListenerBuild:
     tcp_cluster: str | None = None
     network_filters: list[NetworkFilterRef] = attrs.field(factory=list)
     tls: TlsContext | None = None
+    tls_chains: tuple[TlsContext | None, ...] = ()
     service: Service | None = None
     port: ServicePort | None = None
 
@@ -250,8 +263,18 @@ class SnapshotBuilder:
         else:
             msg = f"listener {lb.name!r} has neither a route config nor a TCP cluster"
             raise ValueError(msg)
-        chain = FilterChain(filters=(*lb.network_filters, terminal), tls=lb.tls)
-        return Listener(name=lb.name, address=lb.address, filter_chains=(chain,))
+        filters = (*lb.network_filters, terminal)
+        if not lb.tls_chains:
+            return Listener(
+                name=lb.name, address=lb.address, filter_chains=(FilterChain(filters=filters, tls=lb.tls),)
+            )
+        chains = tuple(
+            FilterChain(
+                name=f"{lb.name}-{'tls' if tls is not None else 'plaintext'}", filters=filters, tls=tls
+            )
+            for tls in lb.tls_chains
+        )
+        return Listener(name=lb.name, address=lb.address, filter_chains=chains)
 
 
 def _config_type(registry: Registry, kind: str, name: str) -> Any:
@@ -302,6 +325,21 @@ class TranslationContext:
     def labels(self) -> Mapping[str, str]:
         """The proxy's workload labels."""
         return self.node.labels
+
+    def plugin_config(self, kind: str, name: str, data: Any) -> Any:
+        """``data`` (as a config file writes it) structured as the config of plugin ``name`` of ``kind``.
+
+        Raises:
+            ValueError: the plugin is not installed, or ``data`` is not a valid config of it
+                (every problem, with its field path).
+        """
+        config_type = _config_type(self.registry, kind, name)
+        structurer = Structurer(self.registry)
+        found = structurer.structure(data, config_type)
+        if structurer.problems:
+            msg = f"the {kind.replace('_', ' ')} {name!r}: " + "; ".join(str(p) for p in structurer.problems)
+            raise ValueError(msg)
+        return found
 
 
 @attrs.frozen(kw_only=True)
