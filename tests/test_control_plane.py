@@ -25,13 +25,20 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 import meshcore
-from meshcore.config import Address, Duration
-from meshcore.control import ControlPlaneSource, ControlPlaneSourceConfig, SignedCertificate, SigningError
+from meshcore.config import Address, CertificateAuthorityRef, Duration
+from meshcore.control import (
+    WORKLOAD_SECRET,
+    ControlPlaneSource,
+    ControlPlaneSourceConfig,
+    SignedCertificate,
+    SigningError,
+)
 from meshcore.control.discovery import DiscoveryRef
 from meshcore.control.plane import ControlPlane
 from meshcore.control.process import RunningControlPlane, serve_control_plane
 from meshcore.control.protocol import Status
 from meshcore.control.settings import BootstrapToken, ControlPlaneConfig, ServerTls
+from meshcore.plugins.ca import CaConfig
 from meshcore.runtime.proxy import Proxy
 from meshcore.testing.client import fetch
 from meshcore.testing.upstreams import serve_upstream
@@ -94,7 +101,9 @@ class Mesh:
             max_backoff=Duration(0.2),
             **options,
         )
-        source = ControlPlaneSource(config, REGISTRY)
+        plugin = REGISTRY.types("config_source")["control_plane"]  # as `meshcore sidecar` does
+        source = plugin.factory(config, REGISTRY)
+        assert isinstance(source, ControlPlaneSource)
         proxy: Proxy = await self.nursery.start(
             functools.partial(meshcore.serve_proxy, source, REGISTRY, admin=False)
         )
@@ -138,14 +147,19 @@ def settings(directory: Path, ca: trustme.CA, listen: int = 0) -> ControlPlaneCo
 
 @asynccontextmanager
 async def open_mesh(
-    tmp_path: Path, files: dict[str, str], *, ca: trustme.CA | None = None, **overrides: Any
+    tmp_path: Path,
+    files: dict[str, str],
+    *,
+    ca: trustme.CA | None = None,
+    authority: CertificateAuthorityRef | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[Mesh]:
     directory = tmp_path / "mesh"
     directory.mkdir(exist_ok=True)
     for name, text in files.items():
         (directory / name).write_text(textwrap.dedent(text))
     ca = ca or trustme.CA()
-    config = attrs.evolve(settings(tmp_path, ca), **overrides)
+    config = attrs.evolve(settings(tmp_path, ca), ca=authority, **overrides)
     async with trio.open_nursery() as nursery:
         with trio.CancelScope() as scope:
             running = await nursery.start(
@@ -393,7 +407,7 @@ async def test_bootstrap_tokens_say_which_identities_may_be_claimed(tmp_path: Pa
 
 class _NoSink:
     def apply(self, snapshot: meshcore.Snapshot, *, file: str | None = None) -> None:
-        raise AssertionError(snapshot)
+        raise AssertionError(snapshot, file)
 
     def apply_delta(self, delta: meshcore.SnapshotDelta) -> meshcore.Snapshot:
         raise AssertionError(delta)
@@ -479,6 +493,70 @@ spec: {address: 10.9.9.9, labels: {app: frontend}, serviceAccount: shop}
             assert answer.trusted_ca.startswith("-----BEGIN CERTIFICATE-----")
             answer = await source.request_certificate("not a csr")
             assert answer.error.startswith("not a CSR")
+
+
+async def test_a_sidecar_gets_its_certificate_through_the_control_plane_and_renews_it(tmp_path: Path) -> None:
+    """The control plane's CA (2 s certificates) signs the sidecar's CSRs, renewed live.
+
+    The push that needs the certificate is applied and ACKed once it came; each renewal is
+    swapped in; PERMISSIVE inbound takes plaintext, and a DISABLE destination is called in
+    plaintext.
+    """
+    frontend = """\
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: frontend}}
+spec: {{address: 127.0.0.1, labels: {{app: frontend}}, serviceAccount: shop}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: frontend}}
+spec:
+  workloadSelector: {{labels: {{app: frontend}}}}
+  ingress: [{{port: {{number: {port}, protocol: HTTP, name: http}}, defaultEndpoint: "127.0.0.1:{app}"}}]
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: backend}}
+spec: {{selector: {{matchLabels: {{app: backend}}}}, mtls: {{mode: DISABLE}}}}
+"""
+    authority = CertificateAuthorityRef(
+        name="meshcore", config=CaConfig(directory=str(tmp_path / "ca"), workload_lifetime=Duration(2))
+    )
+    inbound = free_port()
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as apps:
+            ports = await upstreams(apps)
+            files = {
+                "services.yaml": SERVICES + workloads(ports),
+                "routing.yaml": routing(100, 0),
+                "frontend.yaml": frontend.format(port=inbound, app=ports["v1"]),
+            }
+            async with open_mesh(tmp_path, files, authority=authority) as mesh:
+                proxy, source = await mesh.sidecar("frontend")
+                await mesh.synced("frontend-1")
+                assert source.certificates_applied == 1, "the first push waited for the certificate"
+                live = proxy.snapshot
+                assert live is not None
+                (secret,) = live.secrets
+                assert secret.name == WORKLOAD_SECRET
+                cert = x509.load_pem_x509_certificate((secret.certificate_chain or "").encode())
+                sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+                assert sans.get_values_for_type(x509.UniformResourceIdentifier) == [
+                    "spiffe://cluster.local/ns/default/sa/shop"
+                ]
+                chains = next(lst for lst in live.listeners if lst.name == f"inbound_{inbound}").filter_chains
+                assert [c.tls is not None for c in chains] == [True, False]  # PERMISSIVE: the default
+                assert await via(proxy) == "backend-v1"  # backend is DISABLE: plaintext to it
+                plain = await fetch(("127.0.0.1", inbound), "/")
+                assert (plain.status, plain.header("x-upstream")) == (200, "backend-v1")
+                # Renewed at about half of 2 s, twice: a new certificate each time, applied live.
+                await source.wait_certificates(3)
+                renewed = proxy.snapshot
+                assert renewed is not None
+                assert renewed.secrets[0].certificate_chain != secret.certificate_chain
+                assert mesh.plane.proxies["frontend-1"].status is Status.SYNCED
+            apps.cancel_scope.cancel()
 
 
 async def test_the_sidecar_keeps_serving_while_the_control_plane_is_away(tmp_path: Path) -> None:

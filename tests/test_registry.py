@@ -52,7 +52,15 @@ BUILTIN_TYPES = {
         "VirtualService",
         "WorkloadEntry",
     ],
-    "translator": ["authorization", "egress_ports", "http_proxy", "inbound", "mtls", "outbound_clusters", "scope"],
+    "translator": [
+        "authorization",
+        "egress_ports",
+        "http_proxy",
+        "inbound",
+        "mtls",
+        "outbound_clusters",
+        "scope",
+    ],
     "discovery": ["dns", "static"],
     "mesh_analyzer": ["conflicts", "ports", "routes", "selectors", "subsets"],
 }

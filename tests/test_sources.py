@@ -45,7 +45,7 @@ def write_delta(directory: Path, name: str, delta: dict[str, Any]) -> Path:
 def test_an_unknown_source_is_named_with_the_known_ones() -> None:
     with pytest.raises(meshcore.ConfigError) as caught:
         build_source(REGISTRY, "fil")
-    assert str(caught.value) == "source: unknown config source 'fil' (known: file)"
+    assert str(caught.value) == "source: unknown config source 'fil' (known: control_plane, file)"
 
 
 def test_a_source_config_is_structured_with_field_paths() -> None:
@@ -210,7 +210,7 @@ def test_the_cli_reports_bad_source_arguments_in_one_line_each(
     env = env_with(testplugins_site)
     unknown = run("-m", "meshcore", "proxy", "--source", "delta_dri", env=env)
     assert (unknown.returncode, unknown.stdout) == (1, "")
-    assert unknown.stderr == "source: unknown config source 'delta_dri' (known: delta_dir, file)\n"
+    assert unknown.stderr == "source: unknown config source 'delta_dri' (known: control_plane, delta_dir, file)\n"
 
     (tmp_path / "source.yaml").write_text("poll_interval: fast\n")
     bad = run(

@@ -158,6 +158,9 @@ class ControlPlaneSource:
         self._spiffe_id = ""
         self._wanted = trio.Event()  # the first push that needs a certificate came
         self._installed = trio.Event()
+        self.certificates_applied = 0
+        """Workload certificates applied so far (the first, then each renewal)."""
+        self._certificate_applied = trio.Event()
         self._pending: list[tuple[DeliveryStream, Push]] = []  # pushes waiting for the certificate
         self._pending_resources: dict[str, dict[str, Any]] | None = None
         self._pending_versions: dict[str, str] = {}
@@ -395,6 +398,16 @@ class ControlPlaneSource:
             raise SigningError(answer.error)
         return answer
 
+    async def wait_certificates(self, count: int) -> None:
+        """Wait until ``count`` workload certificates have been applied (for tests and tools)."""
+        while self.certificates_applied < count:
+            await self._certificate_applied.wait()
+
+    def _certificate_taken(self) -> None:
+        self.certificates_applied += 1
+        self._certificate_applied.set()
+        self._certificate_applied = trio.Event()
+
     def _install(self, certificate: Any) -> None:
         self.certificate = certificate
         self._installed.set()
@@ -407,6 +420,7 @@ class ControlPlaneSource:
             error = self._apply_candidate(candidate, versions, sink, push=None)
             if error is None:
                 applied()
+                self._certificate_taken()
             for stream, push in pending:
                 if stream is self.stream:
                     try:
@@ -423,6 +437,8 @@ class ControlPlaneSource:
             error = self._apply_candidate(self.resources, self.versions, sink, push=None)
             if error is not None:
                 log.error("certificate_not_applied", problems=error)
+            else:
+                self._certificate_taken()
 
     async def request_certificate(self, csr_pem: str, *, timeout: float = 10.0) -> CertificateAnswered:  # noqa: ASYNC109 - passed on
         """Ask the control plane to sign ``csr_pem`` (the key stays here); waits for a connection."""
