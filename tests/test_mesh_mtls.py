@@ -77,6 +77,11 @@ def wait(what: str, check: Any, timeout: float = START_TIMEOUT) -> Any:
     raise AssertionError(msg)
 
 
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 def mesh_resources(ports: dict[str, int]) -> str:
     return textwrap.dedent(
         f"""\
@@ -225,12 +230,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             )  # fmt: skip
         wait("both sidecars SYNCED", lambda: synced(found))
         for port in ("backend-in", "frontend-proxy", "backend-app"):
-            wait(
-                port,
-                lambda port=port: (
-                    socket.create_connection(("127.0.0.1", ports[port]), timeout=1).close() or True
-                ),
-            )
+            wait(port, lambda port=port: listening(ports[port]))
         yield found
     finally:
         found.stop_all()

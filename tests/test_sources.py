@@ -210,7 +210,10 @@ def test_the_cli_reports_bad_source_arguments_in_one_line_each(
     env = env_with(testplugins_site)
     unknown = run("-m", "meshcore", "proxy", "--source", "delta_dri", env=env)
     assert (unknown.returncode, unknown.stdout) == (1, "")
-    assert unknown.stderr == "source: unknown config source 'delta_dri' (known: control_plane, delta_dir, file)\n"
+    assert (
+        unknown.stderr
+        == "source: unknown config source 'delta_dri' (known: control_plane, delta_dir, file)\n"
+    )
 
     (tmp_path / "source.yaml").write_text("poll_interval: fast\n")
     bad = run(
