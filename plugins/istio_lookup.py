@@ -52,7 +52,31 @@ def sidecar_for(model: MeshModel, namespace: str, labels: Mapping[str, str]) -> 
 def destination_rule_for(
     model: MeshModel, service: Service, namespace: str, labels: Mapping[str, str]
 ) -> MeshResource | None:
-    """The DestinationRule that applies to ``service`` for a proxy of ``namespace`` with ``labels``."""
+    """The DestinationRule that applies to ``service`` for a proxy of ``namespace`` with ``labels``.
+
+    The same for every proxy of the namespace (of those labels, if some rule selects
+    workloads): found once per model.
+    """
+    selective = model.memo.get("istio_lookup.selective_rules")
+    if selective is None:
+        selective = model.memo["istio_lookup.selective_rules"] = any(
+            r.spec.workloadSelector is not None for r in model.resources.of_kind("DestinationRule")
+        )
+    key = (
+        "istio_lookup.destination_rule",
+        service.key,
+        namespace,
+        tuple(sorted(labels.items())) if selective else None,
+    )
+    if key not in model.memo:
+        model.memo[key] = _destination_rule_for(model, service, namespace, labels)
+    found: MeshResource | None = model.memo[key]
+    return found
+
+
+def _destination_rule_for(
+    model: MeshModel, service: Service, namespace: str, labels: Mapping[str, str]
+) -> MeshResource | None:
     candidates = []
     for resource in model.resources.of_kind("DestinationRule"):
         spec = resource.spec
@@ -85,8 +109,16 @@ def virtual_services_for(model: MeshModel, service: Service, namespace: str) -> 
     """The VirtualServices that route ``service`` for proxies of ``namespace``, the one that wins first.
 
     The most specific host wins (exact before wildcard, longer wildcard first), then the
-    proxy's own namespace, then namespace and name.
+    proxy's own namespace, then namespace and name. Found once per model.
     """
+    key = ("istio_lookup.virtual_services", service.key, namespace)
+    cached = model.memo.get(key)
+    if cached is None:
+        cached = model.memo[key] = tuple(_virtual_services_for(model, service, namespace))
+    return list(cached)
+
+
+def _virtual_services_for(model: MeshModel, service: Service, namespace: str) -> list[MeshResource]:
     found = []
     for resource in model.resources.of_kind("VirtualService"):
         spec = resource.spec
