@@ -559,6 +559,75 @@ spec: {{selector: {{matchLabels: {{app: backend}}}}, mtls: {{mode: DISABLE}}}}
             apps.cancel_scope.cancel()
 
 
+class _RefusingCA:
+    """A CA that refuses every CSR, and says when it was asked."""
+
+    def __init__(self) -> None:
+        self.asked = trio.Event()
+
+    def trust_bundle(self) -> str:
+        return ""
+
+    def sign(self, csr_pem: bytes, spiffe_id: str) -> SignedCertificate:
+        assert csr_pem
+        self.asked.set()
+        msg = f"not today: {spiffe_id}"
+        raise SigningError(msg)
+
+
+async def test_pushes_waiting_for_a_certificate_are_applied_once_the_mesh_needs_none(tmp_path: Path) -> None:
+    frontend = """\
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: frontend}}
+spec: {{address: 127.0.0.1, labels: {{app: frontend}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: frontend}}
+spec:
+  workloadSelector: {{labels: {{app: frontend}}}}
+  ingress: [{{port: {{number: {port}, protocol: HTTP, name: http}}, defaultEndpoint: "127.0.0.1:{app}"}}]
+"""
+    disable = """\
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: istio-system}
+spec: {mtls: {mode: DISABLE}}
+"""
+    authority = CertificateAuthorityRef(name="meshcore", config=CaConfig(directory=str(tmp_path / "ca")))
+    refusing = _RefusingCA()
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as apps:
+            ports = await upstreams(apps)
+            files = {
+                "services.yaml": SERVICES + workloads(ports),
+                "frontend.yaml": frontend.format(port=free_port(), app=ports["v1"]),
+            }
+            async with open_mesh(tmp_path, files, authority=authority) as mesh:
+                mesh.plane.signer = refusing
+                started: list[tuple[Proxy, ControlPlaneSource]] = []
+                serving = trio.Event()
+
+                async def sidecar() -> None:  # it reports started once a Snapshot is live
+                    started.append(await mesh.sidecar("frontend"))
+                    serving.set()
+
+                apps.start_soon(sidecar)
+                await refusing.asked.wait()  # the push waits for a certificate that does not come
+                assert mesh.plane.proxies["frontend-1"].status is Status.STALE
+                assert not started, "nothing applied yet"
+                assert mesh.edit("security.yaml", disable)
+                await mesh.synced("frontend-1")  # the waiting pushes, then the last, applied and ACKed
+                await serving.wait()
+                ((proxy, source),) = started
+                assert proxy.snapshot is not None
+                assert proxy.snapshot.secrets == ()
+                assert source.certificates_applied == 0
+                assert await via(proxy) in {"backend-v1", "backend-v2"}  # plaintext: the backends are DISABLE
+            apps.cancel_scope.cancel()
+
+
 async def test_the_sidecar_keeps_serving_while_the_control_plane_is_away(tmp_path: Path) -> None:
     files = {"services.yaml": SERVICES, "routing.yaml": routing(100, 0)}
     with trio.fail_after(TIMEOUT):

@@ -157,7 +157,7 @@ class ControlPlaneSource:
         """The workload certificate its agent installed last (None: none yet)."""
         self._spiffe_id = ""
         self._wanted = trio.Event()  # the first push that needs a certificate came
-        self._installed = trio.Event()
+        self._wake = trio.Event()  # a certificate came, or deferred pushes can be applied
         self.certificates_applied = 0
         """Workload certificates applied so far (the first, then each renewal)."""
         self._certificate_applied = trio.Event()
@@ -292,24 +292,28 @@ class ControlPlaneSource:
             **(self._pending_versions if waiting else self.versions),
             **{u.type_url: u.version for u in push.updates},
         }
-        if self.certificate is None and _names_secret(candidate, WORKLOAD_SECRET):
-            return self._wait_for_certificate(push, candidate, versions)
-        return self._apply_candidate(candidate, versions, sink, push=None if waiting else push)
+        needs = self.certificate is None and _names_secret(candidate, WORKLOAD_SECRET)
+        if needs or waiting:
+            return self._defer(push, candidate, versions, needs=needs)
+        return self._apply_candidate(candidate, versions, sink, push=push)
 
-    def _wait_for_certificate(
-        self, push: Push, candidate: dict[str, dict[str, Any]], versions: dict[str, str]
+    def _defer(
+        self, push: Push, candidate: dict[str, dict[str, Any]], versions: dict[str, str], *, needs: bool
     ) -> str | Deferred:
-        if self.keep_certificate is None:
+        """Keep ``push`` for when the certificate comes (or, if the pushes no longer need one, for now)."""
+        if needs and self.keep_certificate is None:
             return f"the Snapshot needs the {WORKLOAD_SECRET!r} certificate and this proxy has no certificate agent"
-        node = candidate.get("node", {}).get("node")
-        spiffe_id = _spiffe_id(node if isinstance(node, Mapping) else {})
         if self.stream is None:
             return "the connection to the control plane went away"
-        self._spiffe_id = spiffe_id
         self._pending.append((self.stream, push))
         self._pending_resources, self._pending_versions = candidate, versions
-        self._wanted.set()
-        log.info("snapshot_waits_for_certificate", spiffe_id=spiffe_id, pending=len(self._pending))
+        if needs:
+            node = candidate.get("node", {}).get("node")
+            self._spiffe_id = _spiffe_id(node if isinstance(node, Mapping) else {})
+            self._wanted.set()
+            log.info("snapshot_waits_for_certificate", spiffe_id=self._spiffe_id, pending=len(self._pending))
+        else:  # pushes that waited, then one that needs no certificate after all: apply them now
+            self._wake.set()
         return DEFERRED
 
     def _apply_candidate(
@@ -388,8 +392,8 @@ class ControlPlaneSource:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.keep_certificate, self._spiffe_id, self._sign, self._install)
             while True:
-                await self._installed.wait()
-                self._installed = trio.Event()
+                await self._wake.wait()
+                self._wake = trio.Event()
                 await self._take_certificate(sink, applied)
 
     async def _sign(self, csr: bytes) -> CertificateAnswered:
@@ -410,7 +414,7 @@ class ControlPlaneSource:
 
     def _install(self, certificate: Any) -> None:
         self.certificate = certificate
-        self._installed.set()
+        self._wake.set()
 
     async def _take_certificate(self, sink: ConfigSink, applied: Callable[[], None]) -> None:
         """Apply the pushes that waited for a certificate and answer them; or swap a renewed one in."""
@@ -420,7 +424,8 @@ class ControlPlaneSource:
             error = self._apply_candidate(candidate, versions, sink, push=None)
             if error is None:
                 applied()
-                self._certificate_taken()
+                if self.certificate is not None:
+                    self._certificate_taken()
             for stream, push in pending:
                 if stream is self.stream:
                     try:
@@ -433,7 +438,7 @@ class ControlPlaneSource:
                     ) as err:
                         log.warning("answer_not_sent", reason=str(err))  # the stream's run() sees it end
                         break
-        elif self.resources:
+        elif self.resources and self.certificate is not None:
             error = self._apply_candidate(self.resources, self.versions, sink, push=None)
             if error is not None:
                 log.error("certificate_not_applied", problems=error)
