@@ -18,6 +18,7 @@ from meshcore.cli_ca import add_ca_parser
 from meshcore.cli_demo import cmd_demo
 from meshcore.cli_mesh import add_commands as add_mesh_commands
 from meshcore.config import CONFIG_SUFFIXES, parse_document
+from meshcore.config.loader import parse_documents
 from meshcore.errors import ConfigError, ConfigProblem
 from meshcore.logs import LEVELS
 from meshcore.logs import configure as configure_logging
@@ -61,6 +62,32 @@ def _config_files(arg: str) -> tuple[list[Path], list[Path]]:
     return files, skipped
 
 
+def _is_mesh_file(file: Path) -> bool:
+    """Whether every document of ``file`` is a mesh resource (``apiVersion`` and ``kind``)."""
+    try:
+        documents = parse_documents(file.read_text(encoding="utf-8"), str(file))
+    except (OSError, UnicodeDecodeError, ConfigError):
+        return False  # the proxy config's loader reports it
+    return bool(documents) and all(
+        isinstance(data, dict) and "apiVersion" in data and "kind" in data for data, _ in documents
+    )
+
+
+def _validate_mesh_file(file: Path, registry: Registry, *, quiet: bool) -> bool:
+    """Check a file of mesh resources as the control plane would load it; whether it is good."""
+    from meshcore.control import load_resources  # noqa: PLC0415 - only for mesh files
+
+    try:
+        resources = load_resources([file], registry)
+    except ConfigError as err:
+        for problem in err.problems:
+            print(problem)
+        return False
+    if not quiet:
+        print(f"{file}: ok (mesh resources: {len(resources)}; `meshcore analyze` checks them together)")
+    return True
+
+
 def _report_plugin_problems(registry: Registry, out: TextIO) -> None:
     for problem in registry.problems:
         print(f"plugin problem: {problem}", file=out)
@@ -88,6 +115,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
             failed = True
         for file in files:
             checked += 1
+            if _is_mesh_file(file):
+                failed = not _validate_mesh_file(file, registry, quiet=args.quiet) or failed
+                continue
             try:
                 snapshot = meshcore.load_snapshot(file, registry, check=check)
             except ConfigError as err:

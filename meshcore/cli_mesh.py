@@ -318,8 +318,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def add_commands(commands: Any) -> None:
     """Add the mesh commands to ``meshcore``'s sub-command parser."""
     logging = argparse.ArgumentParser(add_help=False)
-    logging.add_argument("--log-level", default="info", choices=sorted(LEVELS))
-    logging.add_argument("--log-format", default="auto", choices=["auto", "json", "console"])
+    logging.add_argument("--log-level", default="info", choices=sorted(LEVELS), help="the least level logged")
+    logging.add_argument(
+        "--log-format",
+        default="auto",
+        choices=["auto", "json", "console"],
+        help="JSON lines, or console text (auto: console on a terminal)",
+    )
 
     _add_control_plane(commands, logging)
     _add_sidecar(commands, logging)
@@ -361,7 +366,9 @@ def _add_sidecar(commands: Any, logging: argparse.ArgumentParser) -> None:
         parents=[logging],
         help="run a proxy configured by the control plane",
         description="Run a proxy whose every listener, route and cluster comes from the control plane. It keeps "
-        "serving its last good config while the control plane is away, and reconnects.",
+        "serving its last good config while the control plane is away, and reconnects. When the control "
+        "plane has a CA, it makes its own key, has its workload certificate signed over the same stream, "
+        "and renews it at about half its lifetime.",
     )
     sidecar.add_argument(
         "--control-plane",
@@ -400,8 +407,15 @@ def _add_sidecar(commands: Any, logging: argparse.ArgumentParser) -> None:
 
 
 def _add_mesh(commands: Any) -> None:
-    mesh = commands.add_parser("mesh", help="operator tools: proxies' status, the Snapshot of a workload")
-    mesh_commands = mesh.add_subparsers(dest="mesh_command", required=True, metavar="COMMAND")
+    mesh = commands.add_parser(
+        "mesh",
+        help="operator tools: proxies' status, the Snapshot of a workload",
+        description="Ask a running control plane (its admin server) about the proxies it serves: their "
+        "status, the Snapshot a workload gets; have it reload its mesh files; wait until proxies are synced.",
+    )
+    mesh_commands = mesh.add_subparsers(
+        dest="mesh_command", required=True, metavar="COMMAND", help="status, reload, wait or config"
+    )
     status = mesh_commands.add_parser(
         "status",
         help="every proxy: SYNCED, STALE or NACKED (with the NACK message), versions, last contact",
@@ -409,7 +423,13 @@ def _add_mesh(commands: Any) -> None:
     status.add_argument(
         "--admin", default=DEFAULT_ADMIN, metavar="HOST:PORT", help="the control plane's admin server"
     )
-    status.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    status.add_argument(
+        "-o",
+        "--output",
+        choices=["table", "json"],
+        default="table",
+        help="a table, or the admin server's JSON",
+    )
     status.set_defaults(func=cmd_mesh_status)
     reload = mesh_commands.add_parser(
         "reload", help="have the control plane look at its mesh files now (as SIGHUP does)"
@@ -432,12 +452,12 @@ def _add_mesh(commands: Any) -> None:
     wait.set_defaults(func=cmd_mesh_wait)
     config = mesh_commands.add_parser("config", help="the Snapshot a workload's proxy gets, as YAML")
     config.add_argument("workload", nargs="?", default="", help="the workload")
-    config.add_argument("-n", "--namespace", default="default")
+    config.add_argument("-n", "--namespace", default="default", help="the workload's namespace")
     config.add_argument("--proxy", default="", help="a connected proxy's id instead of a workload")
     config.add_argument(
         "--admin", default=DEFAULT_ADMIN, metavar="HOST:PORT", help="the control plane's admin server"
     )
-    config.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
+    config.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml", help="YAML or JSON")
     config.set_defaults(func=cmd_mesh_config)
 
 
@@ -450,9 +470,16 @@ def _add_analyze(commands: Any) -> None:
     )
     analyze.add_argument("files", nargs="+", metavar="PATH", help="mesh resource files and folders")
     analyze.add_argument("--config", metavar="FILE", help="the control plane's config (trust domain, ...)")
-    analyze.add_argument("--failure-threshold", choices=["error", "warning", "info"], default="error")
+    analyze.add_argument(
+        "--failure-threshold",
+        choices=["error", "warning", "info"],
+        default="error",
+        help="the least severity that makes the exit status 1 (default error)",
+    )
     analyze.add_argument(
         "--suppress", action="append", default=[], metavar="CODE", help="a code not to report"
     )
-    analyze.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    analyze.add_argument(
+        "-o", "--output", choices=["text", "json"], default="text", help="one line per finding, or JSON"
+    )
     analyze.set_defaults(func=cmd_analyze)

@@ -711,6 +711,25 @@ def test_directory_without_config_files(tmp_path: Path, capsys: pytest.CaptureFi
     assert captured.err == f"{tmp_path}: no config files (*.yaml, *.yml, *.json, *.toml) found\n"
 
 
+def test_files_of_mesh_resources_are_checked_as_mesh_resources(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file of Istio-style documents is validated as the control plane loads it, not as a proxy config."""
+    (tmp_path / "routes.yaml").write_text(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\n"
+        "spec:\n  hosts: [backend]\n  http: [{route: [{destination: {host: backend}, wieght: 100}]}]\n",
+        encoding="utf-8",
+    )
+    status = main(["validate", str(tmp_path)])
+    assert status == 1
+    assert capsys.readouterr().out.splitlines() == [
+        (
+            f"{tmp_path / 'routes.yaml'}:6: VirtualService default/r: spec.http[0].route[0].wieght: "
+            "unknown field; did you mean 'weight'?"
+        )
+    ]
+
+
 def test_the_examples_directory_without_plugins(capsys: pytest.CaptureFixture[str]) -> None:
     """``meshcore validate examples`` with only meshcore installed passes.
 
@@ -720,9 +739,15 @@ def test_the_examples_directory_without_plugins(capsys: pytest.CaptureFixture[st
     status = main(["validate", str(EXAMPLES)])
     out = capsys.readouterr().out.splitlines()
     assert status == 0
-    assert len(out) == 2
-    assert out[0].startswith(f"{EXAMPLES / HTTP}: ok (version ")
-    assert out[1].startswith(f"{EXAMPLES / TCP}: ok (version ")
+    proxies = [line for line in out if ": ok (version " in line]
+    assert len(proxies) == 2
+    assert proxies[0].startswith(f"{EXAMPLES / HTTP}: ok (version ")
+    assert proxies[1].startswith(f"{EXAMPLES / TCP}: ok (version ")
+    # examples/first-mesh holds mesh resources: checked as the control plane loads them.
+    mesh = sorted((EXAMPLES / "first-mesh").rglob("*.yaml"))
+    assert [line.split(": ok (mesh resources: ")[0] for line in out if line not in proxies] == [
+        str(f) for f in mesh
+    ]
 
 
 def test_the_examples_glob_without_plugins(capsys: pytest.CaptureFixture[str]) -> None:
@@ -735,6 +760,9 @@ def test_the_examples_glob_without_plugins(capsys: pytest.CaptureFixture[str]) -
         f"{EXAMPLES / 'plugin-hello'}: skipped, a Python project (name its config files to validate them)\n"
     )
     assert captured.out.count(": ok (version ") == 2
+    assert captured.out.count(": ok (mesh resources: ") == len(
+        list((EXAMPLES / "first-mesh").rglob("*.yaml"))
+    )
 
 
 def test_a_plugin_config_named_explicitly_needs_the_plugin(capsys: pytest.CaptureFixture[str]) -> None:
