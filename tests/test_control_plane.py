@@ -556,7 +556,24 @@ spec: {{selector: {{matchLabels: {{app: backend}}}}, mtls: {{mode: DISABLE}}}}
                 assert renewed is not None
                 assert renewed.secrets[0].certificate_chain != secret.certificate_chain
                 assert mesh.plane.proxies["frontend-1"].status is Status.SYNCED
+                # The workload's service account changes: a certificate of its new identity.
+                assert mesh.edit(
+                    "frontend.yaml",
+                    files["frontend.yaml"].replace("serviceAccount: shop", "serviceAccount: cart"),
+                )
+                while spiffe_ids(proxy) != ["spiffe://cluster.local/ns/default/sa/cart"]:
+                    # (a renewal of the old identity may have been on its way)
+                    await source.wait_certificates(source.certificates_applied + 1)
             apps.cancel_scope.cancel()
+
+
+def spiffe_ids(proxy: Proxy) -> list[str]:
+    """The SPIFFE IDs of the workload certificate a proxy runs with."""
+    assert proxy.snapshot is not None
+    chain = proxy.snapshot.secrets[0].certificate_chain or ""
+    cert = x509.load_pem_x509_certificate(chain.encode())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return list(sans.get_values_for_type(x509.UniformResourceIdentifier))
 
 
 class _RefusingCA:

@@ -158,6 +158,7 @@ class ControlPlaneSource:
         self._spiffe_id = ""
         self._wanted = trio.Event()  # the first push that needs a certificate came
         self._wake = trio.Event()  # a certificate came, or deferred pushes can be applied
+        self._identity_changed = trio.Event()
         self.certificates_applied = 0
         """Workload certificates applied so far (the first, then each renewal)."""
         self._certificate_applied = trio.Event()
@@ -292,10 +293,22 @@ class ControlPlaneSource:
             **(self._pending_versions if waiting else self.versions),
             **{u.type_url: u.version for u in push.updates},
         }
+        self._follow_identity(candidate)
         needs = self.certificate is None and _names_secret(candidate, WORKLOAD_SECRET)
         if needs or waiting:
             return self._defer(push, candidate, versions, needs=needs)
         return self._apply_candidate(candidate, versions, sink, push=push)
+
+    def _follow_identity(self, candidate: dict[str, dict[str, Any]]) -> None:
+        """A workload whose identity changed (its service account) gets a certificate of the new one."""
+        if not self._wanted.is_set():
+            return
+        node = candidate.get("node", {}).get("node")
+        spiffe_id = _spiffe_id(node if isinstance(node, Mapping) else {})
+        if spiffe_id != self._spiffe_id:
+            log.info("workload_identity_changed", old=self._spiffe_id, new=spiffe_id)
+            self._spiffe_id = spiffe_id
+            self._identity_changed.set()
 
     def _defer(
         self, push: Push, candidate: dict[str, dict[str, Any]], versions: dict[str, str], *, needs: bool
@@ -390,11 +403,21 @@ class ControlPlaneSource:
         await self._wanted.wait()
         assert self.keep_certificate is not None  # noqa: S101 - only wanted with an agent
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self.keep_certificate, self._spiffe_id, self._sign, self._install)
+            nursery.start_soon(self._keep_certificate)
             while True:
                 await self._wake.wait()
                 self._wake = trio.Event()
                 await self._take_certificate(sink, applied)
+
+    async def _keep_certificate(self) -> None:
+        """The agent, for the workload's identity; started again when that identity changes."""
+        assert self.keep_certificate is not None  # noqa: S101 - only wanted with an agent
+        while True:
+            async with trio.open_nursery() as agent:
+                agent.start_soon(self.keep_certificate, self._spiffe_id, self._sign, self._install)
+                await self._identity_changed.wait()
+                self._identity_changed = trio.Event()
+                agent.cancel_scope.cancel()
 
     async def _sign(self, csr: bytes) -> CertificateAnswered:
         answer = await self.request_certificate(csr.decode("ascii"))
