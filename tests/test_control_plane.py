@@ -38,6 +38,7 @@ from meshcore.control.plane import ControlPlane
 from meshcore.control.process import RunningControlPlane, serve_control_plane
 from meshcore.control.protocol import Status
 from meshcore.control.settings import BootstrapToken, ControlPlaneConfig, ServerTls
+from meshcore.control.watch import SETTLE, MeshWatcher
 from meshcore.plugins.ca import CaConfig
 from meshcore.runtime.proxy import Proxy
 from meshcore.testing.client import fetch
@@ -689,3 +690,29 @@ spec:
             cluster = proxy.snapshot.cluster("outbound|80||local.example") if proxy.snapshot else None
             assert cluster is not None
             assert {str(e.address) for e in cluster.endpoints} & {"127.0.0.1:8080", "[::1]:8080"}
+
+
+async def test_a_file_written_in_place_is_loaded_once_it_settles(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A mesh file caught half written (cp, an editor) is not loaded: the watcher waits for it to settle."""
+    assert autojump_clock.autojump_threshold == 0  # virtual time: the polls pass at once
+    directory = tmp_path / "mesh"
+    directory.mkdir()
+    (directory / "services.yaml").write_text(SERVICES + workloads({"v1": 8001, "v2": 8002}))
+    (directory / "routing.yaml").write_text(routing(100, 0))
+    plane = ControlPlane(REGISTRY, ControlPlaneConfig(poll_interval=Duration(1)))
+    watcher = MeshWatcher(plane, [str(directory)], poll_interval=1.0)
+    assert plane.propose(watcher.load())
+    accepted = plane.stat_accepted.value
+    async with trio.open_nursery() as nursery:
+        await nursery.start(watcher.run)
+        (directory / "routing.yaml").write_text("")  # the write has begun: no VirtualService yet
+        await trio.sleep(1.0 + SETTLE / 2)  # the watcher has seen a change and waits for the files to settle
+        (directory / "routing.yaml").write_text(routing(0, 100))  # the write ends
+        await trio.sleep(5)
+        nursery.cancel_scope.cancel()
+    assert plane.stat_accepted.value == accepted + 1, "one mesh accepted: the one written, not the half"
+    assert plane.resources is not None
+    (routes,) = plane.resources.of_kind("VirtualService")
+    assert [d.weight for d in routes.spec.http[0].route] == [0, 100]

@@ -338,11 +338,18 @@ def _as_found(mesh: Mesh) -> Iterator[None]:
     (A plain fixture: pytest-trio does not run async autouse fixtures.)
     """
     yield
+    restored = False
     for name, text in mesh.files.items():
         if (mesh.directory / name).read_text() != text:
             mesh.write(name, text)
+            restored = True
     if "control-plane" not in mesh.processes:
         mesh.start_control_plane()
+    elif restored:
+        # Have the control plane load the files now: "all synced" before it saw them would be
+        # the old mesh's, and the next test would see the restored one pushed under it.
+        reloaded = mesh.cli("mesh", "reload", "--admin", mesh.admin)
+        assert reloaded.returncode == 0, reloaded.stdout + reloaded.stderr
     _wait(
         "the mesh as found",
         lambda: get_json(f"http://{mesh.admin}/mesh")["rejected"] is None and all_synced(mesh, 3),
@@ -498,7 +505,12 @@ async def test_a_bad_edit_is_refused_with_precise_messages_and_never_pushed(mesh
             "'backend.default.svc.cluster.local' is not defined (defined: v1, v2) [MC0002]"
         )
     ]
-    assert versions(mesh) == before, "never pushed"
+    after = versions(mesh)
+    changed = {
+        p: {t: (before.get(p, {}).get(t), v) for t, v in vs.items() if before.get(p, {}).get(t) != v}
+        for p, vs in after.items()
+    }
+    assert after == before, f"never pushed, but changed: {changed}"
     assert '"event": "mesh_rejected"' in mesh.log("control-plane")
 
 

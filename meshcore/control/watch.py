@@ -24,6 +24,9 @@ __all__ = ["MeshWatcher"]
 
 log = structlog.get_logger("meshcore.control.watch")
 
+SETTLE = 0.05
+"""Seconds the mesh files must stay unchanged before a change is loaded (writes in progress)."""
+
 
 class MeshWatcher:
     """The mesh files of a control plane."""
@@ -78,6 +81,25 @@ class MeshWatcher:
                 await self._reload.wait()
             forced = self._reload.is_set()
             self._reload = trio.Event()
-            if forced or self.signature() != self._signature:
-                log.info("mesh_changed", forced=forced)
+            if forced:
+                log.info("mesh_changed", forced=True)
                 self.check_now()
+            elif self.signature() != self._signature:
+                await self._settled()
+                log.info("mesh_changed", forced=False)
+                self.check_now()
+
+    async def _settled(self) -> None:
+        """Return once the files stay as they are for ``SETTLE`` seconds.
+
+        A file written in place (``cp``, most editors) is empty or half written for a moment:
+        loading it then would propose a mesh nobody wrote (a VirtualService gone, say), and it
+        would be pushed.
+        """
+        seen = self.signature()
+        while True:
+            await trio.sleep(SETTLE)
+            now = self.signature()
+            if now == seen:
+                return
+            seen = now
