@@ -23,7 +23,7 @@ from meshcore.config.model import (
 )
 from meshcore.errors import ConfigError
 from meshcore.http.messages import Headers, Request
-from meshcore.http.routing import RouteTable, parse_query
+from meshcore.http.routing import INDEX_FROM, RouteTable, parse_query
 
 
 def route(name: str = "", *, cluster: str = "c", **kwargs: Any) -> Route:
@@ -390,3 +390,78 @@ def test_suffix_wildcard_takes_any_subdomain_but_not_the_bare_domain(label: str,
     selected = DOMAINS.select_virtual_host(host.upper() if upper else host)
     assert selected is not None
     assert selected.name in {"exact", "long-suffix", "dash-suffix"}
+
+
+# -- the path index: the same first match as a scan in config order ---------------------------
+
+PIECES = st.sampled_from(["", "a", "b", "ab", "a/", "A", "/", "x"])
+PATHS = st.lists(PIECES, max_size=4).map(lambda parts: "/" + "".join(parts))
+CRITERIA = st.one_of(
+    st.fixed_dictionaries({"path": PATHS}),
+    st.fixed_dictionaries({"prefix": PATHS}),
+    st.fixed_dictionaries({"regex": st.sampled_from(["/a.*", "/b", "/.*x", "/[ab]+/?"])}),
+    st.fixed_dictionaries({"path": PATHS, "case_sensitive": st.just(value=False)}),
+    st.fixed_dictionaries({"prefix": PATHS, "case_sensitive": st.just(value=False)}),
+)
+EXTRA = st.one_of(
+    st.just({}),
+    st.just({"methods": ("POST",)}),
+    st.just({"headers": (H(name="x-v", exact="1"),)}),
+    st.just({"query_params": (Q(name="q", present=True),)}),
+)
+ROUTES = st.lists(st.tuples(CRITERIA, EXTRA).map(lambda pair: {**pair[0], **pair[1]}), max_size=40)
+REQUEST_REST = st.tuples(
+    st.sampled_from(["", "?q", "?q=1&r"]), st.sampled_from(["GET", "POST"]), st.booleans()
+)
+
+
+@given(criteria=ROUTES, data=st.data())
+def test_indexed_match_is_the_first_route_in_config_order(criteria: list[dict[str, Any]], data: Any) -> None:
+    routes = tuple(route(f"r{i}", **kwargs) for i, kwargs in enumerate(criteria))
+    (vh,) = one(*routes).virtual_hosts
+    # Paths near the routes' own: each path or prefix itself, then a piece more or less.
+    near = st.sampled_from([c.get("path") or c.get("prefix") or "/" for c in criteria] or ["/"])
+    paths = st.one_of(
+        PATHS, near, st.tuples(near, PIECES).map(lambda p: p[0] + p[1]), near.map(lambda p: p[:-1])
+    )
+    for _ in range(12):
+        path = data.draw(paths)
+        query, method, header = data.draw(REQUEST_REST)
+        request = req(path + query, method, **({"x_v": "1"} if header else {}))
+        found, scanned = vh.match(request), vh.scan(request)
+        assert (found and found.name) == (scanned and scanned.name), (path + query, method, header)
+
+
+def test_index_keeps_config_order_across_exact_prefix_and_regex_routes() -> None:
+    filler = tuple(route(f"f{i}", path=f"/filler/{i}") for i in range(INDEX_FROM))
+    routes = (
+        route("long-prefix-post", prefix="/api/v1/", methods=("POST",)),
+        route("regex", regex="/api/.*"),
+        route("exact", path="/api/v1/users"),
+        route("short-prefix", prefix="/api"),
+    )
+    (vh,) = one(*filler, *routes).virtual_hosts
+    assert vh._index is not None
+    assert vh.match(req("/api/v1/users", "POST")).name == "long-prefix-post"  # type: ignore[union-attr]
+    assert vh.match(req("/api/v1/users")).name == "regex"  # type: ignore[union-attr]
+    (no_regex,) = one(*filler, *routes[:1], *routes[2:]).virtual_hosts
+    assert no_regex.match(req("/api/v1/users")).name == "exact"  # type: ignore[union-attr]
+    assert no_regex.match(req("/api/v2")).name == "short-prefix"  # type: ignore[union-attr]
+    assert no_regex.match(req("/ap")) is None
+    assert no_regex.match(req("/filler/3?x=1")).name == "f3"  # type: ignore[union-attr]
+
+
+def test_ten_thousand_routes_are_looked_up_not_scanned() -> None:
+    """With 10,000 path and prefix routes, a request tries only the routes its path can match."""
+    routes = tuple(
+        route(f"r{i}", **({"path": f"/svc/{i}"} if i % 2 else {"prefix": f"/svc/{i}/"}))
+        for i in range(10_000)
+    )
+    (vh,) = one(*routes).virtual_hosts
+    index = vh._index
+    assert index is not None
+    assert [vh.routes[i].name for i in index.candidates("/svc/9999")] == ["r9999"]
+    assert [vh.routes[i].name for i in index.candidates("/svc/9998/x")] == ["r9998"]
+    assert index.candidates("/elsewhere") == []
+    assert vh.match(req("/svc/9999")).name == "r9999"  # type: ignore[union-attr]
+    assert vh.match(req("/svc/9998/x?y")).name == "r9998"  # type: ignore[union-attr]

@@ -4,6 +4,14 @@ Envoy's semantics. A request's authority picks a virtual host (exact domain, the
 wildcards ``*.example.com``, then prefix wildcards ``api.*``, longest first, then ``*``);
 within it, routes are tried in order and the first whose every criterion matches wins.
 
+What it costs as the config grows: a virtual host is one dictionary look-up (a cache of
+authorities in front), whatever their number. Within a virtual host of more than a few
+routes, case-sensitive ``path`` and ``prefix`` routes are found through an index (a
+dictionary of paths, and one of prefixes probed once per distinct prefix length), so
+their number does not matter; ``regex`` routes and ``case_sensitive: false`` ones are
+tried one by one. The index only narrows the candidates: they are still tried in config
+order, and the first whose every criterion holds wins, exactly as a scan would find it.
+
 Everything that can be done per Snapshot is done in :meth:`RouteTable.compile`: domains
 and header names are lower-cased, header values encoded to bytes, regular expressions
 compiled, weights accumulated. Matching a request lower-cases nothing from config,
@@ -15,8 +23,8 @@ from __future__ import annotations
 import random
 import re
 from bisect import bisect_right
-from collections.abc import Callable, Mapping
-from itertools import accumulate
+from collections.abc import Callable, Iterable, Mapping
+from itertools import accumulate, chain
 from types import MappingProxyType
 from typing import Any, Final
 from urllib.parse import unquote_plus
@@ -26,7 +34,7 @@ from meshcore.config.model import HeaderMatch, QueryParamMatch, Route, RouteConf
 from meshcore.errors import ConfigError
 from meshcore.http.messages import Request
 
-__all__ = ["CompiledRoute", "CompiledVirtualHost", "RouteTable", "parse_query"]
+__all__ = ["INDEX_FROM", "CompiledRoute", "CompiledVirtualHost", "RouteTable", "parse_query"]
 
 # Kinds of criteria (path and header/query values); small ints compare fastest.
 _EXACT: Final = 0
@@ -44,6 +52,9 @@ _PSEUDO_HEADERS: Final[Mapping[str, str]] = {
 }
 _NO_PARAMS: Final[Mapping[str, str]] = MappingProxyType({})
 _CACHE_LIMIT: Final = 4096  # distinct authorities remembered before the cache starts over
+# From this many routes on, a virtual host looks its path and prefix routes up in an index;
+# below, a scan is as fast (it usually stops at the first route).
+INDEX_FROM: Final = 8
 
 
 def parse_query(query: str) -> dict[str, str]:
@@ -256,6 +267,16 @@ class CompiledRoute:
                     return False
         return True
 
+    def index_key(self) -> tuple[bool, str] | None:
+        """What a path index files this route under, or None if it is tried by scan.
+
+        (True, path) for a case-sensitive path route, (False, prefix) for a case-sensitive
+        prefix route, None for the others (regex, case-insensitive).
+        """
+        if self._pattern is not None:
+            return None
+        return self._kind == _EXACT, self._value
+
     def rewrite_path(self, path: str) -> str:
         """The upstream path for ``path`` (a path this route matched), query string kept.
 
@@ -305,6 +326,48 @@ class CompiledRoute:
         return f"<CompiledRoute {self.name!r}>"
 
 
+class _RouteIndex:
+    """Where a virtual host's routes can match, by path: the candidates of a request, in order.
+
+    Case-sensitive ``path`` routes are keyed by their path, case-sensitive ``prefix`` routes by
+    their prefix (probed once per distinct prefix length); the others (regex, case-insensitive)
+    are candidates for every path. Each key holds route positions in config order.
+    """
+
+    __slots__ = ("exact", "lengths", "prefixes", "scanned")
+
+    def __init__(self, routes: tuple[CompiledRoute, ...]) -> None:
+        self.exact: dict[str, list[int]] = {}
+        self.prefixes: dict[str, list[int]] = {}
+        self.scanned: list[int] = []
+        for position, route in enumerate(routes):
+            key = route.index_key()
+            if key is None:
+                self.scanned.append(position)
+            else:
+                exact, value = key
+                (self.exact if exact else self.prefixes).setdefault(value, []).append(position)
+        self.lengths = sorted({len(prefix) for prefix in self.prefixes})
+
+    def candidates(self, path: str) -> list[int]:
+        """Positions of the routes whose path criterion may hold for ``path``, ascending."""
+        found: list[list[int]] = []
+        if (exact := self.exact.get(path)) is not None:
+            found.append(exact)
+        prefixes = self.prefixes
+        size = len(path)
+        for length in self.lengths:
+            if length > size:
+                break
+            if (under := prefixes.get(path[:length])) is not None:
+                found.append(under)
+        if self.scanned:
+            found.append(self.scanned)
+        if len(found) == 1:
+            return found[0]
+        return sorted(chain.from_iterable(found))
+
+
 class CompiledVirtualHost:
     """A virtual host ready to match requests.
 
@@ -314,25 +377,39 @@ class CompiledVirtualHost:
         routes: its routes, in order.
     """
 
-    __slots__ = ("config", "name", "routes")
+    __slots__ = ("_index", "config", "name", "routes")
 
     def __init__(self, config: VirtualHost, routes: tuple[CompiledRoute, ...]) -> None:
         self.name = config.name
         self.config = config
         self.routes = routes
+        self._index = _RouteIndex(routes) if len(routes) >= INDEX_FROM else None
 
     def match(self, request: Request) -> CompiledRoute | None:
-        """The first route that matches ``request``, or None."""
+        """The first route (in config order) that matches ``request``, or None."""
         full = request.path
         cut = full.find("?")
         path = full if cut < 0 else full[:cut]
         params: Mapping[str, str] | None = None
-        for route in self.routes:
+        if self._index is None:
+            candidates: Iterable[CompiledRoute] = self.routes
+        else:
+            routes = self.routes
+            candidates = [routes[i] for i in self._index.candidates(path)]
+        for route in candidates:
             if route.needs_query and params is None:
                 params = parse_query(full[cut + 1 :]) if cut >= 0 else _NO_PARAMS
             if route.matches(request, path, params):
                 return route
         return None
+
+    def scan(self, request: Request) -> CompiledRoute | None:
+        """:meth:`match` without the index: every route tried in order (the reference)."""
+        full = request.path
+        cut = full.find("?")
+        path = full if cut < 0 else full[:cut]
+        params = parse_query(full[cut + 1 :]) if cut >= 0 else _NO_PARAMS
+        return next((route for route in self.routes if route.matches(request, path, params)), None)
 
     def __repr__(self) -> str:
         return f"<CompiledVirtualHost {self.name!r}>"
