@@ -32,6 +32,20 @@ _WORDS = {
     "lb_policy": "load-balancing policy",
 }
 _SCALARS = (str, int, float, bool, type(None))
+_FIELDS: dict[type, tuple[tuple[str, str | None], ...] | None] = {}
+
+
+def _fields_of(cls: type) -> tuple[tuple[str, str | None], ...] | None:
+    """(name, kind of reference or None) of each field of attrs class ``cls``; None if not one.
+
+    Looked up once per class: a Snapshot of 10,000 routes walks the same few classes 10,000 times.
+    """
+    try:
+        return _FIELDS[cls]
+    except KeyError:
+        plan = tuple((f.name, f.metadata.get("ref")) for f in attrs.fields(cls)) if attrs.has(cls) else None
+        _FIELDS[cls] = plan
+        return plan
 
 
 class _Ref(NamedTuple):
@@ -138,13 +152,13 @@ class _Walker:
             return
         if isinstance(value, PluginRef):
             self._plugin(value, path)
-        elif attrs.has(type(value)):
-            for field in attrs.fields(type(value)):
-                item = getattr(value, field.name)
-                kind = field.metadata.get("ref")
+        elif (plan := _fields_of(type(value))) is not None:
+            for name, kind in plan:
+                item = getattr(value, name)
                 if kind is not None:
-                    self._reference(kind, item, (*path, field.name))
-                self.walk(item, (*path, field.name))
+                    self._reference(kind, item, (*path, name))
+                if not isinstance(item, _SCALARS):  # most fields: no call for nothing
+                    self.walk(item, (*path, name))
         elif isinstance(value, tuple):
             if value and all(isinstance(item, PluginRef) for item in value):
                 self._chain(value, path)

@@ -25,7 +25,7 @@ from meshcore.runtime.filterstate import Commit, blame, carry_over, prepare_snap
 
 if TYPE_CHECKING:
     from meshcore.runtime.context import FilterContext
-    from meshcore.runtime.stats import Stats
+    from meshcore.runtime.stats import Counter, Stats
 
 __all__ = ["HttpChains", "HttpFilter", "RouteRuntime", "build_chain"]
 
@@ -56,7 +56,30 @@ class RouteRuntime:
         self.filters = filters
         self.chain = build_chain(filters) if filters else None
         self.requests = stats.counter("route_rq_total", **labels)
-        self.classes = [stats.counter("route_rq_xx", code_class=f"{i}xx", **labels) for i in range(1, 6)]
+        self.classes = _ClassCounters(stats, labels)
+
+
+class _ClassCounters:
+    """A route's ``route_rq_xx`` counters by status class (index 0 for 1xx .. 4 for 5xx).
+
+    Each is made on its first response: a Snapshot of 10,000 routes does not build 50,000
+    counters up front (a route's ``route_rq_total`` is there from the start).
+    """
+
+    __slots__ = ("_counters", "_labels", "_stats")
+
+    def __init__(self, stats: Stats, labels: dict[str, str]) -> None:
+        self._stats = stats
+        self._labels = labels
+        self._counters: list[Counter | None] = [None] * 5
+
+    def __getitem__(self, index: int) -> Counter:
+        counter = self._counters[index]
+        if counter is None:
+            counter = self._counters[index] = self._stats.counter(
+                "route_rq_xx", code_class=f"{index + 1}xx", **self._labels
+            )
+        return counter
 
 
 class HttpChains:

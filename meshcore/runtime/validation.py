@@ -78,18 +78,31 @@ def file_problems(snapshot: Snapshot) -> list[ConfigProblem]:
     return problems
 
 
+_SCALARS = (str, int, float, bool, type(None))
+_FILE_FIELDS: dict[type, tuple[tuple[str, FileCheck | None], ...] | None] = {}
+
+
+def _file_fields_of(cls: type) -> tuple[tuple[str, FileCheck | None], ...] | None:
+    """(name, its file check or None) of each field of attrs class ``cls``, once per class; None if not one."""
+    try:
+        return _FILE_FIELDS[cls]
+    except KeyError:
+        plan = tuple((f.name, f.metadata.get("file")) for f in attrs.fields(cls)) if attrs.has(cls) else None
+        _FILE_FIELDS[cls] = plan
+        return plan
+
+
 def _declared_files(value: Any, path: Path) -> Iterator[tuple[Path, FileCheck, str]]:
     """``(path, check, file)`` for every string held by a field declared with ``file_field``."""
     if isinstance(value, PluginRef):
         yield from _declared_files(value.config, (*path, value.name))
-    elif attrs.has(type(value)):
-        for field in attrs.fields(type(value)):
-            item = getattr(value, field.name)
-            check = field.metadata.get("file")
+    elif (plan := _file_fields_of(type(value))) is not None:
+        for name, check in plan:
+            item = getattr(value, name)
             if check is not None:
-                yield from _files_in(item, (*path, field.name), check)
-            else:
-                yield from _declared_files(item, (*path, field.name))
+                yield from _files_in(item, (*path, name), check)
+            elif not isinstance(item, _SCALARS):  # most fields: no generator for nothing
+                yield from _declared_files(item, (*path, name))
     elif isinstance(value, tuple | list):
         for i, item in enumerate(value):
             yield from _declared_files(item, (*path, i))
