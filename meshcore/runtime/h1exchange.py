@@ -192,13 +192,8 @@ class H1Exchange:
             raise UpstreamError(ResponseFlag.UPSTREAM_REQUEST_TIMEOUT, msg)
 
     async def _next_event(self) -> Any:
-        assert self.conn is not None  # noqa: S101 - set by run()
-        conn = self.conn
         while True:
-            try:
-                event = conn.codec.next_event()
-            except ProtocolError as err:
-                raise UpstreamError(ResponseFlag.UPSTREAM_PROTOCOL_ERROR, str(err)) from err
+            event = self._buffered_event()
             if event is not NEED_DATA:
                 return event
             await self._receive()
@@ -216,8 +211,20 @@ class H1Exchange:
             msg = f"unexpected {type(event).__name__} before the response head"
             raise UpstreamError(ResponseFlag.UPSTREAM_PROTOCOL_ERROR, msg)
 
+    def _buffered_event(self) -> Any:
+        """The codec's next event from bytes already received (NEED_DATA if it needs more)."""
+        assert self.conn is not None  # noqa: S101 - set by run()
+        try:
+            return self.conn.codec.next_event()
+        except ProtocolError as err:
+            raise UpstreamError(ResponseFlag.UPSTREAM_PROTOCOL_ERROR, str(err)) from err
+
     async def _read_body(self) -> bytes:
         try:
+            # A small body came with the head: no cancel scope, no wait for what is there.
+            event = self._buffered_event()
+            if event is not NEED_DATA:
+                return self._body_part(event)
             with trio.move_on_at(self.deadline):
                 return self._body_part(await self._next_event())
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
