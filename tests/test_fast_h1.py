@@ -512,3 +512,36 @@ async def test_fast_codecs_end_to_end(nursery: trio.Nursery, tmp_path: Path) -> 
         assert b"Re-using existing connection" in done.stderr
         assert proxy.stats.value("cluster_upstream_cx_total", cluster="backend") - before <= 1
         nursery.cancel_scope.cancel()
+
+
+# -- header checks batched per block: the same verdict as field by field -----------------------
+
+FIELD_BYTES = st.binary(max_size=6) | st.sampled_from(
+    [b"a", b"x-y", b"v w", b"a\nb", b"\n", b"", b" a", b"a:b"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(FIELD_BYTES, FIELD_BYTES), min_size=1, max_size=5))
+def test_header_block_checks_agree_with_field_by_field(headers: list[tuple[bytes, bytes]]) -> None:
+    """One regex per block (names, values joined) refuses exactly what one per field refuses."""
+    from meshcore.http.h1fast._common import FIELD_VALUE, TOKEN, field_lines, write_head
+
+    valid = all(TOKEN.fullmatch(n) and FIELD_VALUE.fullmatch(v) for n, v in headers)
+    try:
+        write_head(b"HTTP/1.1 200 OK\r\n", headers, error="bad", status=502)
+    except ProtocolError:
+        written = False
+    else:
+        written = True
+    assert written == valid
+    lines = [n + b":" + v for n, v in headers]
+    split = [line.partition(b":")[::2] for line in lines]
+    lines_valid = all(TOKEN.fullmatch(n) and FIELD_VALUE.fullmatch(v.strip(b" \t")) for n, v in split)
+    try:
+        parsed = field_lines(lines)
+    except ProtocolError:
+        assert not lines_valid
+    else:
+        assert lines_valid
+        assert parsed == [(n.lower(), v.strip(b" \t")) for n, v in split]

@@ -27,6 +27,25 @@ __all__ = [
 TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+")
 # h11's field-content: runs of anything but NUL and whitespace, joined by spaces or tabs.
 FIELD_VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
+# Every name (value) of a header block at once, joined by "\n", which neither may hold: one
+# regex call per block instead of one per field (the per-field check then names the culprit).
+# The join must hold exactly one "\n" per seam, or a field holding "\n" would pass as two.
+_TOKENS = re.compile(rb"%s(?:\n%s)*" % (TOKEN.pattern, TOKEN.pattern))
+_FIELD_VALUES = re.compile(rb"%s(?:\n%s)*" % (FIELD_VALUE.pattern, FIELD_VALUE.pattern))
+
+
+def _all_valid(names: list[bytes], values: list[bytes]) -> bool:
+    """Whether every name is a token and every value a field value (:data:`TOKEN`, :data:`FIELD_VALUE`)."""
+    joined_names, joined_values = b"\n".join(names), b"\n".join(values)
+    seams = len(names) - 1
+    return (
+        joined_names.count(b"\n") == seams
+        and joined_values.count(b"\n") == seams
+        and _TOKENS.fullmatch(joined_names) is not None
+        and _FIELD_VALUES.fullmatch(joined_values) is not None
+    )
+
+
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;.*)?[ \t]*")
 _MAX_CHUNK_LINE = 4096
 _H11_MAX_DIGITS = 20  # h11 refuses longer lengths as it parses (stricter limits come later)
@@ -44,15 +63,21 @@ def field_lines(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
     obs-fold lines were refused before (:func:`~meshcore.http.h1strict.block_end`), on
     both sides: here such a line is merely illegal.
     """
-    fields = []
+    names = []
+    values = []
     for line in lines:
         name, colon, value = line.partition(b":")
-        value = value.strip(b" \t")
-        if not colon or TOKEN.fullmatch(name) is None or FIELD_VALUE.fullmatch(value) is None:
+        if not colon:
             msg = f"illegal header line: {line[:80]!r}"
             raise bad(msg)
-        fields.append((name.lower(), value))
-    return fields
+        names.append(name)
+        values.append(value.strip(b" \t"))
+    if not _all_valid(names, values):
+        for line, name, value in zip(lines, names, values, strict=True):
+            if TOKEN.fullmatch(name) is None or FIELD_VALUE.fullmatch(value) is None:
+                msg = f"illegal header line: {line[:80]!r}"
+                raise bad(msg)
+    return [(name.lower(), value) for name, value in zip(names, values, strict=True)]
 
 
 def _content_length(value: bytes) -> bytes:
@@ -223,11 +248,15 @@ class ChunkedReader:
 
 def write_head(start_line: bytes, headers: RawHeaders, *, error: str, status: int) -> bytes:
     """A start line and header lines; a header that could split the message is refused."""
+    names = [name for name, _ in headers]
+    values = [value for _, value in headers]
+    if headers and not _all_valid(names, values):
+        for name, value in headers:
+            if TOKEN.fullmatch(name) is None or FIELD_VALUE.fullmatch(value) is None:
+                msg = f"{error}: illegal header {name[:40]!r}"
+                raise ProtocolError(msg, status=status, remote=False)
     parts = [start_line]
     for name, value in headers:
-        if TOKEN.fullmatch(name) is None or FIELD_VALUE.fullmatch(value) is None:
-            msg = f"{error}: illegal header {name[:40]!r}"
-            raise ProtocolError(msg, status=status, remote=False)
         parts.append(name + b": " + value + _CRLF)
     parts.append(_CRLF)
     return b"".join(parts)
