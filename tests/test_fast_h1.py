@@ -30,6 +30,7 @@ from meshcore.http.codec import (
 )
 from meshcore.http.h1 import H11ClientCodec, H11ServerCodec
 from meshcore.http.h1fast import FastClientCodec, FastServerCodec
+from meshcore.http.h1fast import _common as fast_common
 from meshcore.testing.client import IncompleteResponse, fetch
 from meshcore.testing.harness import http_proxy_config, start_proxy
 from meshcore.testing.upstreams import serve_upstream
@@ -525,11 +526,10 @@ FIELD_BYTES = st.binary(max_size=6) | st.sampled_from(
 @given(st.lists(st.tuples(FIELD_BYTES, FIELD_BYTES), min_size=1, max_size=5))
 def test_header_block_checks_agree_with_field_by_field(headers: list[tuple[bytes, bytes]]) -> None:
     """One regex per block (names, values joined) refuses exactly what one per field refuses."""
-    from meshcore.http.h1fast._common import FIELD_VALUE, TOKEN, field_lines, write_head
-
-    valid = all(TOKEN.fullmatch(n) and FIELD_VALUE.fullmatch(v) for n, v in headers)
+    token, field_value = fast_common.TOKEN, fast_common.FIELD_VALUE
+    valid = all(token.fullmatch(n) and field_value.fullmatch(v) for n, v in headers)
     try:
-        write_head(b"HTTP/1.1 200 OK\r\n", headers, error="bad", status=502)
+        fast_common.write_head(b"HTTP/1.1 200 OK\r\n", headers, error="bad", status=502)
     except ProtocolError:
         written = False
     else:
@@ -537,9 +537,9 @@ def test_header_block_checks_agree_with_field_by_field(headers: list[tuple[bytes
     assert written == valid
     lines = [n + b":" + v for n, v in headers]
     split = [line.partition(b":")[::2] for line in lines]
-    lines_valid = all(TOKEN.fullmatch(n) and FIELD_VALUE.fullmatch(v.strip(b" \t")) for n, v in split)
+    lines_valid = all(token.fullmatch(n) and field_value.fullmatch(v.strip(b" \t")) for n, v in split)
     try:
-        parsed = field_lines(lines)
+        parsed = fast_common.field_lines(lines)
     except ProtocolError:
         assert not lines_valid
     else:
