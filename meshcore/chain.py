@@ -18,8 +18,11 @@ R = TypeVar("R")
 def _bind(
     filter_: Callable[[T, Callable[[T], Awaitable[R]]], Awaitable[R]], call_next: Callable[[T], Awaitable[R]]
 ) -> Callable[[T], Awaitable[R]]:
-    async def handler(item: T) -> R:
-        return await filter_(item, call_next)
+    # A plain function handing back the filter's coroutine, not a coroutine awaiting it: each
+    # level of the chain would otherwise add a frame that every suspension of the request (each
+    # socket wait, each checkpoint) unwinds and resumes.
+    def handler(item: T) -> Awaitable[R]:
+        return filter_(item, call_next)
 
     return handler
 
