@@ -403,7 +403,7 @@ CRITERIA = st.one_of(
     st.fixed_dictionaries({"path": PATHS, "case_sensitive": st.just(value=False)}),
     st.fixed_dictionaries({"prefix": PATHS, "case_sensitive": st.just(value=False)}),
 )
-EXTRA = st.one_of(
+EXTRA: st.SearchStrategy[dict[str, Any]] = st.one_of(
     st.just({}),
     st.just({"methods": ("POST",)}),
     st.just({"headers": (H(name="x-v", exact="1"),)}),
