@@ -48,7 +48,9 @@ class Key:
 
     def token(self, **claims: Any) -> str:
         now = int(time.time())
-        payload = {"iss": ISSUER, "sub": "alice", "aud": AUDIENCE, "iat": now, "exp": now + 300, **claims}
+        # Valid for a day: the parametrized tokens are made at collection, and a full suite on
+        # a loaded machine reaches them more than 5 minutes later (they then failed as expired).
+        payload = {"iss": ISSUER, "sub": "alice", "aud": AUDIENCE, "iat": now, "exp": now + 86400, **claims}
         return jwt.encode(payload, self.private, algorithm=self.alg, headers={"kid": self.kid})
 
 
