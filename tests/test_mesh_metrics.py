@@ -354,6 +354,9 @@ async def test_two_workers_add_up_in_one_promtool_clean_exposition(
     config["admin"] = {"address": f"127.0.0.1:{admin_port}"}
     with trio.fail_after(30):
         proxy = await start_proxy_process(nursery, config, tmp_path, args=("--workers", "2"))
+        # Both workers listening, and the group's admin server up (it starts after them).
+        await proxy.wait_for("proxy_started", count=2)
+        await proxy.wait_for("admin_started")
         for _ in range(30):  # new connections: SO_REUSEPORT spreads them over both workers
             assert (await fetch(proxy.address, "/")).status == 200
         async with httpx.AsyncClient() as client:

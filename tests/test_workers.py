@@ -227,6 +227,8 @@ async def test_a_worker_that_dies_is_started_again(nursery: trio.Nursery, tmp_pa
         proxy = await start_proxy_process(nursery, _config(upstream), tmp_path, args=("--workers", "2"))
         await proxy.wait_for("proxy_started", count=2)
         admin = split_host_port((await proxy.wait_for("admin_started"))["address"])
+        # The supervisor restarts only a worker it saw ready (else it could not start at all).
+        await proxy.wait_for("worker_ready", count=2)
         async with httpx.AsyncClient(base_url=f"http://{admin[0]}:{admin[1]}") as client:
             before = (await client.get("/workers")).json()["workers"]
             assert [w["ready"] for w in before] == [True, True]

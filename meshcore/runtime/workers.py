@@ -374,6 +374,7 @@ class _Supervision:
                 except (OSError, trio.BrokenResourceError, h11.ProtocolError):
                     answer = None
                 if _ok(answer):
+                    log.info("worker_ready", worker=worker, pid=self.group.pids[worker])
                     ready.set()
                     return
             await trio.sleep(0.2)
