@@ -15,7 +15,7 @@ import yaml
 
 import meshcore
 from meshcore.cli_ca import add_ca_parser
-from meshcore.cli_demo import cmd_demo
+from meshcore.cli_demo import add_demo_command
 from meshcore.cli_mesh import add_commands as add_mesh_commands
 from meshcore.config import CONFIG_SUFFIXES, parse_document
 from meshcore.config.loader import parse_documents
@@ -435,17 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     upstream.add_argument("--name", default="upstream", help="sent back in the x-upstream header")
     upstream.set_defaults(func=cmd_upstream)
 
-    demo = commands.add_parser(
-        "demo",
-        help="start a sample upstream and a proxy from examples/, send requests through it, and show what happened",
-        description="Start the sample upstream and a proxy from a config (its listeners and admin server "
-        "moved to free loopback ports), send a few requests through it, print what came back and what "
-        "the proxy counted, and stop both.",
-    )
-    demo.add_argument(
-        "-c", "--config", default="examples/http-proxy.yaml", metavar="FILE", help="the proxy config to run"
-    )
-    demo.set_defaults(func=cmd_demo)
+    add_demo_command(commands)
     add_ca_parser(commands)
     add_mesh_commands(commands)
     return parser

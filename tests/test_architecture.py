@@ -170,6 +170,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "meshcore.cli",
             "meshcore.cli_ca",
             "meshcore.cli_demo",
+            "meshcore.demo",
             "meshcore.cli_mesh",
             "meshcore.docsgen",
             "meshcore.meshdocs",

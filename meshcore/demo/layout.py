@@ -1,0 +1,239 @@
+"""What the demo runs, where: workloads, ports, and the mesh resources rendered for a run.
+
+The mesh resources are package data (``meshcore/demo/mesh/*.yaml``): ordinary Istio-style
+YAML with ``${name}`` placeholders for the ports this run chose. A file whose kinds or fields
+no installed plugin handles yet (meshcore refuses them rather than ignore them) is left out
+of the run and named, so the demo runs the most the installed meshcore supports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import string
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import attrs
+import yaml
+
+from meshcore.errors import ConfigError
+from meshcore.registry import Registry
+
+__all__ = [
+    "WORKLOADS",
+    "Layout",
+    "PortInUseError",
+    "Workload",
+    "mesh_templates",
+    "render_mesh",
+]
+
+
+@attrs.frozen
+class Workload:
+    """One application and its sidecar: ``reviews-v2`` is app ``reviews``, version ``v2``."""
+
+    name: str
+    app: str
+    version: str
+    calls: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """Its name as a template placeholder: ``reviews_v2``."""
+        return self.name.replace("-", "_")
+
+
+WORKLOADS = (
+    Workload("productpage", "productpage", "v1", ("details", "reviews")),
+    Workload("details", "details", "v1"),
+    Workload("reviews-v1", "reviews", "v1"),
+    Workload("reviews-v2", "reviews", "v2", ("ratings",)),
+    Workload("reviews-v3", "reviews", "v3", ("ratings",)),
+    Workload("ratings", "ratings", "v1"),
+)
+
+
+class PortInUseError(Exception):
+    """A port the demo needs is taken (one line, for the terminal)."""
+
+
+@attrs.frozen
+class Layout:
+    """Every port of a run, by name: ``control``, ``dashboard``, and per workload ``KEY_inbound``,
+    ``KEY_app``, ``KEY_admin`` and, for callers, ``KEY_proxy``."""
+
+    ports: dict[str, int]
+
+    @staticmethod
+    def names() -> list[str]:
+        """The port names, in the order ``--port-base`` numbers them."""
+        out = ["dashboard", "control"]
+        for w in WORKLOADS:
+            out += [f"{w.key}_inbound", f"{w.key}_app", f"{w.key}_admin"]
+            if w.calls:
+                out.append(f"{w.key}_proxy")
+        return out
+
+    @classmethod
+    def allocate(cls, base: int | None = None, dashboard: int | None = None) -> Layout:
+        """Ports from ``base`` up (checked free), or free ones the system picks; ``dashboard`` fixed if given."""
+        names = cls.names()
+        ports: dict[str, int] = {}
+        with contextlib.ExitStack() as stack:
+            for i, name in enumerate(names):
+                wanted = dashboard if name == "dashboard" and dashboard is not None else None
+                if wanted is None and base is not None:
+                    wanted = base + i
+                sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                try:
+                    sock.bind(("127.0.0.1", wanted or 0))
+                except OSError as err:
+                    msg = f"port {wanted} ({_describe(name)}) is in use: {err.strerror}"
+                    raise PortInUseError(msg) from None
+                ports[name] = sock.getsockname()[1]
+        return cls(ports)
+
+    def url(self, name: str) -> str:
+        """``127.0.0.1:PORT`` of port ``name``."""
+        return f"127.0.0.1:{self.ports[name]}"
+
+
+def _describe(name: str) -> str:
+    if name in {"dashboard", "control"}:
+        return "the control plane's admin server and dashboard" if name == "dashboard" else "the control plane"
+    key, _, what = name.rpartition("_")
+    workload = key.replace("_", "-")
+    return {
+        "inbound": f"the {workload} sidecar's inbound listener",
+        "app": f"the {workload} application",
+        "admin": f"the {workload} sidecar's admin server",
+        "proxy": f"the {workload} sidecar's HTTP proxy",
+    }[what]
+
+
+def mesh_templates() -> dict[str, str]:
+    """The demo's mesh resource files (package data) by file name, with their placeholders."""
+    folder = resources.files("meshcore.demo") / "mesh"
+    return {f.name: f.read_text() for f in sorted(folder.iterdir(), key=lambda f: f.name) if f.name.endswith(".yaml")}
+
+
+def render_mesh(layout: Layout) -> dict[str, str]:
+    """The mesh files with this run's ports."""
+    return {name: string.Template(text).substitute(layout.ports) for name, text in mesh_templates().items()}
+
+
+def unsupported(path: Path, registry: Registry) -> list[str]:
+    """Why the mesh file at ``path`` is not honoured by the installed plugins ([] if it is).
+
+    Any other problem with the file is a defect of the demo: its ConfigError propagates.
+    """
+    from meshcore.control import load_resources  # noqa: PLC0415 - the control plane, only for a run
+
+    try:
+        load_resources([path], registry)
+    except ConfigError as err:
+        reasons = [p for p in err.problems if "not supported by meshcore yet" in p.message]
+        if len(reasons) != len(err.problems):
+            raise
+        return [f"{p.path}: {p.message}" for p in reasons]
+    return []
+
+
+# -- the guided tour's edits ---------------------------------------------------------------------
+
+
+def _documents(path: Path) -> tuple[str, list[dict[str, Any]]]:
+    """The file's leading comment and its documents."""
+    text = path.read_text()
+    comment = "".join(line + "\n" for line in _leading_comments(text.splitlines()))
+    return comment, [d for d in yaml.safe_load_all(text) if d]
+
+
+def _leading_comments(lines: list[str]) -> Iterator[str]:
+    for line in lines:
+        if not line.startswith("#"):
+            return
+        yield line
+
+
+def _write(path: Path, comment: str, documents: list[dict[str, Any]]) -> None:
+    text = yaml.safe_dump_all(documents, sort_keys=False, default_flow_style=None)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(comment + text)
+    tmp.replace(path)  # the control plane never reads half a file
+
+
+def _find(folder: Path, kind: str, name: str) -> tuple[Path, str, list[dict[str, Any]], dict[str, Any]]:
+    for path in sorted(folder.glob("*.yaml")):
+        comment, documents = _documents(path)
+        for doc in documents:
+            if doc.get("kind") == kind and doc.get("metadata", {}).get("name") == name:
+                return path, comment, documents, doc
+    msg = f"no {kind} {name!r} in {folder}"
+    raise LookupError(msg)
+
+
+def shift(folder: Path, service: str, subset: str, percent: int) -> str:
+    """Give ``subset`` of ``service`` ``percent``% of the traffic, the others the rest, pro rata."""
+    path, comment, documents, doc = _find(folder, "VirtualService", service)
+    routes = doc["spec"]["http"][0]["route"]
+    subsets = [r["destination"].get("subset") for r in routes]
+    if subset not in subsets:
+        msg = f"{service} has no subset {subset!r} in its VirtualService (it has: {', '.join(map(str, subsets))})"
+        raise LookupError(msg)
+    others = [r for r in routes if r["destination"].get("subset") != subset]
+    rest = 100 - percent
+    total = sum(int(r.get("weight", 0)) for r in others)
+    shares = [
+        (rest * int(r.get("weight", 0)) // total) if total else rest // len(others) for r in others
+    ]
+    if others:
+        shares[0] += rest - sum(shares)  # what integer division left over
+    for route, share in zip(others, shares, strict=True):
+        route["weight"] = share
+    next(r for r in routes if r["destination"].get("subset") == subset)["weight"] = percent
+    _write(path, comment, documents)
+    split = ", ".join(f"{r['destination'].get('subset')} {r['weight']}%" for r in routes)
+    return f"{path.name}: {service} now {split}"
+
+
+def set_abort(folder: Path, service: str, percent: float) -> str:
+    """Abort ``percent``% of the calls to ``service`` with HTTP 503 (0: no abort)."""
+    path, comment, documents, doc = _find(folder, "VirtualService", service)
+    rule = doc["spec"]["http"][0]
+    fault = rule.setdefault("fault", {})
+    if percent > 0:
+        fault["abort"] = {"httpStatus": 503, "percentage": {"value": percent}}
+    else:
+        fault.pop("abort", None)
+        if not fault:
+            del rule["fault"]
+    _write(path, comment, documents)
+    return f"{path.name}: {percent:g}% of the calls to {service} now fail with 503" if percent else (
+        f"{path.name}: calls to {service} no longer aborted"
+    )
+
+
+def deny(folder: Path, caller: str, service: str, *, restore: bool = False) -> str:
+    """Cut ``caller`` off from ``service``: its Sidecar no longer imports that service.
+
+    (An AuthorizationPolicy on the callee says the same from the other side, once the
+    installed meshcore enforces them; the demo's own policy is in security.yaml.)
+    """
+    path, comment, documents, doc = _find(folder, "Sidecar", caller)
+    spec = doc["spec"]
+    if restore:
+        spec.pop("egress", None)
+        spec.pop("outboundTrafficPolicy", None)
+        _write(path, comment, documents)
+        return f"{path.name}: {caller} may call every service again"
+    callers = next(w for w in WORKLOADS if w.name == caller)
+    allowed = [f"./{s}.default.svc.cluster.local" for s in callers.calls if s != service]
+    spec["egress"] = [{"hosts": allowed or ["./none.invalid"]}]
+    spec["outboundTrafficPolicy"] = {"mode": "REGISTRY_ONLY"}
+    _write(path, comment, documents)
+    return f"{path.name}: {caller} may no longer call {service}"
