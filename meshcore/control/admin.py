@@ -193,6 +193,7 @@ ENDPOINTS: dict[str, tuple[Handler, str, tuple[str, ...]]] = {
         "?proxy=ID or ?workload=NAME&namespace=NS: the Snapshot it gets (JSON)",
         _READ,
     ),
+    "/dashboard": (_index, "the live dashboard (HTML); its data at /dashboard/data (JSON)", _READ),
     "/reload": (
         _reload,
         "look at the mesh files now; 200 if taken, 422 with the problems if refused",

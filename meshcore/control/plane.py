@@ -92,6 +92,8 @@ class ProxyHandle:
     sent: dict[str, dict[str, str]] = attrs.field(factory=dict)
     translated: Translated | None = None
     history: collections.deque[tuple[float, str]] = attrs.field(factory=lambda: collections.deque(maxlen=8))
+    certificate: tuple[str, float] | None = None
+    """The SPIFFE ID and expiry (POSIX time) of the last certificate signed for it."""
 
     @property
     def status(self) -> Status:
@@ -487,6 +489,7 @@ class ControlPlane:
             spiffe_id=node.spiffe_id,
             not_after=signed.not_after,
         )
+        proxy.certificate = (node.spiffe_id, signed.not_after)
         return CertificateAnswered(
             event.request_id,
             certificate_chain=signed.certificate_chain,

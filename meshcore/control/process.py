@@ -17,6 +17,7 @@ import trio
 
 from meshcore.config import Address
 from meshcore.control.admin import handle
+from meshcore.control.dashboard import Dashboard
 from meshcore.control.discovery import run_discoveries
 from meshcore.control.plane import ControlPlane
 from meshcore.control.serve import serve_delivery, server_ssl_context
@@ -132,8 +133,10 @@ def certificate_authority(
 
 
 def _answer(plane: ControlPlane) -> Any:
+    dashboard = Dashboard(plane)
+
     async def answer(method: str, target: str) -> AdminResponse:
-        return handle(plane, method, target)
+        return await dashboard.answer(method, target) or handle(plane, method, target)
 
     return answer
 

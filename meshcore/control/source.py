@@ -175,7 +175,7 @@ class ControlPlaneSource:
             workload=config.workload,
             namespace=config.namespace,
             version=_meshcore_version(),
-            metadata={"http_proxy": config.http_proxy},
+            metadata={"http_proxy": config.http_proxy, "admin": str(config.admin)},
         )
         self.resources: dict[str, dict[str, Any]] = {}
         self.versions: dict[str, str] = {}

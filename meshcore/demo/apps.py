@@ -60,6 +60,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.role == "productpage":
             details = self.call("http://details/details/0", errors)
             reviews = self.call("http://reviews/reviews/0", errors)
+            errors += [f"reviews: {e}" for e in (reviews or {}).get("errors", [])]
             self.answer(200, {"product": 0, "details": details, "reviews": reviews, "errors": errors})
         elif self.role == "details":
             self.answer(200, {"id": 0, "author": "William Shakespeare", "year": 1595, "type": "paperback"})

@@ -9,6 +9,7 @@ of the run and named, so the demo runs the most the installed meshcore supports.
 from __future__ import annotations
 
 import contextlib
+import random
 import socket
 import string
 from collections.abc import Iterator
@@ -80,26 +81,61 @@ class Layout:
 
     @classmethod
     def allocate(cls, base: int | None = None, dashboard: int | None = None) -> Layout:
-        """Ports from ``base`` up (checked free), or free ones the system picks; ``dashboard`` fixed if given."""
+        """Ports from ``base`` up, or free ones below the ephemeral range; ``dashboard`` fixed if given.
+
+        Free ports are not asked of the system (port 0): it hands out ports of the
+        ephemeral range, which outgoing connections take too, so one could be gone by the
+        time its process listens. Raises :class:`PortInUseError` for a port given and taken.
+        """
         names = cls.names()
         ports: dict[str, int] = {}
+        free = _free_ports(len(names), {dashboard} if dashboard else set()) if base is None else iter(())
         with contextlib.ExitStack() as stack:
             for i, name in enumerate(names):
                 wanted = dashboard if name == "dashboard" and dashboard is not None else None
-                if wanted is None and base is not None:
-                    wanted = base + i
+                if wanted is None:
+                    wanted = base + i if base is not None else next(free)
                 sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
                 try:
-                    sock.bind(("127.0.0.1", wanted or 0))
+                    sock.bind(("127.0.0.1", wanted))
                 except OSError as err:
                     msg = f"port {wanted} ({_describe(name)}) is in use: {err.strerror}"
                     raise PortInUseError(msg) from None
-                ports[name] = sock.getsockname()[1]
+                ports[name] = wanted
         return cls(ports)
 
     def url(self, name: str) -> str:
         """``127.0.0.1:PORT`` of port ``name``."""
         return f"127.0.0.1:{self.ports[name]}"
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default; BSDs and macOS start at 49152
+
+
+def _free_ports(count: int, taken: set[int]) -> Iterator[int]:
+    """``count`` ports free now, below the ephemeral range (each checked by binding it)."""
+    high = min(_ephemeral_low(), 65536)
+    low = max(1024, high - 12000)
+    rng = random.Random()  # noqa: S311 - spreading ports, not a secret
+    found = 0
+    for port in rng.sample(range(low, high), high - low):
+        if port in taken:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        found += 1
+        yield port
+        if found == count:
+            return
+    msg = f"no {count} free ports between {low} and {high}"
+    raise PortInUseError(msg)
 
 
 def _describe(name: str) -> str:

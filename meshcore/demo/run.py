@@ -272,7 +272,12 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> TrafficCou
 
         async def synced() -> bool:
             data = await _get_json(layout.url("dashboard"), "/proxies")
-            ready = [p for p in (data or {}).get("proxies", []) if p["status"] == "SYNCED" and p["current"]]
+            proxies = (data or {}).get("proxies", [])
+            for proxy in proxies:
+                if proxy["status"] == "NACKED":
+                    msg = f"the {proxy['workload']} sidecar refused its config: {proxy['nack']}"
+                    raise RuntimeError(msg)
+            ready = [p for p in proxies if p["status"] == "SYNCED" and p["current"]]
             return len(ready) >= len(WORKLOADS)
 
         await _wait_for(f"{len(WORKLOADS)} sidecars SYNCED", synced, processes)
