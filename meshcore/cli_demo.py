@@ -29,13 +29,13 @@ __all__ = ["add_demo_command"]
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demo; exit 0 when stopped (Ctrl-C, SIGTERM, or after ``--duration``)."""
-    from meshcore.demo.run import DemoOptions, run_demo  # noqa: PLC0415 - only a run needs trio and the control plane
+    from meshcore.demo.run import DemoOptions, TrafficCounts, run_demo  # noqa: PLC0415 - only a run needs trio and the control plane
 
     layout = _layout(args)
     if layout is None:
         return 1
     if args.print_config:
-        print("".join(f"# --- {name}\n{text}" for name, text in render_mesh(layout).items()), end="")
+        print("".join(f"---\n# {name}\n{text}" for name, text in render_mesh(layout).items()), end="")
         return 0
     options = DemoOptions(
         layout=layout,
@@ -43,6 +43,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         rate=args.rate,
         workdir=Path(args.workdir).resolve() if args.workdir else None,
     )
+
+    counts = TrafficCounts()
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -55,11 +57,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
                         return
 
             nursery.start_soon(stop_on_signal)
-            counts = await run_demo(options)
-            print(counts.line(), flush=True)
-            for reason, n in sorted(counts.reasons.items(), key=lambda kv: -kv[1])[:5]:
-                print(f"  {n} x {reason}")
+            await run_demo(options, counts)
             nursery.cancel_scope.cancel()
+        print(counts.line(), flush=True)
+        for reason, n in sorted(counts.reasons.items(), key=lambda kv: -kv[1])[:5]:
+            print(f"  {n} x {reason}")
 
     failed = False
     try:

@@ -25,7 +25,7 @@ from meshcore.demo.layout import WORKLOADS, Layout, render_mesh, unsupported
 from meshcore.registry import build_registry
 from meshcore.testing.client import fetch
 
-__all__ = ["DemoOptions", "TrafficCounts", "run_demo", "state_file"]
+__all__ = ["RUN_MARKER", "DemoOptions", "TrafficCounts", "run_demo", "state_file"]
 
 _STOP_TIMEOUT = 5.0
 
@@ -68,11 +68,16 @@ class TrafficCounts:
         )
 
 
+RUN_MARKER = "MESHCORE_DEMO_RUN"
+"""The environment variable every process of a run carries: the run's folder (to find strays)."""
+
+
 class _Processes:
     """The demo's child processes, by name, and their logs."""
 
     def __init__(self, logs: Path) -> None:
         self.logs = logs
+        self.marker = str(logs.parent)
         self.running: list[tuple[str, trio.Process, TextIO]] = []
 
     async def start(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> trio.Process:
@@ -82,7 +87,7 @@ class _Processes:
             stdin=None,
             stdout=log,
             stderr=log,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", RUN_MARKER: self.marker, **(env or {})},
             start_new_session=True,
         )
         self.running.append((name, process, log))
@@ -221,8 +226,11 @@ def _banner(layout: Layout, workdir: Path, left_out: dict[str, list[str]], out: 
     print("\n".join(lines), file=out, flush=True)
 
 
-async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> TrafficCounts:
-    """Run the demo until cancelled (SIGINT/SIGTERM handled by the caller) or ``duration`` passes."""
+async def run_demo(options: DemoOptions, counts: TrafficCounts, out: TextIO = sys.stdout) -> None:
+    """Run the demo until cancelled (SIGINT/SIGTERM handled by the caller) or ``duration`` passes.
+
+    The traffic generator counts what it got back in ``counts``.
+    """
     layout = options.layout
     workdir = options.workdir or Path(tempfile.mkdtemp(prefix="meshcore-demo-"))
     mesh = workdir / "mesh"
@@ -238,7 +246,6 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> TrafficCou
         if reasons:
             left_out[name] = reasons
             path.rename(mesh / f"{name}.not-supported-yet")  # not a mesh file: the control plane skips it
-    counts = TrafficCounts()
     processes = _Processes(logs)
     state = state_file()
     try:
@@ -298,4 +305,3 @@ async def run_demo(options: DemoOptions, out: TextIO = sys.stdout) -> TrafficCou
                 state.unlink()
             await processes.stop({n for n, _p, _f in processes.running if n != "control-plane"})
             await processes.stop()
-    return counts

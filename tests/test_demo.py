@@ -1,0 +1,89 @@
+"""``meshcore demo``: the whole mesh from one command, run as a newcomer runs it.
+
+The demo runs from a folder outside the checkout (its applications and mesh files are
+package data), for real: a control plane, six sidecars and six applications as processes.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from _demo import start_demo, strays
+
+WANTED_KINDS = {
+    "ServiceEntry",
+    "WorkloadEntry",
+    "Sidecar",
+    "DestinationRule",
+    "VirtualService",
+    "PeerAuthentication",
+    "AuthorizationPolicy",
+    "Telemetry",
+    "LocalRateLimit",
+}
+
+
+def test_a_run_serves_traffic_shows_it_and_leaves_no_process(tmp_path: Path) -> None:
+    run = start_demo(tmp_path, "--duration", "6")
+    run.wait_for("Ctrl-C stops everything.")
+    assert "Three things to try" in run.text
+    assert "meshcore demo shift reviews v3 100" in run.text
+    # the dashboard sees the traffic: the front page, its calls, the 90/10 canary
+    deadline = time.monotonic() + 5
+    while not {("client", "productpage"), ("productpage", "details"), ("productpage", "reviews-v1")} <= set(
+        edges := run.edges()
+    ):
+        assert time.monotonic() < deadline, edges
+        time.sleep(0.2)
+    assert all(e["rps"] > 0 for e in edges.values()), edges
+    status, counts = run.finish()
+    assert status == 0, run.text
+    assert "demo stopped: every process it started has exited" in run.text
+    # every request succeeded but those the front page's rate limit refuses by design
+    assert counts["ok"] > 20, run.text
+    assert counts["failed"] == 0, run.text
+    assert counts["degraded"] == 0, run.text
+    assert counts["ok"] + counts["limited"] == counts["total"]
+    assert strays(run.workdir) == []
+
+
+def test_print_config_is_istio_style_yaml_with_every_policy_of_the_demo() -> None:
+    done = subprocess.run(  # noqa: S603 - our own command
+        [sys.executable, "-m", "meshcore", "demo", "--print-config", "--port-base", "23400"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    documents = [d for d in yaml.safe_load_all(done.stdout) if d]
+    assert {d["kind"] for d in documents} == WANTED_KINDS
+    by_name = {(d["kind"], d["metadata"]["name"]): d for d in documents}
+    routes = by_name[("VirtualService", "reviews")]["spec"]["http"][0]["route"]
+    assert [r["weight"] for r in routes] == [90, 10, 0]
+    assert by_name[("PeerAuthentication", "default")]["spec"]["mtls"]["mode"] == "STRICT"
+    assert by_name[("Telemetry", "mesh-default")]["spec"]["tracing"][0]["randomSamplingPercentage"] == 100
+    assert "fault" in by_name[("VirtualService", "ratings")]["spec"]["http"][0]
+    assert "{number: 23402, protocol: HTTP" in done.stdout  # the ports given: the front page sidecar's
+
+
+def test_a_port_clash_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(  # noqa: S603 - our own command
+            [sys.executable, "-m", "meshcore", "demo", "--dashboard-port", str(port), "--workdir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert f"port {port} (the control plane's admin server and dashboard) is in use" in done.stderr

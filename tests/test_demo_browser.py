@@ -1,0 +1,103 @@
+"""The demo's dashboard in a real browser (Debian's chromium and chromium-driver, through Selenium).
+
+The page is what the control plane's admin server serves, scripts and all (nothing from a
+CDN: the browser runs with no network but loopback). The screenshot it saves is the one in
+the README (docs/images/dashboard.png).
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from _demo import DemoRun, start_demo, strays
+
+selenium = pytest.importorskip("selenium", reason="the browser test needs selenium (the test extras)")
+from selenium import webdriver  # noqa: E402 - after the check above
+from selenium.webdriver.chrome.service import Service  # noqa: E402 - after the check above
+from selenium.webdriver.common.by import By  # noqa: E402 - after the check above
+
+ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOT = ROOT / "docs" / "images" / "dashboard.png"
+SERVICES = {"client", "productpage", "details", "reviews", "ratings"}
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("chromium") is None or shutil.which("chromedriver") is None,
+    reason="needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; .ci/run does)",
+)
+
+
+@pytest.fixture
+def browser() -> Iterator[webdriver.Chrome]:
+    options = webdriver.ChromeOptions()
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(arg)
+    options.add_argument("--proxy-server=direct://")  # loopback only, whatever the environment says
+    options.binary_location = shutil.which("chromium") or ""
+    driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver") or ""))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _edges(driver: webdriver.Chrome) -> dict[tuple[str, str], float]:
+    out = {}
+    for edge in driver.find_elements(By.CSS_SELECTOR, "svg#graph g.edge"):
+        out[(edge.get_attribute("data-source") or "", edge.get_attribute("data-target") or "")] = float(
+            edge.get_attribute("data-rps") or 0
+        )
+    return out
+
+
+def _until(what: str, check: object, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"no {what} after {timeout:g}s"
+        time.sleep(0.2)
+
+
+def test_the_dashboard_shows_the_mesh_and_a_canary_shift_live(tmp_path: Path, browser: webdriver.Chrome) -> None:
+    run: DemoRun = start_demo(tmp_path)
+    try:
+        run.wait_for("Ctrl-C stops everything.")
+        browser.get(run.dashboard)
+        wanted = {
+            ("client", "productpage"),
+            ("productpage", "details"),
+            ("productpage", "reviews-v1"),
+            ("productpage", "reviews-v2"),
+            ("reviews-v2", "ratings"),
+        }
+        _until("edges of the 90/10 canary", lambda: wanted <= set(_edges(browser)), 15)
+        services = {g.get_attribute("data-service") for g in browser.find_elements(By.CSS_SELECTOR, "g.service")}
+        assert services == SERVICES
+        assert all(rps > 0 for rps in _edges(browser).values()), _edges(browser)
+        rows = browser.find_elements(By.CSS_SELECTOR, "#proxies tbody tr")
+        assert len(rows) == 6
+        assert all("SYNCED" in row.text for row in rows), [row.text for row in rows]
+        assert "VirtualService default/reviews" in browser.find_element(By.ID, "resources").text
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(tmp_path / "before.png"))
+        # shift the canary: reviews v3 takes everything, within 10 s on the page
+        shifted = run.tour("shift", "reviews", "v3", "100")
+        assert shifted.returncode == 0, shifted.stdout + shifted.stderr
+        assert "reviews now v1 0%, v2 0%, v3 100%" in shifted.stdout
+        _until(
+            "reviews-v3 taking the traffic",
+            lambda: _edges(browser).get(("productpage", "reviews-v3"), 0) > 0
+            and _edges(browser).get(("reviews-v3", "ratings"), 0) > 0,
+            10,
+        )
+        browser.save_screenshot(str(SCREENSHOT))
+    finally:
+        if run.process.poll() is None:
+            run.process.send_signal(signal.SIGINT)  # Ctrl-C
+    status, counts = run.finish()
+    assert status == 0, run.text
+    assert counts["failed"] == 0, run.text
+    assert strays(run.workdir) == []
