@@ -19,7 +19,6 @@ from _demo import DemoRun, start_demo, strays
 selenium = pytest.importorskip("selenium", reason="the browser test needs selenium (the test extras)")
 from selenium import webdriver  # noqa: E402 - after the check above
 from selenium.webdriver.chrome.service import Service  # noqa: E402 - after the check above
-from selenium.webdriver.common.by import By  # noqa: E402 - after the check above
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOT = ROOT / "docs" / "images" / "dashboard.png"
@@ -45,13 +44,15 @@ def browser() -> Iterator[webdriver.Chrome]:
         driver.quit()
 
 
+# The page redraws every second: read what it shows in one script, never element by element
+# (an element found before a redraw is stale after it).
+_EDGES = "return [...document.querySelectorAll('svg#graph g.edge')].map(e => [e.dataset.source, e.dataset.target, e.dataset.rps])"
+_SERVICES = "return [...document.querySelectorAll('svg#graph g.service')].map(g => g.dataset.service)"
+_PROXIES = "return [...document.querySelectorAll('#proxies tbody tr')].map(r => r.innerText)"
+
+
 def _edges(driver: webdriver.Chrome) -> dict[tuple[str, str], float]:
-    out = {}
-    for edge in driver.find_elements(By.CSS_SELECTOR, "svg#graph g.edge"):
-        out[(edge.get_attribute("data-source") or "", edge.get_attribute("data-target") or "")] = float(
-            edge.get_attribute("data-rps") or 0
-        )
-    return out
+    return {(source, target): float(rps) for source, target, rps in driver.execute_script(_EDGES)}
 
 
 def _until(what: str, check: object, timeout: float) -> None:
@@ -74,15 +75,15 @@ def test_the_dashboard_shows_the_mesh_and_a_canary_shift_live(tmp_path: Path, br
             ("reviews-v2", "ratings"),
         }
         _until("edges of the 90/10 canary", lambda: wanted <= set(_edges(browser)), 15)
-        services = {g.get_attribute("data-service") for g in browser.find_elements(By.CSS_SELECTOR, "g.service")}
-        assert services == SERVICES
-        assert all(rps > 0 for rps in _edges(browser).values()), _edges(browser)
-        rows = browser.find_elements(By.CSS_SELECTOR, "#proxies tbody tr")
-        assert len(rows) == 6
-        assert all("SYNCED" in row.text for row in rows), [row.text for row in rows]
-        assert "VirtualService default/reviews" in browser.find_element(By.ID, "resources").text
+        assert set(browser.execute_script(_SERVICES)) == SERVICES
+        edges = _edges(browser)
+        assert all(rps > 0 for rps in edges.values()), edges
+        rows = browser.execute_script(_PROXIES)
+        assert len(rows) == 6, rows
+        assert all("SYNCED" in row for row in rows), rows
+        resources = browser.execute_script("return document.getElementById('resources').innerText")
+        assert "VirtualService default/reviews" in resources
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        browser.save_screenshot(str(tmp_path / "before.png"))
         # shift the canary: reviews v3 takes everything, within 10 s on the page
         shifted = run.tour("shift", "reviews", "v3", "100")
         assert shifted.returncode == 0, shifted.stdout + shifted.stderr
