@@ -82,7 +82,9 @@ def _layout(args: argparse.Namespace) -> Layout | None:
     try:
         return Layout.allocate(args.port_base, args.dashboard_port)
     except PortInUseError as err:
-        print(f"meshcore demo: {err} (choose other ports with --port-base / --dashboard-port)", file=sys.stderr)
+        print(
+            f"meshcore demo: {err} (choose other ports with --port-base / --dashboard-port)", file=sys.stderr
+        )
         return None
 
 
@@ -169,20 +171,32 @@ def add_demo_command(commands: Any) -> None:
         "configured by a control plane whose admin server serves a live dashboard; send it traffic; print "
         "what runs and three things to try. Ctrl-C (or SIGTERM) stops every process, exit 0.",
     )
-    demo.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long (default: run until Ctrl-C)")
+    demo.add_argument(
+        "--duration", type=float, metavar="SECONDS", help="stop after this long (default: run until Ctrl-C)"
+    )
     demo.add_argument(
         "--port-base", type=int, metavar="PORT", help="use ports PORT, PORT+1, ... (default: free ports)"
     )
-    demo.add_argument("--dashboard-port", type=int, metavar="PORT", help="the dashboard's port (default: free)")
-    demo.add_argument("--rate", type=float, default=10.0, metavar="RPS", help="front page requests a second (10)")
-    demo.add_argument("--workdir", metavar="DIR", help="where the mesh files and logs go (default: a new temp dir)")
     demo.add_argument(
-        "--print-config", action="store_true", help="print the demo's mesh resources (Istio-style YAML) and exit"
+        "--dashboard-port", type=int, metavar="PORT", help="the dashboard's port (default: free)"
+    )
+    demo.add_argument(
+        "--rate", type=float, default=10.0, metavar="RPS", help="front page requests a second (10)"
+    )
+    demo.add_argument(
+        "--workdir", metavar="DIR", help="where the mesh files and logs go (default: a new temp dir)"
+    )
+    demo.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the demo's mesh resources (Istio-style YAML) and exit",
     )
     demo.set_defaults(func=cmd_demo)
     tour = demo.add_subparsers(dest="demo_command", metavar="COMMAND")
     running = argparse.ArgumentParser(add_help=False)
-    running.add_argument("--admin", metavar="HOST:PORT", help="the demo's control plane admin (default: the running demo's)")
+    running.add_argument(
+        "--admin", metavar="HOST:PORT", help="the demo's control plane admin (default: the running demo's)"
+    )
     running.add_argument("--mesh", metavar="DIR", help="the demo's mesh folder (default: the running demo's)")
     shift = tour.add_parser("shift", parents=[running], help="give a subset a share of its service's traffic")
     shift.add_argument("service", help="the service (reviews)")

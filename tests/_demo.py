@@ -88,7 +88,17 @@ class DemoRun:
         """Run ``meshcore demo ARGS`` (shift, break, ...) against this run."""
         admin = self.dashboard.removeprefix("http://").removesuffix("/dashboard")
         return subprocess.run(  # noqa: S603 - our own command
-            [sys.executable, "-m", "meshcore", "demo", *args, "--admin", admin, "--mesh", str(self.workdir / "mesh")],
+            [
+                sys.executable,
+                "-m",
+                "meshcore",
+                "demo",
+                *args,
+                "--admin",
+                admin,
+                "--mesh",
+                str(self.workdir / "mesh"),
+            ],
             capture_output=True,
             text=True,
             timeout=30,

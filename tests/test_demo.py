@@ -53,7 +53,7 @@ def test_a_run_serves_traffic_shows_it_and_leaves_no_process(tmp_path: Path) -> 
 
 
 def test_print_config_is_istio_style_yaml_with_every_policy_of_the_demo() -> None:
-    done = subprocess.run(  # noqa: S603 - our own command
+    done = subprocess.run(
         [sys.executable, "-m", "meshcore", "demo", "--print-config", "--port-base", "23400"],
         capture_output=True,
         text=True,
@@ -77,7 +77,16 @@ def test_a_port_clash_is_one_line(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         done = subprocess.run(  # noqa: S603 - our own command
-            [sys.executable, "-m", "meshcore", "demo", "--dashboard-port", str(port), "--workdir", str(tmp_path)],
+            [
+                sys.executable,
+                "-m",
+                "meshcore",
+                "demo",
+                "--dashboard-port",
+                str(port),
+                "--workdir",
+                str(tmp_path),
+            ],
             capture_output=True,
             text=True,
             timeout=30,

@@ -33,7 +33,13 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture
 def browser() -> Iterator[webdriver.Chrome]:
     options = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+    ):
         options.add_argument(arg)
     options.add_argument("--proxy-server=direct://")  # loopback only, whatever the environment says
     options.binary_location = shutil.which("chromium") or ""
@@ -62,7 +68,9 @@ def _until(what: str, check: object, timeout: float) -> None:
         time.sleep(0.2)
 
 
-def test_the_dashboard_shows_the_mesh_and_a_canary_shift_live(tmp_path: Path, browser: webdriver.Chrome) -> None:
+def test_the_dashboard_shows_the_mesh_and_a_canary_shift_live(
+    tmp_path: Path, browser: webdriver.Chrome
+) -> None:
     run: DemoRun = start_demo(tmp_path)
     try:
         run.wait_for("Ctrl-C stops everything.")
@@ -90,8 +98,10 @@ def test_the_dashboard_shows_the_mesh_and_a_canary_shift_live(tmp_path: Path, br
         assert "reviews now v1 0%, v2 0%, v3 100%" in shifted.stdout
         _until(
             "reviews-v3 taking the traffic",
-            lambda: _edges(browser).get(("productpage", "reviews-v3"), 0) > 0
-            and _edges(browser).get(("reviews-v3", "ratings"), 0) > 0,
+            lambda: (
+                _edges(browser).get(("productpage", "reviews-v3"), 0) > 0
+                and _edges(browser).get(("reviews-v3", "ratings"), 0) > 0
+            ),
             10,
         )
         browser.save_screenshot(str(SCREENSHOT))

@@ -61,7 +61,9 @@ async def _get_json(address: str, target: str) -> Any:
     stream = await trio.open_tcp_stream(host.strip("[]"), int(port))
     async with stream:
         conn = h11.Connection(h11.CLIENT)
-        request = h11.Request(method="GET", target=target, headers=[("host", address), ("connection", "close")])
+        request = h11.Request(
+            method="GET", target=target, headers=[("host", address), ("connection", "close")]
+        )
         await stream.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
         body = bytearray()
         status = 0
@@ -91,7 +93,9 @@ class _Metrics:
     @classmethod
     def from_data(cls, items: Iterable[Mapping[str, Any]]) -> _Metrics:
         counters: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
-        histograms: dict[tuple[str, frozenset[tuple[str, str]]], tuple[tuple[float, ...], tuple[int, ...]]] = {}
+        histograms: dict[
+            tuple[str, frozenset[tuple[str, str]]], tuple[tuple[float, ...], tuple[int, ...]]
+        ] = {}
         for item in items:
             key = (str(item["name"]), frozenset((str(k), str(v)) for k, v in item["labels"].items()))
             if item["kind"] == "histogram":
@@ -328,8 +332,12 @@ class Dashboard:
                         "source": "client",
                         "target": workload,
                         "rps": round(outside, 2),
-                        "error_rate": round(_class(delta, "http_downstream_rq_xx", "5xx", listener) / served, 3),
-                        "rate_4xx": round(_class(delta, "http_downstream_rq_xx", "4xx", listener) / served, 3),
+                        "error_rate": round(
+                            _class(delta, "http_downstream_rq_xx", "5xx", listener) / served, 3
+                        ),
+                        "rate_4xx": round(
+                            _class(delta, "http_downstream_rq_xx", "4xx", listener) / served, 3
+                        ),
                         "p99_ms": delta.p99("http_downstream_rq_time_ms", listener=listener),
                         "mtls": False,
                     }
@@ -348,16 +356,7 @@ class Dashboard:
         translated = self.plane.translated(proxy.identity)
         clusters = translated.resources.get("clusters", {})
         endpoints = translated.resources.get("endpoints", {})
-        # calls by service (virtual host HOST:PORT of an outbound route table)
-        by_host: dict[str, dict[str, float]] = collections.defaultdict(lambda: collections.defaultdict(float))
-        for labels, value in delta.select("route_rq_total"):
-            vhost = _label(labels, "virtual_host")
-            if not vhost.startswith("inbound"):
-                by_host[vhost.rpartition(":")[0]]["total"] += value
-        for labels, value in delta.select("route_rq_xx"):
-            vhost = _label(labels, "virtual_host")
-            if not vhost.startswith("inbound"):
-                by_host[vhost.rpartition(":")[0]][_label(labels, "code_class")] += value
+        by_host = _calls_by_host(delta)
         # how each service's calls split between its workloads (the caller's clusters)
         split: dict[str, dict[str, float]] = collections.defaultdict(lambda: collections.defaultdict(float))
         mtls: dict[str, bool] = {}
@@ -375,10 +374,7 @@ class Dashboard:
         for host, counts in by_host.items():
             targets = split.get(host) or {}
             if not targets:  # nothing reached a workload (all aborted, or denied): the service's workloads
-                targets = {
-                    w: 0.0
-                    for w in _service_workloads(self.plane, host)
-                }
+                targets = dict.fromkeys(_service_workloads(self.plane, host), 0.0)
             shares = sum(targets.values())
             total = counts["total"]
             for target, value in targets.items():
@@ -410,11 +406,27 @@ class Dashboard:
         return edges
 
 
+def _calls_by_host(delta: _Delta) -> dict[str, dict[str, float]]:
+    """A caller's calls by service host (the virtual hosts ``HOST:PORT`` of its outbound routes)."""
+    by_host: dict[str, dict[str, float]] = collections.defaultdict(lambda: collections.defaultdict(float))
+    for labels, value in delta.select("route_rq_total"):
+        vhost = _label(labels, "virtual_host")
+        if not vhost.startswith("inbound"):
+            by_host[vhost.rpartition(":")[0]]["total"] += value
+    for labels, value in delta.select("route_rq_xx"):
+        vhost = _label(labels, "virtual_host")
+        if not vhost.startswith("inbound"):
+            by_host[vhost.rpartition(":")[0]][_label(labels, "code_class")] += value
+    return by_host
+
+
 def _class(delta: _Delta, name: str, code_class: str, listener: str) -> float:
     return delta.total(name, listener=listener, code_class=code_class)
 
 
-def _cluster_workloads(endpoints: Iterable[Mapping[str, Any]], by_address: Mapping[tuple[str, int], str]) -> list[str]:
+def _cluster_workloads(
+    endpoints: Iterable[Mapping[str, Any]], by_address: Mapping[tuple[str, int], str]
+) -> list[str]:
     out = []
     for endpoint in endpoints:
         address = str(endpoint.get("address", ""))
@@ -429,11 +441,7 @@ def _service_workloads(plane: ControlPlane, host: str) -> list[str]:
     model = plane.model
     if model is None:
         return []
-    return [
-        w.name
-        for w in model.workloads
-        if any(s.host == host for s in model.services_of(w))
-    ]
+    return [w.name for w in model.workloads if any(s.host == host for s in model.services_of(w))]
 
 
 def _plain(value: Any) -> Any:

@@ -67,7 +67,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         elif self.role == "ratings":
             self.answer(200, {"id": 0, "ratings": {"Reviewer1": 5, "Reviewer2": 4}})
         else:
-            out: dict[str, Any] = {"id": 0, "version": self.version, "reviews": ["An extremely entertaining play."]}
+            out: dict[str, Any] = {
+                "id": 0,
+                "version": self.version,
+                "reviews": ["An extremely entertaining play."],
+            }
             if self.version != "v1":
                 ratings = self.call("http://ratings/ratings/0", errors)
                 out["stars"] = {"colour": "black" if self.version == "v2" else "red", "ratings": ratings}

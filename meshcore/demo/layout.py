@@ -64,8 +64,11 @@ class PortInUseError(Exception):
 
 @attrs.frozen
 class Layout:
-    """Every port of a run, by name: ``control``, ``dashboard``, and per workload ``KEY_inbound``,
-    ``KEY_app``, ``KEY_admin`` and, for callers, ``KEY_proxy``."""
+    """Every port of a run, by name.
+
+    ``control``, ``dashboard``, and per workload ``KEY_inbound``, ``KEY_app``, ``KEY_admin``
+    and, for callers, ``KEY_proxy``.
+    """
 
     ports: dict[str, int]
 
@@ -140,7 +143,9 @@ def _free_ports(count: int, taken: set[int]) -> Iterator[int]:
 
 def _describe(name: str) -> str:
     if name in {"dashboard", "control"}:
-        return "the control plane's admin server and dashboard" if name == "dashboard" else "the control plane"
+        return (
+            "the control plane's admin server and dashboard" if name == "dashboard" else "the control plane"
+        )
     key, _, what = name.rpartition("_")
     workload = key.replace("_", "-")
     return {
@@ -154,7 +159,11 @@ def _describe(name: str) -> str:
 def mesh_templates() -> dict[str, str]:
     """The demo's mesh resource files (package data) by file name, with their placeholders."""
     folder = resources.files("meshcore.demo") / "mesh"
-    return {f.name: f.read_text() for f in sorted(folder.iterdir(), key=lambda f: f.name) if f.name.endswith(".yaml")}
+    return {
+        f.name: f.read_text()
+        for f in sorted(folder.iterdir(), key=lambda f: f.name)
+        if f.name.endswith(".yaml")
+    }
 
 
 def render_mesh(layout: Layout) -> dict[str, str]:
@@ -224,9 +233,7 @@ def shift(folder: Path, service: str, subset: str, percent: int) -> str:
     others = [r for r in routes if r["destination"].get("subset") != subset]
     rest = 100 - percent
     total = sum(int(r.get("weight", 0)) for r in others)
-    shares = [
-        (rest * int(r.get("weight", 0)) // total) if total else rest // len(others) for r in others
-    ]
+    shares = [(rest * int(r.get("weight", 0)) // total) if total else rest // len(others) for r in others]
     if others:
         shares[0] += rest - sum(shares)  # what integer division left over
     for route, share in zip(others, shares, strict=True):
@@ -249,8 +256,10 @@ def set_abort(folder: Path, service: str, percent: float) -> str:
         if not fault:
             del rule["fault"]
     _write(path, comment, documents)
-    return f"{path.name}: {percent:g}% of the calls to {service} now fail with 503" if percent else (
-        f"{path.name}: calls to {service} no longer aborted"
+    return (
+        f"{path.name}: {percent:g}% of the calls to {service} now fail with 503"
+        if percent
+        else (f"{path.name}: calls to {service} no longer aborted")
     )
 
 

@@ -28,6 +28,8 @@ from meshcore.testing.client import fetch
 __all__ = ["RUN_MARKER", "DemoOptions", "TrafficCounts", "run_demo", "state_file"]
 
 _STOP_TIMEOUT = 5.0
+START_TIMEOUT = 60.0
+"""How long the demo waits for each part to be ready (thirteen processes on a busy machine)."""
 
 
 def state_file() -> Path:
@@ -122,15 +124,15 @@ def _meshcore(*args: str) -> list[str]:
     return [sys.executable, "-m", "meshcore", *args]
 
 
-async def _wait_for(what: str, check: Any, processes: _Processes, timeout: float = 60.0) -> None:
-    """Poll ``check()`` until true; fail with ``what`` after ``timeout`` s or when a process dies."""
-    with trio.move_on_after(timeout):
+async def _wait_for(what: str, check: Any, processes: _Processes) -> None:
+    """Poll ``check()`` until true; fail with ``what`` after START_TIMEOUT s or when a process dies."""
+    with trio.move_on_after(START_TIMEOUT):
         while True:
             processes.check()
             if await check():
                 return
             await trio.sleep(0.1)
-    msg = f"timed out after {timeout:g}s waiting for {what}"
+    msg = f"timed out after {START_TIMEOUT:g}s waiting for {what}"
     raise RuntimeError(msg)
 
 
@@ -218,7 +220,9 @@ def _banner(layout: Layout, workdir: Path, left_out: dict[str, list[str]], out: 
         "",
     ]
     if left_out:
-        lines.append("Not honoured by this meshcore yet, so left out of the mesh (meshcore refuses, never ignores):")
+        lines.append(
+            "Not honoured by this meshcore yet, so left out of the mesh (meshcore refuses, never ignores):"
+        )
         for name, reasons in left_out.items():
             lines.append(f"  {name}: {reasons[0]}")
         lines.append("")
@@ -257,9 +261,7 @@ async def run_demo(options: DemoOptions, counts: TrafficCounts, out: TextIO = sy
                 "--log-format", "json",
             ),
         )  # fmt: skip
-        await _wait_for(
-            "the control plane", lambda: _port_open(layout.ports["dashboard"]), processes
-        )
+        await _wait_for("the control plane", lambda: _port_open(layout.ports["dashboard"]), processes)
         for w in WORKLOADS:
             env = {"HTTP_PROXY": f"http://{layout.url(w.key + '_proxy')}", "NO_PROXY": ""} if w.calls else {}
             await processes.start(
@@ -289,8 +291,12 @@ async def run_demo(options: DemoOptions, counts: TrafficCounts, out: TextIO = sy
 
         await _wait_for(f"{len(WORKLOADS)} sidecars SYNCED", synced, processes)
         for w in WORKLOADS:
-            await _wait_for(f"the {w.name} application", lambda w=w: _port_open(layout.ports[f"{w.key}_app"]), processes)
-        state.write_text(json.dumps({"admin": layout.url("dashboard"), "mesh": str(mesh), "pid": os.getpid()}))
+            await _wait_for(
+                f"the {w.name} application", lambda w=w: _port_open(layout.ports[f"{w.key}_app"]), processes
+            )
+        state.write_text(
+            json.dumps({"admin": layout.url("dashboard"), "mesh": str(mesh), "pid": os.getpid()})
+        )
         _banner(layout, workdir, left_out, out)
         started = time.monotonic()
         async with trio.open_nursery() as nursery:
