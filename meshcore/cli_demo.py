@@ -31,7 +31,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demo; exit 0 when stopped (Ctrl-C, SIGTERM, or after ``--duration``)."""
     from meshcore.demo.run import DemoOptions, TrafficCounts, run_demo  # noqa: PLC0415 - only a run needs trio and the control plane
 
-    layout = _layout(args)
+    layout = _layout(args, check=not args.print_config)
     if layout is None:
         return 1
     if args.print_config:
@@ -78,9 +78,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _layout(args: argparse.Namespace) -> Layout | None:
+def _layout(args: argparse.Namespace, *, check: bool = True) -> Layout | None:
     try:
-        return Layout.allocate(args.port_base, args.dashboard_port)
+        return Layout.allocate(args.port_base, args.dashboard_port, check=check)
     except PortInUseError as err:
         print(
             f"meshcore demo: {err} (choose other ports with --port-base / --dashboard-port)", file=sys.stderr

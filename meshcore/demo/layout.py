@@ -83,12 +83,13 @@ class Layout:
         return out
 
     @classmethod
-    def allocate(cls, base: int | None = None, dashboard: int | None = None) -> Layout:
+    def allocate(cls, base: int | None = None, dashboard: int | None = None, *, check: bool = True) -> Layout:
         """Ports from ``base`` up, or free ones below the ephemeral range; ``dashboard`` fixed if given.
 
         Free ports are not asked of the system (port 0): it hands out ports of the
         ephemeral range, which outgoing connections take too, so one could be gone by the
-        time its process listens. Raises :class:`PortInUseError` for a port given and taken.
+        time its process listens. Raises :class:`PortInUseError` for a port given and taken
+        (unless ``check`` is false: ports only to print).
         """
         names = cls.names()
         ports: dict[str, int] = {}
@@ -98,6 +99,9 @@ class Layout:
                 wanted = dashboard if name == "dashboard" and dashboard is not None else None
                 if wanted is None:
                     wanted = base + i if base is not None else next(free)
+                if not check:
+                    ports[name] = wanted
+                    continue
                 sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
                 try:
                     sock.bind(("127.0.0.1", wanted))
