@@ -45,7 +45,8 @@ def matches(expected: str, output: str) -> bool:
 
 def test_the_page_tries_the_three_things() -> None:
     commands = [step.command for step in page_steps()]
-    assert commands[0].startswith("meshcore demo ") and commands[0].endswith(" &")
+    assert commands[0].startswith("meshcore demo ")
+    assert commands[0].endswith(" &")
     for wanted in ("meshcore demo shift reviews v3 100", "meshcore demo break ratings", "meshcore demo deny"):
         assert any(c.startswith(wanted) for c in commands), wanted
 

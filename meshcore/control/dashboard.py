@@ -138,8 +138,8 @@ class _Delta:
             return None
         rank = 0.99 * sum(merged)
         seen = 0
-        for i, n in enumerate(merged):
-            seen += n
+        for i, count in enumerate(merged):
+            seen += count
             if seen >= rank:
                 return bounds[i] if i < len(bounds) else bounds[-1]
         return bounds[-1]
@@ -204,7 +204,7 @@ class Dashboard:
             with trio.fail_after(_SCRAPE_TIMEOUT):
                 data = await _get_json(admin, "/stats?format=json")
         except (OSError, trio.TooSlowError, ValueError, h11.ProtocolError) as err:
-            self.errors[proxy_id] = f"cannot read its stats at {admin}: {err or type(err).__name__}"
+            self.errors[proxy_id] = f"cannot read its stats at {admin}: {str(err) or type(err).__name__}"
             return
         self.errors.pop(proxy_id, None)
         samples = self.samples.setdefault(proxy_id, collections.deque())
@@ -318,19 +318,19 @@ class Dashboard:
         received: dict[str, float] = collections.defaultdict(float)
         for edge in edges:
             received[edge["target"]] += edge["rps"]
-        for workload, (_proxy, delta) in deltas.items():
-            port = inbound_port.get(workload)
-            if port is None:
+        for name, (_proxy, delta) in deltas.items():
+            number = inbound_port.get(name)
+            if number is None:
                 continue
-            listener = f"inbound_{port}"
+            listener = f"inbound_{number}"
             total = delta.total("http_downstream_rq_total", listener=listener) / delta.seconds
-            outside = total - received[workload]
+            outside = total - received[name]
             if outside > 0.1 * max(total, 1e-9) and outside > 0.05:  # noqa: PLR2004 - noise
                 served = delta.total("http_downstream_rq_total", listener=listener) or 1.0
                 edges.append(
                     {
                         "source": "client",
-                        "target": workload,
+                        "target": name,
                         "rps": round(outside, 2),
                         "error_rate": round(
                             _class(delta, "http_downstream_rq_xx", "5xx", listener) / served, 3
