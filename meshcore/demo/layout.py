@@ -103,6 +103,8 @@ class Layout:
                     ports[name] = wanted
                     continue
                 sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                # as the servers do: a port whose last connections linger in TIME_WAIT is free
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
                     sock.bind(("127.0.0.1", wanted))
                 except OSError as err:
@@ -133,6 +135,7 @@ def _free_ports(count: int, taken: set[int]) -> Iterator[int]:
         if port in taken:
             continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
@@ -268,11 +271,14 @@ def set_abort(folder: Path, service: str, percent: float) -> str:
 
 
 def deny(folder: Path, caller: str, service: str, *, restore: bool = False) -> str:
-    """Cut ``caller`` off from ``service``: its Sidecar no longer imports that service.
+    """Refuse ``caller``'s calls to ``service`` (``restore``: take that back).
 
-    (An AuthorizationPolicy on the callee says the same from the other side, once the
-    installed meshcore enforces them; the demo's own policy is in security.yaml.)
+    Where meshcore enforces AuthorizationPolicy (the demo's security.yaml is in the run),
+    with a DENY policy on the service's workloads for the caller's identity, in a file of
+    its own; else by the caller's Sidecar no longer importing the service.
     """
+    if (folder / "security.yaml").exists():
+        return _deny_policy(folder, caller, service, restore=restore)
     path, comment, documents, doc = _find(folder, "Sidecar", caller)
     spec = doc["spec"]
     if restore:
@@ -286,3 +292,31 @@ def deny(folder: Path, caller: str, service: str, *, restore: bool = False) -> s
     spec["outboundTrafficPolicy"] = {"mode": "REGISTRY_ONLY"}
     _write(path, comment, documents)
     return f"{path.name}: {caller} may no longer call {service}"
+
+
+def _deny_policy(folder: Path, caller: str, service: str, *, restore: bool) -> str:
+    workload = next((w for w in WORKLOADS if w.name == caller), None)
+    if workload is None or all(w.app != service for w in WORKLOADS):
+        msg = f"the demo has no workload {caller!r} or no service {service!r}"
+        raise LookupError(msg)
+    path = folder / f"deny-{caller}-{service}.yaml"
+    if restore:
+        path.unlink(missing_ok=True)
+        return f"{path.name} removed: {caller} may call {service} again"
+    policy = {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": f"deny-{caller}-{service}"},
+        "spec": {
+            "selector": {"matchLabels": {"app": service}},
+            "action": "DENY",
+            "rules": [
+                {"from": [{"source": {"principals": [f"cluster.local/ns/default/sa/{workload.app}"]}}]}
+            ],
+        },
+    }
+    comment = (
+        f"# {service}'s sidecars refuse every call from {caller}'s identity (mutual TLS tells who calls).\n"
+    )
+    _write(path, comment, [policy])
+    return f"{path.name}: {service} now refuses {caller} (AuthorizationPolicy, action DENY)"

@@ -216,7 +216,7 @@ def _banner(layout: Layout, workdir: Path, left_out: dict[str, list[str]], out: 
         "Three things to try (each shows on the dashboard within seconds):",
         "  1. shift the canary:   meshcore demo shift reviews v3 100",
         "  2. break ratings:      meshcore demo break ratings     (meshcore demo fix ratings undoes it)",
-        "  3. deny a caller:      meshcore demo deny productpage details   (--undo to allow again)",
+        "  3. deny a caller:      meshcore demo deny productpage details   (--undo allows it again)",
         "",
     ]
     if left_out:
@@ -242,6 +242,9 @@ async def run_demo(options: DemoOptions, counts: TrafficCounts, out: TextIO = sy
     mesh.mkdir(parents=True, exist_ok=True)
     logs.mkdir(parents=True, exist_ok=True)
     registry = build_registry()
+    # The control plane's own config: its CA signs each sidecar's workload certificate.
+    settings = workdir / "control-plane.yaml"
+    settings.write_text("ca: {meshcore: {directory: ca, workload_lifetime: 1h}}\n")
     left_out: dict[str, list[str]] = {}
     for name, text in render_mesh(layout).items():
         path = mesh / name
@@ -256,7 +259,7 @@ async def run_demo(options: DemoOptions, counts: TrafficCounts, out: TextIO = sy
         await processes.start(
             "control-plane",
             _meshcore(
-                "control-plane", "-c", str(mesh), "--listen", layout.url("control"),
+                "control-plane", "-c", str(mesh), "--config", str(settings), "--listen", layout.url("control"),
                 "--admin", layout.url("dashboard"), "--allow-any-identity", "--poll-interval", "0.5",
                 "--log-format", "json",
             ),
