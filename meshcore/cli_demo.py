@@ -192,7 +192,11 @@ def add_demo_command(commands: Any) -> None:
         help="print the demo's mesh resources (Istio-style YAML) and exit",
     )
     demo.set_defaults(func=cmd_demo)
-    tour = demo.add_subparsers(dest="demo_command", metavar="COMMAND")
+    tour = demo.add_subparsers(
+        dest="demo_command",
+        metavar="COMMAND",
+        help="with no command, run the demo; the commands below change the running demo's mesh",
+    )
     running = argparse.ArgumentParser(add_help=False)
     running.add_argument(
         "--admin", metavar="HOST:PORT", help="the demo's control plane admin (default: the running demo's)"
