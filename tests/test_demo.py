@@ -41,6 +41,13 @@ def test_a_run_serves_traffic_shows_it_and_leaves_no_process(tmp_path: Path) -> 
         assert time.monotonic() < deadline, edges
         time.sleep(0.2)
     assert all(e["rps"] > 0 for e in edges.values()), edges
+    # inside the mesh every edge is mutual TLS (STRICT); the traffic from outside is not
+    assert all(e["mtls"] for (source, _), e in edges.items() if source != "client"), edges
+    assert not edges[("client", "productpage")]["mtls"]
+    # every sidecar got its workload certificate from the control plane's CA
+    proxies = run.data()["proxies"]
+    assert len(proxies) == 6
+    assert all(p["status"] == "SYNCED" and p["certificate"]["expires_in"] > 0 for p in proxies), proxies
     status, counts = run.finish()
     assert status == 0, run.text
     assert "demo stopped: every process it started has exited" in run.text
