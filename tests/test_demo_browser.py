@@ -52,13 +52,25 @@ def browser() -> Iterator[webdriver.Chrome]:
 
 # The page redraws every second: read what it shows in one script, never element by element
 # (an element found before a redraw is stale after it).
-_EDGES = "return [...document.querySelectorAll('svg#graph g.edge')].map(e => [e.dataset.source, e.dataset.target, e.dataset.rps])"
+_EDGES = (
+    "return [...document.querySelectorAll('svg#graph g.edge')]"
+    ".map(e => [e.dataset.source, e.dataset.target, e.dataset.rps, e.dataset.errorRate, e.dataset.rate4xx])"
+)
 _SERVICES = "return [...document.querySelectorAll('svg#graph g.service')].map(g => g.dataset.service)"
 _PROXIES = "return [...document.querySelectorAll('#proxies tbody tr')].map(r => r.innerText)"
 
 
 def _edges(driver: webdriver.Chrome) -> dict[tuple[str, str], float]:
-    return {(source, target): float(rps) for source, target, rps in driver.execute_script(_EDGES)}
+    """Requests a second by edge."""
+    return {(source, target): float(rps) for source, target, rps, _, _ in driver.execute_script(_EDGES)}
+
+
+def _errors(driver: webdriver.Chrome) -> dict[tuple[str, str], tuple[float, float]]:
+    """The shares of 5xx and 4xx answers by edge."""
+    return {
+        (source, target): (float(rate_5xx), float(rate_4xx))
+        for source, target, _, rate_5xx, rate_4xx in driver.execute_script(_EDGES)
+    }
 
 
 def _until(what: str, check: object, timeout: float) -> None:
@@ -105,10 +117,26 @@ def test_the_dashboard_shows_the_mesh_and_a_canary_shift_live(
             10,
         )
         browser.save_screenshot(str(SCREENSHOT))
+        # break ratings: the edge into ratings goes 100% 5xx within 10 s
+        broken = run.tour("break", "ratings", "--percent", "100")
+        assert broken.returncode == 0, broken.stdout + broken.stderr
+        _until(
+            "the calls to ratings failing",
+            lambda: _errors(browser).get(("reviews-v3", "ratings"), (0, 0))[0] > 0.9,
+            10,
+        )
+        # deny a caller: details refuses the front page, its edge goes 4xx within 10 s
+        denied = run.tour("deny", "productpage", "details")
+        assert denied.returncode == 0, denied.stdout + denied.stderr
+        _until(
+            "details refusing the front page",
+            lambda: _errors(browser).get(("productpage", "details"), (0, 0))[1] > 0.5,
+            10,
+        )
     finally:
         if run.process.poll() is None:
             run.process.send_signal(signal.SIGINT)  # Ctrl-C
     status, counts = run.finish()
     assert status == 0, run.text
-    assert counts["failed"] == 0, run.text
+    assert counts["failed"] == 0, run.text  # a broken ratings or a refused details degrade the page only
     assert strays(run.workdir) == []

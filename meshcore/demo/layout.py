@@ -28,8 +28,12 @@ __all__ = [
     "Layout",
     "PortInUseError",
     "Workload",
+    "deny",
     "mesh_templates",
     "render_mesh",
+    "set_abort",
+    "shift",
+    "unsupported",
 ]
 
 
