@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +104,19 @@ class DemoRun:
             check=False,
         )
 
+    def __enter__(self) -> DemoRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Make sure it is gone, whatever the test did (SIGTERM, then SIGKILL)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
     def finish(self, timeout: float = 30.0) -> tuple[int, dict[str, int]]:
         """Wait for it to exit; its status and the traffic line's counts."""
         try:
@@ -131,15 +143,3 @@ def start_demo(tmp_path: Path, *args: str) -> DemoRun:
             stderr=subprocess.STDOUT,
         )
     return DemoRun(process, output, workdir)
-
-
-def stop(run: DemoRun) -> Iterator[None]:
-    """Make sure the run is gone (for a fixture's teardown)."""
-    yield
-    if run.process.poll() is None:
-        run.process.send_signal(signal.SIGTERM)
-        try:
-            run.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            run.process.kill()
-            run.process.wait()

@@ -29,34 +29,36 @@ WANTED_KINDS = {
 
 
 def test_a_run_serves_traffic_shows_it_and_leaves_no_process(tmp_path: Path) -> None:
-    run = start_demo(tmp_path, "--duration", "6")
-    run.wait_for("Ctrl-C stops everything.")
-    assert "Three things to try" in run.text
-    assert "meshcore demo shift reviews v3 100" in run.text
-    # the dashboard sees the traffic: the front page, its calls, the 90/10 canary
-    deadline = time.monotonic() + 5
-    while not {("client", "productpage"), ("productpage", "details"), ("productpage", "reviews-v1")} <= set(
-        edges := run.edges()
-    ):
-        assert time.monotonic() < deadline, edges
-        time.sleep(0.2)
-    assert all(e["rps"] > 0 for e in edges.values()), edges
-    # inside the mesh every edge is mutual TLS (STRICT); the traffic from outside is not
-    assert all(e["mtls"] for (source, _), e in edges.items() if source != "client"), edges
-    assert not edges[("client", "productpage")]["mtls"]
-    # every sidecar got its workload certificate from the control plane's CA
-    proxies = run.data()["proxies"]
-    assert len(proxies) == 6
-    assert all(p["status"] == "SYNCED" and p["certificate"]["expires_in"] > 0 for p in proxies), proxies
-    status, counts = run.finish()
-    assert status == 0, run.text
-    assert "demo stopped: every process it started has exited" in run.text
-    # every request succeeded but those the front page's rate limit refuses by design
-    assert counts["ok"] > 20, run.text
-    assert counts["failed"] == 0, run.text
-    assert counts["degraded"] == 0, run.text
-    assert counts["ok"] + counts["limited"] == counts["total"]
-    assert strays(run.workdir) == []
+    with start_demo(tmp_path, "--duration", "6") as run:
+        run.wait_for("Ctrl-C stops everything.")
+        assert "Three things to try" in run.text
+        assert "meshcore demo shift reviews v3 100" in run.text
+        # the dashboard sees the traffic: the front page, its calls, the 90/10 canary
+        deadline = time.monotonic() + 5
+        while not {
+            ("client", "productpage"),
+            ("productpage", "details"),
+            ("productpage", "reviews-v1"),
+        } <= set(edges := run.edges()):
+            assert time.monotonic() < deadline, edges
+            time.sleep(0.2)
+        assert all(e["rps"] > 0 for e in edges.values()), edges
+        # inside the mesh every edge is mutual TLS (STRICT); the traffic from outside is not
+        assert all(e["mtls"] for (source, _), e in edges.items() if source != "client"), edges
+        assert not edges[("client", "productpage")]["mtls"]
+        # every sidecar got its workload certificate from the control plane's CA
+        proxies = run.data()["proxies"]
+        assert len(proxies) == 6
+        assert all(p["status"] == "SYNCED" and p["certificate"]["expires_in"] > 0 for p in proxies), proxies
+        status, counts = run.finish()
+        assert status == 0, run.text
+        assert "demo stopped: every process it started has exited" in run.text
+        # every request succeeded but those the front page's rate limit refuses by design
+        assert counts["ok"] > 20, run.text
+        assert counts["failed"] == 0, run.text
+        assert counts["degraded"] == 0, run.text
+        assert counts["ok"] + counts["limited"] == counts["total"]
+        assert strays(run.workdir) == []
 
 
 def test_print_config_is_istio_style_yaml_with_every_policy_of_the_demo() -> None:

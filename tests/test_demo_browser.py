@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _demo import DemoRun, start_demo, strays
+from _demo import start_demo, strays
 
 selenium = pytest.importorskip("selenium", reason="the browser test needs selenium (the test extras)")
 from selenium import webdriver  # noqa: E402 - after the check above
@@ -54,7 +54,7 @@ def browser() -> Iterator[webdriver.Chrome]:
 # (an element found before a redraw is stale after it).
 _EDGES = (
     "return [...document.querySelectorAll('svg#graph g.edge')]"
-    ".map(e => [e.dataset.source, e.dataset.target, e.dataset.rps, e.dataset.errorRate, e.dataset.rate4xx])"
+    ".map(e => ['source', 'target', 'rps', 'error-rate', 'rate-4xx'].map(a => e.getAttribute('data-' + a)))"
 )
 _SERVICES = "return [...document.querySelectorAll('svg#graph g.service')].map(g => g.dataset.service)"
 _PROXIES = "return [...document.querySelectorAll('#proxies tbody tr')].map(r => r.innerText)"
@@ -83,8 +83,7 @@ def _until(what: str, check: object, timeout: float) -> None:
 def test_the_dashboard_shows_the_mesh_and_a_canary_shift_live(
     tmp_path: Path, browser: webdriver.Chrome
 ) -> None:
-    run: DemoRun = start_demo(tmp_path)
-    try:
+    with start_demo(tmp_path) as run:
         run.wait_for("Ctrl-C stops everything.")
         browser.get(run.dashboard)
         wanted = {
@@ -133,10 +132,8 @@ def test_the_dashboard_shows_the_mesh_and_a_canary_shift_live(
             lambda: _errors(browser).get(("productpage", "details"), (0, 0))[1] > 0.5,
             10,
         )
-    finally:
-        if run.process.poll() is None:
-            run.process.send_signal(signal.SIGINT)  # Ctrl-C
-    status, counts = run.finish()
-    assert status == 0, run.text
-    assert counts["failed"] == 0, run.text  # a broken ratings or a refused details degrade the page only
-    assert strays(run.workdir) == []
+        run.process.send_signal(signal.SIGINT)  # Ctrl-C
+        status, counts = run.finish()
+        assert status == 0, run.text
+        assert counts["failed"] == 0, run.text  # a broken ratings or a refused details degrade the page only
+        assert strays(run.workdir) == []
