@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -129,14 +130,16 @@ class DemoRun:
         return status, {k: int(v) for k, v in found.groupdict().items()}
 
 
-def start_demo(tmp_path: Path, *args: str) -> DemoRun:
+def start_demo(
+    tmp_path: Path, *args: str, meshcore: Sequence[str] = (sys.executable, "-m", "meshcore")
+) -> DemoRun:
     """Start ``meshcore demo ARGS`` in ``tmp_path`` (not the checkout), as a newcomer would."""
     workdir = tmp_path / "run"
     output = tmp_path / "demo.out"
     env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
     with output.open("wb") as out:
         process = subprocess.Popen(  # noqa: S603 - our own command
-            [sys.executable, "-m", "meshcore", "demo", "--workdir", str(workdir), *args],
+            [*meshcore, "demo", "--workdir", str(workdir), *args],
             cwd=tmp_path,
             env=env,
             stdout=out,

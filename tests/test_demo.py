@@ -1,7 +1,9 @@
 """``meshcore demo``: the whole mesh from one command, run as a newcomer runs it.
 
-The demo runs from a folder outside the checkout (its applications and mesh files are
-package data), for real: a control plane, six sidecars and six applications as processes.
+The demo runs from a folder outside the checkout, installed (not editable) into a fresh
+virtualenv from a copy of the checkout, so that its applications, mesh files and dashboard
+must come as package data; and for real: a control plane, six sidecars and six
+applications as processes.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from _demo import start_demo, strays
+from test_tutorial import OFFLINE_PIP, checkout, clean_env, link_to_our_packages
 
 WANTED_KINDS = {
     "ServiceEntry",
@@ -28,8 +32,46 @@ WANTED_KINDS = {
 }
 
 
-def test_a_run_serves_traffic_shows_it_and_leaves_no_process(tmp_path: Path) -> None:
-    with start_demo(tmp_path, "--duration", "6") as run:
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh virtualenv with meshcore installed from a copy of the checkout (offline, no editable)."""
+    base = tmp_path_factory.mktemp("fresh")
+    env = clean_env()
+    venv = base / "venv"
+    subprocess.run(  # noqa: S603 - our own interpreter
+        [sys.executable, "-m", "venv", "--without-pip", str(venv)], env=env, timeout=120, check=True
+    )
+    link_to_our_packages(venv, env)  # the dependencies (and pip), as the test environment has them
+    subprocess.run(  # noqa: S603 - the new environment's own interpreter
+        [
+            str(venv / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            *OFFLINE_PIP.split(),
+            str(checkout(base)),
+        ],
+        env=env,
+        cwd=base,
+        timeout=240,
+        check=True,
+    )
+    return venv
+
+
+def test_a_run_serves_traffic_shows_it_and_leaves_no_process(tmp_path: Path, installed: Path) -> None:
+    meshcore = [str(installed / "bin" / "meshcore")]
+    where = subprocess.run(  # noqa: S603 - the new environment's own interpreter
+        [str(installed / "bin" / "python"), "-c", "import meshcore.demo; print(meshcore.demo.__file__)"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert where.stdout.startswith(str(installed)), where.stdout  # the installed copy, not the checkout
+    with start_demo(tmp_path, "--duration", "6", meshcore=meshcore) as run:
         run.wait_for("Ctrl-C stops everything.")
         assert "Three things to try" in run.text
         assert "meshcore demo shift reviews v3 100" in run.text
