@@ -146,12 +146,20 @@ class _Delta:
 
 
 def _delta(old: _Metrics, new: _Metrics, seconds: float) -> _Delta:
-    counters = {k: max(0.0, v - old.counters.get(k, 0.0)) for k, v in new.counters.items()}
+    counters = {}
+    for key, value in new.counters.items():
+        was = old.counters.get(key, 0.0)
+        counters[key] = value - was if value >= was else value  # went back: a restarted sidecar's count
+
     histograms = {}
     for key, (buckets, counts) in new.histograms.items():
         before = old.histograms.get(key)
         if before is not None and before[0] == buckets:
-            histograms[key] = (buckets, [max(0, a - b) for a, b in zip(counts, before[1], strict=True)])
+            went_back = any(a < b for a, b in zip(counts, before[1], strict=True))
+            histograms[key] = (
+                buckets,
+                list(counts) if went_back else [a - b for a, b in zip(counts, before[1], strict=True)],
+            )
         else:
             histograms[key] = (buckets, list(counts))
     return _Delta(seconds, counters, histograms)
