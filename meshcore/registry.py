@@ -71,6 +71,7 @@ BUILTIN_PLUGINS = (
     "meshcore.plugins.translate_security",
     "meshcore.plugins.control_plane_source",
     "meshcore.plugins.mesh_analyzers",
+    "meshcore.plugins.mesh_ratelimit",
 )
 
 # hook name -> descriptor class it must return

@@ -44,6 +44,7 @@ BUILTIN_TYPES = {
     "mesh_kind": [
         "AuthorizationPolicy",
         "DestinationRule",
+        "LocalRateLimit",
         "PeerAuthentication",
         "RequestAuthentication",
         "ServiceEntry",
@@ -57,6 +58,7 @@ BUILTIN_TYPES = {
         "egress_ports",
         "http_proxy",
         "inbound",
+        "local_ratelimit",
         "mtls",
         "outbound_clusters",
         "scope",
