@@ -100,7 +100,9 @@ class Router:
             if b"x-forwarded-proto" not in headers:  # the connection manager sets it from the transport
                 headers.set(b"x-forwarded-proto", request.scheme)
         try:
-            response = await cluster.send(request, timeout=_timeout(request, action.timeout))
+            response = await cluster.send(
+                request, timeout=_timeout(request, action.timeout), retry_policy=action.retry_policy
+            )
         except UpstreamError as err:
             log.info("upstream_failed", route=route.name, cluster=name, flags=err.flag.value, reason=str(err))
             return _local(request, err.flag)

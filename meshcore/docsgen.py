@@ -39,10 +39,12 @@ import attrs
 
 from meshcore.config.model import Cluster, RouteConfiguration, Snapshot
 from meshcore.config.structure import HttpFilterRef, LbPolicyRef, NetworkFilterRef, PluginRef
+from meshcore.config.traffic import HealthCheckerRef
 from meshcore.config.units import Address, ByteSize, Duration, SecretStr, format_duration
 from meshcore.plugin import (
     CertificateAuthorityType,
     ConfigSourceType,
+    HealthCheckerType,
     HttpFilterType,
     LbPolicyType,
     NetworkFilterType,
@@ -89,6 +91,15 @@ _PLUGIN_KINDS: tuple[tuple[str, str, str, str], ...] = (
         ),
     ),
     (
+        HealthCheckerType.kind,
+        "Health checkers",
+        "config-health-checkers",
+        (
+            "An active health check of a cluster's `health_checks`: the checker's name as a key "
+            "among the timing fields (`- http: {path: /healthz}` with `interval: 5s`)."
+        ),
+    ),
+    (
         ConfigSourceType.kind,
         "Config sources",
         "config-sources",
@@ -111,6 +122,7 @@ _PLUGIN_REFS: Mapping[type, tuple[str, str]] = {
     NetworkFilterRef: ("network filter", "config-network-filters"),
     HttpFilterRef: ("HTTP filter", "config-http-filters"),
     LbPolicyRef: ("load-balancing policy", "config-lb-policies"),
+    HealthCheckerRef: ("health checker", "config-health-checkers"),
 }
 # ``ref(kind)`` fields name another config object; these are the classes of those objects.
 _REF_TARGETS: Mapping[str, type] = {"cluster": Cluster, "route_config": RouteConfiguration}
@@ -211,7 +223,7 @@ def _string(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _value(value: Any) -> str:  # noqa: PLR0911 - a flat dispatch on the kind of value
+def _value(value: Any) -> str:  # noqa: PLR0911, PLR0912 - a flat dispatch on the kind of value
     """``value`` as it is written in a config file (YAML flow style)."""
     if value is None:
         return "null"
@@ -231,6 +243,8 @@ def _value(value: Any) -> str:  # noqa: PLR0911 - a flat dispatch on the kind of
         return value.name if value.config is None else f"{{{value.name}: ...}}"
     if isinstance(value, tuple | list):
         return "[" + ", ".join(_value(item) for item in value) + "]"
+    if isinstance(value, frozenset):  # a set of names written as "a,b" (retry_on)
+        return _string(",".join(sorted(value)))
     if isinstance(value, Mapping):
         return "{" + ", ".join(f"{key}: {_value(item)}" for key, item in value.items()) + "}"
     if isinstance(value, Address):

@@ -90,8 +90,15 @@ class ProtocolError(MeshcoreError):
 
 
 class UpstreamError(MeshcoreError):
-    """A request could not be served by the upstream; ``flag`` says why (UF, UT, UR, ...)."""
+    """A request could not be served by the upstream; ``flag`` says why (UF, UT, UR, ...).
 
-    def __init__(self, flag: ResponseFlag, message: str) -> None:
+    Attributes:
+        flag: the response flag.
+        refused: the upstream refused the request before processing it (an HTTP/2
+            REFUSED_STREAM, or a stream past a GOAWAY's last id): safe to send again.
+    """
+
+    def __init__(self, flag: ResponseFlag, message: str, *, refused: bool = False) -> None:
         super().__init__(message)
         self.flag = flag
+        self.refused = refused

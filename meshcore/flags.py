@@ -39,6 +39,11 @@ class ResponseFlag(enum.Enum):
         503,
     )
     UPSTREAM_PROTOCOL_ERROR = ("UPE", "the upstream broke the HTTP protocol", 502)
+    UPSTREAM_RETRY_LIMIT_EXCEEDED = (
+        "URX",
+        "the route's retries ran out; the last attempt's failure stands",
+        0,
+    )
     DOWNSTREAM_CONNECTION_TERMINATION = (
         "DC",
         "the client closed the connection before the response ended",

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
         CertificateAuthorityType,
         ConfigSourceType,
         DiscoveryType,
+        HealthCheckerType,
         HttpFilterType,
         LbPolicyType,
         MeshAnalyzerType,
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "meshcore_certificate_authorities",
     "meshcore_config_sources",
+    "meshcore_health_checkers",
     "meshcore_http_filters",
     "meshcore_lb_policies",
     "meshcore_mesh_analyzers",
@@ -70,6 +72,15 @@ def meshcore_http_filters() -> Sequence[HttpFilterType]:
 @hookspec
 def meshcore_lb_policies() -> Sequence[LbPolicyType]:
     """Return the load-balancing policies this plugin provides.
+
+    Called once when the registry is built. Each name must be unique across all plugins.
+    """
+    raise NotImplementedError
+
+
+@hookspec
+def meshcore_health_checkers() -> Sequence[HealthCheckerType]:
+    """Return the active health checkers this plugin provides (``http``, ``tcp``, ``grpc``, ...).
 
     Called once when the registry is built. Each name must be unique across all plugins.
     """

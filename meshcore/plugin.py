@@ -17,6 +17,7 @@ __all__ = [
     "CertificateAuthorityType",
     "ConfigSourceType",
     "DiscoveryType",
+    "HealthCheckerType",
     "HttpFilterType",
     "LbPolicyType",
     "MeshAnalyzerType",
@@ -183,3 +184,16 @@ class MeshAnalyzerType(PluginType):
 
     kind: ClassVar[str] = "mesh_analyzer"
     codes: tuple[str, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class HealthCheckerType(PluginType):
+    """An active health checker: ``factory(config)`` returns a checker.
+
+    The checker's ``async check(host) -> bool`` probes one endpoint (``host.address``,
+    ``await host.connect()`` for a transport with the cluster's TLS) and says whether it is
+    healthy; raising counts as a failure. The runtime calls it on the cluster's interval,
+    bounded by its timeout, and applies the healthy and unhealthy thresholds.
+    """
+
+    kind: ClassVar[str] = "health_checker"

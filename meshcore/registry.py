@@ -28,6 +28,7 @@ from meshcore.plugin import (
     CertificateAuthorityType,
     ConfigSourceType,
     DiscoveryType,
+    HealthCheckerType,
     HttpFilterType,
     LbPolicyType,
     MeshAnalyzerType,
@@ -57,6 +58,7 @@ BUILTIN_PLUGINS = (
     "meshcore.filters.jwt_authn",
     "meshcore.filters.tracing",
     "meshcore.filters.mesh_metrics",
+    "meshcore.filters.health_checks",
     "meshcore.plugins.file_source",
     "meshcore.plugins.ca",
     "meshcore.plugins.istio_services",
@@ -85,6 +87,7 @@ _REGISTRATION_HOOKS: Mapping[str, type[PluginType]] = {
     "meshcore_mesh_translators": TranslatorType,
     "meshcore_mesh_discovery": DiscoveryType,
     "meshcore_mesh_analyzers": MeshAnalyzerType,
+    "meshcore_health_checkers": HealthCheckerType,
 }
 KINDS = tuple(cls.kind for cls in _REGISTRATION_HOOKS.values())
 

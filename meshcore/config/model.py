@@ -16,6 +16,15 @@ import attrs
 
 from meshcore.config.accesslog import AccessLogs, access_logs
 from meshcore.config.structure import HttpFilterRef, LbPolicyRef, NetworkFilterRef, Path, Structurer
+from meshcore.config.traffic import (
+    CircuitBreakers,
+    HealthCheck,
+    Locality,
+    LocalityLb,
+    OutlierDetection,
+    RequestMirrorPolicy,
+    RetryPolicy,
+)
 from meshcore.config.units import Address, ByteSize, Duration, SecretStr
 from meshcore.config.validators import at_least, at_most, cidr, non_empty, regex, unique
 
@@ -186,6 +195,10 @@ class Endpoint:
 
     address: Address
     weight: int = attrs.field(default=1, validator=at_least(1))
+    locality: Locality | None = None
+    """Where the endpoint runs, for locality-aware load balancing (see ``locality_lb``)."""
+    priority: int = attrs.field(default=0, validator=[at_least(0), at_most(127)])
+    """0 is used first; higher priorities take traffic only as lower ones lose health."""
 
     @classmethod
     def __meshcore_structure__(cls, structurer: Structurer, data: Any, path: Path) -> Any:
@@ -249,6 +262,14 @@ class Cluster:
     codec: Literal["h11", "fast"] = "h11"
     """The HTTP/1.1 codec toward the endpoints: ``h11`` (the reference) or ``fast``."""
     tls: UpstreamTls | None = None
+    circuit_breakers: CircuitBreakers = CircuitBreakers()
+    outlier_detection: OutlierDetection | None = None
+    health_checks: tuple[HealthCheck, ...] = ()
+    healthy_panic_threshold: float = attrs.field(default=50.0, validator=[at_least(0), at_most(100)])
+    """Below this share of healthy endpoints, every endpoint is used again (0: never)."""
+    overprovisioning_factor: float = attrs.field(default=1.4, validator=at_least(1))
+    """A priority level with this share of healthy endpoints over 1/factor keeps all its traffic."""
+    locality_lb: LocalityLb | None = None
 
 
 # -- routes ---------------------------------------------------------------------------------
@@ -391,6 +412,8 @@ class Route:
     upgrades: tuple[str, ...] = ()
     """HTTP/1.1 upgrades this route allows (e.g. ``websocket``); after the upgrade the
     connection is a byte pipe. An upgrade request on a route that does not allow it gets 403."""
+    retry_policy: RetryPolicy | None = None
+    request_mirror_policies: tuple[RequestMirrorPolicy, ...] = ()
 
     def __attrs_post_init__(self) -> None:
         actions = [

@@ -149,6 +149,7 @@ _KIND_WORDS = {
     "http_filter": "HTTP filter",
     "lb_policy": "load-balancing policy",
     "certificate_authority": "certificate authority",
+    "health_checker": "health checker",
 }
 
 

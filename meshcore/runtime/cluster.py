@@ -10,16 +10,17 @@ import math
 import select
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from http import HTTPStatus
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 import trio
 
 from meshcore.config import Catalog, Snapshot
 from meshcore.config import Cluster as ClusterConfig
+from meshcore.config import Endpoint
 from meshcore.connection import join_host_port
 from meshcore.errors import ConfigError, ConfigProblem, ProtocolError, UpstreamError
 from meshcore.flags import ResponseFlag
@@ -28,11 +29,19 @@ from meshcore.http.h1 import H11ClientCodec
 from meshcore.http.h1fast import FastClientCodec
 from meshcore.http.messages import Body, Headers, Request, Response, Upgraded, UpstreamAttempt
 from meshcore.http.semantics import strip_hop_by_hop
+from meshcore.runtime.breakers import CircuitBreakers
 from meshcore.runtime.filterstate import blame
 from meshcore.runtime.h1exchange import RECEIVE_SIZE, H1Exchange
 from meshcore.runtime.h2pool import H2Pool, StreamRefused, upstream_error
+from meshcore.runtime.health import Checker, HealthChecking
+from meshcore.runtime.hostset import HostSet
+from meshcore.runtime.outlier import OutlierDetector
+from meshcore.runtime.retry import RetryStats, send_with_retries
 from meshcore.runtime.stats import Stats
 from meshcore.runtime.tls import Secrets, client_context, identity_mismatch, material, secrets_of
+
+if TYPE_CHECKING:
+    from meshcore.config.traffic import Locality, RetryPolicy
 
 __all__ = ["Cluster", "ClusterManager", "Host", "UpstreamError"]
 
@@ -53,6 +62,14 @@ class Picker(Protocol):
     """
 
     def pick(self, hosts: list[Host], request: Any = None, /) -> Host: ...
+
+
+def _now() -> float:
+    """Trio's clock, or -inf outside a trio run (a cluster built by a synchronous tool)."""
+    try:
+        return trio.current_time()
+    except RuntimeError:
+        return -math.inf
 
 
 def _close_now(stream: trio.abc.Stream) -> None:
@@ -96,13 +113,20 @@ class Host:
     __slots__ = (
         "_idle",
         "_waiters",
+        "active_hc_seen",
         "active_requests",
         "address",
         "cluster",
+        "ejected",
+        "failed_active_hc",
         "h2_pool",
         "healthy",
         "label",
+        "locality",
         "open_connections",
+        "priority",
+        "ready_since",
+        "removed",
         "weight",
     )
 
@@ -111,20 +135,56 @@ class Host:
         self.address = (host, port)
         self.label = join_host_port(host, port)
         self.weight = weight
+        self.priority = 0
+        self.locality: Locality | None = None
         self.active_requests = 0
         self.healthy = True
+        """Whether the load balancer may choose it: not removed, ejected or failing checks."""
+        self.failed_active_hc = False
+        self.active_hc_seen = False
+        self.ejected = False
+        self.removed = False
+        self.ready_since = _now()
+        """When it last became healthy (slow start counts from here)."""
         self.open_connections = 0
         self._idle: list[UpstreamConnection] = []
         self._waiters = trio.lowlevel.ParkingLot()
         self.h2_pool = H2Pool(self)
+
+    def health_flags(self) -> list[str]:
+        """Why it is not healthy, as Envoy's /clusters shows it (empty when healthy)."""
+        flags = []
+        if self.failed_active_hc:
+            flags.append("failed_active_hc")
+        if self.ejected:
+            flags.append("failed_outlier_check")
+        if self.removed:
+            flags.append("pending_removal")
+        return flags
+
+    def may_connect(self, open_now: int) -> bool:
+        """Whether one more connection may be opened, ``open_now`` being open or opening.
+
+        The endpoint's own limit holds; the cluster's ``max_connections`` holds too, except
+        for an endpoint with no connection at all (it may always open one, or its requests
+        could wait forever for connections of other endpoints to close).
+        """
+        if open_now >= self.cluster.config.max_connections_per_endpoint:
+            return False
+        return open_now == 0 or self.cluster.breakers.room_for_connection()
 
     def wake_waiters(self) -> None:
         """A connection or stream slot may have freed up: let waiting requests look again."""
         self._waiters.unpark_all()
 
     async def wait_for_room(self) -> None:
-        """Wait until a connection or stream slot may have freed up."""
-        await self._waiters.park()
+        """Wait, as a pending request, until a connection or stream slot may have freed up.
+
+        Raises:
+            UpstreamError: UO, when the cluster has ``max_pending_requests`` waiting already.
+        """
+        with self.cluster.breakers.waiting():
+            await self._waiters.park()
 
     async def connect(self) -> trio.abc.Stream:
         """A new transport to this endpoint, TLS if the cluster says so; UpstreamError if not."""
@@ -173,24 +233,26 @@ class Host:
                     continue
                 self.cluster.stats_cx_reused.value += 1
                 return conn, True
-            if self.open_connections < self.cluster.config.max_connections_per_endpoint:
+            if self.may_connect(self.open_connections):
                 self.open_connections += 1
+                self.cluster.breakers.connection_opened()
                 try:
                     stream = await self.connect()
                 except BaseException:
                     self.open_connections -= 1
+                    self.cluster.breakers.connection_closed()
                     self._waiters.unpark()
                     raise
                 self.cluster.stats_cx_active.value += 1
                 return UpstreamConnection(stream, fast=self.cluster.config.codec == "fast"), False
-            await self._waiters.park()
+            await self.wait_for_room()
 
     def release(self, conn: UpstreamConnection, *, reusable: bool) -> None:
         """Give a connection back: kept idle for reuse, or closed."""
         if (
             reusable
             and len(self._idle) < self.cluster.config.max_idle_connections_per_endpoint
-            and self.healthy
+            and not self.removed
         ):
             conn.idle_since = trio.current_time()
             self._idle.append(conn)
@@ -201,6 +263,7 @@ class Host:
     def _discard(self, conn: UpstreamConnection) -> None:
         _close_now(conn.stream)
         self.open_connections -= 1
+        self.cluster.breakers.connection_closed()
         self.cluster.stats_cx_active.value -= 1
 
     def close_idle(self) -> None:
@@ -211,7 +274,12 @@ class Host:
 
 
 class Cluster:
-    """A named group of endpoints behind one load balancer, updated in place."""
+    """A named group of endpoints behind one load balancer, updated in place.
+
+    Its endpoints' health (active checks, outlier ejections) and its priorities and
+    localities decide, once per change, the candidates the load balancer is given (see
+    :mod:`meshcore.runtime.hostset`); its circuit breakers bound what is sent and waits.
+    """
 
     def __init__(
         self,
@@ -224,12 +292,18 @@ class Cluster:
         self.name = config.name
         self.config = config
         self.picker = picker
+        self.stats = stats
         self.hosts: list[Host] = []
-        self.healthy_hosts: list[Host] = []
+        self.host_set = HostSet([], [], panic=False)
         self.tls_context: ssl.SSLContext | None = None
         self.tls_material: Any = None
         """What ``tls_context`` is made of (see :func:`meshcore.runtime.tls.material`)."""
         self.manager: ClusterManager | None = None
+        self.local_locality: Locality | None = None
+        self.outlier: OutlierDetector | None = None
+        self.health: HealthChecking | None = None
+        self._background: trio.CancelScope | None = None
+        self._observe: Callable[[Host, float], None] | None = None
         labels = {"cluster": config.name}
         self.stats_rq_total = stats.counter("cluster_upstream_rq_total", **labels)
         self.stats_rq_timeout = stats.counter("cluster_upstream_rq_timeout", **labels)
@@ -238,10 +312,15 @@ class Cluster:
         self.stats_cx_connect_fail = stats.counter("cluster_upstream_cx_connect_fail", **labels)
         self.stats_cx_active = stats.gauge("cluster_upstream_cx_active", **labels)
         self.stats_rq_active = stats.gauge("cluster_upstream_rq_active", **labels)
+        self.stats_healthy = stats.computed_gauge(
+            "cluster_membership_healthy", lambda: sum(1 for h in self.hosts if h.healthy), **labels
+        )
+        self.breakers = CircuitBreakers(config.name, config.circuit_breakers, stats, self.stats_rq_active)
+        self.retry_stats = RetryStats(stats, config.name)
         self.update(config, picker, tls_context=tls_context)
 
     def update(self, config: ClusterConfig, picker: Picker, *, tls_context: ssl.SSLContext | None) -> None:
-        """Apply a new config: keep the pools of endpoints that stay.
+        """Apply a new config: keep the pools (and health) of endpoints that stay.
 
         ``picker`` and ``tls_context`` are built by the caller (they can fail, this cannot):
         the same objects as before when the policy and TLS settings did not change, so a
@@ -250,6 +329,8 @@ class Cluster:
         """
         self.config = config
         self.picker = picker
+        self._observe = getattr(picker, "observe", None)
+        self.breakers.config = config.circuit_breakers
         self.tls_context = tls_context
         # By address, in order: an address given twice has two hosts, each kept in its place.
         old: dict[tuple[str, int], list[Host]] = {}
@@ -260,31 +341,119 @@ class Cluster:
             key = (endpoint.address.host, endpoint.address.port)
             same = old.get(key)
             host = same.pop(0) if same else Host(self, *key, endpoint.weight)
-            host.weight = endpoint.weight
+            _describe(host, endpoint)
             hosts.append(host)
         for gone in (h for left in old.values() for h in left):
+            gone.removed = True
             gone.healthy = False
             gone.close_idle()
         self.hosts = hosts
-        # Kept, not recomputed per request: health changes only here (no active checks yet).
-        self.healthy_hosts = [h for h in hosts if h.healthy]
+        if self.outlier is not None:
+            self.outlier.hosts_changed()
+        if self.health is not None:
+            self.health.hosts_changed()
+        self.refresh_health()
 
-    def pick(self, request: Any = None) -> Host:
-        """A healthy endpoint chosen by the load balancer for ``request``; UpstreamError(UH) if none.
+    def refresh_health(self) -> None:
+        """Recompute every endpoint's health and the load balancer's candidates (after a change)."""
+        now = _now()
+        for host in self.hosts:
+            healthy = not (host.failed_active_hc or host.ejected or host.removed)
+            if healthy and not host.healthy:
+                host.ready_since = now
+            host.healthy = healthy
+        config = self.config
+        local = None
+        if config.locality_lb is not None and config.locality_lb.enabled:
+            local = config.locality_lb.local or self.local_locality
+        self.host_set = HostSet.build(
+            self.hosts,
+            panic_threshold=config.healthy_panic_threshold,
+            overprovisioning=config.overprovisioning_factor,
+            local=local,
+        )
 
-        ``request`` is what the policy may look at: the Request, or for TCP the Connection.
+    # -- background: health checks and outlier detection -----------------------------------
+
+    def start_background(self, nursery: trio.Nursery, checkers: Sequence[Checker]) -> None:
+        """(Re)start active health checks (with ``checkers``, one per check) and outlier
+        detection as the config asks, in ``nursery``."""
+        self.stop_background()
+        config = self.config
+        if config.outlier_detection is not None:
+            self.outlier = OutlierDetector(self, config.outlier_detection, self.stats)
+        if config.health_checks and checkers:
+            self.health = HealthChecking(self, config.health_checks, checkers, self.stats)
+        if self.outlier is None and self.health is None:
+            self.refresh_health()
+            return
+        scope = self._background = trio.CancelScope()
+        outlier, health = self.outlier, self.health
+
+        async def background() -> None:
+            with scope:
+                async with trio.open_nursery() as tasks:
+                    if outlier is not None:
+                        tasks.start_soon(outlier.run)
+                    if health is not None:
+                        await tasks.start(health.run)
+                    self.refresh_health()
+
+        nursery.start_soon(background)
+
+    def stop_background(self) -> None:
+        """Stop health checks and outlier detection; forget what they found."""
+        if self._background is not None:
+            self._background.cancel()
+            self._background = None
+        self.outlier = self.health = None
+        for host in self.hosts:
+            host.failed_active_hc = host.ejected = host.active_hc_seen = False
+
+    # -- choosing an endpoint ---------------------------------------------------------------
+
+    def pick(self, request: Any = None, *, exclude: Collection[Host] = (), tries: int = 1) -> Host:
+        """An endpoint chosen by the load balancer among the candidates; UpstreamError(UH) if none.
+
+        Args:
+            request: what the policy may look at: the Request, or for TCP the Connection.
+            exclude: endpoints to avoid (tried already by this request), where others exist.
+            tries: how many picks are made to avoid them before taking the next candidate.
         """
-        healthy = self.healthy_hosts
-        if not healthy:
+        candidates = self.host_set.candidates()
+        if not candidates:
             msg = f"cluster {self.name!r} has no healthy endpoint"
             raise UpstreamError(ResponseFlag.NO_HEALTHY_UPSTREAM, msg)
-        return self.picker.pick(healthy, request)
+        host = self.picker.pick(candidates, request)
+        if exclude and host in exclude:
+            for _ in range(tries - 1):
+                host = self.picker.pick(candidates, request)
+                if host not in exclude:
+                    return host
+            # Walk on from it, as a hash ring would, to the next endpoint not tried yet.
+            start = candidates.index(host) if host in candidates else 0
+            for i in range(1, len(candidates)):
+                other = candidates[(start + i) % len(candidates)]
+                if other not in exclude:
+                    return other
+        return host
 
     @asynccontextmanager
     async def connect(self, connection: Any = None) -> AsyncIterator[tuple[trio.abc.Stream, Host]]:
         """A raw transport to an endpoint chosen for ``connection``, for L4 proxying; closed on exit."""
         host = self.pick(connection)
-        stream = await host.connect()
+        if not self.breakers.room_for_connection():
+            limit = self.config.circuit_breakers.max_connections
+            msg = f"cluster {self.name!r} is at its connections limit ({limit})"
+            raise UpstreamError(ResponseFlag.UPSTREAM_OVERFLOW, msg)
+        self.breakers.connection_opened()
+        try:
+            stream = await host.connect()
+        except BaseException:
+            self.breakers.connection_closed()
+            if self.outlier is not None:
+                self.outlier.report(host, None, ResponseFlag.UPSTREAM_CONNECTION_FAILURE)
+            raise
         host.active_requests += 1
         self.stats_cx_active.value += 1
         try:
@@ -292,35 +461,60 @@ class Cluster:
         finally:
             host.active_requests -= 1
             self.stats_cx_active.value -= 1
+            self.breakers.connection_closed()
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.aclose()
 
-    async def send(self, request: Request, *, timeout: float) -> Response:  # noqa: ASYNC109 - data: it bounds body reads after this returns too
+    async def send(
+        self,
+        request: Request,
+        *,
+        timeout: float,  # noqa: ASYNC109 - data: it bounds body reads after this returns too
+        retry_policy: RetryPolicy | None = None,
+    ) -> Response:
         """Forward ``request`` to an endpoint; return the response with its body streaming.
 
         ``timeout`` (seconds, 0 for none) bounds the whole exchange, body included: past it
-        the response head fails with UT, or the body read raises UpstreamError(UT).
+        the response head fails with UT, or the body read raises UpstreamError(UT). With a
+        ``retry_policy``, failed attempts are retried within it (see :mod:`meshcore.runtime.retry`).
         """
         deadline = trio.current_time() + timeout if timeout else math.inf
-        host = self.pick(request)
+        if retry_policy is not None and request.upgrade is None:
+            return await send_with_retries(self, request, retry_policy, deadline)
+        return await self.attempt(request, self.pick(request), deadline)
+
+    async def attempt(self, request: Request, host: Host, deadline: float) -> Response:
+        """One try of ``request`` at ``host`` before ``deadline``; its result feeds outlier detection.
+
+        Raises:
+            UpstreamError: it failed without a response (UO past a circuit breaker).
+        """
         info = request.info
         info.cluster_name = self.name
         info.upstream_address = host.label
-        # One attempt per send (a retry is another send): tracing and access logs read them.
+        # One record per attempt, retries included: tracing and access logs read them.
         record = UpstreamAttempt(len(info.attempts) + 1, self.name, host.label)
         info.attempts.append(record)
         if info.on_attempt is not None:
             info.on_attempt(request, record)
+        started = trio.current_time()
         try:
+            self.breakers.check_request()
             response = await self._send_to(request, host, deadline)
         except UpstreamError as err:
             record.flag = err.flag
             record.end = time.monotonic()
+            if self.outlier is not None:
+                self.outlier.report(host, None, err.flag)
             if info.on_attempt is not None:
                 info.on_attempt(request, record)
             raise
         record.status = response.status
         record.end = time.monotonic()
+        if self.outlier is not None:
+            self.outlier.report(host, response.status)
+        if self._observe is not None:
+            self._observe(host, trio.current_time() - started)
         if info.on_attempt is not None:
             info.on_attempt(request, record)
         return response
@@ -429,7 +623,7 @@ class Cluster:
             flag, msg = upstream_error(err, host.label)
             if flag is ResponseFlag.UPSTREAM_REQUEST_TIMEOUT:
                 self.stats_rq_timeout.value += 1
-            raise UpstreamError(flag, msg) from err
+            raise UpstreamError(flag, msg, refused=isinstance(err, StreamRefused)) from err
         except BaseException:
             finish()
             raise
@@ -462,6 +656,13 @@ class Cluster:
         raise AssertionError(msg)  # pragma: no cover - the last attempt returns or raises
 
 
+def _describe(host: Host, endpoint: Endpoint) -> None:
+    """Give ``host`` what its config says of it (weight, priority, locality)."""
+    host.weight = endpoint.weight
+    host.priority = endpoint.priority
+    host.locality = endpoint.locality
+
+
 class ClusterManager:
     """Every cluster of the proxy by name; applies Snapshots in place."""
 
@@ -471,10 +672,12 @@ class ClusterManager:
         picker_factory: Callable[[ClusterConfig], Picker],
         *,
         catalog: Catalog | None = None,
+        checker_factory: Callable[[Any], Checker] | None = None,
     ) -> None:
         self.stats = stats
         self._picker_factory = picker_factory
         self._catalog = catalog
+        self._checker_factory = checker_factory
         self.clusters: dict[str, Cluster] = {}
         self.nursery: trio.Nursery | None = None
         """Where HTTP/2 upstream connections run their reader tasks (the proxy's nursery)."""
@@ -486,16 +689,18 @@ class ClusterManager:
     def prepare(self, snapshot: Snapshot, secrets: Secrets | None = None) -> Callable[[], None]:
         """Build what ``snapshot``'s clusters need; return the function that applies them.
 
-        Building may fail (a load-balancing policy's factory, a TLS file or secret):
-        ConfigError with the field path, and nothing changed. The returned function cannot
-        fail: it changes clusters in place (endpoints that stay keep their pools), adds new
-        ones, drains removed ones. A cluster whose config and TLS material (see
-        :func:`meshcore.runtime.tls.material`) did not change is not touched; one whose TLS
-        material alone changed (a rotated secret) gets a new TLS context for new connections.
+        Building may fail (a load-balancing policy's factory, a TLS file or secret, a health
+        checker's factory): ConfigError with the field path, and nothing changed. The returned
+        function cannot fail: it changes clusters in place (endpoints that stay keep their
+        pools and health), adds new ones, drains removed ones, and (re)starts health checking
+        and outlier detection where their config changed. A cluster whose config and TLS
+        material (see :func:`meshcore.runtime.tls.material`) did not change is not touched;
+        one whose TLS material alone changed (a rotated secret) gets a new TLS context for new
+        connections.
         """
         if secrets is None:
             secrets = secrets_of(snapshot)
-        updates: list[tuple[ClusterConfig, Picker, ssl.SSLContext | None, Any]] = []
+        updates: list[tuple[ClusterConfig, Picker, ssl.SSLContext | None, Any, list[Checker] | None]] = []
         for i, config in enumerate(snapshot.clusters):
             current = self.clusters.get(config.name)
             tls_material = material(config.tls, secrets) if config.tls is not None else None
@@ -522,15 +727,21 @@ class ClusterManager:
                     raise ConfigError(
                         [ConfigProblem(path=f"clusters[{i}].tls", message=message)], stage="apply"
                     ) from err
-            updates.append((config, picker, tls, tls_material))
+            checkers = None  # None: the background keeps running as it is
+            if current is None or _background(current.config) != _background(config):
+                checkers = self._checkers(i, config)
+            updates.append((config, picker, tls, tls_material, checkers))
         wanted = {c.name for c in snapshot.clusters}
 
         def commit() -> None:
             for name in [n for n in self.clusters if n not in wanted]:
-                for host in self.clusters.pop(name).hosts:
+                removed = self.clusters.pop(name)
+                removed.stop_background()
+                for host in removed.hosts:
+                    host.removed = True
                     host.healthy = False
                     host.close_idle()
-            for config, picker, tls, tls_material in updates:
+            for config, picker, tls, tls_material, checkers in updates:
                 current = self.clusters.get(config.name)
                 if current is None:
                     current = self.clusters[config.name] = Cluster(
@@ -540,10 +751,29 @@ class ClusterManager:
                 else:
                     current.update(config, picker, tls_context=tls)
                 current.tls_material = tls_material
+                if checkers is not None and self.nursery is not None:
+                    current.start_background(self.nursery, checkers)
             log.debug("clusters_applied", clusters=sorted(self.clusters))
 
         return commit
 
+    def _checkers(self, index: int, config: ClusterConfig) -> list[Checker]:
+        """The health checkers of a cluster's checks, built (ConfigError naming the field if one fails)."""
+        checkers = []
+        for j, check in enumerate(config.health_checks):
+            if self._checker_factory is None:
+                break
+            ref = check.checker
+            where = f"clusters[{index}].health_checks[{j}].{ref.name}"
+            with blame(where, self._catalog, "health_checker", ref.name, "factory"):
+                checkers.append(self._checker_factory(ref))
+        return checkers
+
     def apply(self, snapshot: Snapshot) -> None:
         """Update to ``snapshot``'s clusters at once (see :meth:`prepare`)."""
         self.prepare(snapshot)()
+
+
+def _background(config: ClusterConfig) -> tuple[Any, ...]:
+    """What health checking and outlier detection depend on."""
+    return (config.health_checks, config.outlier_detection)

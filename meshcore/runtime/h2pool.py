@@ -448,11 +448,11 @@ class H2Pool:
         if conn in self.connections:
             self.connections.remove(conn)
             self.host.cluster.stats_cx_active.value -= 1
+            self.host.cluster.breakers.connection_closed()
             self.host.wake_waiters()
 
     async def acquire(self, nursery: trio.Nursery) -> H2Connection:
         """A connection with room for one more stream, opening one if needed."""
-        limit = self.host.cluster.config.max_connections_per_endpoint
         while True:
             for conn in self.connections:
                 if conn.capacity > 0:
@@ -468,15 +468,19 @@ class H2Pool:
                 if self.connect_failures != failures and self.connect_error is not None:
                     raise UpstreamError(self.connect_error.flag, str(self.connect_error))
                 continue
-            if len(self.connections) < limit:
+            if self.host.may_connect(len(self.connections)):
                 self.connecting += 1
+                breakers = self.host.cluster.breakers
+                breakers.connection_opened()
                 try:
                     stream = await self.host.connect()
                     conn = H2Connection(stream, self.host)
                     await nursery.start(conn.run)
-                except UpstreamError as err:
-                    self.connect_failures += 1
-                    self.connect_error = err
+                except BaseException as err:
+                    breakers.connection_closed()
+                    if isinstance(err, UpstreamError):
+                        self.connect_failures += 1
+                        self.connect_error = err
                     raise
                 finally:
                     self.connecting -= 1

@@ -19,13 +19,14 @@ import structlog
 import trio
 
 from meshcore.config import Cluster as ClusterConfig
-from meshcore.config import FilterChain, Listener, Snapshot, SnapshotChecker, SnapshotDelta
+from meshcore.config import FilterChain, Listener, PluginRef, Snapshot, SnapshotChecker, SnapshotDelta
 from meshcore.errors import ConfigError, ConfigProblem
 from meshcore.registry import Registry
 from meshcore.runtime.apply import Plan, announce, plan
 from meshcore.runtime.cluster import ClusterManager, Picker
 from meshcore.runtime.config_health import ConfigHealth
 from meshcore.runtime.context import FilterContext
+from meshcore.runtime.health import Checker
 from meshcore.runtime.listener import ListenerRuntime
 from meshcore.runtime.overload import OverloadManager
 from meshcore.runtime.services import Services
@@ -49,7 +50,9 @@ class Proxy:
         self.stats = stats or Stats()
         self.reuse_port = reuse_port
         self.snapshot: Snapshot | None = None
-        self.clusters = ClusterManager(self.stats, self._picker, catalog=registry)
+        self.clusters = ClusterManager(
+            self.stats, self._picker, catalog=registry, checker_factory=self._health_checker
+        )
         self.overload = OverloadManager(self.stats)
         self.listeners: dict[str, ListenerRuntime] = {}
         self.services = Services()
@@ -72,6 +75,14 @@ class Proxy:
             raise ValueError(msg)
         picker: Picker = policy.factory(config.lb_policy.config)
         return picker
+
+    def _health_checker(self, ref: PluginRef) -> Checker:
+        found = self.registry.get("health_checker", ref.name)
+        if found is None:  # the loader checks names; this is a bug guard
+            msg = f"unknown health checker {ref.name!r}"
+            raise ValueError(msg)
+        checker: Checker = found.factory(ref.config)
+        return checker
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Own the listener tasks until every listener has drained.

@@ -7,9 +7,9 @@ objects that update them, so the hot path is an attribute increment: no lookup, 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-__all__ = ["Counter", "Gauge", "Histogram", "Stats"]
+__all__ = ["ComputedGauge", "Counter", "Gauge", "Histogram", "Stats"]
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -92,6 +92,21 @@ class Gauge:
         self.value -= amount
 
 
+class ComputedGauge:
+    """A gauge whose value is computed when it is read (how close a limit is), never updated."""
+
+    __slots__ = ("_read",)
+    kind = "gauge"
+
+    def __init__(self, read: Callable[[], int | float]) -> None:
+        self._read = read
+
+    @property
+    def value(self) -> int | float:
+        """The value now."""
+        return self._read()
+
+
 class Histogram:
     """A distribution over fixed buckets (milliseconds by default)."""
 
@@ -123,7 +138,7 @@ class Histogram:
         return float("inf")
 
 
-Metric = Counter | Gauge | Histogram
+Metric = Counter | Gauge | ComputedGauge | Histogram
 
 
 class Stats:
@@ -165,6 +180,16 @@ class Stats:
         """The gauge ``name`` with ``labels`` (created on first use)."""
         metric = self._get(Gauge, name, labels)
         assert isinstance(metric, Gauge)  # noqa: S101 - narrowed by _get
+        return metric
+
+    def computed_gauge(self, name: str, read: Callable[[], int | float], **labels: str) -> ComputedGauge:
+        """The gauge ``name`` with ``labels``, read from ``read()`` (replacing an earlier one)."""
+        key = (name, tuple(sorted(labels.items())))
+        current = self._metrics.get(key)
+        if current is not None and current.kind != "gauge":
+            msg = f"metric {name!r} is a {current.kind}, not a gauge"
+            raise TypeError(msg)
+        metric = self._metrics[key] = ComputedGauge(read)
         return metric
 
     def histogram(self, name: str, buckets: tuple[float, ...] | None = None, /, **labels: str) -> Histogram:
