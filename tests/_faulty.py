@@ -4,7 +4,7 @@ Each request is answered by the next action of a script (then by a default actio
 
 - ``"200"``, ``"503"``, ...: that status, with a small body naming the upstream;
 - ``"503 retry-after=2"``: that status with a header (``name=value``, several allowed);
-- ``"delay:MS"``: 200 after MS milliseconds;
+- ``"delay:MS"``: 200 after MS milliseconds (``"delay:MS:503"``: that status after MS);
 - ``"hang"``: never answers (until the connection or the server goes);
 - ``"reset"``: resets the connection (RST) once the request is read;
 - ``"close"``: closes the connection (FIN) without answering;
@@ -150,8 +150,9 @@ class FaultyUpstream:
         if kind == "close":
             return False
         if kind == "delay":
-            await trio.sleep(int(arg) / 1000)
-            kind = "200"
+            ms, _, status = arg.partition(":")
+            await trio.sleep(int(ms) / 1000)
+            kind = status or "200"
         if kind == "grpc":
             headers = [("content-type", "application/grpc"), ("grpc-status", arg), ("content-length", "0")]
             await stream.send_all(

@@ -5,7 +5,9 @@ processed is retried only if its method is idempotent** (RFC 9110 section 9.2.2)
 the policy sets ``retry_non_idempotent``. "May have been processed" is everything but a
 connection that could not be made or a stream the upstream refused: a POST whose bytes
 reached an upstream that then answered 503, reset, or stayed silent past the per-try
-timeout is never sent again, because that upstream may have acted on it.
+timeout is never sent again, because that upstream may have acted on it. gRPC calls are
+POSTs too; a gRPC status the policy lists (``unavailable``, ...) is its word that calls
+answered so may be sent again, as gRPC's own retry policy has it.
 
 An attempt is retried when its outcome matches ``retry_on`` (see
 :data:`meshcore.config.traffic.RETRY_ON`), retries are left, the request body could be
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ATTEMPT_COUNT_HEADER",
+    "GRPC_CONDITIONS",
     "IDEMPOTENT_METHODS",
     "ReplayableBody",
     "RetryStats",
@@ -64,6 +67,9 @@ _GRPC_RETRY_ON = {
     13: "internal",
     14: "unavailable",
 }
+GRPC_CONDITIONS = frozenset(_GRPC_RETRY_ON.values())
+"""gRPC calls are POSTs: a gRPC status listed in ``retry_on`` is the policy's word that calls
+answered with it may be sent again, as in gRPC's own retry policy (gRFC A6)."""
 _RESET_FLAGS = frozenset(
     {
         ResponseFlag.UPSTREAM_CONNECTION_TERMINATION,
@@ -376,7 +382,7 @@ def _no_retry(
         return "not retriable"
     if number > policy.num_retries:
         return "no retries left"
-    if outcome.processed and not idempotent:
+    if outcome.processed and not idempotent and outcome.condition not in GRPC_CONDITIONS:
         return "not idempotent and may have been processed"
     if replay is not None and not replay.replayable:
         return "request body larger than buffer_limit"
