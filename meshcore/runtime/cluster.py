@@ -304,6 +304,7 @@ class Cluster:
         self.health: HealthChecking | None = None
         self._background: trio.CancelScope | None = None
         self._observe: Callable[[Host, float], None] | None = None
+        self._health_waiters = trio.lowlevel.ParkingLot()
         labels = {"cluster": config.name}
         self.stats_rq_total = stats.counter("cluster_upstream_rq_total", **labels)
         self.stats_rq_timeout = stats.counter("cluster_upstream_rq_timeout", **labels)
@@ -372,6 +373,11 @@ class Cluster:
             overprovisioning=config.overprovisioning_factor,
             local=local,
         )
+        self._health_waiters.unpark_all()
+
+    async def wait_health_change(self) -> None:
+        """Wait until the endpoints' health is next recomputed (for tests and tools)."""
+        await self._health_waiters.park()
 
     # -- background: health checks and outlier detection -----------------------------------
 
