@@ -22,7 +22,7 @@ from meshcore.config import Address, Endpoint, snapshot_from_data
 from meshcore.config import Cluster as ClusterConfig
 from meshcore.config.traffic import OutlierDetection
 from meshcore.filters.load_balancers import RoundRobin
-from meshcore.http.flags import ResponseFlag
+from meshcore.flags import ResponseFlag
 from meshcore.runtime.cluster import Cluster, Host
 from meshcore.runtime.outlier import OutlierDetector
 from meshcore.runtime.stats import Stats

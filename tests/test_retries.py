@@ -21,7 +21,7 @@ import meshcore
 from meshcore import Request, Response, UpstreamAttempt, UpstreamError
 from meshcore.config import snapshot_from_data
 from meshcore.config.traffic import RetryOn, RetryPolicy
-from meshcore.http.flags import ResponseFlag
+from meshcore.flags import ResponseFlag
 from meshcore.http.messages import Headers
 from meshcore.registry import build_registry
 from meshcore.runtime.retry import _failure_condition, _response_condition, backoff
