@@ -10,7 +10,8 @@ Each request is answered by the next action of a script (then by a default actio
 - ``"close"``: closes the connection (FIN) without answering;
 - ``"grpc:CODE"``: a gRPC trailers-only answer with that grpc-status.
 
-The counts are taken on the upstream side: every request that arrived (with its method,
+``paths`` maps a path to an action of its own (a health check endpoint), taken before the
+script. The counts are taken on the upstream side: every request that arrived (with its method,
 path, attempt header and body size), and the most requests it held at once. ``stop()``
 closes the listener, so new connections are refused (the upstream "died").
 """
@@ -45,6 +46,7 @@ class FaultyUpstream:
     name: str = "faulty"
     default: str = "200"
     script: list[str] = attrs.Factory(list)
+    paths: dict[str, str] = attrs.Factory(dict)
     seen: list[Seen] = attrs.Factory(list)
     active: int = 0
     max_active: int = 0
@@ -57,6 +59,10 @@ class FaultyUpstream:
     def count(self) -> int:
         """Requests that reached the upstream."""
         return len(self.seen)
+
+    def count_path(self, path: str) -> int:
+        """Requests for ``path`` that reached the upstream."""
+        return sum(1 for seen in self.seen if seen.path == path)
 
     def then(self, actions: Iterable[str]) -> None:
         """Queue actions for the next requests."""
@@ -92,7 +98,9 @@ class FaultyUpstream:
                 request, body = await self._read(conn, stream)
                 if request is None:
                     return
-                action = self.script.pop(0) if self.script else self.default
+                action = self.paths.get(request.target.decode())
+                if action is None:
+                    action = self.script.pop(0) if self.script else self.default
                 headers = dict(request.headers)
                 self.seen.append(
                     Seen(

@@ -397,11 +397,15 @@ async def test_clusters_lists_endpoints_with_health_and_load() -> None:
             {
                 "name": "c",
                 "lb_policy": "round_robin",
+                "panic": False,
                 "endpoints": [
                     {
                         "address": "127.0.0.1:1",
                         "weight": 3,
                         "healthy": True,
+                        "health_flags": [],
+                        "priority": 0,
+                        "locality": None,
                         "active_requests": 0,
                         "open_connections": 0,
                     }

@@ -143,12 +143,22 @@ def _clusters(proxy: Proxy, _query: Query) -> AdminResponse:
                 "address": host.label,
                 "weight": host.weight,
                 "healthy": host.healthy,
+                "health_flags": host.health_flags(),
+                "priority": host.priority,
+                "locality": str(host.locality) if host.locality is not None else None,
                 "active_requests": host.active_requests,
                 "open_connections": host.open_connections,
             }
             for host in cluster.hosts
         ]
-        clusters.append({"name": name, "lb_policy": cluster.config.lb_policy.name, "endpoints": endpoints})
+        clusters.append(
+            {
+                "name": name,
+                "lb_policy": cluster.config.lb_policy.name,
+                "panic": cluster.host_set.panic,
+                "endpoints": endpoints,
+            }
+        )
     return _json({"clusters": clusters})
 
 

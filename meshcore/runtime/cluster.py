@@ -390,8 +390,8 @@ class Cluster:
             self.outlier = OutlierDetector(self, config.outlier_detection, self.stats)
         if config.health_checks and checkers:
             self.health = HealthChecking(self, config.health_checks, checkers, self.stats)
+        self.refresh_health()
         if self.outlier is None and self.health is None:
-            self.refresh_health()
             return
         scope = self._background = trio.CancelScope()
         outlier, health = self.outlier, self.health
@@ -402,8 +402,7 @@ class Cluster:
                     if outlier is not None:
                         tasks.start_soon(outlier.run)
                     if health is not None:
-                        await tasks.start(health.run)
-                    self.refresh_health()
+                        tasks.start_soon(health.run)
 
         nursery.start_soon(background)
 

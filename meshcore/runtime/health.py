@@ -82,16 +82,20 @@ class HealthChecking:
         self.checkers = list(checkers)
         self.sessions: dict[Host, list[_Session]] = {}
         self._nursery: trio.Nursery | None = None
+        self._results = trio.lowlevel.ParkingLot()
         self._random = random.Random()  # noqa: S311 - jitter, not cryptography
         labels = {"cluster": cluster.name}
         self._success = stats.counter("cluster_health_check_success_total", **labels)
         self._failure = stats.counter("cluster_health_check_failure_total", **labels)
+        self.hosts_changed()  # new endpoints are unhealthy from now, not from the first tick
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Check every endpoint until cancelled (endpoints come and go with :meth:`hosts_changed`)."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            self.hosts_changed()
+            for host, sessions in self.sessions.items():
+                for index, session in enumerate(sessions):
+                    nursery.start_soon(self._check_forever, host, index, session)
             task_status.started()
             await trio.sleep_forever()
 
@@ -157,6 +161,11 @@ class HealthChecking:
                 session.passing = False
                 self._update(host, reason=f"{session.failures} checks failed")
         session.checked = True
+        self._results.unpark_all()
+
+    async def wait_result(self) -> None:
+        """Wait until the next check of any endpoint has a result (for tests and tools)."""
+        await self._results.park()
 
     def _update(self, host: Host, *, reason: str) -> None:
         failed = not all(s.passing for s in self.sessions.get(host, ()))
