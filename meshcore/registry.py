@@ -58,6 +58,8 @@ BUILTIN_PLUGINS = (
     "meshcore.filters.jwt_authn",
     "meshcore.filters.tracing",
     "meshcore.filters.mesh_metrics",
+    "meshcore.filters.hash_lb",
+    "meshcore.filters.ewma_lb",
     "meshcore.filters.health_checks",
     "meshcore.plugins.file_source",
     "meshcore.plugins.ca",

@@ -25,6 +25,7 @@ import yaml
 
 import meshcore
 from meshcore.cli import main
+from meshcore.filters.load_balancers import RoundRobinConfig
 from meshcore.registry import AUTOLOAD_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,7 +105,8 @@ def test_http_example_structures_into_a_snapshot() -> None:
     backend = snapshot.cluster("backend")
     assert backend is not None
     assert backend.connect_timeout == pytest.approx(0.25)
-    assert backend.lb_policy == meshcore.LbPolicyRef(name="round_robin")
+    # round_robin takes a config now (slow_start): its defaults when written bare.
+    assert backend.lb_policy == meshcore.LbPolicyRef(name="round_robin", config=RoundRobinConfig())
     assert [str(e.address) for e in backend.endpoints] == ["127.0.0.1:8080"]
     routes = snapshot.route_configs[0].virtual_hosts[0].routes
     assert [r.name for r in routes] == ["health", "api", "default"]
@@ -173,10 +175,10 @@ MISTAKES: dict[str, tuple[str, Sequence[Edit], str, str, str]] = {
     ),
     "unknown lb policy": (
         HTTP,
-        [("lb_policy: round_robin", "lb_policy: random")],
+        [("lb_policy: round_robin", "lb_policy: quickest")],
         "lb_policy",
         "clusters[0].lb_policy",
-        "unknown load-balancing policy 'random' (known: least_request, round_robin)",
+        "unknown load-balancing policy 'quickest' (known: least_request, maglev, peak_ewma, random, ring_hash, round_robin)",
     ),
     "misspelled lb policy": (
         TCP,
@@ -185,7 +187,7 @@ MISTAKES: dict[str, tuple[str, Sequence[Edit], str, str, str]] = {
         "clusters[0].lb_policy",
         (
             "unknown load-balancing policy 'least_requests'; did you mean 'least_request'? "
-            "(known: least_request, round_robin)"
+            "(known: least_request, maglev, peak_ewma, random, ring_hash, round_robin)"
         ),
     ),
     "out of range deep inside a filter's config": (
@@ -400,10 +402,10 @@ MANY_MISTAKES: list[tuple[Edit, str, str, str]] = [
         "unknown cluster 'backnd' (defined: backend)",
     ),
     (
-        ("lb_policy: round_robin", "lb_policy: random"),
-        "random",
+        ("lb_policy: round_robin", "lb_policy: quickest"),
+        "quickest",
         "clusters[0].lb_policy",
-        "unknown load-balancing policy 'random' (known: least_request, round_robin)",
+        "unknown load-balancing policy 'quickest' (known: least_request, maglev, peak_ewma, random, ring_hash, round_robin)",
     ),
     (
         ("      - 127.0.0.1:8080", "      - localhost"),
@@ -431,12 +433,12 @@ def test_every_problem_is_reported_in_one_run(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_files_are_reported_one_after_another(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    bad_http = broken_copy(tmp_path, HTTP, ("lb_policy: round_robin", "lb_policy: random"))
+    bad_http = broken_copy(tmp_path, HTTP, ("lb_policy: round_robin", "lb_policy: quickest"))
     bad_tcp = broken_copy(tmp_path, TCP, ("idle_timeout: 1h", "idle_timeout: -1h"))
     status, out = validate(capsys, bad_http, EXAMPLES / TCP, bad_tcp)
     assert status == 1
     assert len(out) == 3
-    assert out[0].startswith(f"{bad_http}:{line_of(bad_http, 'random')}: clusters[0].lb_policy: unknown")
+    assert out[0].startswith(f"{bad_http}:{line_of(bad_http, 'quickest')}: clusters[0].lb_policy: unknown")
     assert out[1].startswith(f"{EXAMPLES / TCP}: ok (version ")
     assert out[2] == (
         f"{bad_tcp}:{line_of(bad_tcp, '-1h')}: "

@@ -39,7 +39,8 @@ BUILTIN_TYPES = {
         "router",
         "tracing",
     ],
-    "lb_policy": ["least_request", "round_robin"],
+    "lb_policy": ["least_request", "maglev", "peak_ewma", "random", "ring_hash", "round_robin"],
+    "health_checker": ["grpc", "http", "tcp"],
     "config_source": ["control_plane", "file"],
     "mesh_kind": [
         "AuthorizationPolicy",
