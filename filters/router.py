@@ -99,10 +99,11 @@ class Router:
             headers.add(b"x-forwarded-for", split_host_port(request.info.downstream_address)[0])
             if b"x-forwarded-proto" not in headers:  # the connection manager sets it from the transport
                 headers.set(b"x-forwarded-proto", request.scheme)
+        timeout = _timeout(request, action.timeout)
+        if action.request_mirror_policies:
+            self._clusters.mirror(request, route.name, action.request_mirror_policies, timeout=timeout)
         try:
-            response = await cluster.send(
-                request, timeout=_timeout(request, action.timeout), retry_policy=action.retry_policy
-            )
+            response = await cluster.send(request, timeout=timeout, retry_policy=action.retry_policy)
         except UpstreamError as err:
             log.info("upstream_failed", route=route.name, cluster=name, flags=err.flag.value, reason=str(err))
             return _local(request, err.flag)

@@ -35,13 +35,14 @@ from meshcore.runtime.h1exchange import RECEIVE_SIZE, H1Exchange
 from meshcore.runtime.h2pool import H2Pool, StreamRefused, upstream_error
 from meshcore.runtime.health import Checker, HealthChecking
 from meshcore.runtime.hostset import HostSet
+from meshcore.runtime.mirror import Mirrors
 from meshcore.runtime.outlier import OutlierDetector
 from meshcore.runtime.retry import RetryStats, send_with_retries
 from meshcore.runtime.stats import Stats
 from meshcore.runtime.tls import Secrets, client_context, identity_mismatch, material, secrets_of
 
 if TYPE_CHECKING:
-    from meshcore.config.traffic import Locality, RetryPolicy
+    from meshcore.config.traffic import Locality, RequestMirrorPolicy, RetryPolicy
 
 __all__ = ["Cluster", "ClusterManager", "Host", "UpstreamError"]
 
@@ -684,12 +685,22 @@ class ClusterManager:
         self._catalog = catalog
         self._checker_factory = checker_factory
         self.clusters: dict[str, Cluster] = {}
+        self.mirrors = Mirrors(self)
         self.nursery: trio.Nursery | None = None
         """Where HTTP/2 upstream connections run their reader tasks (the proxy's nursery)."""
 
     def get(self, name: str) -> Cluster | None:
         """The cluster called ``name``, if any."""
         return self.clusters.get(name)
+
+    def mirror(
+        self, request: Request, route: str, policies: tuple[RequestMirrorPolicy, ...], *, timeout: float
+    ) -> None:
+        """Send copies of ``request`` per a route's mirror policies, fire and forget (see runtime/mirror.py).
+
+        Call it before the request's body is read: the copies are fed as it is.
+        """
+        self.mirrors.mirror(request, route, policies, timeout=timeout)
 
     def prepare(self, snapshot: Snapshot, secrets: Secrets | None = None) -> Callable[[], None]:
         """Build what ``snapshot``'s clusters need; return the function that applies them.
