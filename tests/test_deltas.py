@@ -133,7 +133,7 @@ def test_a_delta_document_is_structured_with_field_paths() -> None:
         "delta-8.json: listners: unknown field; did you mean 'listeners'?",
         (
             "delta-8.json: clusters[0].lb_policy: unknown load-balancing policy 'round_robbin'; "
-            "did you mean 'round_robin'? (known: least_request, round_robin)"
+            "did you mean 'round_robin'? (known: least_request, maglev, peak_ewma, random, ring_hash, round_robin)"
         ),
         "delta-8.json: endpoints.backend[0].address: must be an address \"host:port\", got 'nowhere'",
     ]

@@ -18,9 +18,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 import trio
 
-from meshcore.config import Catalog, Snapshot
+from meshcore.config import Catalog, Endpoint, Snapshot
 from meshcore.config import Cluster as ClusterConfig
-from meshcore.config import Endpoint
 from meshcore.connection import join_host_port
 from meshcore.errors import ConfigError, ConfigProblem, ProtocolError, UpstreamError
 from meshcore.flags import ResponseFlag
@@ -383,8 +382,10 @@ class Cluster:
     # -- background: health checks and outlier detection -----------------------------------
 
     def start_background(self, nursery: trio.Nursery, checkers: Sequence[Checker]) -> None:
-        """(Re)start active health checks (with ``checkers``, one per check) and outlier
-        detection as the config asks, in ``nursery``."""
+        """(Re)start active health checks and outlier detection as the config asks, in ``nursery``.
+
+        ``checkers`` are the health checks' checkers, one per check, built beforehand.
+        """
         self.stop_background()
         config = self.config
         if config.outlier_detection is not None:
