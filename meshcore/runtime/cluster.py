@@ -20,6 +20,7 @@ import trio
 
 from meshcore.config import Catalog, Endpoint, Snapshot
 from meshcore.config import Cluster as ClusterConfig
+from meshcore.config.traffic import Locality
 from meshcore.connection import join_host_port
 from meshcore.errors import ConfigError, ConfigProblem, ProtocolError, UpstreamError
 from meshcore.flags import ResponseFlag
@@ -41,7 +42,7 @@ from meshcore.runtime.stats import Stats
 from meshcore.runtime.tls import Secrets, client_context, identity_mismatch, material, secrets_of
 
 if TYPE_CHECKING:
-    from meshcore.config.traffic import Locality, RequestMirrorPolicy, RetryPolicy
+    from meshcore.config.traffic import RequestMirrorPolicy, RetryPolicy
 
 __all__ = ["Cluster", "ClusterManager", "Host", "UpstreamError"]
 
@@ -294,7 +295,7 @@ class Cluster:
         self.picker = picker
         self.stats = stats
         self.hosts: list[Host] = []
-        self.host_set = HostSet([], [], panic=False)
+        self.host_set: HostSet[Host] = HostSet([], [], panic=False)
         self.tls_context: ssl.SSLContext | None = None
         self.tls_material: Any = None
         """What ``tls_context`` is made of (see :func:`meshcore.runtime.tls.material`)."""
@@ -749,6 +750,7 @@ class ClusterManager:
                 checkers = self._checkers(i, config)
             updates.append((config, picker, tls, tls_material, checkers))
         wanted = {c.name for c in snapshot.clusters}
+        local = node_locality(snapshot)
 
         def commit() -> None:
             for name in [n for n in self.clusters if n not in wanted]:
@@ -770,6 +772,10 @@ class ClusterManager:
                 current.tls_material = tls_material
                 if checkers is not None and self.nursery is not None:
                     current.start_background(self.nursery, checkers)
+            for cluster in self.clusters.values():
+                if cluster.local_locality != local:
+                    cluster.local_locality = local
+                    cluster.refresh_health()
             log.debug("clusters_applied", clusters=sorted(self.clusters))
 
         return commit
@@ -789,6 +795,24 @@ class ClusterManager:
     def apply(self, snapshot: Snapshot) -> None:
         """Update to ``snapshot``'s clusters at once (see :meth:`prepare`)."""
         self.prepare(snapshot)()
+
+
+LOCALITY_LABELS = (
+    "topology.kubernetes.io/region",
+    "topology.kubernetes.io/zone",
+    "topology.istio.io/subzone",
+)
+"""The workload labels a proxy's own locality is read from (Kubernetes' and Istio's)."""
+
+
+def node_locality(snapshot: Snapshot) -> Locality | None:
+    """The proxy's locality, from its identity's labels in the Snapshot (None if unknown)."""
+    node = getattr(snapshot, "node", None)
+    labels = getattr(node, "labels", None) or {}
+    region, zone, subzone = (str(labels.get(name, "")) for name in LOCALITY_LABELS)
+    if not (region or zone or subzone):
+        return None
+    return Locality(region=region, zone=zone, subzone=subzone)
 
 
 def _background(config: ClusterConfig) -> tuple[Any, ...]:

@@ -23,19 +23,38 @@ from __future__ import annotations
 import random
 from bisect import bisect_right
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Generic, Protocol, TypeVar
 
 from meshcore.config.traffic import Locality
 
-if TYPE_CHECKING:
-    from meshcore.runtime.cluster import Host
+__all__ = ["HostSet", "Member"]
 
-__all__ = ["HostSet"]
+
+class Member(Protocol):
+    """What the host set needs to know of an endpoint."""
+
+    @property
+    def healthy(self) -> bool:
+        """Whether it may be chosen."""
+        ...
+
+    @property
+    def priority(self) -> int:
+        """Its priority (0 first)."""
+        ...
+
+    @property
+    def locality(self) -> Locality | None:
+        """Where it runs, if known."""
+        ...
+
+
+Host = TypeVar("Host", bound=Member)
 
 _FAR = 3  # the distance of an endpoint with no locality (or of every endpoint without locality_lb)
 
 
-class HostSet:
+class HostSet(Generic[Host]):
     """The endpoints to choose from, computed once per health change.
 
     Attributes:
@@ -65,7 +84,7 @@ class HostSet:
         panic_threshold: float = 50.0,
         overprovisioning: float = 1.4,
         local: Locality | None = None,
-    ) -> HostSet:
+    ) -> HostSet[Host]:
         """The candidates among ``hosts`` (each with ``healthy``, ``priority``, ``locality``).
 
         Args:
