@@ -19,8 +19,8 @@ from _faulty import FaultyUpstream
 from meshcore.config import snapshot_from_data
 from meshcore.config.traffic import Locality
 from meshcore.registry import build_registry
-from meshcore.runtime.cluster import Cluster, node_locality
-from meshcore.runtime.hostset import HostSet
+from meshcore.runtime.cluster import Cluster
+from meshcore.runtime.hostset import HostSet, node_locality
 from meshcore.runtime.proxy import Proxy
 from meshcore.testing.client import fetch
 from meshcore.testing.harness import http_proxy_config, start_proxy
@@ -115,8 +115,8 @@ def test_the_proxys_locality_comes_from_its_identity_labels() -> None:
         node: Node | None
 
     labels = {"topology.kubernetes.io/region": "eu", "topology.kubernetes.io/zone": "eu-1", "app": "x"}
-    assert node_locality(WithNode(Node(labels))) == Locality(region="eu", zone="eu-1")  # type: ignore[arg-type]  # any object with .node
-    assert node_locality(WithNode(None)) is None  # type: ignore[arg-type]  # any object with .node
+    assert node_locality(WithNode(Node(labels))) == Locality(region="eu", zone="eu-1")
+    assert node_locality(WithNode(None)) is None
 
 
 # -- end to end ------------------------------------------------------------------------------------

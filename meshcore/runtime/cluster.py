@@ -34,7 +34,7 @@ from meshcore.runtime.filterstate import blame
 from meshcore.runtime.h1exchange import RECEIVE_SIZE, H1Exchange
 from meshcore.runtime.h2pool import H2Pool, StreamRefused, upstream_error
 from meshcore.runtime.health import Checker, HealthChecking
-from meshcore.runtime.hostset import HostSet
+from meshcore.runtime.hostset import HostSet, node_locality
 from meshcore.runtime.mirror import Mirrors
 from meshcore.runtime.outlier import OutlierDetector
 from meshcore.runtime.retry import RetryStats, send_with_retries
@@ -795,24 +795,6 @@ class ClusterManager:
     def apply(self, snapshot: Snapshot) -> None:
         """Update to ``snapshot``'s clusters at once (see :meth:`prepare`)."""
         self.prepare(snapshot)()
-
-
-LOCALITY_LABELS = (
-    "topology.kubernetes.io/region",
-    "topology.kubernetes.io/zone",
-    "topology.istio.io/subzone",
-)
-"""The workload labels a proxy's own locality is read from (Kubernetes' and Istio's)."""
-
-
-def node_locality(snapshot: Snapshot) -> Locality | None:
-    """The proxy's locality, from its identity's labels in the Snapshot (None if unknown)."""
-    node = getattr(snapshot, "node", None)
-    labels = getattr(node, "labels", None) or {}
-    region, zone, subzone = (str(labels.get(name, "")) for name in LOCALITY_LABELS)
-    if not (region or zone or subzone):
-        return None
-    return Locality(region=region, zone=zone, subzone=subzone)
 
 
 def _background(config: ClusterConfig) -> tuple[Any, ...]:

@@ -27,7 +27,7 @@ from typing import Generic, Protocol, TypeVar
 
 from meshcore.config.traffic import Locality
 
-__all__ = ["HostSet", "Member"]
+__all__ = ["LOCALITY_LABELS", "HostSet", "Member", "node_locality"]
 
 
 class Member(Protocol):
@@ -139,3 +139,21 @@ class HostSet(Generic[Host]):
             f"{len(level)}@{load:.0f}%" for level, load in zip(self.levels, self.loads, strict=True)
         )
         return f"<HostSet {shape}{' panic' if self.panic else ''}>"
+
+
+LOCALITY_LABELS = (
+    "topology.kubernetes.io/region",
+    "topology.kubernetes.io/zone",
+    "topology.istio.io/subzone",
+)
+"""The workload labels a proxy's own locality is read from (Kubernetes' and Istio's)."""
+
+
+def node_locality(snapshot: object) -> Locality | None:
+    """The proxy's locality, from its identity's labels in the Snapshot (None if unknown)."""
+    node = getattr(snapshot, "node", None)
+    labels = getattr(node, "labels", None) or {}
+    region, zone, subzone = (str(labels.get(name, "")) for name in LOCALITY_LABELS)
+    if not (region or zone or subzone):
+        return None
+    return Locality(region=region, zone=zone, subzone=subzone)
