@@ -742,9 +742,10 @@ def test_the_examples_directory_without_plugins(capsys: pytest.CaptureFixture[st
     out = capsys.readouterr().out.splitlines()
     assert status == 0
     proxies = [line for line in out if ": ok (version " in line]
-    assert len(proxies) == 2
+    assert len(proxies) == 3
     assert proxies[0].startswith(f"{EXAMPLES / HTTP}: ok (version ")
     assert proxies[1].startswith(f"{EXAMPLES / TCP}: ok (version ")
+    assert proxies[2].startswith(f"{EXAMPLES / 'traffic-management.yaml'}: ok (version ")
     # examples/first-mesh holds mesh resources: checked as the control plane loads them.
     mesh = sorted((EXAMPLES / "first-mesh").rglob("*.yaml"))
     assert [line.split(": ok (mesh resources: ")[0] for line in out if line not in proxies] == [
@@ -761,7 +762,7 @@ def test_the_examples_glob_without_plugins(capsys: pytest.CaptureFixture[str]) -
     assert captured.err == (
         f"{EXAMPLES / 'plugin-hello'}: skipped, a Python project (name its config files to validate them)\n"
     )
-    assert captured.out.count(": ok (version ") == 2
+    assert captured.out.count(": ok (version ") == 3
     assert captured.out.count(": ok (mesh resources: ") == len(
         list((EXAMPLES / "first-mesh").rglob("*.yaml"))
     )

@@ -33,6 +33,7 @@ PAGES = (
     "testing",
     "sources",
     "applying",
+    "traffic-management",
     "reference/config",
     "reference/api",
     "response-flags",
