@@ -153,10 +153,13 @@ async def test_the_example_does_what_the_guide_says(nursery: trio.Nursery) -> No
         assert set(names) <= {"9111", "9112"}
         assert names["9111"] > names["9112"]
 
-        # Mirroring: half the orders reach the shadow, with its -shadow host.
+        # Mirroring: copies of the orders reach the shadow (half of each 100), with a -shadow host.
         for i in range(20):
             assert (await fetch(address, f"/orders/{i}")).header("x-upstream") == "9121"
-        await upstreams[9122].wait_seen(10)
+        await proxy.clusters.mirrors.wait_idle()
+        copies = upstreams[9122].count
+        assert copies == proxy.stats.value("mirror_requests_total", cluster="orders-shadow")
+        assert 0 < copies < 20
         assert {s.host for s in upstreams[9122].seen} == {"example.com-shadow"}
 
         # Consistent hashing: a user's cart stays on one endpoint.
