@@ -6,6 +6,9 @@ Each request is answered by the next action of a script (then by a default actio
 - ``"503 retry-after=2"``: that status with a header (``name=value``, several allowed);
 - ``"delay:MS"``: 200 after MS milliseconds (``"delay:MS:503"``: that status after MS);
 - ``"hang"``: never answers (until the connection or the server goes);
+- ``"gate"``: 200 once ``release()`` was called (``"gate:503"``: that status): an upstream
+  that holds every request until the test lets go, so "answered before the upstream could
+  have answered" is an order of events, not a duration;
 - ``"reset"``: resets the connection (RST) once the request is read;
 - ``"close"``: closes the connection (FIN) without answering;
 - ``"grpc:CODE"``: a gRPC trailers-only answer with that grpc-status.
@@ -53,6 +56,7 @@ class FaultyUpstream:
     connections: int = 0
     _listeners: list[trio.SocketListener] = attrs.Factory(list)
     _arrived: trio.Event = attrs.Factory(trio.Event)
+    _gate: trio.Event = attrs.Factory(trio.Event)
     _scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
 
     @property
@@ -85,6 +89,10 @@ class FaultyUpstream:
         """Wait until ``count`` requests have arrived."""
         while len(self.seen) < count:
             await self._arrived.wait()
+
+    def release(self) -> None:
+        """Let the requests held by ``"gate"`` (and every later one) be answered."""
+        self._gate.set()
 
     def stop(self) -> None:
         """Stop: close the listener and every connection (new connections are refused)."""
@@ -157,6 +165,9 @@ class FaultyUpstream:
             return False
         if kind == "close":
             return False
+        if kind == "gate":
+            await self._gate.wait()
+            kind = arg or "200"
         if kind == "delay":
             ms, _, status = arg.partition(":")
             await trio.sleep(int(ms) / 1000)

@@ -8,6 +8,7 @@ under that load keeps its memory.
 
 from __future__ import annotations
 
+import collections
 import time
 from pathlib import Path
 from typing import Any
@@ -44,30 +45,49 @@ def _breakers(**limits: Any) -> dict[str, Any]:
 async def test_200_clients_never_put_more_than_the_connection_limit_on_a_slow_upstream(
     nursery: trio.Nursery,
 ) -> None:
-    with trio.fail_after(20):
-        upstream = FaultyUpstream(default="delay:1500")
+    """Ten requests held upstream, ten pending: the other 180 are answered UO meanwhile.
+
+    The upstream holds every request until the test releases it, so "answered before the
+    upstream could have answered them" is an order of events, checked as such, whatever the
+    load of the machine.
+    """
+    held, pending = 10, 10
+    over = CLIENTS - held - pending
+    with trio.fail_after(30):
+        upstream = FaultyUpstream(default="gate")
         address = await nursery.start(upstream.serve)
-        config = http_proxy_config([address], cluster=_breakers(max_connections=10, max_pending_requests=10))
-        proxy = await start_proxy(nursery, config)
-        results = await _storm(proxy.address("ingress"))
-    ok = [latency for response, latency in results if response.status == 200]
-    overflow = [(r, latency) for r, latency in results if r.status == 503]
-    assert len(ok) + len(overflow) == CLIENTS
+        limits = _breakers(max_connections=held, max_pending_requests=pending)
+        proxy = await start_proxy(nursery, http_proxy_config([address], cluster=limits))
+        results: list[ClientResponse] = []
+        overflowed = trio.Event()
+
+        async def one() -> None:
+            response = await fetch(proxy.address("ingress"), "/slow")
+            results.append(response)
+            if len(results) == over:
+                overflowed.set()
+
+        async with trio.open_nursery() as clients:
+            for _ in range(CLIENTS):
+                clients.start_soon(one)
+            await overflowed.wait()
+            # 180 answered while the upstream still holds its ten and answered none.
+            assert (upstream.active, upstream.count) == (held, held)
+            assert [(r.status, r.header("x-meshcore-flags")) for r in results] == [(503, "UO")] * over
+            stats = proxy.stats
+            assert stats.value("cluster_upstream_rq_pending_overflow", cluster="backend") == over
+            assert stats.value("cluster_upstream_rq_pending_active", cluster="backend") == pending
+            assert stats.value("cluster_circuit_breakers_remaining", cluster="backend", limit="pending") == 0
+            assert (
+                stats.value("cluster_circuit_breakers_remaining", cluster="backend", limit="connections") == 0
+            )
+            upstream.release()
+    statuses = collections.Counter(r.status for r in results)
+    assert statuses == {200: held + pending, 503: over}
     # The upstream, counted on its side, never held more than max_connections requests.
-    assert upstream.max_active <= 10
-    assert upstream.connections <= 10
-    # Ten served at once and ten waiting for them: at least those twenty got through.
-    assert len(ok) >= 20
-    assert len(overflow) >= CLIENTS - 40
-    # Over the limits: answered with UO long before the slow upstream could have answered
-    # them (1.5 s), never queued behind it.
-    for response, latency in overflow:
-        assert response.header("x-meshcore-flags") == "UO"
-        assert latency < 1.2, latency
-    stats = proxy.stats
-    assert stats.value("cluster_upstream_rq_pending_overflow", cluster="backend") == len(overflow)
-    assert stats.value("cluster_circuit_breakers_remaining", cluster="backend", limit="pending") == 10
-    assert stats.value("cluster_circuit_breakers_remaining", cluster="backend", limit="connections") == 0
+    assert upstream.max_active == held
+    assert upstream.connections == held  # the pending ten reused the ten connections
+    assert stats.value("cluster_circuit_breakers_remaining", cluster="backend", limit="pending") == pending
     assert stats.value("cluster_upstream_rq_pending_active", cluster="backend") == 0
 
 
@@ -101,9 +121,10 @@ async def test_without_pending_room_a_request_that_finds_no_connection_fails_at_
         async with trio.open_nursery() as clients:
             clients.start_soon(fetch, proxy.address("ingress"), "/held")
             await upstream.wait_seen(1)
-            start = time.monotonic()
             response = await fetch(proxy.address("ingress"), "/next")
-            assert time.monotonic() - start < 0.5
+            # Answered while the first request is still held upstream (it hangs for good):
+            # the second did not queue behind it.
+            assert upstream.active == 1
             clients.cancel_scope.cancel()
     assert (response.status, response.header("x-meshcore-flags")) == (503, "UO")
     assert upstream.count == 1
