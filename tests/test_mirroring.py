@@ -115,7 +115,9 @@ async def test_a_hanging_mirror_neither_slows_the_clients_nor_piles_up(nursery: 
             response = await fetch(proxy.address("ingress"), f"/{i}", method="POST", body=b"y" * 100_000)
             slowest = max(slowest, time.monotonic() - start)
             assert response.status == 200
-    assert slowest < 0.5, slowest
+    # A copy that held the original back would hold it for the route's timeout (15 s), as
+    # long as the mirror hangs: far above this bound, which leaves a loaded machine slack.
+    assert slowest < 5, slowest
     assert hanging.count == 5  # five copies hang; the rest were not made
     assert primary.count == 30
     stats = proxy.stats
