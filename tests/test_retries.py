@@ -25,7 +25,7 @@ from meshcore.flags import ResponseFlag
 from meshcore.http.messages import Headers
 from meshcore.registry import build_registry
 from meshcore.runtime.retry import _failure_condition, _response_condition, backoff
-from meshcore.testing.client import fetch
+from meshcore.testing.client import ClientResponse, fetch
 from meshcore.testing.harness import http_proxy_config, start_proxy
 
 # -- which outcomes match which conditions (no sockets) -----------------------------------------
@@ -272,6 +272,72 @@ async def test_per_try_timeouts_hold_inside_the_route_timeout(nursery: trio.Nurs
     assert (response.status, response.header("x-meshcore-flags")) == (504, "UT")
     assert upstream.count == 4  # one attempt, not retried: the route's time was up
     assert 0.3 <= elapsed < 4, elapsed  # the route's 300 ms, not a per-try 5 s
+
+
+async def test_a_slow_endpoint_past_its_per_try_timeout_is_retried_on_a_fast_one(
+    nursery: trio.Nursery,
+) -> None:
+    """An endpoint that answers, but slowly (5 s): each attempt there is given up at 200 ms."""
+    with trio.fail_after(15):
+        slow = await _start(nursery, name="slow", default="delay:5000")
+        fast = await _start(nursery, name="fast")
+        policy = {"retry_on": "5xx", "num_retries": 1, "per_try_timeout": "200ms"}
+        proxy = await start_proxy(nursery, _retrying([slow.endpoint, fast.endpoint], policy))
+        slowest = 0.0
+        for i in range(6):
+            start = time.monotonic()
+            response = await fetch(proxy.address("ingress"), f"/{i}")
+            slowest = max(slowest, time.monotonic() - start)
+            assert (response.status, response.header("x-upstream")) == (200, "fast")
+    # Every request was answered by the fast endpoint, once; those that went to the slow
+    # one first (counted there) were given up long before its 5 s and tried on the fast one.
+    assert fast.count == 6
+    assert 0 < slow.count < 6
+    assert slowest < 3, slowest
+    assert proxy.stats.value("cluster_upstream_rq_retry", cluster="backend") == slow.count
+
+
+async def test_an_endpoint_that_dies_mid_request_fails_over_and_a_post_is_not_replayed(
+    nursery: trio.Nursery,
+) -> None:
+    """An endpoint dies (its process gone) while it holds a GET and a POST.
+
+    Its connections close and new ones are refused. The GET is retried on the other
+    endpoint; the POST, which the dying endpoint had received in full, is not. Later
+    requests, POSTs included, never reach the dead endpoint: their connection fails first,
+    which is always safe to retry.
+    """
+    with trio.fail_after(15):
+        dying = await _start(nursery, name="dying", default="hang")
+        live = await _start(nursery, name="live")
+        policy = {"retry_on": "reset,connect-failure", "num_retries": 2}
+        proxy = await start_proxy(nursery, _retrying([dying.endpoint], policy))
+        address = proxy.address("ingress")
+        results: dict[str, ClientResponse] = {}
+
+        async def call(path: str, method: str) -> None:
+            results[path] = await fetch(address, path, method=method, body=b"order-7")
+
+        async with trio.open_nursery() as clients:
+            clients.start_soon(call, "/get", "GET")
+            clients.start_soon(call, "/post", "POST")
+            await dying.wait_seen(2)  # both held by the only endpoint
+            # The live endpoint joins (endpoints change in place: the two stay in flight) ...
+            proxy.apply(
+                snapshot_from_data(_retrying([dying.endpoint, live.endpoint], policy), proxy.registry)
+            )
+            dying.stop()  # ... and the first one dies.
+        assert results["/get"].status == 200
+        assert results["/post"].status in (502, 503)
+        assert (live.count_path("/get"), live.count_path("/post")) == (1, 0)
+        # From now on the dead endpoint refuses connections: every request goes to the live one.
+        for i in range(6):
+            method = "POST" if i % 2 else "GET"
+            response = await fetch(address, f"/after-{i}", method=method, body=b"order-8")
+            assert (response.status, response.header("x-upstream")) == (200, "live")
+    assert dying.count == 2
+    assert live.count == 1 + 6
+    assert {seen.body_size for seen in live.seen} == {7}
 
 
 @pytest.mark.parametrize("action", ["503", "reset", "hang"])
