@@ -146,6 +146,22 @@ async def test_the_example_does_what_the_guide_says(nursery: trio.Nursery) -> No
         statuses = [(await fetch(address, f"/reviews/{i}")).status for i in range(6)]
         assert statuses.count(200) >= 5  # only the request that met the reset may fail
 
+        # Outlier detection: the endpoint that keeps answering 503 is ejected (five in a row),
+        # its failures hidden by the retries meanwhile; traffic then goes to the other two.
+        # It fails its health check too, which would otherwise let it back at once.
+        sick = upstreams[9101]
+        sick.paths["/healthz"] = "503"
+        upstreams[9102].default = "200"
+        sick_host = next(h for h in reviews.hosts if h.label == sick.endpoint)
+        i = 0
+        while not sick_host.ejected:
+            assert (await fetch(address, f"/reviews/more-{i}")).status == 200
+            i += 1
+        assert [h.label for h in reviews.hosts if h.ejected] == [sick.endpoint]
+        served = {(await fetch(address, f"/reviews/after-{i}")).header("x-upstream") for i in range(6)}
+        assert served <= {"9102", "9103"}
+        assert sum(1 for s in sick.seen if s.path.startswith("/reviews/after-")) == 0
+
         # Canary split: ratings go to v1 and v2 only.
         names = collections.Counter(
             [(await fetch(address, f"/ratings/{i}")).header("x-upstream") for i in range(20)]
