@@ -234,8 +234,12 @@ async def test_a_failing_endpoint_of_three_is_ejected_traffic_moves_and_it_retur
         with capture_logs() as logs:
             await _send(address, 12)
             assert bad.count == 3  # ejected after exactly consecutive_5xx errors
-            ejected_at = trio.current_time()
             assert _host(proxy, bad).ejected
+            detector = proxy.clusters.clusters["backend"].outlier
+            assert detector is not None
+            # When it was ejected (its third failure, amid the twelve requests above).
+            ejected_at = detector.states[_host(proxy, bad)].ejected_at
+            assert ejected_at is not None
             statuses = await _send(address, 30)
             assert statuses == {200: 30}  # everything on the other two now
             assert bad.count == 3
