@@ -328,6 +328,8 @@ async def test_a_90_10_split_through_a_proxy(nursery: trio.Nursery) -> None:
         async with trio.open_nursery() as callers:
             for _ in range(clients):
                 callers.start_soon(client)
-    # Binomial(400, 0.1): 1.5 points of standard deviation; 4.5 points is three of them.
-    assert abs(canary.count / total - 0.10) <= 0.045, canary.count
+    # Binomial(400, 0.1): 1.5 points of standard deviation. Four of them (6 points) fail one
+    # run in 15,000 by chance; three (4.5) failed one in 370, too often for CI. The
+    # within-one-point claim is the 10,000-draw test's above, on the router's own route table.
+    assert abs(canary.count / total - 0.10) <= 0.06, canary.count
     assert stable.count + canary.count == total
