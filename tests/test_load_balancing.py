@@ -34,7 +34,7 @@ from meshcore.http.routing import RouteTable
 from meshcore.registry import build_registry
 from meshcore.testing.client import fetch
 from meshcore.testing.filters import make_request
-from meshcore.testing.harness import http_proxy_config, start_proxy
+from meshcore.testing.harness import http_proxy_config, start_proxy, tcp_proxy_config
 
 KEYS = 10_000
 
@@ -229,6 +229,77 @@ async def test_a_user_sticks_to_one_endpoint_by_its_header(nursery: trio.Nursery
                 served[f"u{user}"].add(response.header("x-upstream") or "")
     assert all(len(names) == 1 for names in served.values()), served
     assert len(set().union(*served.values())) == 3  # the users spread over all three
+
+
+async def _from(source: str, address: tuple[str, int]) -> trio.SocketStream:
+    """A TCP connection to ``address`` from ``source`` (any 127.0.0.0/8 address is loopback)."""
+    sock = trio.socket.socket()
+    try:
+        await sock.bind((source, 0))
+        await sock.connect(address)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)
+
+
+async def _read_all(stream: trio.SocketStream) -> bytes:
+    data = b""
+    while chunk := await stream.receive_some(65536):
+        data += chunk
+    return data
+
+
+async def _name_teller(nursery: trio.Nursery, name: str) -> str:
+    """A TCP server that says its name to each connection and closes it; its "host:port"."""
+
+    async def tell(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.send_all(name.encode())
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, tell, 0, host="127.0.0.1"))
+    host, port = listeners[0].socket.getsockname()[:2]
+    return f"{host}:{port}"
+
+
+SOURCES = [f"127.0.0.{i}" for i in range(2, 14)]
+
+
+@pytest.mark.parametrize("policy", ["ring_hash", "maglev"])
+async def test_clients_stick_to_an_endpoint_by_their_source_address_over_http_and_tcp(
+    nursery: trio.Nursery, policy: str
+) -> None:
+    """The source_ip hash policy, from real client addresses (12 of 127.0.0.0/8).
+
+    Over HTTP the picker reads it from the request's connection, over TCP from the
+    connection itself: the proxy gives either to the load balancer.
+    """
+    lb = {"lb_policy": {policy: {"hash_policy": [{"source_ip": True}]}}}
+    with trio.fail_after(20):
+        upstreams = await _upstreams(nursery, 3)
+        http = await start_proxy(nursery, http_proxy_config([u.endpoint for u in upstreams], cluster=lb))
+        tellers = [await _name_teller(nursery, f"t{i}") for i in range(3)]
+        tcp_config = tcp_proxy_config(tellers)
+        tcp_config["clusters"][0].update(lb)
+        tcp = await start_proxy(nursery, tcp_config)
+        by_http: dict[str, set[str]] = collections.defaultdict(set)
+        by_tcp: dict[str, set[str]] = collections.defaultdict(set)
+        for source in SOURCES:
+            for i in range(3):
+                async with await _from(source, http.address("ingress")) as stream:
+                    request = f"GET /{i} HTTP/1.1\r\nhost: shop\r\nconnection: close\r\n\r\n"
+                    await stream.send_all(request.encode())
+                    answer = await _read_all(stream)
+                assert answer.startswith(b"HTTP/1.1 200 ")
+                by_http[source].add(answer.rpartition(b"\r\n\r\n")[2].decode().strip())
+                async with await _from(source, tcp.address("ingress")) as stream:
+                    by_tcp[source].add((await _read_all(stream)).decode())
+    for served in (by_http, by_tcp):
+        assert all(len(names) == 1 for names in served.values()), served
+        # 12 addresses over 3 endpoints: all on one would be a 1 in 177,000 draw of the ports.
+        assert len(set().union(*served.values())) >= 2, served
+    # The upstreams saw the proxy, not the clients: the spread is the hash of their addresses.
+    assert sum(u.count for u in upstreams) == len(SOURCES) * 3
 
 
 async def test_peak_ewma_moves_load_away_from_an_endpoint_made_ten_times_slower(
