@@ -13,6 +13,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import attrs
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
 import trio
 from _faulty import FaultyUpstream
 from _proxy_process import start_proxy_process
@@ -108,6 +113,114 @@ async def test_past_max_requests_a_request_fails_fast_and_the_upstream_sees_at_m
     assert all(r.header("x-meshcore-flags") == "UO" for r, _ in results if r.status == 503)
     remaining = proxy.stats.value("cluster_circuit_breakers_remaining", cluster="backend", limit="requests")
     assert remaining == 5  # all done: the room is back
+
+
+@attrs.define(eq=False)
+class GatedH2Upstream:
+    """An HTTP/2 upstream (prior knowledge) that holds every stream until released.
+
+    It counts on its side the streams it received in full and the most it held at once.
+    """
+
+    streams: int = 0
+    active: int = 0
+    max_active: int = 0
+    _gate: trio.Event = attrs.Factory(trio.Event)
+
+    def release(self) -> None:
+        self._gate.set()
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        task_status.started(listeners[0].socket.getsockname()[:2])
+        await trio.serve_listeners(self._connection, listeners)
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        conn.initiate_connection()
+        lock = trio.Lock()
+        held: list[int] = []
+
+        async def flush() -> None:
+            async with lock:
+                await stream.send_all(conn.data_to_send())
+
+        def answer(stream_id: int) -> None:
+            self.active -= 1
+            try:
+                conn.send_headers(stream_id, [(b":status", b"200"), (b"content-length", b"2")])
+                conn.send_data(stream_id, b"ok", end_stream=True)
+            except h2.exceptions.StreamClosedError:
+                pass  # the proxy gave up on it
+
+        async def release() -> None:
+            await self._gate.wait()
+            for stream_id in held:
+                answer(stream_id)
+            held.clear()
+            await flush()
+
+        async with stream, trio.open_nursery() as nursery:
+            nursery.start_soon(release)
+            await flush()
+            while True:
+                try:
+                    data = await stream.receive_some(65536)
+                except trio.BrokenResourceError:
+                    data = b""
+                if not data:
+                    nursery.cancel_scope.cancel()
+                    return
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.DataReceived):
+                        conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                    elif isinstance(event, h2.events.StreamEnded):
+                        self.streams += 1
+                        self.active += 1
+                        self.max_active = max(self.max_active, self.active)
+                        if self._gate.is_set():
+                            answer(event.stream_id)
+                        else:
+                            held.append(event.stream_id)
+                await flush()
+
+
+async def test_200_clients_never_put_more_than_max_requests_on_an_http2_upstream(
+    nursery: trio.Nursery,
+) -> None:
+    """The same over HTTP/2, where one connection carries every stream: max_requests is the limit.
+
+    The upstream holds ten streams; the other 190 requests are answered 503 UO meanwhile.
+    """
+    limit = 10
+    over = CLIENTS - limit
+    with trio.fail_after(30):
+        upstream = GatedH2Upstream()
+        address = await nursery.start(upstream.serve)
+        cluster = {"protocol": "http2", **_breakers(max_requests=limit)}
+        proxy = await start_proxy(nursery, http_proxy_config([address], cluster=cluster))
+        results: list[ClientResponse] = []
+        overflowed = trio.Event()
+
+        async def one() -> None:
+            response = await fetch(proxy.address("ingress"), "/slow")
+            results.append(response)
+            if len(results) == over:
+                overflowed.set()
+
+        async with trio.open_nursery() as clients:
+            for _ in range(CLIENTS):
+                clients.start_soon(one)
+            await overflowed.wait()
+            assert (upstream.active, upstream.streams) == (limit, limit)
+            assert [(r.status, r.header("x-meshcore-flags")) for r in results] == [(503, "UO")] * over
+            stats = proxy.stats
+            assert stats.value("cluster_upstream_rq_overflow", cluster="backend") == over
+            assert stats.value("cluster_circuit_breakers_remaining", cluster="backend", limit="requests") == 0
+            upstream.release()
+    assert collections.Counter(r.status for r in results) == {200: limit, 503: over}
+    assert upstream.max_active == limit
+    assert stats.value("cluster_circuit_breakers_remaining", cluster="backend", limit="requests") == limit
 
 
 async def test_without_pending_room_a_request_that_finds_no_connection_fails_at_once(
