@@ -12,6 +12,7 @@ turns unhealthy on its ``unhealthy_threshold``-th failed check and healthy again
 from __future__ import annotations
 
 import binascii
+import itertools
 import json
 import re
 from collections.abc import Iterator
@@ -22,15 +23,19 @@ import attrs
 import grpc
 import pytest
 import trio
+import trio.testing
 from _faulty import FaultyUpstream
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from meshcore.config import snapshot_from_data
 from meshcore.errors import ConfigError
+from meshcore.filters.load_balancers import RoundRobin
 from meshcore.registry import build_registry
 from meshcore.runtime.admin import handle
 from meshcore.runtime.cluster import Cluster, Host
+from meshcore.runtime.health import HealthChecking
 from meshcore.runtime.proxy import Proxy
+from meshcore.runtime.stats import Stats
 from meshcore.testing.client import fetch
 from meshcore.testing.harness import http_proxy_config, start_proxy
 
@@ -268,6 +273,62 @@ async def test_a_grpc_check_of_an_unknown_service_fails(
             await checking.wait_result()
     assert not _host(proxy, endpoint).healthy
     assert stats.value("cluster_health_check_success_total", cluster="backend") == 0
+
+
+# -- timing, on a virtual clock ---------------------------------------------------------------------
+
+
+@attrs.define
+class ClockedChecker:
+    """A checker that notes when each check starts, and passes at once or hangs."""
+
+    started: list[float] = attrs.Factory(list)
+    hang: bool = False
+
+    async def check(self, _host: Host) -> bool:
+        self.started.append(trio.current_time())
+        if self.hang:
+            await trio.sleep_forever()
+        return True
+
+
+@pytest.mark.parametrize("jitter", [{"interval_jitter": "500ms"}, {"interval_jitter_percent": 50}])
+async def test_checks_come_every_interval_plus_jitter_and_a_hung_check_fails_at_its_timeout(
+    autojump_clock: trio.testing.MockClock,  # noqa: ARG001 - virtual time: the waits cost nothing
+    jitter: dict[str, Any],
+) -> None:
+    timing = {"interval": "1s", "timeout": "200ms", "unhealthy_threshold": 2, **jitter}
+    config = http_proxy_config(["127.0.0.1:1"], cluster={"health_checks": [{"tcp": {}, **timing}]})
+    cluster_config = snapshot_from_data(config, build_registry(autoload=False)).cluster("backend")
+    assert cluster_config is not None
+    cluster = Cluster(cluster_config, RoundRobin(), Stats())
+    checker = ClockedChecker()
+    checking = HealthChecking(cluster, cluster_config.health_checks, [checker], cluster.stats)
+    (host,) = cluster.hosts
+    with trio.fail_after(60):  # virtual seconds: a check that never times out ends here
+        await _timed(checking, checker, host)
+    # Two checks that hung (unhealthy_threshold) were given up at the 200 ms timeout each.
+    gap = checker.started[-1] - checker.started[-2]
+    assert 1.2 <= gap <= 1.7, gap
+    assert cluster.stats.value("cluster_health_check_failure_total", cluster="backend") == 2
+
+
+async def _timed(checking: HealthChecking, checker: ClockedChecker, host: Host) -> None:
+    async with trio.open_nursery() as nursery:
+        await nursery.start(checking.run)
+        while len(checker.started) < 21:
+            await checking.wait_result()
+        assert host.healthy
+        gaps = [b - a for a, b in itertools.pairwise(checker.started)]
+        # Each wait is the interval plus a random part of 500 ms, drawn anew each time.
+        assert all(1.0 <= gap <= 1.5 for gap in gaps), gaps
+        assert max(gaps) - min(gaps) > 0.2, gaps
+        checker.hang = True
+        hung_from = len(checker.started)
+        while host.healthy:
+            await checking.wait_result()
+        nursery.cancel_scope.cancel()
+    assert len(checker.started) - hung_from == 2
 
 
 # -- config ---------------------------------------------------------------------------------------
