@@ -16,6 +16,7 @@ import attrs
 import pytest
 import trio
 from _faulty import FaultyUpstream
+from _h2client import open_h2_client
 
 import meshcore
 from meshcore import Request, Response, UpstreamAttempt, UpstreamError
@@ -356,6 +357,29 @@ async def test_a_post_is_never_replayed_after_it_may_have_been_processed(
     assert response.status in (502, 503, 504)
     assert upstream.count == 1 + 4
     assert [seen.body_size for seen in upstream.seen[1:]] == [1000] * 4
+
+
+async def test_a_body_from_an_http2_client_is_replayed_whole_and_a_post_still_is_not(
+    nursery: trio.Nursery,
+) -> None:
+    """The other downstream protocol: a body that came in HTTP/2 DATA frames is replayed whole.
+
+    200 KB, past a flow-control window, kept and sent again whole on each retry; a POST so
+    sent is still not replayed after a 503.
+    """
+    with trio.fail_after(15):
+        upstream = await _start(nursery, "503", "503")
+        policy = {"retry_on": "5xx", "num_retries": 2, "buffer_limit": "1MiB"}
+        proxy = await start_proxy(nursery, _retrying([upstream.endpoint], policy))
+        body = bytes(range(256)) * 800
+        async with open_h2_client(proxy.address("ingress")) as h2:
+            put = await h2.request("/put", method="PUT", body=body)
+            upstream.then(["503"])
+            post = await h2.request("/post", method="POST", body=body)
+    assert (put.status, post.status) == (200, 503)
+    assert [(s.method, s.body_size) for s in upstream.seen] == [("PUT", len(body))] * 3 + [
+        ("POST", len(body))
+    ]
 
 
 async def test_a_post_is_retried_when_it_never_reached_an_upstream(nursery: trio.Nursery) -> None:
