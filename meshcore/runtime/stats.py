@@ -159,7 +159,11 @@ class Stats:
         self._help[name] = text
 
     def _get(
-        self, cls: type[Metric], name: str, labels: dict[str, str], buckets: tuple[float, ...] | None = None
+        self,
+        cls: type[Counter | Gauge | Histogram],  # a ComputedGauge is made by computed_gauge only
+        name: str,
+        labels: dict[str, str],
+        buckets: tuple[float, ...] | None = None,
     ) -> Metric:
         key = (name, tuple(sorted(labels.items())))
         metric = self._metrics.get(key)
