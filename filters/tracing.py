@@ -71,6 +71,15 @@ class OtlpHttpConfig:
 
 
 @attrs.frozen(kw_only=True)
+class HeaderAttribute:
+    """A span attribute whose value is a request header's."""
+
+    header: str = attrs.field(validator=non_empty)
+    default: str = ""
+    """The value when the request has no such header ("": no attribute)."""
+
+
+@attrs.frozen(kw_only=True)
 class TracingConfig:
     """Config of ``tracing`` (also its per-route override)."""
 
@@ -91,6 +100,9 @@ class TracingConfig:
     """Extra attributes on every span of this proxy (custom tags)."""
     request_headers: tuple[str, ...] = ()
     """Request headers recorded as ``http.request.header.<name>`` attributes."""
+    header_attributes: Mapping[str, HeaderAttribute] = attrs.field(factory=dict)
+    """Attributes of the server span named here, valued from a request header (Istio's
+    ``customTags`` of kind ``header``)."""
 
 
 _SPLIT_CACHE: dict[str, tuple[str, int]] = {}
@@ -129,6 +141,14 @@ class Tracing:
         self.clusters = context.clusters
         self.request_headers = [
             (h.lower().encode(), f"http.request.header.{h.lower()}") for h in config.request_headers
+        ]
+        self.request_headers += [
+            (a.header.lower().encode(), name) for name, a in config.header_attributes.items() if not a.default
+        ]
+        self.header_defaults = [
+            (a.header.lower().encode(), name, a.default)
+            for name, a in config.header_attributes.items()
+            if a.default
         ]
         self.templates: dict[int, str | None] = {}
         node = getattr(context.snapshot, "node", None)
@@ -389,6 +409,9 @@ def _request_attributes(
         value = request.headers.get_raw(raw_name)
         if value is not None:
             attributes.append((attribute, value.decode("latin-1")))
+    for raw_name, attribute, default in tracing.header_defaults:
+        value = request.headers.get_raw(raw_name)
+        attributes.append((attribute, value.decode("latin-1") if value is not None else default))
     if template is not None:
         attributes.append(("http.route", template))
     if info.route_name:

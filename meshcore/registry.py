@@ -73,6 +73,7 @@ BUILTIN_PLUGINS = (
     "meshcore.plugins.translate_sidecar",
     "meshcore.plugins.translate_outbound",
     "meshcore.plugins.translate_security",
+    "meshcore.plugins.translate_telemetry",
     "meshcore.plugins.control_plane_source",
     "meshcore.plugins.mesh_analyzers",
     "meshcore.plugins.mesh_ratelimit",

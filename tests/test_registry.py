@@ -63,6 +63,7 @@ BUILTIN_TYPES = {
         "mtls",
         "outbound_clusters",
         "scope",
+        "telemetry",
     ],
     "discovery": ["dns", "static"],
     "mesh_analyzer": ["conflicts", "ports", "routes", "selectors", "subsets"],

@@ -15,16 +15,20 @@ from typing import Any
 
 import attrs
 
+from meshcore.config import Duration, non_empty
 from meshcore.control.resources import MeshResources
 from meshcore.errors import ConfigProblem
+from meshcore.telemetry.exporter import parse_endpoint
 
 __all__ = [
     "HTTP_PROTOCOLS",
     "Endpoint",
     "MeshModel",
     "MeshSettings",
+    "OpenTelemetryProvider",
     "Service",
     "ServicePort",
+    "TracingProvider",
     "Workload",
     "fqdn",
     "labels_match",
@@ -52,6 +56,30 @@ def fqdn(host: str, namespace: str, domain_suffix: str) -> str:
     return f"{host}.{namespace}.svc.{domain_suffix}"
 
 
+def _otlp_endpoint(_instance: Any, _attribute: Any, value: str) -> None:
+    parse_endpoint(value)
+
+
+@attrs.frozen(kw_only=True)
+class OpenTelemetryProvider:
+    """An OpenTelemetry collector's OTLP/HTTP traces endpoint."""
+
+    endpoint: str = attrs.field(validator=_otlp_endpoint)
+    """``http://HOST:4318/v1/traces``."""
+    timeout: Duration = Duration(5)
+    """How long one export may take."""
+    headers: Mapping[str, str] = _EMPTY
+    """Extra headers on export requests (an API key for a hosted backend)."""
+
+
+@attrs.frozen(kw_only=True)
+class TracingProvider:
+    """A named place where sidecars send spans (Istio's ``extensionProviders`` item)."""
+
+    name: str = attrs.field(validator=non_empty)
+    opentelemetry: OpenTelemetryProvider
+
+
 @attrs.frozen(kw_only=True)
 class MeshSettings:
     """Mesh-wide settings (Istio's MeshConfig, in part).
@@ -62,12 +90,22 @@ class MeshSettings:
         root_namespace: the namespace whose policies (Sidecar, ...) apply mesh-wide.
         mtls: workloads have certificates (the control plane runs a CA): sidecars talk
             mutual TLS as PeerAuthentication says (PERMISSIVE where it says nothing).
+        tracing_providers: the tracing providers a Telemetry resource may name, by name
+            (Istio's ``extensionProviders``): each an OTLP/HTTP traces endpoint.
+        default_tracing_providers: the providers of a Telemetry ``tracing`` that names none
+            (Istio's ``defaultProviders.tracing``).
     """
 
     trust_domain: str = "cluster.local"
     domain_suffix: str = "cluster.local"
     root_namespace: str = "istio-system"
     mtls: bool = False
+    tracing_providers: tuple[TracingProvider, ...] = ()
+    default_tracing_providers: tuple[str, ...] = ()
+
+    def tracing_provider(self, name: str) -> TracingProvider | None:
+        """The tracing provider ``name``, if configured."""
+        return next((p for p in self.tracing_providers if p.name == name), None)
 
 
 @attrs.frozen(kw_only=True)

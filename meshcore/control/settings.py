@@ -17,7 +17,7 @@ from meshcore.config import Address, CertificateAuthorityRef, Duration, at_least
 from meshcore.config.loader import parse_document, parse_path
 from meshcore.config.structure import Structurer
 from meshcore.control.discovery import DiscoveryRef
-from meshcore.control.model import MeshSettings
+from meshcore.control.model import MeshSettings, OpenTelemetryProvider, TracingProvider
 from meshcore.errors import ConfigError, ConfigProblem
 from meshcore.registry import Registry
 
@@ -81,6 +81,14 @@ class ControlPlaneConfig:
     root_namespace: str = attrs.field(default="istio-system", validator=non_empty)
     proxy_retention: Duration = Duration(300)
     """How long a proxy that went away stays listed (as STALE)."""
+    tracing_providers: tuple[TracingProvider, ...] = ()
+    """Where sidecars may send spans, by name, for Telemetry resources to name (Istio's
+    ``extensionProviders``): ``[{name: otel, opentelemetry: {endpoint:
+    http://127.0.0.1:4318/v1/traces}}]``. The provider ``meshcore``, the control plane's own
+    receiver (``/v1/traces`` of its admin server, shown by its dashboard), is always there
+    unless one of that name is given or the admin port is 0."""
+    default_tracing_providers: tuple[str, ...] = ("meshcore",)
+    """The providers of a Telemetry ``tracing`` that names none (Istio's ``defaultProviders``)."""
     ca: CertificateAuthorityRef | None = None
     """The certificate authority that signs the sidecars' workload certificates
     (``ca: {meshcore: {directory: ca/}}``). With one, sidecars get certificates through
@@ -95,7 +103,17 @@ class ControlPlaneConfig:
             domain_suffix=self.domain_suffix,
             root_namespace=self.root_namespace,
             mtls=self.ca is not None,
+            tracing_providers=self._tracing_providers(),
+            default_tracing_providers=self.default_tracing_providers,
         )
+
+    def _tracing_providers(self) -> tuple[TracingProvider, ...]:
+        providers = self.tracing_providers
+        if self.admin.port and all(p.name != "meshcore" for p in providers):
+            host = f"[{self.admin.host}]" if ":" in self.admin.host else self.admin.host
+            own = OpenTelemetryProvider(endpoint=f"http://{host}:{self.admin.port}/v1/traces")
+            providers = (*providers, TracingProvider(name="meshcore", opentelemetry=own))
+        return providers
 
 
 def load_settings(path: str | None, registry: Registry) -> ControlPlaneConfig:
