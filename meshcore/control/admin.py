@@ -175,6 +175,11 @@ def _reload(plane: ControlPlane, _query: Query) -> AdminResponse:
     return _json({"accepted": accepted, "version": version, "problems": problems}, 200 if accepted else 422)
 
 
+def _no_receiver(_plane: ControlPlane, _query: Query) -> AdminResponse:
+    """The receiver answers ``/v1/traces`` before :func:`handle` (it reads the body); not here."""
+    return AdminResponse(503, "this admin server has no trace receiver\n")
+
+
 Handler = Callable[[ControlPlane, Query], AdminResponse]
 _READ = ("GET", "HEAD")
 ENDPOINTS: dict[str, tuple[Handler, str, tuple[str, ...]]] = {
@@ -194,6 +199,11 @@ ENDPOINTS: dict[str, tuple[Handler, str, tuple[str, ...]]] = {
         _READ,
     ),
     "/dashboard": (_index, "the live dashboard (HTML); its data at /dashboard/data (JSON)", _READ),
+    "/v1/traces": (
+        _no_receiver,
+        "OTLP/HTTP trace receiver (protobuf): the sidecars' spans, shown by the dashboard",
+        ("POST",),
+    ),
     "/reload": (
         _reload,
         "look at the mesh files now; 200 if taken, 422 with the problems if refused",

@@ -21,7 +21,9 @@ CDN) that asks ``/dashboard/data`` every second for:
 
 - each proxy's **sync state** (SYNCED, STALE, NACKED with the message) and its workload
   certificate's expiry, when the control plane signed one;
-- the **recent traces**: none until the mesh exports spans (``traces`` says why);
+- the **recent traces**, newest first, each with its spans in tree order for a waterfall:
+  what the sidecars export to the control plane's own receiver (:mod:`meshcore.control.traces`)
+  when a Telemetry resource names the ``meshcore`` tracing provider (the default one);
 - the **live mesh resources**, as the control plane serves them, and the last refused edit.
 """
 
@@ -41,6 +43,7 @@ import trio
 
 from meshcore.control.admin import mesh_report
 from meshcore.control.plane import ControlPlane, ProxyHandle
+from meshcore.control.traces import TraceStore
 from meshcore.runtime.admin import AdminResponse
 
 __all__ = ["Dashboard"]
@@ -168,8 +171,9 @@ def _delta(old: _Metrics, new: _Metrics, seconds: float) -> _Delta:
 class Dashboard:
     """The dashboard's state: recent samples of every sidecar's metrics."""
 
-    def __init__(self, plane: ControlPlane) -> None:
+    def __init__(self, plane: ControlPlane, *, traces: TraceStore | None = None) -> None:
         self.plane = plane
+        self.traces = traces if traces is not None else TraceStore()
         self.samples: dict[str, collections.deque[tuple[float, _Metrics]]] = {}
         self.errors: dict[str, str] = {}
         self._last_scrape = 0.0
@@ -238,11 +242,7 @@ class Dashboard:
             "mesh": {"version": mesh.get("version"), "rejected": mesh.get("rejected")},
             "graph": self.graph(),
             "proxies": self.proxies(),
-            "traces": {
-                "spans": [],
-                "note": "no traces yet: this meshcore's sidecars do not export spans (Telemetry tracing is "
-                "not translated yet)",
-            },
+            "traces": self.traces.data(),
             "resources": self.resources(),
         }
 

@@ -23,6 +23,7 @@ from meshcore.control.plane import ControlPlane
 from meshcore.control.serve import serve_delivery, server_ssl_context
 from meshcore.control.settings import ControlPlaneConfig, Tokens
 from meshcore.control.signer import Signer
+from meshcore.control.traces import MAX_EXPORT_SIZE, TRACES_PATH, TraceStore
 from meshcore.control.watch import MeshWatcher
 from meshcore.errors import ConfigError, ConfigProblem
 from meshcore.registry import Registry
@@ -97,7 +98,9 @@ async def serve_control_plane(
             "admin",
             config.admin,
             settings_file,
-            functools.partial(serve_admin_answers, _answer(plane), config.admin),
+            functools.partial(
+                serve_admin_answers, _answer(plane), config.admin, max_body_size=MAX_EXPORT_SIZE
+            ),
         )
         if handle_signals:
             await nursery.start(_signals, watcher, signer, nursery.cancel_scope)
@@ -133,9 +136,12 @@ def certificate_authority(
 
 
 def _answer(plane: ControlPlane) -> Any:
-    dashboard = Dashboard(plane)
+    traces = TraceStore()
+    dashboard = Dashboard(plane, traces=traces)
 
-    async def answer(method: str, target: str) -> AdminResponse:
+    async def answer(method: str, target: str, body: bytes) -> AdminResponse:
+        if target.partition("?")[0] == TRACES_PATH:
+            return traces.receive(method, body)
         return await dashboard.answer(method, target) or handle(plane, method, target)
 
     return answer

@@ -55,7 +55,7 @@ log = structlog.get_logger("meshcore.admin")
 MAX_HEAD_SIZE = 16 * 1024
 """Largest request head accepted (431 beyond)."""
 MAX_BODY_SIZE = 64 * 1024
-"""Largest request body accepted (413 beyond); no endpoint reads one."""
+"""Largest request body accepted by default (413 beyond); a proxy's endpoints read none."""
 IDLE_TIMEOUT = 60.0
 """Seconds a kept-alive connection may wait for its next request."""
 REQUEST_TIMEOUT = 10.0
@@ -253,8 +253,8 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-Answer = Callable[[str, str], Awaitable[AdminResponse]]
-"""What answers an admin request: ``await answer(method, target)``."""
+Answer = Callable[[str, str, bytes], Awaitable[AdminResponse]]
+"""What answers an admin request: ``await answer(method, target, body)`` (body b"" if none)."""
 
 
 async def serve_admin(
@@ -280,7 +280,7 @@ async def serve_admin(
 def proxy_answer(proxy: Proxy) -> Answer:
     """The answers of :func:`handle` for ``proxy``, as an :data:`Answer`."""
 
-    async def answer(method: str, target: str) -> AdminResponse:
+    async def answer(method: str, target: str, _body: bytes) -> AdminResponse:
         return handle(proxy, method, target)
 
     return answer
@@ -290,9 +290,13 @@ async def serve_admin_answers(
     answer: Answer,
     address: Address,
     *,
+    max_body_size: int = MAX_BODY_SIZE,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve admin requests answered by ``answer`` on TCP ``address`` (see :func:`serve_admin`)."""
+    """Serve admin requests answered by ``answer`` on TCP ``address`` (see :func:`serve_admin`).
+
+    A request body larger than ``max_body_size`` is answered 413 without being read whole.
+    """
     try:
         listener = open_listener_socket(address.host, address.port)
     except OSError as err:
@@ -303,7 +307,9 @@ async def serve_admin_answers(
     if not _is_loopback(address.host):
         # It answers anyone who reaches it, with no authentication: loopback is the default.
         log.warning("admin_exposed", address=join_host_port(*bound), advice="bind it to 127.0.0.1")
-    await serve_admin_listener(answer, listener, task_status=task_status, started=bound)
+    await serve_admin_listener(
+        answer, listener, task_status=task_status, started=bound, max_body_size=max_body_size
+    )
 
 
 async def serve_admin_listener(
@@ -312,6 +318,7 @@ async def serve_admin_listener(
     *,
     task_status: Any = trio.TASK_STATUS_IGNORED,
     started: Any = None,
+    max_body_size: int = MAX_BODY_SIZE,
 ) -> None:
     """Serve admin requests on connections accepted from ``listener`` (TCP or a unix socket)."""
 
@@ -322,7 +329,7 @@ async def serve_admin_listener(
             stream.socket.close()
             return
         peer = join_host_port(*name[:2]) if isinstance(name, tuple) else "local"
-        await answer_connection(answer, stream, peer)
+        await answer_connection(answer, stream, peer, max_body_size=max_body_size)
 
     async with listener, trio.open_nursery() as connections:
         task_status.started(started)
@@ -334,28 +341,32 @@ async def serve_admin_connection(proxy: Proxy, stream: trio.abc.HalfCloseableStr
     await answer_connection(proxy_answer(proxy), stream, peer)
 
 
-async def answer_connection(answer: Answer, stream: trio.abc.HalfCloseableStream, peer: str) -> None:
+async def answer_connection(
+    answer: Answer, stream: trio.abc.HalfCloseableStream, peer: str, *, max_body_size: int = MAX_BODY_SIZE
+) -> None:
     """Answer requests on one connection until it closes, idles out, or misbehaves; close it.
 
     Args:
         answer: what answers each request.
         stream: the accepted connection (a socket, or a memory stream in tests).
         peer: the client's address, for logs.
+        max_body_size: the largest request body accepted (413 beyond).
     """
     codec = H11ServerCodec(max_head_size=MAX_HEAD_SIZE)
     try:
         with structlog.contextvars.bound_contextvars(peer=peer):
             while True:
                 try:
-                    request = await _read_request(codec, stream)
+                    request = await _read_request(codec, stream, max_body_size)
                 except ProtocolError as err:
                     await _reject(codec, stream, err)
                     return
                 if request is None:
                     return
-                method = request.method.decode("ascii", "replace")
-                target = request.target.decode("ascii", "replace")
-                response = await answer(method, target)
+                head, body = request
+                method = head.method.decode("ascii", "replace")
+                target = head.target.decode("ascii", "replace")
+                response = await answer(method, target, body)
                 log.debug("admin_request_served", method=method, target=target, status=response.status)
                 await stream.send_all(_encode(codec, response, head_only=method == "HEAD"))
                 if not codec.start_next_cycle():
@@ -384,8 +395,10 @@ async def _receive(codec: H11ServerCodec, stream: trio.abc.HalfCloseableStream) 
     codec.receive_data(bytes(await stream.receive_some(RECEIVE_SIZE)))  # no copy if bytes already
 
 
-async def _read_request(codec: H11ServerCodec, stream: trio.abc.HalfCloseableStream) -> RequestHead | None:
-    """The next whole request (its body read and dropped); None when the client is done.
+async def _read_request(
+    codec: H11ServerCodec, stream: trio.abc.HalfCloseableStream, max_body_size: int
+) -> tuple[RequestHead, bytes] | None:
+    """The next whole request and its body; None when the client is done.
 
     Waiting for the first byte is bounded by IDLE_TIMEOUT, the rest by REQUEST_TIMEOUT.
     """
@@ -397,7 +410,7 @@ async def _read_request(codec: H11ServerCodec, stream: trio.abc.HalfCloseableStr
             return None
         event = codec.next_event()
     head: RequestHead | None = None
-    body_size = 0
+    body = bytearray()
     with trio.move_on_after(REQUEST_TIMEOUT):
         while True:
             if event is NEED_DATA:
@@ -407,12 +420,12 @@ async def _read_request(codec: H11ServerCodec, stream: trio.abc.HalfCloseableStr
             elif type(event) is RequestHead:
                 head = event
             elif type(event) is Data:
-                body_size += len(event.data)
-                if body_size > MAX_BODY_SIZE:
-                    msg = f"request body larger than {MAX_BODY_SIZE} bytes"
+                if len(body) + len(event.data) > max_body_size:
+                    msg = f"request body larger than {max_body_size} bytes"
                     raise ProtocolError(msg, status=413)
+                body += event.data
             elif type(event) is EndOfMessage and head is not None:
-                return head
+                return head, bytes(body)
             event = codec.next_event()
     msg = f"request not received within {REQUEST_TIMEOUT:g}s"
     raise ProtocolError(msg, status=408)

@@ -109,7 +109,7 @@ class WorkerGroup:
 
     # -- the group's answers ------------------------------------------------------------------
 
-    async def answer(self, method: str, target: str) -> AdminResponse:
+    async def answer(self, method: str, target: str, _body: bytes = b"") -> AdminResponse:
         """The group's answer to an admin request (an :data:`~meshcore.runtime.admin.Answer`)."""
         try:
             parts = urlsplit(target)
