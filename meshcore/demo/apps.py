@@ -11,6 +11,10 @@
 Plain standard-library servers (threads) that know nothing of meshcore: they reach each
 other by service name through the ``HTTP_PROXY`` of their environment (their sidecar's
 HTTP proxy listener), as any application would. Each prints one readiness line.
+
+Like Bookinfo's, they forward the trace context and request id of the request they serve
+on the calls it makes (:data:`PROPAGATED`): a sidecar cannot tell which outgoing call
+belongs to which incoming request, the application can, so that one page view is one trace.
 """
 
 from __future__ import annotations
@@ -24,7 +28,20 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-__all__ = ["main"]
+__all__ = ["PROPAGATED", "main"]
+
+PROPAGATED = (
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+    "x-request-id",
+)
+"""The headers copied from the request served to the calls made for it (Istio's list, in part)."""
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -46,8 +63,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def call(self, url: str, errors: list[str]) -> Any:
         """GET ``url`` through the mesh; None (and a line in ``errors``) if it failed."""
+        forwarded = {name: value for name in PROPAGATED if (value := self.headers.get(name)) is not None}
         try:
-            with self.opener.open(url, timeout=10) as response:
+            with self.opener.open(urllib.request.Request(url, headers=forwarded), timeout=10) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as err:
             errors.append(f"{url}: HTTP {err.code} {err.read().decode(errors='replace').strip()[:80]}")
