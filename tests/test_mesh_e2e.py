@@ -561,3 +561,62 @@ async def test_mesh_config_shows_the_snapshot_a_workload_gets(mesh: Mesh) -> Non
     assert f"- name: inbound_{mesh.ports['frontend-in']}\n" in text
     assert f"address: 127.0.0.1:{mesh.ports['frontend-proxy']}" in text
     assert "name: outbound|80|v2|backend.default.svc.cluster.local" in text
+
+
+TELEMETRY = """\
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default, namespace: istio-system}
+spec:
+  tracing:
+  - providers: [{name: meshcore}]
+    randomSamplingPercentage: 100
+"""
+
+
+async def test_a_telemetry_resource_turns_tracing_on_and_the_control_plane_receives_one_trace(
+    mesh: Mesh,
+) -> None:
+    """Telemetry → each sidecar's tracing filter → spans at the control plane's own receiver.
+
+    One request through the frontend's sidecar (its HTTP proxy listener) to a backend's
+    sidecar, with a trace context of the test's: four spans, one trace, each the child of
+    the one before (frontend SERVER → frontend CLIENT → backend SERVER → backend CLIENT).
+    """
+    before = versions(mesh)
+    mesh.write("telemetry.yaml", TELEMETRY)
+    try:
+        await poll(lambda: versions(mesh) != before and all_synced(mesh, 3), within=15)
+        trace_id, parent = os.urandom(16).hex(), os.urandom(8).hex()
+        async with httpx.AsyncClient(
+            trust_env=False, timeout=10, proxy=f"http://127.0.0.1:{mesh.ports['frontend-proxy']}"
+        ) as client:
+            response = await client.get(
+                "http://backend/", headers={"traceparent": f"00-{trace_id}-{parent}-01"}
+            )
+        assert response.status_code == 200
+
+        def the_trace() -> dict[str, Any] | None:
+            traces = get_json(f"http://{mesh.admin}/dashboard/data")["traces"]["traces"]
+            found = next((t for t in traces if t["trace_id"] == trace_id), None)
+            return found if found is not None and len(found["spans"]) >= 4 else None
+
+        await poll(the_trace, within=10)
+        trace = the_trace()
+        assert trace is not None
+        spans = trace["spans"]
+        assert [(s["service"], s["kind"], s["depth"]) for s in spans] == [
+            ("frontend", "server", 0),
+            ("frontend", "client", 1),
+            (spans[2]["service"], "server", 2),
+            (spans[2]["service"], "client", 3),
+        ]
+        assert spans[2]["service"] in ("backend-v1", "backend-v2")
+        assert spans[0]["parent_id"] == parent  # the test's context was continued
+        for child, parent_span in zip(spans[1:], spans, strict=False):
+            assert child["parent_id"] == parent_span["span_id"]
+        assert all(s["status_code"] == 200 for s in spans)
+    finally:
+        (mesh.directory / "telemetry.yaml").unlink()
+        reloaded = await trio.to_thread.run_sync(mesh.cli, "mesh", "reload", "--admin", mesh.admin)
+        assert reloaded.returncode == 0, reloaded.stdout + reloaded.stderr
