@@ -60,6 +60,10 @@ _EDGES = (
     ".map(e => ['source', 'target', 'rps', 'error-rate', 'rate-4xx'].map(a => e.getAttribute('data-' + a)))"
 )
 _SERVICES = "return [...document.querySelectorAll('svg#graph g.service')].map(g => g.dataset.service)"
+_TRACES = (
+    "return [...document.querySelectorAll('#traces details.waterfall')]"
+    ".map(t => [...t.querySelectorAll('.trace-row')].map(r => [r.dataset.service, +r.dataset.depth]))"
+)
 _PROXIES = "return [...document.querySelectorAll('#proxies tbody tr')].map(r => r.innerText)"
 
 
@@ -117,6 +121,16 @@ def test_the_dashboard_shows_the_mesh_and_a_canary_shift_live(
             ),
             10,
         )
+        # the recent traces: one page view is one trace, drawn as a waterfall of several services
+        def a_whole_trace() -> bool:
+            return any(
+                {"productpage", "details"} <= {service for service, _ in rows}
+                and any(service.startswith("reviews-") for service, _ in rows)
+                and max(depth for _, depth in rows) >= 3  # noqa: PLR2004 - sidecar → app → sidecar → sidecar
+                for rows in browser.execute_script(_TRACES)
+            )
+
+        _until("a trace across the mesh in the waterfall", a_whole_trace, 10)
         shot = SCREENSHOT if os.environ.get("MESHCORE_SCREENSHOT") == "1" else tmp_path / "dashboard.png"
         assert browser.save_screenshot(str(shot))
         assert shot.stat().st_size > 10_000  # a picture, not an empty page
