@@ -121,12 +121,13 @@ def test_the_dashboard_shows_the_mesh_and_a_canary_shift_live(
             ),
             10,
         )
+
         # the recent traces: one page view is one trace, drawn as a waterfall of several services
         def a_whole_trace() -> bool:
             return any(
                 {"productpage", "details"} <= {service for service, _ in rows}
                 and any(service.startswith("reviews-") for service, _ in rows)
-                and max(depth for _, depth in rows) >= 3  # noqa: PLR2004 - sidecar → app → sidecar → sidecar
+                and max(depth for _, depth in rows) >= 3  # sidecar → app → sidecar → sidecar
                 for rows in browser.execute_script(_TRACES)
             )
 

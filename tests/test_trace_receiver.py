@@ -159,6 +159,23 @@ def test_the_store_keeps_the_most_recent_traces_and_a_bounded_number_of_spans_ea
     assert [t["trace_id"] for t in store.data(limit=2)["traces"]] == [f"{5:032x}", f"{4:032x}"]
 
 
+def test_whole_traces_come_first_newest_first_and_an_outside_parent_is_a_root() -> None:
+    store = TraceStore()
+
+    def one(trace: int, *spans: Span) -> bytes:
+        for s in spans:
+            s.trace_id = trace.to_bytes(16, "big")
+        return export(("svc", list(spans)))
+
+    store.receive("POST", one(1, span(1, 0, "root", 0, 9), span(2, 1, "child", 1, 2)))
+    store.receive("POST", one(2, span(3, 0xFF, "continued from outside", 0, 9), span(4, 3, "child", 1, 2)))
+    store.receive(
+        "POST", one(3, span(5, 0, "root", 0, 9), span(6, 0xEE, "orphan: its parent not here yet", 1, 2))
+    )
+    traces = store.data()["traces"]
+    assert [(t["trace_id"][-1], t["complete"]) for t in traces] == [("2", True), ("1", True), ("3", False)]
+
+
 def test_no_traces_says_how_to_get_some() -> None:
     data = TraceStore().data()
     assert data["traces"] == []

@@ -73,12 +73,14 @@ class TraceStore:
         return AdminResponse(200, _EMPTY_EXPORT_RESPONSE, _PROTOBUF)
 
     def data(self, limit: int = 10) -> dict[str, Any]:
-        """The ``limit`` most recent traces, newest first, for the dashboard's waterfall."""
-        out = []
-        for trace_id in reversed(self.traces):
-            if len(out) >= limit:
-                break
-            out.append(_trace(trace_id, self.traces[trace_id]))
+        """The ``limit`` most recent traces for the dashboard's waterfall, newest first.
+
+        Whole traces (one root: every other span's parent is there) come before those
+        still missing spans (a sidecar that has not exported yet), so that a live view
+        shows whole requests.
+        """
+        recent = [_trace(trace_id, self.traces[trace_id]) for trace_id in reversed(self.traces)]
+        out = sorted(recent, key=lambda t: not t["complete"])[:limit]  # stable: newest first in each
         note = (
             ""
             if out
@@ -112,7 +114,7 @@ def _trace(trace_id: str, spans: list[ReceivedSpan]) -> dict[str, Any]:
         "root_service": root.service,
         "services": sorted({s.service for s in spans}),
         "duration_ms": round((end - start) / 1e6, 3),
-        "complete": not any(s.parent_id and s.parent_id not in ids for s in spans),
+        "complete": len(roots) == 1,
         "spans": [
             {
                 "span_id": s.span_id,
