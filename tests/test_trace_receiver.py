@@ -36,7 +36,7 @@ def span(span_id: int, parent: int, name: str, start: int, end: int, **extra: ob
 
 
 def export(*groups: tuple[str, list[Span]]) -> bytes:
-    return ExportTraceServiceRequest(
+    message = ExportTraceServiceRequest(
         resource_spans=[
             ResourceSpans(
                 resource=Resource(
@@ -46,7 +46,9 @@ def export(*groups: tuple[str, list[Span]]) -> bytes:
             )
             for service, spans in groups
         ]
-    ).SerializeToString()
+    )
+    body: bytes = message.SerializeToString()
+    return body
 
 
 def test_decodes_what_opentelemetry_proto_encodes() -> None:
@@ -59,7 +61,20 @@ def test_decodes_what_opentelemetry_proto_encodes() -> None:
     ]
     body = export(
         ("front", [span(1, 0, "GET /", 1_000, 9_000)]),
-        ("ratings", [span(2, 1, "GET /ratings", 2_000, 3_000, attributes=attributes, status=Status(code=2))]),
+        (
+            "ratings",
+            [
+                span(
+                    2,
+                    1,
+                    "GET /ratings",
+                    2_000,
+                    3_000,
+                    attributes=attributes,
+                    status=Status(code=Status.STATUS_CODE_ERROR),
+                )
+            ],
+        ),
     )
     found = decode_export(body)
     assert [(s.service, s.span_id, s.parent_id, s.name) for s in found] == [
