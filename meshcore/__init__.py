@@ -37,6 +37,16 @@ from meshcore.config import (
     regex,
     snapshot_from_data,
 )
+from meshcore.config.traffic import (
+    RETRY_ON,
+    CircuitBreakers,
+    OutlierDetection,
+    RequestMirrorPolicy,
+    RetryBackoff,
+    RetryBudget,
+    RetryOn,
+    RetryPolicy,
+)
 from meshcore.connection import Connection, PeerTls, join_host_port, split_host_port
 from meshcore.errors import (
     ConfigError,
@@ -87,11 +97,13 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0+unknown"
 
 __all__ = [
+    "RETRY_ON",
     "Address",
     "Body",
     "ByteSize",
     "Catalog",
     "CertificateAuthorityType",
+    "CircuitBreakers",
     "Cluster",
     "ConfigError",
     "ConfigProblem",
@@ -121,14 +133,20 @@ __all__ = [
     "NetworkFilterType",
     "NetworkHandler",
     "NodeInfo",
+    "OutlierDetection",
     "PeerTls",
     "PluginError",
     "PluginType",
     "ProtocolError",
     "Registry",
     "Request",
+    "RequestMirrorPolicy",
     "Response",
     "ResponseFlag",
+    "RetryBackoff",
+    "RetryBudget",
+    "RetryOn",
+    "RetryPolicy",
     "Route",
     "RouteConfiguration",
     "SecretStr",

@@ -10,13 +10,14 @@ handles is refused as not supported yet.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from typing import Literal
 
 import attrs
 
 import meshcore
-from meshcore import Duration, at_least, at_most, non_empty, regex
+from meshcore import RETRY_ON, Duration, at_least, at_most, non_empty, regex
 from meshcore.plugins.istio_common import (
     EMPTY,
     Percent,
@@ -160,13 +161,40 @@ class HTTPRewrite:
             raise ValueError(msg)
 
 
+ENVOY_ONLY_RETRY_ON = ("retriable-headers", "envoy-ratelimited", "http3-post-connect-failure")
+"""Envoy's retry conditions that Istio passes through and meshcore cannot honour yet."""
+
+
+def retry_on(_instance: object, _attribute: object, value: str) -> None:
+    """Istio's ``retryOn``: Envoy's HTTP and gRPC condition names and HTTP statuses, comma-separated."""
+    for part in (p.strip() for p in value.split(",")):
+        if not part:
+            continue
+        if part.isdigit():
+            if not 100 <= int(part) <= 599:  # noqa: PLR2004 - the range of HTTP statuses
+                msg = f"{part!r} is not an HTTP status (100..599)"
+                raise ValueError(msg)
+        elif part in ENVOY_ONLY_RETRY_ON:
+            msg = f"retry condition {part!r} is not supported by meshcore yet (supported: {', '.join(RETRY_ON)}, or an HTTP status)"
+            raise ValueError(msg)
+        elif part not in RETRY_ON:
+            close = difflib.get_close_matches(part, list(RETRY_ON), n=1)
+            hint = (
+                f"; did you mean {close[0]!r}?"
+                if close
+                else f" (known: {', '.join(RETRY_ON)}, or an HTTP status)"
+            )
+            msg = f"unknown retry condition {part!r}{hint}"
+            raise ValueError(msg)
+
+
 @attrs.frozen(kw_only=True)
 class HTTPRetry:
     """Retries of failed requests."""
 
     attempts: int = attrs.field(default=0, validator=at_least(0))
     perTryTimeout: Duration | None = None
-    retryOn: str = ""
+    retryOn: str = attrs.field(default="", validator=retry_on)
     retryRemoteLocalities: bool | None = None
     retryIgnorePreviousHosts: bool | None = None
     backoff: Duration | None = None

@@ -3,7 +3,8 @@
 - ``outbound_clusters`` (order 200): a cluster per port of every service the proxy may
   reach (``outbound|PORT||HOST``) and per subset of its DestinationRule
   (``outbound|PORT|SUBSET|HOST``: the endpoints with the subset's labels), with the load
-  balancer the rule asks for.
+  balancer, circuit breakers and outlier detection the rule's traffic policy asks for
+  (see ``translate_traffic``).
 - ``http_proxy`` (order 300): an HTTP proxy listener (``127.0.0.1:15001`` unless the
   proxy says otherwise) that applications reach through ``HTTP_PROXY``: requests are
   routed by the host name they address, one virtual host per service port
@@ -22,7 +23,7 @@ from typing import Any
 import attrs
 
 import meshcore
-from meshcore import Address, Cluster, LbPolicyRef, TranslatorType
+from meshcore import Address, Cluster, TranslatorType
 from meshcore.control import (
     ClusterBuild,
     ClusterEndpoint,
@@ -40,17 +41,10 @@ from meshcore.plugins.istio_routing import TrafficPolicy
 from meshcore.plugins.translate_routes import HANDLES as ROUTE_HANDLES
 from meshcore.plugins.translate_routes import RouteTranslator, cluster_name
 from meshcore.plugins.translate_sidecar import SIDECAR, cluster_protocol, egress_host_matches
+from meshcore.plugins.translate_traffic import cluster_settings, traffic_policy_handles
 
 DEFAULT_HTTP_PROXY = "127.0.0.1:15001"
 HTTP_PROXY_LISTENER = "outbound_http_proxy"
-_LB = {
-    None: "round_robin",
-    "UNSPECIFIED": "round_robin",
-    "ROUND_ROBIN": "round_robin",
-    "LEAST_REQUEST": "least_request",
-    "LEAST_CONN": "least_request",
-}
-_SIMPLE_LB = "=UNSPECIFIED|ROUND_ROBIN|LEAST_REQUEST|LEAST_CONN"
 
 
 # -- clusters -----------------------------------------------------------------------------------
@@ -63,11 +57,14 @@ def _merge(base: TrafficPolicy | None, over: TrafficPolicy | None, port: Service
         if policy is None:
             continue
         fields = {
-            f: getattr(policy, f) for f in ("loadBalancer", "connectionPool", "outlierDetection", "tls")
+            f: getattr(policy, f)
+            for f in ("loadBalancer", "connectionPool", "outlierDetection", "tls", "retryBudget")
         }
         for level in policy.portLevelSettings:
             if level.port is not None and level.port.number == port.number:
-                fields.update({f: getattr(level, f) for f in fields if getattr(level, f) is not None})
+                fields.update(
+                    {f: getattr(level, f, None) for f in fields if getattr(level, f, None) is not None}
+                )
         fields = {k: v for k, v in fields.items() if v is not None}
         out = attrs.evolve(out, **fields) if out is not None else TrafficPolicy(**fields)
     return out
@@ -82,7 +79,13 @@ def _cluster(
     rule: MeshResource | None,
     policy: TrafficPolicy | None,
 ) -> ClusterBuild:
-    simple = policy.loadBalancer.simple if policy is not None and policy.loadBalancer is not None else None
+    where = f"spec.subsets[{subset}].trafficPolicy" if subset else "spec.trafficPolicy"
+
+    def problem(path: str, message: str) -> None:
+        assert rule is not None  # noqa: S101 - a policy comes from a rule
+        context.problems.append(f"{rule.ref}: {where}.{path} (port {port.number}): {message}")
+
+    settings = cluster_settings(policy, problem)
     # The same for every proxy that reaches this subset: built once per model (the control
     # plane then turns it into data once, too).
     key = (
@@ -91,7 +94,7 @@ def _cluster(
         port,
         subset,
         tuple(sorted(labels.items())) if labels else None,
-        simple,
+        tuple(sorted(settings.items())),
     )
     cluster = context.model.memo.get(key)
     if cluster is None:
@@ -103,8 +106,8 @@ def _cluster(
         cluster = context.model.memo[key] = Cluster(
             name=cluster_name(service, port, subset),
             endpoints=endpoints,
-            lb_policy=LbPolicyRef(name=_LB[simple]),
             protocol=cluster_protocol(port),
+            **settings,
         )
     return ClusterBuild(
         cluster=cluster, service=service, port=port, subset=subset, destination_rule=rule, policy=policy
@@ -304,20 +307,13 @@ def egress_ports(context: TranslationContext) -> None:
 
 
 def _handles() -> tuple[str, ...]:
-    paths: list[str] = []
-    for prefix in ("DestinationRule.trafficPolicy", "DestinationRule.subsets.trafficPolicy"):
-        paths += [
-            f"{prefix}.loadBalancer.simple{_SIMPLE_LB}",
-            f"{prefix}.portLevelSettings.port",
-            f"{prefix}.portLevelSettings.loadBalancer.simple{_SIMPLE_LB}",
-        ]
     return (
         "DestinationRule.host",
         "DestinationRule.subsets.name",
         "DestinationRule.subsets.labels",
         "DestinationRule.exportTo",
         "DestinationRule.workloadSelector",
-        *paths,
+        *traffic_policy_handles(),
     )
 
 

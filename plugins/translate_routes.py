@@ -1,7 +1,14 @@
 """VirtualService HTTP rules as routes.
 
 Matches, weighted destinations, rewrites, timeouts, header edits, redirects, direct
-responses and fault injection are carried over.
+responses, fault injection, retries and mirroring are carried over.
+
+Retries follow Istio: a rule without ``retries`` gets Istio's default policy (2 retries on
+``connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes`` with 503
+retriable, each to another endpoint where one exists), ``attempts: 0`` turns retries off,
+and ``retryOn`` replaces the conditions (an HTTP status in it, ``503``, is retried under
+``retriable-status-codes``). As everywhere in meshcore, a request that may have been
+processed is retried only if its method is idempotent.
 
 One Istio ``HTTPRoute`` becomes one route per match (a route without matches takes every
 request), in order, so the first rule that matches wins as in Istio. A match that names a
@@ -19,7 +26,9 @@ import itertools
 import re
 from collections.abc import Iterator
 
-from meshcore import Duration, GrpcStatus, Route
+import attrs
+
+from meshcore import Duration, GrpcStatus, RequestMirrorPolicy, RetryBackoff, RetryOn, RetryPolicy, Route
 from meshcore.control import (
     DirectResponse,
     FilterOverrides,
@@ -39,7 +48,13 @@ from meshcore.control import (
 from meshcore.filters.fault import FaultAbort, FaultConfig, FaultDelay
 from meshcore.plugins.istio_common import StringMatch
 from meshcore.plugins.istio_lookup import destination_rule_for, virtual_services_for
-from meshcore.plugins.istio_routing import Destination, HTTPMatchRequest, HTTPRoute, VirtualServiceSpec
+from meshcore.plugins.istio_routing import (
+    Destination,
+    HTTPMatchRequest,
+    HTTPRetry,
+    HTTPRoute,
+    VirtualServiceSpec,
+)
 
 MAX_WITHOUT_HEADERS = 4
 """withoutHeaders conditions one match may have (each doubles the routes it becomes)."""
@@ -80,7 +95,49 @@ HANDLES = (
     "VirtualService.http.fault.abort.httpStatus",
     "VirtualService.http.fault.abort.grpcStatus=" + "|".join(s.name for s in GrpcStatus),
     "VirtualService.http.fault.abort.percentage",
+    "VirtualService.http.retries.attempts",
+    "VirtualService.http.retries.perTryTimeout",
+    "VirtualService.http.retries.retryOn",
+    "VirtualService.http.retries.retryIgnorePreviousHosts",
+    "VirtualService.http.retries.retryRemoteLocalities=False",
+    "VirtualService.http.retries.backoff",
+    "VirtualService.http.mirror",
+    "VirtualService.http.mirrors",
+    "VirtualService.http.mirrorPercentage",
+    "VirtualService.http.mirrorPercent",
 )
+
+ISTIO_DEFAULT_RETRIES = RetryPolicy(
+    retry_on=RetryOn(
+        ("connect-failure", "refused-stream", "unavailable", "cancelled", "retriable-status-codes")
+    ),
+    num_retries=2,
+    retriable_status_codes=(503,),
+)
+"""The retries of a rule that says nothing of them, as Istio gives them (its ``DefaultPolicy``)."""
+
+
+def retry_policy(retries: HTTPRetry | None) -> RetryPolicy | None:
+    """The retry policy of an Istio rule's ``retries`` (None: no retries)."""
+    if retries is None:
+        return ISTIO_DEFAULT_RETRIES
+    if retries.attempts == 0:
+        return None
+    policy = attrs.evolve(ISTIO_DEFAULT_RETRIES, num_retries=retries.attempts)
+    if retries.retryOn.strip():
+        parts = [p.strip() for p in retries.retryOn.split(",") if p.strip()]
+        codes = tuple(int(p) for p in parts if p.isdigit())
+        names = [p for p in parts if not p.isdigit()]
+        if codes and "retriable-status-codes" not in names:
+            names.append("retriable-status-codes")
+        policy = attrs.evolve(policy, retry_on=RetryOn(names), retriable_status_codes=codes)
+    if retries.perTryTimeout is not None:
+        policy = attrs.evolve(policy, per_try_timeout=retries.perTryTimeout)
+    if retries.retryIgnorePreviousHosts is not None:
+        policy = attrs.evolve(policy, retry_other_hosts=retries.retryIgnorePreviousHosts)
+    if retries.backoff is not None:
+        policy = attrs.evolve(policy, retry_back_off=RetryBackoff(base_interval=retries.backoff))
+    return policy
 
 
 def cluster_name(service: Service, port: ServicePort, subset: str = "") -> str:
@@ -210,6 +267,7 @@ class RouteTranslator:
             fields["direct_response"] = self._direct(resource, i, rule)
         else:
             self._destinations(resource, i, rule, fields)
+            self._resilience(resource, i, rule, fields)
         if rule.rewrite is not None:
             rewrite = rule.rewrite
             if rewrite.uri:
@@ -227,6 +285,42 @@ class RouteTranslator:
             fields["filters"] = FilterOverrides({"fault": self._fault(rule)})
             self.needs_fault = True
         return fields
+
+    def _resilience(self, resource: MeshResource, i: int, rule: HTTPRoute, fields: dict[str, object]) -> None:
+        """Retries and mirrors of a rule that forwards (not of one that answers 503 itself)."""
+        if "cluster" not in fields and "weighted_clusters" not in fields:
+            return
+        policy = retry_policy(rule.retries)
+        if policy is not None:
+            fields["retry_policy"] = policy
+        mirrors = self._mirrors(resource, i, rule)
+        if mirrors:
+            fields["request_mirror_policies"] = mirrors
+
+    def _mirrors(self, resource: MeshResource, i: int, rule: HTTPRoute) -> tuple[RequestMirrorPolicy, ...]:
+        """``mirror`` (with ``mirrorPercentage`` or ``mirrorPercent``) and ``mirrors``, as mirror policies."""
+        wanted: list[tuple[str, Destination, float]] = []
+        if rule.mirror is not None:
+            if rule.mirrors:
+                self.problem(
+                    resource, f"spec.http[{i}]", "takes mirror or mirrors, not both; mirrors ignored"
+                )
+            share = 100.0
+            if rule.mirrorPercentage is not None:
+                share = rule.mirrorPercentage.value
+            elif rule.mirrorPercent is not None:
+                share = float(rule.mirrorPercent)
+            wanted.append((f"spec.http[{i}].mirror", rule.mirror, share))
+        else:
+            for j, mirror in enumerate(rule.mirrors):
+                share = mirror.percentage.value if mirror.percentage is not None else 100.0
+                wanted.append((f"spec.http[{i}].mirrors[{j}].destination", mirror.destination, share))
+        out = []
+        for path, destination, share in wanted:
+            name = self._cluster(resource, path, destination)
+            if name is not None:  # an unknown mirror is said, and the route still serves
+                out.append(RequestMirrorPolicy(cluster=name, percentage=min(share, 100.0)))
+        return tuple(out)
 
     def _direct(self, resource: MeshResource, i: int, rule: HTTPRoute) -> DirectResponse:
         direct = rule.directResponse
@@ -323,4 +417,12 @@ def subset_labels(context: TranslationContext, service: Service) -> dict[str, di
     return {s.name: dict(s.labels) for s in rule.spec.subsets} if rule is not None else {}
 
 
-__all__ = ["HANDLES", "RouteTranslator", "cluster_name", "route_matches", "subset_labels"]
+__all__ = [
+    "HANDLES",
+    "ISTIO_DEFAULT_RETRIES",
+    "RouteTranslator",
+    "cluster_name",
+    "retry_policy",
+    "route_matches",
+    "subset_labels",
+]

@@ -216,24 +216,41 @@ def test_a_resource_defined_twice_is_refused(tmp_path: Path) -> None:
     ("spec", "expected"),
     [
         (
-            "kind: VirtualService\nspec:\n  hosts: [r]\n  http:\n  - route: [{destination: {host: r}}]\n    retries: {attempts: 3}\n",
+            "kind: VirtualService\nspec:\n  hosts: [r]\n  http:\n  - route: [{destination: {host: r}}]\n    retries: {attempts: 3, retryRemoteLocalities: true}\n",
             (
-                "mesh.yaml:8: VirtualService default/x: spec.http[0].retries: is not supported by meshcore yet: "
-                "no translator handles VirtualService.http.retries"
+                "mesh.yaml:8: VirtualService default/x: spec.http[0].retries.retryRemoteLocalities: True is not "
+                "supported by meshcore yet (supported: False)"
             ),
         ),
         (
-            "kind: DestinationRule\nspec:\n  host: r\n  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 3}\n",
+            "kind: VirtualService\nspec:\n  hosts: [r]\n  http:\n  - route: [{destination: {host: r}}]\n    retries: {attempts: 3, retryOn: '5xx,envoy-ratelimited'}\n",
             (
-                "mesh.yaml:7: DestinationRule default/x: spec.trafficPolicy.outlierDetection: is not supported by "
-                "meshcore yet: no translator handles DestinationRule.trafficPolicy.outlierDetection"
+                "mesh.yaml:8: VirtualService default/x: spec.http[0].retries.retryOn: retry condition "
+                "'envoy-ratelimited' is not supported by meshcore yet (supported: 5xx, gateway-error, reset, "
+                "reset-before-request, connect-failure, refused-stream, retriable-4xx, retriable-status-codes, "
+                "cancelled, deadline-exceeded, internal, resource-exhausted, unavailable, or an HTTP status)"
+            ),
+        ),
+        (
+            "kind: DestinationRule\nspec:\n  host: r\n  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 3, outlierDetectionHttpErrorCodes: [500]}\n",
+            (
+                "mesh.yaml:7: DestinationRule default/x: spec.trafficPolicy.outlierDetection."
+                "outlierDetectionHttpErrorCodes: is not supported by meshcore yet: no translator handles "
+                "DestinationRule.trafficPolicy.outlierDetection.outlierDetectionHttpErrorCodes"
+            ),
+        ),
+        (
+            "kind: DestinationRule\nspec:\n  host: r\n  subsets:\n  - name: v1\n    trafficPolicy:\n      connectionPool: {http: {maxRequestsPerConnection: 10}}\n",
+            (
+                "mesh.yaml:9: DestinationRule default/x: spec.subsets[0].trafficPolicy.connectionPool.http."
+                "maxRequestsPerConnection: 10 is not supported by meshcore yet (supported: 1)"
             ),
         ),
         (
             "kind: DestinationRule\nspec:\n  host: r\n  trafficPolicy:\n    loadBalancer: {simple: PASSTHROUGH}\n",
             (
                 "mesh.yaml:7: DestinationRule default/x: spec.trafficPolicy.loadBalancer.simple: 'PASSTHROUGH' is not "
-                "supported by meshcore yet (supported: LEAST_CONN, LEAST_REQUEST, ROUND_ROBIN, UNSPECIFIED)"
+                "supported by meshcore yet (supported: LEAST_CONN, LEAST_REQUEST, RANDOM, ROUND_ROBIN, UNSPECIFIED)"
             ),
         ),
         (
