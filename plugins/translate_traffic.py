@@ -8,8 +8,11 @@ success-rate ejection, a zero ``consecutive5xxErrors`` turns off 5xx ejection, g
 local-origin ejection are on only when their counts are given, and ``minHealthPercent`` is
 the panic threshold (0 by default: no panic) once ``outlierDetection`` is set.
 
-Limits Istio leaves unlimited when unset keep meshcore's defaults (1024 connections,
-pending and active requests, 3 retries in flight, as Envoy's).
+Istio leaves every circuit-breaker limit unlimited when unset. Retries in flight are
+unlimited here too (``max_retries``, Istio's 2^32-1): Istio retries by default, and Envoy's
+cap of 3 would turn retries away whenever more than three requests fail at once. Connections,
+pending and active requests keep meshcore's bounded defaults (1024 each): meshcore never
+queues without bound.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ SIMPLE_LB = {
 """Istio's ``loadBalancer.simple`` and the meshcore load balancer it becomes."""
 
 ENVOY_MAX_EJECTION_TIME = 300.0
+ISTIO_MAX_RETRIES = 2**32 - 1
+"""Istio's ``maxRetries`` when unset: unlimited."""
 
 
 def _policy_handles(prefix: str) -> list[str]:
@@ -94,7 +99,10 @@ def traffic_policy_handles() -> list[str]:
 
 def cluster_settings(policy: TrafficPolicy | None, problem: Problem) -> dict[str, Any]:
     """The fields of a cluster that ``policy`` (already merged for one subset and port) sets."""
-    fields: dict[str, Any] = {"lb_policy": lb_policy(policy.loadBalancer if policy else None, problem)}
+    fields: dict[str, Any] = {
+        "lb_policy": lb_policy(policy.loadBalancer if policy else None, problem),
+        "circuit_breakers": CircuitBreakers(max_retries=ISTIO_MAX_RETRIES),
+    }
     if policy is None:
         return fields
     if policy.connectionPool is not None or policy.retryBudget is not None:
@@ -108,7 +116,7 @@ def cluster_settings(policy: TrafficPolicy | None, problem: Problem) -> dict[str
 
 def _pool(policy: TrafficPolicy, problem: Problem) -> dict[str, Any]:
     pool = policy.connectionPool or ConnectionPoolSettings()
-    breakers: dict[str, Any] = {}
+    breakers: dict[str, Any] = {"max_retries": ISTIO_MAX_RETRIES}
     fields: dict[str, Any] = {}
     if pool.tcp is not None:
         if pool.tcp.maxConnections:
@@ -245,4 +253,11 @@ def _given(**values: int) -> dict[str, int]:
     return {k: v for k, v in values.items() if v}
 
 
-__all__ = ["SIMPLE_LB", "cluster_settings", "lb_policy", "outlier_detection", "traffic_policy_handles"]
+__all__ = [
+    "ISTIO_MAX_RETRIES",
+    "SIMPLE_LB",
+    "cluster_settings",
+    "lb_policy",
+    "outlier_detection",
+    "traffic_policy_handles",
+]

@@ -620,3 +620,60 @@ async def test_a_telemetry_resource_turns_tracing_on_and_the_control_plane_recei
         (mesh.directory / "telemetry.yaml").unlink()
         reloaded = await trio.to_thread.run_sync(mesh.cli, "mesh", "reload", "--admin", mesh.admin)
         assert reloaded.returncode == 0, reloaded.stdout + reloaded.stderr
+
+
+RESILIENT_ROUTES = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: backend}
+spec:
+  hosts: [backend]
+  http:
+  - route: [{destination: {host: backend}}]
+    retries: {attempts: 2, retryOn: 5xx}
+"""
+
+EJECTING_RULE = """\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: backend}
+spec:
+  host: backend
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 1m, maxEjectionPercent: 50}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+"""
+
+
+async def test_retries_and_outlier_detection_hide_a_backend_that_answers_503(mesh: Mesh) -> None:
+    """Istio's retries and outlierDetection, translated: a failing instance of two is invisible to clients."""
+    before = versions(mesh)["frontend"]
+    mesh.write("backend-rule.yaml", EJECTING_RULE)
+    mesh.write("backend-routes.yaml", RESILIENT_ROUTES)
+    app = mesh.processes["backend-v2-app"].args
+    load = Load()
+    try:
+        with trio.fail_after(30):
+            await poll(
+                lambda: (
+                    all_synced(mesh, 3)
+                    and all(versions(mesh)["frontend"][t] != before[t] for t in ("routes", "clusters"))
+                ),
+                10,
+            )
+            # backend v2's application dies: its sidecar answers 503 (no upstream) to every request.
+            mesh.stop("backend-v2-app", signal.SIGKILL)
+            async with trio.open_nursery() as nursery:
+                for _ in range(CLIENTS):
+                    nursery.start_soon(load.client, mesh.frontend)
+                await poll(lambda: len(load.results) >= 300, 20)
+                load.stop.set()
+    finally:
+        mesh.start("backend-v2-app", list(app))  # type: ignore[arg-type]  # Popen.args: the list it was given
+        _wait("backend v2", lambda: _listening(mesh.ports["backend-v2-app"]))
+    assert load.failures == []
+    assert set(load.backends()) == {"frontend -> backend v1"}
+    log = mesh.log("frontend")
+    assert '"event": "endpoint_ejected"' in log, "the outlier detector took v2 out"

@@ -21,6 +21,7 @@ from meshcore.control import Translation, load_resources
 from meshcore.control.wire import resource_sets, snapshot_data
 from meshcore.filters.hash_lb import HashPolicy
 from meshcore.plugins.translate_routes import ISTIO_DEFAULT_RETRIES
+from meshcore.plugins.translate_traffic import ISTIO_MAX_RETRIES
 
 WHOLE = "outbound|80||backend.default.svc.cluster.local"
 V1 = "outbound|80|v1|backend.default.svc.cluster.local"
@@ -242,7 +243,7 @@ def test_unset_limits_keep_meshcores_defaults() -> None:
         translated(model_of(with_rule("    connectionPool: {tcp: {maxConnections: 5}}\n")), "frontend")
     )
     breakers = found[WHOLE].circuit_breakers
-    assert breakers == meshcore.CircuitBreakers(max_connections=5)
+    assert breakers == meshcore.CircuitBreakers(max_connections=5, max_retries=ISTIO_MAX_RETRIES)
     assert found[WHOLE].max_idle_connections_per_endpoint == 256
 
 
@@ -364,7 +365,7 @@ def test_subset_and_port_level_settings_override_field_by_field() -> None:
     )
     found = clusters(t)
     assert (found[WHOLE].lb_policy.name, found[WHOLE].outlier_detection.consecutive_5xx) == ("random", 3)
-    assert found[WHOLE].circuit_breakers == meshcore.CircuitBreakers()
+    assert found[WHOLE].circuit_breakers == meshcore.CircuitBreakers(max_retries=ISTIO_MAX_RETRIES)
     assert found[GRPC].lb_policy.name == "least_request"
     assert found[GRPC].circuit_breakers.max_requests == 9
     assert found[GRPC].outlier_detection.consecutive_5xx == 3
