@@ -3,7 +3,8 @@
 Matches, weighted destinations, rewrites, timeouts, header edits, redirects, direct
 responses, fault injection, retries and mirroring are carried over.
 
-Retries follow Istio: a rule without ``retries`` gets Istio's default policy (2 retries on
+Retries follow Istio: a rule without ``retries``, and the default route of a service
+without a VirtualService, get Istio's default policy (2 retries on
 ``connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes`` with 503
 retriable, each to another endpoint where one exists), ``attempts: 0`` turns retries off,
 and ``retryOn`` replaces the conditions (an HTTP status in it, ``503``, is retried under
@@ -218,6 +219,7 @@ class RouteTranslator:
                 match=RouteMatch(prefix="/"),
                 cluster=cluster_name(self.service, self.port),
                 timeout=Duration(0),
+                retry_policy=ISTIO_DEFAULT_RETRIES,
             )
             return [RouteBuild(route=route, service=self.service)]
         resource = http_rules[0]

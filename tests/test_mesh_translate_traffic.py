@@ -120,8 +120,8 @@ def test_a_rule_without_retries_gets_istios_default_policy() -> None:
     ]
     assert policy.retriable_status_codes == (503,)
     assert policy.retry_other_hosts is True
-    default = translated(model_of(mesh()), "frontend")  # no VirtualService at all: no retries either way
-    assert route(default, "backend").config.retry_policy is None
+    default = translated(model_of(mesh()), "frontend")  # no VirtualService: its default route, as Istio's
+    assert route(default, "backend").config.retry_policy == policy
 
 
 def test_no_retries_or_mirrors_on_redirects_and_direct_responses() -> None:
