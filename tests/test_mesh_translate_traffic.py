@@ -51,6 +51,16 @@ def with_rule(traffic_policy: str, subsets: str = "") -> str:
     return base + rule
 
 
+def outliers(cluster: meshcore.Cluster) -> meshcore.OutlierDetection:
+    assert cluster.outlier_detection is not None
+    return cluster.outlier_detection
+
+
+def budget(cluster: meshcore.Cluster) -> meshcore.RetryBudget:
+    assert cluster.circuit_breakers.retry_budget is not None
+    return cluster.circuit_breakers.retry_budget
+
+
 def clusters(t: Translation) -> dict[str, meshcore.Cluster]:
     assert not t.problems, t.problems
     return {c.name: c for c in t.snapshot.clusters}
@@ -230,7 +240,7 @@ def test_connection_pool_and_retry_budget_become_circuit_breakers() -> None:
         breakers = cluster.circuit_breakers
         assert (breakers.max_connections, breakers.max_pending_requests, breakers.max_requests) == (7, 3, 11)
         assert breakers.max_retries == 2
-        assert (breakers.retry_budget.budget_percent, breakers.retry_budget.min_retry_concurrency) == (
+        assert (budget(cluster).budget_percent, budget(cluster).min_retry_concurrency) == (
             25.0,
             4,
         )
@@ -267,7 +277,7 @@ def test_outlier_detection_with_istios_semantics() -> None:
         )
     )
     cluster = found[WHOLE]
-    od = cluster.outlier_detection
+    od = outliers(cluster)
     assert (od.consecutive_5xx, od.enforcing_consecutive_5xx) == (2, 100.0)
     assert (od.consecutive_gateway_failure, od.enforcing_consecutive_gateway_failure) == (4, 100.0)
     assert (od.interval, od.base_ejection_time, od.max_ejection_time) == (1.0, 400.0, 400.0)
@@ -287,7 +297,7 @@ def test_outlier_detection_defaults_as_istio_gives_them() -> None:
         "frontend",
     )
     cluster = clusters(t)[WHOLE]
-    od = cluster.outlier_detection
+    od = outliers(cluster)
     assert od.enforcing_consecutive_5xx == 0.0, "consecutive5xxErrors: 0 turns 5xx ejection off"
     assert od.enforcing_consecutive_gateway_failure == 0.0, "gateway errors only when counted"
     assert (od.split_external_local_origin_errors, od.consecutive_local_origin_failure) == (True, 3)
@@ -364,14 +374,14 @@ def test_subset_and_port_level_settings_override_field_by_field() -> None:
         "frontend",
     )
     found = clusters(t)
-    assert (found[WHOLE].lb_policy.name, found[WHOLE].outlier_detection.consecutive_5xx) == ("random", 3)
+    assert (found[WHOLE].lb_policy.name, outliers(found[WHOLE]).consecutive_5xx) == ("random", 3)
     assert found[WHOLE].circuit_breakers == meshcore.CircuitBreakers(max_retries=ISTIO_MAX_RETRIES)
     assert found[GRPC].lb_policy.name == "least_request"
     assert found[GRPC].circuit_breakers.max_requests == 9
-    assert found[GRPC].outlier_detection.consecutive_5xx == 3
+    assert outliers(found[GRPC]).consecutive_5xx == 3
     assert found[V1].lb_policy.name == "random", "the subset keeps the rule's load balancer"
     assert found[V1].circuit_breakers.max_connections == 4
-    assert found[V1].outlier_detection.consecutive_5xx == 1
+    assert outliers(found[V1]).consecutive_5xx == 1
 
 
 def test_values_meshcore_cannot_honour_are_said_with_their_field_path() -> None:

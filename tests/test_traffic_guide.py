@@ -251,14 +251,16 @@ def test_the_istio_samples_translate_to_their_meshcore_side() -> None:
 
     breakers = cluster(limits, _outbound("reviews")).circuit_breakers
     assert (breakers.max_connections, breakers.max_pending_requests, breakers.max_requests) == (100, 10, 100)
+    assert breakers.retry_budget is not None
     assert (breakers.retry_budget.budget_percent, breakers.retry_budget.min_retry_concurrency) == (20.0, 3)
 
     od = cluster(outliers, _outbound("reviews")).outlier_detection
+    assert od is not None
     assert (od.consecutive_5xx, od.interval, od.base_ejection_time, od.max_ejection_percent) == (
         5,
-        10,
-        30,
-        50,
+        10.0,
+        30.0,
+        50.0,
     )
 
     lb = cluster(hashing, _outbound("cart")).lb_policy
