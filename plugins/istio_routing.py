@@ -282,7 +282,9 @@ class HTTPRoute:
     fault: HTTPFaultInjection | None = None
     mirror: Destination | None = None
     mirrors: tuple[HTTPMirrorPolicy, ...] = ()
-    mirrorPercent: int | None = None
+    mirrorPercent: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional([at_least(0), at_most(100)])
+    )
     mirrorPercentage: Percent | None = None
     corsPolicy: CorsPolicy | None = None
     headers: Headers | None = None
@@ -583,7 +585,9 @@ class ProxyProtocol:
 class RetryBudget:
     """At most this share of active requests may be retries."""
 
-    percent: float | None = None
+    percent: float | None = attrs.field(
+        default=None, validator=attrs.validators.optional([at_least(0), at_most(100)])
+    )
     minRetryConcurrency: int = attrs.field(default=0, validator=at_least(0))
     budgetInterval: Duration | None = None
 

@@ -106,7 +106,7 @@ def cluster_settings(policy: TrafficPolicy | None, problem: Problem) -> dict[str
     if policy is None:
         return fields
     if policy.connectionPool is not None or policy.retryBudget is not None:
-        fields.update(_pool(policy, problem))
+        fields.update(_pool(policy))
     if policy.outlierDetection is not None:
         fields["outlier_detection"] = outlier_detection(policy.outlierDetection)
         # Istio: minHealthPercent is the panic threshold, 0 (no panic) unless given.
@@ -114,7 +114,7 @@ def cluster_settings(policy: TrafficPolicy | None, problem: Problem) -> dict[str
     return fields
 
 
-def _pool(policy: TrafficPolicy, problem: Problem) -> dict[str, Any]:
+def _pool(policy: TrafficPolicy) -> dict[str, Any]:
     pool = policy.connectionPool or ConnectionPoolSettings()
     breakers: dict[str, Any] = {"max_retries": ISTIO_MAX_RETRIES}
     fields: dict[str, Any] = {}
@@ -138,13 +138,10 @@ def _pool(policy: TrafficPolicy, problem: Problem) -> dict[str, Any]:
             fields["idle_timeout"] = http.idleTimeout
     if policy.retryBudget is not None:
         budget = policy.retryBudget
-        if budget.percent is not None and not 0 <= budget.percent <= 100:  # noqa: PLR2004 - a percentage
-            problem("retryBudget.percent", f"must be from 0 to 100, got {budget.percent:g}")
-        else:
-            breakers["retry_budget"] = RetryBudget(
-                budget_percent=20.0 if budget.percent is None else budget.percent,
-                min_retry_concurrency=budget.minRetryConcurrency or 3,
-            )
+        breakers["retry_budget"] = RetryBudget(
+            budget_percent=20.0 if budget.percent is None else budget.percent,
+            min_retry_concurrency=budget.minRetryConcurrency or 3,
+        )
     fields["circuit_breakers"] = CircuitBreakers(**breakers)
     return fields
 

@@ -452,3 +452,23 @@ def test_a_bad_retry_on_is_refused_with_its_field_path(tmp_path: Path, retry_on:
     with pytest.raises(ConfigError) as caught:
         load_resources([path], REGISTRY)
     assert f"spec.http[0].retries.retryOn: {reason}" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        (
+            vs(
+                "  - route: [{destination: {host: backend}}]\n    mirror: {host: backend}\n    mirrorPercent: 120\n"
+            ),
+            "spec.http[0].mirrorPercent",
+        ),
+        (with_rule("    retryBudget: {percent: -5}\n"), "spec.trafficPolicy.retryBudget.percent"),
+    ],
+)
+def test_a_share_out_of_range_is_refused_with_its_field_path(tmp_path: Path, text: str, where: str) -> None:
+    path = tmp_path / "mesh.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_resources([path], REGISTRY)
+    assert f"{where}: must be" in str(caught.value)
