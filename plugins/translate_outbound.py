@@ -79,7 +79,8 @@ def _cluster(
     rule: MeshResource | None,
     policy: TrafficPolicy | None,
 ) -> ClusterBuild:
-    where = f"spec.subsets[{subset}].trafficPolicy" if subset else "spec.trafficPolicy"
+    names = [s.name for s in rule.spec.subsets] if rule is not None else []
+    where = f"spec.subsets[{names.index(subset)}].trafficPolicy" if subset in names else "spec.trafficPolicy"
 
     def problem(path: str, message: str) -> None:
         assert rule is not None  # noqa: S101 - a policy comes from a rule

@@ -18,7 +18,7 @@ import meshcore
 from meshcore import ConfigError
 from meshcore.config import snapshot_from_data
 from meshcore.control import Translation, load_resources
-from meshcore.control.wire import resource_sets, snapshot_data
+from meshcore.control.wire import resource_sets, snapshot_data, unstructure
 from meshcore.filters.hash_lb import HashPolicy
 from meshcore.plugins.translate_routes import ISTIO_DEFAULT_RETRIES
 from meshcore.plugins.translate_traffic import ISTIO_MAX_RETRIES
@@ -472,3 +472,28 @@ def test_a_share_out_of_range_is_refused_with_its_field_path(tmp_path: Path, tex
     with pytest.raises(ConfigError) as caught:
         load_resources([path], REGISTRY)
     assert f"{where}: must be" in str(caught.value)
+
+
+def test_a_subsets_problem_names_the_subset_by_its_index() -> None:
+    t = translated(
+        model_of(
+            with_rule(
+                "    loadBalancer: {simple: ROUND_ROBIN}\n",
+                "  subsets:\n  - {name: v1, labels: {version: v1}}\n  - name: v2\n    labels: {version: v2}\n"
+                "    trafficPolicy: {loadBalancer: {simple: RANDOM, warmupDurationSecs: 5s}}\n",
+            )
+        ),
+        "frontend",
+    )
+    assert t.problems == tuple(
+        f"DestinationRule default/backend: spec.subsets[1].trafficPolicy.loadBalancer.warmup (port {port}): "
+        "slow start is for ROUND_ROBIN and LEAST_REQUEST, not RANDOM"
+        for port in (80, 9000)
+    )
+
+
+def test_retry_conditions_travel_in_one_order_whatever_the_hash_seed() -> None:
+    """A set's order varies between processes: unsorted, a restarted control plane would push new versions."""
+    names = ["unavailable", "5xx", "cancelled", "connect-failure", "retriable-status-codes", "refused-stream"]
+    for order in (names, names[::-1]):
+        assert unstructure(meshcore.RetryOn(order)) == sorted(names)

@@ -73,7 +73,9 @@ def unstructure(value: Any) -> Any:  # noqa: PLR0911 - a flat dispatch on the ki
     if isinstance(value, Mapping):
         return {str(k): unstructure(v) for k, v in value.items()}
     if isinstance(value, tuple | list | set | frozenset):
-        return [unstructure(item) for item in value]
+        items = [unstructure(item) for item in value]
+        # A set sorted: its iteration order varies with the hash seed, and so would versions.
+        return sorted(items, key=repr) if isinstance(value, set | frozenset) else items
     return str(value)
 
 
