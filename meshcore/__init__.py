@@ -38,7 +38,6 @@ from meshcore.config import (
     snapshot_from_data,
 )
 from meshcore.config.traffic import (
-    RETRY_ON,
     CircuitBreakers,
     OutlierDetection,
     RequestMirrorPolicy,
@@ -97,7 +96,6 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0+unknown"
 
 __all__ = [
-    "RETRY_ON",
     "Address",
     "Body",
     "ByteSize",

@@ -10,14 +10,13 @@ handles is refused as not supported yet.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from typing import Literal
 
 import attrs
 
 import meshcore
-from meshcore import RETRY_ON, Duration, at_least, at_most, non_empty, regex
+from meshcore import Duration, RetryOn, at_least, at_most, non_empty, regex
 from meshcore.plugins.istio_common import (
     EMPTY,
     Percent,
@@ -175,17 +174,10 @@ def retry_on(_instance: object, _attribute: object, value: str) -> None:
                 msg = f"{part!r} is not an HTTP status (100..599)"
                 raise ValueError(msg)
         elif part in ENVOY_ONLY_RETRY_ON:
-            msg = f"retry condition {part!r} is not supported by meshcore yet (supported: {', '.join(RETRY_ON)}, or an HTTP status)"
+            msg = f"retry condition {part!r} is not supported by meshcore yet"
             raise ValueError(msg)
-        elif part not in RETRY_ON:
-            close = difflib.get_close_matches(part, list(RETRY_ON), n=1)
-            hint = (
-                f"; did you mean {close[0]!r}?"
-                if close
-                else f" (known: {', '.join(RETRY_ON)}, or an HTTP status)"
-            )
-            msg = f"unknown retry condition {part!r}{hint}"
-            raise ValueError(msg)
+        else:
+            RetryOn.__meshcore_parse__(part)  # an unknown name: its error, with a "did you mean"
 
 
 @attrs.frozen(kw_only=True)
