@@ -18,7 +18,9 @@ from typing import Any
 
 __all__ = [
     "DEFAULT_MODE",
+    "OPERATION_FIELDS",
     "PEER_AUTHENTICATION_MODES",
+    "SOURCE_FIELDS",
     "UnsupportedError",
     "authorization_policy",
     "authz_config",
@@ -28,7 +30,7 @@ __all__ = [
     "request_authentication",
 ]
 
-_SOURCE_FIELDS = (
+SOURCE_FIELDS = (
     "principals",
     "notPrincipals",
     "requestPrincipals",
@@ -40,7 +42,7 @@ _SOURCE_FIELDS = (
     "remoteIpBlocks",
     "notRemoteIpBlocks",
 )
-_OPERATION_FIELDS = ("hosts", "notHosts", "ports", "notPorts", "methods", "notMethods", "paths", "notPaths")
+OPERATION_FIELDS = ("hosts", "notHosts", "ports", "notPorts", "methods", "notMethods", "paths", "notPaths")
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 
 
@@ -80,7 +82,7 @@ def _rule(rule: Mapping[str, Any], where: str) -> dict[str, Any]:
             out["from"] = [
                 {
                     "source": _fields(
-                        (item or {}).get("source") or {}, _SOURCE_FIELDS, f"{where}.from[{i}].source"
+                        (item or {}).get("source") or {}, SOURCE_FIELDS, f"{where}.from[{i}].source"
                     )
                 }
                 for i, item in enumerate(value or ())
@@ -89,7 +91,7 @@ def _rule(rule: Mapping[str, Any], where: str) -> dict[str, Any]:
             out["to"] = [
                 {
                     "operation": _fields(
-                        (item or {}).get("operation") or {}, _OPERATION_FIELDS, f"{where}.to[{i}].operation"
+                        (item or {}).get("operation") or {}, OPERATION_FIELDS, f"{where}.to[{i}].operation"
                     )
                 }
                 for i, item in enumerate(value or ())

@@ -45,6 +45,8 @@ from meshcore.control import (
     Workload,
 )
 from meshcore.plugins.istio_security import (
+    OPERATION_FIELDS,
+    SOURCE_FIELDS,
     UnsupportedError,
     authz_config,
     peer_authentication_mode,
@@ -191,21 +193,6 @@ def authorization(context: TranslationContext) -> None:
             listener.ensure_http_filter("authz", config)
 
 
-_POLICY_FIELDS = (
-    "principals",
-    "notPrincipals",
-    "requestPrincipals",
-    "notRequestPrincipals",
-    "namespaces",
-    "notNamespaces",
-    "ipBlocks",
-    "notIpBlocks",
-    "remoteIpBlocks",
-    "notRemoteIpBlocks",
-)
-_OPERATION_FIELDS = ("hosts", "notHosts", "ports", "notPorts", "methods", "notMethods", "paths", "notPaths")
-
-
 @meshcore.hookimpl
 def meshcore_mesh_translators() -> list[TranslatorType]:
     """Register ``mtls`` and ``authorization``."""
@@ -230,8 +217,8 @@ def meshcore_mesh_translators() -> list[TranslatorType]:
                 "AuthorizationPolicy.selector",
                 "AuthorizationPolicy.action=ALLOW|DENY|AUDIT",
                 "AuthorizationPolicy.rules.when",
-                *(f"AuthorizationPolicy.rules.from.source.{f}" for f in _POLICY_FIELDS),
-                *(f"AuthorizationPolicy.rules.to.operation.{f}" for f in _OPERATION_FIELDS),
+                *(f"AuthorizationPolicy.rules.from.source.{f}" for f in SOURCE_FIELDS),
+                *(f"AuthorizationPolicy.rules.to.operation.{f}" for f in OPERATION_FIELDS),
             ),
         ),
     ]
