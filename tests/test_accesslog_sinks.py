@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 
 import pytest
 import trio
+from _ports import free_port
 
 import meshcore
 from meshcore.telemetry.sinks import FileSink
@@ -113,13 +113,6 @@ clusters:
   - name: backend
     endpoints: ["{upstream}"]
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def wait_listening(port: int) -> None:

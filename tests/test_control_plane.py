@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 import trio
 import trustme
+from _ports import free_port
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -46,12 +47,6 @@ from meshcore.testing.upstreams import serve_upstream
 
 REGISTRY = meshcore.build_registry(autoload=False)
 TIMEOUT = 10
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @attrs.define

@@ -33,23 +33,12 @@ import httpx
 import pytest
 import trio
 import trustme
+from _ports import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = ROOT / "examples" / "first-mesh" / "apps.py"
 CLIENTS = 20
 START_TIMEOUT = 30.0
-
-
-def free_ports(names: list[str]) -> dict[str, int]:
-    """A free loopback port for each name, all different (the sockets are held until all are chosen)."""
-    sockets = [socket.socket() for _ in names]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return {name: int(sock.getsockname()[1]) for name, sock in zip(names, sockets, strict=True)}
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def get_json(url: str) -> Any:

@@ -30,6 +30,7 @@ import attrs
 import httpx
 import pytest
 import trustme
+from _ports import free_ports
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -40,18 +41,6 @@ from meshcore.plugins.ca import CaConfig, LocalCA, make_csr
 START_TIMEOUT = 30.0
 FRONTEND = "spiffe://cluster.local/ns/default/sa/frontend"
 BACKEND = "spiffe://cluster.local/ns/default/sa/backend"
-
-
-def free_ports(names: list[str]) -> dict[str, int]:
-    """A free loopback port for each name, all different."""
-    sockets = [socket.socket() for _ in names]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return {name: int(sock.getsockname()[1]) for name, sock in zip(names, sockets, strict=True)}
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def get_json(url: str) -> Any:

@@ -18,7 +18,6 @@ import doctest
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import pytest
 import trio
 from _otlp import Collector, serve_collector
+from _ports import free_port
 from test_tutorial import Block, console_steps, read_blocks
 
 from meshcore.config.logformat import OPERATORS
@@ -35,13 +35,6 @@ ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "docs" / "observability.md"
 PORTS = ("10000", "9901", "8080", "4318", "9090")
 RETRY_FOR = 20.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def guide_blocks() -> list[Block]:

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from _ports import free_port
 from _proxy_process import start_proxy_process
 
 from meshcore import split_host_port
@@ -40,13 +41,6 @@ clusters:
   - name: backend
     endpoints: ["{upstream}"]
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _children(pid: int) -> list[int]:
@@ -88,7 +82,7 @@ async def test_two_workers_share_a_listener_and_stop_on_sigterm(
 ) -> None:
     with trio.fail_after(30):
         upstream = await nursery.start(serve_upstream)
-        port = _free_port()
+        port = free_port()
         config = tmp_path / "proxy.yaml"
         config.write_text(CONFIG.format(port=port, upstream=f"{upstream[0]}:{upstream[1]}"))
         argv = [
@@ -131,7 +125,7 @@ def _config(upstream: tuple[str, int], admin: str = "127.0.0.1:0") -> dict[str, 
         "listeners": [
             {
                 "name": "ingress",
-                "address": f"127.0.0.1:{_free_port()}",
+                "address": f"127.0.0.1:{free_port()}",
                 "filter_chains": [{"filters": [{"http_connection_manager": {"route_config": "main"}}]}],
             }
         ],
