@@ -16,8 +16,9 @@ import attrs
 import meshcore
 from meshcore import non_empty
 from meshcore.plugins.istio_common import WorkloadSelector, port_number, protocol
-from meshcore.plugins.istio_routing import ConnectionPoolSettings, Destination
+from meshcore.plugins.istio_destinationrule import ConnectionPoolSettings
 from meshcore.plugins.istio_services import NETWORKING
+from meshcore.plugins.istio_virtualservice import Destination
 
 _EGRESS_HOST = re.compile(
     r"^(\*|\.|~|[a-z0-9]([-a-z0-9]*[a-z0-9])?)/(\*|(\*\.)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$"

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import meshcore
 from meshcore.control import Finding, MeshModel, MeshResource, Service, Severity, finding, fqdn, labels_match
 from meshcore.plugins.istio_lookup import host_matches, virtual_services_for
-from meshcore.plugins.istio_routing import Destination, HTTPMatchRequest, HTTPRoute
+from meshcore.plugins.istio_virtualservice import Destination, HTTPMatchRequest, HTTPRoute
 from meshcore.plugins.translate_sidecar import egress_host_matches
 
 E, W, I = Severity.ERROR, Severity.WARNING, Severity.INFO  # noqa: E741 - the three severities, by their initials

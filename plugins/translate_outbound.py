@@ -36,8 +36,8 @@ from meshcore.control import (
     fqdn,
     labels_match,
 )
+from meshcore.plugins.istio_destinationrule import TrafficPolicy
 from meshcore.plugins.istio_lookup import destination_rule_for, virtual_services_for
-from meshcore.plugins.istio_routing import TrafficPolicy
 from meshcore.plugins.translate_routes import HANDLES as ROUTE_HANDLES
 from meshcore.plugins.translate_routes import RouteTranslator, cluster_name
 from meshcore.plugins.translate_sidecar import SIDECAR, cluster_protocol, egress_host_matches

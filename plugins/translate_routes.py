@@ -49,7 +49,7 @@ from meshcore.control import (
 from meshcore.filters.fault import FaultAbort, FaultConfig, FaultDelay
 from meshcore.plugins.istio_common import StringMatch
 from meshcore.plugins.istio_lookup import destination_rule_for, virtual_services_for
-from meshcore.plugins.istio_routing import (
+from meshcore.plugins.istio_virtualservice import (
     Destination,
     HTTPMatchRequest,
     HTTPRetry,

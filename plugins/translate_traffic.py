@@ -23,13 +23,13 @@ from typing import Any
 from meshcore import CircuitBreakers, Duration, LbPolicyRef, OutlierDetection, RetryBudget
 from meshcore.filters.hash_lb import HashPolicy, MaglevConfig, RingHashConfig
 from meshcore.filters.load_balancers import LeastRequestConfig, RoundRobinConfig, SlowStart
-from meshcore.plugins.istio_routing import (
+from meshcore.plugins.istio_destinationrule import (
     ConnectionPoolSettings,
     ConsistentHashLB,
     LoadBalancerSettings,
     TrafficPolicy,
 )
-from meshcore.plugins.istio_routing import OutlierDetection as IstioOutlierDetection
+from meshcore.plugins.istio_destinationrule import OutlierDetection as IstioOutlierDetection
 
 Problem = Callable[[str, str], None]
 """Note a problem: ``(field path under the traffic policy, message)``."""
