@@ -32,8 +32,9 @@ from meshcore.errors import ConfigError
 from meshcore.filters.load_balancers import RoundRobin
 from meshcore.registry import build_registry
 from meshcore.runtime.admin import handle
-from meshcore.runtime.cluster import Cluster, Host
+from meshcore.runtime.cluster import Cluster
 from meshcore.runtime.health import HealthChecking
+from meshcore.runtime.host import Host
 from meshcore.runtime.proxy import Proxy
 from meshcore.runtime.stats import Stats
 from meshcore.testing.client import fetch

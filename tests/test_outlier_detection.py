@@ -23,7 +23,8 @@ from meshcore.config import Cluster as ClusterConfig
 from meshcore.config.traffic import OutlierDetection
 from meshcore.filters.load_balancers import RoundRobin
 from meshcore.flags import ResponseFlag
-from meshcore.runtime.cluster import Cluster, Host
+from meshcore.runtime.cluster import Cluster
+from meshcore.runtime.host import Host
 from meshcore.runtime.outlier import OutlierDetector
 from meshcore.runtime.stats import Stats
 from meshcore.testing.client import fetch

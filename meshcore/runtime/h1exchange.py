@@ -19,7 +19,8 @@ from meshcore.http.messages import Body, Headers, Request, Response
 from meshcore.http.semantics import strip_hop_by_hop
 
 if TYPE_CHECKING:
-    from meshcore.runtime.cluster import Cluster, Host, UpstreamConnection
+    from meshcore.runtime.cluster import Cluster
+    from meshcore.runtime.host import Host, UpstreamConnection
 
 __all__ = ["H1Exchange"]
 

@@ -36,7 +36,7 @@ from meshcore.http.semantics import strip_hop_by_hop
 from meshcore.runtime.h2server import GracefulGoaway
 
 if TYPE_CHECKING:
-    from meshcore.runtime.cluster import Host
+    from meshcore.runtime.host import Host
 
 __all__ = ["H2Pool", "StreamRefused"]
 

@@ -31,7 +31,8 @@ from meshcore.config.traffic import HealthCheck
 from meshcore.runtime.stats import Stats
 
 if TYPE_CHECKING:
-    from meshcore.runtime.cluster import Cluster, Host
+    from meshcore.runtime.cluster import Cluster
+    from meshcore.runtime.host import Host
 
 __all__ = ["Checker", "HealthChecking"]
 

@@ -36,7 +36,8 @@ from meshcore.flags import ResponseFlag
 from meshcore.runtime.stats import Counter, Stats
 
 if TYPE_CHECKING:
-    from meshcore.runtime.cluster import Cluster, Host
+    from meshcore.runtime.cluster import Cluster
+    from meshcore.runtime.host import Host
 
 __all__ = ["OutlierDetector"]
 

@@ -40,7 +40,8 @@ from meshcore.http.messages import Body, Request, Response
 from meshcore.runtime.stats import Stats
 
 if TYPE_CHECKING:
-    from meshcore.runtime.cluster import Cluster, Host
+    from meshcore.runtime.cluster import Cluster
+    from meshcore.runtime.host import Host
 
 __all__ = [
     "ATTEMPT_COUNT_HEADER",
