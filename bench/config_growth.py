@@ -33,6 +33,8 @@ from meshcore.http.messages import Headers, Request
 from meshcore.http.routing import RouteTable
 from meshcore.logs import configure
 from meshcore.runtime.proxy import Proxy
+from meshcore.testing.client import Client
+from meshcore.testing.upstreams import serve_upstream
 
 
 def route_config(routes: int, vhosts: int) -> RouteConfiguration:
@@ -80,8 +82,13 @@ def time_matching(config: RouteConfiguration, repeat: int) -> float:
     return min(runs)
 
 
-def config_data(routes: int, vhosts: int, clusters: int) -> dict[str, Any]:
-    """A proxy config: one listener, ``routes`` routes over ``vhosts`` hosts, ``clusters`` clusters."""
+def config_data(
+    routes: int, vhosts: int, clusters: int, backend: tuple[str, int] = ("127.0.0.1", 20000)
+) -> dict[str, Any]:
+    """A proxy config: one listener, ``routes`` routes over ``vhosts`` hosts, ``clusters`` clusters.
+
+    Cluster ``c0`` (the default route's, for every other host) is ``backend``.
+    """
     per = max(routes // vhosts, 1) if routes else 0
     hosts = [
         {
@@ -118,62 +125,118 @@ def config_data(routes: int, vhosts: int, clusters: int) -> dict[str, Any]:
         ],
         "route_configs": [{"name": "main", "virtual_hosts": hosts}],
         "clusters": [
-            {"name": f"c{c}", "endpoints": [f"127.0.0.1:{20000 + c % 1000}"]} for c in range(max(clusters, 1))
+            {"name": "c0", "endpoints": [f"{backend[0]}:{backend[1]}"]},
+            *({"name": f"c{c}", "endpoints": [f"127.0.0.1:{20000 + c % 1000}"]} for c in range(1, clusters)),
         ],
     }
 
 
-async def measure_apply(routes: int, vhosts: int, clusters: int) -> dict[str, float]:
-    """Structure and apply a Snapshot to a running proxy; the loop's longest stall meanwhile."""
-    registry = meshcore.build_registry()
-    small = meshcore.snapshot_from_data(config_data(0, 0, 1), registry, version="small")
-    data = config_data(routes, vhosts, clusters)
-    stall = 0.0
-    stop = trio.Event()
+class Probe:
+    """A task that sleeps 1 ms again and again: how late it wakes is how long the loop stalled."""
 
-    async def heartbeat() -> None:
-        nonlocal stall
-        last = trio.current_time()
-        while not stop.is_set():
+    def __init__(self) -> None:
+        self.worst = 0.0
+
+    async def run(self) -> None:
+        """Sleep 1 ms in a loop, keeping the worst lateness (seconds) in ``worst``."""
+        while True:
+            before = trio.current_time()
             await trio.sleep(0.001)
-            now = trio.current_time()
-            stall = max(stall, now - last)
-            last = now
+            self.worst = max(self.worst, trio.current_time() - before - 0.001)
 
+
+class Traffic:
+    """Clients sending GET requests through the proxy, one connection each, back to back."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.client = Client(address)
+        self.done = 0
+        self.failed = 0
+        self.slowest = 0.0
+
+    async def run(self) -> None:
+        """Send requests until cancelled, counting them and keeping the slowest (seconds)."""
+        while True:
+            start = trio.current_time()
+            try:
+                response = await self.client.get("/anything")
+            except OSError:
+                self.failed += 1
+                continue
+            if response.status != 200:
+                self.failed += 1
+            self.done += 1
+            self.slowest = max(self.slowest, trio.current_time() - start)
+
+
+async def measure_apply(routes: int, vhosts: int, clusters: int, clients: int) -> dict[str, float]:
+    """Structure and apply a Snapshot to a proxy serving traffic; the loop's longest stall meanwhile.
+
+    In one process, as in a running proxy: the proxy, an upstream, ``clients`` clients sending
+    requests through it, and a probe task that sleeps 1 ms in a loop (its worst lateness is the
+    longest stall). The Snapshot is applied with :meth:`Proxy.apply` (synchronous, the baseline),
+    then with :meth:`Proxy.apply_async` (what config sources call), back to the small one between.
+    """
+    registry = meshcore.build_registry()
+    results: dict[str, float] = {}
     async with trio.open_nursery() as nursery:
+        backend = await nursery.start(serve_upstream)
+        small = meshcore.snapshot_from_data(config_data(0, 0, 1, backend), registry, version="small")
+        data = config_data(routes, vhosts, clusters, backend)
         proxy = Proxy(registry)
         await nursery.start(proxy.run)
-        proxy.apply(small)
-        nursery.start_soon(heartbeat)
-        await trio.sleep(0.05)
-        stall = 0.0
+        await proxy.apply_async(small)
+        probe = Probe()
+        traffic = [Traffic(proxy.address("ingress")) for _ in range(clients)]
+        nursery.start_soon(probe.run)
+
+        async def settle() -> None:
+            await trio.sleep(0.2)
+            probe.worst = 0.0
+            for t in traffic:
+                t.slowest = 0.0
+
+        # Structuring (parsing is the file source's, in a worker thread too): on the loop, then off it.
+        await settle()
         start = time.perf_counter()
-        snapshot = meshcore.snapshot_from_data(data, registry, version="big")
-        structured = time.perf_counter()
-        await trio.sleep(0.05)
-        structure_stall, stall = stall, 0.0
-        # As the file source reloads: structured in a worker thread while the loop runs.
-        threaded_start = time.perf_counter()
+        meshcore.snapshot_from_data(data, registry, version="big")
+        results["structure_s"] = time.perf_counter() - start
+        await trio.sleep(0.01)  # the probe wakes, and sees how late
+        results["structure_stall_ms"] = probe.worst * 1e3
+        await settle()
+        start = time.perf_counter()
         snapshot = await trio.to_thread.run_sync(
             functools.partial(meshcore.snapshot_from_data, data, registry, version="big")
         )
-        threaded = time.perf_counter()
-        await trio.sleep(0.05)
-        threaded_stall, stall = stall, 0.0
-        applied_start = time.perf_counter()
-        proxy.apply(snapshot)
-        applied = time.perf_counter()
-        await trio.sleep(0.05)
-        stop.set()
+        results["threaded_s"] = time.perf_counter() - start
+        await trio.sleep(0.01)
+        results["threaded_stall_ms"] = probe.worst * 1e3
+
+        for t in traffic:
+            nursery.start_soon(t.run)
+        await trio.sleep(0.2)  # the traffic is flowing
+        for name, apply in (("sync", None), ("async", proxy.apply_async)):
+            await settle()
+            before = sum(t.done for t in traffic)
+            start = time.perf_counter()
+            if apply is None:
+                proxy.apply(snapshot)
+            else:
+                await apply(snapshot)
+            results[f"{name}_s"] = time.perf_counter() - start
+            results[f"{name}_requests"] = sum(t.done for t in traffic) - before
+            await trio.sleep(0.05)  # the probe wakes, and the requests held up finish
+            results[f"{name}_stall_ms"] = probe.worst * 1e3
+            results[f"{name}_slowest_ms"] = max(t.slowest for t in traffic) * 1e3
+            # After the apply: what the collector costs now (a full collection over the larger heap).
+            await settle()
+            await trio.sleep(1.0)
+            results[f"{name}_after_stall_ms"] = probe.worst * 1e3
+            await proxy.apply_async(small)
+        results["failed"] = sum(t.failed for t in traffic)
         proxy.drain()
-    return {
-        "structure_s": structured - start,
-        "structure_stall_ms": structure_stall * 1e3,
-        "threaded_s": threaded - threaded_start,
-        "threaded_stall_ms": threaded_stall * 1e3,
-        "apply_s": applied - applied_start,
-        "stall_ms": stall * 1e3,
-    }
+        nursery.cancel_scope.cancel()
+    return results
 
 
 async def applied_memory(routes: int, vhosts: int, clusters: int) -> int:
@@ -233,6 +296,8 @@ def main() -> int:
     parser.add_argument("--routes", type=int, default=10_000)
     parser.add_argument("--vhosts", type=int, default=1_000)
     parser.add_argument("--clusters", type=int, default=1_000)
+    parser.add_argument("--clients", type=int, default=4, help="clients sending requests during the apply")
+    parser.add_argument("--runs", type=int, default=3, help="apply measurements (the median is printed)")
     parser.add_argument(
         "--repeat", type=int, default=15, help="passes over 1,000 requests (the median is kept)"
     )
@@ -260,21 +325,38 @@ def main() -> int:
     print(
         f"\nApplying a Snapshot of {args.routes} routes ({args.vhosts} virtual hosts) and {args.clusters} clusters"
     )
-    results = [trio.run(measure_apply, args.routes, args.vhosts, args.clusters) for _ in range(3)]
+    print(
+        f"  in one process with the proxy: an upstream, {args.clients} clients sending requests through it,"
+        " and a probe task sleeping 1 ms in a loop (its worst lateness is the longest stall)"
+    )
+    results = [
+        trio.run(measure_apply, args.routes, args.vhosts, args.clusters, args.clients) for _ in range(args.runs)
+    ]
     for key, label, unit in (
         ("structure_s", "structure config data into a Snapshot", "s"),
         ("structure_stall_ms", "longest loop stall while structuring", "ms"),
         ("threaded_s", "structure in a worker thread (file reload)", "s"),
         ("threaded_stall_ms", "longest loop stall meanwhile", "ms"),
-        ("apply_s", "Proxy.apply (check, build, swap)", "s"),
-        ("stall_ms", "longest loop stall during Proxy.apply", "ms"),
+        ("sync_s", "Proxy.apply (sync: baseline)", "s"),
+        ("sync_stall_ms", "longest loop stall during it", "ms"),
+        ("sync_slowest_ms", "slowest request during it", "ms"),
+        ("sync_requests", "requests served during it", ""),
+        ("sync_after_stall_ms", "longest stall in the 1 s after it", "ms"),
+        ("async_s", "Proxy.apply_async (sources call it)", "s"),
+        ("async_stall_ms", "longest loop stall during it", "ms"),
+        ("async_slowest_ms", "slowest request during it", "ms"),
+        ("async_requests", "requests served during it", ""),
+        ("async_after_stall_ms", "longest stall in the 1 s after it", "ms"),
+        ("failed", "requests failed (all runs)", ""),
     ):
         values = [r[key] for r in results]
         print(
-            f"  {label:40} median {statistics.median(values):8.3f} {unit}  (runs: "
+            f"  {label:40} median {statistics.median(values):8.3f} {unit:2}  (runs: "
             + ", ".join(f"{v:.3f}" for v in values)
             + ")"
         )
+    stall = {name: statistics.median(r[f"{name}_stall_ms"] for r in results) for name in ("sync", "async")}
+    print(f"  longest stall, apply_async / apply: {stall['async'] / max(stall['sync'], 1e-9):.3f}x")
 
     per_route, per_cluster, snap_route, snap_cluster = memory(args.routes, args.vhosts, args.clusters)
     print("\nMemory (tracemalloc)")

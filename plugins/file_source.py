@@ -73,7 +73,7 @@ class FileSource:
         The first load must succeed (its ConfigError propagates); later bad files are
         logged, reported to the sink (counted, shown on the admin server) and skipped.
         """
-        self._apply(sink, self.load())
+        await self._apply(sink, self.load())
         task_status.started()
         interval = float(self.config.poll_interval) or math.inf
         while True:
@@ -86,20 +86,21 @@ class FileSource:
             try:
                 # Read, parsed and structured in a worker thread: a file of 10,000 routes takes
                 # most of a second, and traffic on the loop goes on meanwhile (the loop gets
-                # the interpreter back every few milliseconds). Applying stays on the loop.
+                # the interpreter back every few milliseconds). Applying does its checks and
+                # route tables in one too (ConfigSink.apply_async).
                 snapshot = await trio.to_thread.run_sync(self.load)
             except ConfigError as err:
                 sink.rejected(err)
                 self._log_rejected(err)
                 continue
             try:
-                self._apply(sink, snapshot)
+                await self._apply(sink, snapshot)
             except ConfigError as err:
                 self._log_rejected(err)
 
-    def _apply(self, sink: ConfigSink, snapshot: Snapshot) -> None:
+    async def _apply(self, sink: ConfigSink, snapshot: Snapshot) -> None:
         """Apply; problems found while applying (a port in use) name this file too."""
-        sink.apply(snapshot, file=self.config.path)
+        await sink.apply_async(snapshot, file=self.config.path)
 
     def _log_rejected(self, err: ConfigError) -> None:
         log.error(

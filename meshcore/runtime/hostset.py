@@ -27,6 +27,10 @@ from typing import Generic, Protocol, TypeVar
 
 from meshcore.config.traffic import Locality
 
+_RANDOM = random.Random()  # noqa: S311 - load spreading, not cryptography
+"""One random source for every host set: seeding one per set (from os.urandom) cost a third of
+building a cluster (bench/config_growth.py, 1,000 clusters)."""
+
 __all__ = ["LOCALITY_LABELS", "HostSet", "Member", "node_locality"]
 
 
@@ -74,7 +78,7 @@ class HostSet(Generic[Host]):
         for load in loads:
             total += load
             self._cumulative.append(total)
-        self._random = random.Random()  # noqa: S311 - load spreading, not cryptography
+        self._random = _RANDOM
 
     @classmethod
     def build(

@@ -9,14 +9,16 @@ connection (HTTP/1.1 keep-alive, HTTP/2 streams) takes it, with nothing drained.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from meshcore.chain import compose
-from meshcore.config import FilterOverrides, Route, Snapshot
+from meshcore.config import FilterOverrides, Route, RouteConfiguration, Snapshot
 from meshcore.config.structure import HttpFilterRef
 from meshcore.errors import ConfigError, ProtocolError
 from meshcore.http.messages import HttpHandler, Request, Response
@@ -27,9 +29,43 @@ if TYPE_CHECKING:
     from meshcore.runtime.context import FilterContext
     from meshcore.runtime.stats import Counter, Stats
 
-__all__ = ["HttpChains", "HttpFilter", "RouteRuntime", "build_chain"]
+__all__ = ["HttpChains", "HttpFilter", "RouteRuntime", "build_chain", "precompile", "precompiled"]
 
 HttpFilter = Callable[[Request, HttpHandler], Awaitable[Response]]
+
+Precompiled = dict[int, tuple[RouteConfiguration, RouteTable]]
+"""Route tables compiled ahead of an apply, by the ``id`` of their config (kept beside it)."""
+
+_PRECOMPILED: ContextVar[Precompiled | None] = ContextVar("meshcore_precompiled_routes", default=None)
+
+
+def precompile(snapshot: Snapshot) -> Precompiled:
+    """Compile every route table of ``snapshot`` that compiles; pure, so a worker thread may run it.
+
+    Compiling is most of the cost of a large route table (10,000 routes), and it depends on
+    nothing live: :meth:`Proxy.apply_async <meshcore.runtime.proxy.Proxy.apply_async>` does it
+    off the event loop and hands the tables to the build with :func:`precompiled`. A table
+    that does not compile is left out: the build compiles it again and reports it.
+    """
+    tables: Precompiled = {}
+    for config in snapshot.route_configs:
+        with contextlib.suppress(ConfigError):
+            tables[id(config)] = (config, RouteTable.compile(config))
+    return tables
+
+
+@contextlib.contextmanager
+def precompiled(tables: Precompiled) -> Iterator[None]:
+    """Within this block (this task), building a route table takes it from ``tables`` if there.
+
+    Each table is taken once: a second connection manager of the same route config compiles
+    its own (a compiled table holds its manager's per-route chains).
+    """
+    token = _PRECOMPILED.set(tables)
+    try:
+        yield
+    finally:
+        _PRECOMPILED.reset(token)
 
 
 async def _end_of_chain(request: Request) -> Response:
@@ -129,8 +165,11 @@ class HttpChains:
         if at is None:  # the Snapshot's references are checked first; this is a bug guard
             msg = f"unknown route config {self.route_config!r}"
             raise ValueError(msg)
+        config = snapshot.route_configs[at]
+        tables = _PRECOMPILED.get()
+        ready = tables.pop(id(config), None) if tables is not None else None
         try:
-            table = RouteTable.compile(snapshot.route_configs[at])
+            table = ready[1] if ready is not None and ready[0] is config else RouteTable.compile(config)
         except ConfigError as err:
             prefix = f"route_configs[{at}]."
             raise ConfigError([attrs.evolve(p, path=prefix + p.path) for p in err.problems]) from err

@@ -3,10 +3,12 @@
 A config source is registered by a plugin (``meshcore_config_sources``) and chosen by
 name: ``meshcore proxy --source NAME`` or ``serve_proxy(NAME, registry, source_config=...)``.
 Its factory gets its structured config and the registry; the object it returns has an
-``async run(sink)`` that delivers whole Snapshots (``sink.apply``) or deltas
-(``sink.apply_delta``) for as long as the proxy runs. Each call either applies or raises
-:class:`~meshcore.errors.ConfigError` with every problem (the source's cue to NACK); the
-last good Snapshot keeps serving either way.
+``async run(sink)`` that delivers whole Snapshots (``await sink.apply_async``) or deltas
+(``await sink.apply_delta_async``) for as long as the proxy runs. Each call either applies
+or raises :class:`~meshcore.errors.ConfigError` with every problem (the source's cue to
+NACK); the last good Snapshot keeps serving either way. The synchronous ``sink.apply`` and
+``sink.apply_delta`` do the same but hold the event loop meanwhile (0.4 s for 10,000
+routes); they stay for sources written before.
 """
 
 from __future__ import annotations
@@ -35,8 +37,16 @@ log = structlog.get_logger("meshcore.sources")
 class ConfigSink(Protocol):
     """Where a config source delivers: the running proxy, seen from the source.
 
-    Every method is synchronous and returns once the change is live (or raises).
+    Every method returns once the change is live (or raises). The async ones let traffic
+    flow meanwhile (see :meth:`Proxy.apply_async <meshcore.runtime.proxy.Proxy.apply_async>`):
+    a source calls those; concurrent calls go live in the order they were made.
     """
+
+    async def apply_async(self, snapshot: Snapshot, *, file: str | None = None) -> None:
+        """:meth:`apply` without stalling traffic on the event loop."""
+
+    async def apply_delta_async(self, delta: SnapshotDelta) -> Snapshot:
+        """:meth:`apply_delta` without stalling traffic on the event loop."""
 
     def apply(self, snapshot: Snapshot, *, file: str | None = None) -> None:
         """Make ``snapshot`` the live config, or raise ConfigError with every problem.
@@ -136,6 +146,25 @@ class ProxySink:
             log.info("snapshot_ignored", version=delta.version, reason="draining")
             return self.proxy.snapshot
         return self.proxy.apply_delta(delta)
+
+    async def apply_async(self, snapshot: Snapshot, *, file: str | None = None) -> None:
+        """Apply ``snapshot`` without stalling traffic (see :meth:`ConfigSink.apply_async`)."""
+        try:
+            await self.proxy.apply_async(snapshot, file=file)
+        except RuntimeError:
+            if not self.proxy.draining:
+                raise
+            log.info("snapshot_ignored", version=snapshot.version, reason="draining")
+
+    async def apply_delta_async(self, delta: SnapshotDelta) -> Snapshot:
+        """Apply ``delta`` without stalling traffic (see :meth:`ConfigSink.apply_delta_async`)."""
+        try:
+            return await self.proxy.apply_delta_async(delta)
+        except RuntimeError:
+            if not self.proxy.draining or self.proxy.snapshot is None:
+                raise
+            log.info("snapshot_ignored", version=delta.version, reason="draining")
+            return self.proxy.snapshot
 
     def rejected(self, error: ConfigError) -> None:
         """Count a config the source could not read (see :meth:`ConfigSink.rejected`)."""
