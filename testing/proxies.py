@@ -274,6 +274,16 @@ class RunningProxy:
         self.proxy.apply(snapshot)
         return snapshot
 
+    async def apply_async(self, config: ConfigLike) -> Snapshot:
+        """:meth:`apply`, as a config source applies: traffic keeps flowing meanwhile.
+
+        The checks and route tables are built in a worker thread (see
+        :meth:`meshcore.runtime.proxy.Proxy.apply_async`); concurrent calls go live in order.
+        """
+        snapshot = to_snapshot(config, self.registry, ephemeral=self.ephemeral)
+        await self.proxy.apply_async(snapshot)
+        return snapshot
+
     def apply_delta(self, delta: SnapshotDelta) -> Snapshot:
         """Apply a delta, as a control plane would: composed onto the live Snapshot.
 
