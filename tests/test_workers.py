@@ -177,6 +177,7 @@ async def test_the_admin_server_shows_every_worker_summed_and_each_alone(
             clusters = (await client.get("/clusters")).json()
             listeners = (await client.get("/listeners")).json()
             dump = (await client.get("/config_dump")).json()
+            status = (await client.get("/config_status")).json()
             one_worker = (await client.get("/ready?worker=1")).text
             no_worker = await client.get("/stats?worker=2")
 
@@ -185,6 +186,12 @@ async def test_the_admin_server_shows_every_worker_summed_and_each_alone(
             assert sorted(w["pid"] for w in workers) == sorted(_children(proxy.process.pid))
             assert total == sent
             assert sum(each) == sent
+            assert all(each), each  # both took some (24 connections: all on one is a 2**-23 chance)
+            # The config status covers both workers too: one version, each one's applies counted.
+            assert [w["version"] for w in status["workers"]] == [status["version"]] * 2
+            assert status["version"] is not None
+            assert status["snapshots_applied"] == 2
+            assert status["snapshots_rejected"] == {"parse": 0, "validation": 0, "apply": 0}
             assert (
                 f'meshcore_http_downstream_rq_total{{listener="ingress"}} {sent}' in prometheus.splitlines()
             )

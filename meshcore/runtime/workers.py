@@ -78,6 +78,7 @@ class WorkerGroup:
             "/stats/prometheus": self._prometheus,
             "/clusters": self._clusters,
             "/listeners": self._listeners,
+            "/config_status": self._config_status,
             "/workers": self._workers,
             "/logging": self._logging,
         }
@@ -193,6 +194,33 @@ class WorkerGroup:
                 kept = listeners.setdefault(listener["name"], {**listener, "active_connections": 0})
                 kept["active_connections"] += listener["active_connections"]
         return _json({"listeners": [listeners[name] for name in sorted(listeners)], "workers": len(parts)})
+
+    async def _config_status(self, _query: dict[str, list[str]], _method: str, _path: str) -> AdminResponse:
+        """Every worker's config status: counts summed (as in /stats), each worker's own listed.
+
+        ``version`` is the one every worker serves (null while they differ, during a
+        reload), ``applied_at`` the latest, ``last_rejection`` the latest of any worker.
+        """
+        parts, missing = await self._json_parts("/config_status")
+        if missing:
+            return _unavailable(missing)
+        versions = {part.get("version") for part in parts}
+        rejected: dict[str, int] = {}
+        for part in parts:
+            for stage, count in part.get("snapshots_rejected", {}).items():
+                rejected[stage] = rejected.get(stage, 0) + count
+        rejections = [part["last_rejection"] for part in parts if part.get("last_rejection")]
+        applied_at = [part["applied_at"] for part in parts if part.get("applied_at")]
+        return _json(
+            {
+                "version": versions.pop() if len(versions) == 1 else None,
+                "applied_at": max(applied_at, default=None),
+                "snapshots_applied": sum(part.get("snapshots_applied", 0) for part in parts),
+                "snapshots_rejected": rejected,
+                "last_rejection": max(rejections, key=lambda r: r.get("at") or "", default=None),
+                "workers": parts,
+            }
+        )
 
     async def _workers(self, _query: dict[str, list[str]], _method: str, _path: str) -> AdminResponse:
         answers = await self.ask_all("GET", "/ready")
