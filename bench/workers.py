@@ -86,7 +86,7 @@ def wait_live(admin: int, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=2) as answer:  # noqa: S310 - loopback
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=2) as answer:
                 if answer.read() == b"LIVE\n":
                     return
         except OSError:
@@ -98,7 +98,7 @@ def wait_live(admin: int, timeout: float = 60.0) -> None:
 
 def admin_requests(admin: int) -> int:
     """``downstream_rq_total`` as the proxy's admin server sums it over its workers."""
-    with urllib.request.urlopen(  # noqa: S310 - loopback
+    with urllib.request.urlopen(
         f"http://127.0.0.1:{admin}/stats?filter=downstream_rq_total", timeout=5
     ) as answer:
         return sum(int(line.rsplit(":", 1)[1]) for line in answer.read().decode().splitlines() if ":" in line)
@@ -166,8 +166,12 @@ def main() -> int:
         p50 = statistics.median(r["p50_ms"] for r in results)
         p99 = statistics.median(r["p99_ms"] for r in results)
         rounds = ", ".join(f"{r['cpu_us_per_request']:.1f}" for r in results)
-        print(f"{label:10} {rps:>9.0f} {p50:>8.2f} {p99:>8.2f} {median[label]:>11.1f} {errors:>7.0f}  {rounds}")
-    print(f"CPU per request, 2 workers / 1 worker: {median['2 workers'] / median['1 worker']:.3f}x (goal: <= 1.10x)")
+        print(
+            f"{label:10} {rps:>9.0f} {p50:>8.2f} {p99:>8.2f} {median[label]:>11.1f} {errors:>7.0f}  {rounds}"
+        )
+    print(
+        f"CPU per request, 2 workers / 1 worker: {median['2 workers'] / median['1 worker']:.3f}x (goal: <= 1.10x)"
+    )
     print(
         "requests the admin server counts (summed over workers, warm-ups included): "
         + ", ".join(f"{label} {count}" for label, count in counted.items())

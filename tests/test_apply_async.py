@@ -136,7 +136,9 @@ async def test_concurrent_applies_go_live_in_the_order_they_were_made(
                 applied.append(version)
 
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(apply, http_proxy_config([first.endpoint], routes=many_routes(100)), "gated-1")
+                nursery.start_soon(
+                    apply, http_proxy_config([first.endpoint], routes=many_routes(100)), "gated-1"
+                )
                 await trio.to_thread.run_sync(gate.entered.wait)
                 nursery.start_soon(apply, http_proxy_config([second.endpoint]), "plain-2")
                 await trio.testing.wait_all_tasks_blocked()

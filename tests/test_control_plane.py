@@ -408,6 +408,12 @@ class _NoSink:
     def apply_delta(self, delta: meshcore.SnapshotDelta) -> meshcore.Snapshot:
         raise AssertionError(delta)
 
+    async def apply_async(self, snapshot: meshcore.Snapshot, *, file: str | None = None) -> None:
+        raise AssertionError(snapshot, file)
+
+    async def apply_delta_async(self, delta: meshcore.SnapshotDelta) -> meshcore.Snapshot:
+        raise AssertionError(delta)
+
     def rejected(self, error: meshcore.ConfigError) -> None:
         raise AssertionError(error)
 

@@ -188,10 +188,12 @@ async def test_the_admin_server_shows_every_worker_summed_and_each_alone(
             assert sum(each) == sent
             assert all(each), each  # both took some (24 connections: all on one is a 2**-23 chance)
             # The config status covers both workers too: one version, each one's applies counted.
-            assert [w["version"] for w in status["workers"]] == [status["version"]] * 2
-            assert status["version"] is not None
-            assert status["snapshots_applied"] == 2
-            assert status["snapshots_rejected"] == {"parse": 0, "validation": 0, "apply": 0}
+            versions = [w["version"] for w in status["workers"]]
+            assert (versions, status["snapshots_applied"], status["snapshots_rejected"]) == (
+                [dump["version"]] * 2,
+                2,
+                {"parse": 0, "validation": 0, "apply": 0},
+            )
             assert (
                 f'meshcore_http_downstream_rq_total{{listener="ingress"}} {sent}' in prometheus.splitlines()
             )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import gc
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any
 
 import attrs
 import structlog
@@ -213,7 +213,10 @@ class Proxy:
             try:
                 self._check(snapshot)
             except Exception as err:
-                self._reject(err, snapshot, file)
+                error = self._rejected(err, snapshot, file)
+                if error is err:
+                    raise
+                raise error from err
             self._apply(snapshot, file)
         finally:
             if collecting:
@@ -255,7 +258,10 @@ class Proxy:
             try:
                 tables = await trio.to_thread.run_sync(self._check_and_compile, snapshot)
             except Exception as err:
-                self._reject(err, snapshot, file)
+                error = self._rejected(err, snapshot, file)
+                if error is err:
+                    raise
+                raise error from err
             self._ensure_running()  # it may have begun draining meanwhile
             with precompiled(tables):
                 self._apply(snapshot, file)
@@ -277,17 +283,15 @@ class Proxy:
             msg = "the proxy is draining"
             raise RuntimeError(msg)
 
-    def _reject(self, err: Exception, snapshot: Snapshot, file: str | None) -> NoReturn:
-        """Record ``snapshot``'s rejection for ``err`` and raise it as a ConfigError (naming ``file``)."""
+    def _rejected(self, err: Exception, snapshot: Snapshot, file: str | None) -> ConfigError:
+        """Record ``snapshot``'s rejection for ``err``; the ConfigError to raise (``err`` if it is one)."""
         self.services.abort()  # what this Snapshot's chains opened (access-log files, exporters)
         error = err if isinstance(err, ConfigError) else _internal_error(err, snapshot)
         if file is not None:
             problems = [p if p.file else attrs.evolve(p, file=file) for p in error.problems]
             error = ConfigError(problems, stage=error.stage)
         self.record_rejection(error, snapshot.version)
-        if error is err:
-            raise error
-        raise error from err
+        return error
 
     def _apply(self, snapshot: Snapshot, file: str | None) -> None:
         """Build ``snapshot`` (checked) against the live config and swap it in; no await in here."""
@@ -298,7 +302,10 @@ class Proxy:
         except Exception as err:
             if built is not None:
                 built.abandon()
-            self._reject(err, snapshot, file)
+            error = self._rejected(err, snapshot, file)
+            if error is err:
+                raise
+            raise error from err
         # Nothing can fail from here on: swap. (A step that fails all the same is a bug; it is
         # logged, and the others still run.)
         steps: list[Callable[[], None]] = [built.clusters, *built.tls]
