@@ -9,8 +9,12 @@ Run: ``python bench/config_growth.py [--routes 10000] [--vhosts 1000] [--cluster
    ``prefix`` ones; the ratios to the 10-route case are printed.
 2. Applying a Snapshot of ``--routes`` routes and ``--clusters`` clusters to a running proxy
    (a listener, an HTTP connection manager with the router): the time to structure the
-   config data into a Snapshot, the time of :meth:`Proxy.apply`, and the longest the trio
-   loop went without running a 1 ms heartbeat task meanwhile (a stall of traffic).
+   config data into a Snapshot; the time of :meth:`Proxy.apply` (synchronous, the baseline)
+   and of :meth:`Proxy.apply_async` (what config sources call), with requests flowing through
+   the proxy meanwhile: the longest step the applying task ran without yielding, the longest
+   a probe task sleeping 1 ms in a loop woke late (the stall traffic saw), beside that same
+   probe's worst over 1 s of traffic with no apply (the machine's floor), and the slowest
+   request.
 3. Memory (tracemalloc) of the applied proxy per route and per cluster: the growth between
    a Snapshot with none and one with ``--routes`` routes / ``--clusters`` clusters.
 """
@@ -32,6 +36,7 @@ from meshcore.config.model import Route, RouteConfiguration, RouteMatch, Virtual
 from meshcore.http.messages import Headers, Request
 from meshcore.http.routing import RouteTable
 from meshcore.logs import configure
+from meshcore.runtime.offloop import run_beside_loop
 from meshcore.runtime.proxy import Proxy
 from meshcore.testing.client import Client
 from meshcore.testing.upstreams import serve_upstream
@@ -145,6 +150,25 @@ class Probe:
             self.worst = max(self.worst, trio.current_time() - before - 0.001)
 
 
+class Steps(trio.abc.Instrument):
+    """The longest step (run between two checkpoints) of one task: the stall that task caused."""
+
+    def __init__(self, task: trio.lowlevel.Task) -> None:
+        self.task = task
+        self.longest = 0.0
+        self._start = time.perf_counter()
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        """A step of ``task`` begins."""
+        if task is self.task:
+            self._start = time.perf_counter()
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        """A step of ``task`` ends."""
+        if task is self.task:
+            self.longest = max(self.longest, time.perf_counter() - self._start)
+
+
 class Traffic:
     """Clients sending GET requests through the proxy, one connection each, back to back."""
 
@@ -167,6 +191,32 @@ class Traffic:
                 self.failed += 1
             self.done += 1
             self.slowest = max(self.slowest, trio.current_time() - start)
+
+
+async def applied(
+    name: str, proxy: Proxy, snapshot: meshcore.Snapshot, probe: Probe, traffic: list[Traffic]
+) -> dict[str, float]:
+    """Apply ``snapshot`` (``name``: "sync" or "async"); what it took, and what it held up."""
+    before = sum(t.done for t in traffic)
+    steps = Steps(trio.lowlevel.current_task())
+    trio.lowlevel.add_instrument(steps)
+    start = time.perf_counter()
+    if name == "sync":
+        proxy.apply(snapshot)
+    else:
+        await proxy.apply_async(snapshot)
+    took = time.perf_counter() - start
+    await trio.lowlevel.checkpoint()  # the step that ended the apply ends too
+    trio.lowlevel.remove_instrument(steps)
+    served = sum(t.done for t in traffic) - before
+    await trio.sleep(0.05)  # the probe wakes, and the requests held up finish
+    return {
+        f"{name}_s": took,
+        f"{name}_step_ms": steps.longest * 1e3,
+        f"{name}_requests": served,
+        f"{name}_stall_ms": probe.worst * 1e3,
+        f"{name}_slowest_ms": max(t.slowest for t in traffic) * 1e3,
+    }
 
 
 async def measure_apply(routes: int, vhosts: int, clusters: int, clients: int) -> dict[str, float]:
@@ -205,7 +255,7 @@ async def measure_apply(routes: int, vhosts: int, clusters: int, clients: int) -
         results["structure_stall_ms"] = probe.worst * 1e3
         await settle()
         start = time.perf_counter()
-        snapshot = await trio.to_thread.run_sync(
+        snapshot = await run_beside_loop(
             functools.partial(meshcore.snapshot_from_data, data, registry, version="big")
         )
         results["threaded_s"] = time.perf_counter() - start
@@ -215,22 +265,15 @@ async def measure_apply(routes: int, vhosts: int, clusters: int, clients: int) -
         for t in traffic:
             nursery.start_soon(t.run)
         await trio.sleep(0.2)  # the traffic is flowing
-        for name, apply in (("sync", None), ("async", proxy.apply_async)):
+        # The floor: the longest stall in 1 s of traffic with no apply (the machine, the GC, ...).
+        await settle()
+        await trio.sleep(1.0)
+        results["idle_stall_ms"] = probe.worst * 1e3
+        for name in ("sync", "async"):
             await settle()
-            before = sum(t.done for t in traffic)
-            start = time.perf_counter()
-            if apply is None:
-                proxy.apply(snapshot)
-            else:
-                await apply(snapshot)
-            results[f"{name}_s"] = time.perf_counter() - start
-            results[f"{name}_requests"] = sum(t.done for t in traffic) - before
-            await trio.sleep(0.05)  # the probe wakes, and the requests held up finish
-            results[f"{name}_stall_ms"] = probe.worst * 1e3
-            results[f"{name}_slowest_ms"] = max(t.slowest for t in traffic) * 1e3
-            # After the apply: what the collector costs now (a full collection over the larger heap).
+            results.update(await applied(name, proxy, snapshot, probe, traffic))
             await settle()
-            await trio.sleep(1.0)
+            await trio.sleep(1.0)  # after it: what the collector costs now, over the larger heap
             results[f"{name}_after_stall_ms"] = probe.worst * 1e3
             await proxy.apply_async(small)
         results["failed"] = sum(t.failed for t in traffic)
@@ -336,14 +379,17 @@ def main() -> int:
     for key, label, unit in (
         ("structure_s", "structure config data into a Snapshot", "s"),
         ("structure_stall_ms", "longest loop stall while structuring", "ms"),
-        ("threaded_s", "structure in a worker thread (file reload)", "s"),
+        ("threaded_s", "structure in a worker thread, as the file source", "s"),
         ("threaded_stall_ms", "longest loop stall meanwhile", "ms"),
+        ("idle_stall_ms", "longest stall in 1 s of traffic, no apply", "ms"),
         ("sync_s", "Proxy.apply (sync: baseline)", "s"),
+        ("sync_step_ms", "its longest step on the loop", "ms"),
         ("sync_stall_ms", "longest loop stall during it", "ms"),
         ("sync_slowest_ms", "slowest request during it", "ms"),
         ("sync_requests", "requests served during it", ""),
         ("sync_after_stall_ms", "longest stall in the 1 s after it", "ms"),
         ("async_s", "Proxy.apply_async (sources call it)", "s"),
+        ("async_step_ms", "its longest step on the loop", "ms"),
         ("async_stall_ms", "longest loop stall during it", "ms"),
         ("async_slowest_ms", "slowest request during it", "ms"),
         ("async_requests", "requests served during it", ""),

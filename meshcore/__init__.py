@@ -85,6 +85,7 @@ from meshcore.plugin import (
 from meshcore.registry import Registry, build_registry
 from meshcore.runtime.context import FilterContext
 from meshcore.runtime.listener import NetworkHandler
+from meshcore.runtime.offloop import run_beside_loop
 from meshcore.runtime.pipe import splice
 from meshcore.runtime.server import ConfigSink, ConfigSource, serve_proxy
 from meshcore.runtime.stats import Counter, Gauge, Histogram, Stats
@@ -175,6 +176,7 @@ __all__ = [
     "non_empty",
     "ref",
     "regex",
+    "run_beside_loop",
     "serve_proxy",
     "snapshot_from_data",
     "splice",

@@ -477,6 +477,7 @@ class ClusterManager:
         self._catalog = catalog
         self._checker_factory = checker_factory
         self.clusters: dict[str, Cluster] = {}
+        self._prebuilt: dict[str, Cluster] = {}
         self.mirrors = Mirrors(self)
         self.nursery: trio.Nursery | None = None
         """Where HTTP/2 upstream connections run their reader tasks (the proxy's nursery)."""
@@ -494,6 +495,29 @@ class ClusterManager:
         """
         self.mirrors.mirror(request, route, policies, timeout=timeout)
 
+    async def prebuild(self, snapshot: Snapshot, *, chunk: int = 50) -> None:
+        """Build the runtimes of ``snapshot``'s new clusters ahead of :meth:`prepare`, yielding between chunks.
+
+        A thousand new clusters take tens of milliseconds to build (endpoints, breakers,
+        stats): done here, ``chunk`` at a time with a checkpoint between, the loop serves
+        traffic meanwhile, and :meth:`prepare` and its commit take them as they are. Nothing
+        live changes: they are not in :attr:`clusters` until the commit. Only what cannot
+        fail is built here (no TLS, which :meth:`prepare` builds and reports); a policy
+        factory that raises is left for :meth:`prepare` to call again and report.
+        """
+        prebuilt: dict[str, Cluster] = {}
+        for n, config in enumerate(snapshot.clusters, 1):
+            if config.name in self.clusters or config.tls is not None:
+                continue
+            try:
+                picker = self._picker_factory(config)
+            except Exception:  # noqa: BLE001, S112 - prepare calls it again and reports it with its field path
+                continue
+            prebuilt[config.name] = Cluster(config, picker, self.stats)
+            if n % chunk == 0:
+                await trio.lowlevel.checkpoint()
+        self._prebuilt = prebuilt
+
     def prepare(self, snapshot: Snapshot, secrets: Secrets | None = None) -> Callable[[], None]:
         """Build what ``snapshot``'s clusters need; return the function that applies them.
 
@@ -508,9 +532,15 @@ class ClusterManager:
         """
         if secrets is None:
             secrets = secrets_of(snapshot)
-        updates: list[tuple[ClusterConfig, Picker, ssl.SSLContext | None, Any, list[Checker] | None]] = []
+        prebuilt, self._prebuilt = self._prebuilt, {}
+        updates: list[
+            tuple[ClusterConfig, Picker, ssl.SSLContext | None, Any, list[Checker] | None, Cluster | None]
+        ] = []
         for i, config in enumerate(snapshot.clusters):
             current = self.clusters.get(config.name)
+            ready = prebuilt.get(config.name)
+            if ready is not None and (current is not None or ready.config is not config):
+                ready = None
             tls_material = material(config.tls, secrets) if config.tls is not None else None
             if (
                 current is not None
@@ -518,27 +548,17 @@ class ClusterManager:
                 and current.tls_material == tls_material
             ):
                 continue
-            if current is not None and current.config.lb_policy == config.lb_policy:
-                picker = current.picker
-            else:
-                policy = config.lb_policy
-                where = f"clusters[{i}].lb_policy.{policy.name}"
-                with blame(where, self._catalog, "lb_policy", policy.name, "factory"):
-                    picker = self._picker_factory(config)
+            picker = self._picker_for(i, config, current, ready)
             if current is not None and current.tls_material == tls_material:
                 tls = current.tls_context
             else:
-                try:
-                    tls = client_context(config.tls, secrets) if config.tls is not None else None
-                except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
-                    message = f"cannot build the TLS context: {err}"
-                    raise ConfigError(
-                        [ConfigProblem(path=f"clusters[{i}].tls", message=message)], stage="apply"
-                    ) from err
-            checkers = None  # None: the background keeps running as it is
-            if current is None or _background(current.config) != _background(config):
+                tls = _client_tls(i, config, secrets)
+            checkers = None  # None: the background keeps running as it is (or, new, none is wanted)
+            if (current is None and any(_background(config))) or (
+                current is not None and _background(current.config) != _background(config)
+            ):
                 checkers = self._checkers(i, config)
-            updates.append((config, picker, tls, tls_material, checkers))
+            updates.append((config, picker, tls, tls_material, checkers, ready))
         wanted = {c.name for c in snapshot.clusters}
         local = node_locality(snapshot)
 
@@ -550,12 +570,13 @@ class ClusterManager:
                     host.removed = True
                     host.healthy = False
                     host.close_idle()
-            for config, picker, tls, tls_material, checkers in updates:
+            for config, picker, tls, tls_material, checkers, ready in updates:
                 current = self.clusters.get(config.name)
                 if current is None:
-                    current = self.clusters[config.name] = Cluster(
-                        config, picker, self.stats, tls_context=tls
+                    current = (
+                        ready if ready is not None else Cluster(config, picker, self.stats, tls_context=tls)
                     )
+                    self.clusters[config.name] = current
                     current.manager = self
                 else:
                     current.update(config, picker, tls_context=tls)
@@ -569,6 +590,19 @@ class ClusterManager:
             log.debug("clusters_applied", clusters=sorted(self.clusters))
 
         return commit
+
+    def _picker_for(
+        self, index: int, config: ClusterConfig, current: Cluster | None, ready: Cluster | None
+    ) -> Picker:
+        """The load balancer of cluster ``config``: the current one if its policy did not change, else built."""
+        if current is not None and current.config.lb_policy == config.lb_policy:
+            return current.picker
+        if ready is not None:  # built ahead (prebuild)
+            return ready.picker
+        policy = config.lb_policy
+        where = f"clusters[{index}].lb_policy.{policy.name}"
+        with blame(where, self._catalog, "lb_policy", policy.name, "factory"):
+            return self._picker_factory(config)
 
     def _checkers(self, index: int, config: ClusterConfig) -> list[Checker]:
         """The health checkers of a cluster's checks, built (ConfigError naming the field if one fails)."""
@@ -585,6 +619,16 @@ class ClusterManager:
     def apply(self, snapshot: Snapshot) -> None:
         """Update to ``snapshot``'s clusters at once (see :meth:`prepare`)."""
         self.prepare(snapshot)()
+
+
+def _client_tls(index: int, config: ClusterConfig, secrets: Secrets) -> ssl.SSLContext | None:
+    """The TLS context of cluster ``config`` (the ``index``-th), built; ConfigError naming its field."""
+    try:
+        return client_context(config.tls, secrets) if config.tls is not None else None
+    except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
+        message = f"cannot build the TLS context: {err}"
+        problem = ConfigProblem(path=f"clusters[{index}].tls", message=message)
+        raise ConfigError([problem], stage="apply") from err
 
 
 def _background(config: ClusterConfig) -> tuple[Any, ...]:

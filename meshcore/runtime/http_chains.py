@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 import attrs
+import trio
 
 from meshcore.chain import compose
 from meshcore.config import FilterOverrides, Route, RouteConfiguration, Snapshot
@@ -29,43 +31,118 @@ if TYPE_CHECKING:
     from meshcore.runtime.context import FilterContext
     from meshcore.runtime.stats import Counter, Stats
 
-__all__ = ["HttpChains", "HttpFilter", "RouteRuntime", "build_chain", "precompile", "precompiled"]
+__all__ = [
+    "HttpChains",
+    "HttpFilter",
+    "RouteRuntime",
+    "build_chain",
+    "precompile",
+    "precompiled",
+    "prepare_runtimes",
+    "release",
+]
 
 HttpFilter = Callable[[Request, HttpHandler], Awaitable[Response]]
 
-Precompiled = dict[int, tuple[RouteConfiguration, RouteTable]]
-"""Route tables compiled ahead of an apply, by the ``id`` of their config (kept beside it)."""
+
+@attrs.define
+class Precompiled:
+    """What the route tables of a Snapshot need, found ahead of an apply (in a worker thread).
+
+    Attributes:
+        tables: compiled tables, by the ``id`` of their config (kept beside it).
+        same: by the ``id`` of a config, the live config found equal to it: no table needed.
+    """
+
+    tables: dict[int, tuple[RouteConfiguration, RouteTable]] = attrs.Factory(dict)
+    same: dict[int, RouteConfiguration] = attrs.Factory(dict)
+
 
 _PRECOMPILED: ContextVar[Precompiled | None] = ContextVar("meshcore_precompiled_routes", default=None)
+_RETIRED: ContextVar[list[HttpChains] | None] = ContextVar("meshcore_retired_chains", default=None)
 
 
-def precompile(snapshot: Snapshot) -> Precompiled:
-    """Compile every route table of ``snapshot`` that compiles; pure, so a worker thread may run it.
+def precompile(snapshot: Snapshot, live: Snapshot | None = None) -> Precompiled:
+    """Compare ``snapshot``'s route tables with ``live``'s and compile those that changed.
 
-    Compiling is most of the cost of a large route table (10,000 routes), and it depends on
-    nothing live: :meth:`Proxy.apply_async <meshcore.runtime.proxy.Proxy.apply_async>` does it
-    off the event loop and hands the tables to the build with :func:`precompiled`. A table
-    that does not compile is left out: the build compiles it again and reports it.
+    Comparing 10,000 routes and compiling them are most of what a large route table costs,
+    and neither changes anything: :meth:`Proxy.apply_async
+    <meshcore.runtime.proxy.Proxy.apply_async>` does both in a worker thread and hands the
+    result to the build with :func:`precompiled` (Snapshots and their configs are frozen,
+    so reading the live one from a thread is safe). A table that does not compile is left
+    out: the build compiles it again and reports it.
     """
-    tables: Precompiled = {}
+    found = Precompiled()
+    current = {rc.name: rc for rc in live.route_configs} if live is not None else {}
     for config in snapshot.route_configs:
+        before = current.get(config.name)
+        if before is not None and (before is config or before == config):
+            found.same[id(config)] = before
+            continue
         with contextlib.suppress(ConfigError):
-            tables[id(config)] = (config, RouteTable.compile(config))
-    return tables
+            found.tables[id(config)] = (config, RouteTable.compile(config))
+    return found
+
+
+def _unchanged(config: RouteConfiguration | None, live: RouteConfiguration) -> bool:
+    """Whether ``config`` equals ``live``, the comparison made ahead if it was (:func:`precompile`)."""
+    if config is live:
+        return True
+    ahead = _PRECOMPILED.get()
+    if ahead is not None and config is not None and ahead.same.get(id(config)) is live:
+        return True
+    return config == live
+
+
+async def prepare_runtimes(tables: Precompiled, stats: Stats, *, chunk: int = 500) -> None:
+    """Give the routes of ``tables`` their runtimes (stats) ahead of the build, yielding between chunks.
+
+    Only routes that override no filter (their runtime is their stats alone, and cannot
+    fail): a route with its own filters gets them from its manager, as it is built. A
+    route the build keeps from the live table keeps its runtime instead.
+    """
+    done = 0
+    for _config, table in tables.tables.values():
+        for vhost in table.virtual_hosts:
+            for route in vhost.routes:
+                if not route.config.filters.by_filter:
+                    labels = {"route": route.name, "virtual_host": route.virtual_host}
+                    route.chain = RouteRuntime(route.config, [], [], stats, labels)
+                done += 1
+                if done % chunk == 0:
+                    await trio.lowlevel.checkpoint()
 
 
 @contextlib.contextmanager
-def precompiled(tables: Precompiled) -> Iterator[None]:
+def precompiled(tables: Precompiled, retired: list[HttpChains] | None = None) -> Iterator[None]:
     """Within this block (this task), building a route table takes it from ``tables`` if there.
 
     Each table is taken once: a second connection manager of the same route config compiles
-    its own (a compiled table holds its manager's per-route chains).
+    its own (a compiled table holds its manager's per-route chains). The chains a commit
+    replaces are appended to ``retired`` (if given) instead of being freed in the swap: see
+    :func:`release`.
     """
     token = _PRECOMPILED.set(tables)
+    retiring = _RETIRED.set(retired)
     try:
         yield
     finally:
+        _RETIRED.reset(retiring)
         _PRECOMPILED.reset(token)
+
+
+async def release(retired: list[HttpChains], *, chunk: int = 500) -> None:
+    """Free the chains a Snapshot replaced, ``chunk`` routes at a time, yielding between.
+
+    Freeing a table of 10,000 routes (their runtimes, and the old Snapshot's route configs
+    with them) takes tens of milliseconds, a stall if done at once in the swap. Requests in
+    flight that hold the old table keep what they use: it goes when they end.
+    """
+    routes = [route for chains in retired for vhost in chains.routes.virtual_hosts for route in vhost.routes]
+    retired.clear()  # the tables and their hosts go; the routes are held here
+    while routes:
+        await trio.lowlevel.checkpoint()
+        del routes[-chunk:]
 
 
 async def _end_of_chain(request: Request) -> Response:
@@ -166,26 +243,36 @@ class HttpChains:
             msg = f"unknown route config {self.route_config!r}"
             raise ValueError(msg)
         config = snapshot.route_configs[at]
-        tables = _PRECOMPILED.get()
-        ready = tables.pop(id(config), None) if tables is not None else None
+        ahead = _PRECOMPILED.get()
+        ready = ahead.tables.pop(id(config), None) if ahead is not None else None
         try:
             table = ready[1] if ready is not None and ready[0] is config else RouteTable.compile(config)
         except ConfigError as err:
             prefix = f"route_configs[{at}]."
             raise ConfigError([attrs.evolve(p, path=prefix + p.path) for p in err.problems]) from err
-        kept: dict[str, RouteRuntime] = {}
-        if previous is not None:
-            kept = {
-                r.name: r.chain for vh in previous.virtual_hosts for r in vh.routes if r.chain is not None
-            }
+        kept: dict[str, RouteRuntime] | None = None  # made when first needed: most routes are made ahead
         for vi, vhost in enumerate(table.virtual_hosts):
             for ri, route in enumerate(vhost.routes):
+                if route.chain is not None:
+                    # Made ahead (prepare_runtimes): no filters of its own, so nothing to keep or
+                    # carry over from the route it replaces (its stats are the same counters, by name).
+                    continue
+                if kept is None:
+                    kept = {}
+                    if previous is not None:
+                        kept = {
+                            r.name: r.chain
+                            for vh in previous.virtual_hosts
+                            for r in vh.routes
+                            if r.chain is not None
+                        }
                 old = kept.get(route.name)
                 if old is not None and old.config == route.config:
                     route.chain = old
                     continue
                 where = f"route_configs[{at}].virtual_hosts[{vi}].routes[{ri}].filters"
-                route.chain = self._route_runtime(route, where)
+                if route.chain is None:
+                    route.chain = self._route_runtime(route, where)
                 if old is not None:
                     self._carry_over(route.chain.names, route.chain.filters, old.names, old.filters, where)
         return table
@@ -245,22 +332,25 @@ class HttpChains:
         (``prepare_snapshot``) are asked, and their commits returned.
         """
         chains = self
-        if snapshot.route_config(self.route_config) != self.routes.config:
+        commits: list[Commit] = []
+        if not _unchanged(snapshot.route_config(self.route_config), self.routes.config):
             chains = copy.copy(self)  # the same main chain
             chains.context = context
             chains.routes = chains._compile(self.routes)  # noqa: SLF001 - the same class
+            retired = _RETIRED.get()
+            if retired is not None:
+                commits.append(functools.partial(retired.append, self))
         named = [
             (n, f, f"http_filters[{i}].{n}")
             for i, (n, f) in enumerate(zip(self.names, self.filters, strict=True))
         ]
         for route in chains._routes():  # noqa: SLF001 - the same class
-            if route.chain is not None:
+            if route.chain is not None and route.chain.filters:  # most routes have no filters of their own
                 where = f"routes[{route.name}].filters"
                 named += [
                     (n, f, f"{where}.{n}")
                     for n, f in zip(route.chain.names, route.chain.filters, strict=True)
                 ]
-        commits: list[Commit] = []
         for name, instance, where in named:
             with blame(where, context.registry, "http_filter", name, "prepare_snapshot"):
                 commit = prepare_snapshot(instance, snapshot)

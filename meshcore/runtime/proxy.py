@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -27,8 +28,16 @@ from meshcore.runtime.cluster import ClusterManager, Picker
 from meshcore.runtime.config_health import ConfigHealth
 from meshcore.runtime.context import FilterContext
 from meshcore.runtime.health import Checker
-from meshcore.runtime.http_chains import Precompiled, precompile, precompiled
+from meshcore.runtime.http_chains import (
+    HttpChains,
+    Precompiled,
+    precompile,
+    precompiled,
+    prepare_runtimes,
+    release,
+)
 from meshcore.runtime.listener import ListenerRuntime
+from meshcore.runtime.offloop import run_beside_loop
 from meshcore.runtime.overload import OverloadManager
 from meshcore.runtime.services import Services
 from meshcore.runtime.stats import Stats
@@ -227,9 +236,11 @@ class Proxy:
 
         What depends on the Snapshot alone runs in a worker thread while the loop serves
         traffic: checking it (every plugin's ``meshcore_validate_snapshot`` too) and compiling
-        its route tables, most of the cost of a large Snapshot. What depends on the live config
-        (the diff, the filters, the clusters) is then built and swapped in on the loop in one
-        step, as :meth:`apply` does, so nothing is built against a config that changed
+        its route tables, most of the cost of a large Snapshot. Then, on the loop in chunks
+        with checkpoints between, the routes' runtimes (their stats) and the new clusters are
+        made, not yet shared with anything live. What depends on the live config (the diff,
+        the filters, the clusters changed in place) is then built and swapped in on the loop
+        in one step, as :meth:`apply` does, so nothing is built against a config that changed
         meanwhile. The outcome is :meth:`apply`'s: applied whole, or ConfigError and the live
         Snapshot keeps serving.
 
@@ -256,24 +267,32 @@ class Proxy:
         gc.disable()
         try:
             try:
-                tables = await trio.to_thread.run_sync(self._check_and_compile, snapshot)
+                tables = await run_beside_loop(functools.partial(self._check_and_compile, snapshot))
             except Exception as err:
                 error = self._rejected(err, snapshot, file)
                 if error is err:
                     raise
                 raise error from err
+            # On the loop, in chunks with checkpoints: what is new and not yet shared.
+            await prepare_runtimes(tables, self.stats)
+            await self.clusters.prebuild(snapshot)
             self._ensure_running()  # it may have begun draining meanwhile
-            with precompiled(tables):
+            retired: list[HttpChains] = []
+            with precompiled(tables, retired):
                 self._apply(snapshot, file)
+            await release(retired)  # what the Snapshot replaced, freed in chunks too
         finally:
             if collecting:
                 gc.enable()
         _freeze_heap()
 
     def _check_and_compile(self, snapshot: Snapshot) -> Precompiled:
-        """What depends on ``snapshot`` alone (run in a worker thread): the checks, the route tables."""
+        """What needs no live object (run in a worker thread): the checks, the route tables.
+
+        The live Snapshot is read (it is frozen): route tables equal to its own are not compiled.
+        """
         self._check(snapshot)
-        return precompile(snapshot)
+        return precompile(snapshot, self.snapshot)
 
     def _ensure_running(self) -> None:
         if self._nursery is None:
@@ -386,7 +405,7 @@ def _service_owners(snapshot: Snapshot) -> list[tuple[str, FilterChain, object]]
 
 
 _FREEZE = {"base": 0}
-"""How many objects the collector had frozen right after the last thaw (0: never frozen)."""
+"""The interpreter's allocated blocks at the first freeze or the last thaw (0: never frozen)."""
 
 
 def _freeze_heap() -> None:
@@ -396,19 +415,19 @@ def _freeze_heap() -> None:
     request on the loop, and one that comes soon after a large apply (the new objects count
     towards the next one). :func:`gc.freeze` moves them out of its sight. The cost: reference
     cycles among them that later become garbage (the parts of a config a later Snapshot
-    replaces) are not collected while frozen. So once the frozen objects are four times as many
-    as at the first freeze or the previous thaw, they are thawed (:func:`gc.unfreeze`), and the
-    next full collection, which then walks them all once, frees what the replaced configs left:
-    memory stays within four times the live heap, and that collection comes once per
-    fourfold growth.
+    replaces) are not collected while frozen. So once the heap (the interpreter's allocated
+    blocks, cheap to read, where counting the frozen objects walks them all) is four times
+    what it was at the first freeze or the previous thaw, they are thawed
+    (:func:`gc.unfreeze`), and the next full collection, which then walks them all once,
+    frees what the replaced configs left: that collection comes once per fourfold growth.
     """
     gc.freeze()
-    frozen = gc.get_freeze_count()
+    heap = sys.getallocatedblocks()
     if not _FREEZE["base"]:
-        _FREEZE["base"] = frozen
-    elif frozen > 4 * _FREEZE["base"]:
+        _FREEZE["base"] = heap
+    elif heap > 4 * _FREEZE["base"]:
         gc.unfreeze()
-        _FREEZE["base"] = frozen
+        _FREEZE["base"] = heap
 
 
 def _internal_error(err: Exception, snapshot: Snapshot) -> ConfigError:
