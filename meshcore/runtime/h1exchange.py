@@ -104,11 +104,11 @@ class H1Exchange:
         body = request.body
         if body.length == 0 or body.done:
             self.sending = False
-            await conn.stream.send_all(out + conn.codec.send_end())
+            await conn.io.send(out + conn.codec.send_end())
             return
         # The body goes out while the response comes in: see _receive.
         self.sending = True
-        await conn.stream.send_all(out)
+        await conn.io.send(out)
 
     async def _receive(self) -> None:
         """Receive more of the response into the codec, sending the rest of the request body meanwhile.
@@ -122,7 +122,7 @@ class H1Exchange:
         assert self.conn is not None  # noqa: S101 - set by run()
         conn = self.conn
         if not self.sending:
-            conn.codec.receive_data(await conn.stream.receive_some(RECEIVE_SIZE))
+            conn.codec.receive_data(await conn.io.receive(RECEIVE_SIZE))
             return
         pumping = True
         received = False
@@ -187,7 +187,7 @@ class H1Exchange:
         """Send request body bytes; an upstream that takes none of them for its idle timeout is given up on."""
         assert self.conn is not None  # noqa: S101 - set by run()
         with trio.move_on_after(float(self.cluster.config.idle_timeout) or math.inf) as scope:
-            await self.conn.stream.send_all(data)
+            await self.conn.io.send(data)
         if scope.cancelled_caught:
             msg = f"upstream {self.host.label} stopped reading the request body"
             raise UpstreamError(ResponseFlag.UPSTREAM_REQUEST_TIMEOUT, msg)

@@ -15,6 +15,7 @@ from meshcore.flags import ResponseFlag
 from meshcore.http.h1 import H11ClientCodec
 from meshcore.http.h1fast import FastClientCodec
 from meshcore.runtime.h2pool import H2Pool
+from meshcore.runtime.sockio import StreamIO
 from meshcore.runtime.tls import identity_mismatch
 
 if TYPE_CHECKING:
@@ -58,10 +59,11 @@ def _is_stale(stream: trio.abc.Stream) -> bool:
 class UpstreamConnection:
     """One HTTP/1.1 connection to an endpoint."""
 
-    __slots__ = ("codec", "idle_since", "stream")
+    __slots__ = ("codec", "idle_since", "io", "stream")
 
     def __init__(self, stream: trio.abc.Stream, *, fast: bool = False) -> None:
         self.stream = stream
+        self.io = StreamIO(stream)
         self.codec: H11ClientCodec | FastClientCodec = FastClientCodec() if fast else H11ClientCodec()
         self.idle_since = 0.0
 

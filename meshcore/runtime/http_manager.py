@@ -38,6 +38,7 @@ from meshcore.runtime.h2server import PREFACE, H2ServerSession
 from meshcore.runtime.http_chains import HttpChains, RouteRuntime, build_chain
 from meshcore.runtime.linger import send_and_linger
 from meshcore.runtime.pipe import splice
+from meshcore.runtime.sockio import StreamIO
 from meshcore.runtime.stats import Counter
 from meshcore.telemetry.request_id import RequestIds
 
@@ -297,12 +298,13 @@ def _shut_down_sending(stream: trio.abc.Stream) -> None:
 class _H1Session:
     """One downstream HTTP/1.1 connection."""
 
-    __slots__ = ("codec", "conn", "hcm", "initial", "served", "stream")
+    __slots__ = ("codec", "conn", "hcm", "initial", "io", "served", "stream")
 
     def __init__(self, hcm: HttpConnectionManager, conn: Connection, initial: bytes = b"") -> None:
         self.hcm = hcm
         self.conn = conn
         self.stream = conn.stream
+        self.io = StreamIO(conn.stream)
         self.codec: H11ServerCodec | FastServerCodec = (
             FastServerCodec(max_head_size=hcm.max_head)
             if hcm.fast_codec
@@ -336,8 +338,7 @@ class _H1Session:
                 return
 
     async def _receive(self) -> None:
-        data = await self.stream.receive_some(RECEIVE_SIZE)
-        self.codec.receive_data(data)
+        self.codec.receive_data(await self.io.receive(RECEIVE_SIZE))
 
     async def _read_head(self, *, started: bool = False) -> RequestHead | None:
         """The next request head; None when the client is gone, idle too long, or we drain.
@@ -350,16 +351,26 @@ class _H1Session:
         if event is NEED_DATA and not started:
             if hcm.draining:
                 return None
-            with trio.move_on_after(hcm.idle_timeout) as idle:
-                hcm.idle_scopes[idle] = self.stream
-                try:
-                    await self._receive()
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    return None
-                finally:
-                    hcm.idle_scopes.pop(idle, None)
-            if idle.cancelled_caught:
+            # The next request is usually there already: a cancel scope (for the idle
+            # timeout, and for a drain to find the connection) only when waiting for it.
+            try:
+                data = await self.io.try_receive(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return None
+            if data is None:
+                if hcm.draining:  # began during try_receive's schedule point
+                    return None
+                with trio.move_on_after(hcm.idle_timeout) as idle:
+                    hcm.idle_scopes[idle] = self.stream
+                    try:
+                        data = await self.io.wait_receive(RECEIVE_SIZE)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        return None
+                    finally:
+                        hcm.idle_scopes.pop(idle, None)
+                if idle.cancelled_caught:
+                    return None
+            codec.receive_data(data)
             event = codec.next_event()
         if event is NEED_DATA:
             with trio.move_on_after(hcm.headers_timeout):
@@ -563,10 +574,14 @@ class _H1Session:
 
     async def _send_timed(self, data: bytes) -> None:
         """Send to the client; trio.TooSlowError if it takes none of it for the stream idle timeout."""
+        io = self.io
+        sent = io.try_send(data)
+        if sent == len(data):  # it fit the socket buffer: nothing to wait for, no cancel scope
+            return
         # A bare cancel scope: trio.fail_after is a generator context manager, twice the cost
-        # of the scope itself, once per response.
+        # of the scope itself.
         with trio.CancelScope(relative_deadline=self.hcm.stream_idle_timeout) as scope:
-            await self.stream.send_all(data)
+            await io.send_rest(data, sent)
         if scope.cancelled_caught:
             raise trio.TooSlowError
 
@@ -591,4 +606,4 @@ class _H1Session:
 
     async def _send(self, data: bytes) -> None:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await self.stream.send_all(data)
+            await self.io.send(data)
