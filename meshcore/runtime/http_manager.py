@@ -351,25 +351,9 @@ class _H1Session:
         if event is NEED_DATA and not started:
             if hcm.draining:
                 return None
-            # The next request is usually there already: a cancel scope (for the idle
-            # timeout, and for a drain to find the connection) only when waiting for it.
-            try:
-                data = await self.io.try_receive(RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return None
+            data = await self._first_bytes()
             if data is None:
-                if hcm.draining:  # began during try_receive's schedule point
-                    return None
-                with trio.move_on_after(hcm.idle_timeout) as idle:
-                    hcm.idle_scopes[idle] = self.stream
-                    try:
-                        data = await self.io.wait_receive(RECEIVE_SIZE)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        return None
-                    finally:
-                        hcm.idle_scopes.pop(idle, None)
-                if idle.cancelled_caught:
-                    return None
+                return None
             codec.receive_data(data)
             event = codec.next_event()
         if event is NEED_DATA:
@@ -389,6 +373,31 @@ class _H1Session:
             return None
         msg = f"unexpected {type(event).__name__} before a request head"
         raise ProtocolError(msg, status=400)
+
+    async def _first_bytes(self) -> bytes | None:
+        """The first bytes of the next request; None when the client is gone, idle too long, or we drain.
+
+        The next request is usually there already: a cancel scope (for the idle timeout, and
+        for a drain to find the connection) only when waiting for it.
+        """
+        hcm = self.hcm
+        try:
+            data = await self.io.try_receive(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return None
+        if data is not None:
+            return data
+        if hcm.draining:  # began during try_receive's schedule point
+            return None
+        with trio.move_on_after(hcm.idle_timeout) as idle:
+            hcm.idle_scopes[idle] = self.stream
+            try:
+                data = await self.io.wait_receive(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return None
+            finally:
+                hcm.idle_scopes.pop(idle, None)
+        return None if idle.cancelled_caught else data
 
     async def _reject(self, err: ProtocolError) -> None:
         """Answer a bad request with its status, log it, and close the connection."""
