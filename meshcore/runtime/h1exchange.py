@@ -3,6 +3,11 @@
 The request body is sent while the response is read (an upstream may answer, or echo,
 before it has read everything); a kept-alive connection found closed before any byte of
 the answer is retried once on a new one, if nothing of the body was consumed.
+
+The deadline bounds every wait (for a pooled connection, for the socket to take the
+request, for the answer), each in a cancel scope entered only when it has to wait: the
+usual request finds an idle connection, sends in one go and finds its answer after one
+schedule point, and enters none.
 """
 
 from __future__ import annotations
@@ -28,6 +33,10 @@ RECEIVE_SIZE = 64 * 1024
 # How many times a request may go out: again only when the upstream cannot have processed
 # it (a kept-alive connection found closed before a byte of the answer).
 _H1_ATTEMPTS = 2
+
+
+class _DeadlinePassed(Exception):  # noqa: N818 - internal: becomes UpstreamError(UT)
+    """A wait of the exchange reached its deadline."""
 
 
 class H1Exchange:
@@ -70,9 +79,9 @@ class H1Exchange:
             # transfer-encoding was hop-by-hop and is gone, so frame this hop as chunked.
             headers.append((b"transfer-encoding", b"chunked"))
         head: ResponseHead | None = None
-        with trio.move_on_at(self.deadline) as scope:
+        try:
             for attempt in range(1, _H1_ATTEMPTS + 1):
-                self.conn, reused = await self.host.acquire()
+                self.conn, reused = await self._acquire()
                 try:
                     await self._send_request(headers)
                     head = await self._read_head()
@@ -85,7 +94,9 @@ class H1Exchange:
                     if attempt == _H1_ATTEMPTS or not reused or request.body.consumed:
                         msg = f"upstream {self.host.label} closed the connection: {err}"
                         raise UpstreamError(ResponseFlag.UPSTREAM_CONNECTION_TERMINATION, msg) from err
-        if scope.cancelled_caught or head is None:
+        except _DeadlinePassed:
+            raise self._timed_out() from None
+        if head is None:
             raise self._timed_out()
         headers_out = strip_hop_by_hop(head.headers)
         length = None
@@ -97,6 +108,26 @@ class H1Exchange:
             body.length = 0
         return Response(head.status, headers=Headers.from_raw(headers_out), body=body)
 
+    async def _acquire(self) -> tuple[UpstreamConnection, bool]:
+        """A pooled connection, or a new one within the deadline."""
+        conn = self.host.take_idle()
+        if conn is not None:
+            return conn, True
+        with trio.move_on_at(self.deadline):
+            return await self.host.acquire()
+        raise _DeadlinePassed
+
+    async def _send(self, data: bytes) -> None:
+        """Send to the upstream; waits (while its socket is full) within the deadline."""
+        assert self.conn is not None  # noqa: S101 - set by run()
+        io = self.conn.io
+        sent = io.try_send(data)
+        if sent < len(data):
+            with trio.move_on_at(self.deadline) as scope:
+                await io.send_rest(data, sent)
+            if scope.cancelled_caught:
+                raise _DeadlinePassed
+
     async def _send_request(self, headers: list[tuple[bytes, bytes]]) -> None:
         assert self.conn is not None  # noqa: S101 - set by run()
         conn, request = self.conn, self.request
@@ -104,11 +135,11 @@ class H1Exchange:
         body = request.body
         if body.length == 0 or body.done:
             self.sending = False
-            await conn.io.send(out + conn.codec.send_end())
+            await self._send(out + conn.codec.send_end())
             return
         # The body goes out while the response comes in: see _receive.
         self.sending = True
-        await conn.io.send(out)
+        await self._send(out)
 
     async def _receive(self) -> None:
         """Receive more of the response into the codec, sending the rest of the request body meanwhile.
@@ -122,8 +153,23 @@ class H1Exchange:
         assert self.conn is not None  # noqa: S101 - set by run()
         conn = self.conn
         if not self.sending:
-            conn.codec.receive_data(await conn.io.receive(RECEIVE_SIZE))
+            data = await conn.io.try_receive(RECEIVE_SIZE)
+            if data is None:
+                with trio.move_on_at(self.deadline):
+                    data = await conn.io.wait_receive(RECEIVE_SIZE)
+                if data is None:
+                    raise _DeadlinePassed
+            conn.codec.receive_data(data)
             return
+        with trio.move_on_at(self.deadline) as scope:
+            await self._pump()
+        if scope.cancelled_caught:
+            raise _DeadlinePassed
+
+    async def _pump(self) -> None:
+        """Receive response bytes while sending the request body (see _receive)."""
+        assert self.conn is not None  # noqa: S101 - set by run()
+        conn = self.conn
         pumping = True
         received = False
         waiting_for_client: trio.CancelScope | None = None
@@ -226,8 +272,9 @@ class H1Exchange:
             event = self._buffered_event()
             if event is not NEED_DATA:
                 return self._body_part(event)
-            with trio.move_on_at(self.deadline):
-                return self._body_part(await self._next_event())
+            return self._body_part(await self._next_event())
+        except _DeadlinePassed:
+            pass
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
             self.finish()
             msg = f"upstream {self.host.label} reset the connection mid-response: {err}"

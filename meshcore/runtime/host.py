@@ -180,19 +180,26 @@ class Host:
             raise UpstreamError(ResponseFlag.UPSTREAM_CONNECTION_FAILURE, msg) from err
         return stream
 
+    def take_idle(self) -> UpstreamConnection | None:
+        """A pooled connection that is still usable, or None (without waiting)."""
+        while self._idle:
+            conn = self._idle.pop()
+            idle = trio.current_time() - conn.idle_since
+            # Probed every time (one poll, no wait): bytes an upstream sent while no request
+            # was outstanding would be read as the answer to the next one (response
+            # smuggling), so a connection with anything pending is never reused.
+            if idle > self.cluster.config.idle_timeout or _is_stale(conn.stream):
+                self._discard(conn)
+                continue
+            self.cluster.stats_cx_reused.value += 1
+            return conn
+        return None
+
     async def acquire(self) -> tuple[UpstreamConnection, bool]:
         """A pooled connection (reused, True) or a new one (False). Waits while the pool is full."""
         while True:
-            while self._idle:
-                conn = self._idle.pop()
-                idle = trio.current_time() - conn.idle_since
-                # Probed every time (one poll, no wait): bytes an upstream sent while no request
-                # was outstanding would be read as the answer to the next one (response
-                # smuggling), so a connection with anything pending is never reused.
-                if idle > self.cluster.config.idle_timeout or _is_stale(conn.stream):
-                    self._discard(conn)
-                    continue
-                self.cluster.stats_cx_reused.value += 1
+            conn = self.take_idle()
+            if conn is not None:
                 return conn, True
             if self.may_connect(self.open_connections):
                 self.open_connections += 1
