@@ -23,6 +23,7 @@ __all__ = [
     "TrailerScanner",
     "block_end",
     "check_length",
+    "check_response_framing",
     "check_response_head",
 ]
 
@@ -86,20 +87,37 @@ def check_response_head(status: int, http_version: bytes, headers: RawHeaders) -
     both Content-Length and Transfer-Encoding (RFC 9112 section 6.1: possible smuggling),
     and a Content-Length longer than any body.
     """
+    has_cl = has_te = False
+    digits = 0
+    for name, value in headers:
+        if name == b"content-length":
+            has_cl = True
+            digits = max(digits, len(value))
+        elif name == b"transfer-encoding":
+            has_te = True
+    check_response_framing(status, http_version, length_digits=digits if has_cl else None, chunked=has_te)
+
+
+def check_response_framing(
+    status: int, http_version: bytes, *, length_digits: int | None, chunked: bool
+) -> None:
+    """:func:`check_response_head` for a codec that has read the framing headers already.
+
+    ``length_digits``: the length of the (longest) Content-Length value, None if there is
+    none; ``chunked``: whether there is a Transfer-Encoding.
+    """
     if not 100 <= status <= 599:  # noqa: PLR2004 - the range of RFC 9110 section 15
         msg = f"upstream: invalid status code {status}"
         raise ProtocolError(msg, status=502)
     if http_version not in (b"1.0", b"1.1"):
         msg = "upstream: response version is not HTTP/1.0 or HTTP/1.1"
         raise ProtocolError(msg, status=502)
-    has_cl = has_te = False
-    for name, _ in headers:
-        has_cl = has_cl or name == b"content-length"
-        has_te = has_te or name == b"transfer-encoding"
-    if has_cl and has_te:
+    if length_digits is not None and chunked:
         msg = "upstream: response has both Content-Length and Transfer-Encoding"
         raise ProtocolError(msg, status=502)
-    check_length(headers, status=502)
+    if length_digits is not None and length_digits > MAX_LENGTH_DIGITS:
+        msg = f"Content-Length longer than {MAX_LENGTH_DIGITS} digits"
+        raise ProtocolError(msg, status=502)
 
 
 class TrailerScanner:

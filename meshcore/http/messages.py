@@ -98,7 +98,10 @@ class Headers:
         if not isinstance(name, str | bytes):
             return False
         key = _b(name).lower()
-        return any(n == key for n, _ in self.raw)
+        for n, _ in self.raw:  # noqa: SIM110 - a loop, not any(generator): once per proxied request
+            if n == key:
+                return True
+        return False
 
     def items(self) -> Iterator[tuple[str, str]]:
         """Every ``(name, value)`` as str, in order."""

@@ -24,7 +24,7 @@ from meshcore.http.h1fast._common import (
     framing,
     write_head,
 )
-from meshcore.http.h1strict import MAX_INFORMATIONAL, block_end, check_response_head
+from meshcore.http.h1strict import MAX_INFORMATIONAL, block_end, check_response_framing
 
 __all__ = ["FastClientCodec"]
 
@@ -164,7 +164,9 @@ class FastClientCodec:
             raise _upstream(err) from err
         version, status_text, reason = status_line.groups()
         status = int(status_text)
-        check_response_head(status, version, headers)
+        check_response_framing(
+            status, version, length_digits=None if length is None else len(length), chunked=chunked
+        )
         if status < 200:  # noqa: PLR2004 - interim answers
             return self._interim_head(status, headers)
         return self._final_head(status, headers, version, reason or b"", length, chunked)

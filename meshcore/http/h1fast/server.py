@@ -16,7 +16,7 @@ from meshcore.http.h1fast._common import (
     framing,
     write_head,
 )
-from meshcore.http.h1strict import block_end, check_length
+from meshcore.http.h1strict import MAX_LENGTH_DIGITS, block_end
 
 __all__ = ["FastServerCodec"]
 
@@ -145,7 +145,9 @@ class FastServerCodec:
             # RFC 9112 section 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
             msg = "HTTP/1.0 request with Transfer-Encoding"
             raise bad(msg)
-        check_length(headers, status=400)
+        if length is not None and len(length) > MAX_LENGTH_DIGITS:  # framing kept one Content-Length
+            msg = f"Content-Length longer than {MAX_LENGTH_DIGITS} digits"
+            raise bad(msg)
         tokens = {t.strip() for t in connection.split(b",")}
         self._keep_alive = b"close" not in tokens and version == b"1.1"  # as h11: no keep-alive for 1.0
 
