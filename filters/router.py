@@ -124,7 +124,10 @@ def _is_mesh_peer(cluster: Any) -> bool:
 
 def _strip_internal(raw: list[tuple[bytes, bytes]], allowed: tuple[bytes, ...]) -> list[tuple[bytes, bytes]]:
     """``raw`` without the mesh's own ``x-meshcore-*`` headers, except ``allowed`` ones."""
-    if not any(name.startswith(b"x-meshcore-") for name, _ in raw):
+    for name, _ in raw:  # a loop, not any(generator): once per proxied response
+        if name.startswith(b"x-meshcore-"):
+            break
+    else:
         return raw
     return [
         (name, value)

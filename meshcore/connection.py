@@ -8,6 +8,7 @@ SPIFFE identity, an access log can name it, and a load balancer can hash its add
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import trio
@@ -15,6 +16,7 @@ import trio
 __all__ = ["Connection", "PeerTls", "join_host_port", "peer_tls", "split_host_port"]
 
 
+@functools.lru_cache(maxsize=4096)  # pure, and called with the same few peers on every request
 def split_host_port(address: str) -> tuple[str, int]:
     """``"host:port"`` or ``"[v6]:port"`` as ``(host, port)``, brackets removed; port 0 if absent."""
     host, sep, port = address.rpartition(":")
