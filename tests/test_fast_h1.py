@@ -545,3 +545,24 @@ def test_header_block_checks_agree_with_field_by_field(headers: list[tuple[bytes
     else:
         assert lines_valid
         assert parsed == [(n.lower(), v.strip(b" \t")) for n, v in split]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(FIELD_BYTES, FIELD_BYTES), min_size=0, max_size=5),
+    st.sampled_from([b":", b": ", b":\t "]),
+)
+def test_header_section_regex_agrees_with_line_by_line(
+    headers: list[tuple[bytes, bytes]], separator: bytes
+) -> None:
+    """field_block (one regex over the section, as the codecs read it) gives field_lines' fields or error."""
+    block = b"".join(n + separator + v + b"\r\n" for n, v in headers)
+    try:
+        expected: object = fast_common.field_lines(block.split(b"\r\n")[:-1])
+    except ProtocolError as err:
+        expected = str(err)
+    try:
+        got: object = fast_common.field_block(block)
+    except ProtocolError as err:
+        got = str(err)
+    assert got == expected

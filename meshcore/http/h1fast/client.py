@@ -20,7 +20,7 @@ from meshcore.http.h1fast._common import (
     ChunkedReader,
     CloseReader,
     LengthReader,
-    field_lines,
+    field_block,
     framing,
     write_head,
 )
@@ -151,15 +151,16 @@ class FastClientCodec:
             self._scanned = len(buffer)
             return self._incomplete_head()
         self._scanned = 0
-        block = bytes(buffer[: stop - 4])
+        line_end = buffer.find(b"\r\n", 0, stop)  # the head ends in CRLF CRLF: found
+        first = bytes(buffer[:line_end])
+        fields = bytes(buffer[line_end + 2 : stop - 2])  # every field line with its CRLF
         del buffer[:stop]
-        lines = block.split(b"\r\n")
-        status_line = _STATUS_LINE.fullmatch(lines[0])
+        status_line = _STATUS_LINE.fullmatch(first)
         if status_line is None:
-            msg = f"upstream: illegal status line: {lines[0][:80]!r}"
+            msg = f"upstream: illegal status line: {first[:80]!r}"
             raise ProtocolError(msg, status=502)
         try:
-            headers, length, chunked = framing(field_lines(lines[1:]))
+            headers, length, chunked = framing(field_block(fields))
         except ProtocolError as err:
             raise _upstream(err) from err
         version, status_text, reason = status_line.groups()

@@ -12,7 +12,7 @@ from meshcore.http.h1fast._common import (
     ChunkedReader,
     LengthReader,
     bad,
-    field_lines,
+    field_block,
     framing,
     write_head,
 )
@@ -89,15 +89,16 @@ class FastServerCodec:
             self._scanned = len(buffer)
             return self._incomplete_head()
         self._scanned = 0
-        head = bytes(buffer[: stop - 4])
+        line_end = buffer.find(b"\r\n", 0, stop)  # the head ends in CRLF CRLF: found
+        request_line = bytes(buffer[:line_end])
+        fields = bytes(buffer[line_end + 2 : stop - 2])  # every field line with its CRLF
         del buffer[:stop]
-        lines = head.split(b"\r\n")
-        match = _REQUEST_LINE.fullmatch(lines[0])
+        match = _REQUEST_LINE.fullmatch(request_line)
         if match is None:
-            msg = f"illegal request line: {lines[0][:80]!r}"
+            msg = f"illegal request line: {request_line[:80]!r}"
             raise bad(msg)
         method, target, version = match.groups()
-        headers, length, chunked = framing(field_lines(lines[1:]))
+        headers, length, chunked = framing(field_block(fields))
         self._check_head(headers, version, length, chunked)
         self._method = method
         self._version = version
