@@ -295,7 +295,8 @@ class Cluster:
         info.attempts.append(record)
         if info.on_attempt is not None:
             info.on_attempt(request, record)
-        started = trio.current_time()
+        observe = self._observe
+        started = trio.current_time() if observe is not None else 0.0  # for latency-aware balancers
         try:
             self.breakers.check_request()
             response = await self._send_to(request, host, deadline)
@@ -311,8 +312,8 @@ class Cluster:
         record.end = time.monotonic()
         if self.outlier is not None:
             self.outlier.report(host, response.status)
-        if self._observe is not None:
-            self._observe(host, trio.current_time() - started)
+        if observe is not None:
+            observe(host, trio.current_time() - started)
         if info.on_attempt is not None:
             info.on_attempt(request, record)
         return response
