@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Protocol
@@ -263,23 +263,27 @@ class Cluster:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.aclose()
 
-    async def send(
+    def send(
         self,
         request: Request,
         *,
-        timeout: float,  # noqa: ASYNC109 - data: it bounds body reads after this returns too
+        timeout: float,
         retry_policy: RetryPolicy | None = None,
-    ) -> Response:
-        """Forward ``request`` to an endpoint; return the response with its body streaming.
+    ) -> Awaitable[Response]:
+        """Forward ``request`` to an endpoint; await the response, its body streaming.
 
         ``timeout`` (seconds, 0 for none) bounds the whole exchange, body included: past it
         the response head fails with UT, or the body read raises UpstreamError(UT). With a
         ``retry_policy``, failed attempts are retried within it (see :mod:`meshcore.runtime.retry`).
+
+        A plain function handing back the attempt's coroutine (``await cluster.send(...)``
+        as before): a coroutine awaiting it would add a frame that every suspension of the
+        request unwinds and resumes.
         """
         deadline = trio.current_time() + timeout if timeout else math.inf
         if retry_policy is not None and request.upgrade is None:
-            return await send_with_retries(self, request, retry_policy, deadline)
-        return await self.attempt(request, self.pick(request), deadline)
+            return send_with_retries(self, request, retry_policy, deadline)
+        return self.attempt(request, self.pick(request), deadline)
 
     async def attempt(self, request: Request, host: Host, deadline: float) -> Response:
         """One try of ``request`` at ``host`` before ``deadline``; its result feeds outlier detection.
