@@ -56,10 +56,12 @@ def block_end(
         too_large: the status of a block over ``max_size``.
         start: bytes at the start of ``buffer`` already checked by an earlier call.
     """
-    end = buffer.find(_CRLF2, max(start - 3, 0))
+    # Rescan the last bytes already checked: a CRLF CRLF, or a bare LF's CR, may straddle reads.
+    checked = start - 1 if start > 0 else 0
+    end = buffer.find(_CRLF2, start - 3 if start > 3 else 0)  # noqa: PLR2004 - len(CRLF CRLF) - 1
     stop = len(buffer) if end < 0 else end + 4
-    found = _BAD_LINE.search(buffer, max(start - 1, 0), min(stop, max_size))
-    if found is not None and found.start() >= max(start - 1, 0):
+    found = _BAD_LINE.search(buffer, checked, min(max_size, stop))
+    if found is not None and found.start() >= checked:
         text = found.group()
         if text == b"\n":
             msg = f"bare LF line ending in {what}"

@@ -13,6 +13,7 @@ from meshcore.http.h1strict import block_end
 from meshcore.http.semantics import REASONS
 
 __all__ = [
+    "EMPTY_BODY",
     "REASONS",
     "BodyWriter",
     "ChunkedReader",
@@ -170,6 +171,10 @@ class LengthReader:
         del buffer[:take]
         self.remaining -= take
         return Data(data)
+
+
+EMPTY_BODY = LengthReader(0)
+"""The reader of every body of length zero: it never changes (``remaining`` stays 0)."""
 
 
 class CloseReader:

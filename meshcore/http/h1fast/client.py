@@ -15,6 +15,7 @@ from meshcore.http.codec import (
     ResponseHead,
 )
 from meshcore.http.h1fast._common import (
+    EMPTY_BODY,
     TOKEN,
     BodyWriter,
     ChunkedReader,
@@ -68,7 +69,7 @@ class FastClientCodec:
         self._keep_alive = True
         self._upgrading = False
         self._interim = 0  # 1xx responses so far: a close before the final answer is an error
-        self._reader: LengthReader | ChunkedReader | CloseReader = LengthReader(0)
+        self._reader: LengthReader | ChunkedReader | CloseReader = EMPTY_BODY
         self._writer: BodyWriter | None = None
 
     # -- requests out ---------------------------------------------------------------------------
@@ -189,7 +190,7 @@ class FastClientCodec:
         if b"close" in tokens or version < b"1.1":  # as h11 compares versions
             self._keep_alive = False
         if self._method == b"HEAD" or status in (204, 304):
-            self._reader = LengthReader(0)
+            self._reader = EMPTY_BODY
         elif chunked:
             self._reader = ChunkedReader(self._max_head)
         elif length is not None:

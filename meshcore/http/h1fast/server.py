@@ -7,6 +7,7 @@ import re
 from meshcore.errors import ProtocolError
 from meshcore.http.codec import CLOSED, NEED_DATA, Data, EndOfMessage, RawHeaders, RequestHead, ServerEvent
 from meshcore.http.h1fast._common import (
+    EMPTY_BODY,
     REASONS,
     BodyWriter,
     ChunkedReader,
@@ -48,7 +49,7 @@ class FastServerCodec:
         self._closed = False
         self._scanned = 0  # bytes of a partial head already checked
         self._state = _HEAD
-        self._reader: LengthReader | ChunkedReader = LengthReader(0)
+        self._reader: LengthReader | ChunkedReader = EMPTY_BODY
         self._writer: BodyWriter | None = None
         self._expect = False
         self._keep_alive = True
@@ -105,7 +106,7 @@ class FastServerCodec:
         if chunked:
             self._reader = ChunkedReader(self._max_head)
         else:
-            self._reader = LengthReader(int(length) if length is not None else 0)
+            self._reader = LengthReader(int(length)) if length is not None and length != b"0" else EMPTY_BODY
             if self._reader.remaining == 0:
                 self._expect = False
         self._state = _BODY
