@@ -9,7 +9,8 @@ to the backend. Rounds are interleaved (every proxy once per round, in turn) bec
 machines are noisy, and the median of the rounds is reported: requests/s, p50 and p99
 latency, the proxy's CPU time per request (utime + stime of its whole process tree from
 /proc: the stable figure when everything shares two cores), and its idle RSS; then the
-ratios to proxy.py and to mitmproxy.
+ratios to proxy.py and to mitmproxy. ``bench/h1_calls.py`` prints meshcore's Python calls per
+proxied request, a figure the shared CPU does not blur.
 
 Peers come from their packages, never from copied code:
 
