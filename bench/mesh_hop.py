@@ -1,0 +1,673 @@
+"""The mesh hop against Istio's published budget: client → sidecar A → mTLS → sidecar B → app.
+
+Run: ``python bench/mesh_hop.py [--duration 5] [--rounds 3] [--protocols http1,grpc]``
+(needs ``wrk``, ``h2load`` (nghttp2-client) and ``nginx`` (nginx-light) from Debian, and
+grpcio, a test dependency of meshcore).
+
+Istio publishes 0.20 vCPU per 1,000 requests/s for an Envoy sidecar with mTLS and
+telemetry on, 1 KB payloads: about 200 µs of CPU per request per sidecar. This measures
+meshcore the same way, with real processes on loopback:
+
+- the app: Debian's nginx answering 1 KB (HTTP/1.1), or a grpcio server answering a unary
+  call with 1 KB (gRPC, 1 KB request message too);
+- sidecar B (``python -m meshcore proxy``, inbound): an mTLS listener requiring a client
+  certificate of the mesh, ``tracing`` and ``mesh_metrics`` (reporter destination), a
+  cluster to the app (HTTP/1.1 keep-alive, or HTTP/2 for gRPC);
+- sidecar A (outbound): a plaintext listener for the client, ``tracing`` (1% of new traces
+  sampled, as Istio's default) and ``mesh_metrics`` (reporter source, peer metadata
+  exchanged), a cluster to B over mTLS checking B's SPIFFE ID (secure naming);
+- certificates: SPIFFE workload certificates signed by the mesh's own CA (the ``meshcore``
+  CA plugin, :class:`meshcore.plugins.ca.LocalCA`) from CSRs made the way a proxy makes
+  them (the key stays with the proxy);
+- a live OTLP/HTTP sink (``--role otlp-sink``) that both sidecars export their sampled spans
+  to.
+
+Two kinds of run, each against the app directly (the baseline) and through the two
+sidecars, in interleaved rounds (every target once per round; medians reported):
+
+- **paced**, Istio's method: 1,000 requests/s over 10 keep-alive connections (``h2load
+  --rps``, ``--h1`` for HTTP/1.1), per-request latencies from its log: p50/p99, and the
+  latency the two sidecars add to direct; CPU per request of each sidecar (utime + stime
+  from /proc over the run, divided by the requests served);
+- **saturated**: ``wrk -t1 -c16`` (HTTP/1.1) or ``h2load -c16 -m1`` (gRPC unary): req/s and
+  CPU per request of each sidecar when it is the bottleneck.
+
+It then checks what the figures rest on: every response 200 (and gRPC status 0 for a call
+made with grpcio through the sidecars), B counted the requests as ``mutual_tls`` from A's
+workload, spans reached the sink, and the connections A opened to B (each one TLS
+handshake) are counted against the requests: keep-alive means a handful, not one per
+request. The last lines print each sidecar's CPU per request as a ratio to Istio's 200 µs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+from _common import cpu_seconds, free_port, milliseconds, start
+
+HERE = Path(__file__).resolve().parent
+ISTIO_US = 200.0
+"""Istio's published sidecar cost: 0.20 vCPU per 1,000 requests/s, in µs of CPU per request."""
+PAYLOAD = 1024
+TRUST_DOMAIN = "cluster.local"
+CLIENT_ID = f"spiffe://{TRUST_DOMAIN}/ns/bench/sa/client"
+APP_ID = f"spiffe://{TRUST_DOMAIN}/ns/bench/sa/app"
+GRPC_PATH = "/bench.Echo/Call"
+
+# -- the app and the sink ------------------------------------------------------------------
+
+NGINX_APP = """
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx.error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{ default_type text/plain; return 200 "{body}"; }}
+    }}
+}}
+"""
+
+
+def run_grpc_app(port: int) -> None:
+    """A grpcio server: ``/bench.Echo/Call`` answers any request with PAYLOAD bytes."""
+    from concurrent import futures
+
+    import grpc
+
+    answer = b"y" * PAYLOAD
+
+    def call(_request: bytes, _context: Any) -> bytes:
+        return answer
+
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Echo", {"Call": grpc.unary_unary_rpc_method_handler(call)}
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), handlers=[handler])
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    print("ready", flush=True)
+    server.wait_for_termination()
+
+
+def run_otlp_sink(port: int) -> None:
+    """An OTLP/HTTP traces receiver: answers every export; ``GET /count`` says what came.
+
+    It decodes each export with opentelemetry-proto when that is installed (a test
+    dependency), to count spans; else it counts exports and bytes only.
+    """
+    import socketserver
+    from http.server import BaseHTTPRequestHandler
+
+    try:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    except ImportError:  # pragma: no cover - counted in bytes then
+        ExportTraceServiceRequest = None  # noqa: N806
+
+    received = {"exports": 0, "spans": 0, "bytes": 0}
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            received["exports"] += 1
+            received["bytes"] += len(body)
+            if ExportTraceServiceRequest is not None:
+                message = ExportTraceServiceRequest.FromString(body)
+                received["spans"] += sum(
+                    len(scope.spans) for rs in message.resource_spans for scope in rs.scope_spans
+                )
+            self._answer(b"", "application/x-protobuf")
+
+        def do_GET(self) -> None:
+            self._answer(json.dumps(received).encode(), "application/json")
+
+        def _answer(self, body: bytes, kind: str) -> None:
+            self.send_response(200)
+            self.send_header("content-type", kind)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    class Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
+        allow_reuse_address = True
+        daemon_threads = True
+
+    with Server(("127.0.0.1", port), Handler) as server:
+        print("ready", flush=True)
+        server.serve_forever()
+
+
+# -- certificates from the mesh's CA ------------------------------------------------------
+
+
+def issue_certificates(directory: Path) -> dict[str, dict[str, str]]:
+    """SPIFFE certificates for A (CLIENT_ID) and B (APP_ID) from the ``meshcore`` CA, as files."""
+    from meshcore.plugins.ca import CaConfig, LocalCA, make_csr
+
+    ca = LocalCA(CaConfig(directory=str(directory / "ca"), trust_domain=TRUST_DOMAIN))
+    files: dict[str, dict[str, str]] = {}
+    for name, identity in (("a", CLIENT_ID), ("b", APP_ID)):
+        csr, key = make_csr(identity)
+        signed = ca.sign(csr, identity)
+        paths = {kind: str(directory / f"{name}-{kind}.pem") for kind in ("chain", "key", "roots")}
+        Path(paths["chain"]).write_text(signed.certificate_chain)
+        Path(paths["key"]).write_bytes(key)
+        Path(paths["key"]).chmod(0o600)
+        Path(paths["roots"]).write_text(signed.trusted_ca)
+        files[name] = paths
+    return files
+
+
+# -- the sidecars' configs ----------------------------------------------------------------
+
+
+def _filters(reporter: str, workload: str, sink: int, ratio: float) -> list[Any]:
+    tracing = {
+        "sampler": "parent_based",  # A decides for new traces (ratio); B follows A
+        "ratio": ratio,
+        "service_name": workload,
+        "otlp_http": {"endpoint": f"http://127.0.0.1:{sink}/v1/traces"},
+    }
+    metrics = {"reporter": reporter, "workload": workload, "namespace": "bench", "service": workload}
+    return [{"tracing": tracing}, {"mesh_metrics": metrics}, "router"]
+
+
+def _listener(name: str, port: int, route: str, filters: list[Any], codec: str) -> dict[str, Any]:
+    manager = {"route_config": route, "codec": codec, "http_filters": filters}
+    return {
+        "name": name,
+        "address": f"127.0.0.1:{port}",
+        "filter_chains": [{"filters": [{"http_connection_manager": manager}]}],
+    }
+
+
+def _route(name: str, cluster: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "virtual_hosts": [
+            {"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "cluster": cluster}]}
+        ],
+    }
+
+
+def sidecar_configs(
+    ports: dict[str, int], certs: dict[str, dict[str, str]], *, codec: str, ratio: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The configs of A (outbound) and B (inbound): one listener pair per protocol."""
+    a_filters = _filters("source", "client", ports["sink"], ratio)
+    b_filters = _filters("destination", "app", ports["sink"], ratio)
+    mtls_out = {
+        "ca_file": certs["a"]["roots"],
+        "certificate_file": certs["a"]["chain"],
+        "private_key_file": certs["a"]["key"],
+        "peer_identities": [APP_ID],
+    }
+    mtls_in = {
+        "certificate_file": certs["b"]["chain"],
+        "private_key_file": certs["b"]["key"],
+        "client_ca_file": certs["b"]["roots"],
+        "require_client_certificate": True,
+    }
+    a = {
+        "admin": {"address": f"127.0.0.1:{ports['a_admin']}"},
+        "listeners": [
+            _listener("outbound_http", ports["a_http"], "to_b_http", a_filters, codec),
+            _listener("outbound_grpc", ports["a_grpc"], "to_b_grpc", a_filters, codec),
+        ],
+        "route_configs": [_route("to_b_http", "b_http"), _route("to_b_grpc", "b_grpc")],
+        "clusters": [
+            {
+                "name": "b_http",
+                "endpoints": [f"127.0.0.1:{ports['b_http']}"],
+                "codec": codec,
+                "tls": mtls_out,
+            },
+            {
+                "name": "b_grpc",
+                "endpoints": [f"127.0.0.1:{ports['b_grpc']}"],
+                "protocol": "http2",
+                "tls": mtls_out,
+            },
+        ],
+    }
+    b_listeners = [
+        _listener("inbound_http", ports["b_http"], "to_app_http", b_filters, codec),
+        _listener("inbound_grpc", ports["b_grpc"], "to_app_grpc", b_filters, codec),
+    ]
+    for listener in b_listeners:
+        listener["filter_chains"][0]["tls"] = mtls_in
+    b = {
+        "admin": {"address": f"127.0.0.1:{ports['b_admin']}"},
+        "listeners": b_listeners,
+        "route_configs": [_route("to_app_http", "app_http"), _route("to_app_grpc", "app_grpc")],
+        "clusters": [
+            {"name": "app_http", "endpoints": [f"127.0.0.1:{ports['nginx']}"], "codec": codec},
+            {"name": "app_grpc", "endpoints": [f"127.0.0.1:{ports['grpc']}"], "protocol": "http2"},
+        ],
+    }
+    return a, b
+
+
+# -- processes ----------------------------------------------------------------------------
+
+
+class Sidecar:
+    """A ``meshcore proxy`` process and its admin server."""
+
+    def __init__(self, name: str, config: dict[str, Any], tmp: Path, admin_port: int) -> None:
+        self.name = name
+        self.admin = admin_port
+        path = tmp / f"sidecar-{name}.json"
+        path.write_text(json.dumps(config, indent=1))
+        self.log = (tmp / f"sidecar-{name}.log").open("w")
+        argv = [sys.executable, "-m", "meshcore", "proxy", "-c", str(path), "--log-level", "warning"]
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)  # noqa: S603
+        deadline = time.monotonic() + 30
+        while not self._ready():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                msg = f"sidecar {name} did not become ready; its log: {self.log.name}"
+                raise RuntimeError(msg)
+            time.sleep(0.1)
+
+    def _ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/ready", timeout=1) as answer:
+                return bool(answer.status == 200)  # noqa: PLR2004
+        except OSError:
+            return False
+
+    def cpu(self) -> float:
+        """Its CPU seconds so far."""
+        return cpu_seconds(self.proc.pid)
+
+    def stat(self, name: str, **labels: str) -> float:
+        """The sum of metric ``name`` over the series with ``labels`` (a histogram: its count)."""
+        url = f"http://127.0.0.1:{self.admin}/stats?format=json&filter=^{name}$"
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            items = json.load(answer)
+        total = 0.0
+        for item in items:
+            if all(item["labels"].get(k) == v for k, v in labels.items()):
+                total += item.get("value", item.get("count", 0))
+        return total
+
+    def stop(self) -> None:
+        """Terminate it (killed if it lingers)."""
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+@contextmanager
+def process(
+    argv: list[str], *, ready_line: bool = True, port: int | None = None
+) -> Iterator[subprocess.Popen[Any]]:
+    """A helper process for the duration of the block (waits for "ready" or its port)."""
+    if ready_line:
+        proc = start(argv)
+    else:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
+        assert port is not None
+        _wait_port(port, proc)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _wait_port(port: int, proc: subprocess.Popen[Any]) -> None:
+    import socket
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            msg = f"{proc.args!r} exited with {proc.returncode}"
+            raise RuntimeError(msg)
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    msg = f"nothing listens on {port}: {proc.args!r}"
+    raise RuntimeError(msg)
+
+
+# -- load ---------------------------------------------------------------------------------
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def h2load(argv_tail: list[str], log: Path) -> dict[str, float]:
+    """Run h2load; requests done and failed, and p50/p99 (ms) from its per-request log."""
+    out = subprocess.run(  # noqa: S603
+        ["h2load", "-t1", f"--log-file={log}", *argv_tail],  # noqa: S607
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    done = re.search(
+        r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out
+    )
+    assert done is not None, out
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    assert codes is not None, out
+    times = []
+    for line in log.read_text().splitlines():
+        fields = line.split("\t")
+        if len(fields) >= 3 and fields[1] == "200":  # noqa: PLR2004
+            times.append(int(fields[2]) / 1000)
+    rps = re.search(r"finished in .*?, ([\d.]+) req/s", out)
+    return {
+        "requests": float(done.group(1)),
+        "errors": float(
+            int(done.group(3))
+            + int(done.group(4))
+            + int(codes.group(2))
+            + int(codes.group(3))
+            + int(codes.group(4))
+        ),
+        "p50": _percentile(times, 0.50) if times else 0.0,
+        "p99": _percentile(times, 0.99) if times else 0.0,
+        "rps": float(rps.group(1)) if rps else 0.0,
+    }
+
+
+def wrk(port: int, duration: int, connections: int) -> dict[str, float]:
+    """``wrk -t1 -cN --latency``: requests, errors, req/s, p50/p99 (ms)."""
+    out = subprocess.run(  # noqa: S603
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}/"],  # noqa: S607
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = int(bad.group(1)) if bad else 0
+    if socket_errors:
+        errors += sum(int(x) for x in socket_errors.groups())
+    return {
+        "requests": float(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
+        "errors": float(errors),
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "p50": milliseconds(re.search(r"^\s+50%\s+(\S+)", out, re.MULTILINE).group(1)),  # type: ignore[union-attr]
+        "p99": milliseconds(re.search(r"^\s+99%\s+(\S+)", out, re.MULTILINE).group(1)),  # type: ignore[union-attr]
+    }
+
+
+class Load:
+    """How one protocol is loaded: paced (Istio's method) and saturated."""
+
+    def __init__(self, protocol: str, args: argparse.Namespace, tmp: Path) -> None:
+        self.protocol = protocol
+        self.args = args
+        self.log = tmp / f"h2load-{protocol}.log"
+        if protocol == "grpc":
+            message = b"x" * PAYLOAD
+            body = tmp / "grpc-request.bin"
+            body.write_bytes(b"\x00" + len(message).to_bytes(4, "big") + message)
+            self.h2load_args = [
+                f"--data={body}",
+                "--header=content-type: application/grpc",
+                "--header=te: trailers",
+            ]
+            self.path = GRPC_PATH
+        else:
+            self.h2load_args = ["--h1"]
+            self.path = "/"
+
+    def paced(self, port: int, duration: int) -> dict[str, float]:
+        """``rate`` requests/s over ``paced_connections`` connections, whatever the latency."""
+        per_client = max(1, round(self.args.rate / self.args.paced_connections))
+        return h2load(
+            [
+                *self.h2load_args,
+                f"-c{self.args.paced_connections}",
+                "-m1",
+                f"--rps={per_client}",
+                f"-D{duration}",
+                f"http://127.0.0.1:{port}{self.path}",
+            ],
+            self.log,
+        )
+
+    def saturated(self, port: int, duration: int) -> dict[str, float]:
+        """As many requests as ``connections`` connections get answered, one at a time each."""
+        if self.protocol == "http1":
+            return wrk(port, duration, self.args.connections)
+        return h2load(
+            [
+                *self.h2load_args,
+                f"-c{self.args.connections}",
+                "-m1",
+                f"-D{duration}",
+                f"http://127.0.0.1:{port}{self.path}",
+            ],
+            self.log,
+        )
+
+
+def measured(run: Any, sidecars: list[Sidecar]) -> dict[str, float]:
+    """Run the load; add each sidecar's CPU µs per request over it."""
+    before = [s.cpu() for s in sidecars]
+    result: dict[str, float] = run()
+    for sidecar, start_cpu in zip(sidecars, before, strict=True):
+        result[f"cpu_{sidecar.name}"] = (sidecar.cpu() - start_cpu) / max(result["requests"], 1) * 1e6
+    return result
+
+
+# -- the run ------------------------------------------------------------------------------
+
+
+def grpc_check(port: int) -> str:
+    """One unary call with grpcio through ``port``: its status code and answer size."""
+    import grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(GRPC_PATH)
+        answer, state = call.with_call(b"x" * PAYLOAD, timeout=10)
+        return f"{state.code().name}, {len(answer)} bytes"
+
+
+def median_of(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over the rounds."""
+    return {key: statistics.median(row[key] for row in rows) for key in rows[0]}
+
+
+def report(protocol: str, kind: str, title: str, rows: dict[str, list[dict[str, float]]]) -> dict[str, float]:
+    """Print one table; return the mesh row's medians."""
+    direct, mesh = median_of(rows["direct"]), median_of(rows["mesh"])
+    print(f"\n{protocol} {kind}: {title}")
+    print(f"{'':22} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'A us/req':>9} {'B us/req':>9} {'errors':>7}")
+    for name, r in (("direct to the app", direct), ("client→A→B→app", mesh)):
+        a = f"{r['cpu_A']:9.1f}" if "cpu_A" in r else f"{'':>9}"
+        b = f"{r['cpu_B']:9.1f}" if "cpu_B" in r else f"{'':>9}"
+        print(f"{name:22} {r['rps']:>8.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} {a} {b} {r['errors']:>7.0f}")
+    added50 = statistics.median(
+        m["p50"] - d["p50"] for m, d in zip(rows["mesh"], rows["direct"], strict=True)
+    )
+    added99 = statistics.median(
+        m["p99"] - d["p99"] for m, d in zip(rows["mesh"], rows["direct"], strict=True)
+    )
+    print(
+        f"added by the two sidecars: p50 +{added50:.3f} ms, p99 +{added99:.3f} ms (median of per-round differences)"
+    )
+    rounds = ", ".join(f"A {m['cpu_A']:.0f} / B {m['cpu_B']:.0f}" for m in rows["mesh"])
+    print(f"sidecar CPU us per request by round: {rounds}")
+    return mesh
+
+
+def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one linear script: start, measure, report
+    """Start the app, the sink and the sidecars; measure in interleaved rounds; print the tables."""
+    protocols = args.protocols.split(",")
+    me = [sys.executable, str(HERE / "mesh_hop.py")]
+    with tempfile.TemporaryDirectory(prefix="meshcore-mesh-hop-") as tmp_name, ExitStack() as stack:
+        tmp = Path(tmp_name)
+        names = ("nginx", "grpc", "sink", "a_admin", "a_http", "a_grpc", "b_admin", "b_http", "b_grpc")
+        ports = {name: free_port() for name in names}
+        certs = issue_certificates(tmp)
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        conf = tmp / "nginx.conf"
+        conf.write_text(NGINX_APP.format(tmp=tmp, port=ports["nginx"], body="x" * PAYLOAD))
+        stack.enter_context(process([nginx, "-c", str(conf)], ready_line=False, port=ports["nginx"]))
+        if "grpc" in protocols:
+            stack.enter_context(process([*me, "--role", "grpc-app", "--port", str(ports["grpc"])]))
+        stack.enter_context(process([*me, "--role", "otlp-sink", "--port", str(ports["sink"])]))
+        a_config, b_config = sidecar_configs(ports, certs, codec=args.codec, ratio=args.ratio)
+        b = Sidecar("B", b_config, tmp, ports["b_admin"])
+        stack.callback(b.stop)
+        a = Sidecar("A", a_config, tmp, ports["a_admin"])
+        stack.callback(a.stop)
+        sidecars = [a, b]
+        targets = {
+            "http1": {"direct": ports["nginx"], "mesh": ports["a_http"]},
+            "grpc": {"direct": ports["grpc"], "mesh": ports["a_grpc"]},
+        }
+        if "grpc" in protocols:
+            print(f"grpcio call through the sidecars: {grpc_check(ports['a_grpc'])}")
+        loads = {p: Load(p, args, tmp) for p in protocols}
+        results: dict[str, dict[str, dict[str, list[dict[str, float]]]]] = {
+            p: {kind: {"direct": [], "mesh": []} for kind in ("paced", "saturated")} for p in protocols
+        }
+        for protocol, load in loads.items():  # warm-up: connections opened, code paths hot
+            for port in targets[protocol].values():
+                load.saturated(port, 1)
+        connections_before = {
+            p: a.stat("cluster_upstream_cx_total", cluster=f"b_{p.replace('1', '')}") for p in protocols
+        }
+        requests_mesh = dict.fromkeys(protocols, 0.0)
+        for round_ in range(args.rounds):
+            print(f"round {round_ + 1} of {args.rounds} ...", flush=True)
+            for protocol, load in loads.items():
+                for kind in ("paced", "saturated"):
+                    for target, port in targets[protocol].items():
+                        runner = getattr(load, kind)
+                        row = measured(lambda runner=runner, port=port: runner(port, args.duration), sidecars)
+                        results[protocol][kind][target].append(row)
+                        if target == "mesh":
+                            requests_mesh[protocol] += row["requests"]
+        connections = {
+            p: a.stat("cluster_upstream_cx_total", cluster=f"b_{p.replace('1', '')}") - connections_before[p]
+            for p in protocols
+        }
+        mtls_counted = b.stat(
+            "requests_total",
+            reporter="destination",
+            connection_security_policy="mutual_tls",
+            source_workload="client",
+        )
+        a_counted = a.stat("requests_total", reporter="source", destination_workload="app")
+        time.sleep(1.5)  # the sidecars export their spans every second
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports['sink']}/count", timeout=5) as answer:
+            sink = json.load(answer)
+
+    paced_title = (
+        f"paced, {args.rate} req/s over {args.paced_connections} keep-alive connections (h2load --rps), "
+        f"{args.duration}s x {args.rounds} rounds, medians"
+    )
+    saturated_title = f"saturated, {args.connections} connections ({'wrk -t1' if 'http1' in protocols else 'h2load -m1'}), {args.duration}s x {args.rounds} rounds, medians"
+    summary = []
+    for protocol in protocols:
+        label = "HTTP/1.1 (1 KB responses)" if protocol == "http1" else "gRPC unary (1 KB messages each way)"
+        mesh_paced = report(label, "paced", paced_title, results[protocol]["paced"])
+        mesh_saturated = report(
+            label,
+            "saturated",
+            saturated_title.replace("wrk -t1", "wrk -t1" if protocol == "http1" else "h2load -m1"),
+            results[protocol]["saturated"],
+        )
+        summary.append((label, mesh_paced, mesh_saturated))
+        per_request = connections[protocol] / max(requests_mesh[protocol], 1)
+        verdict = "no per-request handshake" if per_request < 0.01 else "HANDSHAKES PER REQUEST"  # noqa: PLR2004
+        print(
+            f"TLS handshakes A→B during the measured runs: {connections[protocol]:.0f} new connections for "
+            f"{requests_mesh[protocol]:.0f} requests ({verdict})"
+        )
+    print(
+        f"\nmesh_metrics: B counted {mtls_counted:.0f} requests as mutual_tls from workload 'client'; "
+        f"A counted {a_counted:.0f} to workload 'app'"
+    )
+    print(
+        f"tracing at {args.ratio:.0%}: the OTLP sink received {sink['spans']} spans in {sink['exports']} exports "
+        f"({sink['bytes']} bytes)"
+    )
+    print(f"\nagainst Istio's {ISTIO_US:.0f} us of CPU per request per sidecar (0.20 vCPU per 1,000 req/s):")
+    for label, paced, saturated in summary:
+        print(
+            f"{label}: paced A {paced['cpu_A']:.0f} us ({paced['cpu_A'] / ISTIO_US:.2f}x), "
+            f"B {paced['cpu_B']:.0f} us ({paced['cpu_B'] / ISTIO_US:.2f}x); "
+            f"saturated A {saturated['cpu_A']:.0f} us ({saturated['cpu_A'] / ISTIO_US:.2f}x), "
+            f"B {saturated['cpu_B']:.0f} us ({saturated['cpu_B'] / ISTIO_US:.2f}x)"
+        )
+    if args.json:
+        print(json.dumps(results))
+    return 0
+
+
+def main() -> int:
+    """Run the benchmark, or one of its helper roles."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=int, default=5, help="seconds per measured run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (medians reported)")
+    parser.add_argument("--protocols", default="http1,grpc", help="http1, grpc, or both (comma-separated)")
+    parser.add_argument("--rate", type=int, default=1000, help="paced runs: requests/s in all")
+    parser.add_argument("--paced-connections", type=int, default=10, help="paced runs: connections")
+    parser.add_argument("--connections", type=int, default=16, help="saturated runs: connections")
+    parser.add_argument(
+        "--codec", choices=["fast", "h11"], default="fast", help="the sidecars' HTTP/1.1 codec"
+    )
+    parser.add_argument("--ratio", type=float, default=0.01, help="tracing: the share of new traces sampled")
+    parser.add_argument("--json", action="store_true", help="also print every round as JSON")
+    parser.add_argument("--role", choices=["grpc-app", "otlp-sink"], help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role == "grpc-app":
+        run_grpc_app(args.port)
+        return 0
+    if args.role == "otlp-sink":
+        run_otlp_sink(args.port)
+        return 0
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
