@@ -53,7 +53,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -535,7 +535,7 @@ def report(protocol: str, kind: str, title: str, rows: dict[str, list[dict[str, 
     return mesh
 
 
-def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one linear script: start, measure, report
+def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear script: start, measure, report
     """Start the app, the sink and the sidecars; measure in interleaved rounds; print the tables."""
     protocols = args.protocols.split(",")
     me = [sys.executable, str(HERE / "mesh_hop.py")]
@@ -563,6 +563,13 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0915 - one linear script: 
         }
         if "grpc" in protocols:
             print(f"grpcio call through the sidecars: {grpc_check(ports['a_grpc'])}")
+        if args.serve:
+            print(f"serving (Ctrl-C ends): A pid {a.proc.pid}, B pid {b.proc.pid}; ", end="")
+            print(", ".join(f"{p} direct :{t['direct']} mesh :{t['mesh']}" for p, t in targets.items()))
+            print(f"files in {tmp}", flush=True)
+            with suppress(KeyboardInterrupt):
+                a.proc.wait()
+            return 0
         loads = {p: Load(p, args, tmp) for p in protocols}
         results: dict[str, dict[str, dict[str, list[dict[str, float]]]]] = {
             p: {kind: {"direct": [], "mesh": []} for kind in ("paced", "saturated")} for p in protocols
@@ -655,6 +662,11 @@ def main() -> int:
         "--codec", choices=["fast", "h11"], default="fast", help="the sidecars' HTTP/1.1 codec"
     )
     parser.add_argument("--ratio", type=float, default=0.01, help="tracing: the share of new traces sampled")
+    parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="start everything, print the ports and pids, and wait (to profile)",
+    )
     parser.add_argument("--json", action="store_true", help="also print every round as JSON")
     parser.add_argument("--role", choices=["grpc-app", "otlp-sink"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
