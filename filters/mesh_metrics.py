@@ -189,8 +189,31 @@ def _identity_labels(
     return labels
 
 
+_PEER_CACHE_SIZE = 256
+"""Distinct peer-metadata header values remembered, decoded (a mesh has few peers)."""
+_KEY_CACHE_SIZE = 4096
+"""Distinct (peer, principal, cluster, protocol, status, flags) seen, mapped to their metrics."""
+
+
+def _take(headers: meshcore.Headers, name: bytes) -> bytes | None:
+    """The first value of ``name``, every value of it removed; one scan and no copy when absent."""
+    raw = headers.raw
+    for n, v in raw:
+        if n == name:
+            headers.raw = [pair for pair in raw if pair[0] != name]
+            return v
+    return None
+
+
 class MeshMetrics:
-    """The ``mesh_metrics`` HTTP filter for one Snapshot."""
+    """The ``mesh_metrics`` HTTP filter for one Snapshot.
+
+    Per request it does what cannot be done once: take the peer's exchange header, and
+    find the request's metrics. Both are remembered (bounded): a peer's header value
+    decoded once, and the metrics of a combination of what the labels are made of (peer,
+    principal, cluster, protocol, status, flags) looked up with one dict access, so the
+    label values are built and capped once per combination, not once per request.
+    """
 
     def __init__(self, config: MeshMetricsConfig, context: FilterContext) -> None:
         self.config = config
@@ -200,62 +223,95 @@ class MeshMetrics:
         self.own_header = self.own.encode()
         self.exchange = config.exchange_peer_metadata and bool(self.own_header)
         self.read_exchange = config.exchange_peer_metadata
+        self._peers: dict[bytes, telemetry.Workload | None] = {}
+        self._metrics_by_key: dict[tuple[Any, ...], tuple[Any, Any, Any, Any]] = {}
+
+    def _peer(self, raw: bytes) -> telemetry.Workload | None:
+        peers = self._peers
+        try:
+            return peers[raw]
+        except KeyError:
+            pass
+        if len(peers) >= _PEER_CACHE_SIZE:
+            peers.clear()
+        peer = peers[raw] = telemetry.Workload.decode(raw)
+        return peer
 
     async def __call__(self, request: Request, call_next: HttpHandler) -> Response:
         """Exchange peer metadata; count the request when its response has been sent."""
         info = request.info
+        header = telemetry.PEER_METADATA_HEADER
         if self.reporter == "destination":
-            raw = request.headers.get_raw(telemetry.PEER_METADATA_HEADER) if self.read_exchange else None
+            raw = _take(request.headers, header) if self.read_exchange else None
             if raw is not None:
-                request.headers.remove(telemetry.PEER_METADATA_HEADER)
-                peer = telemetry.Workload.decode(raw)
+                peer = self._peer(raw)
                 if peer is not None:
                     info.metadata["meshcore.source"] = peer
             info.metadata["meshcore.destination"] = self.own
         else:
-            request.headers.remove(telemetry.PEER_METADATA_HEADER)  # never pass on one we did not set
+            _take(request.headers, header)  # never pass on one we did not set
             if self.exchange:
-                request.headers.raw.append((telemetry.PEER_METADATA_HEADER, self.own_header))
+                request.headers.raw.append((header, self.own_header))
             info.metadata["meshcore.source"] = self.own
         info.when_complete(self._record)
         response = await call_next(request)
         if self.reporter == "source":
-            raw = response.headers.get_raw(telemetry.PEER_METADATA_HEADER)
-            if raw is not None:
-                response.headers.remove(telemetry.PEER_METADATA_HEADER)
-                peer = telemetry.Workload.decode(raw) if self.read_exchange else None
+            raw = _take(response.headers, header)
+            if raw is not None and self.read_exchange:
+                peer = self._peer(raw)
                 if peer is not None:
                     info.metadata["meshcore.destination"] = peer
         elif self.exchange:
-            response.headers.set(telemetry.PEER_METADATA_HEADER, self.own_header)
+            _take(response.headers, header)  # the app's own is not ours to pass on
+            response.headers.raw.append((header, self.own_header))
         return response
 
     def _record(self, request: Request, response: Response) -> None:
         info = request.info
-        peer_key = "meshcore.source" if self.reporter == "destination" else "meshcore.destination"
+        peer = info.metadata.get(
+            "meshcore.source" if self.reporter == "destination" else "meshcore.destination"
+        )
         connection = request.connection
         principal = connection.peer_principal if connection is not None else None
-        values = _identity_labels(self.reporter, self.own, info.metadata.get(peer_key), principal)
         grpc = is_grpc(request)
-        status = response.status
-        values |= {
-            "destination_cluster": info.cluster_name or UNKNOWN,
-            "request_protocol": "grpc" if grpc else "http",
-            "response_code": str(status),
-            "response_flags": info.flag_string(),
-        }
-        if grpc:
-            values["grpc_response_status"] = _grpc_status(response)
-        series = self.series
-        key = series.labels(values)
-        metrics = series.cache.get(key)
+        key = (
+            peer,
+            principal,
+            info.cluster_name,
+            response.status,
+            info.flag_string() if info.flags else "-",
+            _grpc_status(response) if grpc else None,
+        )
+        metrics = self._metrics_by_key.get(key)
         if metrics is None:
-            metrics = series.cache[key] = self._metrics(key)
+            metrics = self._find_metrics(key)
         requests, duration, request_bytes, response_bytes = metrics
         requests.value += 1
         duration.observe(info_elapsed(info))
         request_bytes.observe(request.body.consumed)
         response_bytes.observe(response.body.consumed)
+
+    def _find_metrics(self, key: tuple[Any, ...]) -> tuple[Any, Any, Any, Any]:
+        """The metrics of a combination not seen lately: its labels built, capped, looked up."""
+        peer, principal, cluster, status, flags, grpc_status = key
+        values = _identity_labels(self.reporter, self.own, peer, principal)
+        values |= {
+            "destination_cluster": cluster or UNKNOWN,
+            "request_protocol": "http" if grpc_status is None else "grpc",
+            "response_code": str(status),
+            "response_flags": flags,
+        }
+        if grpc_status is not None:
+            values["grpc_response_status"] = grpc_status
+        series = self.series
+        labels = series.labels(values)
+        metrics = series.cache.get(labels)
+        if metrics is None:
+            metrics = series.cache[labels] = self._metrics(labels)
+        if len(self._metrics_by_key) >= _KEY_CACHE_SIZE:
+            self._metrics_by_key.clear()
+        self._metrics_by_key[key] = metrics
+        return metrics
 
     def _metrics(self, key: tuple[str, ...]) -> tuple[Any, Any, Any, Any]:
         series = self.series

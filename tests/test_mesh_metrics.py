@@ -19,6 +19,7 @@ from meshcore.runtime.admin import serve_admin
 from meshcore.telemetry import Workload
 from meshcore.testing import MeshcoreCA
 from meshcore.testing.client import fetch
+from meshcore.testing.filters import FilterHarness, make_request
 from meshcore.testing.harness import http_proxy_config, start_proxy, tcp_proxy_config
 from meshcore.testing.upstreams import serve_upstream
 
@@ -278,6 +279,39 @@ async def test_prometheus_scrapes_the_sidecar_and_answers_a_promql_query(
                 value = result[0]["value"][1] if result else None
         process.terminate()
     assert value == "25"
+
+
+async def test_every_request_is_counted_right_past_the_filters_caches() -> None:
+    """Past the filter's bounded caches each request still lands in its own series.
+
+    Peers and label combinations are remembered per filter (300 peers > 256 remembered);
+    the cap on distinct values still folds the rest into ``other``.
+    """
+    harness = FilterHarness(
+        "mesh_metrics", {"reporter": "destination", "workload": "reviews", "max_label_values": 280}
+    )
+    statuses = iter([200] * 300 + [503] * 300)  # the first round answered 200, the second 503
+
+    async def upstream(_request: meshcore.Request) -> meshcore.Response:
+        return meshcore.Response.local(next(statuses), b"ok")
+
+    harness.next = upstream
+    for _ in range(2):
+        for i in range(300):
+            peer = Workload(f"client-{i}", "shop").encode().decode("latin-1")
+            request = make_request(headers={EXCHANGE: peer})
+            request.info.internal = True  # as the edge marks a mesh peer's request
+            response = await harness(request)
+            request.info.complete(request, response)
+            assert response.headers.get(EXCHANGE) == Workload("reviews").encode().decode("latin-1")
+            assert EXCHANGE not in request.headers
+    assert series(harness.stats, "requests_total") == 600
+    assert series(harness.stats, "requests_total", source_workload="client-7", response_code="503") == 1
+    assert series(harness.stats, "requests_total", source_workload="client-7", response_code="200") == 1
+    # The first 280 workloads have their own series; the last 20 are "other", both times.
+    assert series(harness.stats, "requests_total", source_workload="client-279") == 2
+    assert series(harness.stats, "requests_total", source_workload="other") == 40
+    assert series(harness.stats, "request_duration_seconds") == 600
 
 
 def test_the_own_identity_comes_from_the_node_when_a_control_plane_sets_one() -> None:
