@@ -114,3 +114,34 @@ async def test_an_outbound_sidecar_without_a_certificate_is_refused_by_strict(
         reply = await outbound.client().get("/")
     assert reply.status in (502, 503)
     assert reply.header("x-upstream") is None
+
+
+async def test_new_connections_resume_the_tls_session_and_keep_the_peer_identity(
+    tmp_path: Path, ca: LocalCA, meshcore_proxy: ProxyFactory, meshcore_upstream: UpstreamFactory
+) -> None:
+    """No per-request handshake, and a new connection resumes: no certificates, no key agreement.
+
+    The outbound sidecar keeps no idle connection here, so each request opens one; the
+    first handshake is a full one, the next ones resume its session, and both sides still
+    know who the other is (secure naming on one, the caller's principal on the other).
+    """
+    app = await meshcore_upstream()
+    server, client = Files(ca, BACKEND, tmp_path, "backend"), Files(ca, FRONTEND, tmp_path, "frontend")
+    with trio.fail_after(20), structlog.testing.capture_logs() as logs:
+        inbound = await inbound_sidecar(meshcore_proxy, app.endpoint, server)
+        config = outbound_config(inbound, client, server.bundle, [BACKEND])
+        config["clusters"][0]["max_idle_connections_per_endpoint"] = 0
+        outbound = await meshcore_proxy(config)
+        replies = [await outbound.client().get(f"/call/{i}") for i in range(3)]
+        kept = await meshcore_proxy(outbound_config(inbound, client, server.bundle, [BACKEND]))
+        kept_replies = [await kept.client().get(f"/kept/{i}") for i in range(3)]
+    assert [r.status for r in replies + kept_replies] == [200] * 6
+    assert outbound.stats.value("cluster_upstream_ssl_handshake", cluster="backend") == 3
+    assert outbound.stats.value("cluster_upstream_ssl_session_reused", cluster="backend") == 2
+    # Kept alive: one handshake for three requests.
+    assert kept.stats.value("cluster_upstream_ssl_handshake", cluster="backend") == 1
+    assert inbound.stats.value("listener_ssl_handshake", listener="ingress") == 4
+    assert inbound.stats.value("listener_ssl_session_reused", listener="ingress") == 2
+    lines = [e for e in logs if e["event"] == "request_completed" and e["listener"] == "ingress"]
+    assert [e["peer_principal"] for e in lines] == [FRONTEND] * 6
+    assert all(f"URI={FRONTEND}" in dict(r.json()["headers"])["x-forwarded-client-cert"] for r in replies)

@@ -102,6 +102,10 @@ class Cluster:
         self.stats_cx_total = stats.counter("cluster_upstream_cx_total", **labels)
         self.stats_cx_reused = stats.counter("cluster_upstream_cx_reused", **labels)
         self.stats_cx_connect_fail = stats.counter("cluster_upstream_cx_connect_fail", **labels)
+        self.stats_ssl_handshake = stats.counter("cluster_upstream_ssl_handshake", **labels)
+        """TLS handshakes completed with endpoints (one per new TLS connection, never per request)."""
+        self.stats_ssl_session_reused = stats.counter("cluster_upstream_ssl_session_reused", **labels)
+        """Of them, those that resumed an earlier session (no certificate exchange, no key agreement)."""
         self.stats_cx_active = stats.gauge("cluster_upstream_cx_active", **labels)
         self.stats_rq_active = stats.gauge("cluster_upstream_rq_active", **labels)
         self.stats_healthy = stats.computed_gauge(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import select
+import ssl
 from typing import TYPE_CHECKING
 
 import trio
@@ -80,10 +81,18 @@ class UpstreamConnection:
 
 
 class Host:
-    """An endpoint of a cluster, with its connection pool and load figures."""
+    """An endpoint of a cluster, with its connection pool and load figures.
+
+    Over TLS it keeps the session of its last connection that got one (TLS 1.3 session
+    tickets arrive after the handshake, with the first data), and a new connection offers
+    it: the endpoint resumes it, with no certificate exchange nor key agreement, when it
+    still can. A session belongs to the context it was made with: once the cluster's TLS
+    context is built again (a rotated certificate or CA), the old one is not offered.
+    """
 
     __slots__ = (
         "_idle",
+        "_tls_session",
         "_waiters",
         "active_hc_seen",
         "active_requests",
@@ -120,6 +129,7 @@ class Host:
         """When it last became healthy (slow start counts from here)."""
         self.open_connections = 0
         self._idle: list[UpstreamConnection] = []
+        self._tls_session: tuple[ssl.SSLContext, ssl.SSLSession] | None = None
         self._waiters = trio.lowlevel.ParkingLot()
         self.h2_pool = H2Pool(self)
 
@@ -169,11 +179,17 @@ class Host:
                     tls = cluster.config.tls
                     server_name = (tls.server_name if tls else None) or self.address[0]
                     stream = trio.SSLStream(stream, cluster.tls_context, server_hostname=server_name)
+                    saved = self._tls_session
+                    if saved is not None and saved[0] is cluster.tls_context:
+                        stream.session = saved[1]
                     try:
                         await stream.do_handshake()
                     except BaseException:
                         _close_now(stream)  # or the socket of a refused handshake stays open
                         raise
+                    cluster.stats_ssl_handshake.value += 1
+                    if stream.session_reused:
+                        cluster.stats_ssl_session_reused.value += 1
                     mismatch = (
                         identity_mismatch(stream, tls.peer_identities)
                         if tls and tls.peer_identities
@@ -226,8 +242,27 @@ class Host:
                 return UpstreamConnection(stream, fast=self.cluster.config.codec == "fast"), False
             await self.wait_for_room()
 
+    def keep_tls_session(self, stream: trio.abc.Stream) -> None:
+        """Remember ``stream``'s TLS session for the next connection, if it has a new resumable one.
+
+        Called once a response has been read on it (the session ticket has come by then).
+        """
+        if not isinstance(stream, trio.SSLStream):
+            return
+        context = self.cluster.tls_context
+        saved = self._tls_session
+        if context is None or (saved is not None and saved[0] is context):
+            return
+        if stream.context is not context:
+            return  # a connection made before the context was built again: its session is of the old one
+        session = stream.session
+        if session is not None and session.has_ticket:
+            self._tls_session = (context, session)
+
     def release(self, conn: UpstreamConnection, *, reusable: bool) -> None:
         """Give a connection back: kept idle for reuse, or closed."""
+        if self._tls_session is None or self._tls_session[0] is not self.cluster.tls_context:
+            self.keep_tls_session(conn.stream)
         if (
             reusable
             and len(self._idle) < self.cluster.config.max_idle_connections_per_endpoint

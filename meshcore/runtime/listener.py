@@ -161,6 +161,13 @@ class ListenerRuntime:
         self._stat_overflow = (
             stats.counter("listener_cx_overflow", listener=config.name) if stats is not None else None
         )
+        # TLS handshakes done (one per TLS connection), and those that resumed a session.
+        self._stat_handshakes = (
+            stats.counter("listener_ssl_handshake", listener=config.name) if stats is not None else None
+        )
+        self._stat_resumed = (
+            stats.counter("listener_ssl_session_reused", listener=config.name) if stats is not None else None
+        )
         self.chains = chains
         self.socket = open_listener_socket(config.address.host, config.address.port, reuse_port=reuse_port)
         self.port: int = self.socket.socket.getsockname()[1]
@@ -359,6 +366,10 @@ class ListenerRuntime:
             return None
         finally:
             _SNI_SEEN.reset(token)
+        if self._stat_handshakes is not None and self._stat_resumed is not None:
+            self._stat_handshakes.value += 1
+            if tls_stream.session_reused:
+                self._stat_resumed.value += 1
         return tls_stream, (seen[0] if seen else None)
 
 
