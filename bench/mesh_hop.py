@@ -46,6 +46,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -190,12 +191,12 @@ def issue_certificates(directory: Path) -> dict[str, dict[str, str]]:
 # -- the sidecars' configs ----------------------------------------------------------------
 
 
-def _filters(reporter: str, workload: str, sink: int, ratio: float) -> list[Any]:
+def _filters(reporter: str, workload: str, sink: int, ratio: float, export_interval: float) -> list[Any]:
     tracing = {
         "sampler": "parent_based",  # A decides for new traces (ratio); B follows A
         "ratio": ratio,
         "service_name": workload,
-        "otlp_http": {"endpoint": f"http://127.0.0.1:{sink}/v1/traces"},
+        "otlp_http": {"endpoint": f"http://127.0.0.1:{sink}/v1/traces", "export_interval": export_interval},
     }
     metrics = {"reporter": reporter, "workload": workload, "namespace": "bench", "service": workload}
     return [{"tracing": tracing}, {"mesh_metrics": metrics}, "router"]
@@ -220,11 +221,16 @@ def _route(name: str, cluster: str) -> dict[str, Any]:
 
 
 def sidecar_configs(
-    ports: dict[str, int], certs: dict[str, dict[str, str]], *, codec: str, ratio: float
+    ports: dict[str, int],
+    certs: dict[str, dict[str, str]],
+    *,
+    codec: str,
+    ratio: float,
+    export_interval: float = 1.0,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The configs of A (outbound) and B (inbound): one listener pair per protocol."""
-    a_filters = _filters("source", "client", ports["sink"], ratio)
-    b_filters = _filters("destination", "app", ports["sink"], ratio)
+    a_filters = _filters("source", "client", ports["sink"], ratio, export_interval)
+    b_filters = _filters("destination", "app", ports["sink"], ratio, export_interval)
     mtls_out = {
         "ca_file": certs["a"]["roots"],
         "certificate_file": certs["a"]["chain"],
@@ -291,13 +297,16 @@ class Sidecar:
         self.log = (tmp / f"sidecar-{name}.log").open("w")
         argv = [sys.executable, "-m", "meshcore", "proxy", "-c", str(path), "--log-level", "warning"]
         self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)  # noqa: S603
+
+    def wait_ready(self) -> None:
+        """Wait until its admin server says it serves its config (RuntimeError if it does not)."""
         deadline = time.monotonic() + 30
         while not self._ready():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.proc.kill()
-                msg = f"sidecar {name} did not become ready; its log: {self.log.name}"
+                msg = f"sidecar {self.name} did not become ready; its log: {self.log.name}"
                 raise RuntimeError(msg)
-            time.sleep(0.1)
+            time.sleep(0.05)
 
     def _ready(self) -> bool:
         try:
@@ -323,7 +332,8 @@ class Sidecar:
 
     def stop(self) -> None:
         """Terminate it (killed if it lingers)."""
-        self.proc.terminate()
+        if self.proc.poll() is None:
+            self.proc.terminate()
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -497,6 +507,17 @@ def measured(run: Any, sidecars: list[Sidecar]) -> dict[str, float]:
 # -- the run ------------------------------------------------------------------------------
 
 
+def _handshakes(a: Sidecar, b: Sidecar, protocol: str) -> tuple[float, float, float]:
+    """TLS handshakes so far on the A→B link of ``protocol``: A's, of them resumed, and B's."""
+    cluster = "b_http" if protocol == "http1" else "b_grpc"
+    listener = "inbound_http" if protocol == "http1" else "inbound_grpc"
+    return (
+        a.stat("cluster_upstream_ssl_handshake", cluster=cluster),
+        a.stat("cluster_upstream_ssl_session_reused", cluster=cluster),
+        b.stat("listener_ssl_handshake", listener=listener),
+    )
+
+
 def grpc_check(port: int) -> str:
     """One unary call with grpcio through ``port``: its status code and answer size."""
     import grpc
@@ -505,6 +526,54 @@ def grpc_check(port: int) -> str:
         call = channel.unary_unary(GRPC_PATH)
         answer, state = call.with_call(b"x" * PAYLOAD, timeout=10)
         return f"{state.code().name}, {len(answer)} bytes"
+
+
+def check(ports: dict[str, int], protocols: list[str], a: Sidecar, b: Sidecar) -> list[str]:
+    """What is wrong with the topology (nothing: []), with one traced request per protocol.
+
+    Each request carries a sampled W3C trace context, so both sidecars record it whatever
+    the ratio, and the sink must receive their spans.
+    """
+    problems = []
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    if "http1" in protocols:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{ports['a_http']}/", headers={"traceparent": traceparent}
+        )
+        with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - loopback
+            body = answer.read()
+            if answer.status != 200 or len(body) != PAYLOAD:  # noqa: PLR2004
+                problems.append(f"HTTP/1.1 through the sidecars: {answer.status}, {len(body)} bytes")
+    if "grpc" in protocols:
+        import grpc
+
+        with grpc.insecure_channel(f"127.0.0.1:{ports['a_grpc']}") as channel:
+            call = channel.unary_unary(GRPC_PATH)
+            answer, state = call.with_call(
+                b"x" * PAYLOAD, timeout=10, metadata=[("traceparent", traceparent)]
+            )
+            if state.code() != grpc.StatusCode.OK or len(answer) != PAYLOAD:
+                problems.append(f"gRPC through the sidecars: {state.code().name}, {len(answer)} bytes")
+    expected = len(protocols)
+    mtls = b.stat("requests_total", reporter="destination", connection_security_policy="mutual_tls")
+    if (
+        mtls != expected
+        or a.stat("requests_total", reporter="source", destination_workload="app") != expected
+    ):
+        problems.append(f"mesh_metrics: B counted {mtls:.0f} mutual_tls requests, expected {expected}")
+    if sum(_handshakes(a, b, p)[0] for p in protocols) != expected:
+        problems.append("A did not make exactly one TLS handshake per protocol")
+    deadline = time.monotonic() + 10
+    spans = 0
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports['sink']}/count", timeout=5) as answer:
+            spans = json.load(answer)["spans"]
+        if spans >= 4 * expected:  # a server and a client span per request, on each sidecar
+            break
+        time.sleep(0.1)
+    else:
+        problems.append(f"the OTLP sink received {spans} spans, expected {4 * expected}")
+    return problems
 
 
 def median_of(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -551,22 +620,34 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear
         if "grpc" in protocols:
             stack.enter_context(process([*me, "--role", "grpc-app", "--port", str(ports["grpc"])]))
         stack.enter_context(process([*me, "--role", "otlp-sink", "--port", str(ports["sink"])]))
-        a_config, b_config = sidecar_configs(ports, certs, codec=args.codec, ratio=args.ratio)
+        # The exporters' default interval (1 s) when measuring; --check waits for spans, not more.
+        export_interval = 0.1 if args.check else 1.0
+        a_config, b_config = sidecar_configs(
+            ports, certs, codec=args.codec, ratio=args.ratio, export_interval=export_interval
+        )
         b = Sidecar("B", b_config, tmp, ports["b_admin"])
         stack.callback(b.stop)
         a = Sidecar("A", a_config, tmp, ports["a_admin"])
         stack.callback(a.stop)
+        stack.callback(lambda: [s.proc.terminate() for s in (a, b) if s.proc.poll() is None])  # both at once
+        b.wait_ready()
+        a.wait_ready()
         sidecars = [a, b]
         targets = {
             "http1": {"direct": ports["nginx"], "mesh": ports["a_http"]},
             "grpc": {"direct": ports["grpc"], "mesh": ports["a_grpc"]},
         }
+        if args.check:
+            problems = check(ports, protocols, a, b)
+            print("\n".join(problems) or "check: the topology works", flush=True)
+            return 1 if problems else 0
         if "grpc" in protocols:
             print(f"grpcio call through the sidecars: {grpc_check(ports['a_grpc'])}")
         if args.serve:
             print(f"serving (Ctrl-C ends): A pid {a.proc.pid}, B pid {b.proc.pid}; ", end="")
             print(", ".join(f"{p} direct :{t['direct']} mesh :{t['mesh']}" for p, t in targets.items()))
             print(f"files in {tmp}", flush=True)
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # the helpers stopped on the way out
             with suppress(KeyboardInterrupt):
                 a.proc.wait()
             return 0
@@ -577,9 +658,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear
         for protocol, load in loads.items():  # warm-up: connections opened, code paths hot
             for port in targets[protocol].values():
                 load.saturated(port, 1)
-        connections_before = {
-            p: a.stat("cluster_upstream_cx_total", cluster=f"b_{p.replace('1', '')}") for p in protocols
-        }
+        handshakes_before = {p: _handshakes(a, b, p) for p in protocols}
         requests_mesh = dict.fromkeys(protocols, 0.0)
         for round_ in range(args.rounds):
             print(f"round {round_ + 1} of {args.rounds} ...", flush=True)
@@ -591,8 +670,8 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear
                         results[protocol][kind][target].append(row)
                         if target == "mesh":
                             requests_mesh[protocol] += row["requests"]
-        connections = {
-            p: a.stat("cluster_upstream_cx_total", cluster=f"b_{p.replace('1', '')}") - connections_before[p]
+        handshakes = {
+            p: tuple(n - m for n, m in zip(_handshakes(a, b, p), handshakes_before[p], strict=True))
             for p in protocols
         }
         mtls_counted = b.stat(
@@ -622,11 +701,12 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear
             results[protocol]["saturated"],
         )
         summary.append((label, mesh_paced, mesh_saturated))
-        per_request = connections[protocol] / max(requests_mesh[protocol], 1)
+        done, resumed, accepted = handshakes[protocol]
+        per_request = done / max(requests_mesh[protocol], 1)
         verdict = "no per-request handshake" if per_request < 0.01 else "HANDSHAKES PER REQUEST"  # noqa: PLR2004
         print(
-            f"TLS handshakes A→B during the measured runs: {connections[protocol]:.0f} new connections for "
-            f"{requests_mesh[protocol]:.0f} requests ({verdict})"
+            f"TLS handshakes A→B during the measured runs: {done:.0f} by A ({resumed:.0f} resumed), "
+            f"{accepted:.0f} by B, for {requests_mesh[protocol]:.0f} requests ({verdict})"
         )
     print(
         f"\nmesh_metrics: B counted {mtls_counted:.0f} requests as mutual_tls from workload 'client'; "
@@ -662,6 +742,11 @@ def main() -> int:
         "--codec", choices=["fast", "h11"], default="fast", help="the sidecars' HTTP/1.1 codec"
     )
     parser.add_argument("--ratio", type=float, default=0.01, help="tracing: the share of new traces sampled")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="start everything, send one traced request per protocol, check, exit",
+    )
     parser.add_argument(
         "--serve",
         action="store_true",
