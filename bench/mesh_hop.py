@@ -22,8 +22,11 @@ meshcore the same way, with real processes on loopback:
 - a live OTLP/HTTP sink (``--role otlp-sink``) that both sidecars export their sampled spans
   to.
 
-Two kinds of run, each against the app directly (the baseline) and through the two
-sidecars, in interleaved rounds (every target once per round; medians reported):
+Three targets: the app directly (the latency baseline), the mesh hop above, and a plain
+hop: two more sidecars, the same but for the mesh (plaintext between them, the router
+alone), so that the mesh's own cost (mTLS, mesh_metrics, tracing) is told from the
+proxy's (``--no-plain`` leaves it out). Two kinds of run against each, in interleaved
+rounds (every target once per round; medians reported):
 
 - **paced**, Istio's method: 1,000 requests/s over 10 keep-alive connections (``h2load
   --rps``, ``--h1`` for HTTP/1.1), per-request latencies from its log: p50/p99, and the
@@ -42,6 +45,7 @@ request. The last lines print each sidecar's CPU per request as a ratio to Istio
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import re
@@ -283,6 +287,30 @@ def sidecar_configs(
     return a, b
 
 
+def plain_configs(
+    a: dict[str, Any], b: dict[str, Any], ports: dict[str, int]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The same two sidecars with nothing of the mesh: plaintext between them, the router alone.
+
+    The baseline that tells the mesh's own cost (mTLS, metrics, tracing) from the proxy's.
+    """
+    a0, b0 = copy.deepcopy(a), copy.deepcopy(b)
+    for config, side in ((a0, "a0"), (b0, "b0")):
+        config["admin"]["address"] = f"127.0.0.1:{ports[side + '_admin']}"
+        for listener in config["listeners"]:
+            protocol = "http" if listener["name"].endswith("http") else "grpc"
+            listener["address"] = f"127.0.0.1:{ports[f'{side}_{protocol}']}"
+            chain = listener["filter_chains"][0]
+            chain.pop("tls", None)
+            chain["filters"][0]["http_connection_manager"]["http_filters"] = ["router"]
+        for cluster in config["clusters"]:
+            cluster.pop("tls", None)
+    for cluster in a0["clusters"]:
+        protocol = "http" if cluster["name"].endswith("http") else "grpc"
+        cluster["endpoints"] = [f"127.0.0.1:{ports[f'b0_{protocol}']}"]
+    return a0, b0
+
+
 # -- processes ----------------------------------------------------------------------------
 
 
@@ -388,6 +416,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 def h2load(argv_tail: list[str], log: Path) -> dict[str, float]:
     """Run h2load; requests done and failed, and p50/p99 (ms) from its per-request log."""
+    log.unlink(missing_ok=True)  # h2load appends to its log file
     out = subprocess.run(  # noqa: S603
         ["h2load", "-t1", f"--log-file={log}", *argv_tail],  # noqa: S607
         capture_output=True,
@@ -496,11 +525,11 @@ class Load:
 
 
 def measured(run: Any, sidecars: list[Sidecar]) -> dict[str, float]:
-    """Run the load; add each sidecar's CPU µs per request over it."""
+    """Run the load; add the CPU µs per request of the pair's outbound (A) and inbound (B) sidecar."""
     before = [s.cpu() for s in sidecars]
     result: dict[str, float] = run()
-    for sidecar, start_cpu in zip(sidecars, before, strict=True):
-        result[f"cpu_{sidecar.name}"] = (sidecar.cpu() - start_cpu) / max(result["requests"], 1) * 1e6
+    for side, sidecar, start_cpu in zip("AB", sidecars, before, strict=False):
+        result[f"cpu_{side}"] = (sidecar.cpu() - start_cpu) / max(result["requests"], 1) * 1e6
     return result
 
 
@@ -583,25 +612,44 @@ def median_of(rows: list[dict[str, float]]) -> dict[str, float]:
 
 def report(protocol: str, kind: str, title: str, rows: dict[str, list[dict[str, float]]]) -> dict[str, float]:
     """Print one table; return the mesh row's medians."""
-    direct, mesh = median_of(rows["direct"]), median_of(rows["mesh"])
+    names = {
+        "direct": "direct to the app",
+        "plain": "plain hop (A→B→app)",
+        "mesh": "mesh hop (A→B→app)",
+    }
+    medians = {target: median_of(found) for target, found in rows.items() if found}
     print(f"\n{protocol} {kind}: {title}")
     print(f"{'':22} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'A us/req':>9} {'B us/req':>9} {'errors':>7}")
-    for name, r in (("direct to the app", direct), ("client→A→B→app", mesh)):
+    for target, r in medians.items():
         a = f"{r['cpu_A']:9.1f}" if "cpu_A" in r else f"{'':>9}"
         b = f"{r['cpu_B']:9.1f}" if "cpu_B" in r else f"{'':>9}"
-        print(f"{name:22} {r['rps']:>8.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} {a} {b} {r['errors']:>7.0f}")
-    added50 = statistics.median(
-        m["p50"] - d["p50"] for m, d in zip(rows["mesh"], rows["direct"], strict=True)
-    )
-    added99 = statistics.median(
-        m["p99"] - d["p99"] for m, d in zip(rows["mesh"], rows["direct"], strict=True)
-    )
-    print(
-        f"added by the two sidecars: p50 +{added50:.3f} ms, p99 +{added99:.3f} ms (median of per-round differences)"
-    )
+        print(
+            f"{names[target]:22} {r['rps']:>8.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} {a} {b} {r['errors']:>7.0f}"
+        )
+    for target in ("plain", "mesh"):
+        if target not in medians:
+            continue
+        pairs = list(zip(rows[target], rows["direct"], strict=True))
+        added50 = statistics.median(m["p50"] - d["p50"] for m, d in pairs)
+        added99 = statistics.median(m["p99"] - d["p99"] for m, d in pairs)
+        print(
+            f"added by the {names[target].split(' (')[0]}: p50 {added50:+.3f} ms, p99 {added99:+.3f} ms"
+            " (median of per-round differences to direct)"
+        )
     rounds = ", ".join(f"A {m['cpu_A']:.0f} / B {m['cpu_B']:.0f}" for m in rows["mesh"])
-    print(f"sidecar CPU us per request by round: {rounds}")
-    return mesh
+    print(f"mesh hop, sidecar CPU us per request by round: {rounds}")
+    if "plain" in medians:
+        extra = [
+            (m["cpu_A"] - p["cpu_A"], m["cpu_B"] - p["cpu_B"])
+            for m, p in zip(rows["mesh"], rows["plain"], strict=True)
+        ]
+        a_extra = statistics.median(e[0] for e in extra)
+        b_extra = statistics.median(e[1] for e in extra)
+        print(
+            f"the mesh's own part (mTLS, mesh_metrics, tracing; mesh minus plain, per round): "
+            f"A {a_extra:+.0f} us, B {b_extra:+.0f} us per request"
+        )
+    return medians["mesh"]
 
 
 def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear script: start, measure, report
@@ -610,7 +658,8 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear
     me = [sys.executable, str(HERE / "mesh_hop.py")]
     with tempfile.TemporaryDirectory(prefix="meshcore-mesh-hop-") as tmp_name, ExitStack() as stack:
         tmp = Path(tmp_name)
-        names = ("nginx", "grpc", "sink", "a_admin", "a_http", "a_grpc", "b_admin", "b_http", "b_grpc")
+        names = ["nginx", "grpc", "sink"]
+        names += [f"{side}_{what}" for side in ("a", "b", "a0", "b0") for what in ("admin", "http", "grpc")]
         ports = {name: free_port() for name in names}
         certs = issue_certificates(tmp)
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -629,14 +678,25 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear
         stack.callback(b.stop)
         a = Sidecar("A", a_config, tmp, ports["a_admin"])
         stack.callback(a.stop)
-        stack.callback(lambda: [s.proc.terminate() for s in (a, b) if s.proc.poll() is None])  # both at once
-        b.wait_ready()
-        a.wait_ready()
-        sidecars = [a, b]
+        pairs: dict[str, list[Sidecar]] = {"direct": [], "mesh": [a, b]}
+        if args.plain and not args.check:
+            a0_config, b0_config = plain_configs(a_config, b_config, ports)
+            b0 = Sidecar("B0", b0_config, tmp, ports["b0_admin"])
+            stack.callback(b0.stop)
+            a0 = Sidecar("A0", a0_config, tmp, ports["a0_admin"])
+            stack.callback(a0.stop)
+            pairs["plain"] = [a0, b0]
+        everyone = [s for pair in pairs.values() for s in pair]
+        stack.callback(lambda: [s.proc.terminate() for s in everyone if s.proc.poll() is None])  # all at once
+        for sidecar in everyone:
+            sidecar.wait_ready()
         targets = {
-            "http1": {"direct": ports["nginx"], "mesh": ports["a_http"]},
-            "grpc": {"direct": ports["grpc"], "mesh": ports["a_grpc"]},
+            "http1": {"direct": ports["nginx"], "plain": ports["a0_http"], "mesh": ports["a_http"]},
+            "grpc": {"direct": ports["grpc"], "plain": ports["a0_grpc"], "mesh": ports["a_grpc"]},
         }
+        if "plain" not in pairs:
+            for found in targets.values():
+                del found["plain"]
         if args.check:
             problems = check(ports, protocols, a, b)
             print("\n".join(problems) or "check: the topology works", flush=True)
@@ -645,7 +705,9 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear
             print(f"grpcio call through the sidecars: {grpc_check(ports['a_grpc'])}")
         if args.serve:
             print(f"serving (Ctrl-C ends): A pid {a.proc.pid}, B pid {b.proc.pid}; ", end="")
-            print(", ".join(f"{p} direct :{t['direct']} mesh :{t['mesh']}" for p, t in targets.items()))
+            print(
+                ", ".join(f"{p} " + " ".join(f"{k} :{v}" for k, v in t.items()) for p, t in targets.items())
+            )
             print(f"files in {tmp}", flush=True)
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # the helpers stopped on the way out
             with suppress(KeyboardInterrupt):
@@ -653,7 +715,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear
             return 0
         loads = {p: Load(p, args, tmp) for p in protocols}
         results: dict[str, dict[str, dict[str, list[dict[str, float]]]]] = {
-            p: {kind: {"direct": [], "mesh": []} for kind in ("paced", "saturated")} for p in protocols
+            p: {kind: {target: [] for target in pairs} for kind in ("paced", "saturated")} for p in protocols
         }
         for protocol, load in loads.items():  # warm-up: connections opened, code paths hot
             for port in targets[protocol].values():
@@ -666,7 +728,9 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear
                 for kind in ("paced", "saturated"):
                     for target, port in targets[protocol].items():
                         runner = getattr(load, kind)
-                        row = measured(lambda runner=runner, port=port: runner(port, args.duration), sidecars)
+                        row = measured(
+                            lambda runner=runner, port=port: runner(port, args.duration), pairs[target]
+                        )
                         results[protocol][kind][target].append(row)
                         if target == "mesh":
                             requests_mesh[protocol] += row["requests"]
@@ -742,6 +806,12 @@ def main() -> int:
         "--codec", choices=["fast", "h11"], default="fast", help="the sidecars' HTTP/1.1 codec"
     )
     parser.add_argument("--ratio", type=float, default=0.01, help="tracing: the share of new traces sampled")
+    parser.add_argument(
+        "--no-plain",
+        dest="plain",
+        action="store_false",
+        help="leave out the plain hop (the same sidecars without mTLS, metrics and tracing)",
+    )
     parser.add_argument(
         "--check",
         action="store_true",
