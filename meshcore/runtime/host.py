@@ -17,7 +17,7 @@ from meshcore.http.h1 import H11ClientCodec
 from meshcore.http.h1fast import FastClientCodec
 from meshcore.runtime.h2pool import H2Pool
 from meshcore.runtime.sockio import StreamIO
-from meshcore.runtime.tls import identity_mismatch
+from meshcore.runtime.tls import TLS_STREAMS, RecordsStream, identity_mismatch
 
 if TYPE_CHECKING:
     from meshcore.runtime.cluster import Cluster
@@ -35,7 +35,7 @@ def _now() -> float:
 
 def _close_now(stream: trio.abc.Stream) -> None:
     """Close a stream's socket without awaiting (abandoned connections)."""
-    if isinstance(stream, trio.SSLStream):
+    if isinstance(stream, TLS_STREAMS):
         stream = stream.transport_stream
     if isinstance(stream, trio.SocketStream):
         stream.socket.close()
@@ -48,7 +48,7 @@ def _is_stale(conn: UpstreamConnection) -> bool:
     than ``select.select``, which builds its descriptor sets on every call.
     """
     stream = conn.stream
-    if isinstance(stream, trio.SSLStream):
+    if isinstance(stream, TLS_STREAMS):
         if stream.pending():  # decrypted bytes nobody asked for
             return True
         stream = stream.transport_stream
@@ -200,6 +200,7 @@ class Host:
                         _close_now(stream)
                         msg = f"upstream {self.label} is not who it should be: {mismatch}"
                         raise UpstreamError(ResponseFlag.UPSTREAM_IDENTITY_MISMATCH, msg)
+                    stream = RecordsStream(stream)
         except (OSError, trio.BrokenResourceError, trio.TooSlowError) as err:
             cluster.stats_cx_connect_fail.value += 1
             reason = "timed out" if isinstance(err, trio.TooSlowError) else str(err)
@@ -247,7 +248,7 @@ class Host:
 
         Called once a response has been read on it (the session ticket has come by then).
         """
-        if not isinstance(stream, trio.SSLStream):
+        if not isinstance(stream, TLS_STREAMS):
             return
         context = self.cluster.tls_context
         saved = self._tls_session

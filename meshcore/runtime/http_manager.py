@@ -40,6 +40,7 @@ from meshcore.runtime.linger import send_and_linger
 from meshcore.runtime.pipe import splice
 from meshcore.runtime.sockio import StreamIO
 from meshcore.runtime.stats import Counter
+from meshcore.runtime.tls import TLS_STREAMS
 from meshcore.telemetry.request_id import RequestIds
 
 __all__ = ["HttpConnectionManager", "build_chain", "status_text"]
@@ -288,7 +289,7 @@ def _shut_down_sending(stream: trio.abc.Stream) -> None:
 
     A TLS stream's too, without close_notify: the connection is idle, nothing is cut short.
     """
-    if isinstance(stream, trio.SSLStream):
+    if isinstance(stream, TLS_STREAMS):
         stream = stream.transport_stream
     if isinstance(stream, trio.SocketStream):
         with contextlib.suppress(OSError):

@@ -26,6 +26,7 @@ from meshcore.connection import Connection, PeerTls, join_host_port, peer_tls
 from meshcore.runtime.overload import OverloadManager
 from meshcore.runtime.sniff import sniff_tls
 from meshcore.runtime.stats import Stats
+from meshcore.runtime.tls import RecordsStream
 
 __all__ = [
     "CompiledChain",
@@ -303,9 +304,10 @@ class ListenerRuntime:
                     handshake = await self._handshake(stream)
                     if handshake is None:
                         return
-                    transport, server_name = handshake
+                    server_name = handshake[1]
                     alpn = handshake[0].selected_alpn_protocol()
                     tls = peer_tls(handshake[0])
+                    transport = RecordsStream(handshake[0])
                 chain = self._select(local_port, peer_host, server_name, alpn, tls=tls is not None)
                 if chain is None:
                     log.warning("no_filter_chain_matched", listener=self.config.name, server_name=server_name)

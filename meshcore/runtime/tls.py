@@ -22,12 +22,16 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import trio
+
 from meshcore.config import Snapshot, TlsContext, TlsSecret, UpstreamTls
 from meshcore.config.files import ssl_reason
 from meshcore.connection import peer_tls
 
 __all__ = [
     "TLS12_CIPHERS",
+    "TLS_STREAMS",
+    "RecordsStream",
     "Secrets",
     "client_context",
     "identity_mismatch",
@@ -178,6 +182,75 @@ def _pem_file(data: bytes) -> Iterator[str]:
         with os.fdopen(fd, "wb") as file:
             file.write(data)
         yield str(path)
+
+
+class RecordsStream(trio.abc.Stream):
+    """A ``trio.SSLStream`` whose ``receive_some`` returns every record already received.
+
+    OpenSSL decrypts one TLS record per read, and trio's SSLStream returns what one read
+    gives: when a peer's HTTP/2 frames of several streams (or a gRPC response's HEADERS,
+    DATA and trailers) arrived in one segment as several records, each came back from its
+    own ``receive_some``, each one a pass of the reader's loop and of the scheduler, where
+    plaintext takes one. This one decrypts the records already in hand (no I/O) after the
+    first, up to ``max_bytes``, and returns them together. Everything else is the
+    SSLStream's: sending, closing, and the TLS attributes (``getpeercert``, ``session``...).
+    """
+
+    __slots__ = ("_read", "tls")
+
+    def __init__(self, tls: trio.SSLStream[Any]) -> None:
+        self.tls = tls
+        # trio keeps its SSLObject private; without it (another trio), records come one by one.
+        ssl_object = getattr(tls, "_ssl_object", None)
+        self._read = ssl_object.read if isinstance(ssl_object, ssl.SSLObject) else None
+
+    @property
+    def transport_stream(self) -> trio.abc.Stream:
+        """The stream under TLS (a SocketStream)."""
+        transport: trio.abc.Stream = self.tls.transport_stream
+        return transport
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        """The next decrypted bytes: the first record's, and the ones after it already received."""
+        data = await self.tls.receive_some(max_bytes)
+        read = self._read
+        if not data or read is None:
+            return data
+        limit = max_bytes or _RECEIVE_LIMIT
+        size = len(data)
+        chunks = None
+        while size < limit:
+            try:
+                more = read(limit - size)
+            except ssl.SSLError:  # no whole record left (want read), or one the next call reports
+                break
+            if not more:
+                break  # close_notify: the next receive_some returns the end
+            if chunks is None:
+                chunks = [data]
+            chunks.append(more)
+            size += len(more)
+        return data if chunks is None else b"".join(chunks)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Encrypt and send ``data`` (the SSLStream's)."""
+        await self.tls.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        """The SSLStream's."""
+        await self.tls.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        """Close TLS (close_notify) and the transport."""
+        await self.tls.aclose()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.tls, name)
+
+
+_RECEIVE_LIMIT = 64 * 1024
+TLS_STREAMS = (trio.SSLStream, RecordsStream)
+"""The stream types that carry TLS over a transport stream (``stream.transport_stream``)."""
 
 
 def identity_mismatch(ssl_object: Any, expected: tuple[str, ...]) -> str | None:
