@@ -332,7 +332,10 @@ class Sidecar:
         while not self._ready():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.proc.kill()
-                msg = f"sidecar {self.name} did not become ready; its log: {self.log.name}"
+                self.log.flush()
+                tail = Path(self.log.name).read_text(errors="replace")[-2000:]
+                state = "exited" if self.proc.poll() is not None else "still not ready after 30 s"
+                msg = f"sidecar {self.name} did not become ready ({state}); the end of its log:\n{tail}"
                 raise RuntimeError(msg)
             time.sleep(0.05)
 
