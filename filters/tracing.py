@@ -140,13 +140,16 @@ class Tracing:
         self.force = config.force_header.lower().encode() if config.force_header else None
         self.clusters = context.clusters
         self.request_headers = [
-            (h.lower().encode(), f"http.request.header.{h.lower()}") for h in config.request_headers
+            (h.lower().encode(), telemetry.AttributeKey(f"http.request.header.{h.lower()}"))
+            for h in config.request_headers
         ]
         self.request_headers += [
-            (a.header.lower().encode(), name) for name, a in config.header_attributes.items() if not a.default
+            (a.header.lower().encode(), telemetry.AttributeKey(name))
+            for name, a in config.header_attributes.items()
+            if not a.default
         ]
         self.header_defaults = [
-            (a.header.lower().encode(), name, a.default)
+            (a.header.lower().encode(), telemetry.AttributeKey(name), a.default)
             for name, a in config.header_attributes.items()
             if a.default
         ]
@@ -156,7 +159,11 @@ class Tracing:
         self.namespace: str | None = getattr(node, "namespace", None)
         static: list[telemetry.Attribute] = [("meshcore.listener", context.listener)]
         static += [(k, v) for k, v in config.attributes.items()]
-        self.static = tuple(static)
+        self.static = telemetry.encode_attributes(static)
+        """Attributes of every span of this filter, encoded once."""
+        own = [("meshcore.workload", self.workload), ("meshcore.namespace", self.namespace)]
+        self.static_server = self.static + telemetry.encode_attributes((k, v) for k, v in own if v)
+        """Those of its server spans: the proxy's own workload too."""
         self.exporter: telemetry.OtlpHttpExporter | None = None
         if config.otlp_http is not None:
             self.exporter = self._exporter(config, config.otlp_http, context, node)
@@ -232,7 +239,7 @@ class Tracing:
             )
             return await call_next(request)
         span = _ServerSpan(self, trace_id, parent_id, trace_state, trace_hex)
-        info.on_attempt = span.attempt
+        info.on_attempt = span
         info.when_complete(span.finish)
         return await call_next(request)
 
@@ -244,8 +251,57 @@ class Tracing:
         return self.templates[key]
 
 
+_Key = telemetry.AttributeKey
+# Keys whose values repeat from request to request keep them encoded (cached=True); a path,
+# a query, a request id or a client port would only fill a cache with one-off entries.
+_METHOD = _Key("http.request.method", cached=True)
+_METHOD_ORIGINAL = _Key("http.request.method_original")
+_SCHEME = _Key("url.scheme", cached=True)
+_PATH = _Key("url.path")
+_QUERY = _Key("url.query")
+_PROTOCOL = _Key("network.protocol.version", cached=True)
+_SERVER_ADDRESS = _Key("server.address", cached=True)
+_SERVER_PORT = _Key("server.port", cached=True)
+_CLIENT_ADDRESS = _Key("client.address", cached=True)
+_CLIENT_PORT = _Key("client.port")
+_USER_AGENT = _Key("user_agent.original", cached=True)
+_ROUTE = _Key("http.route", cached=True)
+_ROUTE_NAME = _Key("meshcore.route.name", cached=True)
+_STATUS_CODE = _Key("http.response.status_code", cached=True)
+_REQUEST_ID = _Key("meshcore.request_id")
+_CLUSTER = _Key("meshcore.upstream.cluster", cached=True)
+_UPSTREAM_ADDRESS = _Key("meshcore.upstream.address", cached=True)
+_FLAGS = _Key("meshcore.response_flags", cached=True)
+_ERROR_TYPE = _Key("error.type", cached=True)
+_URL_FULL = _Key("url.full")
+_RESEND_COUNT = _Key("http.request.resend_count", cached=True)
+_PEER_KEYS = {
+    side: (_Key(f"meshcore.{side}.workload", cached=True), _Key(f"meshcore.{side}.namespace", cached=True))
+    for side in ("source", "destination")
+}
+_HOST_PORTS: dict[str, bytes] = {}
+"""``server.address`` and ``server.port`` of an authority or endpoint, encoded together."""
+
+
+def _host_port(address: str) -> bytes:
+    found = _HOST_PORTS.get(address)
+    if found is None:
+        if len(_HOST_PORTS) >= 4096:  # noqa: PLR2004 - a bound, not a tunable
+            _HOST_PORTS.clear()
+        host, port = _split(address)
+        found = _HOST_PORTS[address] = (_SERVER_ADDRESS.text(host) if host else b"") + (
+            _SERVER_PORT.number(port) if port else b""
+        )
+    return found
+
+
 class _ServerSpan:
-    """The span of one recorded request at this proxy, until the response has been sent."""
+    """The span of one recorded request at this proxy, until the response has been sent.
+
+    It is the request's attempt observer itself (``info.on_attempt``: no bound method per
+    request), and lets go of it when it finishes: the request's objects may wait for the
+    cyclic garbage collector, the span need not.
+    """
 
     __slots__ = ("attempt_spans", "parent_id", "span_id", "trace_hex", "trace_id", "trace_state", "tracing")
 
@@ -260,7 +316,7 @@ class _ServerSpan:
         self.trace_hex = trace_hex
         self.attempt_spans: dict[int, int] = {}
 
-    def attempt(self, request: Request, attempt: Any) -> None:
+    def __call__(self, request: Request, attempt: Any) -> None:
         """A try at the upstream begins: give it a span id, and send that as the parent."""
         if attempt.end is not None:
             return  # it ended: its span is built with the others when the response is sent
@@ -279,37 +335,43 @@ class _ServerSpan:
             trace_hex=self.trace_hex,
         )
 
+    attempt = __call__
+
     def finish(self, request: Request, response: Response) -> None:
-        """The response has been sent: build the spans and queue them for export."""
+        """The response has been sent: encode the spans and queue them for export."""
         tracing = self.tracing
         exporter = tracing.exporter
         assert exporter is not None  # noqa: S101 - only recorded with an exporter
+        info = request.info
+        if info.on_attempt is self:
+            info.on_attempt = None
         end_ns = time.time_ns()
         offset = end_ns - time.monotonic_ns()
-        info = request.info
         method = request.method
         known = method in KNOWN_METHODS
         status = response.status
         template = tracing.template(request.route)
-        attributes = _request_attributes(request, tracing, template)
+        parts = _request_attributes(request, tracing, template, method, known)
         if status:
-            attributes.append(("http.response.status_code", status))
+            parts.append(_STATUS_CODE.number(status))
         if info.request_id:
-            attributes.append(("meshcore.request_id", info.request_id))
+            parts.append(_REQUEST_ID.text(info.request_id))
         if info.cluster_name:
-            attributes.append(("meshcore.upstream.cluster", info.cluster_name))
+            parts.append(_CLUSTER.text(info.cluster_name))
         if info.upstream_address:
-            attributes.append(("meshcore.upstream.address", info.upstream_address))
+            parts.append(_UPSTREAM_ADDRESS.text(info.upstream_address))
         flags = info.flag_string() if info.flags else ""
         if flags:
-            attributes.append(("meshcore.response_flags", flags))
-        _identities(attributes, info.metadata, tracing)
+            parts.append(_FLAGS.text(flags))
+        metadata = info.metadata
+        if metadata:
+            _identities(parts, metadata)
         error = status >= 500 or status == 0  # noqa: PLR2004 - 5xx (0: no response was sent)
         if error:
-            attributes.append(("error.type", str(status) if status else flags or "DC"))
+            parts.append(_ERROR_TYPE.text(str(status) if status else flags or "DC"))
         name = f"{method if known else 'HTTP'} {template}" if template else (method if known else "HTTP")
-        exporter.submit(
-            telemetry.SpanData(
+        exporter.submit_encoded(
+            telemetry.encode_span_fields(
                 self.trace_id,
                 self.span_id,
                 self.parent_id,
@@ -317,7 +379,7 @@ class _ServerSpan:
                 telemetry.KIND_SERVER,
                 int(info.start * 1e9) + offset,
                 end_ns,
-                attributes,
+                b"".join(parts),
                 telemetry.STATUS_ERROR if error else telemetry.STATUS_UNSET,
                 self.trace_state,
             )
@@ -330,36 +392,43 @@ class _ServerSpan:
                 # The last answered try lasts until its body has been relayed.
                 end = end_ns if last or attempt.end is None else int(attempt.end * 1e9) + offset
                 start = int(attempt.start * 1e9) + offset
-                exporter.submit(self._attempt_span(request, attempt, span_id, start, end))
+                exporter.submit_encoded(
+                    self._attempt_span(request, attempt, span_id, start, end, method, known)
+                )
 
     def _attempt_span(
-        self, request: Request, attempt: Any, span_id: int, start_ns: int, end_ns: int
-    ) -> telemetry.SpanData:
-        method = request.method
-        known = method in KNOWN_METHODS
-        host, port = _split(attempt.endpoint)
-        cluster = self.tracing.clusters.get(attempt.cluster)
+        self,
+        request: Request,
+        attempt: Any,
+        span_id: int,
+        start_ns: int,
+        end_ns: int,
+        method: str,
+        known: bool,
+    ) -> bytes:
+        tracing = self.tracing
+        endpoint = attempt.endpoint
+        cluster = tracing.clusters.get(attempt.cluster)
         scheme = "https" if cluster is not None and cluster.config.tls is not None else "http"
-        attributes: list[telemetry.Attribute] = [
-            ("http.request.method", method if known else "_OTHER"),
-            ("server.address", host),
-            ("server.port", port),
-            ("url.full", f"{scheme}://{attempt.endpoint}{request.path}"),
-            ("meshcore.upstream.cluster", attempt.cluster),
-            *self.tracing.static,
+        parts = [
+            _METHOD.text(method if known else "_OTHER"),
+            _host_port(endpoint),
+            _URL_FULL.text(f"{scheme}://{endpoint}{request.path}"),
+            _CLUSTER.text(attempt.cluster),
+            tracing.static,
         ]
         if attempt.number > 1:
-            attributes.append(("http.request.resend_count", attempt.number - 1))
+            parts.append(_RESEND_COUNT.number(attempt.number - 1))
         status = attempt.status or 0
         if status:
-            attributes.append(("http.response.status_code", status))
+            parts.append(_STATUS_CODE.number(status))
         flag = attempt.flag
         if flag is not None:
-            attributes += [("meshcore.response_flags", flag.value), ("error.type", flag.value)]
+            parts += [_FLAGS.text(flag.value), _ERROR_TYPE.text(flag.value)]
         elif status >= 400:  # noqa: PLR2004 - client spans: 4xx and 5xx are errors
-            attributes.append(("error.type", str(status)))
+            parts.append(_ERROR_TYPE.text(str(status)))
         error = flag is not None or status >= 400  # noqa: PLR2004 - as above
-        return telemetry.SpanData(
+        return telemetry.encode_span_fields(
             self.trace_id,
             span_id,
             self.span_id,
@@ -367,71 +436,66 @@ class _ServerSpan:
             telemetry.KIND_CLIENT,
             start_ns,
             end_ns,
-            attributes,
+            b"".join(parts),
             telemetry.STATUS_ERROR if error else telemetry.STATUS_UNSET,
             self.trace_state,
         )
 
 
 def _request_attributes(
-    request: Request, tracing: Tracing, template: str | None
-) -> list[telemetry.Attribute]:
-    """The server span's attributes that describe the request (semantic conventions)."""
+    request: Request, tracing: Tracing, template: str | None, method: str, known: bool
+) -> list[bytes]:
+    """The server span's attributes that describe the request (semantic conventions), encoded."""
     info = request.info
-    method = request.method
-    known = method in KNOWN_METHODS
-    attributes: list[telemetry.Attribute] = [
-        ("http.request.method", method if known else "_OTHER"),
-        ("url.scheme", request.scheme),
-        ("url.path", request.path_only),
-        ("network.protocol.version", request.http_version),
-        *tracing.static,
+    path = request.path
+    path_only, _, query = path.partition("?")
+    parts = [
+        _METHOD.text(method if known else "_OTHER"),
+        _SCHEME.text(request.scheme),
+        _PATH.text(path_only),
+        _PROTOCOL.text(request.http_version),
+        tracing.static_server,
+        _host_port(request.authority),
     ]
     if not known:
-        attributes.append(("http.request.method_original", method))
-    query = request.query
+        parts.append(_METHOD_ORIGINAL.text(method))
     if query:
-        attributes.append(("url.query", query))
-    host, port = _split(request.authority)
-    if host:
-        attributes.append(("server.address", host))
-    if port:
-        attributes.append(("server.port", port))
+        parts.append(_QUERY.text(query))
     client, client_port = _split(info.downstream_address)
     if client:
-        attributes.append(("client.address", client))
+        parts.append(_CLIENT_ADDRESS.text(client))
     if client_port:
-        attributes.append(("client.port", client_port))
-    agent = request.headers.get_raw(b"user-agent")
+        parts.append(_CLIENT_PORT.number(client_port))
+    get_raw = request.headers.get_raw
+    agent = get_raw(b"user-agent")
     if agent is not None:
-        attributes.append(("user_agent.original", agent.decode("latin-1")))
-    for raw_name, attribute in tracing.request_headers:
-        value = request.headers.get_raw(raw_name)
+        parts.append(_USER_AGENT.text(agent.decode("latin-1")))
+    for raw_name, key in tracing.request_headers:
+        value = get_raw(raw_name)
         if value is not None:
-            attributes.append((attribute, value.decode("latin-1")))
-    for raw_name, attribute, default in tracing.header_defaults:
-        value = request.headers.get_raw(raw_name)
-        attributes.append((attribute, value.decode("latin-1") if value is not None else default))
+            parts.append(key.text(value.decode("latin-1")))
+    for raw_name, key, default in tracing.header_defaults:
+        value = get_raw(raw_name)
+        parts.append(key.text(value.decode("latin-1") if value is not None else default))
     if template is not None:
-        attributes.append(("http.route", template))
+        parts.append(_ROUTE.text(template))
     if info.route_name:
-        attributes.append(("meshcore.route.name", info.route_name))
-    return attributes
+        parts.append(_ROUTE_NAME.text(info.route_name))
+    return parts
 
 
-def _identities(attributes: list[telemetry.Attribute], metadata: dict[str, Any], tracing: Tracing) -> None:
-    """Source and destination workloads: from the peer-metadata exchange, else this proxy's own."""
-    for side in ("source", "destination"):
+def _identities(parts: list[bytes], metadata: dict[str, Any]) -> None:
+    """Source and destination workloads, from the peer-metadata exchange.
+
+    (This proxy's own are among its static attributes.)
+    """
+    for side, (workload_key, namespace_key) in _PEER_KEYS.items():
         peer = metadata.get(f"meshcore.{side}")
         if peer is not None:
             if peer.workload:
-                attributes.append((f"meshcore.{side}.workload", peer.workload))
+                parts.append(workload_key.text(peer.workload))
             if peer.namespace:
-                attributes.append((f"meshcore.{side}.namespace", peer.namespace))
-    if tracing.workload:
-        attributes.append(("meshcore.workload", tracing.workload))
-    if tracing.namespace:
-        attributes.append(("meshcore.namespace", tracing.namespace))
+                parts.append(namespace_key.text(peer.namespace))
 
 
 @meshcore.hookimpl

@@ -13,7 +13,10 @@ from meshcore.telemetry.otlp import (
     STATUS_ERROR,
     STATUS_UNSET,
     Attribute,
+    AttributeKey,
     SpanData,
+    encode_attributes,
+    encode_span_fields,
 )
 from meshcore.telemetry.peer import HEADER as PEER_METADATA_HEADER
 from meshcore.telemetry.peer import Workload, own_workload
@@ -35,10 +38,13 @@ __all__ = [
     "STATUS_ERROR",
     "STATUS_UNSET",
     "Attribute",
+    "AttributeKey",
     "OtlpHttpExporter",
     "SpanContext",
     "SpanData",
     "Workload",
+    "encode_attributes",
+    "encode_span_fields",
     "extract",
     "inject",
     "new_span_id",

@@ -23,7 +23,7 @@ import structlog
 import trio
 
 from meshcore.runtime.stats import Stats
-from meshcore.telemetry.otlp import Attribute, SpanData, encode_batch, encode_resource, encode_span
+from meshcore.telemetry.otlp import Attribute, SpanData, encode_batch, encode_resource, encode_span_message
 
 __all__ = ["MAX_BACKOFF", "OtlpHttpExporter", "parse_endpoint"]
 
@@ -84,7 +84,7 @@ class OtlpHttpExporter:
         self.max_batch = max_batch
         self.interval = interval
         self.queue: deque[bytes] = deque()
-        """Spans waiting for export, encoded (:func:`~meshcore.telemetry.otlp.encode_span`)."""
+        """Spans waiting for export, each a ``Span`` message (tag and length are added in the batch)."""
         self._wake = trio.Event()
         self._stopped = trio.Event()
         self._stopping = False
@@ -100,6 +100,14 @@ class OtlpHttpExporter:
 
     def submit(self, span: SpanData) -> None:
         """Queue a finished span for export (never blocks; drops and counts when full)."""
+        self.submit_encoded(encode_span_message(span))
+
+    def submit_encoded(self, span: bytes) -> None:
+        """Queue a finished span, a ``Span`` message (:func:`~meshcore.telemetry.otlp.encode_span_fields`).
+
+        Never blocks; drops and counts when full. Spans wait encoded: one bytes object
+        each, which the garbage collector never walks.
+        """
         queue = self.queue
         if self._done:
             # Its task has ended (no live Snapshot uses it, or the proxy stopped): a request
@@ -109,7 +117,7 @@ class OtlpHttpExporter:
         if len(queue) >= self.max_queue:
             self.stat_queue_full.value += 1
             return
-        queue.append(encode_span(span))
+        queue.append(span)
         if len(queue) >= self.max_batch:
             self._wake.set()
 

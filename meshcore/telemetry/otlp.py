@@ -1,10 +1,12 @@
 """Finished spans and their OTLP encoding (protobuf wire format, written by hand).
 
-Sans-IO. :class:`SpanData` is what a tracing filter hands to an exporter when a request
-ends; :func:`encode_span` encodes one (the exporter queues them so), :func:`encode_batch`
-(or :func:`encode_spans`, from SpanData) makes a batch the body of an OTLP/HTTP export request
-(``ExportTraceServiceRequest``, ``application/x-protobuf``), the bytes a collector
-decodes with ``opentelemetry-proto``. Writing the few messages OTLP needs by hand costs a
+Sans-IO. A tracing filter writes each finished span straight to a ``Span`` message
+(:func:`encode_span_fields`, its attributes by :class:`AttributeKey`: no object per
+attribute or span on the request path) and hands the bytes to an exporter, which queues
+them so; :class:`SpanData` and :func:`encode_span_message` do the same from plain values.
+:func:`encode_batch` (or :func:`encode_spans`, from SpanData) makes a batch the body of an
+OTLP/HTTP export request (``ExportTraceServiceRequest``, ``application/x-protobuf``), the
+bytes a collector decodes with ``opentelemetry-proto``. Writing the few messages OTLP needs by hand costs a
 fraction of building protobuf objects (see ``bench/tracing_export.py``) and needs no
 runtime dependency. Field numbers are those of ``opentelemetry/proto/trace/v1/trace.proto``
 and ``common/v1/common.proto``.
@@ -23,10 +25,13 @@ __all__ = [
     "STATUS_OK",
     "STATUS_UNSET",
     "Attribute",
+    "AttributeKey",
     "SpanData",
+    "encode_attributes",
     "encode_batch",
     "encode_resource",
-    "encode_span",
+    "encode_span_fields",
+    "encode_span_message",
     "encode_spans",
 ]
 
@@ -160,24 +165,132 @@ def _attributes(tag: int, attributes: Iterable[Attribute]) -> bytes:
 
 
 def _span(span: SpanData) -> bytes:
-    parts = [
-        b"\x0a\x10" + span.trace_id.to_bytes(16, "big"),  # trace_id = 1
-        b"\x12\x08" + span.span_id.to_bytes(8, "big"),  # span_id = 2
-    ]
-    if span.trace_state:
-        parts.append(_len_field(0x1A, span.trace_state.encode("latin-1")))  # trace_state = 3
-    if span.parent_id:
-        parts.append(b"\x22\x08" + span.parent_id.to_bytes(8, "big"))  # parent_span_id = 4
-    parts += [
-        _len_field(0x2A, span.name.encode("utf-8", "replace")),  # name = 5
-        _SMALL[0x30] + _SMALL[span.kind],  # kind = 6
-        b"\x39" + _FIXED64(span.start_ns),  # start_time_unix_nano = 7 (fixed64)
-        b"\x41" + _FIXED64(span.end_ns),  # end_time_unix_nano = 8 (fixed64)
-        _attributes(0x4A, span.attributes),  # attributes = 9
-    ]
-    if span.status:
-        parts.append(b"\x7a\x02\x18" + _SMALL[span.status])  # status = 15 { code = 3 }
-    return b"".join(parts)
+    return encode_span_fields(
+        span.trace_id,
+        span.span_id,
+        span.parent_id,
+        span.name,
+        span.kind,
+        span.start_ns,
+        span.end_ns,
+        _attributes(_SPAN_ATTRIBUTES, span.attributes),
+        span.status,
+        span.trace_state,
+    )
+
+
+_TIMES = struct.Struct("<BQBQ").pack
+"""start_time_unix_nano = 7 and end_time_unix_nano = 8, both fixed64, tags included."""
+_STATUS = [b"", b"\x7a\x02\x18\x01", b"\x7a\x02\x18\x02"]
+"""Span.status = 15 { code = 3 } by code (unset: no field)."""
+
+
+def encode_span_fields(  # noqa: PLR0917 - a span's fields, in the order of the message
+    trace_id: int,
+    span_id: int,
+    parent_id: int,
+    name: str,
+    kind: int,
+    start_ns: int,
+    end_ns: int,
+    attributes: bytes,
+    status: int = STATUS_UNSET,
+    trace_state: str = "",
+) -> bytes:
+    """One ``Span`` message (without its tag).
+
+    ``attributes`` are encoded ``Span.attributes`` fields, joined: from :func:`encode_attributes`
+    or :class:`AttributeKey`.
+    """
+    state = _len_field(0x1A, trace_state.encode("latin-1")) if trace_state else b""  # trace_state = 3
+    parent = b"\x22\x08" + parent_id.to_bytes(8, "big") if parent_id else b""  # parent_span_id = 4
+    return b"".join(
+        (
+            b"\x0a\x10",  # trace_id = 1
+            trace_id.to_bytes(16, "big"),
+            b"\x12\x08",  # span_id = 2
+            span_id.to_bytes(8, "big"),
+            state,
+            parent,
+            _len_field(0x2A, name.encode("utf-8", "replace")),  # name = 5
+            _KINDS[kind],  # kind = 6
+            _TIMES(0x39, start_ns, 0x41, end_ns),
+            attributes,  # attributes = 9, each
+            _STATUS[status],
+        )
+    )
+
+
+_KINDS = [b"\x30" + _SMALL[kind] for kind in range(6)]
+
+
+def encode_attributes(attributes: Iterable[Attribute]) -> bytes:
+    """Span attributes as a run of ``Span.attributes`` fields.
+
+    Not cached: for sets that their owner encodes once (a filter's static attributes).
+    """
+    return b"".join(_attribute(_SPAN_ATTRIBUTES, item) for item in attributes)
+
+
+_CACHED_VALUES = 1024
+"""Values an :class:`AttributeKey` keeps encoded at most (it starts over past that)."""
+
+
+class AttributeKey:
+    """A span attribute's key, encoded once; :meth:`text` and :meth:`number` encode a value.
+
+    A tracing filter makes one per attribute it writes, and writes each span's attributes
+    straight to the wire format: no tuple, list or :class:`SpanData` per span, nothing left
+    behind for the garbage collector. With ``cached``, the encoded attribute is kept by value
+    (methods, statuses, hosts, clusters repeat from request to request); only for keys of
+    few values: caching a request id or a path would make a long-lived object per request.
+    """
+
+    __slots__ = ("cache", "key", "name")
+
+    def __init__(self, name: str, *, cached: bool = False) -> None:
+        self.name = name
+        self.key = _len_field(0x0A, name.encode("utf-8"))  # KeyValue.key = 1
+        self.cache: dict[str | int, bytes] | None = {} if cached else None
+
+    def text(self, value: str) -> bytes:
+        """The attribute with a string value, as a ``Span.attributes`` field."""
+        cache = self.cache
+        if cache is not None:
+            found = cache.get(value)
+            if found is not None:
+                return found
+        raw = value.encode("utf-8", "replace")
+        n = len(raw)
+        key = self.key
+        size = len(key) + n + 4  # KeyValue: key, value = 2 { string_value = 1 }
+        if size < _ONE_BYTE:  # every length takes one byte
+            small = _SMALL
+            encoded = b"".join((b"\x4a", small[size], key, b"\x12", small[n + 2], b"\x0a", small[n], raw))
+        else:
+            encoded = _len_field(_SPAN_ATTRIBUTES, key + _len_field(0x12, _len_field(0x0A, raw)))
+        if cache is not None:
+            if len(cache) >= _CACHED_VALUES:
+                cache.clear()
+            cache[value] = encoded
+        return encoded
+
+    def number(self, value: int) -> bytes:
+        """The attribute with an integer value, as a ``Span.attributes`` field."""
+        cache = self.cache
+        if cache is not None:
+            found = cache.get(value)
+            if found is not None:
+                return found
+        encoded = _len_field(_SPAN_ATTRIBUTES, self.key + _len_field(0x12, _any_value(value)))
+        if cache is not None:
+            if len(cache) >= _CACHED_VALUES:
+                cache.clear()
+            cache[value] = encoded
+        return encoded
+
+    def __repr__(self) -> str:
+        return f"<AttributeKey {self.name!r}>"
 
 
 def encode_resource(attributes: Sequence[Attribute], scope: str, version: str) -> tuple[bytes, bytes]:
@@ -187,20 +300,24 @@ def encode_resource(attributes: Sequence[Attribute], scope: str, version: str) -
     return resource, instrumentation
 
 
-def encode_span(span: SpanData) -> bytes:
-    """One span as an element of ``ScopeSpans.spans`` (field 2: tag and length included).
+def encode_span_message(span: SpanData) -> bytes:
+    """One span as a ``Span`` message (without tag and length; :func:`encode_batch` adds them).
 
     The exporter keeps spans encoded while they wait: one bytes object each, which the
     garbage collector never walks, where a SpanData is some twenty tracked objects that
     live long enough to be promoted (measured: that cost a proxy at 100% sampling more
     CPU than the encoding itself).
     """
-    return _len_field(0x12, _span(span))
+    return _span(span)
 
 
 def encode_batch(spans: Sequence[bytes], resource: bytes, scope: bytes) -> bytes:
-    """An ``ExportTraceServiceRequest`` carrying spans (from :func:`encode_span`) of one resource and scope."""
-    scope_spans = _len_field(0x0A, scope) + b"".join(spans)
+    """An ``ExportTraceServiceRequest`` carrying ``Span`` messages of one resource and scope.
+
+    The spans come from :func:`encode_span_fields` or :func:`encode_span_message`.
+    """
+    tagged = [_len_field(0x12, span) for span in spans]  # ScopeSpans.spans = 2
+    scope_spans = _len_field(0x0A, scope) + b"".join(tagged)
     resource_spans = (
         _len_field(0x0A, resource)  # ResourceSpans.resource = 1
         + _len_field(0x12, scope_spans)  # scope_spans = 2
@@ -211,4 +328,4 @@ def encode_batch(spans: Sequence[bytes], resource: bytes, scope: bytes) -> bytes
 
 def encode_spans(spans: Sequence[SpanData], resource: bytes, scope: bytes) -> bytes:
     """An ``ExportTraceServiceRequest`` carrying ``spans`` of one resource and scope."""
-    return encode_batch([encode_span(span) for span in spans], resource, scope)
+    return encode_batch([_span(span) for span in spans], resource, scope)
