@@ -128,20 +128,31 @@ class OtlpHttpExporter:
         self._stopped.set()
 
     async def run(self) -> None:
-        """Export batches until stopped (a proxy service task)."""
+        """Export batches until stopped (a proxy service task).
+
+        Full batches go as soon as they are full; what is left waits for the next full batch
+        or the interval, whichever comes first. (Exporting whatever had queued while the
+        last export was under way made, under load, an export request per few spans: each
+        costs a request head, its answer and their syscalls, then spent per few spans.)
+        """
         backoff = 0.0
+        queue = self.queue
         try:
             while True:
+                everything = True  # the interval has passed, or the proxy is stopping
                 if backoff and not self._stopping:
                     # The collector failed: wait it out, whatever queues up meanwhile.
                     with trio.move_on_after(backoff):
                         await self._stopped.wait()
-                elif not self._stopping:
-                    with trio.move_on_after(self.interval):
+                elif not self._stopping and len(queue) < self.max_batch:
+                    with trio.move_on_after(self.interval) as waited:
                         await self._wake.wait()
+                    everything = waited.cancelled_caught or self._stopping
+                else:
+                    everything = self._stopping
                 self._wake = trio.Event()
-                while self.queue:
-                    batch = [self.queue.popleft() for _ in range(min(self.max_batch, len(self.queue)))]
+                while len(queue) >= self.max_batch or (everything and queue):
+                    batch = [queue.popleft() for _ in range(min(self.max_batch, len(queue)))]
                     if await self._export(batch, failing=bool(backoff)):
                         if backoff:
                             log.info("collector_recovered", endpoint=self.endpoint)
@@ -150,7 +161,8 @@ class OtlpHttpExporter:
                         backoff = min(max(backoff * 2, 0.1), MAX_BACKOFF)
                         if not self._stopping:
                             break
-                if self._stopping:
+                    everything = everything or self._stopping
+                if self._stopping and not queue:
                     return
         finally:
             self._done = True
