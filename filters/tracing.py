@@ -105,20 +105,6 @@ class TracingConfig:
     ``customTags`` of kind ``header``)."""
 
 
-_SPLIT_CACHE: dict[str, tuple[str, int]] = {}
-
-
-def _split(address: str) -> tuple[str, int]:
-    """``host:port`` as (host, port); cached: authorities and peers repeat from request to request."""
-    found = _SPLIT_CACHE.get(address)
-    if found is not None:
-        return found
-    if len(_SPLIT_CACHE) >= 4096:  # noqa: PLR2004 - a bound, not a tunable
-        _SPLIT_CACHE.clear()
-    found = _SPLIT_CACHE[address] = meshcore.split_host_port(address)
-    return found
-
-
 def _route_template(route: Any) -> str | None:
     """The low-cardinality ``http.route`` of a matched route: its exact path, or prefix + "*"."""
     match = route.config.match
@@ -153,7 +139,8 @@ class Tracing:
             for name, a in config.header_attributes.items()
             if a.default
         ]
-        self.templates: dict[int, str | None] = {}
+        self.server_shapes = _Shapes()
+        self.client_shapes = _Shapes()
         node = getattr(context.snapshot, "node", None)
         self.workload: str | None = getattr(node, "workload", None)
         self.namespace: str | None = getattr(node, "namespace", None)
@@ -243,13 +230,6 @@ class Tracing:
         info.when_complete(span.finish)
         return await call_next(request)
 
-    def template(self, route: Any) -> str | None:
-        """The route's ``http.route`` (computed once per route)."""
-        key = id(route)
-        if key not in self.templates:
-            self.templates[key] = _route_template(route) if route is not None else None
-        return self.templates[key]
-
 
 _Key = telemetry.AttributeKey
 # Keys whose values repeat from request to request keep them encoded (cached=True); a path,
@@ -288,7 +268,7 @@ def _host_port(address: str) -> bytes:
     if found is None:
         if len(_HOST_PORTS) >= 4096:  # noqa: PLR2004 - a bound, not a tunable
             _HOST_PORTS.clear()
-        host, port = _split(address)
+        host, port = meshcore.split_host_port(address)
         found = _HOST_PORTS[address] = (_SERVER_ADDRESS.text(host) if host else b"") + (
             _SERVER_PORT.number(port) if port else b""
         )
@@ -348,28 +328,46 @@ class _ServerSpan:
         end_ns = time.time_ns()
         offset = end_ns - time.monotonic_ns()
         method = request.method
-        known = method in KNOWN_METHODS
         status = response.status
-        template = tracing.template(request.route)
-        parts = _request_attributes(request, tracing, template, method, known)
-        if status:
-            parts.append(_STATUS_CODE.number(status))
+        flags = info.flag_string() if info.flags else ""
+        get_raw = request.headers.get_raw
+        # What most requests share with many others, encoded once (see _Shapes).
+        key = (
+            method,
+            request.scheme,
+            request.http_version,
+            request.authority,
+            request.route,
+            info.route_name,
+            get_raw(b"user-agent"),
+            status,
+            info.cluster_name,
+            info.upstream_address,
+            flags,
+        )
+        try:
+            shape = tracing.server_shapes.get(key)
+        except TypeError:  # a filter's own route, not hashable: nothing kept
+            shape = _server_shape(tracing, key)
+        if shape is None:
+            shape = tracing.server_shapes.add(key, _server_shape(tracing, key))
+        shared, name, error = shape
+        path_only, _, query = request.path.partition("?")
+        parts = [shared, _PATH.text(path_only), _client(info.downstream_address)]
+        if query:
+            parts.append(_QUERY.text(query))
         if info.request_id:
             parts.append(_REQUEST_ID.text(info.request_id))
-        if info.cluster_name:
-            parts.append(_CLUSTER.text(info.cluster_name))
-        if info.upstream_address:
-            parts.append(_UPSTREAM_ADDRESS.text(info.upstream_address))
-        flags = info.flag_string() if info.flags else ""
-        if flags:
-            parts.append(_FLAGS.text(flags))
+        for raw_name, attribute in tracing.request_headers:
+            value = get_raw(raw_name)
+            if value is not None:
+                parts.append(attribute.text(value.decode("latin-1")))
+        for raw_name, attribute, default in tracing.header_defaults:
+            value = get_raw(raw_name)
+            parts.append(attribute.text(value.decode("latin-1") if value is not None else default))
         metadata = info.metadata
         if metadata:
             _identities(parts, metadata)
-        error = status >= 500 or status == 0  # noqa: PLR2004 - 5xx (0: no response was sent)
-        if error:
-            parts.append(_ERROR_TYPE.text(str(status) if status else flags or "DC"))
-        name = f"{method if known else 'HTTP'} {template}" if template else (method if known else "HTTP")
         exporter.submit_encoded(
             telemetry.encode_span_fields(
                 self.trace_id,
@@ -380,7 +378,7 @@ class _ServerSpan:
                 int(info.start * 1e9) + offset,
                 end_ns,
                 b"".join(parts),
-                telemetry.STATUS_ERROR if error else telemetry.STATUS_UNSET,
+                error,
                 self.trace_state,
             )
         )
@@ -392,96 +390,131 @@ class _ServerSpan:
                 # The last answered try lasts until its body has been relayed.
                 end = end_ns if last or attempt.end is None else int(attempt.end * 1e9) + offset
                 start = int(attempt.start * 1e9) + offset
-                exporter.submit_encoded(
-                    self._attempt_span(request, attempt, span_id, start, end, method, known)
-                )
+                exporter.submit_encoded(self._attempt_span(request, attempt, span_id, start, end))
 
     def _attempt_span(
-        self,
-        request: Request,
-        attempt: Any,
-        span_id: int,
-        start_ns: int,
-        end_ns: int,
-        method: str,
-        known: bool,
+        self, request: Request, attempt: Any, span_id: int, start_ns: int, end_ns: int
     ) -> bytes:
         tracing = self.tracing
-        endpoint = attempt.endpoint
-        cluster = tracing.clusters.get(attempt.cluster)
-        scheme = "https" if cluster is not None and cluster.config.tls is not None else "http"
-        parts = [
-            _METHOD.text(method if known else "_OTHER"),
-            _host_port(endpoint),
-            _URL_FULL.text(f"{scheme}://{endpoint}{request.path}"),
-            _CLUSTER.text(attempt.cluster),
-            tracing.static,
-        ]
-        if attempt.number > 1:
-            parts.append(_RESEND_COUNT.number(attempt.number - 1))
-        status = attempt.status or 0
-        if status:
-            parts.append(_STATUS_CODE.number(status))
-        flag = attempt.flag
-        if flag is not None:
-            parts += [_FLAGS.text(flag.value), _ERROR_TYPE.text(flag.value)]
-        elif status >= 400:  # noqa: PLR2004 - client spans: 4xx and 5xx are errors
-            parts.append(_ERROR_TYPE.text(str(status)))
-        error = flag is not None or status >= 400  # noqa: PLR2004 - as above
+        method = request.method
+        key = (method, attempt.endpoint, attempt.cluster, attempt.number, attempt.status, attempt.flag)
+        shape = tracing.client_shapes.get(key)
+        if shape is None:
+            shape = tracing.client_shapes.add(key, _client_shape(tracing, key))
+        shared, name, error, scheme = shape
         return telemetry.encode_span_fields(
             self.trace_id,
             span_id,
             self.span_id,
-            method if known else "HTTP",
+            name,
             telemetry.KIND_CLIENT,
             start_ns,
             end_ns,
-            b"".join(parts),
-            telemetry.STATUS_ERROR if error else telemetry.STATUS_UNSET,
+            shared + _URL_FULL.text(f"{scheme}://{attempt.endpoint}{request.path}"),
+            error,
             self.trace_state,
         )
 
 
-def _request_attributes(
-    request: Request, tracing: Tracing, template: str | None, method: str, known: bool
-) -> list[bytes]:
-    """The server span's attributes that describe the request (semantic conventions), encoded."""
-    info = request.info
-    path = request.path
-    path_only, _, query = path.partition("?")
+class _Shapes(dict[Any, Any]):
+    """Encoded attributes by the values they are made of, for the values most requests share.
+
+    A server span's method, scheme, authority, route, user agent, status, cluster, endpoint
+    and flags are those of many requests before it: their attributes (and the span's name
+    and status) are encoded once per combination, and a request encodes only what is its
+    own (path, query, request id, client port). Bounded: past ``LIMIT`` it starts over.
+    """
+
+    LIMIT = 1024
+
+    def add(self, key: Any, value: Any) -> Any:
+        if len(self) >= self.LIMIT:
+            self.clear()
+        self[key] = value
+        return value
+
+
+def _server_shape(tracing: Tracing, key: tuple[Any, ...]) -> tuple[bytes, str, int]:
+    """The shared attributes of a server span, its name and its status code."""
+    method, scheme, version, authority, route, route_name, agent, status, cluster, upstream, flags = key
+    known = method in KNOWN_METHODS
+    template = _route_template(route) if route is not None else None
     parts = [
         _METHOD.text(method if known else "_OTHER"),
-        _SCHEME.text(request.scheme),
-        _PATH.text(path_only),
-        _PROTOCOL.text(request.http_version),
+        _SCHEME.text(scheme),
+        _PROTOCOL.text(version),
         tracing.static_server,
-        _host_port(request.authority),
+        _host_port(authority),
     ]
     if not known:
         parts.append(_METHOD_ORIGINAL.text(method))
-    if query:
-        parts.append(_QUERY.text(query))
-    client, client_port = _split(info.downstream_address)
-    if client:
-        parts.append(_CLIENT_ADDRESS.text(client))
-    if client_port:
-        parts.append(_CLIENT_PORT.number(client_port))
-    get_raw = request.headers.get_raw
-    agent = get_raw(b"user-agent")
     if agent is not None:
         parts.append(_USER_AGENT.text(agent.decode("latin-1")))
-    for raw_name, key in tracing.request_headers:
-        value = get_raw(raw_name)
-        if value is not None:
-            parts.append(key.text(value.decode("latin-1")))
-    for raw_name, key, default in tracing.header_defaults:
-        value = get_raw(raw_name)
-        parts.append(key.text(value.decode("latin-1") if value is not None else default))
     if template is not None:
         parts.append(_ROUTE.text(template))
-    if info.route_name:
-        parts.append(_ROUTE_NAME.text(info.route_name))
-    return parts
+    if route_name:
+        parts.append(_ROUTE_NAME.text(route_name))
+    if status:
+        parts.append(_STATUS_CODE.number(status))
+    if cluster:
+        parts.append(_CLUSTER.text(cluster))
+    if upstream:
+        parts.append(_UPSTREAM_ADDRESS.text(upstream))
+    if flags:
+        parts.append(_FLAGS.text(flags))
+    error = status >= 500 or status == 0  # noqa: PLR2004 - 5xx (0: no response was sent)
+    if error:
+        parts.append(_ERROR_TYPE.text(str(status) if status else flags or "DC"))
+    verb = method if known else "HTTP"
+    name = f"{verb} {template}" if template else verb
+    return b"".join(parts), name, telemetry.STATUS_ERROR if error else telemetry.STATUS_UNSET
+
+
+def _client_shape(tracing: Tracing, key: tuple[Any, ...]) -> tuple[bytes, str, int, str]:
+    """The attributes of an attempt's span but its url.full, its name, status code and scheme."""
+    method, endpoint, cluster_name, number, status, flag = key
+    known = method in KNOWN_METHODS
+    cluster = tracing.clusters.get(cluster_name)
+    scheme = "https" if cluster is not None and cluster.config.tls is not None else "http"
+    parts = [
+        _METHOD.text(method if known else "_OTHER"),
+        _host_port(endpoint),
+        _CLUSTER.text(cluster_name),
+        tracing.static,
+    ]
+    if number > 1:
+        parts.append(_RESEND_COUNT.number(number - 1))
+    status = status or 0
+    if status:
+        parts.append(_STATUS_CODE.number(status))
+    if flag is not None:
+        parts += [_FLAGS.text(flag.value), _ERROR_TYPE.text(flag.value)]
+    elif status >= 400:  # noqa: PLR2004 - client spans: 4xx and 5xx are errors
+        parts.append(_ERROR_TYPE.text(str(status)))
+    error = flag is not None or status >= 400  # noqa: PLR2004 - as above
+    return (
+        b"".join(parts),
+        method if known else "HTTP",
+        telemetry.STATUS_ERROR if error else telemetry.STATUS_UNSET,
+        scheme,
+    )
+
+
+_CLIENTS: dict[str, bytes] = {}
+"""``client.address`` and ``client.port`` by downstream address (a str-to-bytes cache: the
+garbage collector never walks it, however often it starts over)."""
+
+
+def _client(address: str) -> bytes:
+    found = _CLIENTS.get(address)
+    if found is None:
+        if len(_CLIENTS) >= 4096:  # noqa: PLR2004 - a bound, not a tunable
+            _CLIENTS.clear()
+        host, port = meshcore.split_host_port(address)
+        found = _CLIENTS[address] = (_CLIENT_ADDRESS.text(host) if host else b"") + (
+            _CLIENT_PORT.number(port) if port else b""
+        )
+    return found
 
 
 def _identities(parts: list[bytes], metadata: dict[str, Any]) -> None:

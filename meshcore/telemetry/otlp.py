@@ -104,6 +104,7 @@ class SpanData:
 _ONE_BYTE = 0x80
 """Varints below this take one byte."""
 _SMALL = [bytes((i,)) for i in range(_ONE_BYTE)]
+_TWO_BYTES = 1 << 14
 _SPAN_ATTRIBUTES = 0x4A
 """The tag of Span.attributes (field 9, length-delimited): only span attributes are cached."""
 
@@ -111,6 +112,8 @@ _SPAN_ATTRIBUTES = 0x4A
 def _varint(value: int) -> bytes:
     if value < _ONE_BYTE:
         return _SMALL[value]
+    if value < _TWO_BYTES:  # a span's length, most often
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
     out = bytearray()
     while value >= _ONE_BYTE:
         out.append((value & 0x7F) | 0x80)
@@ -212,7 +215,7 @@ def encode_span_fields(  # noqa: PLR0917 - a span's fields, in the order of the 
             span_id.to_bytes(8, "big"),
             state,
             parent,
-            _len_field(0x2A, name.encode("utf-8", "replace")),  # name = 5
+            _NAMES.get(name) or _name(name),  # name = 5
             _KINDS[kind],  # kind = 6
             _TIMES(0x39, start_ns, 0x41, end_ns),
             attributes,  # attributes = 9, each
@@ -222,6 +225,15 @@ def encode_span_fields(  # noqa: PLR0917 - a span's fields, in the order of the 
 
 
 _KINDS = [b"\x30" + _SMALL[kind] for kind in range(6)]
+_NAMES: dict[str, bytes] = {}
+"""Encoded span names ("GET /api/*": a method and a route, few of them)."""
+
+
+def _name(name: str) -> bytes:
+    if len(_NAMES) >= _CACHED_VALUES:
+        _NAMES.clear()
+    found = _NAMES[name] = _len_field(0x2A, name.encode("utf-8", "replace"))
+    return found
 
 
 def encode_attributes(attributes: Iterable[Attribute]) -> bytes:
