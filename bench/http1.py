@@ -19,12 +19,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
+import gc
 import json
+import os
 import re
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +119,68 @@ class _Sink(asyncio.Protocol):
             self.transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
 
 
+def run_counted_proxy(config: str, out: str) -> None:
+    """A proxy that counts, between SIGUSR2 and SIGUSR1, its Python calls and GC passes.
+
+    Counts do not depend on how busy the machine is, as CPU time does: they say what a
+    request costs when the CPU figures scatter. On SIGUSR1 it writes them (JSON) to ``out``.
+    """
+    profile = cProfile.Profile()
+    collections = [0, 0, 0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collections[info["generation"]] += 1
+
+    def begin(*_: object) -> None:
+        collections[:] = [0, 0, 0]
+        gc.callbacks.append(on_gc)
+        profile.enable()
+
+    def end(*_: object) -> None:
+        profile.disable()
+        gc.callbacks.remove(on_gc)
+        stats = profile.getstats()
+        calls: int = sum(entry.callcount for entry in stats)
+        # One connection-manager record() per request.
+        requests: int = sum(
+            e.callcount
+            for e in stats
+            if getattr(e.code, "co_name", "") == "record"
+            and "http_manager" in getattr(e.code, "co_filename", "")
+        )
+        Path(out).write_text(json.dumps({"calls": calls, "requests": requests, "gc": collections}))
+
+    signal.signal(signal.SIGUSR2, begin)
+    signal.signal(signal.SIGUSR1, end)
+    run_proxy(config)
+
+
+def count_calls(targets: dict[str, tuple[int, int]], outs: dict[str, Path], connections: int) -> list[str]:
+    """Python calls and GC passes per request of each proxy, over one wrk run each (lines to print)."""
+    lines = ["Python calls (cProfile: function calls and coroutine resumptions) and GC passes per request:"]
+    for label, (port, pid) in targets.items():
+        os.kill(pid, signal.SIGUSR2)
+        subprocess.run(  # noqa: S603 - arguments built here
+            ["wrk", "-t1", f"-c{connections}", "-d5s", f"http://127.0.0.1:{port}/"],  # noqa: S607 - wrk from PATH
+            capture_output=True,
+            check=True,
+        )
+        os.kill(pid, signal.SIGUSR1)
+        for _ in range(100):
+            if outs[label].exists():
+                break
+            time.sleep(0.05)
+        counted = json.loads(outs[label].read_text())
+        n = max(counted["requests"], 1)
+        gen0, gen1, gen2 = (g / n * 1000 for g in counted["gc"])
+        lines.append(
+            f"{label:14} {counted['calls'] / n:7.1f} calls/req   GC passes per 1000 requests: "
+            f"gen0 {gen0:.1f}, gen1 {gen1:.2f}, gen2 {gen2:.3f}   ({counted['requests']} requests)"
+        )
+    return lines
+
+
 def run_tracing(args: argparse.Namespace, me: list[str], upstream_port: int, procs: list[Any]) -> int:
     """The tracing variant: the CPU per request that the tracing filter adds.
 
@@ -127,15 +195,20 @@ def run_tracing(args: argparse.Namespace, me: list[str], upstream_port: int, pro
         "tracing 1%": f"[{TRACING.format(ratio=0.01, sink=sink_port)}, passthrough, passthrough, router]",
     }
     ports: dict[str, tuple[int, int]] = {}
+    counts: dict[str, Path] = {}
     runs: dict[str, list[dict[str, float]]] = {label: [] for label in variants}
-    with tempfile.TemporaryDirectory() as tmp:
+    tmp = tempfile.mkdtemp()  # configs and counts; removed at the end
+    try:
         for i, (label, filters) in enumerate(variants.items()):
             port = free_port()
             config = Path(tmp) / f"bench-{i}.yaml"
             config.write_text(
                 PROXY_CONFIG.format(port=port, upstream=upstream_port, codec="fast", filters=filters)
             )
-            procs.append(start([*me, "--role", "proxy", "--config", str(config)]))
+            counts[label] = Path(tmp) / f"counts-{i}.json"
+            procs.append(
+                start([*me, "--role", "counted-proxy", "--config", str(config), "--out", str(counts[label])])
+            )
             ports[label] = (port, procs[-1].pid)
         order = list(ports.items())
         for round_ in range(args.rounds):
@@ -144,6 +217,9 @@ def run_tracing(args: argparse.Namespace, me: list[str], upstream_port: int, pro
             shift = round_ % len(order)
             for label, (port, pid) in order[shift:] + order[:shift]:
                 runs[label].append(wrk(port, pid, args.duration, args.connections))
+        counted = count_calls(ports, counts, args.connections) if args.calls else []
+    finally:
+        shutil.rmtree(tmp)
     median = {
         label: statistics.median(r["cpu_us_per_request"] for r in results) for label, results in runs.items()
     }
@@ -172,6 +248,8 @@ def run_tracing(args: argparse.Namespace, me: list[str], upstream_port: int, pro
             f"ratio {median[label] / base:.3f} (rounds' differences: median {statistics.median(deltas):+.1f}, "
             f"{deltas[0]:+.1f} to {deltas[-1]:+.1f})"
         )
+    for line in counted:
+        print(line)
     if args.json:
         print(json.dumps(runs))
     return 0
@@ -212,7 +290,13 @@ def main() -> int:  # noqa: PLR0912, PLR0915 - a flat script: the roles, then th
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
     parser.add_argument("--tracing", action="store_true", help="measure the tracing filter's cost")
     parser.add_argument("--rounds", type=int, default=5, help="--tracing: measured turns per variant")
-    parser.add_argument("--role", choices=["upstream", "proxy", "sink"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--calls", action="store_true", help="--tracing: count Python calls and GC passes per request too"
+    )
+    parser.add_argument(
+        "--role", choices=["upstream", "proxy", "counted-proxy", "sink"], help=argparse.SUPPRESS
+    )
+    parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -221,6 +305,9 @@ def main() -> int:  # noqa: PLR0912, PLR0915 - a flat script: the roles, then th
         return 0
     if args.role == "proxy":
         run_proxy(args.config)
+        return 0
+    if args.role == "counted-proxy":
+        run_counted_proxy(args.config, args.out)
         return 0
     if args.role == "sink":
         serve_canned(_Sink, args.port)
