@@ -84,6 +84,23 @@ class CompiledChain:
         self.tls_material = tls_material
         match = config.match
         self.networks = [ipaddress.ip_network(p, strict=False) for p in match.source_prefixes]
+        self.connections = 0
+        """Connections this chain is serving now."""
+        self._idle: trio.Event | None = None
+
+    async def wait_idle(self) -> None:
+        """Return once this chain serves no connection (a retired chain: once it has drained)."""
+        while self.connections:
+            if self._idle is None:
+                self._idle = trio.Event()
+            await self._idle.wait()
+
+    def connection_closed(self) -> None:
+        """One of its connections has closed (the listener counts them)."""
+        self.connections -= 1
+        if not self.connections and self._idle is not None:
+            self._idle.set()
+            self._idle = None
 
     def matches(self, port: int, source: str, server_name: str | None, alpn: str | None) -> bool:
         """Whether a connection with these properties belongs to this chain."""
@@ -322,7 +339,11 @@ class ListenerRuntime:
                     alpn=alpn,
                     tls=tls,
                 )
-                await chain.handler(conn)
+                chain.connections += 1
+                try:
+                    await chain.handler(conn)
+                finally:
+                    chain.connection_closed()
         except Exception:
             # A bug (a filter's, or ours) ends this connection, never the listener and the
             # proxy with it. Cancellation is a BaseException: it goes through.

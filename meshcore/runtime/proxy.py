@@ -36,7 +36,7 @@ from meshcore.runtime.http_chains import (
     prepare_runtimes,
     release,
 )
-from meshcore.runtime.listener import ListenerRuntime
+from meshcore.runtime.listener import CompiledChain, ListenerRuntime
 from meshcore.runtime.offloop import run_beside_loop
 from meshcore.runtime.overload import OverloadManager
 from meshcore.runtime.services import Services
@@ -328,7 +328,9 @@ class Proxy:
         # Nothing can fail from here on: swap. (A step that fails all the same is a bug; it is
         # logged, and the others still run.)
         steps: list[Callable[[], None]] = [built.clusters, *built.tls]
-        steps.append(functools.partial(self.services.commit, _service_owners(snapshot)))
+        # Services no chain of the new Snapshot uses serve the retired chains' last requests.
+        drained = functools.partial(_drained, self._retired_chains(snapshot, built))
+        steps.append(functools.partial(self.services.commit, _service_owners(snapshot), drained))
         steps.append(functools.partial(self.overload.configure, snapshot.overload))
         steps.append(functools.partial(self._swap_listeners, snapshot, built))
         steps += built.commits
@@ -343,6 +345,16 @@ class Proxy:
         self._applied.set()
         self._notify()
         log.info("snapshot_applied", version=snapshot.version, listeners=sorted(self.listeners))
+
+    def _retired_chains(self, snapshot: Snapshot, built: Plan) -> list[tuple[CompiledChain, float]]:
+        """The chains that applying ``snapshot`` retires (they drain), with their listener's drain timeout."""
+        wanted = {listener.name for listener in snapshot.listeners}
+        retired: list[tuple[CompiledChain, float]] = []
+        for name, runtime in self.listeners.items():
+            timeout = float(runtime.config.drain_timeout)
+            kept = built.chains.get(name, []) if name in wanted and name not in built.opened else []
+            retired += [(chain, timeout) for chain in runtime.chains if not any(chain is k for k in kept)]
+        return retired
 
     def _swap_listeners(self, snapshot: Snapshot, built: Plan) -> None:
         assert self._nursery is not None  # noqa: S101 - checked by apply
@@ -389,6 +401,15 @@ class Proxy:
         for runtime in self.listeners.values():
             runtime.stop()
         self._drain_requested.set()
+
+
+async def _drained(chains: list[tuple[CompiledChain, float]]) -> None:
+    """Return once ``chains`` serve no connection, or the longest of their drain timeouts has passed."""
+    if not chains:
+        return
+    with trio.move_on_after(max(timeout for _, timeout in chains)):
+        for chain, _ in chains:
+            await chain.wait_idle()
 
 
 def _service_owners(snapshot: Snapshot) -> list[tuple[str, FilterChain, object]]:

@@ -10,14 +10,17 @@ starting when the Snapshot that first asked for it is applied.
 Each filter chain asks through a view that records which keys it uses (its *owner*: the
 listener's name, the chain's config and the listener's access logs). A chain that a new
 Snapshot keeps unchanged is not rebuilt, and its services stay; a service that no chain of
-the live Snapshot owns any more is stopped after the apply: its ``stop()`` is called (if it
-has one: a chance to flush), and it is cancelled after a grace period. When the proxy
-stops, services outlive the listeners' drain, are stopped the same way, then cancelled.
+the live Snapshot owns any more is *retired*: it keeps running until the connections of the
+chains that the apply retired have drained (their last requests still write spans and
+access-log lines to it), then its ``stop()`` is called (if it has one: a chance to flush),
+and it is cancelled after a grace period. A Snapshot that asks for a retiring service
+again gets it back, running. When the proxy stops, services outlive the listeners' drain,
+are stopped the same way, then cancelled.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from typing import Any, TypeVar
 
 import structlog
@@ -61,6 +64,8 @@ class Services:
     def __init__(self) -> None:
         self._live: dict[Hashable, _Entry] = {}
         self._pending: dict[Hashable, _Entry] = {}
+        self._retiring: dict[Hashable, _Entry] = {}
+        """Services no live chain owns, running until the chains they served have drained."""
         self._owned: list[tuple[Any, set[Hashable]]] = []
         """Owners (compared with ==: chain configs need not be hashable) and the keys they use."""
         self._nursery: trio.Nursery | None = None
@@ -79,18 +84,26 @@ class Services:
             self._owned.append((owner, {key}))
         entry = self._live.get(key) or self._pending.get(key)
         if entry is None:
+            entry = self._retiring.pop(key, None)
+            if entry is not None:  # asked for again before it stopped: it serves on
+                self._live[key] = entry
+        if entry is None:
             entry = self._pending[key] = _Entry(factory())
         service: T = entry.service
         return service
 
     def live(self) -> list[Any]:
         """Every running service (for signals: ``reopen`` on SIGUSR1, ...)."""
-        return [entry.service for entry in self._live.values()]
+        return [entry.service for entry in (*self._live.values(), *self._retiring.values())]
 
-    def commit(self, live_owners: Iterable[Any]) -> None:
-        """The Snapshot was applied: start new services, stop those no live owner uses.
+    def commit(
+        self, live_owners: Iterable[Any], drained: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        """The Snapshot was applied: start new services, retire those no live owner uses.
 
-        ``live_owners`` are the owners of the live Snapshot's filter chains.
+        ``live_owners`` are the owners of the live Snapshot's filter chains. A retired
+        service is stopped once ``drained()`` returns (the chains that the apply retired
+        have no connection left, or their drain timed out), or at once without it.
         """
         for key, entry in self._pending.items():
             self._live[key] = entry
@@ -102,8 +115,24 @@ class Services:
         owners = list(live_owners)
         self._owned = [(owner, keys) for owner, keys in self._owned if owner in owners]
         used = set().union(*(keys for _, keys in self._owned))
-        for key in [k for k in self._live if k not in used]:
-            self._stop(self._live.pop(key))
+        retired = [(key, self._live.pop(key)) for key in [k for k in self._live if k not in used]]
+        if not retired:
+            return
+        if drained is None or self._nursery is None:
+            for _, entry in retired:
+                self._stop(entry)
+            return
+        self._retiring.update(retired)
+        self._nursery.start_soon(self._retire, retired, drained)
+
+    async def _retire(
+        self, retired: list[tuple[Hashable, _Entry]], drained: Callable[[], Awaitable[None]]
+    ) -> None:
+        await drained()
+        for key, entry in retired:
+            if self._retiring.get(key) is entry:  # not asked for again meanwhile
+                del self._retiring[key]
+                self._stop(entry)
 
     def abort(self) -> None:
         """The Snapshot being built was rejected: close the services it made, keep the others."""
@@ -125,8 +154,9 @@ class Services:
 
     async def stop_all(self, grace: float = STOP_GRACE) -> None:
         """Stop every service and wait for them, each bounded by ``grace`` seconds."""
-        entries = list(self._live.values())
+        entries = [*self._live.values(), *self._retiring.values()]
         self._live.clear()
+        self._retiring.clear()
         for entry in entries:
             self._stop(entry, grace)
         for entry in entries:
