@@ -255,10 +255,15 @@ _FLAGS = _Key("meshcore.response_flags", cached=True)
 _ERROR_TYPE = _Key("error.type", cached=True)
 _URL_FULL = _Key("url.full")
 _RESEND_COUNT = _Key("http.request.resend_count", cached=True)
-_PEER_KEYS = {
-    side: (_Key(f"meshcore.{side}.workload", cached=True), _Key(f"meshcore.{side}.namespace", cached=True))
+_PEER_KEYS = [
+    (
+        f"meshcore.{side}",
+        _Key(f"meshcore.{side}.workload", cached=True),
+        _Key(f"meshcore.{side}.namespace", cached=True),
+    )
     for side in ("source", "destination")
-}
+]
+"""The peer-metadata entries (request.info.metadata) and their attributes' keys."""
 _HOST_PORTS: dict[str, bytes] = {}
 """``server.address`` and ``server.port`` of an authority or endpoint, encoded together."""
 
@@ -522,8 +527,8 @@ def _identities(parts: list[bytes], metadata: dict[str, Any]) -> None:
 
     (This proxy's own are among its static attributes.)
     """
-    for side, (workload_key, namespace_key) in _PEER_KEYS.items():
-        peer = metadata.get(f"meshcore.{side}")
+    for entry, workload_key, namespace_key in _PEER_KEYS:
+        peer = metadata.get(entry)
         if peer is not None:
             if peer.workload:
                 parts.append(workload_key.text(peer.workload))

@@ -125,7 +125,11 @@ def _varint(value: int) -> bytes:
 def _len_field(tag: int, payload: bytes) -> bytes:
     """A length-delimited field (wire type 2) with a one-byte tag."""
     n = len(payload)
-    return _SMALL[tag] + (_SMALL[n] if n < _ONE_BYTE else _varint(n)) + payload
+    if n < _ONE_BYTE:
+        return _SMALL[tag] + _SMALL[n] + payload
+    if n < _TWO_BYTES:  # a span, most often
+        return bytes((tag, (n & 0x7F) | 0x80, n >> 7)) + payload
+    return _SMALL[tag] + _varint(n) + payload
 
 
 _FIXED64 = struct.Struct("<Q").pack
