@@ -131,9 +131,9 @@ class OtlpHttpExporter:
         """Export batches until stopped (a proxy service task).
 
         Full batches go as soon as they are full; what is left waits for the next full batch
-        or the interval, whichever comes first. (Exporting whatever had queued while the
-        last export was under way made, under load, an export request per few spans: each
-        costs a request head, its answer and their syscalls, then spent per few spans.)
+        or the interval, whichever comes first. (Exporting whatever had queued during the
+        last export made, under load, one export request per few spans, each with its own
+        request head, answer, syscalls and task switches.)
         """
         backoff = 0.0
         queue = self.queue
