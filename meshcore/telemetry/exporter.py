@@ -211,12 +211,15 @@ class OtlpHttpExporter:
             (b"content-length", str(len(body)).encode()),
             *self.headers,
         ]
-        data = codec.send(h11.Request(method="POST", target=self.path, headers=headers))
-        await stream.send_all(
-            b"".join(
-                (data or b"", codec.send(h11.Data(data=body)) or b"", codec.send(h11.EndOfMessage()) or b"")
-            )
-        )
+        head = codec.send(h11.Request(method="POST", target=self.path, headers=headers)) or b""
+        # The body as it is (a batch is some hundreds of kilobytes): not joined to the head.
+        pieces = codec.send_with_data_passthrough(h11.Data(data=body)) or []
+        end = codec.send(h11.EndOfMessage()) or b""
+        await stream.send_all(head)
+        for piece in pieces:
+            await stream.send_all(piece)
+        if end:
+            await stream.send_all(end)
         status = 0
         while True:
             event = codec.next_event()
