@@ -31,6 +31,7 @@ from h2.errors import ErrorCodes
 from meshcore.errors import ProtocolError, UpstreamError
 from meshcore.flags import ResponseFlag
 from meshcore.http.h2flow import send_flow_controlled
+from meshcore.http.h2quiet import SILENT, silence_hpack
 from meshcore.http.messages import Body, Headers, Request, Response
 from meshcore.http.semantics import strip_hop_by_hop
 from meshcore.runtime.h2server import GracefulGoaway
@@ -74,7 +75,8 @@ class H2Connection:
     def __init__(self, stream: trio.abc.Stream, host: Host) -> None:
         self.stream = stream
         self.host = host
-        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
+        silence_hpack()
+        config = h2.config.H2Configuration(client_side=True, header_encoding=None, logger=SILENT)
         self.h2 = h2.connection.H2Connection(config=config)
         self.h2.local_settings = h2.settings.Settings(
             client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: WINDOW}

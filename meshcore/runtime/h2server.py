@@ -30,6 +30,7 @@ from meshcore.errors import ProtocolError
 from meshcore.flags import ResponseFlag
 from meshcore.http.h2flow import send_flow_controlled
 from meshcore.http.h2guard import TINY_WINDOW_UPDATE, Abuse, H2Budgets
+from meshcore.http.h2quiet import SILENT, silence_hpack
 from meshcore.http.messages import Body, Headers, Request, Response, StreamInfo
 from meshcore.http.semantics import strip_hop_by_hop
 
@@ -141,8 +142,9 @@ class H2ServerSession:
         self.stream = conn.stream
         self.initial = initial
         settings = hcm.http2
+        silence_hpack()
         config = h2.config.H2Configuration(
-            client_side=False, header_encoding=None, validate_inbound_headers=True
+            client_side=False, header_encoding=None, validate_inbound_headers=True, logger=SILENT
         )
         self.h2 = h2.connection.H2Connection(config=config)
         self.max_streams: int = settings.max_concurrent_streams
