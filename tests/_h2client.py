@@ -156,7 +156,10 @@ class H2Client:
         elif isinstance(event, h2.events.StreamEnded):
             stream.ended.set()
         elif isinstance(event, h2.events.StreamReset):
-            stream.reset = event.error_code
+            # A reset after the end of the response (RST_STREAM NO_ERROR: "stop sending your
+            # body", RFC 9113 8.1) does not undo the response; it may come in the same read.
+            if not stream.ended.is_set():
+                stream.reset = event.error_code
             stream.ended.set()
 
     async def start(

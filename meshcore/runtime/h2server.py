@@ -28,6 +28,7 @@ from h2.errors import ErrorCodes
 
 from meshcore.errors import ProtocolError
 from meshcore.flags import ResponseFlag
+from meshcore.http.h2fields import response_fields
 from meshcore.http.h2flow import send_flow_controlled
 from meshcore.http.h2guard import TINY_WINDOW_UPDATE, Abuse, H2Budgets
 from meshcore.http.h2quiet import SILENT, silence_hpack
@@ -143,8 +144,15 @@ class H2ServerSession:
         self.initial = initial
         settings = hcm.http2
         silence_hpack()
+        # Outbound fields are normalized and checked by response_fields, in one pass (h2's
+        # nine generators cost about 100 Python calls per response).
         config = h2.config.H2Configuration(
-            client_side=False, header_encoding=None, validate_inbound_headers=True, logger=SILENT
+            client_side=False,
+            header_encoding=None,
+            validate_inbound_headers=True,
+            normalize_outbound_headers=False,
+            validate_outbound_headers=False,
+            logger=SILENT,
         )
         self.h2 = h2.connection.H2Connection(config=config)
         self.max_streams: int = settings.max_concurrent_streams
@@ -232,6 +240,8 @@ class H2ServerSession:
                     nursery.cancel_scope.deadline = trio.current_time() + self.hcm.drain_timeout
                 else:
                     nursery.cancel_scope.cancel()
+            # What the last streams (or the read loop) queued after the flusher's last write.
+            await self._final_flush()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
@@ -262,7 +272,7 @@ class H2ServerSession:
                     self.h2.close_connection(error_code=abuse.code, last_stream_id=self.last_stream_id)
                     await self._final_flush()
                     return False
-                await self.flush()
+                self.flush_soon.set()
             if self.closing and not self.streams:
                 return True
             idle = self.hcm.idle_timeout if not self.streams else math.inf
@@ -284,9 +294,15 @@ class H2ServerSession:
             await self.flush()
 
     async def _flusher(self) -> None:
-        """Send window updates that body readers queued without waiting for the socket."""
+        """Send what was queued without waiting for the socket: one write per loop iteration.
+
+        Responses, window updates and the answers to what the read loop fed h2 are queued
+        and the flusher woken; it yields once more (every task runnable now queues its
+        frames first), then sends them all in one write instead of one per stream.
+        """
         while True:
             await self.flush_soon.wait()
+            await trio.lowlevel.cancel_shielded_checkpoint()
             self.flush_soon = trio.Event()
             await self.flush()
 
@@ -395,7 +411,10 @@ class H2ServerSession:
 
         A stream whose last frame went out is closed, and the client may use its place at
         once, even though its task is still finishing (logs, stats); so h2's state decides.
+        Fewer tasks than the limit need no look at h2 (the usual case, once per request).
         """
+        if len(self.streams) < self.max_streams:
+            return len(self.streams)
         states = self.h2.streams
         return sum(1 for sid in self.streams if (state := states.get(sid)) is not None and not state.closed)
 
@@ -550,6 +569,7 @@ class H2ServerSession:
         body = response.body
         no_body = (request is not None and request.method == "HEAD") or response.status in (204, 304)
         try:
+            headers = response_fields(headers)
             if no_body or body.length == 0 or body.done:
                 await self._send_head_only(stream, headers, body)
                 return True
@@ -581,10 +601,12 @@ class H2ServerSession:
                 more_to_come = not known_length or body.consumed < (body.length or 0)
                 await self._send_data(stream, chunk, flush=more_to_come)
             if body.trailers is not None:
-                self.h2.send_headers(stream.id, body.trailers.raw, end_stream=True)
+                self.h2.send_headers(
+                    stream.id, response_fields(body.trailers.raw, trailers=True), end_stream=True
+                )
             else:
                 self.h2.end_stream(stream.id)
-            await self.flush()
+            self.flush_soon.set()  # with the other streams' frames, in one write
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             return False  # the client reset the stream meanwhile
         except trio.TooSlowError:
@@ -614,8 +636,8 @@ class H2ServerSession:
         trailers = body.trailers
         self.h2.send_headers(stream.id, headers, end_stream=trailers is None)
         if trailers is not None:
-            self.h2.send_headers(stream.id, trailers.raw, end_stream=True)
-        await self.flush()
+            self.h2.send_headers(stream.id, response_fields(trailers.raw, trailers=True), end_stream=True)
+        self.flush_soon.set()  # with the other streams' frames, in one write
 
     async def _send_data(self, stream: _Stream, data: bytes, *, flush: bool = True) -> None:
         """Send body bytes within the client's windows.
