@@ -15,15 +15,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import h2.config
 import hpack.hpack
 
 __all__ = ["SILENT", "silence_hpack"]
 
 
-class _Silent:
+class _Silent(h2.config.DummyLogger):
     """A logger whose every logging method does nothing, without a Python call."""
 
-    debug = trace = info = warning = error = exception = critical = log = "".format
+    # h2's DummyLogger, with C-level no-ops in place of its Python ones.
+    debug = trace = info = warning = error = exception = critical = log = "".format  # type: ignore[assignment]
 
     def isEnabledFor(self, _level: int) -> bool:  # noqa: N802 - logging.Logger's name
         return False
