@@ -43,7 +43,7 @@ from _proxy_process import start_proxy_process
 from h2.errors import ErrorCodes
 from hyperframe.frame import DataFrame, GoAwayFrame, HeadersFrame, SettingsFrame
 
-from meshcore.runtime.h2server import GracefulGoaway
+from meshcore.http.h2goaway import GracefulGoaway
 from meshcore.testing.harness import http_proxy_config, start_proxy
 from meshcore.testing.upstreams import serve_upstream
 

@@ -31,7 +31,7 @@ _REQUEST_ONLY = frozenset([b":scheme", b":path", b":authority", b":method", b":p
 _SHORT_COOKIE = 20  # a cookie shorter than this is never indexed (h2 and nghttp2's rule)
 
 
-def response_fields(
+def response_fields(  # noqa: PLR0912 - one pass on purpose
     fields: Iterable[tuple[bytes, bytes]], *, trailers: bool = False
 ) -> list[tuple[bytes, bytes]]:
     """A response's (or its trailers') fields as h2 would send them; ProtocolError if h2 would refuse.

@@ -31,10 +31,10 @@ from h2.errors import ErrorCodes
 from meshcore.errors import ProtocolError, UpstreamError
 from meshcore.flags import ResponseFlag
 from meshcore.http.h2flow import send_flow_controlled
+from meshcore.http.h2goaway import GracefulGoaway
 from meshcore.http.h2quiet import SILENT, silence_hpack
 from meshcore.http.messages import Body, Headers, Request, Response
 from meshcore.http.semantics import strip_hop_by_hop
-from meshcore.runtime.h2server import GracefulGoaway
 
 if TYPE_CHECKING:
     from meshcore.runtime.host import Host

@@ -1,5 +1,8 @@
 """Downstream HTTP/2: one h2 connection, a task per stream, the same filter chains as HTTP/1.1.
 
+This module is the connection (h2's state, the read loop, one write per loop iteration,
+stream limits, GOAWAY, abuse budgets); serving one stream is meshcore.runtime.h2stream.
+
 Flow control honours both peers: a request body is acknowledged to the client only as the
 chain reads it (so the proxy buffers at most the window it advertised), and a response is
 sent no faster than the client's windows allow, each stream waiting on its own window, so
@@ -10,10 +13,8 @@ connection with GOAWAY and a fitting error code.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import struct
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -27,19 +28,17 @@ import trio
 from h2.errors import ErrorCodes
 
 from meshcore.errors import ProtocolError
-from meshcore.flags import ResponseFlag
-from meshcore.http.h2fields import response_fields
-from meshcore.http.h2flow import send_flow_controlled
+from meshcore.http.h2goaway import GOAWAY_HEAD, GracefulGoaway
 from meshcore.http.h2guard import TINY_WINDOW_UPDATE, Abuse, H2Budgets
 from meshcore.http.h2quiet import SILENT, silence_hpack
-from meshcore.http.messages import Body, Headers, Request, Response, StreamInfo
-from meshcore.http.semantics import strip_hop_by_hop
+from meshcore.http.messages import Headers
+from meshcore.runtime.h2stream import H2Stream, make_request, serve_stream
 
 if TYPE_CHECKING:
     from meshcore.connection import Connection
     from meshcore.runtime.http_manager import HttpConnectionManager
 
-__all__ = ["PREFACE", "GracefulGoaway", "H2ServerSession"]
+__all__ = ["PREFACE", "H2ServerSession"]
 
 log = structlog.get_logger("meshcore.http2")
 
@@ -47,91 +46,6 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 RECEIVE_SIZE = 64 * 1024
 # The longest one send to the client may block (sends are not cancelled midway: see flush).
 SEND_TIMEOUT = 10.0
-# A GOAWAY frame's header: 8 bytes of payload, type 0x7, no flags, stream 0 (RFC 9113 6.8).
-_GOAWAY_HEAD = b"\x00\x00\x08\x07\x00\x00\x00\x00\x00"
-
-
-_HEAD = 9  # the size of a frame header
-_GOAWAY = 0x7  # the frame type
-_CONTINUATION = 0x9
-_GOAWAY_MIN = _HEAD + 8  # last stream id and error code
-
-
-class GracefulGoaway:
-    """Takes the graceful GOAWAY frames (NO_ERROR) out of the bytes a peer sends.
-
-    h2 takes any GOAWAY it reads for the end of the connection and refuses every frame
-    after it, both ways: the streams a peer going away still finishes - an upstream
-    draining answers those up to the frame's last stream id, a client closing gracefully
-    waits for its answers - would be lost. So h2 never sees a graceful GOAWAY; its last
-    stream id is handed over instead. A GOAWAY with an error code goes to h2 as it came.
-    Sans-IO, for both sides: ``skip`` is how many bytes come before the first frame (the
-    client's connection preface, on the server side).
-    """
-
-    __slots__ = ("buffer", "empty_continuations", "largest", "passing")
-
-    def __init__(self, skip: int = 0, max_frame_size: int = 16384) -> None:
-        self.empty_continuations = 0  # seen since the last take_empty_continuations()
-        self.buffer = b""  # the start of a frame header, or of a GOAWAY frame
-        self.passing = skip  # bytes of the current frame (not a GOAWAY) still to come
-        self.largest = _HEAD + max_frame_size  # h2 refuses a larger frame: not kept here
-
-    def take_empty_continuations(self) -> int:
-        """How many empty CONTINUATION frames went by since the last call (frames that carry nothing)."""
-        count, self.empty_continuations = self.empty_continuations, 0
-        return count
-
-    def feed(self, data: bytes) -> tuple[bytes, list[int]]:
-        """The bytes for h2, and the last stream ids of the graceful GOAWAYs taken out."""
-        if self.buffer:
-            data, self.buffer = self.buffer + data, b""
-        lasts: list[int] = []
-        kept: list[bytes] = []
-        kept_from = 0
-        i = min(self.passing, len(data))
-        self.passing -= i
-        while i < len(data):
-            if len(data) - i < _HEAD:
-                break
-            end = i + _HEAD + int.from_bytes(data[i : i + 3], "big")
-            if data[i + 3] == _CONTINUATION and end - i == _HEAD:
-                self.empty_continuations += 1  # h2 does not report them: counted here
-            if data[i + 3] != _GOAWAY or end - i > self.largest:
-                # Not a GOAWAY (or one h2 will refuse for its size): on to h2, whole or in part.
-                self.passing = max(0, end - len(data))
-                i = min(end, len(data))
-                continue
-            if end > len(data):
-                break
-            code = int.from_bytes(data[i + 13 : i + 17], "big")
-            if end - i >= _GOAWAY_MIN and code == ErrorCodes.NO_ERROR:
-                lasts.append(int.from_bytes(data[i + 9 : i + 13], "big") & 0x7FFFFFFF)
-                kept.append(data[kept_from:i])
-                kept_from = end
-            i = end
-        self.buffer = data[i:]
-        if not kept_from:
-            return data[:i] if self.buffer else data, lasts
-        kept.append(data[kept_from:i])
-        return b"".join(kept), lasts
-
-
-class _Stream:
-    """One request stream: its inbound body buffer and the events its tasks wait on."""
-
-    __slots__ = ("chunks", "done", "ended", "id", "readable", "request", "scope", "trailers", "window")
-
-    def __init__(self, stream_id: int) -> None:
-        self.id = stream_id
-        self.chunks: deque[tuple[bytes, int]] = deque()
-        self.ended = False
-        self.done = False
-        self.trailers: Headers | None = None
-        self.readable = trio.Event()
-        self.window = trio.Event()
-        self.scope = trio.CancelScope()
-        self.request: Request | None = None
 
 
 class H2ServerSession:
@@ -164,7 +78,7 @@ class H2ServerSession:
         self.h2.max_inbound_frame_size = settings.max_frame_size
         self.h2.decoder.max_header_list_size = settings.max_header_list_size
         self.connection_window = settings.initial_connection_window_size
-        self.streams: dict[int, _Stream] = {}
+        self.streams: dict[int, H2Stream] = {}
         self.send_lock = trio.Lock()
         self.closing = False
         self.budgets = H2Budgets(settings)
@@ -314,7 +228,7 @@ class H2ServerSession:
             # to send anything more, the responses of the streams in flight included. The
             # frame goes out with the next flush; streams opened after it are refused (see
             # _request_received).
-            self.goaway_frame = _GOAWAY_HEAD + struct.pack(">LL", self.last_stream_id, ErrorCodes.NO_ERROR)
+            self.goaway_frame = GOAWAY_HEAD + struct.pack(">LL", self.last_stream_id, ErrorCodes.NO_ERROR)
 
     async def drain(self) -> None:
         """Send GOAWAY now (the listener drains); an idle session then ends at once.
@@ -389,9 +303,9 @@ class H2ServerSession:
             self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
             self.budgets.stream_refused()
             return
-        stream = _Stream(stream_id)
+        stream = H2Stream(stream_id)
         try:
-            request = self._make_request(stream, event)
+            request = make_request(self, stream, event)
         except ProtocolError as err:
             log.warning("http2_request_rejected", peer=self.conn.peer, stream=stream_id, reason=str(err))
             self.h2.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)
@@ -404,7 +318,7 @@ class H2ServerSession:
             stream.ended = True
         self.streams[stream_id] = stream
         assert self.nursery is not None  # noqa: S101 - set by run()
-        self.nursery.start_soon(self._serve_stream, stream)
+        self.nursery.start_soon(serve_stream, self, stream)
 
     def _streams_open(self) -> int:
         """The streams being served that still count against the limit (RFC 9113 5.1.2).
@@ -444,211 +358,3 @@ class H2ServerSession:
         h2.events.RemoteSettingsChanged: _control_frame,
         h2.events.ConnectionTerminated: _connection_terminated,
     }
-
-    def _make_request(self, stream: _Stream, event: h2.events.RequestReceived) -> Request:
-        method = path = authority = b""
-        scheme = b"https" if self.hcm.scheme == "https" else b"http"
-        headers: list[tuple[bytes, bytes]] = []
-        for name, value in event.headers:
-            if name[0:1] == b":":
-                if name == b":method":
-                    method = value
-                elif name == b":path":
-                    path = value
-                elif name == b":authority":
-                    authority = value
-                elif name == b":scheme":
-                    scheme = value
-            elif name == b"host":
-                authority = authority or value
-            else:
-                headers.append((name, value))
-        if not method or (not path and method != b"CONNECT"):
-            msg = "missing :method or :path"
-            raise ProtocolError(msg, status=400)
-        if len(headers) > self.hcm.max_headers:
-            msg = f"more than {self.hcm.max_headers} request headers"
-            raise ProtocolError(msg, status=431)
-        length = None
-        for name, value in headers:
-            if name == b"content-length" and value.isdigit():
-                length = int(value)
-        body = (
-            Body.empty() if event.stream_ended is not None else Body(self._body_reader(stream), length=length)
-        )
-        body.limit = self.hcm.max_body  # a declared length over it gets 413 in dispatch
-        return Request(
-            method.decode("ascii"),
-            path.decode("latin-1"),
-            authority=authority.decode("latin-1"),
-            scheme=scheme.decode("ascii"),
-            headers=Headers.from_raw(headers),
-            body=body,
-            http_version="2",
-            info=StreamInfo(downstream_address=self.conn.peer, connection_id=self.conn.id),
-            connection=self.conn,
-        )
-
-    def _body_reader(self, stream: _Stream) -> Any:
-        async def read() -> bytes:
-            # A loop, not a recursion per empty chunk: thousands of empty DATA frames ended in
-            # a RecursionError here (and a 500 without END_STREAM).
-            while True:
-                while not stream.chunks:
-                    if stream.ended:
-                        if stream.request is not None and stream.trailers is not None:
-                            stream.request.body.trailers = stream.trailers
-                        return b""
-                    stream.readable = trio.Event()
-                    await stream.readable.wait()
-                data, flow = stream.chunks.popleft()
-                if flow:
-                    # Consumed: give the window back, so the client may send more. No await
-                    # between taking the chunk and returning it: a cancelled read must never
-                    # lose data.
-                    self.h2.acknowledge_received_data(flow, stream.id)
-                    self.flush_soon.set()
-                if data:
-                    return data
-
-        return read
-
-    # -- one stream -----------------------------------------------------------------------------
-
-    async def _serve_stream(self, stream: _Stream) -> None:
-        request = stream.request
-        assert request is not None  # noqa: S101 - set before the task starts
-        hcm = self.hcm
-        response: Response | None = None
-        completed = False
-        try:
-            with stream.scope:
-                response = await hcm.dispatch(request)
-                completed = await self._send_response(stream, response)
-        finally:
-            # Also when the client reset the stream, or the connection went, before the end of
-            # the response: the request is still counted done and logged, as DC (status 0 if
-            # no response was ready: none was sent).
-            stream.done = True
-            self.streams.pop(stream.id, None)
-            self._release(stream, completed=completed)
-            if response is None or (not completed and stream.scope.cancel_called):
-                request.info.flags.add(ResponseFlag.DOWNSTREAM_CONNECTION_TERMINATION)
-            if response is None:
-                response = Response(0)
-            elif not completed:
-                response.body.close()
-            hcm.record(request, response)
-            if self.closing and not self.streams and self.nursery is not None:
-                # Last stream after GOAWAY: nothing more to serve.
-                self.nursery.cancel_scope.cancel()
-
-    def _release(self, stream: _Stream, *, completed: bool) -> None:
-        """A stream is done: give back the flow-control credit of request body nobody read.
-
-        A reply sent before the body was read (a local reply: fault, rate limit, no route)
-        leaves chunks behind, and the client's connection window would shrink by them for
-        good. If the client is still sending, it is told to stop: RST_STREAM with NO_ERROR
-        after a complete response (RFC 9113 section 8.1).
-        """
-        for _, flow in stream.chunks:
-            if flow:
-                self.h2.acknowledge_received_data(flow, stream.id)
-        stream.chunks.clear()
-        if completed and not stream.ended:
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self.h2.reset_stream(stream.id, ErrorCodes.NO_ERROR)
-        self.flush_soon.set()
-
-    async def _send_response(self, stream: _Stream, response: Response) -> bool:
-        # Connection-specific fields must not cross into HTTP/2 (RFC 9113 section 8.2.2).
-        headers = [(b":status", str(response.status).encode()), *strip_hop_by_hop(response.headers.raw)]
-        request = stream.request
-        if request is not None and request.info.flags:
-            headers.append((b"x-meshcore-flags", request.info.flag_string().encode()))
-        body = response.body
-        no_body = (request is not None and request.method == "HEAD") or response.status in (204, 304)
-        try:
-            headers = response_fields(headers)
-            if no_body or body.length == 0 or body.done:
-                await self._send_head_only(stream, headers, body)
-                return True
-            self.h2.send_headers(stream.id, headers)
-            # A body of known length is about to follow: send the head with it, in one write.
-            # A streamed body (length unknown: SSE, gRPC streams) gets its head at once.
-            known_length = body.length is not None
-            if not known_length:
-                await self.flush()
-            while True:
-                try:
-                    chunk = await body.read()
-                except Exception as err:  # noqa: BLE001 - upstream reset or timeout mid-response
-                    flag = getattr(err, "flag", None)
-                    if flag is not None and stream.request is not None:
-                        stream.request.info.flags.add(flag)
-                    log.warning(
-                        "response_aborted",
-                        listener=self.hcm.listener,
-                        stream=stream.id,
-                        flags=getattr(flag, "value", "-"),
-                        reason=str(err) or type(err).__name__,
-                    )
-                    self.h2.reset_stream(stream.id, ErrorCodes.INTERNAL_ERROR)
-                    await self.flush()
-                    return False
-                if not chunk:
-                    break
-                more_to_come = not known_length or body.consumed < (body.length or 0)
-                await self._send_data(stream, chunk, flush=more_to_come)
-            if body.trailers is not None:
-                self.h2.send_headers(
-                    stream.id, response_fields(body.trailers.raw, trailers=True), end_stream=True
-                )
-            else:
-                self.h2.end_stream(stream.id)
-            self.flush_soon.set()  # with the other streams' frames, in one write
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            return False  # the client reset the stream meanwhile
-        except trio.TooSlowError:
-            # The client's window stayed shut: reset, never ended as if complete (the caller
-            # closes the body, which frees the upstream side).
-            if request is not None:
-                request.info.flags.add(ResponseFlag.STREAM_IDLE_TIMEOUT)
-            log.warning("stream_idle_timeout", listener=self.hcm.listener, stream=stream.id)
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self.h2.reset_stream(stream.id, ErrorCodes.CANCEL)
-            await self.flush()
-            return False
-        return True
-
-    async def _send_head_only(self, stream: _Stream, headers: list[tuple[bytes, bytes]], body: Body) -> None:
-        """A response with nothing after its head (and trailers, if any).
-
-        A reply to HEAD, a 204 or a 304 has no content on the wire (RFC 9110 9.3.2, 15.3.5,
-        15.4.5), even when a route or filter gave it a body. The body is read to its end all
-        the same: that is what finishes an upstream exchange and gives its connection back.
-        """
-        try:
-            while await body.read():
-                pass
-        except Exception:  # noqa: BLE001 - the upstream failed after its head: nothing to send anyway
-            body.close()
-        trailers = body.trailers
-        self.h2.send_headers(stream.id, headers, end_stream=trailers is None)
-        if trailers is not None:
-            self.h2.send_headers(stream.id, response_fields(trailers.raw, trailers=True), end_stream=True)
-        self.flush_soon.set()  # with the other streams' frames, in one write
-
-    async def _send_data(self, stream: _Stream, data: bytes, *, flush: bool = True) -> None:
-        """Send body bytes within the client's windows.
-
-        ``flush=False`` leaves a frame that fits queued, to go out with the end of the stream
-        in the same write.
-        """
-        conn = self.h2
-        if not flush and len(data) <= min(
-            conn.local_flow_control_window(stream.id), conn.max_outbound_frame_size
-        ):
-            conn.send_data(stream.id, data)
-            return
-        await send_flow_controlled(conn, stream, data, self.flush, idle_timeout=self.stream_idle_timeout)
