@@ -120,6 +120,9 @@ class H2Connection:
         try:
             while True:
                 await self.flush_soon.wait()
+                # Once more round the loop: every stream runnable now queues its frames first,
+                # and they all go in one write.
+                await trio.lowlevel.cancel_shielded_checkpoint()
                 self.flush_soon = trio.Event()
                 await self.flush()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -156,7 +159,7 @@ class H2Connection:
                     self._goaway(last)
                 for event in self.h2.receive_data(data):
                     self._handle(event)
-                await self.flush()
+                self.flush_soon.set()  # acknowledgements and window updates, with the rest
         except (trio.BrokenResourceError, trio.ClosedResourceError, h2.exceptions.ProtocolError) as err:
             log.info("upstream_http2_connection_failed", upstream=self.host.label, reason=str(err))
 
@@ -280,7 +283,9 @@ class H2Connection:
         self.h2.send_headers(sid, headers, end_stream=empty)
         up.sent = empty
         try:
-            await self.flush()
+            # The head goes with the other streams' frames in the flusher's next write; a
+            # failed write closes the connection, which fails this stream (up.error).
+            self.flush_soon.set()
             if not empty:
                 assert self.nursery is not None  # noqa: S101 - set by run() before any exchange
                 self.nursery.start_soon(self._send_body, up, body)
