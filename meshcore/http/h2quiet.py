@@ -17,6 +17,7 @@ from typing import Any
 
 import h2.config
 import hpack.hpack
+import hpack.table
 
 __all__ = ["SILENT", "silence_hpack"]
 
@@ -40,5 +41,6 @@ SILENT = _Silent()
 
 
 def silence_hpack() -> None:
-    """Replace hpack's module logger with :data:`SILENT` (idempotent, cheap)."""
+    """Replace hpack's module loggers with :data:`SILENT` (idempotent, cheap)."""
     hpack.hpack.log = SILENT  # type: ignore[assignment]
+    hpack.table.log = SILENT  # type: ignore[assignment]
