@@ -1,9 +1,9 @@
-"""meshcore.http.h2fields held to h2's own outbound pipeline (differential, sans-IO).
+"""meshcore.http.h2fields held to h2's own header pipelines (differential, sans-IO).
 
-The server session sends response heads and trailers through response_fields with h2's
-outbound normalization and validation turned off; these tests prove the two agree on
-generated field lists: the same fields, the same never-indexed marks, and a refusal
-exactly where h2 refuses.
+The server session sends response heads and trailers through response_fields, and takes
+request heads and trailers through request_fields, with h2's normalization and validation
+turned off both ways; these tests prove they agree with h2 on generated field lists: the
+same fields, the same never-indexed marks, and a refusal exactly where h2 refuses.
 """
 
 from __future__ import annotations
@@ -15,11 +15,17 @@ import h2.connection
 import h2.exceptions
 import hpack
 import pytest
-from h2.utilities import HeaderValidationFlags, normalize_outbound_headers, validate_outbound_headers
+from h2.utilities import (
+    HeaderValidationFlags,
+    normalize_inbound_headers,
+    normalize_outbound_headers,
+    validate_headers,
+    validate_outbound_headers,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshcore.http.h2fields import response_fields
+from meshcore.http.h2fields import request_fields, response_fields
 
 NAMES = [
     b":status", b":path", b":method", b":authority", b":scheme", b":protocol", b":custom", b":STATUS",
@@ -126,3 +132,76 @@ def test_the_fields_encode_as_h2_would_send_them() -> None:
         return conn.data_to_send()
 
     assert wire(normalize=False) == wire(normalize=True)
+
+
+# -- inbound: request heads and trailers -----------------------------------------------------
+
+REQUEST_NAMES = [
+    b":method", b":scheme", b":authority", b":path", b":protocol", b":status", b":custom", b"",
+    b"host", b"cookie", b"te", b"connection", b"content-length", b"X-Upper", b"x:colon", b"x y",
+    b"x\x7f", b"accept", b"user-agent",
+]  # fmt: skip
+REQUEST_VALUES = [
+    b"GET", b"CONNECT", b"POST", b"http", b"/", b"", b"a.test", b"b.test", b"trailers", b"Trailers",
+    b"a=1", b" b=2", b"c=3 ", b"x\x00y", b"x\ry", b"x\ny", b"\tx", b"x\t", b"x y", b"websocket",
+]  # fmt: skip
+VALID_HEAD = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"a.test"), (b":path", b"/")]
+request_field = st.tuples(
+    st.sampled_from(REQUEST_NAMES), st.sampled_from(REQUEST_VALUES) | st.binary(max_size=8)
+)
+
+
+def h2_inbound(headers: list[tuple[bytes, bytes]], *, trailers: bool) -> list[Any] | None:
+    """What h2 hands over for a received block (normalized, validated), or None where it refuses."""
+    flags = HeaderValidationFlags(
+        is_client=False, is_trailer=trailers, is_response_header=False, is_push_promise=False
+    )
+    try:
+        return list(validate_headers(normalize_inbound_headers(headers, flags), flags))
+    except h2.exceptions.ProtocolError:
+        return None
+
+
+def ours_inbound(headers: list[tuple[bytes, bytes]], *, trailers: bool) -> list[Any] | None:
+    try:
+        return request_fields(headers, trailers=trailers)
+    except h2.exceptions.ProtocolError:
+        return None
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    head=st.permutations(VALID_HEAD) | st.lists(request_field, max_size=5),
+    extra=st.lists(request_field, max_size=4),
+    where=st.integers(0, 8),
+)
+def test_request_heads_match_h2(
+    head: list[tuple[bytes, bytes]], extra: list[tuple[bytes, bytes]], where: int
+) -> None:
+    headers = [*head[:where], *extra, *head[where:]] if where % 2 else [*head, *extra]
+    assert typed(ours_inbound(headers, trailers=False)) == typed(h2_inbound(headers, trailers=False))
+
+
+@settings(max_examples=300, deadline=None)
+@given(trailers=st.lists(request_field, max_size=5))
+def test_request_trailers_match_h2(trailers: list[tuple[bytes, bytes]]) -> None:
+    assert typed(ours_inbound(trailers, trailers=True)) == typed(h2_inbound(trailers, trailers=True))
+
+
+@pytest.mark.parametrize(
+    ("headers", "refused"),
+    [
+        (VALID_HEAD, False),
+        ([*VALID_HEAD, (b"cookie", b"a=1"), (b"x", b"1"), (b"cookie", b"b=2")], False),
+        ([(b"cookie", b"a=1"), *VALID_HEAD], False),  # h2 joins cookies (placed last) before checking
+        ([*VALID_HEAD, (b"X-Upper", b"1")], True),
+        ([*VALID_HEAD, (b"host", b"b.test")], True),  # :authority and host differ
+        ([(b":method", b"CONNECT"), (b":authority", b"a.test:443")], False),
+        ([(b":method", b"CONNECT"), (b":authority", b"a.test:443"), (b":path", b"/")], True),
+        ([*VALID_HEAD, (b"x", b"a\x00b")], True),
+        ([*VALID_HEAD, (b"te", b"gzip")], True),
+    ],
+)
+def test_known_request_cases(headers: list[tuple[bytes, bytes]], refused: bool) -> None:
+    assert (ours_inbound(headers, trailers=False) is None) is refused
+    assert (h2_inbound(headers, trailers=False) is None) is refused

@@ -16,18 +16,20 @@ and the connection's compression state no longer matches the peer's.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from h2.exceptions import ProtocolError
 from hpack import NeverIndexedHeaderTuple
 
-__all__ = ["response_fields"]
+__all__ = ["request_fields", "response_fields"]
 
 # RFC 9113 8.2.2: fields that are specific to one HTTP/1.1 connection.
 _CONNECTION = frozenset([b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding", b"upgrade"])
 _SECURE = frozenset([b"authorization", b"proxy-authorization"])
 _PSEUDO = frozenset([b":method", b":scheme", b":authority", b":path", b":status", b":protocol"])
 _REQUEST_ONLY = frozenset([b":scheme", b":path", b":authority", b":method", b":protocol"])
+_COLON = 0x3A
 _SHORT_COOKIE = 20  # a cookie shorter than this is never indexed (h2 and nghttp2's rule)
 
 
@@ -85,3 +87,119 @@ def response_fields(  # noqa: PLR0912 - one pass on purpose
             msg = f"Encountered request-only headers {pseudo & _REQUEST_ONLY}"
             raise ProtocolError(msg)
     return out
+
+
+# RFC 9113 8.2.1: a name has no uppercase, control, space or non-ASCII byte (nor a colon
+# past the first byte); a value has no NUL, CR or LF, and no whitespace at either end.
+_BAD_NAME = re.compile(rb"[\x00-\x20A-Z\x7f-\xff]")
+_BAD_VALUE = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
+
+
+def request_fields(
+    fields: Iterable[tuple[bytes, bytes]], *, trailers: bool = False
+) -> list[tuple[bytes, bytes]]:  # noqa: PLR0912, PLR0915 - one pass on purpose
+    """A request's (or its trailers') fields as h2 hands them over; ProtocolError where h2 refuses.
+
+    The inbound counterpart of :func:`response_fields`: what h2's normalize_inbound_headers
+    and validate_headers do for a server, in one loop with the character checks in C.
+    Split ``cookie`` fields are joined into one never-indexed field at the end (RFC 9113
+    8.2.3), and checked joined, as h2 does. Refused: a name that is empty or has an
+    uppercase, control or non-ASCII byte or a colon past the first; a value with NUL, CR
+    or LF or surrounding whitespace; a connection-specific field; ``te`` other than
+    ``trailers``; a pseudo-header field unknown, repeated, after a regular field, or a
+    response's; no ``:method``; ``:scheme`` and ``:path`` missing (or present on a plain
+    CONNECT); ``:protocol`` without CONNECT; an empty ``:path``; no ``:authority`` nor
+    ``host``, two ``host``, or the two differing; in trailers, any pseudo-header field.
+    """
+    out: list[tuple[bytes, bytes]] = []
+    cookies: list[bytes] = []
+    pseudo: set[bytes] = set()
+    regular = False
+    method = authority = host = None
+    for field in fields:
+        name, value = field
+        if name == b"cookie":
+            cookies.append(value)  # joined, checked and placed last, as h2 does before checking
+            continue
+        _check_field(name, value)
+        if name[0] == _COLON:
+            if name in pseudo:
+                msg = f"Received duplicate pseudo-header field {name!r}"
+                raise ProtocolError(msg)
+            pseudo.add(name)
+            if regular:
+                msg = f"Received pseudo-header field out of sequence: {name!r}"
+                raise ProtocolError(msg)
+            if name not in _PSEUDO:
+                msg = f"Received custom pseudo-header field {name!r}"
+                raise ProtocolError(msg)
+            if name == b":method":
+                method = value
+            elif name == b":authority":
+                authority = value
+            elif name == b":path" and not value and not trailers:
+                msg = "An empty :path header is forbidden"
+                raise ProtocolError(msg)
+        else:
+            regular = True
+            if name in _CONNECTION:
+                msg = f"Connection-specific header field present: {name!r}."
+                raise ProtocolError(msg)
+            if name == b"te" and value.lower() != b"trailers":
+                msg = f"Invalid value for TE header: {value!r}"
+                raise ProtocolError(msg)
+            if name == b"host" and not trailers:
+                if host is not None:
+                    msg = "Request header block has multiple Host headers."
+                    raise ProtocolError(msg)
+                host = value
+        out.append(field)
+    if cookies:
+        cookie = b"; ".join(cookies)
+        _check_field(b"cookie", cookie)
+        out.append(NeverIndexedHeaderTuple(b"cookie", cookie))
+    if trailers:
+        if pseudo:
+            msg = f"Received pseudo-header in trailer {pseudo}"
+            raise ProtocolError(msg)
+        return out
+    _check_request_pseudo(pseudo, method)
+    if authority is None and host is None:
+        msg = "Request header block does not have an :authority or Host header."
+        raise ProtocolError(msg)
+    if authority is not None and host is not None and authority != host:
+        msg = f"Request header block has mismatched :authority and Host headers: {authority!r} / {host!r}"
+        raise ProtocolError(msg)
+    return out
+
+
+def _check_field(name: bytes, value: bytes) -> None:
+    if not name:
+        msg = "Received header name with zero length."
+        raise ProtocolError(msg)
+    if _BAD_NAME.search(name) is not None or name.find(b":", 1) != -1:
+        msg = f"Illegal character in header name: {name!r}"
+        raise ProtocolError(msg)
+    if value and _BAD_VALUE.search(value) is not None:
+        msg = f"Illegal character or surrounding whitespace in header value: {value!r}"
+        raise ProtocolError(msg)
+
+
+def _check_request_pseudo(pseudo: set[bytes], method: bytes | None) -> None:
+    if b":method" not in pseudo:
+        msg = "Header block missing mandatory b':method' header"
+        raise ProtocolError(msg)
+    connect = method == b"CONNECT"
+    if connect and b":protocol" not in pseudo:
+        if b":scheme" in pseudo or b":path" in pseudo:
+            msg = "Ordinary CONNECT MUST NOT include :scheme or :path"
+            raise ProtocolError(msg)
+    elif b":scheme" not in pseudo or b":path" not in pseudo:
+        msg = "Header block missing mandatory :scheme or :path header"
+        raise ProtocolError(msg)
+    if b":status" in pseudo:
+        msg = "Encountered response-only headers {b':status'}"
+        raise ProtocolError(msg)
+    if not connect and b":protocol" in pseudo:
+        msg = "Encountered connect-request-only headers {b':protocol'}"
+        raise ProtocolError(msg)
