@@ -95,9 +95,9 @@ _BAD_NAME = re.compile(rb"[\x00-\x20A-Z\x7f-\xff]")
 _BAD_VALUE = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
 
 
-def request_fields(
+def request_fields(  # noqa: PLR0912, PLR0915 - one pass on purpose
     fields: Iterable[tuple[bytes, bytes]], *, trailers: bool = False
-) -> list[tuple[bytes, bytes]]:  # noqa: PLR0912, PLR0915 - one pass on purpose
+) -> list[tuple[bytes, bytes]]:
     """A request's (or its trailers') fields as h2 hands them over; ProtocolError where h2 refuses.
 
     The inbound counterpart of :func:`response_fields`: what h2's normalize_inbound_headers

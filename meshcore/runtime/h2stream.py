@@ -51,12 +51,17 @@ class H2Stream:
         self.request: Request | None = None
 
 
-def make_request(session: H2ServerSession, stream: H2Stream, event: h2.events.RequestReceived) -> Request:
+def make_request(
+    session: H2ServerSession,
+    stream: H2Stream,
+    event: h2.events.RequestReceived,
+    fields: list[tuple[bytes, bytes]],
+) -> Request:
     """The Request of a stream's HEADERS; ProtocolError (stream reset) if it cannot be served."""
     method = path = authority = b""
     scheme = b"https" if session.hcm.scheme == "https" else b"http"
     headers: list[tuple[bytes, bytes]] = []
-    for name, value in event.headers:
+    for name, value in fields:
         if name[0:1] == b":":
             if name == b":method":
                 method = value
