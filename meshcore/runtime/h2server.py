@@ -92,6 +92,7 @@ class H2ServerSession:
         self.nursery: trio.Nursery | None = None
         self.last_stream_id = 0
         self.flush_soon = trio.Event()
+        self.queued_while_writing = 0  # send_soon() calls during the write under way
         self.broken = False
         self.goaway_frame = b""
         self.graceful = GracefulGoaway(skip=len(PREFACE), max_frame_size=settings.max_frame_size)
@@ -117,6 +118,7 @@ class H2ServerSession:
         never see the error.
         """
         async with self.send_lock:
+            self.queued_while_writing = 0
             # A graceful GOAWAY first: a GOAWAY h2 queued for an error (or abuse) comes after
             # it, and has the last word.
             data, self.goaway_frame = self.goaway_frame + self.h2.data_to_send(), b""
@@ -192,7 +194,7 @@ class H2ServerSession:
                     self.h2.close_connection(error_code=abuse.code, last_stream_id=self.last_stream_id)
                     await self._final_flush()
                     return False
-                self.flush_soon.set()
+                await self.send_soon()
             if self.closing and not self.streams:
                 return True
             idle = self.hcm.idle_timeout if not self.streams else math.inf
@@ -207,6 +209,22 @@ class H2ServerSession:
                 return True
             if not data or self.broken:
                 return False
+
+    async def send_soon(self) -> None:
+        """Frames were queued: they go with the others in the flusher's next write.
+
+        While one write is under way, up to max_concurrent_streams more callers may queue
+        and go on; past that (a client that reads slowly) each waits for the write and
+        writes, as every stream did before the flusher: its task ends (and frees its place)
+        and the read loop reads on only once what they queued is written, so what a
+        connection holds stays bounded by its streams and their windows.
+        """
+        if self.send_lock.locked():
+            self.queued_while_writing += 1
+            if self.queued_while_writing > self.max_streams:
+                await self.flush()
+                return
+        self.flush_soon.set()
 
     async def _final_flush(self) -> None:
         """Send the GOAWAY h2 queued, without waiting long for a client that does not read."""

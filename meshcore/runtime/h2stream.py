@@ -221,7 +221,7 @@ async def send_response(session: H2ServerSession, stream: H2Stream, response: Re
             )
         else:
             session.h2.end_stream(stream.id)
-        session.flush_soon.set()  # with the other streams' frames, in one write
+        await session.send_soon()  # with the other streams' frames, in one write
     except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
         return False  # the client reset the stream meanwhile
     except trio.TooSlowError:
@@ -255,7 +255,7 @@ async def send_head_only(
     session.h2.send_headers(stream.id, headers, end_stream=trailers is None)
     if trailers is not None:
         session.h2.send_headers(stream.id, response_fields(trailers.raw, trailers=True), end_stream=True)
-    session.flush_soon.set()  # with the other streams' frames, in one write
+    await session.send_soon()  # with the other streams' frames, in one write
 
 
 async def send_data(session: H2ServerSession, stream: H2Stream, data: bytes, *, flush: bool = True) -> None:
