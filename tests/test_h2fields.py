@@ -1,7 +1,7 @@
 """meshcore.http.h2fields held to h2's own header pipelines (differential, sans-IO).
 
-The server session sends response heads and trailers through response_fields, and takes
-request heads and trailers through request_fields, with h2's normalization and validation
+The server session sends response heads and trailers through fields_to_send, and takes
+request heads and trailers through fields_received, with h2's normalization and validation
 turned off both ways; these tests prove they agree with h2 on generated field lists: the
 same fields, the same never-indexed marks, and a refusal exactly where h2 refuses.
 """
@@ -25,7 +25,7 @@ from h2.utilities import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshcore.http.h2fields import request_fields, response_fields
+from meshcore.http.h2fields import fields_received, fields_to_send
 
 NAMES = [
     b":status", b":path", b":method", b":authority", b":scheme", b":protocol", b":custom", b":STATUS",
@@ -64,7 +64,7 @@ def h2_pipeline(headers: list[tuple[bytes, bytes]], *, trailers: bool) -> list[A
 
 def ours(headers: list[tuple[bytes, bytes]], *, trailers: bool) -> list[Any] | None:
     try:
-        return response_fields(headers, trailers=trailers)
+        return fields_to_send(headers, trailers=trailers)
     except h2.exceptions.ProtocolError:
         return None
 
@@ -128,7 +128,7 @@ def test_the_fields_encode_as_h2_would_send_them() -> None:
             (b"authorization", b"secret"),
             (b"connection", b"close"),
         ]
-        conn.send_headers(1, head if normalize else response_fields(head), end_stream=True)
+        conn.send_headers(1, head if normalize else fields_to_send(head), end_stream=True)
         return conn.data_to_send()
 
     assert wire(normalize=False) == wire(normalize=True)
@@ -164,7 +164,7 @@ def h2_inbound(headers: list[tuple[bytes, bytes]], *, trailers: bool) -> list[An
 
 def ours_inbound(headers: list[tuple[bytes, bytes]], *, trailers: bool) -> list[Any] | None:
     try:
-        return request_fields(headers, trailers=trailers)
+        return fields_received(headers, trailers=trailers)
     except h2.exceptions.ProtocolError:
         return None
 
@@ -200,8 +200,74 @@ def test_request_trailers_match_h2(trailers: list[tuple[bytes, bytes]]) -> None:
         ([(b":method", b"CONNECT"), (b":authority", b"a.test:443"), (b":path", b"/")], True),
         ([*VALID_HEAD, (b"x", b"a\x00b")], True),
         ([*VALID_HEAD, (b"te", b"gzip")], True),
+        ([*VALID_HEAD, (b"host", b"a.test"), (b"host", b"a.test")], True),
+        ([*VALID_HEAD[:2], VALID_HEAD[3], (b"host", b"a.test")], False),  # host, no :authority
+        ([*VALID_HEAD[:3], (b":path", b"")], True),
     ],
 )
 def test_known_request_cases(headers: list[tuple[bytes, bytes]], refused: bool) -> None:
     assert (ours_inbound(headers, trailers=False) is None) is refused
     assert (h2_inbound(headers, trailers=False) is None) is refused
+    # Sent by the upstream pool (normalized first: an uppercase name is lower-cased, say).
+    sent = ours_or_none(headers, send=True, request=True, trailers=False)
+    assert typed(sent) == typed(h2_outbound_request(headers, trailers=False))
+
+
+# -- the upstream pool's side: requests sent, responses received ------------------------------
+
+
+def h2_outbound_request(headers: list[tuple[bytes, bytes]], *, trailers: bool) -> list[Any] | None:
+    flags = HeaderValidationFlags(
+        is_client=True, is_trailer=trailers, is_response_header=False, is_push_promise=False
+    )
+    try:
+        return list(validate_outbound_headers(normalize_outbound_headers(headers, flags), flags))
+    except (h2.exceptions.ProtocolError, IndexError):  # IndexError: h2 on an empty name
+        return None
+
+
+def h2_inbound_response(headers: list[tuple[bytes, bytes]], *, trailers: bool) -> list[Any] | None:
+    flags = HeaderValidationFlags(
+        is_client=True, is_trailer=trailers, is_response_header=not trailers, is_push_promise=False
+    )
+    try:
+        return list(validate_headers(normalize_inbound_headers(headers, flags), flags))
+    except h2.exceptions.ProtocolError:
+        return None
+
+
+def ours_or_none(headers: list[tuple[bytes, bytes]], **kwargs: bool) -> list[Any] | None:
+    send = kwargs.pop("send")
+    try:
+        return fields_to_send(headers, **kwargs) if send else fields_received(headers, **kwargs)
+    except h2.exceptions.ProtocolError:
+        return None
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    head=st.permutations(VALID_HEAD) | st.lists(request_field, max_size=5),
+    extra=st.lists(request_field | st.tuples(st.sampled_from(NAMES), st.sampled_from(VALUES)), max_size=4),
+    where=st.integers(0, 8),
+    trailers=st.booleans(),
+)
+def test_requests_sent_match_h2(
+    head: list[tuple[bytes, bytes]], extra: list[tuple[bytes, bytes]], where: int, trailers: bool
+) -> None:
+    headers = [*head[:where], *extra, *head[where:]] if where % 2 else [*head, *extra]
+    got = ours_or_none(headers, send=True, request=True, trailers=trailers)
+    assert typed(got) == typed(h2_outbound_request(headers, trailers=trailers))
+
+
+@settings(max_examples=600, deadline=None)
+@given(
+    head=fields | st.lists(request_field, max_size=5),
+    status_first=st.booleans(),
+    trailers=st.booleans(),
+)
+def test_responses_received_match_h2(
+    head: list[tuple[bytes, bytes]], status_first: bool, trailers: bool
+) -> None:
+    headers = [(b":status", b"200"), *head] if status_first else head
+    got = ours_or_none(headers, send=False, response=True, trailers=trailers)
+    assert typed(got) == typed(h2_inbound_response(headers, trailers=trailers))

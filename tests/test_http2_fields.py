@@ -1,6 +1,6 @@
 """Malformed request heads and trailers against a real proxy: the connection ends as h2 ends it.
 
-The server checks received fields itself (meshcore.http.h2fields.request_fields, h2's
+The server checks received fields itself (meshcore.http.h2fields.fields_received, h2's
 validation turned off); held to h2 field by field in tests/test_h2fields.py. Here, end to
 end: for each malformed block, the proxy's GOAWAY carries the error code and last stream
 id that h2 itself produces for the same bytes, and the proxy serves the next client.

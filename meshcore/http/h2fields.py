@@ -1,13 +1,14 @@
-"""HTTP/2 response and trailer fields, normalized and checked in one pass.
+"""HTTP/2 header fields, normalized and checked in one pass each way, as h2 would.
 
 h2 normalizes and validates every header block it sends through a chain of nine
 generators (lower-case names, strip whitespace, drop connection-specific fields, mark
 credentials never-indexed, reject ``te`` other than ``trailers``, check pseudo-header
-fields, ...): about 100 Python calls per response of a few fields. :func:`response_fields`
-does the same in one loop, before anything is encoded, and the server session turns h2's
-outbound normalization and validation off. It is held to h2's own pipeline by a
-differential test (tests/test_h2fields.py): same fields out, same field types (never-indexed
-or not), a ProtocolError exactly where h2 raises one.
+fields, ...), and every block it receives through seven more, with character checks that
+loop over every byte in Python: about 170 Python calls per proxied request.
+:func:`fields_to_send` and :func:`fields_received` do the same in one loop each, and the
+server session and the upstream pool turn h2's own normalization and validation off. They
+are held to h2's pipelines by differential tests (tests/test_h2fields.py): same fields
+out, same field types (never-indexed or not), a ProtocolError exactly where h2 raises one.
 
 Raising before encoding is also safer than h2's way: h2's generators raise midway through
 HPACK-encoding a block, after the earlier fields have entered the encoder's dynamic table,
@@ -22,7 +23,7 @@ from collections.abc import Iterable
 from h2.exceptions import ProtocolError
 from hpack import NeverIndexedHeaderTuple
 
-__all__ = ["request_fields", "response_fields"]
+__all__ = ["fields_received", "fields_to_send"]
 
 # RFC 9113 8.2.2: fields that are specific to one HTTP/1.1 connection.
 _CONNECTION = frozenset([b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding", b"upgrade"])
@@ -33,20 +34,24 @@ _COLON = 0x3A
 _SHORT_COOKIE = 20  # a cookie shorter than this is never indexed (h2 and nghttp2's rule)
 
 
-def response_fields(  # noqa: PLR0912 - one pass on purpose
-    fields: Iterable[tuple[bytes, bytes]], *, trailers: bool = False
+def fields_to_send(
+    fields: Iterable[tuple[bytes, bytes]], *, request: bool = False, trailers: bool = False
 ) -> list[tuple[bytes, bytes]]:
-    """A response's (or its trailers') fields as h2 would send them; ProtocolError if h2 would refuse.
+    """A response's or request's (or trailers') fields as h2 would send them; ProtocolError where h2 refuses.
 
     Names are lower-cased and both names and values stripped of surrounding whitespace,
     connection-specific fields dropped, ``authorization``, ``proxy-authorization`` and
     short ``cookie`` fields made never-indexed (HPACK 7.1.3). Refused: ``te`` other than
     ``trailers``, a pseudo-header field that is unknown, repeated or after a regular field,
-    a head without ``:status`` or with a request's pseudo-header field, trailers with any.
+    a response head without ``:status`` or with a request's pseudo-header field, a request
+    head as :func:`fields_received` refuses one (pseudo-header fields, ``:authority`` and
+    ``host``, an empty ``:path``), trailers with any pseudo-header field.
     """
     out: list[tuple[bytes, bytes]] = []
     pseudo: set[bytes] = set()
     regular = False
+    method = authority = host = None
+    request_head = request and not trailers
     for raw_name, raw_value in fields:
         name = raw_name.lower().strip()
         if not name:
@@ -66,26 +71,20 @@ def response_fields(  # noqa: PLR0912 - one pass on purpose
             if name not in _PSEUDO:
                 msg = f"Received custom pseudo-header field {name!r}"
                 raise ProtocolError(msg)
+            if request_head:
+                method, authority = _request_pseudo(name, value, method, authority)
         else:
             regular = True
             if name == b"te" and value.lower() != b"trailers":
                 msg = f"Invalid value for TE header: {value!r}"
                 raise ProtocolError(msg)
+            if name == b"host" and request_head:
+                host = _one_host(host, value)
             if name in _SECURE or (name == b"cookie" and len(value) < _SHORT_COOKIE):
                 out.append(NeverIndexedHeaderTuple(name, value))
                 continue
         out.append((name, value))
-    if trailers:
-        if pseudo:
-            msg = f"Received pseudo-header in trailer {pseudo}"
-            raise ProtocolError(msg)
-    else:
-        if b":status" not in pseudo:
-            msg = "Header block missing mandatory b':status' header"
-            raise ProtocolError(msg)
-        if pseudo & _REQUEST_ONLY:
-            msg = f"Encountered request-only headers {pseudo & _REQUEST_ONLY}"
-            raise ProtocolError(msg)
+    _check_block(pseudo, method, authority, host, request=request, trailers=trailers)
     return out
 
 
@@ -95,13 +94,13 @@ _BAD_NAME = re.compile(rb"[\x00-\x20A-Z\x7f-\xff]")
 _BAD_VALUE = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
 
 
-def request_fields(  # noqa: PLR0912, PLR0915 - one pass on purpose
-    fields: Iterable[tuple[bytes, bytes]], *, trailers: bool = False
+def fields_received(
+    fields: Iterable[tuple[bytes, bytes]], *, response: bool = False, trailers: bool = False
 ) -> list[tuple[bytes, bytes]]:
-    """A request's (or its trailers') fields as h2 hands them over; ProtocolError where h2 refuses.
+    """A request's or response's (or trailers') fields as h2 hands them over; ProtocolError where h2 refuses.
 
-    The inbound counterpart of :func:`response_fields`: what h2's normalize_inbound_headers
-    and validate_headers do for a server, in one loop with the character checks in C.
+    The inbound counterpart of :func:`fields_to_send`: what h2's normalize_inbound_headers
+    and validate_headers do, in one loop with the character checks in C.
     Split ``cookie`` fields are joined into one never-indexed field at the end (RFC 9113
     8.2.3), and checked joined, as h2 does. Refused: a name that is empty or has an
     uppercase, control or non-ASCII byte or a colon past the first; a value with NUL, CR
@@ -109,13 +108,15 @@ def request_fields(  # noqa: PLR0912, PLR0915 - one pass on purpose
     ``trailers``; a pseudo-header field unknown, repeated, after a regular field, or a
     response's; no ``:method``; ``:scheme`` and ``:path`` missing (or present on a plain
     CONNECT); ``:protocol`` without CONNECT; an empty ``:path``; no ``:authority`` nor
-    ``host``, two ``host``, or the two differing; in trailers, any pseudo-header field.
+    ``host``, two ``host``, or the two differing; in trailers, any pseudo-header field. A
+    response head (``response=True``) needs ``:status`` and no request pseudo-header field.
     """
     out: list[tuple[bytes, bytes]] = []
     cookies: list[bytes] = []
     pseudo: set[bytes] = set()
     regular = False
     method = authority = host = None
+    request_head = not response and not trailers
     for field in fields:
         name, value = field
         if name == b"cookie":
@@ -133,13 +134,8 @@ def request_fields(  # noqa: PLR0912, PLR0915 - one pass on purpose
             if name not in _PSEUDO:
                 msg = f"Received custom pseudo-header field {name!r}"
                 raise ProtocolError(msg)
-            if name == b":method":
-                method = value
-            elif name == b":authority":
-                authority = value
-            elif name == b":path" and not value and not trailers:
-                msg = "An empty :path header is forbidden"
-                raise ProtocolError(msg)
+            if request_head:
+                method, authority = _request_pseudo(name, value, method, authority)
         else:
             regular = True
             if name in _CONNECTION:
@@ -148,21 +144,60 @@ def request_fields(  # noqa: PLR0912, PLR0915 - one pass on purpose
             if name == b"te" and value.lower() != b"trailers":
                 msg = f"Invalid value for TE header: {value!r}"
                 raise ProtocolError(msg)
-            if name == b"host" and not trailers:
-                if host is not None:
-                    msg = "Request header block has multiple Host headers."
-                    raise ProtocolError(msg)
-                host = value
+            if name == b"host" and request_head:
+                host = _one_host(host, value)
         out.append(field)
     if cookies:
         cookie = b"; ".join(cookies)
         _check_field(b"cookie", cookie)
         out.append(NeverIndexedHeaderTuple(b"cookie", cookie))
+    _check_block(pseudo, method, authority, host, request=not response, trailers=trailers)
+    return out
+
+
+def _request_pseudo(
+    name: bytes, value: bytes, method: bytes | None, authority: bytes | None
+) -> tuple[bytes | None, bytes | None]:
+    if name == b":method":
+        return value, authority
+    if name == b":authority":
+        return method, value
+    if name == b":path" and not value:
+        msg = "An empty :path header is forbidden"
+        raise ProtocolError(msg)
+    return method, authority
+
+
+def _one_host(host: bytes | None, value: bytes) -> bytes:
+    if host is not None:
+        msg = "Request header block has multiple Host headers."
+        raise ProtocolError(msg)
+    return value
+
+
+def _check_block(
+    pseudo: set[bytes],
+    method: bytes | None,
+    authority: bytes | None,
+    host: bytes | None,
+    *,
+    request: bool,
+    trailers: bool,
+) -> None:
+    """The checks h2 makes once a block's fields are all seen."""
     if trailers:
         if pseudo:
             msg = f"Received pseudo-header in trailer {pseudo}"
             raise ProtocolError(msg)
-        return out
+        return
+    if not request:
+        if b":status" not in pseudo:
+            msg = "Header block missing mandatory b':status' header"
+            raise ProtocolError(msg)
+        if pseudo & _REQUEST_ONLY:
+            msg = f"Encountered request-only headers {pseudo & _REQUEST_ONLY}"
+            raise ProtocolError(msg)
+        return
     _check_request_pseudo(pseudo, method)
     if authority is None and host is None:
         msg = "Request header block does not have an :authority or Host header."
@@ -170,7 +205,6 @@ def request_fields(  # noqa: PLR0912, PLR0915 - one pass on purpose
     if authority is not None and host is not None and authority != host:
         msg = f"Request header block has mismatched :authority and Host headers: {authority!r} / {host!r}"
         raise ProtocolError(msg)
-    return out
 
 
 def _check_field(name: bytes, value: bytes) -> None:

@@ -29,7 +29,7 @@ import trio
 from h2.errors import ErrorCodes
 
 from meshcore.errors import ProtocolError
-from meshcore.http.h2fields import request_fields
+from meshcore.http.h2fields import fields_received
 from meshcore.http.h2goaway import GOAWAY_HEAD, GracefulGoaway
 from meshcore.http.h2guard import TINY_WINDOW_UPDATE, Abuse, H2Budgets
 from meshcore.http.h2hpack import CachingEncoder
@@ -61,7 +61,7 @@ class H2ServerSession:
         self.initial = initial
         settings = hcm.http2
         silence_hpack()
-        # Fields are normalized and checked by request_fields and response_fields, each in
+        # Fields are normalized and checked by fields_received and fields_to_send, each in
         # one pass held to h2's pipelines by differential tests (h2's generators cost about
         # 170 Python calls per request, and its character checks loop over every byte).
         config = h2.config.H2Configuration(
@@ -289,13 +289,13 @@ class H2ServerSession:
             stream.readable.set()
 
     def _checked(self, fields: list[Any], *, trailers: bool) -> list[tuple[bytes, bytes]]:
-        """A received block's fields as h2 would hand them over (see request_fields).
+        """A received block's fields as h2 would hand them over (see fields_received).
 
         A block h2 would refuse ends the connection as h2 ends it: GOAWAY(PROTOCOL_ERROR),
         then ProtocolError for the read loop.
         """
         try:
-            return request_fields(fields, trailers=trailers)
+            return fields_received(fields, trailers=trailers)
         except h2.exceptions.ProtocolError:
             with contextlib.suppress(h2.exceptions.ProtocolError):  # the connection is already over
                 self.h2.close_connection(error_code=ErrorCodes.PROTOCOL_ERROR)

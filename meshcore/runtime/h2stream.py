@@ -21,7 +21,7 @@ from h2.errors import ErrorCodes
 
 from meshcore.errors import ProtocolError
 from meshcore.flags import ResponseFlag
-from meshcore.http.h2fields import response_fields
+from meshcore.http.h2fields import fields_to_send
 from meshcore.http.h2flow import send_flow_controlled
 from meshcore.http.messages import Body, Headers, Request, Response, StreamInfo
 from meshcore.http.semantics import strip_hop_by_hop
@@ -184,7 +184,7 @@ async def send_response(session: H2ServerSession, stream: H2Stream, response: Re
     body = response.body
     no_body = (request is not None and request.method == "HEAD") or response.status in (204, 304)
     try:
-        headers = response_fields(headers)
+        headers = fields_to_send(headers)
         if no_body or body.length == 0 or body.done:
             await send_head_only(session, stream, headers, body)
             return True
@@ -217,7 +217,7 @@ async def send_response(session: H2ServerSession, stream: H2Stream, response: Re
             await send_data(session, stream, chunk, flush=more_to_come)
         if body.trailers is not None:
             session.h2.send_headers(
-                stream.id, response_fields(body.trailers.raw, trailers=True), end_stream=True
+                stream.id, fields_to_send(body.trailers.raw, trailers=True), end_stream=True
             )
         else:
             session.h2.end_stream(stream.id)
@@ -254,7 +254,7 @@ async def send_head_only(
     trailers = body.trailers
     session.h2.send_headers(stream.id, headers, end_stream=trailers is None)
     if trailers is not None:
-        session.h2.send_headers(stream.id, response_fields(trailers.raw, trailers=True), end_stream=True)
+        session.h2.send_headers(stream.id, fields_to_send(trailers.raw, trailers=True), end_stream=True)
     await session.send_soon()  # with the other streams' frames, in one write
 
 
