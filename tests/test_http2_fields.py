@@ -1,15 +1,19 @@
-"""Malformed request heads and trailers against a real proxy: the connection ends as h2 ends it.
+"""Malformed header blocks against a real proxy, from a client and from an HTTP/2 upstream.
 
 The server checks received fields itself (meshcore.http.h2fields.fields_received, h2's
 validation turned off); held to h2 field by field in tests/test_h2fields.py. Here, end to
 end: for each malformed block, the proxy's GOAWAY carries the error code and last stream
-id that h2 itself produces for the same bytes, and the proxy serves the next client.
+id that h2 itself produces for the same bytes, and the proxy serves the next client. A
+response head that h2 would refuse from an HTTP/2 upstream fails its request (5xx).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import h2.config
 import h2.connection
+import h2.events
 import h2.exceptions
 import hpack
 import pytest
@@ -19,6 +23,7 @@ from test_http2_abuse import PREFACE, headers_frame, request_headers
 from test_http2_limits import DEADLINE, RawH2, start
 
 from meshcore.testing.client import fetch
+from meshcore.testing.harness import http_proxy_config, start_proxy
 
 HEAD = [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"proxy.test"), (b":path", b"/up/echo")]
 
@@ -78,4 +83,61 @@ async def test_a_malformed_block_ends_the_connection_as_h2_would(nursery: trio.N
         assert goaway is not None
         assert (goaway.error_code, goaway.last_stream_id) == h2_goaway(frames)
         assert (await fetch(proxy.address("ingress"), "/")).status == 200
+    nursery.cancel_scope.cancel()
+
+
+# -- the upstream pool: responses an HTTP/2 upstream sends -----------------------------------
+
+
+async def serve_answering(
+    head: list[tuple[bytes, bytes]], *, task_status: Any = trio.TASK_STATUS_IGNORED
+) -> None:
+    """An HTTP/2 upstream answering every request with ``head`` as given (its checks off) and "ok"."""
+
+    async def connection(stream: trio.SocketStream) -> None:
+        config = h2.config.H2Configuration(
+            client_side=False,
+            header_encoding=None,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
+        conn = h2.connection.H2Connection(config)
+        conn.initiate_connection()
+        async with stream:
+            await stream.send_all(conn.data_to_send())
+            while data := await stream.receive_some(65536):
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.StreamEnded):
+                        conn.send_headers(event.stream_id, head)
+                        conn.send_data(event.stream_id, b"ok", end_stream=True)
+                await stream.send_all(conn.data_to_send())
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    task_status.started(listeners[0].socket.getsockname()[:2])
+    await trio.serve_listeners(connection, listeners)
+
+
+UPSTREAM_HEADS = {
+    "valid": ([(b":status", b"200"), (b"content-length", b"2")], 200),
+    "uppercase name": ([(b":status", b"200"), (b"X-Upper", b"1")], None),
+    "no :status": ([(b"content-length", b"2")], None),
+    "request pseudo-header": ([(b":status", b"200"), (b":path", b"/")], None),
+    "value with surrounding space": ([(b":status", b"200"), (b"x", b" v")], None),
+}
+
+
+@pytest.mark.parametrize("case", list(UPSTREAM_HEADS))
+async def test_a_malformed_response_from_an_http2_upstream_fails_the_request(
+    nursery: trio.Nursery, case: str
+) -> None:
+    head, status = UPSTREAM_HEADS[case]
+    with trio.fail_after(DEADLINE):
+        upstream = await nursery.start(serve_answering, head)
+        config = http_proxy_config([upstream], cluster={"protocol": "http2"})
+        proxy = await start_proxy(nursery, config)
+        got = await fetch(proxy.address("ingress"), "/")
+        if status is None:  # h2 refuses the head: the connection fails, the request with it
+            assert got.status in (502, 503)
+        else:
+            assert (got.status, got.body) == (status, b"ok")
     nursery.cancel_scope.cancel()

@@ -14,6 +14,7 @@ before the request) is reset, and its sender stopped.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import deque
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from h2.errors import ErrorCodes
 
 from meshcore.errors import ProtocolError, UpstreamError
 from meshcore.flags import ResponseFlag
+from meshcore.http.h2fields import fields_received, fields_to_send
 from meshcore.http.h2flow import send_flow_controlled
 from meshcore.http.h2goaway import GracefulGoaway
 from meshcore.http.h2quiet import SILENT, silence_hpack
@@ -76,7 +78,17 @@ class H2Connection:
         self.stream = stream
         self.host = host
         silence_hpack()
-        config = h2.config.H2Configuration(client_side=True, header_encoding=None, logger=SILENT)
+        # Fields are normalized and checked by fields_to_send and fields_received, each in
+        # one pass held to h2's pipelines by differential tests (tests/test_h2fields.py).
+        config = h2.config.H2Configuration(
+            client_side=True,
+            header_encoding=None,
+            validate_inbound_headers=False,
+            normalize_inbound_headers=False,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+            logger=SILENT,
+        )
         self.h2 = h2.connection.H2Connection(config=config)
         self.h2.local_settings = h2.settings.Settings(
             client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: WINDOW}
@@ -184,10 +196,27 @@ class H2Connection:
         if handler is not None:
             handler(self, event)
 
+    def _checked(self, fields: list[Any], *, trailers: bool) -> list[tuple[bytes, bytes]]:
+        """A received block's fields as h2 would hand them over (see fields_received).
+
+        A block h2 would refuse ends the connection as h2 ends it: GOAWAY(PROTOCOL_ERROR),
+        then ProtocolError for the read loop.
+        """
+        try:
+            return fields_received(fields, response=True, trailers=trailers)
+        except h2.exceptions.ProtocolError:
+            with contextlib.suppress(h2.exceptions.ProtocolError):  # the connection is already over
+                self.h2.close_connection(error_code=ErrorCodes.PROTOCOL_ERROR)
+            raise
+
     def _response_received(self, event: h2.events.ResponseReceived) -> None:
+        head = self._checked(event.headers, trailers=False)
         if (up := self.streams.get(event.stream_id)) is not None:
-            up.head = list(event.headers)
+            up.head = head
             up.readable.set()
+
+    def _informational_received(self, event: h2.events.InformationalResponseReceived) -> None:
+        self._checked(event.headers, trailers=False)  # h2 checked these too; nothing else to do
 
     def _data_received(self, event: h2.events.DataReceived) -> None:
         if (up := self.streams.get(event.stream_id)) is not None:
@@ -201,8 +230,9 @@ class H2Connection:
                 self.flush_soon.set()
 
     def _trailers_received(self, event: h2.events.TrailersReceived) -> None:
+        trailers = self._checked(event.headers, trailers=True)
         if (up := self.streams.get(event.stream_id)) is not None:
-            up.trailers = Headers.from_raw(list(event.headers))
+            up.trailers = Headers.from_raw(trailers)
 
     def _stream_ended(self, event: h2.events.StreamEnded) -> None:
         if (up := self.streams.get(event.stream_id)) is not None:
@@ -234,6 +264,7 @@ class H2Connection:
     # them); the others need nothing.
     _EVENT_HANDLERS: ClassVar[dict[type[h2.events.Event], Callable[[H2Connection, Any], None]]] = {
         h2.events.ResponseReceived: _response_received,
+        h2.events.InformationalResponseReceived: _informational_received,
         h2.events.DataReceived: _data_received,
         h2.events.TrailersReceived: _trailers_received,
         h2.events.StreamEnded: _stream_ended,
@@ -280,6 +311,11 @@ class H2Connection:
         headers += [(n, v) for n, v in strip_hop_by_hop(request.headers.raw) if n != b"host"]
         body = request.body
         empty = body.length == 0 or body.done
+        try:
+            headers = fields_to_send(headers, request=True)  # refused as h2 refuses, before any state
+        except h2.exceptions.ProtocolError:
+            self.streams.pop(sid, None)
+            raise
         self.h2.send_headers(sid, headers, end_stream=empty)
         up.sent = empty
         try:
@@ -415,7 +451,9 @@ class H2Connection:
                     if not sent:
                         return
                 if body.trailers is not None:
-                    self.h2.send_headers(up.id, body.trailers.raw, end_stream=True)
+                    self.h2.send_headers(
+                        up.id, fields_to_send(body.trailers.raw, trailers=True), end_stream=True
+                    )
                 else:
                     self.h2.end_stream(up.id)
                 up.sent = True
