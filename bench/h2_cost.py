@@ -1,6 +1,9 @@
 """HTTP/2 cost per request: meshcore against a bare trio + h2 forwarder, one command.
 
-Run: ``python bench/h2_cost.py [--duration 5] [--rounds 3] [--requests 3000]``.
+Run: ``python bench/h2_cost.py [--duration 5] [--rounds 3] [--requests 3000] [--compare DIR]``.
+
+``--compare DIR`` adds the same proxy imported from another checkout, for a before/after
+figure from one run: ``git archive main | tar -x -C /tmp/main`` then ``--compare /tmp/main``.
 
 The issue-14 set-up for HTTP/2: h2load ``-c10 -m10`` with h2c prior knowledge, the proxy
 speaking HTTP/1.1 to an nginx backend (98-byte body, as in bench/peers.py). Measured, in
@@ -63,6 +66,34 @@ def count_calls(peer: Peer, out: Path, requests: int, *, verbose: bool = False) 
     return per
 
 
+def report(
+    args: argparse.Namespace, cpu: dict[str, list[dict[str, float]]], calls: dict[str, dict[str, float]]
+) -> None:
+    """Print the medians, the ratios to the bare forwarder, and the calls by package."""
+    base = "bare trio + h2"
+    table = {name: {k: statistics.median(r[k] for r in rows) for k in rows[0]} for name, rows in cpu.items()}
+    print(
+        f"\nHTTP/2 h2c: h2load -c10 -m10 -D{args.duration}, HTTP/1.1 to nginx, median of {args.rounds} rounds"
+    )
+    print(
+        f"{'':32} {'req/s':>8} {'CPU us/req':>11} {'x bare h2':>10} {'calls/req':>10} {'x bare h2':>10} {'errors':>7}"
+    )
+    for name, r in table.items():
+        c = calls[name]["calls"]
+        print(
+            f"{name:32} {r['rps']:>8.0f} {r['cpu_us']:>11.1f} {r['cpu_us'] / table[base]['cpu_us']:>10.2f}"
+            f" {c:>10.0f} {c / calls[base]['calls']:>10.2f} {r['errors']:>7.0f}"
+        )
+    print("\nPython calls per request by package:")
+    for name, per in calls.items():
+        parts = ", ".join(f"{k} {v:.0f}" for k, v in per.items() if k != "calls" and v >= SHOWN)
+        print(f"  {name}: {parts}")
+    print(
+        "\nCPU us/request per round: "
+        + "; ".join(f"{n}: " + " ".join(f"{r['cpu_us']:.0f}" for r in rows) for n, rows in cpu.items())
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Start the backend and the proxies, interleave rounds, print the tables."""
     with tempfile.TemporaryDirectory(prefix="meshcore-h2cost-") as tmp_name:
@@ -92,6 +123,18 @@ def run(args: argparse.Namespace) -> int:
             peers.append(
                 Peer(label, [*argv, "--count-calls", str(tmp / f"calls-{len(peers)}.json")], port, port)
             )
+        if args.compare:
+            # The same proxy from another checkout (say, main exported with ``git archive``),
+            # imported first through PYTHONPATH: a before/after figure from one run.
+            port = free_port()
+            config = tmp / "meshcore-compare.yaml"
+            config.write_text(
+                MESHCORE_CONFIG.format(port=port, backend=backend_port, l4="", filters="[router]")
+            )
+            argv = [*me, "--role", "meshcore", "--config", str(config)]
+            argv += ["--count-calls", str(tmp / f"calls-{len(peers)}.json")]
+            env = {"PYTHONPATH": str(Path(args.compare).resolve())}
+            peers.append(Peer(f"meshcore at {Path(args.compare).name}", argv, port, port, env))
         cpu: dict[str, list[dict[str, float]]] = {p.name: [] for p in peers}
         calls: dict[str, dict[str, float]] = {}
         started: list[Peer] = []
@@ -110,28 +153,7 @@ def run(args: argparse.Namespace) -> int:
         finally:
             for peer in started:
                 peer.stop()
-    base = "bare trio + h2"
-    table = {name: {k: statistics.median(r[k] for r in rows) for k in rows[0]} for name, rows in cpu.items()}
-    print(
-        f"\nHTTP/2 h2c: h2load -c10 -m10 -D{args.duration}, HTTP/1.1 to nginx, median of {args.rounds} rounds"
-    )
-    print(
-        f"{'':28} {'req/s':>8} {'CPU us/req':>11} {'x bare h2':>10} {'calls/req':>10} {'x bare h2':>10} {'errors':>7}"
-    )
-    for name, r in table.items():
-        c = calls[name]["calls"]
-        print(
-            f"{name:28} {r['rps']:>8.0f} {r['cpu_us']:>11.1f} {r['cpu_us'] / table[base]['cpu_us']:>10.2f}"
-            f" {c:>10.0f} {c / calls[base]['calls']:>10.2f} {r['errors']:>7.0f}"
-        )
-    print("\nPython calls per request by package:")
-    for name, per in calls.items():
-        parts = ", ".join(f"{k} {v:.0f}" for k, v in per.items() if k != "calls" and v >= SHOWN)
-        print(f"  {name}: {parts}")
-    print(
-        "\nCPU us/request per round: "
-        + "; ".join(f"{n}: " + " ".join(f"{r['cpu_us']:.0f}" for r in rows) for n, rows in cpu.items())
-    )
+    report(args, cpu, calls)
     return 0
 
 
@@ -142,6 +164,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (the median is reported)")
     parser.add_argument("--requests", type=int, default=3000, help="requests over which calls are counted")
     parser.add_argument("--top", action="store_true", help="print the functions called most")
+    parser.add_argument(
+        "--compare",
+        metavar="DIR",
+        help="also measure meshcore from the checkout DIR (e.g. main, git archive'd)",
+    )
     parser.add_argument("--rounds-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--role", choices=["meshcore", "h2"], help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
