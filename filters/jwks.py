@@ -33,8 +33,6 @@ from typing import Any, Final
 import attrs
 import structlog
 import trio
-from jwt import PyJWK
-from jwt.exceptions import PyJWKError
 
 from meshcore import Duration, FilterContext, Headers, Request, UpstreamError, non_empty, ref
 
@@ -120,6 +118,9 @@ class KeySet:
 
     def candidates(self, kid: str | None, alg: str) -> list[Any]:
         """Verification keys for a token's ``kid`` and ``alg`` (PyJWT key objects)."""
+        from jwt import PyJWK  # noqa: PLC0415 - PyJWT and cryptography load with the first token
+        from jwt.exceptions import PyJWKError  # noqa: PLC0415
+
         out = []
         for index, jwk in enumerate(self.keys):
             if kid is not None and jwk.get("kid") != kid:
