@@ -9,15 +9,18 @@ the same through an independent parser (h11's client side).
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
 import h11
 import pytest
+import structlog
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import meshcore
 from meshcore.errors import ProtocolError
 from meshcore.http.codec import (
     NEED_DATA,
@@ -518,7 +521,8 @@ async def test_fast_codecs_end_to_end(nursery: trio.Nursery, tmp_path: Path) -> 
 # -- header checks batched per block: the same verdict as field by field -----------------------
 
 FIELD_BYTES = st.binary(max_size=6) | st.sampled_from(
-    [b"a", b"x-y", b"v w", b"a\nb", b"\n", b"", b" a", b"a:b"]
+    # b"1\r\nx: 1" is a value that, written as is, reads back as two valid header lines.
+    [b"a", b"x-y", b"v w", b"a\nb", b"\n", b"", b" a", b"a:b", b"1\r\nx: 1", b"a\r\n"]
 )
 
 
@@ -548,6 +552,56 @@ def test_header_block_checks_agree_with_field_by_field(headers: list[tuple[bytes
 
 
 @settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(FIELD_BYTES, FIELD_BYTES), min_size=1, max_size=6), st.data())
+def test_pairs_known_good_skip_only_their_own_check(headers: list[tuple[bytes, bytes]], data: Any) -> None:
+    """write_head's ``checked`` range: the same verdict as a full check when the pairs in it are good."""
+    token, field_value = fast_common.TOKEN, fast_common.FIELD_VALUE
+    good = [bool(token.fullmatch(n) and field_value.fullmatch(v)) for n, v in headers]
+    start = data.draw(st.integers(0, len(headers)))
+    stop = data.draw(st.integers(start, len(headers)))
+    checked = range(start, stop)
+    if not all(good[i] for i in checked):
+        return  # only our parser's pairs are ever passed as checked
+    verdicts = []
+    for known in (range(0), checked):
+        try:
+            fast_common.write_head(b"GET / HTTP/1.1\r\n", headers, error="bad", status=400, checked=known)
+        except ProtocolError:
+            verdicts.append(False)
+        else:
+            verdicts.append(True)
+    assert verdicts == [all(good)] * 2
+
+
+@pytest.mark.parametrize("side", ["server", "client"])
+def test_a_trailer_that_would_split_the_message_is_refused_by_both(side: str) -> None:
+    """Trailers go out checked as header lines are, by the fast codecs as by h11."""
+    bad = [(b"grpc-status", b"0\r\nx-injected: 1")]
+    for codec in _chunked_senders(side):
+        with pytest.raises(ProtocolError):
+            codec.send_end(bad)
+    for codec in _chunked_senders(side):
+        assert codec.send_end([(b"grpc-status", b"0")]).endswith(b"0\r\ngrpc-status: 0\r\n\r\n")
+
+
+def _chunked_senders(side: str) -> list[Any]:
+    """A fast and an h11 codec of ``side``, each in the middle of a chunked message it sends."""
+    chunked = [(b"host", b"a"), (b"transfer-encoding", b"chunked")]
+    if side == "client":
+        codecs: list[Any] = [FastClientCodec(), H11ClientCodec()]
+        for codec in codecs:
+            codec.send_request_head(b"POST", b"/", chunked)
+        return codecs
+    codecs = [FastServerCodec(), H11ServerCodec()]
+    for codec in codecs:
+        codec.receive_data(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        assert type(codec.next_event()) is RequestHead
+        codec.next_event()  # the end of the empty request body
+        codec.send_response_head(200, [(b"transfer-encoding", b"chunked")])
+    return codecs
+
+
+@settings(max_examples=300, deadline=None)
 @given(
     st.lists(st.tuples(FIELD_BYTES, FIELD_BYTES), min_size=0, max_size=5),
     st.sampled_from([b":", b": ", b":\t "]),
@@ -566,3 +620,77 @@ def test_header_section_regex_agrees_with_line_by_line(
     except ProtocolError as err:
         got = str(err)
     assert got == expected
+
+
+# -- header pairs our parser checked are not checked again, unless a filter changed them ---------
+
+
+class _Inject:
+    """Changes the request's headers as ``x-how`` says, in ways only the writer's check can refuse."""
+
+    def __init__(self, _config: None, _context: meshcore.FilterContext) -> None:
+        pass
+
+    def __call__(self, request: meshcore.Request, call_next: meshcore.HttpHandler) -> Any:
+        raw = request.headers.raw
+        how = request.headers.get("x-how")
+        at = next(i for i, (name, _) in enumerate(raw) if name == b"x-a")
+        if how == "replace":  # a parsed pair replaced in place: the list keeps its length
+            raw[at] = (b"x-a", b"1\r\nx-injected: 1")
+        elif how == "name":
+            raw[at] = (b"x-a\r\nx-injected", b"1")
+        elif how == "value-bytes":  # the same name object, a new value
+            raw[at] = (raw[at][0], b"1\x00")
+        elif how == "insert":  # before the parsed pairs: the prefix no longer matches
+            raw.insert(0, (b"x-b", b"2\r\nx-injected: 1"))
+        elif how == "add":
+            request.headers.add("x-b", "2\r\nx-injected: 1")
+        elif how == "same":  # equal bytes in new objects: still good, goes out
+            raw[at] = (b"x-" + b"a", b"o" + b"k")
+        elif how == "trailers":  # a reply whose trailer would split the (chunked) response
+            body = meshcore.Body.from_bytes(
+                b"partial", trailers=meshcore.Headers([("x-t", "1\r\nx-injected: 1")])
+            )
+            body.length = None  # no content-length: chunked, where trailers go
+            return _answered(meshcore.Response(200, body=body))
+        return call_next(request)
+
+
+async def _answered(response: meshcore.Response) -> meshcore.Response:
+    return response
+
+
+class _InjectPlugin:
+    @staticmethod
+    @meshcore.hookimpl
+    def meshcore_http_filters() -> list[meshcore.HttpFilterType]:
+        return [meshcore.HttpFilterType(name="inject", factory=_Inject)]
+
+
+async def test_a_header_a_filter_broke_is_refused_though_the_parser_checked_it(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(20):
+        upstream = await nursery.start(serve_upstream)
+        config = http_proxy_config(
+            [upstream],
+            manager={"codec": "fast"},
+            cluster={"codec": "fast"},
+            http_filters=["inject", "router"],
+        )
+        registry = meshcore.build_registry(autoload=False, plugins=[("inject", _InjectPlugin())])
+        proxy = await start_proxy(nursery, config, registry=registry)
+        address = proxy.address("ingress")
+        for how in ("replace", "name", "value-bytes", "insert", "add"):
+            with structlog.testing.capture_logs() as logs:
+                refused = await fetch(address, "/anything", headers=[("x-a", "ok"), ("x-how", how)])
+            assert refused.status == 400, (how, refused.body)
+            assert any(entry["event"] == "request_failed" for entry in logs), (how, logs)
+            assert b"x-injected" not in refused.body, how
+        with structlog.testing.capture_logs() as logs, pytest.raises(IncompleteResponse):
+            await fetch(address, "/anything", headers=[("x-a", "ok"), ("x-how", "trailers")])
+        assert any(entry["event"] == "response_invalid" for entry in logs), logs
+        same = await fetch(address, "/anything", headers=[("x-a", "ok"), ("x-how", "same")])
+        assert same.status == 200
+        assert ["x-a", "ok"] in json.loads(same.body)["headers"]
+        nursery.cancel_scope.cancel()

@@ -130,11 +130,21 @@ class ServerCodec(Protocol):
         """Prepare for the next request; False when the connection must close."""
 
 
+NOTHING_CHECKED = range(0)
+"""No header pair known good: a codec checks them all before writing them."""
+
+
 class ClientCodec(Protocol):
     """The upstream side of one HTTP/1.1 connection: requests out, responses in."""
 
-    def send_request_head(self, method: bytes, target: bytes, headers: RawHeaders) -> bytes:
-        """Bytes for a request line and headers."""
+    def send_request_head(
+        self, method: bytes, target: bytes, headers: RawHeaders, *, checked: range = NOTHING_CHECKED
+    ) -> bytes:
+        """Bytes for a request line and headers.
+
+        ``checked``: the indexes of pairs whose syntax is known good (our own strict parser
+        read them, nothing changed them since); a codec may skip checking those again.
+        """
 
     def send_data(self, data: bytes) -> bytes:
         """Bytes for a chunk of request body."""

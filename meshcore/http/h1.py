@@ -17,6 +17,7 @@ from meshcore.errors import ProtocolError
 from meshcore.http.codec import (
     CLOSED,
     NEED_DATA,
+    NOTHING_CHECKED,
     ClientEvent,
     Data,
     EndOfMessage,
@@ -167,7 +168,11 @@ class H11ServerCodec:
 
     def send_end(self, trailers: RawHeaders | None = None) -> bytes:
         """Bytes that end the body (with trailers where the framing allows)."""
-        return self._conn.send(h11.EndOfMessage(headers=trailers or [])) or b""
+        try:
+            return self._conn.send(h11.EndOfMessage(headers=trailers or [])) or b""
+        except h11.LocalProtocolError as err:  # a trailer h11 refuses to write
+            msg = f"cannot send response: {err}"
+            raise ProtocolError(msg, status=502, remote=False) from err
 
     def start_next_cycle(self) -> bool:
         """Prepare for the next request; False when the connection must close."""
@@ -236,7 +241,14 @@ class H11ClientCodec:
         self._trailers: TrailerScanner | None = None
         self._method = b""
 
-    def send_request_head(self, method: bytes, target: bytes, headers: RawHeaders) -> bytes:
+    def send_request_head(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: RawHeaders,
+        *,
+        checked: range = NOTHING_CHECKED,  # noqa: ARG002 - h11 checks every header anyway
+    ) -> bytes:
         """Bytes for a request line and headers; h11 chooses the framing."""
         self._method = method
         try:
@@ -251,7 +263,11 @@ class H11ClientCodec:
 
     def send_end(self, trailers: RawHeaders | None = None) -> bytes:
         """Bytes that end the body (with trailers where the framing allows)."""
-        return self._conn.send(h11.EndOfMessage(headers=trailers or [])) or b""
+        try:
+            return self._conn.send(h11.EndOfMessage(headers=trailers or [])) or b""
+        except h11.LocalProtocolError as err:  # a trailer h11 refuses to write
+            msg = f"cannot forward request: {err}"
+            raise ProtocolError(msg, status=400, remote=False) from err
 
     def receive_data(self, data: bytes | bytearray) -> None:
         """Feed bytes from the upstream; ``b""`` means it closed its side."""

@@ -25,6 +25,7 @@ __all__ = [
     "Headers",
     "HttpHandler",
     "MatchedRoute",
+    "ParsedHeaders",
     "Request",
     "Response",
     "StreamInfo",
@@ -125,6 +126,32 @@ class Headers:
 
 
 ChunkReader = Callable[[], Awaitable[bytes]]
+
+
+class ParsedHeaders(Headers):
+    """Headers as a strict HTTP/1.1 parser read them, with a copy of the pairs it checked.
+
+    ``parsed`` is that copy: the pairs still in ``raw`` unchanged, in the same places, need
+    no second check of their syntax on the way out. Any change (a replaced, removed or
+    inserted pair) ends the unchanged prefix there, and what follows is checked again.
+    """
+
+    __slots__ = ("parsed",)
+
+    parsed: list[tuple[bytes, bytes]]
+
+    @classmethod
+    def parsed_from(cls, raw: list[tuple[bytes, bytes]]) -> ParsedHeaders:
+        """Wrap the parser's pairs (lower-case bytes, checked) and keep a copy of them."""
+        headers = cls.__new__(cls)
+        headers.raw = raw
+        headers.parsed = raw[:]
+        return headers
+
+    def unchanged(self, raw: list[tuple[bytes, bytes]]) -> int:
+        """How many pairs at the start of ``raw`` are the parsed ones, unchanged (0 or all)."""
+        parsed = self.parsed
+        return len(parsed) if raw[: len(parsed)] == parsed else 0
 
 
 class Body:

@@ -19,8 +19,16 @@ import trio
 
 from meshcore.errors import ProtocolError, UpstreamError
 from meshcore.flags import ResponseFlag
-from meshcore.http.codec import CLOSED, NEED_DATA, Data, EndOfMessage, Informational, ResponseHead
-from meshcore.http.messages import Body, Headers, Request, Response
+from meshcore.http.codec import (
+    CLOSED,
+    NEED_DATA,
+    NOTHING_CHECKED,
+    Data,
+    EndOfMessage,
+    Informational,
+    ResponseHead,
+)
+from meshcore.http.messages import Body, Headers, ParsedHeaders, Request, Response
 from meshcore.http.semantics import strip_hop_by_hop
 
 if TYPE_CHECKING:
@@ -73,7 +81,12 @@ class H1Exchange:
     async def run(self) -> Response:
         """Send the request; return the response once its head has come, its body streaming."""
         request = self.request
-        headers = [(b"host", request.authority.encode("latin-1")), *strip_hop_by_hop(request.headers.raw)]
+        fields = strip_hop_by_hop(request.headers.raw)
+        headers = [(b"host", request.authority.encode("latin-1")), *fields]
+        # Pairs our own parser checked, still unchanged, go out unchecked (the host is ours to check).
+        checked = NOTHING_CHECKED
+        if type(request.headers) is ParsedHeaders:
+            checked = range(1, 1 + request.headers.unchanged(fields))
         if request.body.length is None and not request.body.done:
             # A body of unknown length (the client sent it chunked): the downstream
             # transfer-encoding was hop-by-hop and is gone, so frame this hop as chunked.
@@ -83,7 +96,7 @@ class H1Exchange:
             for attempt in range(1, _H1_ATTEMPTS + 1):
                 self.conn, reused = await self._acquire()
                 try:
-                    await self._send_request(headers)
+                    await self._send_request(headers, checked)
                     head = await self._read_head()
                     break
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
@@ -128,10 +141,12 @@ class H1Exchange:
             if scope.cancelled_caught:
                 raise _DeadlinePassed
 
-    async def _send_request(self, headers: list[tuple[bytes, bytes]]) -> None:
+    async def _send_request(self, headers: list[tuple[bytes, bytes]], checked: range) -> None:
         assert self.conn is not None  # noqa: S101 - set by run()
         conn, request = self.conn, self.request
-        out = conn.codec.send_request_head(request.method.encode(), request.path.encode(), headers)
+        out = conn.codec.send_request_head(
+            request.method.encode(), request.path.encode(), headers, checked=checked
+        )
         body = request.body
         if body.length == 0 or body.done:
             self.sending = False

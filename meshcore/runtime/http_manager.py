@@ -29,7 +29,7 @@ from meshcore.http.edge import EdgePolicy
 from meshcore.http.grpc import grpc_local_reply, grpc_status_of, is_grpc
 from meshcore.http.h1 import H11ServerCodec
 from meshcore.http.h1fast import FastServerCodec
-from meshcore.http.messages import Body, Headers, Request, Response, StreamInfo
+from meshcore.http.messages import Body, Headers, ParsedHeaders, Request, Response, StreamInfo
 from meshcore.http.routing import CompiledRoute, RouteTable
 from meshcore.http.semantics import REASONS, connection_tokens, split_absolute_form, strip_hop_by_hop
 from meshcore.runtime.context import FilterContext
@@ -168,7 +168,9 @@ class HttpConnectionManager:
 
         return install
 
-    def __call__(self, conn: Connection, _call_next: Callable[[Connection], Awaitable[None]]) -> Awaitable[None]:
+    def __call__(
+        self, conn: Connection, _call_next: Callable[[Connection], Awaitable[None]]
+    ) -> Awaitable[None]:
         """Serve HTTP on ``conn`` until it closes (terminal: ``_call_next`` is unused).
 
         HTTP/2 when TLS negotiated ``h2``, or when the client opens with the HTTP/2
@@ -343,6 +345,12 @@ class _H1Session:
             response = await hcm.dispatch(request)
             try:
                 completed = await self._write_response(request, response)
+            except ProtocolError as err:
+                # Trailers the codec refuses to write (one could split the message): close
+                # the connection without ending the message, so the client sees it incomplete.
+                log.warning("response_invalid", listener=hcm.listener, reason=str(err))
+                response.body.close()
+                completed = False
             finally:
                 hcm.record(request, response)
             # A request body nobody read keeps the connection out of step: close it.
@@ -469,7 +477,9 @@ class _H1Session:
             target.decode("latin-1"),
             authority=authority.decode("latin-1"),
             scheme=self.hcm.scheme,
-            headers=Headers.from_raw(headers),
+            # The fast codec's parser checks every field as strictly as its writer does: the
+            # upstream side need not check again those no filter changed.
+            headers=ParsedHeaders.parsed_from(headers) if self.hcm.fast_codec else Headers.from_raw(headers),
             body=body,
             http_version=head.http_version.decode("ascii"),
             info=info,

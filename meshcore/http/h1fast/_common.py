@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 from meshcore.errors import ProtocolError
-from meshcore.http.codec import NEED_DATA, BodyEvent, Data, EndOfMessage, RawHeaders
+from meshcore.http.codec import NEED_DATA, NOTHING_CHECKED, BodyEvent, Data, EndOfMessage, RawHeaders
 from meshcore.http.h1strict import block_end
 from meshcore.http.semantics import REASONS
 
@@ -271,21 +271,39 @@ class ChunkedReader:
 # -- bytes out ------------------------------------------------------------------------------
 
 
-def write_head(start_line: bytes, headers: RawHeaders, *, error: str, status: int) -> bytes:
-    """A start line and header lines; a header that could split the message is refused."""
+def write_head(
+    start_line: bytes, headers: RawHeaders, *, error: str, status: int, checked: range = NOTHING_CHECKED
+) -> bytes:
+    """A start line and header lines; a header that could split the message is refused.
+
+    The pairs at the indexes in ``checked`` (a range) are known good and not checked again.
+    """
     block = b"".join([name + b": " + value + _CRLF for name, value in headers])
+    if not checked:
+        _check_out(block, headers, error, status)
+    else:
+        rest = headers[: checked.start] + headers[checked.stop :]
+        if rest:
+            _check_out(b"".join([name + b": " + value + _CRLF for name, value in rest]), rest, error, status)
+    return start_line + block + _CRLF
+
+
+def _check_out(block: bytes, headers: RawHeaders, error: str, status: int) -> None:
+    """Refuse ``headers`` (written as ``block``) if any of them could split the message."""
     # The block's regex alone would take a name holding ": " (b"a: b", b"v" reads as a
     # valid b"a", b"b: v"): the names are checked as tokens too. A name holding "\n" fails
-    # the block's regex, so the joined names have one "\n" per seam.
+    # the block's regex, so the joined names have one "\n" per seam. Nor would it refuse a
+    # value holding CRLF and a header line (b"1\r\nx-injected: 1" reads as two valid
+    # lines): the block must hold exactly one CRLF per field.
     if (
-        _BLOCK_OUT.fullmatch(block) is None
+        block.count(_CRLF) != len(headers)
+        or _BLOCK_OUT.fullmatch(block) is None
         or _TOKENS.fullmatch(b"\n".join([name for name, _ in headers])) is None
     ) and headers:  # one regex per block; then find the culprit
         for name, value in headers:
             if TOKEN.fullmatch(name) is None or FIELD_VALUE.fullmatch(value) is None:
                 msg = f"{error}: illegal header {name[:40]!r}"
                 raise ProtocolError(msg, status=status, remote=False)
-    return start_line + block + _CRLF
 
 
 class BodyWriter:
@@ -315,7 +333,10 @@ class BodyWriter:
         """Bytes that end the body."""
         self.done = True
         if self.chunked:
-            return b"0\r\n" + b"".join(n + b": " + v + _CRLF for n, v in trailers or ()) + _CRLF
+            block = b"".join([n + b": " + v + _CRLF for n, v in trailers or ()])
+            if trailers:  # checked as header lines are: a trailer could split the message too
+                _check_out(block, trailers, self.error, self.status)
+            return b"0\r\n" + block + _CRLF
         if self.remaining:
             msg = f"{self.error}: body shorter than its Content-Length"
             raise ProtocolError(msg, status=self.status, remote=False)

@@ -8,6 +8,7 @@ from meshcore.errors import ProtocolError
 from meshcore.http.codec import (
     CLOSED,
     NEED_DATA,
+    NOTHING_CHECKED,
     ClientEvent,
     EndOfMessage,
     Informational,
@@ -74,12 +75,19 @@ class FastClientCodec:
 
     # -- requests out ---------------------------------------------------------------------------
 
-    def send_request_head(self, method: bytes, target: bytes, headers: RawHeaders) -> bytes:
-        """Bytes for a request line and headers; the body framing follows the headers."""
+    def send_request_head(
+        self, method: bytes, target: bytes, headers: RawHeaders, *, checked: range = NOTHING_CHECKED
+    ) -> bytes:
+        """Bytes for a request line and headers; the body framing follows the headers.
+
+        The pairs at the indexes in ``checked`` are not checked again (see ClientCodec).
+        """
         if TOKEN.fullmatch(method) is None or not target or b" " in target:
             msg = f"{_SEND_ERROR}: illegal request line"
             raise ProtocolError(msg, status=400, remote=False)
-        head = write_head(method + b" " + target + b" HTTP/1.1\r\n", headers, error=_SEND_ERROR, status=400)
+        head = write_head(
+            method + b" " + target + b" HTTP/1.1\r\n", headers, error=_SEND_ERROR, status=400, checked=checked
+        )
         length: int | None = None
         chunked = upgrade = connection_upgrade = False
         for name, value in headers:
