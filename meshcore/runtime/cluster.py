@@ -326,25 +326,25 @@ class Cluster:
             info.on_attempt(request, record)
         return response
 
-    async def _send_to(self, request: Request, host: Host, deadline: float) -> Response:
+    def _send_to(self, request: Request, host: Host, deadline: float) -> Awaitable[Response]:
+        # A plain function handing back the exchange's coroutine (the exchange releases its
+        # connection itself however it ends): one frame less at each wait of the request.
         self.stats_rq_total.value += 1
         host.active_requests += 1
         self.stats_rq_active.value += 1
         if request.upgrade is not None:
-            try:
-                return await self._send_upgrade(request, host, deadline)
-            finally:
-                host.active_requests -= 1
-                self.stats_rq_active.value -= 1
+            return self._send_upgrade_counted(request, host, deadline)
         protocol = self.config.protocol
         if protocol == "http2" or (protocol == "auto" and request.http_version == "2"):
-            return await self._send_h2(request, host, deadline)
-        exchange = H1Exchange(self, host, request, deadline)
+            return self._send_h2(request, host, deadline)
+        return H1Exchange(self, host, request, deadline).run()
+
+    async def _send_upgrade_counted(self, request: Request, host: Host, deadline: float) -> Response:
         try:
-            return await exchange.run()
-        except BaseException:
-            exchange.finish()
-            raise
+            return await self._send_upgrade(request, host, deadline)
+        finally:
+            host.active_requests -= 1
+            self.stats_rq_active.value -= 1
 
     async def _send_upgrade(self, request: Request, host: Host, deadline: float) -> Response:
         """An HTTP/1.1 upgrade (WebSocket) on a connection of its own: it becomes a byte pipe."""

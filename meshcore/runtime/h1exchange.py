@@ -80,46 +80,52 @@ class H1Exchange:
 
     async def run(self) -> Response:
         """Send the request; return the response once its head has come, its body streaming."""
-        request = self.request
-        fields = strip_hop_by_hop(request.headers.raw)
-        headers = [(b"host", request.authority.encode("latin-1")), *fields]
-        # Pairs our own parser checked, still unchanged, go out unchecked (the host is ours to check).
-        checked = NOTHING_CHECKED
-        if type(request.headers) is ParsedHeaders:
-            checked = range(1, 1 + request.headers.unchanged(fields))
-        if request.body.length is None and not request.body.done:
-            # A body of unknown length (the client sent it chunked): the downstream
-            # transfer-encoding was hop-by-hop and is gone, so frame this hop as chunked.
-            headers.append((b"transfer-encoding", b"chunked"))
-        head: ResponseHead | None = None
+        # Whatever ends the exchange early (an error, a cancellation) releases its connection:
+        # here rather than in the caller, which hands back this coroutine unawaited.
         try:
-            for attempt in range(1, _H1_ATTEMPTS + 1):
-                self.conn, reused = await self._acquire()
-                try:
-                    await self._send_request(headers, checked)
-                    head = await self._read_head()
-                    break
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
-                    # A kept-alive connection the upstream closed while idle: retry once on a
-                    # fresh one, if nothing of the body was consumed (so nothing was lost).
-                    self.host.release(self.conn, reusable=False)
-                    self.conn = None
-                    if attempt == _H1_ATTEMPTS or not reused or request.body.consumed:
-                        msg = f"upstream {self.host.label} closed the connection: {err}"
-                        raise UpstreamError(ResponseFlag.UPSTREAM_CONNECTION_TERMINATION, msg) from err
-        except _DeadlinePassed:
-            raise self._timed_out() from None
-        if head is None:
-            raise self._timed_out()
-        headers_out = strip_hop_by_hop(head.headers)
-        length = None
-        for name, value in headers_out:
-            if name == b"content-length" and value.isdigit():
-                length = int(value)
-        body = self.body = Body(self._read_body, length=length, close=self.finish)
-        if self.request.method == "HEAD" or head.status in (204, 304):
-            body.length = 0
-        return Response(head.status, headers=Headers.from_raw(headers_out), body=body)
+            request = self.request
+            fields = strip_hop_by_hop(request.headers.raw)
+            headers = [(b"host", request.authority.encode("latin-1")), *fields]
+            # Pairs our own parser checked, still unchanged, go out unchecked (the host is ours to check).
+            checked = NOTHING_CHECKED
+            if type(request.headers) is ParsedHeaders:
+                checked = range(1, 1 + request.headers.unchanged(fields))
+            if request.body.length is None and not request.body.done:
+                # A body of unknown length (the client sent it chunked): the downstream
+                # transfer-encoding was hop-by-hop and is gone, so frame this hop as chunked.
+                headers.append((b"transfer-encoding", b"chunked"))
+            head: ResponseHead | None = None
+            try:
+                for attempt in range(1, _H1_ATTEMPTS + 1):
+                    self.conn, reused = await self._acquire()
+                    try:
+                        await self._send_request(headers, checked)
+                        head = await self._read_head()
+                        break
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
+                        # A kept-alive connection the upstream closed while idle: retry once on a
+                        # fresh one, if nothing of the body was consumed (so nothing was lost).
+                        self.host.release(self.conn, reusable=False)
+                        self.conn = None
+                        if attempt == _H1_ATTEMPTS or not reused or request.body.consumed:
+                            msg = f"upstream {self.host.label} closed the connection: {err}"
+                            raise UpstreamError(ResponseFlag.UPSTREAM_CONNECTION_TERMINATION, msg) from err
+            except _DeadlinePassed:
+                raise self._timed_out() from None
+            if head is None:
+                raise self._timed_out()  # noqa: TRY301 - the handler below only releases, and re-raises
+            headers_out = strip_hop_by_hop(head.headers)
+            length = None
+            for name, value in headers_out:
+                if name == b"content-length" and value.isdigit():
+                    length = int(value)
+            body = self.body = Body(self._read_body, length=length, close=self.finish)
+            if self.request.method == "HEAD" or head.status in (204, 304):
+                body.length = 0
+            return Response(head.status, headers=Headers.from_raw(headers_out), body=body)
+        except BaseException:
+            self.finish()
+            raise
 
     async def _acquire(self) -> tuple[UpstreamConnection, bool]:
         """A pooled connection, or a new one within the deadline."""
@@ -262,7 +268,11 @@ class H1Exchange:
 
     async def _read_head(self) -> ResponseHead:
         while True:
-            event = await self._next_event()
+            # _next_event's loop, inline: one frame less at the wait for the upstream's answer.
+            event = self._buffered_event()
+            if event is NEED_DATA:
+                await self._receive()
+                continue
             if type(event) is ResponseHead:
                 return event
             if type(event) is Informational:
