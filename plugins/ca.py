@@ -34,27 +34,47 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import structlog
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 
 import meshcore
 from meshcore import Duration, non_empty
-from meshcore.plugins.ca_x509 import (
-    CsrRejectedError,
-    check_csr,
-    create_intermediate,
-    create_root,
-    load_certificates,
-    make_csr,
-    pem,
-    spiffe_id,
-    workload_certificate,
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from cryptography import x509
+
+    from meshcore.plugins.ca_x509 import (
+        CsrRejectedError,
+        create_intermediate,
+        create_root,
+        make_csr,
+        spiffe_id,
+    )
+
+# cryptography (9 MiB of a proxy's memory) loads with the first CA, not with the plugin:
+# every proxy registers this plugin, few run a CA. The names re-exported from ca_x509 load
+# it on first use (module __getattr__).
+_FROM_X509: Final = frozenset(
+    {"CsrRejectedError", "create_intermediate", "create_root", "make_csr", "spiffe_id"}
 )
+
+
+def _x509() -> ModuleType:
+    from meshcore.plugins import ca_x509  # noqa: PLC0415 - see _FROM_X509
+
+    return ca_x509
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_X509:
+        return getattr(_x509(), name)
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
+
 
 __all__ = [
     "CaConfig",
@@ -164,12 +184,14 @@ class LocalCA:
         assert config.ca_private_key_file is not None  # noqa: S101
         assert config.root_certificate_file is not None  # noqa: S101
         try:
-            signer = load_certificates(config.ca_certificate_file)[0]
-            key = serialization.load_pem_private_key(
-                Path(config.ca_private_key_file).read_bytes(), password=None
+            signer = _x509().load_certificates(config.ca_certificate_file)[0]
+            key = _x509().load_private_key(Path(config.ca_private_key_file).read_bytes(), password=None)
+            roots = _x509().load_certificates(config.root_certificate_file)
+            chain = (
+                _x509().load_certificates(config.certificate_chain_file)
+                if config.certificate_chain_file
+                else []
             )
-            roots = load_certificates(config.root_certificate_file)
-            chain = load_certificates(config.certificate_chain_file) if config.certificate_chain_file else []
         except (OSError, ValueError, IndexError) as err:
             msg = f"cannot load the plug-in CA files: {err}"
             raise ValueError(msg) from err
@@ -183,7 +205,7 @@ class LocalCA:
         for root in roots:
             try:
                 top.verify_directly_issued_by(root)
-            except (ValueError, TypeError, InvalidSignature):
+            except (ValueError, TypeError, _x509().InvalidSignature):
                 continue
             return
         msg = "ca_certificate_file (or the top of certificate_chain_file) is not issued by a root of root_certificate_file"
@@ -204,7 +226,7 @@ class LocalCA:
 
     def _new_root(self, state: dict[str, Any]) -> int:
         number = max(state["roots"], default=0) + 1
-        cert, key = create_root(
+        cert, key = _x509().create_root(
             self.config.trust_domain, float(self.config.root_lifetime), f"meshcore root {number}"
         )
         key_path = self.directory / f"root-{number}.key"
@@ -222,12 +244,14 @@ class LocalCA:
             self._save_state(state)
             log.info("ca_root_created", directory=str(self.directory), root=state["signing"])
         number = state["signing"]
-        self._signer = load_certificates(str(self.directory / f"root-{number}.pem"))[0]
-        self._signer_key = serialization.load_pem_private_key(
+        self._signer = _x509().load_certificates(str(self.directory / f"root-{number}.pem"))[0]
+        self._signer_key = _x509().load_private_key(
             (self.directory / f"root-{number}.key").read_bytes(), password=None
         )
         self._chain = []
-        self._bundle = [load_certificates(str(self.directory / f"root-{n}.pem"))[0] for n in state["roots"]]
+        self._bundle = [
+            _x509().load_certificates(str(self.directory / f"root-{n}.pem"))[0] for n in state["roots"]
+        ]
 
     # -- root rotation (own root) ----------------------------------------------------------------
 
@@ -274,7 +298,7 @@ class LocalCA:
 
     def trust_bundle(self) -> str:
         """PEM of every trusted root."""
-        return "".join(pem(root) for root in self._bundle)
+        return "".join(_x509().pem(root) for root in self._bundle)
 
     def sign(self, csr_pem: bytes, spiffe_id: str) -> SignedCertificate:
         """A workload certificate for ``spiffe_id`` from ``csr_pem``; CsrRejectedError if it may not.
@@ -282,10 +306,10 @@ class LocalCA:
         ``spiffe_id`` is the identity the caller has proven (a bootstrap token, or the
         SPIFFE ID of its current certificate): the CSR may ask for it and nothing else.
         """
-        csr = check_csr(csr_pem, spiffe_id, self.config.trust_domain)
+        csr = _x509().check_csr(csr_pem, spiffe_id, self.config.trust_domain)
         signer, key = self._signer, self._signer_key
         assert signer is not None  # noqa: S101 - loaded by reload()
-        cert = workload_certificate(csr, spiffe_id, signer, key, float(self.config.workload_lifetime))
+        cert = _x509().workload_certificate(csr, spiffe_id, signer, key, float(self.config.workload_lifetime))
         not_after = cert.not_valid_after_utc
         plug_in = self.config.ca_certificate_file is not None
         chain = [cert, signer, *self._chain] if plug_in else [cert]  # an own root is in the bundle
@@ -296,7 +320,7 @@ class LocalCA:
             serial=cert.serial_number,
         )
         return SignedCertificate(
-            certificate_chain="".join(pem(c) for c in chain),
+            certificate_chain="".join(_x509().pem(c) for c in chain),
             trusted_ca=self.trust_bundle(),
             not_after=not_after.timestamp(),
         )

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -22,10 +23,12 @@ from meshcore import MeshcoreError
 __all__ = [
     "SPIFFE_ID",
     "CsrRejectedError",
+    "InvalidSignature",
     "check_csr",
     "create_intermediate",
     "create_root",
     "load_certificates",
+    "load_private_key",
     "make_csr",
     "pem",
     "spiffe_id",
@@ -256,3 +259,8 @@ def workload_certificate(
         )
         .sign(signer_key, hashes.SHA256())
     )
+
+
+def load_private_key(data: bytes, password: bytes | None = None) -> Any:
+    """A PEM private key (the CA's signing key)."""
+    return serialization.load_pem_private_key(data, password=password)

@@ -23,8 +23,6 @@ import attrs
 import structlog
 import trio
 
-from meshcore.plugins.ca_x509 import make_csr
-
 __all__ = ["SignedLike", "WorkloadCertificate", "keep_certificate", "renewal_delay"]
 
 log = structlog.get_logger("meshcore.certificates")
@@ -94,6 +92,8 @@ async def keep_certificate(
         rng: the random source of the jitter (tests pass a seeded one).
         task_status: reports the first certificate once it is installed.
     """
+    from meshcore.plugins.ca_x509 import make_csr  # noqa: PLC0415 - cryptography loads with the first certificate
+
     rng = rng or random.Random()  # noqa: S311 - spreading renewals, not cryptography
     started = False
     current: WorkloadCertificate | None = None
