@@ -11,12 +11,15 @@ resumption counted as a call) and the functions called most per request. How oft
 socket read finds its data already there changes the count from run to run (a wait for
 readiness is some twenty calls more than a ready read, and the machine's load decides
 which happens): the fewest of the runs (the fewest waits) is the steadiest figure, the
-median is printed beside it.
+median is printed beside it. A last, unprofiled run samples the connection tasks' await
+chains and prints the deepest common one at each wait of a request (for the upstream's
+answer, for the client's next request): the frames every suspension unwinds and resumes.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import cProfile
 import pstats
 import socket
@@ -24,6 +27,7 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from _common import free_port, start
 
@@ -83,7 +87,37 @@ def _client(port: int, requests: int, connections: int) -> None:
             s.close()
 
 
-def measure(config: Path, port: int, args: argparse.Namespace) -> list[tuple[float, pstats.Stats]]:
+def _await_chain(coro: Any) -> tuple[str, ...]:
+    """The functions a task's coroutine awaits, one inside the other, down to its yield."""
+    names = []
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            break
+        names.append(frame.f_code.co_qualname)
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return tuple(names)
+
+
+async def _sample_chains(seen: collections.Counter[tuple[str, ...]]) -> None:
+    """Every half millisecond, the await chain of every connection task of the proxy."""
+    import trio
+
+    while True:
+        await trio.sleep(0.0005)
+        tasks = [trio.lowlevel.current_root_task()]
+        while tasks:
+            task = tasks.pop()
+            for nursery in task.child_nurseries:
+                tasks.extend(nursery.child_tasks)
+            chain = _await_chain(task.coro)
+            if chain and chain[0].endswith("._handle"):
+                seen[chain] += 1
+
+
+def measure(
+    config: Path, port: int, args: argparse.Namespace, chains: collections.Counter[tuple[str, ...]]
+) -> list[tuple[float, pstats.Stats]]:
     """Serve ``config`` here; per run, the calls per request and the profile."""
     import trio
 
@@ -114,6 +148,8 @@ def measure(config: Path, port: int, args: argparse.Namespace) -> list[tuple[flo
                 stats = pstats.Stats(profile)
                 calls = sum(row[1] for row in stats.stats.values())  # type: ignore[attr-defined]
                 results.append((calls / args.requests, stats))
+            nursery.start_soon(_sample_chains, chains)  # after the profiles: it costs calls too
+            await trio.to_thread.run_sync(_client, port, args.requests, args.connections)
             nursery.cancel_scope.cancel()
 
     trio.run(main)
@@ -128,6 +164,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--top", type=int, default=25, help="functions to list")
     args = parser.parse_args()
+    chains: collections.Counter[tuple[str, ...]] = collections.Counter()
     upstream_port, port = free_port(), free_port()
     upstream = start(
         [sys.executable, str(HERE / "http1.py"), "--role", "upstream", "--port", str(upstream_port)]
@@ -136,7 +173,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="meshcore-h1calls-") as tmp:
             config = Path(tmp) / "proxy.yaml"
             config.write_text(CONFIG.format(port=port, upstream=upstream_port))
-            results = measure(config, port, args)
+            results = measure(config, port, args, chains)
     finally:
         upstream.kill()
     per_request = sorted(r[0] for r in results)
@@ -154,6 +191,13 @@ def main() -> int:
         ),  # type: ignore[attr-defined]
         reverse=True,
     )
+    # The frames every suspension of a request unwinds and resumes: from the connection's
+    # task to the socket wait (try_receive's checkpoint when the bytes are there already).
+    for label, where in (("the upstream's answer", "H1Exchange"), ("the next request", "_first_bytes")):
+        found = [c for c in chains if any(where in name for name in c) and "try_receive" in " ".join(c)]
+        if found:
+            chain = max(found, key=lambda c: chains[c])
+            print(f"await chain at the wait for {label}: {len(chain)} frames: {' > '.join(chain)}")
     print("most called, per request (of the median run):")
     for count, name in rows[: args.top]:
         print(f"{count:7.2f}  {name}")
