@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -244,3 +245,50 @@ async def test_a_line_written_after_its_sink_stopped_is_counted_as_dropped(tmp_p
     assert path.read_text() == "before\n"
     assert stats.value("access_log_lines_written_total", sink=f"file:{path}") == 1
     assert stats.value("access_log_lines_dropped_total", sink=f"file:{path}") == 1
+
+
+def test_a_file_moved_away_while_it_rotates_loses_no_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An external rotation (logrotate, no lock of ours) moves the file just as a worker rotates it."""
+    path = tmp_path / "access.log"
+    stats = meshcore.Stats()
+    sink = FileSink(
+        str(path), max_size=64, max_files=3, flush_interval=60.0, max_buffered=1 << 20, stats=stats
+    )
+    sink.write_batch(b"a" * 60 + b"\n")
+    replace = os.replace
+
+    def logrotate_first(source: str, target: str) -> None:
+        if source == str(path):  # the instant between the worker's check and its rename
+            replace(source, tmp_path / "access.log.moved")
+        replace(source, target)
+
+    monkeypatch.setattr("meshcore.telemetry.sinks.os.replace", logrotate_first)
+    sink.write_batch(b"b" * 60 + b"\n")  # too big together: rotates, and the file is gone
+    monkeypatch.setattr("meshcore.telemetry.sinks.os.replace", replace)
+    sink.write_batch(b"c\n")
+    sink.close()
+    written = sorted(line for p in log_files(tmp_path) for line in lines(p))
+    assert written == ["a" * 60, "b" * 60, "c"]
+
+
+def test_a_rotation_that_fails_keeps_writing_to_the_open_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rename refused by the file system costs the rotation, never the lines."""
+    path = tmp_path / "access.log"
+    stats = meshcore.Stats()
+    sink = FileSink(
+        str(path), max_size=64, max_files=3, flush_interval=60.0, max_buffered=1 << 20, stats=stats
+    )
+    sink.write_batch(b"a" * 60 + b"\n")
+
+    def refused(source: str, _target: str) -> None:
+        raise PermissionError(1, "Operation not permitted", source)
+
+    monkeypatch.setattr("meshcore.telemetry.sinks.os.replace", refused)
+    sink.write_batch(b"b" * 60 + b"\n")
+    sink.close()
+    assert lines(path) == ["a" * 60, "b" * 60]
+    assert stats.value("access_log_write_errors_total", sink=f"file:{path}") == 1

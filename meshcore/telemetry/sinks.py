@@ -190,7 +190,13 @@ class FileSink(BufferedSink):
         if self.max_size is not None:
             size = os.fstat(self.fd).st_size
             if size and size + len(data) > self.max_size:
-                self._rotate()
+                try:
+                    self._rotate()
+                except OSError as err:
+                    # Rotation is housekeeping: when it cannot be done (a folder turned read-only,
+                    # say), the lines still go to the file open now, never to the floor.
+                    self.stat_errors.value += 1
+                    log.error("access_log_rotation_failed", sink=self.name, reason=str(err))  # noqa: TRY400 - an I/O error, not a bug
         _write_all(self.fd, data)
 
     def _rotate(self) -> None:
@@ -203,7 +209,9 @@ class FileSink(BufferedSink):
                 for i in range(self.max_files - 1, 0, -1):
                     with contextlib.suppress(FileNotFoundError):
                         os.replace(f"{self.path}.{i}", f"{self.path}.{i + 1}")  # noqa: PTH105 - str paths
-                os.replace(self.path, f"{self.path}.1")  # noqa: PTH105 - str paths
+                # logrotate takes no lock of ours: it may have moved the file since the check.
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(self.path, f"{self.path}.1")  # noqa: PTH105 - str paths
                 self.open()
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
