@@ -217,15 +217,19 @@ class Body:
                 self.close()
                 raise _too_large(self.limit)
         else:
+            # Ended: let go of what fed it. Its reader and closer are usually bound methods of
+            # the exchange that holds this body, a cycle only the cyclic GC would free.
             self.done = True
+            self._read = self._close = None
         return chunk
 
     def close(self) -> None:
         """Abandon the rest of the body (the client went away): release what feeds it."""
         if not self.done:
             self.done = True
-            if self._close is not None:
-                self._close()
+            close, self._read, self._close = self._close, None, None
+            if close is not None:
+                close()
 
     async def read_all(self, limit: int | None = None) -> bytes:
         """Every remaining byte; ProtocolError(413) past ``limit`` bytes."""
