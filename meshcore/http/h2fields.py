@@ -61,16 +61,7 @@ def fields_to_send(
             continue
         value = raw_value.strip()
         if name[:1] == b":":
-            if name in pseudo:
-                msg = f"Received duplicate pseudo-header field {name!r}"
-                raise ProtocolError(msg)
-            pseudo.add(name)
-            if regular:
-                msg = f"Received pseudo-header field out of sequence: {name!r}"
-                raise ProtocolError(msg)
-            if name not in _PSEUDO:
-                msg = f"Received custom pseudo-header field {name!r}"
-                raise ProtocolError(msg)
+            _check_pseudo(name, pseudo, regular=regular)
             if request_head:
                 method, authority = _request_pseudo(name, value, method, authority)
         else:
@@ -124,16 +115,7 @@ def fields_received(
             continue
         _check_field(name, value)
         if name[0] == _COLON:
-            if name in pseudo:
-                msg = f"Received duplicate pseudo-header field {name!r}"
-                raise ProtocolError(msg)
-            pseudo.add(name)
-            if regular:
-                msg = f"Received pseudo-header field out of sequence: {name!r}"
-                raise ProtocolError(msg)
-            if name not in _PSEUDO:
-                msg = f"Received custom pseudo-header field {name!r}"
-                raise ProtocolError(msg)
+            _check_pseudo(name, pseudo, regular=regular)
             if request_head:
                 method, authority = _request_pseudo(name, value, method, authority)
         else:
@@ -153,6 +135,20 @@ def fields_received(
         out.append(NeverIndexedHeaderTuple(b"cookie", cookie))
     _check_block(pseudo, method, authority, host, request=not response, trailers=trailers)
     return out
+
+
+def _check_pseudo(name: bytes, seen: set[bytes], *, regular: bool) -> None:
+    """A pseudo-header field: once each, before every regular field, one of RFC 9113's."""
+    if name in seen:
+        msg = f"Received duplicate pseudo-header field {name!r}"
+        raise ProtocolError(msg)
+    seen.add(name)
+    if regular:
+        msg = f"Received pseudo-header field out of sequence: {name!r}"
+        raise ProtocolError(msg)
+    if name not in _PSEUDO:
+        msg = f"Received custom pseudo-header field {name!r}"
+        raise ProtocolError(msg)
 
 
 def _request_pseudo(
