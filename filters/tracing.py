@@ -26,7 +26,7 @@ every ``x-meshcore-*`` header from outside is.)
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any, Literal
 
 import attrs
@@ -203,8 +203,12 @@ class Tracing:
             return False
         return (trace_id & _MASK64) < self.threshold
 
-    async def __call__(self, request: Request, call_next: HttpHandler) -> Response:
-        """Continue or start the request's trace; record it if sampled."""
+    def __call__(self, request: Request, call_next: HttpHandler) -> Awaitable[Response]:
+        """Continue or start the request's trace; record it if sampled.
+
+        A plain function: it hands back ``call_next``'s coroutine (the span ends by a
+        completion callback, nothing runs after the response), one frame less at every wait.
+        """
         parent = telemetry.extract(request.headers, self.propagators)
         if parent is None:
             trace_id, parent_id, trace_state = telemetry.new_trace_id(), 0, ""
@@ -224,11 +228,11 @@ class Tracing:
                 owned=self.owned,
                 trace_hex=trace_hex,
             )
-            return await call_next(request)
+            return call_next(request)
         span = _ServerSpan(self, trace_id, parent_id, trace_state, trace_hex)
         info.on_attempt = span
         info.when_complete(span.finish)
-        return await call_next(request)
+        return call_next(request)
 
 
 _Key = telemetry.AttributeKey
