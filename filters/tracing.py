@@ -272,16 +272,23 @@ _HOST_PORTS: dict[str, bytes] = {}
 """``server.address`` and ``server.port`` of an authority or endpoint, encoded together."""
 
 
-def _host_port(address: str) -> bytes:
-    found = _HOST_PORTS.get(address)
+def _address_attributes(
+    cache: dict[str, bytes], host_key: telemetry.AttributeKey, port_key: telemetry.AttributeKey, address: str
+) -> bytes:
+    """A "host:port" as its two attributes, encoded once per address (``cache`` is bounded)."""
+    found = cache.get(address)
     if found is None:
-        if len(_HOST_PORTS) >= 4096:  # noqa: PLR2004 - a bound, not a tunable
-            _HOST_PORTS.clear()
+        if len(cache) >= 4096:  # noqa: PLR2004 - a bound, not a tunable
+            cache.clear()
         host, port = meshcore.split_host_port(address)
-        found = _HOST_PORTS[address] = (_SERVER_ADDRESS.text(host) if host else b"") + (
-            _SERVER_PORT.number(port) if port else b""
+        found = cache[address] = (host_key.text(host) if host else b"") + (
+            port_key.number(port) if port else b""
         )
     return found
+
+
+def _host_port(address: str) -> bytes:
+    return _address_attributes(_HOST_PORTS, _SERVER_ADDRESS, _SERVER_PORT, address)
 
 
 class _ServerSpan:
@@ -515,15 +522,7 @@ garbage collector never walks it, however often it starts over)."""
 
 
 def _client(address: str) -> bytes:
-    found = _CLIENTS.get(address)
-    if found is None:
-        if len(_CLIENTS) >= 4096:  # noqa: PLR2004 - a bound, not a tunable
-            _CLIENTS.clear()
-        host, port = meshcore.split_host_port(address)
-        found = _CLIENTS[address] = (_CLIENT_ADDRESS.text(host) if host else b"") + (
-            _CLIENT_PORT.number(port) if port else b""
-        )
-    return found
+    return _address_attributes(_CLIENTS, _CLIENT_ADDRESS, _CLIENT_PORT, address)
 
 
 def _identities(parts: list[bytes], metadata: dict[str, Any]) -> None:
