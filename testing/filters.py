@@ -34,7 +34,7 @@ from meshcore import (
 )
 from meshcore.config import Structurer
 from meshcore.config.typecheck import config_type_problems
-from meshcore.runtime.cluster import ClusterManager
+from meshcore.runtime.cluster_manager import ClusterManager
 from meshcore.runtime.http_manager import build_chain
 
 __all__ = ["FilterHarness", "make_request"]

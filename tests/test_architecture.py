@@ -478,3 +478,14 @@ def test_testing_kit_checker() -> None:
         "meshcore.testing.x:5: meshcore.runtime.admin._encode is private",
         "meshcore.testing.x:6: meshcore.http.h1fast._common.bad is private",
     ]
+
+
+def test_names_moved_out_of_the_cluster_module_still_import_from_it() -> None:
+    """``meshcore.runtime.cluster`` was split; code that imported the manager from it still works."""
+    import meshcore.runtime.cluster as cluster_module  # noqa: PLC0415 - the import is what is tested
+    import meshcore.runtime.cluster_manager  # noqa: PLC0415 - likewise
+    from meshcore.runtime.cluster import ClusterManager  # noqa: PLC0415 - the import is what is tested
+
+    assert ClusterManager is meshcore.runtime.cluster_manager.ClusterManager
+    with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
+        _ = cluster_module.Nothing

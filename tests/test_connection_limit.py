@@ -20,7 +20,7 @@ from meshcore import (
     snapshot_from_data,
 )
 from meshcore.filters.connection_limit import ConnectionLimit, ConnectionLimitConfig
-from meshcore.runtime.cluster import ClusterManager
+from meshcore.runtime.cluster_manager import ClusterManager
 from meshcore.testing.harness import start_proxy, tcp_proxy_config
 
 MemoryStream = trio.StapledStream[trio.testing.MemorySendStream, trio.testing.MemoryReceiveStream]

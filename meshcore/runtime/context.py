@@ -11,7 +11,7 @@ from meshcore.connection import Connection
 if TYPE_CHECKING:
     from meshcore.config import Snapshot
     from meshcore.registry import Registry
-    from meshcore.runtime.cluster import ClusterManager
+    from meshcore.runtime.cluster_manager import ClusterManager
     from meshcore.runtime.overload import OverloadManager
     from meshcore.runtime.services import ServicesView
     from meshcore.runtime.stats import Stats

@@ -31,7 +31,7 @@ from meshcore.errors import MeshcoreError
 from meshcore.http.messages import Body, Headers, Request, StreamInfo
 
 if TYPE_CHECKING:
-    from meshcore.runtime.cluster import ClusterManager
+    from meshcore.runtime.cluster_manager import ClusterManager
 
 __all__ = ["Mirrors", "Sampler", "shadow_authority", "start_mirror"]
 

@@ -24,7 +24,8 @@ from meshcore.config import FilterChain, Listener, PluginRef, Snapshot, Snapshot
 from meshcore.errors import ConfigError, ConfigProblem
 from meshcore.registry import Registry
 from meshcore.runtime.apply import Plan, announce, plan
-from meshcore.runtime.cluster import ClusterManager, Picker
+from meshcore.runtime.cluster import Picker
+from meshcore.runtime.cluster_manager import ClusterManager
 from meshcore.runtime.config_health import ConfigHealth
 from meshcore.runtime.context import FilterContext
 from meshcore.runtime.health import Checker

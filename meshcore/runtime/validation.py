@@ -32,7 +32,7 @@ from meshcore.config.structure import Path, PluginRef, format_path
 from meshcore.errors import ConfigError, ConfigProblem
 from meshcore.plugin import hookimpl
 from meshcore.registry import Registry
-from meshcore.runtime.cluster import ClusterManager
+from meshcore.runtime.cluster_manager import ClusterManager
 from meshcore.runtime.context import FilterContext
 from meshcore.runtime.http_manager_plugin import HttpConnectionManagerConfig
 from meshcore.runtime.stats import Stats
