@@ -20,7 +20,7 @@ from meshcore.cli_mesh import add_commands as add_mesh_commands
 from meshcore.config import CONFIG_SUFFIXES, parse_document
 from meshcore.config.loader import parse_documents
 from meshcore.errors import ConfigError, ConfigProblem
-from meshcore.logs import LEVELS
+from meshcore.logs import LEVELS, say
 from meshcore.logs import configure as configure_logging
 from meshcore.registry import KINDS, Registry, build_registry
 from meshcore.runtime.server import serve_proxy
@@ -90,7 +90,7 @@ def _validate_mesh_file(file: Path, registry: Registry, *, quiet: bool) -> bool:
 
 def _report_plugin_problems(registry: Registry, out: TextIO) -> None:
     for problem in registry.problems:
-        print(f"plugin problem: {problem}", file=out)
+        say(f"plugin problem: {problem}", out)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -205,7 +205,7 @@ def _scalar(text: str) -> Any:
 
 def _print_problems(err: ConfigError) -> None:
     for problem in err.problems:
-        print(problem, file=sys.stderr)
+        say(str(problem))
 
 
 def cmd_proxy(args: argparse.Namespace) -> int:
@@ -247,7 +247,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
         # The first Snapshot was rejected (a bad file, a port in use): say why, exit 1.
         for leaf in _leaves(group):
             for problem in getattr(leaf, "problems", ()):
-                print(problem, file=sys.stderr)
+                say(str(problem))
         failed = True
     return 1 if failed else 0
 

@@ -18,7 +18,7 @@ import yaml
 
 from meshcore.config import Address, Duration
 from meshcore.errors import ConfigError
-from meshcore.logs import LEVELS
+from meshcore.logs import LEVELS, say
 from meshcore.logs import configure as configure_logging
 from meshcore.registry import build_registry
 
@@ -36,7 +36,7 @@ def _address(text: str) -> Address:
 
 def _print_problems(err: ConfigError) -> None:
     for problem in err.problems:
-        print(problem, file=sys.stderr)
+        say(str(problem))
 
 
 def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
@@ -72,7 +72,7 @@ def cmd_control_plane(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, fmt=args.log_format)
     registry = build_registry()
     for problem in registry.problems:
-        print(f"plugin problem: {problem}", file=sys.stderr)
+        say(f"plugin problem: {problem}")
     try:
         config = load_settings(args.config, registry)
     except ConfigError as err:
@@ -116,7 +116,7 @@ def cmd_sidecar(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, fmt=args.log_format)
     registry = build_registry()
     for problem in registry.problems:
-        print(f"plugin problem: {problem}", file=sys.stderr)
+        say(f"plugin problem: {problem}")
     config = ControlPlaneSourceConfig(
         address=args.control_plane,
         workload=args.workload,

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["LEVELS", "configure", "set_level"]
+__all__ = ["LEVELS", "configure", "say", "set_level"]
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 _state: dict[str, Any] = {}
@@ -74,3 +74,13 @@ def _level(level: str) -> int:
 def set_level(level: str) -> None:
     """Change the log level of a running process (the admin server's ``/logging``)."""
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(_level(level)))
+
+
+def say(text: str, out: TextIO | None = None) -> None:
+    """Write ``text`` and its newline to ``out`` (default: stderr) in one write.
+
+    ``print`` writes the newline apart (stderr writes through), so a line of another
+    process sharing the pipe (the workers of ``--workers N`` and their supervisor, the
+    processes of a mesh) can land between the two and be glued to this one.
+    """
+    (out or sys.stderr).write(f"{text}\n")

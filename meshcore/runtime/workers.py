@@ -377,8 +377,10 @@ class _Supervision:
             served = served or ready.is_set()
             status = code if code >= 0 else 128 - code  # killed by a signal: 128 + its number
             if self.stopping.is_set() or not served:  # stopped, or could not start (a port taken)
-                if code:
-                    log.warning("worker_exited", worker=worker, pid=process.pid, status=status)
+                # Every exit is said, 0 included: one that exits 0 before it was ever ready
+                # (and is not started again) is as much news as one that fails.
+                report = log.warning if status or not self.stopping.is_set() else log.info
+                report("worker_exited", worker=worker, pid=process.pid, status=status, ready=ready.is_set())
                 self.codes[worker] = status
                 return
             if trio.current_time() - started > STABLE_AFTER:
