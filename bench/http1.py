@@ -27,66 +27,28 @@ import re
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from _common import cpu_seconds, free_port, milliseconds, run_proxy, serve_canned, start
-
-RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 13\r\n\r\nhello, world\n"
-
+from _common import CannedHttp1, cpu_seconds, free_port, proxy_config, run_proxy, serve_canned, start, stop
+from _common import wrk as run_wrk
 
 # -- the upstream ---------------------------------------------------------------------------
 
 
-class _Canned(asyncio.Protocol):
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        self.buffer = b""
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        count = self.buffer.count(b"\r\n\r\n")
-        if count:
-            self.buffer = self.buffer[self.buffer.rindex(b"\r\n\r\n") + 4 :]
-            self.transport.write(RESPONSE * count)
-
-
 def run_upstream(port: int) -> None:
     """A canned-response HTTP/1.1 server (GET only, keep-alive, pipelining-safe)."""
-    serve_canned(_Canned, port)
+    serve_canned(CannedHttp1, port)
 
 
 # -- the proxy with three pass-through filters ----------------------------------------------
 
 
-PROXY_CONFIG = """
-admin: {{enabled: false}}
-listeners:
-  - name: bench
-    address: 127.0.0.1:{port}
-    filter_chains:
-      - filters:
-          - http_connection_manager:
-              route_config: main
-              codec: {codec}
-              http_filters: {filters}
-route_configs:
-  - name: main
-    virtual_hosts:
-      - name: all
-        domains: ["*"]
-        routes:
-          - match: {{prefix: /}}
-            cluster: upstream
-clusters:
-  - name: upstream
-    codec: {codec}
-    endpoints: ["127.0.0.1:{upstream}"]
-"""
+def _config(port: int, upstream: int, codec: str, filters: str) -> str:
+    return proxy_config(port, upstream, codec=codec, filters=filters)
 
 
 # -- measuring ------------------------------------------------------------------------------
@@ -161,11 +123,7 @@ def count_calls(targets: dict[str, tuple[int, int]], outs: dict[str, Path], conn
     lines = ["Python calls (cProfile: function calls and coroutine resumptions) and GC passes per request:"]
     for label, (port, pid) in targets.items():
         os.kill(pid, signal.SIGUSR2)
-        subprocess.run(  # noqa: S603 - arguments built here
-            ["wrk", "-t1", f"-c{connections}", "-d5s", f"http://127.0.0.1:{port}/"],  # noqa: S607 - wrk from PATH
-            capture_output=True,
-            check=True,
-        )
+        run_wrk(port, connections, 5, warm_up=False)
         os.kill(pid, signal.SIGUSR1)
         for _ in range(100):
             if outs[label].exists():
@@ -202,9 +160,7 @@ def run_tracing(args: argparse.Namespace, me: list[str], upstream_port: int, pro
         for i, (label, filters) in enumerate(variants.items()):
             port = free_port()
             config = Path(tmp) / f"bench-{i}.yaml"
-            config.write_text(
-                PROXY_CONFIG.format(port=port, upstream=upstream_port, codec="fast", filters=filters)
-            )
+            config.write_text(_config(port, upstream_port, "fast", filters))
             counts[label] = Path(tmp) / f"counts-{i}.json"
             procs.append(
                 start([*me, "--role", "counted-proxy", "--config", str(config), "--out", str(counts[label])])
@@ -257,32 +213,19 @@ def run_tracing(args: argparse.Namespace, me: list[str], upstream_port: int, pro
 
 def wrk(port: int, server_pid: int, duration: int, connections: int) -> dict[str, float]:
     """Run wrk against a port; measure the server process's CPU during the run."""
-    url = f"http://127.0.0.1:{port}/"
-    # Warm up (connections, caches), then measure.
-    subprocess.run(["wrk", "-t1", f"-c{connections}", "-d1s", url], capture_output=True, check=True)  # noqa: S603, S607 - wrk from PATH, arguments built here
-    cpu_before = cpu_seconds(server_pid)
-    out = subprocess.run(  # noqa: S603 - arguments built here
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url],  # noqa: S607 - wrk from PATH
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    cpu = cpu_seconds(server_pid) - cpu_before
-    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    socket_errors = re.search(r"Socket errors: (.*)", out)
+    run = run_wrk(port, connections, duration, {"cpu_seconds": lambda: cpu_seconds(server_pid)})
     return {
-        "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-        "p50_ms": milliseconds(re.search(r"^\s+50%\s+(\S+)", out, re.MULTILINE).group(1)),  # type: ignore[union-attr]
-        "p99_ms": milliseconds(re.search(r"^\s+99%\s+(\S+)", out, re.MULTILINE).group(1)),  # type: ignore[union-attr]
-        "cpu_us_per_request": cpu / requests * 1e6,
-        "requests": requests,
-        "non_2xx": int(errors.group(1)) if errors else 0,
-        "socket_errors": 1 if socket_errors else 0,
+        "requests_per_s": run["requests_per_s"],
+        "p50_ms": run["p50_ms"],
+        "p99_ms": run["p99_ms"],
+        "cpu_us_per_request": run["cpu_seconds"] / run["requests"] * 1e6,
+        "requests": run["requests"],
+        "non_2xx": run["non_2xx"],
+        "socket_errors": 1 if run["socket_errors"] else 0,
     }
 
 
-def main() -> int:  # noqa: PLR0912, PLR0915 - a flat script: the roles, then the variants
+def main() -> int:  # noqa: PLR0915 - a flat script: the roles, then the variants
     """Run the benchmark (or, with ``--role``, one of its server processes)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per measured run")
@@ -321,24 +264,18 @@ def main() -> int:  # noqa: PLR0912, PLR0915 - a flat script: the roles, then th
         try:
             return run_tracing(args, me, upstream_port, procs)
         finally:
-            for proc in procs:
-                proc.terminate()
-                proc.wait(timeout=30)
+            stop(procs)
     try:
         results["upstream direct"] = wrk(upstream_port, procs[0].pid, args.duration, args.connections)
         with tempfile.TemporaryDirectory() as tmp:
             for codec in ("h11", "fast"):
                 port = free_port()
                 config = Path(tmp) / f"bench-{codec}.yaml"
-                config.write_text(
-                    PROXY_CONFIG.format(port=port, upstream=upstream_port, codec=codec, filters=PASSTHROUGH)
-                )
+                config.write_text(_config(port, upstream_port, codec, PASSTHROUGH))
                 procs.append(start([*me, "--role", "proxy", "--config", str(config)]))
                 results[f"meshcore ({codec})"] = wrk(port, procs[-1].pid, args.duration, args.connections)
     finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(timeout=30)
+        stop(procs)
     direct = results["upstream direct"]
     print(f"wrk -c{args.connections} -d{args.duration}s, HTTP/1.1 keep-alive, 13-byte responses;")
     print("meshcore chain: three pass-through filters + router")

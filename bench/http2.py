@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -30,7 +28,8 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
-from _common import cpu_seconds, free_port, milliseconds, run_proxy, serve_canned, start
+from _common import cpu_seconds, free_port, proxy_config, run_proxy, serve_canned, start, stop
+from _common import h2load as run_h2load
 
 BODY = b"hello, world\n"
 
@@ -80,63 +79,27 @@ def run_upstream(port: int) -> None:
 # -- the proxy with three pass-through filters ----------------------------------------------
 
 
-PROXY_CONFIG = """
-admin: {{enabled: false}}
-listeners:
-  - name: bench
-    address: 127.0.0.1:{port}
-    filter_chains:
-      - filters:
-          - http_connection_manager:
-              route_config: main
-              http_filters: [passthrough, passthrough, passthrough, router]
-route_configs:
-  - name: main
-    virtual_hosts:
-      - name: all
-        domains: ["*"]
-        routes:
-          - match: {{prefix: /direct}}
-            direct_response: {{status: 200, body: "hello, world\\n"}}
-          - match: {{prefix: /}}
-            cluster: upstream
-clusters:
-  - name: upstream
-    protocol: http2
-    endpoints: ["127.0.0.1:{upstream}"]
-"""
+DIRECT_ROUTE = '          - match: {prefix: /direct}\n            direct_response: {status: 200, body: "hello, world\\n"}\n'
 
 
 # -- measuring ------------------------------------------------------------------------------
 
 
-def h2load(url: str, server_pid: int, duration: int, connections: int, streams: int) -> dict[str, float]:
-    """Run h2load against ``url``; measure the server process's CPU during the run."""
-    load = ["h2load", "-t1", f"-c{connections}", f"-m{streams}"]
-    # Warm up (connections, caches), then measure.
-    subprocess.run([*load, "-D1", url], capture_output=True, check=True)  # noqa: S603 - h2load from PATH, arguments built here
-    cpu_before = cpu_seconds(server_pid)
-    out = subprocess.run(  # noqa: S603 - arguments built here
-        [*load, f"-D{duration}", url], capture_output=True, text=True, check=True
-    ).stdout
-    cpu = cpu_seconds(server_pid) - cpu_before
-    counts = re.search(
-        r"requests: \d+ total, \d+ started, (\d+) done, \d+ succeeded, (\d+) failed, (\d+) errored", out
+def h2load(
+    port: int, server_pid: int, duration: int, connections: int, streams: int, path: str = "/"
+) -> dict[str, float]:
+    """Run h2load against ``port``; measure the server process's CPU during the run."""
+    run = run_h2load(
+        port, connections, streams, duration, {"cpu_seconds": lambda: cpu_seconds(server_pid)}, path=path
     )
-    statuses = re.search(r"status codes: \d+ 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
-    timing = re.search(r"time for request:\s+(\S+)\s+(\S+)\s+(\S+)", out)
-    assert counts is not None, out
-    assert statuses is not None, out
-    assert timing is not None, out
-    done = int(counts.group(1))
     return {
-        "requests_per_s": float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1)),  # type: ignore[union-attr]
-        "mean_ms": milliseconds(timing.group(3)),
-        "max_ms": milliseconds(timing.group(2)),
-        "cpu_us_per_request": cpu / max(done, 1) * 1e6,
-        "requests": done,
+        "requests_per_s": run["requests_per_s"],
+        "mean_ms": run["mean_ms"],
+        "max_ms": run["max_ms"],
+        "cpu_us_per_request": run["cpu_seconds"] / max(run["done"], 1) * 1e6,
+        "requests": run["done"],
         # Failed or errored requests, and any answer but 2xx.
-        "errors": int(counts.group(2)) + int(counts.group(3)) + sum(int(n) for n in statuses.groups()),
+        "errors": run["failed"] + run["errored"] + run["non_2xx"],
     }
 
 
@@ -165,16 +128,22 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             config = Path(tmp) / "bench.yaml"
-            config.write_text(PROXY_CONFIG.format(port=proxy_port, upstream=upstream_port))
+            config.write_text(
+                proxy_config(
+                    proxy_port,
+                    upstream_port,
+                    filters="[passthrough, passthrough, passthrough, router]",
+                    protocol="http2",
+                    routes=DIRECT_ROUTE,
+                )
+            )
             procs.append(start([*me, "--role", "proxy", "--config", str(config)]))
             upstream, proxy = procs[0].pid, procs[1].pid
-            direct = h2load(f"http://127.0.0.1:{upstream_port}/", upstream, *load)
-            proxied = h2load(f"http://127.0.0.1:{proxy_port}/", proxy, *load)
-            local = h2load(f"http://127.0.0.1:{proxy_port}/direct", proxy, *load)
+            direct = h2load(upstream_port, upstream, *load)
+            proxied = h2load(proxy_port, proxy, *load)
+            local = h2load(proxy_port, proxy, *load, path="/direct")
     finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(timeout=30)
+        stop(procs)
     rows = [
         ("upstream direct", direct),
         ("through meshcore", proxied),

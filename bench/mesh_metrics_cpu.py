@@ -24,6 +24,7 @@ from typing import Any
 
 import trio
 import trio.testing
+from _common import passthrough_registry
 
 import meshcore
 from meshcore import telemetry
@@ -32,21 +33,6 @@ from meshcore.testing.filters import FilterHarness, make_request
 
 SOURCE = telemetry.Workload("client", "bench", "client", "v1")
 DESTINATION = telemetry.Workload("app", "bench", "app", "v1")
-
-
-class _PassThrough:
-    def __init__(self, _config: None, _context: meshcore.FilterContext) -> None:
-        pass
-
-    async def __call__(self, request: meshcore.Request, call_next: meshcore.HttpHandler) -> meshcore.Response:
-        return await call_next(request)
-
-
-class _Plugin:
-    @staticmethod
-    @meshcore.hookimpl
-    def meshcore_http_filters() -> list[meshcore.HttpFilterType]:
-        return [meshcore.HttpFilterType(name="passthrough", factory=_PassThrough)]
 
 
 def _connection() -> Connection:
@@ -63,7 +49,7 @@ def _connection() -> Connection:
 
 
 def _harness(variant: str) -> tuple[FilterHarness, list[tuple[str, str]], Any]:
-    registry = meshcore.build_registry(plugins=[("bench", _Plugin())])
+    registry = passthrough_registry()
     if variant == "none":
         return FilterHarness("passthrough", None, registry=registry), [], None
     reporter = variant

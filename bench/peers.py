@@ -54,7 +54,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -65,7 +64,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import cpu_seconds, free_port, milliseconds
+from _common import free_port, tree_cpu, tree_rss_mib, wait_listening
+from _common import h2load as run_h2load
+from _common import wrk as run_wrk
 
 HERE = Path(__file__).resolve().parent
 PEERS_DIR = HERE / ".peers"
@@ -171,62 +172,6 @@ class BenchReverseProxy(ReverseProxyBasePlugin):
 # -- processes ------------------------------------------------------------------------------
 
 
-def _tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (nginx's worker, proxy.py's acceptors)."""
-    pids, frontier = [pid], [pid]
-    while frontier:
-        parent = frontier.pop()
-        try:
-            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
-        except OSError:
-            continue
-        for child in map(int, children):
-            pids.append(child)
-            frontier.append(child)
-    return pids
-
-
-def tree_cpu(pid: int) -> float:
-    """CPU seconds of ``pid`` and its descendants."""
-    total = 0.0
-    for p in _tree(pid):
-        try:
-            total += cpu_seconds(p)
-        except OSError:
-            continue
-    return total
-
-
-def tree_rss_mib(pid: int) -> float:
-    """Resident memory of ``pid`` and its descendants, MiB."""
-    total = 0
-    for p in _tree(pid):
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return total / 1024
-
-
-def _wait_listening(port: int, proc: subprocess.Popen[Any], timeout: float = 20.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            msg = f"process {proc.args!r} exited with {proc.returncode}"
-            raise RuntimeError(msg)
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    proc.kill()
-    msg = f"nothing listens on {port} after {timeout} s: {proc.args!r}"
-    raise RuntimeError(msg)
-
-
 class Peer:
     """A proxy under test: how to start it, its ports, its process."""
 
@@ -247,7 +192,7 @@ class Peer:
         self.proc = subprocess.Popen(  # noqa: S603 - argv built here
             self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
         )
-        _wait_listening(self.port, self.proc)
+        wait_listening(self.port, self.proc)
         time.sleep(0.5)  # a benchmark, not a test: let it settle before reading its idle memory
         self.idle_rss = tree_rss_mib(self.proc.pid)
 
@@ -266,64 +211,30 @@ class Peer:
 
 def wrk(port: int, pid: int, duration: int, connections: int) -> dict[str, float]:
     """Load ``port`` with ``wrk -t1``; measure the CPU of ``pid``'s tree during the run."""
-    url = f"http://127.0.0.1:{port}/"
-    subprocess.run(["wrk", "-t1", f"-c{connections}", "-d1s", url], capture_output=True, check=True)  # noqa: S603, S607 - warm-up
-    before = tree_cpu(pid)
-    out = subprocess.run(  # noqa: S603
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url],  # noqa: S607
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    cpu = tree_cpu(pid) - before
-    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    errors = int(bad.group(1)) if bad else 0
-    if socket_errors:
-        errors += sum(int(x) for x in socket_errors.groups())
+    run = run_wrk(port, connections, duration, {"cpu": lambda: tree_cpu(pid)})
     return {
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-        "p50": milliseconds(re.search(r"^\s+50%\s+(\S+)", out, re.MULTILINE).group(1)),  # type: ignore[union-attr]
-        "p99": milliseconds(re.search(r"^\s+99%\s+(\S+)", out, re.MULTILINE).group(1)),  # type: ignore[union-attr]
-        "cpu_us": cpu / max(requests, 1) * 1e6,
-        "errors": errors,
+        "rps": run["requests_per_s"],
+        "p50": run["p50_ms"],
+        "p99": run["p99_ms"],
+        "cpu_us": run["cpu"] / max(run["requests"], 1) * 1e6,
+        "errors": run["non_2xx"] + run["socket_errors"],
     }
 
 
 def wrk_one_connection(port: int, duration: int) -> float:
     """p99 in ms at one connection (latency added by the proxy when nothing queues)."""
-    url = f"http://127.0.0.1:{port}/"
-    out = subprocess.run(  # noqa: S603
-        ["wrk", "-t1", "-c1", f"-d{duration}s", "--latency", url],  # noqa: S607
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return milliseconds(re.search(r"^\s+99%\s+(\S+)", out, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    return run_wrk(port, 1, duration, warm_up=False)["p99_ms"]
 
 
 def h2load(port: int, pid: int, duration: int, connections: int, streams: int) -> dict[str, float]:
     """h2load (h2c prior knowledge) against ``port``; the CPU of ``pid``'s tree during the run."""
-    url = f"http://127.0.0.1:{port}/"
-    load = ["h2load", "-t1", f"-c{connections}", f"-m{streams}"]
-    subprocess.run([*load, "-D1", url], capture_output=True, check=True)  # noqa: S603 - warm-up
-    before = tree_cpu(pid)
-    out = subprocess.run([*load, f"-D{duration}", url], capture_output=True, text=True, check=True).stdout  # noqa: S603
-    cpu = tree_cpu(pid) - before
-    done = re.search(
-        r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out
-    )
-    assert done is not None, out
-    succeeded = int(done.group(2))
-    times = re.search(r"time for request:\s+(\S+)\s+(\S+)\s+(\S+)", out)
-    assert times is not None, out
+    run = run_h2load(port, connections, streams, duration, {"cpu": lambda: tree_cpu(pid)})
     return {
-        "rps": float(re.search(r"finished in .*?, ([\d.]+) req/s", out).group(1)),  # type: ignore[union-attr]
-        "p50": milliseconds(times.group(3)),  # h2load prints min, max, mean: the mean stands in
-        "p99": milliseconds(times.group(2)),  # and the max for the tail
-        "cpu_us": cpu / max(succeeded, 1) * 1e6,
-        "errors": int(done.group(3)) + int(done.group(4)),
+        "rps": run["requests_per_s"],
+        "p50": run["mean_ms"],  # h2load prints min, max, mean: the mean stands in
+        "p99": run["max_ms"],  # and the max for the tail
+        "cpu_us": run["cpu"] / max(run["succeeded"], 1) * 1e6,
+        "errors": run["failed"] + run["errored"],
     }
 
 

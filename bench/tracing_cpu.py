@@ -25,26 +25,12 @@ import time
 from typing import Any
 
 import trio
+from _common import passthrough_registry
 
 import meshcore
 from meshcore.http.messages import UpstreamAttempt
 from meshcore.telemetry.otlp import encode_batch
 from meshcore.testing.filters import FilterHarness, make_request
-
-
-class _PassThrough:
-    def __init__(self, _config: None, _context: meshcore.FilterContext) -> None:
-        pass
-
-    async def __call__(self, request: meshcore.Request, call_next: meshcore.HttpHandler) -> meshcore.Response:
-        return await call_next(request)
-
-
-class _Plugin:
-    @staticmethod
-    @meshcore.hookimpl
-    def meshcore_http_filters() -> list[meshcore.HttpFilterType]:
-        return [meshcore.HttpFilterType(name="passthrough", factory=_PassThrough)]
 
 
 async def _upstream(request: meshcore.Request) -> meshcore.Response:
@@ -62,7 +48,7 @@ async def _upstream(request: meshcore.Request) -> meshcore.Response:
 
 def measure(ratio: float | None, requests: int) -> float:
     """CPU microseconds per request: with tracing at ``ratio``, or a pass-through filter (None)."""
-    registry = meshcore.build_registry(plugins=[("bench", _Plugin())])
+    registry = passthrough_registry()
     if ratio is None:
         harness = FilterHarness("passthrough", None, registry=registry)
     else:

@@ -24,62 +24,17 @@ import time
 import urllib.request
 from pathlib import Path
 
-from _common import cpu_seconds, free_port, start
-from http1 import run_upstream, wrk
-
-CONFIG = """
-admin: {{address: 127.0.0.1:{admin}}}
-listeners:
-  - name: bench
-    address: 127.0.0.1:{port}
-    filter_chains:
-      - filters:
-          - http_connection_manager:
-              route_config: main
-              codec: fast
-              http_filters: [router]
-route_configs:
-  - name: main
-    virtual_hosts:
-      - name: all
-        domains: ["*"]
-        routes:
-          - match: {{prefix: /}}
-            cluster: upstream
-clusters:
-  - name: upstream
-    codec: fast
-    endpoints: ["127.0.0.1:{upstream}"]
-"""
-
-
-def tree(pid: int) -> list[int]:
-    """``pid`` and its descendants, now."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        todo += children.get(current, [])
-    return found
-
-
-def tree_cpu(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` and its descendants (the workers live as long as the run)."""
-    total = 0.0
-    for member in tree(pid):
-        try:
-            total += cpu_seconds(member)
-        except OSError:
-            continue
-    return total
+from _common import (
+    CannedHttp1,
+    cpu_seconds,
+    free_port,
+    proxy_config,
+    serve_canned,
+    start,
+    stop,
+    tree_cpu,
+    wrk,
+)
 
 
 def wait_live(admin: int, timeout: float = 60.0) -> None:
@@ -115,7 +70,7 @@ def main() -> int:
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role == "upstream":
-        run_upstream(args.port)
+        serve_canned(CannedHttp1, args.port)
         return 0
 
     upstream_port = free_port()
@@ -126,7 +81,7 @@ def main() -> int:
             for workers in (1, 2):
                 port, admin = free_port(), free_port()
                 config = Path(tmp) / f"workers-{workers}.yaml"
-                config.write_text(CONFIG.format(port=port, admin=admin, upstream=upstream_port))
+                config.write_text(proxy_config(port, upstream_port, codec="fast", admin=admin))
                 proc = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
                     [sys.executable, "-m", "meshcore", "proxy", "-c", str(config), "--workers", str(workers)],
                     stdout=subprocess.DEVNULL,
@@ -140,21 +95,19 @@ def main() -> int:
             for round_ in range(args.rounds):
                 shift = round_ % len(order)
                 for label, (port, _admin, proc) in order[shift:] + order[:shift]:
-                    before, parent_before = tree_cpu(proc.pid), cpu_seconds(proc.pid)
-                    result = wrk(port, proc.pid, args.duration, args.connections)
-                    # wrk's own figure is the parent's CPU alone: the whole tree's replaces it.
-                    result["cpu_us_per_request"] = (tree_cpu(proc.pid) - before) / result["requests"] * 1e6
-                    parent = cpu_seconds(proc.pid) - parent_before
-                    result["parent_us_per_request"] = parent / result["requests"] * 1e6
-                    runs[label].append(result)
+                    # The whole tree's CPU (the figure), and the parent's alone (the supervisor's).
+                    pid = proc.pid
+                    meters = {
+                        "tree": lambda pid=pid: tree_cpu(pid),
+                        "parent": lambda pid=pid: cpu_seconds(pid),
+                    }
+                    run = wrk(port, args.connections, args.duration, meters)
+                    run["cpu_us_per_request"] = run["tree"] / run["requests"] * 1e6
+                    run["parent_us_per_request"] = run["parent"] / run["requests"] * 1e6
+                    runs[label].append(run)
             counted = {label: admin_requests(admin) for label, (_p, admin, _proc) in proxies.items()}
     finally:
-        for _port, _admin, proc in proxies.values():
-            proc.terminate()
-        for proc in procs:
-            proc.terminate()
-        for _port, _admin, proc in proxies.values():
-            proc.wait(timeout=30)
+        stop([proc for _port, _admin, proc in proxies.values()] + procs)
 
     print(
         f"wrk -t1 -c{args.connections} -d{args.duration}s x {args.rounds} interleaved rounds, HTTP/1.1 keep-alive,"
@@ -167,7 +120,7 @@ def main() -> int:
     median = {}
     for label, results in runs.items():
         median[label] = statistics.median(r["cpu_us_per_request"] for r in results)
-        errors = sum(r["non_2xx"] + r["socket_errors"] for r in results)
+        errors = sum(r["non_2xx"] + (1 if r["socket_errors"] else 0) for r in results)
         rps = statistics.median(r["requests_per_s"] for r in results)
         p50 = statistics.median(r["p50_ms"] for r in results)
         p99 = statistics.median(r["p99_ms"] for r in results)
