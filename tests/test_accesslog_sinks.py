@@ -116,20 +116,20 @@ clusters:
 """
 
 
-async def wait_listening(port: int) -> None:
-    while True:
-        try:
-            stream = await trio.open_tcp_stream("127.0.0.1", port)
-        except OSError:
-            await trio.sleep(0.05)  # the proxy process is still starting: nothing to wait on but the port
-            continue
-        await stream.aclose()
-        return
+async def read_until_started(stderr: Any, count: int) -> bytes:
+    """What the proxy logs until ``count`` of its processes have logged proxy_started: they serve."""
+    said = b""
+    while said.count(b'"event": "proxy_started"') < count:
+        chunk = await stderr.receive_some(65536)
+        assert chunk, f"the proxy exited before it started: {said.decode(errors='replace')}"
+        said += chunk
+    return said
 
 
 async def run_proxy_process(
-    tmp_path: Path, access_log: Any, upstream: tuple[str, int], *extra: str
-) -> tuple[trio.Process, int]:
+    tmp_path: Path, access_log: Any, upstream: tuple[str, int], *extra: str, workers: int = 1
+) -> tuple[trio.Process, int, bytes]:
+    """The proxy, started and serving; its port, and what it logged until then (read from its stderr)."""
     port = free_port()
     config = tmp_path / "proxy.yaml"
     config.write_text(
@@ -137,8 +137,7 @@ async def run_proxy_process(
     )
     argv = [sys.executable, "-m", "meshcore", "proxy", "-c", str(config), "--log-format", "json", *extra]
     process = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    await wait_listening(port)
-    return process, port
+    return process, port, await read_until_started(process.stderr, workers)
 
 
 async def read_all(stream: Any) -> bytes:
@@ -153,7 +152,7 @@ async def test_stdout_access_logs_stay_apart_from_the_process_log(
 ) -> None:
     upstream = await nursery.start(serve_upstream)
     with trio.fail_after(20):
-        process, port = await run_proxy_process(
+        process, port, said = await run_proxy_process(
             tmp_path, [{"sink": "stdout", "flush_interval": "50ms"}], upstream
         )
         for path in ("/one", "/two"):
@@ -170,7 +169,7 @@ async def test_stdout_access_logs_stay_apart_from_the_process_log(
         await process.wait()
     access = out["stdout"].decode().splitlines()
     assert [line.split('"')[1] for line in access] == ["GET /one HTTP/1.1", "GET /two HTTP/1.1"]
-    events = [json.loads(line)["event"] for line in out["stderr"].decode().splitlines()]
+    events = [json.loads(line)["event"] for line in (said + out["stderr"]).decode().splitlines()]
     assert "proxy_started" in events
     assert "request_completed" not in events
 
@@ -193,7 +192,9 @@ async def test_rotation_by_size_and_by_logrotate_loses_and_splits_no_line(
     ]
     total, clients = 300, 10
     with trio.fail_after(60):
-        process, port = await run_proxy_process(tmp_path, access_log, upstream, "--workers", "2")
+        process, port, _ = await run_proxy_process(
+            tmp_path, access_log, upstream, "--workers", "2", workers=2
+        )
         sent = trio.Event()
         done = 0
 

@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import socket
 import subprocess
 import sys
 import textwrap
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +27,7 @@ import attrs
 import httpx
 import pytest
 import trustme
+from _followed import Followed
 from _ports import free_ports
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -41,34 +39,6 @@ from meshcore.plugins.ca import CaConfig, LocalCA, make_csr
 START_TIMEOUT = 30.0
 FRONTEND = "spiffe://cluster.local/ns/default/sa/frontend"
 BACKEND = "spiffe://cluster.local/ns/default/sa/backend"
-
-
-def get_json(url: str) -> Any:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(url, timeout=5) as response:
-        return json.loads(response.read())
-
-
-def wait(what: str, check: Any, timeout: float = START_TIMEOUT) -> Any:
-    """Poll ``check`` (a process's state) until it is true; the processes say nothing when they are ready."""
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            found = check()
-        except OSError as err:
-            last = err
-        else:
-            if found:
-                return found
-        time.sleep(0.05)
-    msg = f"{what} not ready within {timeout}s (last error: {last})"
-    raise AssertionError(msg)
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def mesh_resources(ports: dict[str, int]) -> str:
@@ -127,37 +97,25 @@ def mesh_resources(ports: dict[str, int]) -> str:
 class Mesh:
     base: Path
     ports: dict[str, int]
-    processes: dict[str, subprocess.Popen[bytes]] = attrs.Factory(dict)
+    processes: dict[str, Followed] = attrs.Factory(dict)
 
-    def start(self, name: str, argv: list[str]) -> None:
-        with (self.base / f"{name}.log").open("ab") as log:
-            self.processes[name] = subprocess.Popen(  # noqa: S603 - our own commands
-                argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.base
-            )
+    def start(self, name: str, argv: list[str]) -> Followed:
+        self.processes[name] = Followed(argv, self.base / f"{name}.log", cwd=self.base)
+        return self.processes[name]
 
     def stop_all(self) -> None:
         for process in self.processes.values():
-            process.terminate()
+            process.process.terminate()
         for process in self.processes.values():
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            process.stop()
 
     def log_events(self, name: str) -> list[dict[str, Any]]:
-        lines = (self.base / f"{name}.log").read_text(errors="replace").splitlines()
-        return [json.loads(line) for line in lines if line.startswith("{")]
+        return self.processes[name].events()
 
     @property
     def ca(self) -> LocalCA:
         """The control plane's CA, read from its directory (tests mint client certificates with it)."""
         return LocalCA(CaConfig(directory=str(self.base / "ca")))
-
-
-def synced(mesh: Mesh) -> bool:
-    proxies = get_json(f"http://127.0.0.1:{mesh.ports['cp-admin']}/proxies")["proxies"]
-    return len(proxies) == 2 and all(p["status"] == "SYNCED" for p in proxies)
 
 
 @pytest.fixture(scope="module")
@@ -187,8 +145,10 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     found = Mesh(base, ports)
     meshcore = [sys.executable, "-m", "meshcore"]
     try:
-        found.start("app", [*meshcore, "upstream", "--port", str(ports["backend-app"]), "--name", "backend"])
-        found.start(
+        app = found.start(
+            "app", [*meshcore, "upstream", "--port", str(ports["backend-app"]), "--name", "backend"]
+        )
+        control_plane = found.start(
             "control-plane",
             [
                 *meshcore,
@@ -201,6 +161,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                 "json",
             ],
         )
+        # The sidecars would back off and retry while it is starting: they start once it serves.
+        control_plane.wait_for_event("delivery_started", START_TIMEOUT)
         for workload in ("frontend", "backend"):
             found.start(
                 workload,
@@ -217,9 +179,14 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                     "--log-format", "json",
                 ],
             )  # fmt: skip
-        wait("both sidecars SYNCED", lambda: synced(found))
-        for port in ("backend-in", "frontend-proxy", "backend-app"):
-            wait(port, lambda port=port: listening(ports[port]))
+        # Each says when it serves: the app that it listens, each sidecar that its first
+        # Snapshot (which waits for its certificate) is applied, with its listeners' addresses.
+        app.wait_for(
+            "listening line", lambda line: line.startswith("sample upstream listening on"), START_TIMEOUT
+        )
+        for workload, port in (("frontend", "frontend-proxy"), ("backend", "backend-in")):
+            started = found.processes[workload].wait_for_event("proxy_started", START_TIMEOUT)
+            assert f"127.0.0.1:{ports[port]}" in started["listeners"].values(), started
         yield found
     finally:
         found.stop_all()

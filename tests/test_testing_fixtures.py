@@ -300,18 +300,25 @@ def test_background_loop_calls_are_bounded_and_end_with_the_loop() -> None:
         httpx.get(upstream.url("/"), timeout=5)
 
 
-@pytest.mark.parametrize("after", [0, 0.2], ids=["before-the-call", "during-the-call"])
-def test_a_failure_inside_the_background_loop_is_raised_in_the_test(after: float) -> None:
+@pytest.mark.parametrize("during", [False, True], ids=["before-the-call", "during-the-call"])
+def test_a_failure_inside_the_background_loop_is_raised_in_the_test(during: bool) -> None:
+    called = trio.Event()
+
     async def crash() -> None:
-        await trio.sleep(after)
+        if during:
+            await called.wait()
         msg = "boom"
         raise ValueError(msg)
+
+    async def call() -> None:
+        called.set()
+        await trio.sleep(10)
 
     loop = BackgroundLoop(timeout=5)
     loop.start()
     loop.run_sync(lambda: loop._upstreams._nursery.start_soon(crash))  # type: ignore[union-attr]  # set by start()
     with pytest.raises(RuntimeError, match="has stopped") as stopped:
-        loop.run(trio.sleep, 10)
+        loop.run(call)
     assert isinstance(stopped.value.__cause__, BaseExceptionGroup)
     with pytest.raises(RuntimeError, match="background trio loop failed") as failed:
         loop.close()
