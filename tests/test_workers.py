@@ -67,8 +67,8 @@ def _alive(pid: int) -> bool:
 async def _wait_for_started(stream: trio.abc.ReceiveStream, count: int) -> None:
     """Read the workers' JSON logs until ``count`` of them have logged proxy_started.
 
-    Two processes share the pipe and a log line can reach it in two writes (the line, then
-    its newline), so lines may interleave: count the event itself, not parsed lines.
+    The processes share the pipe and a read may end inside a line: count the event itself,
+    not parsed lines.
     """
     seen = b""
     while seen.count(b'"event": "proxy_started"') < count:
