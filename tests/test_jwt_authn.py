@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jwt
@@ -112,24 +113,30 @@ async def test_a_valid_token_passes_with_its_claims_and_without_itself(local_pro
 
 @pytest.mark.parametrize(
     ("case", "token", "reason"),
+    # Each token made when its test runs: one made at collection, valid from 10 minutes on,
+    # was valid by the time a long suite under load reached it.
     [
-        ("expired", RSA_KEY.token(exp=int(time.time()) - 120), "Jwt is expired"),
-        ("not yet valid", RSA_KEY.token(nbf=int(time.time()) + 600), "Jwt not yet valid"),
-        ("wrong issuer", RSA_KEY.token(iss="https://evil.example"), "Jwt issuer is not configured"),
-        ("wrong audience", RSA_KEY.token(aud="other"), "Audiences in Jwt are not allowed"),
-        ("bad signature", Key("k1").token(), "Jwt verification fails"),  # same kid, another key
-        ("unknown kid", Key("k9").token(), "Jwks doesn't have key to match kid or alg from Jwt"),
-        ("alg none", jwt.encode({"iss": ISSUER, "sub": "x"}, "", algorithm="none"), "Jwks doesn't have key"),
+        ("expired", lambda: RSA_KEY.token(exp=int(time.time()) - 120), "Jwt is expired"),
+        ("not yet valid", lambda: RSA_KEY.token(nbf=int(time.time()) + 600), "Jwt not yet valid"),
+        ("wrong issuer", lambda: RSA_KEY.token(iss="https://evil.example"), "Jwt issuer is not configured"),
+        ("wrong audience", lambda: RSA_KEY.token(aud="other"), "Audiences in Jwt are not allowed"),
+        ("bad signature", lambda: Key("k1").token(), "Jwt verification fails"),  # same kid, another key
+        ("unknown kid", lambda: Key("k9").token(), "Jwks doesn't have key to match kid or alg from Jwt"),
+        (
+            "alg none",
+            lambda: jwt.encode({"iss": ISSUER, "sub": "x"}, "", algorithm="none"),
+            "Jwks doesn't have key",
+        ),
         # Key confusion: HMAC "signed" with the RSA key's public PEM, naming the RSA key.
-        ("alg confusion", hmac_with_public_key(), "Jwks doesn't have key"),
-        ("not a jwt", "abc.def", "Jwt is not in the form"),
+        ("alg confusion", hmac_with_public_key, "Jwks doesn't have key"),
+        ("not a jwt", lambda: "abc.def", "Jwt is not in the form"),
     ],
 )
 async def test_a_bad_token_gets_401_with_a_challenge(
-    local_proxy: RunningProxy, case: str, token: str, reason: str
+    local_proxy: RunningProxy, case: str, token: Callable[[], str], reason: str
 ) -> None:
     with trio.fail_after(10):
-        reply = await local_proxy.client().get("/", headers=bearer(token))
+        reply = await local_proxy.client().get("/", headers=bearer(token()))
     assert reply.status == 401, case
     assert reply.header("www-authenticate") == 'Bearer realm="meshcore", error="invalid_token"'
     assert reply.header("x-meshcore-flags") == "JWT"
