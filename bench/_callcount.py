@@ -4,12 +4,17 @@ A role started with ``--count-calls FILE`` calls :func:`install` first: the firs
 starts counting every Python function call (``sys.setprofile``), the second stops and
 writes ``{"calls": N, "by_package": {...}, "top": [...]}`` to FILE. The benchmark sends a known number of
 requests between the two signals and divides.
+
+With ``MESHCORE_BENCH_PSTATS=PREFIX`` in the environment, the same two signals take a
+cProfile profile instead, dumped to ``PREFIX.<pid>`` (for ``pstats``: callers, cumulative
+times); the counts file then only says it is done.
 """
 
 from __future__ import annotations
 
 import collections
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -31,8 +36,8 @@ def _package(filename: str) -> str:
     return "stdlib" if "python3" in filename else "?"
 
 
-def install(path: str) -> None:
-    """Count calls between two SIGUSR1s; write the counts to ``path``."""
+def install(path: str, signum: int = signal.SIGUSR1) -> None:
+    """Count calls between two ``signum`` signals (SIGUSR1 unless the process uses it); write them to ``path``."""
     counts: collections.Counter[tuple[str, str]] = collections.Counter()
     state = {"on": False}
 
@@ -40,6 +45,25 @@ def install(path: str) -> None:
         if event == "call":
             code = frame.f_code
             counts[(code.co_filename, code.co_name)] += 1
+
+    pstats_path = os.environ.get("MESHCORE_BENCH_PSTATS")
+    if pstats_path:
+        import cProfile
+
+        profiler = cProfile.Profile()
+
+        def toggle_pstats(_signum: int, _frame: FrameType | None) -> None:
+            if not state["on"]:
+                state["on"] = True
+                profiler.enable()
+                return
+            profiler.disable()
+            state["on"] = False
+            profiler.dump_stats(f"{pstats_path}.{os.getpid()}")
+            Path(path).write_text(json.dumps({"calls": 1, "by_package": {}, "top": []}))
+
+        signal.signal(signum, toggle_pstats)
+        return
 
     def toggle(_signum: int, _frame: FrameType | None) -> None:
         if not state["on"]:
@@ -57,4 +81,4 @@ def install(path: str) -> None:
             json.dumps({"calls": sum(counts.values()), "by_package": dict(by_package), "top": top})
         )
 
-    signal.signal(signal.SIGUSR1, toggle)
+    signal.signal(signum, toggle)

@@ -72,6 +72,7 @@ TRUST_DOMAIN = "cluster.local"
 CLIENT_ID = f"spiffe://{TRUST_DOMAIN}/ns/bench/sa/client"
 APP_ID = f"spiffe://{TRUST_DOMAIN}/ns/bench/sa/app"
 GRPC_PATH = "/bench.Echo/Call"
+SHOWN = 0.5  # calls per request below this are left out of the split by package
 
 # -- the app and the sink ------------------------------------------------------------------
 
@@ -287,27 +288,37 @@ def sidecar_configs(
     return a, b
 
 
+def relocate(
+    a: dict[str, Any], b: dict[str, Any], ports: dict[str, int], a_side: str, b_side: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Copies of A and B listening on the ports of ``a_side`` and ``b_side``, A sending to that B."""
+    a1, b1 = copy.deepcopy(a), copy.deepcopy(b)
+    for config, side in ((a1, a_side), (b1, b_side)):
+        config["admin"]["address"] = f"127.0.0.1:{ports[side + '_admin']}"
+        for listener in config["listeners"]:
+            protocol = "http" if listener["name"].endswith("http") else "grpc"
+            listener["address"] = f"127.0.0.1:{ports[f'{side}_{protocol}']}"
+    for cluster in a1["clusters"]:
+        protocol = "http" if cluster["name"].endswith("http") else "grpc"
+        cluster["endpoints"] = [f"127.0.0.1:{ports[f'{b_side}_{protocol}']}"]
+    return a1, b1
+
+
 def plain_configs(
-    a: dict[str, Any], b: dict[str, Any], ports: dict[str, int]
+    a: dict[str, Any], b: dict[str, Any], ports: dict[str, int], a_side: str = "a0", b_side: str = "b0"
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The same two sidecars with nothing of the mesh: plaintext between them, the router alone.
 
     The baseline that tells the mesh's own cost (mTLS, metrics, tracing) from the proxy's.
     """
-    a0, b0 = copy.deepcopy(a), copy.deepcopy(b)
-    for config, side in ((a0, "a0"), (b0, "b0")):
-        config["admin"]["address"] = f"127.0.0.1:{ports[side + '_admin']}"
+    a0, b0 = relocate(a, b, ports, a_side, b_side)
+    for config in (a0, b0):
         for listener in config["listeners"]:
-            protocol = "http" if listener["name"].endswith("http") else "grpc"
-            listener["address"] = f"127.0.0.1:{ports[f'{side}_{protocol}']}"
             chain = listener["filter_chains"][0]
             chain.pop("tls", None)
             chain["filters"][0]["http_connection_manager"]["http_filters"] = ["router"]
         for cluster in config["clusters"]:
             cluster.pop("tls", None)
-    for cluster in a0["clusters"]:
-        protocol = "http" if cluster["name"].endswith("http") else "grpc"
-        cluster["endpoints"] = [f"127.0.0.1:{ports[f'b0_{protocol}']}"]
     return a0, b0
 
 
@@ -317,14 +328,40 @@ def plain_configs(
 class Sidecar:
     """A ``meshcore proxy`` process and its admin server."""
 
-    def __init__(self, name: str, config: dict[str, Any], tmp: Path, admin_port: int) -> None:
+    def __init__(
+        self, name: str, config: dict[str, Any], tmp: Path, admin_port: int, *, checkout: str | None = None
+    ) -> None:
         self.name = name
         self.admin = admin_port
         path = tmp / f"sidecar-{name}.json"
         path.write_text(json.dumps(config, indent=1))
         self.log = (tmp / f"sidecar-{name}.log").open("w")
-        argv = [sys.executable, "-m", "meshcore", "proxy", "-c", str(path), "--log-level", "warning"]
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)  # noqa: S603
+        self.calls_file = tmp / f"calls-{name}.json"
+        # Through --role sidecar: ``meshcore proxy`` with a call counter switched by SIGUSR2;
+        # meshcore imported from ``checkout`` first when given (a before/after in one run).
+        argv = [sys.executable, str(HERE / "mesh_hop.py"), "--role", "sidecar"]
+        argv += ["--count-calls", str(self.calls_file), "--config", str(path)]
+        env = dict(os.environ)
+        if checkout is not None:
+            env["PYTHONPATH"] = str(Path(checkout).resolve())
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env)  # noqa: S603
+
+    def count_calls(self) -> None:
+        """Start (first call) or stop (second call: the counts go to ``calls_file``) counting calls."""
+        if self.calls_file.exists():
+            self.calls_file.unlink()
+        os.kill(self.proc.pid, signal.SIGUSR2)
+
+    def calls_counted(self) -> dict[str, Any]:
+        """What the counter wrote when stopped (waits for it)."""
+        deadline = time.monotonic() + 30
+        while not self.calls_file.exists() or not self.calls_file.read_text():
+            if time.monotonic() > deadline:
+                msg = f"sidecar {self.name} wrote no call counts"
+                raise RuntimeError(msg)
+            time.sleep(0.05)
+        counts: dict[str, Any] = json.loads(self.calls_file.read_text())
+        return counts
 
     def wait_ready(self) -> None:
         """Wait until its admin server says it serves its config (RuntimeError if it does not)."""
@@ -526,6 +563,41 @@ class Load:
             self.log,
         )
 
+    def counted(self, port: int, requests: int) -> dict[str, float]:
+        """Exactly ``requests`` requests over ``connections`` connections (h2load, for both protocols)."""
+        return h2load(
+            [
+                *self.h2load_args,
+                f"-c{self.args.connections}",
+                "-m1",
+                f"-n{requests}",
+                f"http://127.0.0.1:{port}{self.path}",
+            ],
+            self.log,
+        )
+
+
+def count_calls(load: Load, port: int, pair: list[Sidecar], requests: int) -> list[dict[str, Any]]:
+    """Python calls per request in each sidecar of ``pair`` (A, B) over ``requests`` requests."""
+    for sidecar in pair:
+        sidecar.count_calls()
+    time.sleep(0.2)  # a benchmark, not a test: let the signals land before the load starts
+    done = load.counted(port, requests)["requests"]
+    for sidecar in pair:
+        sidecar.count_calls()
+    found = []
+    for sidecar in pair:
+        counts = sidecar.calls_counted()
+        per = max(done, 1)
+        found.append(
+            {
+                "calls": counts["calls"] / per,
+                "by_package": {k: v / per for k, v in counts["by_package"].items()},
+                "top": [(name, n / per) for name, n in counts["top"]],
+            }
+        )
+    return found
+
 
 def measured(run: Any, sidecars: list[Sidecar]) -> dict[str, float]:
     """Run the load; add the CPU µs per request of the pair's outbound (A) and inbound (B) sidecar."""
@@ -613,31 +685,43 @@ def median_of(rows: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(row[key] for row in rows) for key in rows[0]}
 
 
+def compare_tag(checkout: str) -> str:
+    """The suffix of the targets run from another checkout: ``@<its directory name>``."""
+    return f"@{Path(checkout).name}"
+
+
+def target_name(target: str) -> str:
+    """How a target is called in the tables."""
+    base, _, tag = target.partition("@")
+    name = {"direct": "direct to the app", "plain": "plain hop", "mesh": "mesh hop"}[base]
+    if base == "direct":
+        return name
+    return f"{name} {'@' + tag if tag else '(A→B→app)'}"
+
+
 def report(protocol: str, kind: str, title: str, rows: dict[str, list[dict[str, float]]]) -> dict[str, float]:
     """Print one table; return the mesh row's medians."""
-    names = {
-        "direct": "direct to the app",
-        "plain": "plain hop (A→B→app)",
-        "mesh": "mesh hop (A→B→app)",
-    }
     medians = {target: median_of(found) for target, found in rows.items() if found}
+    width = max(22, *(len(target_name(t)) for t in medians))
     print(f"\n{protocol} {kind}: {title}")
-    print(f"{'':22} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'A us/req':>9} {'B us/req':>9} {'errors':>7}")
+    print(
+        f"{'':{width}} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'A us/req':>9} {'B us/req':>9} {'errors':>7}"
+    )
     for target, r in medians.items():
         a = f"{r['cpu_A']:9.1f}" if "cpu_A" in r else f"{'':>9}"
         b = f"{r['cpu_B']:9.1f}" if "cpu_B" in r else f"{'':>9}"
         print(
-            f"{names[target]:22} {r['rps']:>8.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} {a} {b} {r['errors']:>7.0f}"
+            f"{target_name(target):{width}} {r['rps']:>8.0f} {r['p50']:>8.3f} {r['p99']:>8.3f} {a} {b} {r['errors']:>7.0f}"
         )
-    for target in ("plain", "mesh"):
-        if target not in medians:
+    for target in medians:
+        if target == "direct":
             continue
         pairs = list(zip(rows[target], rows["direct"], strict=True))
         added50 = statistics.median(m["p50"] - d["p50"] for m, d in pairs)
         added99 = statistics.median(m["p99"] - d["p99"] for m, d in pairs)
         print(
-            f"added by the {names[target].split(' (')[0]}: p50 {added50:+.3f} ms, p99 {added99:+.3f} ms"
-            " (median of per-round differences to direct)"
+            f"added by the {target_name(target).replace(' (A→B→app)', '')}: p50 {added50:+.3f} ms, "
+            f"p99 {added99:+.3f} ms (median of per-round differences to direct)"
         )
     rounds = ", ".join(f"A {m['cpu_A']:.0f} / B {m['cpu_B']:.0f}" for m in rows["mesh"])
     print(f"mesh hop, sidecar CPU us per request by round: {rounds}")
@@ -652,7 +736,42 @@ def report(protocol: str, kind: str, title: str, rows: dict[str, list[dict[str, 
             f"the mesh's own part (mTLS, mesh_metrics, tracing; mesh minus plain, per round): "
             f"A {a_extra:+.0f} us, B {b_extra:+.0f} us per request"
         )
+    for target in medians:
+        base, _, tag = target.partition("@")
+        if not tag:
+            continue
+        ratios = [
+            (m["cpu_A"] / c["cpu_A"], m["cpu_B"] / c["cpu_B"], m["rps"] / c["rps"])
+            for m, c in zip(rows[base], rows[target], strict=True)
+        ]
+        print(
+            f"{base} hop, this checkout / @{tag} (median of per-round ratios): CPU per request "
+            f"A {statistics.median(r[0] for r in ratios):.2f}x, B {statistics.median(r[1] for r in ratios):.2f}x; "
+            f"req/s {statistics.median(r[2] for r in ratios):.2f}x"
+        )
     return medians["mesh"]
+
+
+def report_calls(protocol: str, calls: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> None:
+    """Print the Python calls per request of each sidecar (a figure the machine's load does not move)."""
+    print(f"\n{protocol}: Python calls per request in each sidecar, over {args.calls} saturated requests")
+    for target, (a, b) in calls.items():
+        line = f"  {target_name(target)}: A {a['calls']:.0f}, B {b['calls']:.0f}"
+        base, _, tag = target.partition("@")
+        if tag and base in calls:
+            mine = calls[base]
+            line += f" (this checkout / @{tag}: A {mine[0]['calls'] / a['calls']:.2f}x, B {mine[1]['calls'] / b['calls']:.2f}x)"
+        print(line)
+        for side, found in zip("AB", (a, b), strict=True):
+            parts = ", ".join(
+                f"{k} {v:.0f}"
+                for k, v in sorted(found["by_package"].items(), key=lambda kv: -kv[1])
+                if v >= SHOWN
+            )
+            print(f"    {side} by package: {parts}")
+            if args.top:
+                for name, n in found["top"][:25]:
+                    print(f"      {n:6.1f} {name}")
 
 
 def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear script: start, measure, report
@@ -662,7 +781,11 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear
     with tempfile.TemporaryDirectory(prefix="meshcore-mesh-hop-") as tmp_name, ExitStack() as stack:
         tmp = Path(tmp_name)
         names = ["nginx", "grpc", "sink"]
-        names += [f"{side}_{what}" for side in ("a", "b", "a0", "b0") for what in ("admin", "http", "grpc")]
+        names += [
+            f"{side}_{what}"
+            for side in ("a", "b", "a0", "b0", "a1", "b1", "a2", "b2")
+            for what in ("admin", "http", "grpc")
+        ]
         ports = {name: free_port() for name in names}
         certs = issue_certificates(tmp)
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -677,29 +800,44 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear
         a_config, b_config = sidecar_configs(
             ports, certs, codec=args.codec, ratio=args.ratio, export_interval=export_interval
         )
-        b = Sidecar("B", b_config, tmp, ports["b_admin"])
-        stack.callback(b.stop)
-        a = Sidecar("A", a_config, tmp, ports["a_admin"])
-        stack.callback(a.stop)
-        pairs: dict[str, list[Sidecar]] = {"direct": [], "mesh": [a, b]}
+        # Each pair: its configs, the sides whose ports it takes, the checkout it runs from.
+        plan: dict[str, tuple[dict[str, Any], dict[str, Any], str, str, str | None]] = {
+            "mesh": (a_config, b_config, "a", "b", None)
+        }
         if args.plain and not args.check:
-            a0_config, b0_config = plain_configs(a_config, b_config, ports)
-            b0 = Sidecar("B0", b0_config, tmp, ports["b0_admin"])
-            stack.callback(b0.stop)
-            a0 = Sidecar("A0", a0_config, tmp, ports["a0_admin"])
-            stack.callback(a0.stop)
-            pairs["plain"] = [a0, b0]
+            plan["plain"] = (*plain_configs(a_config, b_config, ports), "a0", "b0", None)
+        if args.compare and not args.check:
+            tag = compare_tag(args.compare)
+            plan[f"mesh{tag}"] = (*relocate(a_config, b_config, ports, "a1", "b1"), "a1", "b1", args.compare)
+            if args.plain:
+                plan[f"plain{tag}"] = (
+                    *plain_configs(a_config, b_config, ports, "a2", "b2"),
+                    "a2",
+                    "b2",
+                    args.compare,
+                )
+        pairs: dict[str, list[Sidecar]] = {"direct": []}
+        for target, (a_conf, b_conf, a_side, b_side, checkout) in plan.items():
+            b_side_car = Sidecar(b_side.upper(), b_conf, tmp, ports[f"{b_side}_admin"], checkout=checkout)
+            stack.callback(b_side_car.stop)
+            a_side_car = Sidecar(a_side.upper(), a_conf, tmp, ports[f"{a_side}_admin"], checkout=checkout)
+            stack.callback(a_side_car.stop)
+            pairs[target] = [a_side_car, b_side_car]
+        a, b = pairs["mesh"]
         everyone = [s for pair in pairs.values() for s in pair]
         stack.callback(lambda: [s.proc.terminate() for s in everyone if s.proc.poll() is None])  # all at once
         for sidecar in everyone:
             sidecar.wait_ready()
         targets = {
-            "http1": {"direct": ports["nginx"], "plain": ports["a0_http"], "mesh": ports["a_http"]},
-            "grpc": {"direct": ports["grpc"], "plain": ports["a0_grpc"], "mesh": ports["a_grpc"]},
+            protocol: {
+                "direct": ports["nginx" if protocol == "http1" else "grpc"],
+                **{
+                    target: ports[f"{found[2]}_{'http' if protocol == 'http1' else 'grpc'}"]
+                    for target, found in plan.items()
+                },
+            }
+            for protocol in ("http1", "grpc")
         }
-        if "plain" not in pairs:
-            for found in targets.values():
-                del found["plain"]
         if args.check:
             problems = check(ports, protocols, a, b)
             print("\n".join(problems) or "check: the topology works", flush=True)
@@ -707,7 +845,10 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear
         if "grpc" in protocols:
             print(f"grpcio call through the sidecars: {grpc_check(ports['a_grpc'])}")
         if args.serve:
-            print(f"serving (Ctrl-C ends): A pid {a.proc.pid}, B pid {b.proc.pid}; ", end="")
+            pids = ", ".join(
+                f"{t} A pid {p[0].proc.pid} B pid {p[1].proc.pid}" for t, p in pairs.items() if p
+            )
+            print(f"serving (Ctrl-C ends): {pids}; ", end="")
             print(
                 ", ".join(f"{p} " + " ".join(f"{k} :{v}" for k, v in t.items()) for p, t in targets.items())
             )
@@ -741,6 +882,14 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear
             p: tuple(n - m for n, m in zip(_handshakes(a, b, p), handshakes_before[p], strict=True))
             for p in protocols
         }
+        calls: dict[str, dict[str, list[dict[str, Any]]]] = {p: {} for p in protocols}
+        if args.calls:
+            for protocol, load in loads.items():
+                for target, pair in pairs.items():
+                    if pair:
+                        calls[protocol][target] = count_calls(
+                            load, targets[protocol][target], pair, args.calls
+                        )
         mtls_counted = b.stat(
             "requests_total",
             reporter="destination",
@@ -768,6 +917,8 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear
             results[protocol]["saturated"],
         )
         summary.append((label, mesh_paced, mesh_saturated))
+        if calls[protocol]:
+            report_calls(label, calls[protocol], args)
         done, resumed, accepted = handshakes[protocol]
         per_request = done / max(requests_mesh[protocol], 1)
         verdict = "no per-request handshake" if per_request < 0.01 else "HANDSHAKES PER REQUEST"  # noqa: PLR2004
@@ -826,9 +977,31 @@ def main() -> int:
         help="start everything, print the ports and pids, and wait (to profile)",
     )
     parser.add_argument("--json", action="store_true", help="also print every round as JSON")
-    parser.add_argument("--role", choices=["grpc-app", "otlp-sink"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--compare",
+        metavar="DIR",
+        help="also run the plain and mesh hops with meshcore from the checkout DIR (e.g. main, git archive'd)",
+    )
+    parser.add_argument(
+        "--calls",
+        type=int,
+        default=2000,
+        metavar="N",
+        help="Python calls per request in each sidecar, counted over N saturated requests (0: none)",
+    )
+    parser.add_argument("--top", action="store_true", help="with --calls: print the functions called most")
+    parser.add_argument("--role", choices=["grpc-app", "otlp-sink", "sidecar"], help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
+    parser.add_argument("--count-calls", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.role == "sidecar":
+        import _callcount
+
+        _callcount.install(args.count_calls, signal.SIGUSR2)  # meshcore proxy takes SIGUSR1 for its logs
+        from meshcore.cli import main as meshcore_main
+
+        return meshcore_main(["proxy", "-c", args.config, "--log-level", "warning"])
     if args.role == "grpc-app":
         run_grpc_app(args.port)
         return 0
