@@ -34,6 +34,7 @@ from meshcore.flags import ResponseFlag
 from meshcore.http.h2fields import fields_received, fields_to_send
 from meshcore.http.h2flow import send_flow_controlled
 from meshcore.http.h2goaway import GracefulGoaway
+from meshcore.http.h2hpack import CachingEncoder
 from meshcore.http.h2quiet import SILENT, silence_hpack
 from meshcore.http.messages import Body, Headers, Request, Response
 from meshcore.http.semantics import strip_hop_by_hop
@@ -49,6 +50,9 @@ RECEIVE_SIZE = 64 * 1024
 WINDOW = 1 << 20
 # The longest a send may block: it is not cancelled midway (see H2Connection.flush).
 SEND_TIMEOUT = 10.0
+# Frames queued for the flusher's next write past which a sender writes them itself (and
+# waits for the socket): what a connection holds unsent stays bounded.
+QUEUED_LIMIT = 64 * 1024
 
 
 class StreamRefused(Exception):  # noqa: N818 - an outcome: the request was not processed
@@ -90,6 +94,7 @@ class H2Connection:
             logger=SILENT,
         )
         self.h2 = h2.connection.H2Connection(config=config)
+        self.h2.encoder = CachingEncoder()  # the same request head, encoded once per table state
         self.h2.local_settings = h2.settings.Settings(
             client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: WINDOW}
         )
@@ -101,6 +106,9 @@ class H2Connection:
         self.settled = trio.Event()
         self.nursery: trio.Nursery | None = None
         self.flush_soon = trio.Event()
+        # Frames taken from h2 for the flusher's next write (see queue), oldest first.
+        self.queued: list[bytes] = []
+        self.queued_size = 0
 
     @property
     def capacity(self) -> int:
@@ -109,26 +117,59 @@ class H2Connection:
             return 0
         return self.h2.remote_settings.max_concurrent_streams - len(self.streams)
 
+    def queue(self) -> None:
+        """Frames h2 queued go with the others in the flusher's next write (woken only if any).
+
+        Everything that does not need to wait for the socket queues its frames this way: a
+        request's HEADERS, DATA and END_STREAM, window updates, resets, acknowledgements of
+        the peer's SETTINGS and PING. Streams runnable at the same moment share one write.
+        """
+        data = self.h2.data_to_send()
+        if data:
+            self.queued.append(data)
+            self.queued_size += len(data)
+            self.flush_soon.set()
+
+    async def send_soon(self) -> None:
+        """Queue what h2 has for the flusher; past QUEUED_LIMIT, write it now (back-pressure)."""
+        self.queue()
+        if self.queued_size >= QUEUED_LIMIT:
+            await self.flush()
+
     async def flush(self) -> None:
-        """Send what h2 queued, one writer at a time.
+        """Send what was queued and what h2 has, one writer at a time.
 
         The send is shielded from cancellation (a stream given up on cancels its task, maybe
         here): frames taken from h2 and then not sent, or sent in part, would break the
         connection for every stream on it (HPACK state, stream states). It is bounded by
         SEND_TIMEOUT instead; past it the connection is closed.
         """
-        async with self.send_lock:
-            data = self.h2.data_to_send()
-            if data:
-                with trio.CancelScope(shield=True), trio.move_on_after(SEND_TIMEOUT) as scope:
-                    await self.stream.send_all(data)
-                if scope.cancelled_caught:
-                    self.close(ConnectionResetError("upstream HTTP/2 connection stopped reading"))
-                    msg = "send to the upstream timed out"
-                    raise trio.BrokenResourceError(msg)
+        lock = self.send_lock
+        if lock.locked():
+            await lock.acquire()
+        else:
+            lock.acquire_nowait()  # no checkpoint of its own: the send is one
+        try:
+            last = self.h2.data_to_send()
+            if last:
+                self.queued.append(last)
+            if not self.queued:
+                return
+            data = self.queued[0] if len(self.queued) == 1 else b"".join(self.queued)
+            self.queued = []
+            self.queued_size = 0
+            # One scope: shielded from outer cancellations, cancelled by its own deadline.
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + SEND_TIMEOUT) as scope:
+                await self.stream.send_all(data)
+            if scope.cancelled_caught:
+                self.close(ConnectionResetError("upstream HTTP/2 connection stopped reading"))
+                msg = "send to the upstream timed out"
+                raise trio.BrokenResourceError(msg)
+        finally:
+            lock.release()
 
     async def _flusher(self) -> None:
-        """Send what was queued without an await (resets of streams given up on)."""
+        """Send what was queued: one write for everything runnable streams queued meanwhile."""
         try:
             while True:
                 await self.flush_soon.wait()
@@ -171,7 +212,7 @@ class H2Connection:
                     self._goaway(last)
                 for event in self.h2.receive_data(data):
                     self._handle(event)
-                self.flush_soon.set()  # acknowledgements and window updates, with the rest
+                self.queue()  # acknowledgements and window updates, if any, with the rest
         except (trio.BrokenResourceError, trio.ClosedResourceError, h2.exceptions.ProtocolError) as err:
             log.info("upstream_http2_connection_failed", upstream=self.host.label, reason=str(err))
 
@@ -227,7 +268,7 @@ class H2Connection:
                 # An empty DATA frame (padding only): never a chunk, for b"" ends a body, and the
                 # response would pass for complete when cut short. Its window goes back at once.
                 self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-                self.flush_soon.set()
+                self.queue()
 
     def _trailers_received(self, event: h2.events.TrailersReceived) -> None:
         trailers = self._checked(event.headers, trailers=True)
@@ -319,9 +360,10 @@ class H2Connection:
         self.h2.send_headers(sid, headers, end_stream=empty)
         up.sent = empty
         try:
-            # The head goes with the other streams' frames in the flusher's next write; a
-            # failed write closes the connection, which fails this stream (up.error).
-            self.flush_soon.set()
+            # The head goes with the other streams' frames in the flusher's next write (the
+            # body's first frames too, queued by its sender before the flusher runs); a failed
+            # write closes the connection, which fails this stream (up.error).
+            self.queue()
             if not empty:
                 assert self.nursery is not None  # noqa: S101 - set by run() before any exchange
                 self.nursery.start_soon(self._send_body, up, body)
@@ -384,9 +426,10 @@ class H2Connection:
             data, flow = up.chunks.popleft()
             if flow:
                 # Give the window back without awaiting here: a read cancelled between taking
-                # the chunk and returning it would lose the chunk. The flusher sends the update.
+                # the chunk and returning it would lose the chunk. The flusher sends the update
+                # (h2 makes one only once half a window is consumed).
                 self.h2.acknowledge_received_data(flow, sid)
-                self.flush_soon.set()
+                self.queue()
             return data
 
         def close() -> None:
@@ -421,13 +464,13 @@ class H2Connection:
             _, flow = up.chunks.popleft()
             if flow:
                 self.h2.acknowledge_received_data(flow, up.id)
-                self.flush_soon.set()
+        self.queue()
         if self.streams.pop(up.id, None) is not None:
             try:
                 self.h2.reset_stream(up.id, ErrorCodes.CANCEL)
             except h2.exceptions.ProtocolError:
                 return
-            self.flush_soon.set()
+            self.queue()
 
     async def _send_body(self, up: _UpStream, body: Body) -> None:
         """Send the request body (a task of its own: see the module docstring).
@@ -438,11 +481,13 @@ class H2Connection:
         with up.sender:
             try:
                 async for chunk in body:
+                    # Queued for the flusher (with the head, for a body that is all there),
+                    # written at once only past QUEUED_LIMIT.
                     sent = await send_flow_controlled(
                         self.h2,
                         up,
                         chunk,
-                        self.flush,
+                        self.send_soon,
                         abandoned=lambda: up.error is not None,
                         # An upstream that stops reading the request body: given up on after
                         # the cluster's idle timeout without progress.
@@ -457,7 +502,7 @@ class H2Connection:
                 else:
                     self.h2.end_stream(up.id)
                 up.sent = True
-                await self.flush()
+                await self.send_soon()
             except (h2.exceptions.ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError) as err:
                 # The stream or the connection is gone (reset, closed).
                 self._fail(up, ConnectionResetError(f"sending the request body failed: {err!r}"))
