@@ -190,10 +190,13 @@ async def send_response(session: H2ServerSession, stream: H2Stream, response: Re
             return True
         session.h2.send_headers(stream.id, headers)
         # A body of known length is about to follow: send the head with it, in one write.
-        # A streamed body (length unknown: SSE, gRPC streams) gets its head at once.
+        # A streamed body (length unknown: SSE, gRPC) has its head and each chunk queued for
+        # the flusher's next write, which goes out as soon as this task waits: a gRPC
+        # answer that is all there (head, message, trailers) takes one write, a stream that
+        # trickles gets each part at once.
         known_length = body.length is not None
         if not known_length:
-            await session.flush()
+            await session.send_soon()
         while True:
             try:
                 chunk = await body.read()
@@ -213,8 +216,7 @@ async def send_response(session: H2ServerSession, stream: H2Stream, response: Re
                 return False
             if not chunk:
                 break
-            more_to_come = not known_length or body.consumed < (body.length or 0)
-            await send_data(session, stream, chunk, flush=more_to_come)
+            await send_chunk(session, stream, body, chunk)
         if body.trailers is not None:
             session.h2.send_headers(
                 stream.id, fields_to_send(body.trailers.raw, trailers=True), end_stream=True
@@ -256,6 +258,20 @@ async def send_head_only(
     if trailers is not None:
         session.h2.send_headers(stream.id, fields_to_send(trailers.raw, trailers=True), end_stream=True)
     await session.send_soon()  # with the other streams' frames, in one write
+
+
+async def send_chunk(session: H2ServerSession, stream: H2Stream, body: Body, chunk: bytes) -> None:
+    """One chunk of a response body.
+
+    Of a known length, the last chunk stays queued to go with the end of the stream, the
+    others are written at once. Of an unknown length (SSE, gRPC), each is queued for the
+    flusher's next write (which send_soon bounds), so that what is all there goes in one.
+    """
+    if body.length is None:
+        await send_data(session, stream, chunk, flush=False)
+        await session.send_soon()
+    else:
+        await send_data(session, stream, chunk, flush=body.consumed < body.length)
 
 
 async def send_data(session: H2ServerSession, stream: H2Stream, data: bytes, *, flush: bool = True) -> None:
