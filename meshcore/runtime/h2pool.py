@@ -28,6 +28,7 @@ import h2.settings
 import structlog
 import trio
 from h2.errors import ErrorCodes
+from hpack import NeverIndexedHeaderTuple
 
 from meshcore.errors import ProtocolError, UpstreamError
 from meshcore.flags import ResponseFlag
@@ -53,6 +54,21 @@ SEND_TIMEOUT = 10.0
 # Frames queued for the flusher's next write past which a sender writes them itself (and
 # waits for the socket): what a connection holds unsent stays bounded.
 QUEUED_LIMIT = 64 * 1024
+# Fields whose value is new with every request: never entered in the HPACK table. Each one
+# entered would evict the oldest entry, a field every request repeats, which the next
+# request enters again, evicting the next: a whole head re-entered (and Huffman-coded) per
+# request, on both sides, and no head ever the same bytes twice for CachingEncoder.
+PER_REQUEST_FIELDS = frozenset(
+    [
+        b"x-request-id",
+        b"traceparent",
+        b"x-b3-traceid",
+        b"x-b3-spanid",
+        b"x-b3-parentspanid",
+        b"b3",
+        b"grpc-timeout",
+    ]
+)
 
 
 class StreamRefused(Exception):  # noqa: N818 - an outcome: the request was not processed
@@ -357,6 +373,7 @@ class H2Connection:
         except h2.exceptions.ProtocolError:
             self.streams.pop(sid, None)
             raise
+        headers = [NeverIndexedHeaderTuple(*f) if f[0] in PER_REQUEST_FIELDS else f for f in headers]
         self.h2.send_headers(sid, headers, end_stream=empty)
         up.sent = empty
         try:
