@@ -161,16 +161,23 @@ class Body:
     ``async for`` yields the chunks. A body can be read once. ``length`` is the declared
     size when known (Content-Length), else None. ``limit``, when set, is the most bytes it
     may carry: reading past it raises ProtocolError(413) (the connection manager sets it
-    on request bodies from ``max_request_body_size``).
+    on request bodies from ``max_request_body_size``). ``ready``, when given, says whether
+    ``read()`` would return at once (see :meth:`at_hand`).
     """
 
-    __slots__ = ("_close", "_read", "consumed", "done", "length", "limit", "trailers")
+    __slots__ = ("_close", "_read", "_ready", "consumed", "done", "length", "limit", "trailers")
 
     def __init__(
-        self, read: ChunkReader | None, *, length: int | None = None, close: Callable[[], None] | None = None
+        self,
+        read: ChunkReader | None,
+        *,
+        length: int | None = None,
+        close: Callable[[], None] | None = None,
+        ready: Callable[[], bool] | None = None,
     ) -> None:
         self._read = read
         self._close = close
+        self._ready = ready
         self.length = length
         self.trailers: Headers | None = None
         self.done = read is None
@@ -185,7 +192,7 @@ class Body:
         async def read() -> bytes:
             return chunks.pop() if chunks else b""
 
-        body = cls(read, length=len(data))
+        body = cls(read, length=len(data), ready=_always)
         body.trailers = trailers
         return body
 
@@ -220,14 +227,25 @@ class Body:
             # Ended: let go of what fed it. Its reader and closer are usually bound methods of
             # the exchange that holds this body, a cycle only the cyclic GC would free.
             self.done = True
-            self._read = self._close = None
+            self._read = self._close = self._ready = None
         return chunk
+
+    def at_hand(self) -> bool:
+        """Whether ``read()`` returns at once (a chunk, or the end); False when its source cannot say.
+
+        A sender can then send what is already here in the task that has it, and leave only
+        a body still to come to a task of its own (a unary gRPC call's message arrives with
+        its head).
+        """
+        if self.done or self._read is None:
+            return True
+        return self._ready is not None and self._ready()
 
     def close(self) -> None:
         """Abandon the rest of the body (the client went away): release what feeds it."""
         if not self.done:
             self.done = True
-            close, self._read, self._close = self._close, None, None
+            close, self._read, self._close, self._ready = self._close, None, None, None
             if close is not None:
                 close()
 
@@ -253,6 +271,10 @@ class Body:
         if not chunk:
             raise StopAsyncIteration
         return chunk
+
+
+def _always() -> bool:
+    return True
 
 
 def _too_large(limit: int) -> Exception:

@@ -99,13 +99,16 @@ async def open_stream(conn: H2Connection, request: Request, deadline: float) -> 
     conn.h2.send_headers(sid, headers, end_stream=empty)
     up.sent = empty
     try:
-        # The head goes with the other streams' frames in the flusher's next write (the
-        # body's first frames too, queued by its sender before the flusher runs); a failed
-        # write closes the connection, which fails this stream (up.error).
-        conn.queue()
         if not empty:
-            assert conn.nursery is not None  # noqa: S101 - set by run() before any exchange
-            conn.nursery.start_soon(send_body, conn, up, body)
+            # What of the body is here already goes with the head (all of a unary gRPC
+            # call); only a body still to come gets a task of its own.
+            rest = await send_at_hand(conn, up, body)
+            if rest is not None:
+                assert conn.nursery is not None  # noqa: S101 - set by run() before any exchange
+                conn.nursery.start_soon(send_body, conn, up, body, rest)
+        # Written now, with what other streams queued meanwhile (one writer at a time: those
+        # that come while this write is under way share the next one).
+        await conn.write_now()
         with trio.move_on_at(deadline):
             while up.head is None and up.error is None:
                 up.readable = trio.Event()
@@ -217,17 +220,53 @@ def reset(conn: H2Connection, up: UpStream) -> None:
         conn.queue()
 
 
-async def send_body(conn: H2Connection, up: UpStream, body: Body) -> None:
-    """Send the request body (a task of its own: see the module docstring).
+async def send_at_hand(conn: H2Connection, up: UpStream, body: Body) -> bytes | None:
+    """Queue what of the request body is already here; None if that was all of it.
+
+    Otherwise what is left to send first: a chunk read that the windows cannot take whole
+    now, or b"". If reading the body fails (the client broke it off, or it is too large),
+    or the stream cannot take it, the stream is reset and the error left to the response's
+    reader, as send_body does: None too.
+    """
+    try:
+        while body.at_hand():
+            chunk = await body.read()  # at once
+            if not chunk:
+                end_request(conn, up, body)
+                return None
+            h2conn = conn.h2
+            if len(chunk) > min(h2conn.local_flow_control_window(up.id), h2conn.max_outbound_frame_size):
+                return chunk
+            h2conn.send_data(up.id, chunk)
+    except h2.exceptions.ProtocolError as err:  # the stream is gone (reset)
+        fail(conn, up, ConnectionResetError(f"sending the request body failed: {err!r}"))
+        return None
+    except ProtocolError as err:  # the client broke off its body
+        fail(conn, up, err)
+        return None
+    return b""
+
+
+def end_request(conn: H2Connection, up: UpStream, body: Body) -> None:
+    """Queue the end of the request: its trailers, or an empty DATA frame, with END_STREAM."""
+    if body.trailers is not None:
+        conn.h2.send_headers(up.id, fields_to_send(body.trailers.raw, trailers=True), end_stream=True)
+    else:
+        conn.h2.end_stream(up.id)
+    up.sent = True
+
+
+async def send_body(conn: H2Connection, up: UpStream, body: Body, first: bytes = b"") -> None:
+    """Send the request body, from ``first`` on (a task of its own: see the module docstring).
 
     If the client breaks off its body or the stream breaks, the stream is reset and the
     error is left for whoever reads the response.
     """
     with up.sender:
         try:
-            async for chunk in body:
-                # Queued for the flusher (with the head, for a body that is all there),
-                # written at once only past QUEUED_LIMIT.
+            chunk = first or await body.read()
+            while chunk:
+                # Queued for the flusher, written at once only past QUEUED_LIMIT.
                 sent = await send_flow_controlled(
                     conn.h2,
                     up,
@@ -240,11 +279,8 @@ async def send_body(conn: H2Connection, up: UpStream, body: Body) -> None:
                 )
                 if not sent:
                     return
-            if body.trailers is not None:
-                conn.h2.send_headers(up.id, fields_to_send(body.trailers.raw, trailers=True), end_stream=True)
-            else:
-                conn.h2.end_stream(up.id)
-            up.sent = True
+                chunk = await body.read()
+            end_request(conn, up, body)
             await conn.send_soon()
         except (h2.exceptions.ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError) as err:
             # The stream or the connection is gone (reset, closed).

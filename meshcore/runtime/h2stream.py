@@ -86,7 +86,9 @@ def make_request(
         if name == b"content-length" and value.isdigit():
             length = int(value)
     body = (
-        Body.empty() if event.stream_ended is not None else Body(body_reader(session, stream), length=length)
+        Body.empty()
+        if event.stream_ended is not None
+        else Body(body_reader(session, stream), length=length, ready=body_ready(stream))
     )
     body.limit = session.hcm.max_body  # a declared length over it gets 413 in dispatch
     return Request(
@@ -100,6 +102,15 @@ def make_request(
         info=StreamInfo(downstream_address=session.conn.peer, connection_id=session.conn.id),
         connection=session.conn,
     )
+
+
+def body_ready(stream: H2Stream) -> Any:
+    """Whether the stream's body reader returns at once: data buffered, or the end came."""
+
+    def ready() -> bool:
+        return stream.ended or any(data for data, _ in stream.chunks)
+
+    return ready
 
 
 def body_reader(session: H2ServerSession, stream: H2Stream) -> Any:

@@ -137,6 +137,18 @@ class H2Connection:
         finally:
             lock.release()
 
+    async def write_now(self) -> None:
+        """Write what is queued from the calling task rather than the flusher's.
+
+        A task that has queued all it will for a while (a request's head and the body that
+        came with it) saves waking the flusher. A broken connection is closed, which fails
+        its streams (the caller's among them).
+        """
+        try:
+            await self.flush()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.close(ConnectionResetError("upstream HTTP/2 connection broken"))
+
     async def _flusher(self) -> None:
         """Send what was queued: one write for everything runnable streams queued meanwhile."""
         try:
