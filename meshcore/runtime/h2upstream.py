@@ -141,9 +141,14 @@ class H2Connection:
         """Write what is queued from the calling task rather than the flusher's.
 
         A task that has queued all it will for a while (a request's head and the body that
-        came with it) saves waking the flusher. A broken connection is closed, which fails
-        its streams (the caller's among them).
+        came with it) saves waking the flusher. If a write is under way or the flusher is
+        about to write, the frames go with that (streams of a busy connection share writes
+        rather than queue up on the lock). A broken connection is closed, which fails its
+        streams (the caller's among them).
         """
+        if self.send_lock.locked() or self.flush_soon.is_set():
+            self.queue()
+            return
         try:
             await self.flush()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
