@@ -22,11 +22,13 @@ from typing import Any
 import h2.config
 import h2.connection
 import h2.events
+import hpack
 import pytest
 import trio
 import trio.testing
 from hpack import NeverIndexedHeaderTuple
 
+from meshcore.runtime.h2upstream import RequestHeadEncoder
 from meshcore.testing.harness import http_proxy_config, start_proxy
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="TCP_INFO's data segment count is Linux's")
@@ -184,3 +186,24 @@ async def test_per_request_fields_do_not_enter_the_upstreams_hpack_table(nursery
         assert len(ids) == 5  # the proxy gave each request an id of its own
         await stream.aclose()
         nursery.cancel_scope.cancel()
+
+
+def test_the_request_head_encoder_gives_hpacks_own_blocks() -> None:
+    """Held to hpack's Encoder: the same bytes for every block, table resizes included."""
+    ours, theirs, decoder = RequestHeadEncoder(), hpack.Encoder(), hpack.Decoder()
+    for n in range(8):
+        if n == 5:  # a SETTINGS_HEADER_TABLE_SIZE from the peer: the update opens the next block
+            ours.header_table_size = theirs.header_table_size = 256
+        head: list[Any] = [
+            (b":method", b"POST"),
+            (b":path", b"/test.Echo/Unary"),
+            (b"content-type", b"application/grpc"),
+            (b"x-tag", b"n%d" % (n // 3)),  # changes now and then: entered in the table
+            NeverIndexedHeaderTuple(b"x-request-id", b"id-%d" % n),
+            NeverIndexedHeaderTuple(b"grpc-timeout", b"%dm" % (900 + n)),
+        ]
+        block = ours.encode(head)
+        assert block == theirs.encode(head)
+        decoded = decoder.decode(block, raw=True)
+        assert [tuple(f) for f in decoded] == [tuple(f) for f in head]
+        assert [isinstance(f, NeverIndexedHeaderTuple) for f in decoded] == [False] * 4 + [True] * 2

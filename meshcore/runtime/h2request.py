@@ -95,7 +95,11 @@ async def open_stream(conn: H2Connection, request: Request, deadline: float) -> 
     except h2.exceptions.ProtocolError:
         conn.streams.pop(sid, None)
         raise
-    headers = [NeverIndexedHeaderTuple(*f) if f[0] in PER_REQUEST_FIELDS else f for f in headers]
+    # Per-request fields last, never indexed: the rest is the same block request after request
+    # (see RequestHeadEncoder). Fields of different names may come in any order (RFC 9110 5.3).
+    stable = [f for f in headers if f[0] not in PER_REQUEST_FIELDS]
+    if len(stable) != len(headers):
+        headers = stable + [NeverIndexedHeaderTuple(*f) for f in headers if f[0] in PER_REQUEST_FIELDS]
     conn.h2.send_headers(sid, headers, end_stream=empty)
     up.sent = empty
     try:

@@ -9,7 +9,7 @@ one send. The streams themselves (a request's exchange) are meshcore.runtime.h2r
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import h2.config
@@ -17,9 +17,11 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack
 import structlog
 import trio
 from h2.errors import ErrorCodes
+from hpack import NeverIndexedHeaderTuple
 
 from meshcore.http.h2fields import fields_received
 from meshcore.http.h2goaway import GracefulGoaway
@@ -31,7 +33,7 @@ from meshcore.runtime.h2request import StreamRefused, UpStream, exchange
 if TYPE_CHECKING:
     from meshcore.runtime.host import Host
 
-__all__ = ["H2Connection"]
+__all__ = ["H2Connection", "RequestHeadEncoder"]
 
 log = structlog.get_logger("meshcore.upstream.http2")
 
@@ -42,6 +44,27 @@ SEND_TIMEOUT = 10.0
 # Frames queued for the flusher's next write past which a sender writes them itself (and
 # waits for the socket): what a connection holds unsent stays bounded.
 QUEUED_LIMIT = 64 * 1024
+
+
+class RequestHeadEncoder(CachingEncoder):
+    """CachingEncoder for request heads that end with fields new with every request.
+
+    Those (PER_REQUEST_FIELDS, put last and never indexed by h2request) leave the table as
+    it is, so the block before them is the same bytes request after request: it comes from
+    memory, and they are encoded apart and appended.
+    """
+
+    def encode(self, headers: Iterable[Any], huffman: bool = True) -> bytes:
+        """The block hpack.Encoder.encode gives for ``headers``."""
+        if isinstance(headers, list):
+            stable = len(headers)
+            while stable and isinstance(headers[stable - 1], NeverIndexedHeaderTuple):
+                stable -= 1
+            if 0 < stable < len(headers):
+                # The first part resets a pending table-size update: none can come between.
+                first = super().encode(headers[:stable], huffman)
+                return first + hpack.Encoder.encode(self, headers[stable:], huffman)
+        return super().encode(headers, huffman)
 
 
 class H2Connection:
@@ -63,7 +86,7 @@ class H2Connection:
             logger=SILENT,
         )
         self.h2 = h2.connection.H2Connection(config=config)
-        self.h2.encoder = CachingEncoder()  # the same request head, encoded once per table state
+        self.h2.encoder = RequestHeadEncoder()  # the same request head, encoded once per table state
         self.h2.local_settings = h2.settings.Settings(
             client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: WINDOW}
         )
