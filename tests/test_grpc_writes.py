@@ -188,12 +188,17 @@ async def test_per_request_fields_do_not_enter_the_upstreams_hpack_table(nursery
         nursery.cancel_scope.cancel()
 
 
-def test_the_request_head_encoder_gives_hpacks_own_blocks() -> None:
-    """Held to hpack's Encoder: the same bytes for every block, table resizes included."""
-    ours, theirs, decoder = RequestHeadEncoder(), hpack.Encoder(), hpack.Decoder()
+def test_the_request_head_encoder_is_held_to_hpacks_encoder() -> None:
+    """Each block decodes as hpack's own does, and leaves the peer's table as hpack's does.
+
+    Never-indexed fields stay so marked, table resizes included; the part before the
+    per-request fields is hpack's very bytes.
+    """
+    ours, theirs, theirs_stable = RequestHeadEncoder(), hpack.Encoder(), hpack.Encoder()
+    our_decoder, their_decoder = hpack.Decoder(), hpack.Decoder()
     for n in range(8):
         if n == 5:  # a SETTINGS_HEADER_TABLE_SIZE from the peer: the update opens the next block
-            ours.header_table_size = theirs.header_table_size = 256
+            ours.header_table_size = theirs.header_table_size = theirs_stable.header_table_size = 256
         head: list[Any] = [
             (b":method", b"POST"),
             (b":path", b"/test.Echo/Unary"),
@@ -202,8 +207,13 @@ def test_the_request_head_encoder_gives_hpacks_own_blocks() -> None:
             NeverIndexedHeaderTuple(b"x-request-id", b"id-%d" % n),
             NeverIndexedHeaderTuple(b"grpc-timeout", b"%dm" % (900 + n)),
         ]
-        block = ours.encode(head)
-        assert block == theirs.encode(head)
-        decoded = decoder.decode(block, raw=True)
+        block, reference = ours.encode(head), theirs.encode(head)
+        assert block.startswith(theirs_stable.encode(head[:4]))
+        decoded = our_decoder.decode(block, raw=True)
+        assert [tuple(f) for f in decoded] == [tuple(f) for f in their_decoder.decode(reference, raw=True)]
         assert [tuple(f) for f in decoded] == [tuple(f) for f in head]
         assert [isinstance(f, NeverIndexedHeaderTuple) for f in decoded] == [False] * 4 + [True] * 2
+        assert list(our_decoder.header_table.dynamic_entries) == list(
+            their_decoder.header_table.dynamic_entries
+        )
+        assert our_decoder.header_table.maxsize == their_decoder.header_table.maxsize

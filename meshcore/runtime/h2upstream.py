@@ -17,11 +17,11 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
-import hpack
 import structlog
 import trio
 from h2.errors import ErrorCodes
 from hpack import NeverIndexedHeaderTuple
+from hpack.hpack import encode_integer
 
 from meshcore.http.h2fields import fields_received
 from meshcore.http.h2goaway import GracefulGoaway
@@ -51,20 +51,32 @@ class RequestHeadEncoder(CachingEncoder):
 
     Those (PER_REQUEST_FIELDS, put last and never indexed by h2request) leave the table as
     it is, so the block before them is the same bytes request after request: it comes from
-    memory, and they are encoded apart and appended.
+    memory. They are appended as never-indexed literals with a literal name and no Huffman
+    coding (RFC 7541 6.2.3): hpack would search both tables for the name and Huffman-code
+    the value a byte at a time in Python, and the peer decode it so, for an id that is
+    random anyway.
     """
 
     def encode(self, headers: Iterable[Any], huffman: bool = True) -> bytes:
-        """The block hpack.Encoder.encode gives for ``headers``."""
+        """A block that decodes to ``headers`` and leaves the tables as hpack's would."""
         if isinstance(headers, list):
             stable = len(headers)
             while stable and isinstance(headers[stable - 1], NeverIndexedHeaderTuple):
                 stable -= 1
             if 0 < stable < len(headers):
-                # The first part resets a pending table-size update: none can come between.
-                first = super().encode(headers[:stable], huffman)
-                return first + hpack.Encoder.encode(self, headers[stable:], huffman)
+                # The first part carries any pending table-size update, at the block's start.
+                block = bytearray(super().encode(headers[:stable], huffman))
+                for name, value in headers[stable:]:
+                    block += _NEVER_INDEXED_NEW_NAME
+                    block += encode_integer(len(name), 7)
+                    block += name
+                    block += encode_integer(len(value), 7)
+                    block += value
+                return bytes(block)
         return super().encode(headers, huffman)
+
+
+_NEVER_INDEXED_NEW_NAME = b"\x10"  # 0001 0000: never indexed, name not from a table
 
 
 class H2Connection:
