@@ -47,12 +47,13 @@ class GrpcUpstream:
     """A raw HTTP/2 upstream answering every call in one write, as grpcio does.
 
     ``requests`` holds each request's header fields as received (never-indexed ones keep
-    their type); ``table_sizes`` the number of entries in its HPACK decoder's table after
-    each request.
+    their type); ``data_frames`` each request's DATA frames, as (length, END_STREAM on it);
+    ``table_sizes`` the number of entries in its HPACK decoder's table after each request.
     """
 
     def __init__(self) -> None:
         self.requests: list[list[Any]] = []
+        self.data_frames: list[list[tuple[int, bool]]] = []
         self.table_sizes: list[int] = []
         self.sock: trio.socket.SocketType | None = None
 
@@ -68,14 +69,18 @@ class GrpcUpstream:
         conn.initiate_connection()
         await stream.send_all(conn.data_to_send())
         heads: dict[int, list[Any]] = {}
+        frames: dict[int, list[tuple[int, bool]]] = {}
         while data := await stream.receive_some(65536):
             for event in conn.receive_data(data):
                 if isinstance(event, h2.events.RequestReceived):
                     heads[event.stream_id] = list(event.headers)
                 elif isinstance(event, h2.events.DataReceived):
                     conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                    ended = event.stream_ended is not None
+                    frames.setdefault(event.stream_id, []).append((len(event.data), ended))
                 elif isinstance(event, h2.events.StreamEnded):
                     self.requests.append(heads.pop(event.stream_id))
+                    self.data_frames.append(frames.pop(event.stream_id, []))
                     self.table_sizes.append(len(conn.decoder.header_table.dynamic_entries))
                     sid = event.stream_id
                     conn.send_headers(sid, [(b":status", b"200"), (b"content-type", b"application/grpc")])
@@ -147,9 +152,11 @@ async def test_a_unary_call_crosses_the_proxy_in_one_write_each_way(nursery: tri
             metadata = [(b"traceparent", TRACEPARENT.encode()), (b"grpc-timeout", f"{900 + n}m".encode())]
             assert await client.call(authority, metadata) == (MESSAGE, [(b"grpc-status", b"0")])
             await trio.testing.wait_all_tasks_blocked()
-            # HEADERS, DATA and END_STREAM of the request in one write to the upstream; the
-            # response's HEADERS, DATA and trailers in one write to the client.
+            # HEADERS, DATA and END_STREAM of the request in one write to the upstream (END_STREAM
+            # on the message's DATA frame); the response's HEADERS, DATA and trailers in one
+            # write to the client.
             assert data_segments_in(upstream.sock) - upstream_before == 1
+            assert upstream.data_frames[-1] == [(len(MESSAGE), True)]
             assert data_segments_in(stream.socket) - client_before == 1
         await stream.aclose()
         nursery.cancel_scope.cancel()

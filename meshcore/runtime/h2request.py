@@ -232,16 +232,28 @@ async def send_at_hand(conn: H2Connection, up: UpStream, body: Body) -> bytes | 
     or the stream cannot take it, the stream is reset and the error left to the response's
     reader, as send_body does: None too.
     """
+    h2conn = conn.h2
+    pending = b""  # the last chunk read, held back to carry END_STREAM if it is the last
     try:
         while body.at_hand():
             chunk = await body.read()  # at once
             if not chunk:
+                if pending and body.trailers is None:
+                    h2conn.send_data(up.id, pending, end_stream=True)  # no empty DATA frame after it
+                    up.sent = True
+                    return None
+                if pending:
+                    h2conn.send_data(up.id, pending)
                 end_request(conn, up, body)
                 return None
-            h2conn = conn.h2
+            if pending:
+                h2conn.send_data(up.id, pending)
+                pending = b""
             if len(chunk) > min(h2conn.local_flow_control_window(up.id), h2conn.max_outbound_frame_size):
                 return chunk
-            h2conn.send_data(up.id, chunk)
+            pending = chunk
+        if pending:
+            h2conn.send_data(up.id, pending)
     except h2.exceptions.ProtocolError as err:  # the stream is gone (reset)
         fail(conn, up, ConnectionResetError(f"sending the request body failed: {err!r}"))
         return None
