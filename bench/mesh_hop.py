@@ -1,8 +1,14 @@
 """The mesh hop against Istio's published budget: client → sidecar A → mTLS → sidecar B → app.
 
-Run: ``python bench/mesh_hop.py [--duration 5] [--rounds 3] [--protocols http1,grpc]``
-(needs ``wrk``, ``h2load`` (nghttp2-client) and ``nginx`` (nginx-light) from Debian, and
-grpcio, a test dependency of meshcore).
+Run: ``python bench/mesh_hop.py [--duration 5] [--rounds 3] [--protocols http1,grpc]
+[--compare DIR] [--calls N]`` (needs ``wrk``, ``h2load`` (nghttp2-client) and ``nginx``
+(nginx-light) from Debian, and grpcio, a test dependency of meshcore). ``--protocols grpc``
+measures the gRPC hop alone. ``--compare DIR`` runs the plain and mesh hops a second time
+with meshcore imported from the checkout DIR (``git archive main | tar -x -C /tmp/main``),
+in the same interleaved rounds, and prints per-round CPU ratios: a before/after from one
+run. ``--calls N`` (default 2000) then counts the Python calls per request in each sidecar
+over N saturated requests, a figure the machine's load does not move (``--top``: the
+functions called most).
 
 Istio publishes 0.20 vCPU per 1,000 requests/s for an Envoy sidecar with mTLS and
 telemetry on, 1 KB payloads: about 200 µs of CPU per request per sidecar. This measures
@@ -329,7 +335,7 @@ class Sidecar:
     """A ``meshcore proxy`` process and its admin server."""
 
     def __init__(
-        self, name: str, config: dict[str, Any], tmp: Path, admin_port: int, *, checkout: str | None = None
+        self, name: str, config: dict[str, Any], tmp: Path, admin_port: int, env: dict[str, str] | None = None
     ) -> None:
         self.name = name
         self.admin = admin_port
@@ -338,13 +344,11 @@ class Sidecar:
         self.log = (tmp / f"sidecar-{name}.log").open("w")
         self.calls_file = tmp / f"calls-{name}.json"
         # Through --role sidecar: ``meshcore proxy`` with a call counter switched by SIGUSR2;
-        # meshcore imported from ``checkout`` first when given (a before/after in one run).
+        # ``env`` adds to the environment (PYTHONPATH: meshcore from another checkout).
         argv = [sys.executable, str(HERE / "mesh_hop.py"), "--role", "sidecar"]
         argv += ["--count-calls", str(self.calls_file), "--config", str(path)]
-        env = dict(os.environ)
-        if checkout is not None:
-            env["PYTHONPATH"] = str(Path(checkout).resolve())
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=env)  # noqa: S603
+        environment = {**os.environ, **env} if env else None
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT, env=environment)  # noqa: S603
 
     def count_calls(self) -> None:
         """Start (first call) or stop (second call: the counts go to ``calls_file``) counting calls."""
@@ -818,9 +822,10 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear
                 )
         pairs: dict[str, list[Sidecar]] = {"direct": []}
         for target, (a_conf, b_conf, a_side, b_side, checkout) in plan.items():
-            b_side_car = Sidecar(b_side.upper(), b_conf, tmp, ports[f"{b_side}_admin"], checkout=checkout)
+            env = {"PYTHONPATH": str(Path(checkout).resolve())} if checkout else None
+            b_side_car = Sidecar(b_side.upper(), b_conf, tmp, ports[f"{b_side}_admin"], env)
             stack.callback(b_side_car.stop)
-            a_side_car = Sidecar(a_side.upper(), a_conf, tmp, ports[f"{a_side}_admin"], checkout=checkout)
+            a_side_car = Sidecar(a_side.upper(), a_conf, tmp, ports[f"{a_side}_admin"], env)
             stack.callback(a_side_car.stop)
             pairs[target] = [a_side_car, b_side_car]
         a, b = pairs["mesh"]
