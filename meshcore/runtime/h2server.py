@@ -32,7 +32,7 @@ from meshcore.errors import ProtocolError
 from meshcore.http.h2fields import fields_received
 from meshcore.http.h2goaway import GOAWAY_HEAD, GracefulGoaway
 from meshcore.http.h2guard import TINY_WINDOW_UPDATE, Abuse, H2Budgets
-from meshcore.http.h2hpack import CachingEncoder
+from meshcore.http.h2hpack import CachingDecoder, CachingEncoder
 from meshcore.http.h2quiet import SILENT, silence_hpack
 from meshcore.http.messages import Headers
 from meshcore.runtime.h2stream import H2Stream, make_request, serve_stream
@@ -75,6 +75,7 @@ class H2ServerSession:
         )
         self.h2 = h2.connection.H2Connection(config=config)
         self.h2.encoder = CachingEncoder()  # the same response head, encoded once per table state
+        self.h2.decoder = CachingDecoder()  # the same request head, decoded once per table state
         self.max_streams: int = settings.max_concurrent_streams
         self.h2.local_settings = self._settings(self.max_streams)
         # Settings replaced wholesale are never "acknowledged" in h2's eyes, and h2 applies
