@@ -209,3 +209,23 @@ async def test_a_stream_whose_window_stays_shut_is_reset_after_the_idle_timeout(
     with trio.fail_after(DEADLINE):  # the upstream request was released
         await wait_until(lambda: not proxy.stats.value("cluster_upstream_rq_active", cluster="backend"))
     nursery.cancel_scope.cancel()
+
+
+async def test_a_response_of_known_length_ends_with_its_last_data_frame(nursery: trio.Nursery) -> None:
+    proxy = await start(nursery)
+    with trio.fail_after(DEADLINE):
+        client = await RawH2.open(proxy.address("ingress"))
+        head = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"proxy.test"), (b":path", b"/")]
+        await client.stream.send_all(
+            HeadersFrame(1, client.encoder.encode(head), flags=["END_HEADERS", "END_STREAM"]).serialize()
+        )
+        frames: list[Frame] = []
+        while not frames or "END_STREAM" not in frames[-1].flags:
+            frame = await client.next_frame()
+            assert frame is not None
+            if frame.stream_id == 1:
+                frames.append(frame)
+        # HEADERS, then the body in one DATA frame carrying END_STREAM (not an empty DATA frame after it).
+        assert [type(f) for f in frames] == [HeadersFrame, DataFrame]
+        assert frames[1].data == b"ok\n"  # type: ignore[attr-defined]
+        await client.stream.aclose()

@@ -208,6 +208,7 @@ async def send_response(session: H2ServerSession, stream: H2Stream, response: Re
         known_length = body.length is not None
         if not known_length:
             await session.send_soon()
+        last = b""  # the chunk that completed a body of known length: it goes with END_STREAM
         while True:
             try:
                 chunk = await body.read()
@@ -227,11 +228,23 @@ async def send_response(session: H2ServerSession, stream: H2Stream, response: Re
                 return False
             if not chunk:
                 break
+            if last:  # more than the declared length: sent as it comes (the client judges)
+                await send_data(session, stream, last, flush=False)
+                last = b""
+            if known_length and body.consumed >= (body.length or 0):
+                # Held until the body reports its end (and trailers, if any): then it ends
+                # the stream itself, one DATA frame fewer than an empty one after it.
+                last = chunk
+                continue
             await send_chunk(session, stream, body, chunk)
         if body.trailers is not None:
+            if last:
+                await send_data(session, stream, last, flush=False)
             session.h2.send_headers(
                 stream.id, fields_to_send(body.trailers.raw, trailers=True), end_stream=True
             )
+        elif last:
+            await send_data(session, stream, last, flush=False, end_stream=True)
         else:
             session.h2.end_stream(stream.id)
         await session.send_soon()  # with the other streams' frames, in one write
@@ -272,11 +285,11 @@ async def send_head_only(
 
 
 async def send_chunk(session: H2ServerSession, stream: H2Stream, body: Body, chunk: bytes) -> None:
-    """One chunk of a response body.
+    """One chunk of a response body, but the last of a known length (the caller holds it).
 
-    Of a known length, the last chunk stays queued to go with the end of the stream, the
-    others are written at once. Of an unknown length (SSE, gRPC), each is queued for the
-    flusher's next write (which send_soon bounds), so that what is all there goes in one.
+    Of a known length, it is written at once (the last one goes with END_STREAM, see
+    send_response). Of an unknown length (SSE, gRPC), each is queued for the flusher's
+    next write (which send_soon bounds), so that what is all there goes in one.
     """
     if body.length is None:
         await send_data(session, stream, chunk, flush=False)
@@ -285,8 +298,10 @@ async def send_chunk(session: H2ServerSession, stream: H2Stream, body: Body, chu
         await send_data(session, stream, chunk, flush=body.consumed < body.length)
 
 
-async def send_data(session: H2ServerSession, stream: H2Stream, data: bytes, *, flush: bool = True) -> None:
-    """Send body bytes within the client's windows.
+async def send_data(
+    session: H2ServerSession, stream: H2Stream, data: bytes, *, flush: bool = True, end_stream: bool = False
+) -> None:
+    """Send body bytes within the client's windows; ``end_stream``: they end the stream.
 
     ``flush=False`` leaves a frame that fits queued, to go out with the end of the stream
     in the same write.
@@ -295,6 +310,8 @@ async def send_data(session: H2ServerSession, stream: H2Stream, data: bytes, *, 
     if not flush and len(data) <= min(
         conn.local_flow_control_window(stream.id), conn.max_outbound_frame_size
     ):
-        conn.send_data(stream.id, data)
+        conn.send_data(stream.id, data, end_stream=end_stream)
         return
     await send_flow_controlled(conn, stream, data, session.flush, idle_timeout=session.stream_idle_timeout)
+    if end_stream:
+        conn.end_stream(stream.id)
