@@ -226,6 +226,6 @@ async def test_a_response_of_known_length_ends_with_its_last_data_frame(nursery:
             if frame.stream_id == 1:
                 frames.append(frame)
         # HEADERS, then the body in one DATA frame carrying END_STREAM (not an empty DATA frame after it).
-        assert [type(f) for f in frames] == [HeadersFrame, DataFrame]
+        assert [type(f).__name__ for f in frames] == ["HeadersFrame", "DataFrame"]
         assert frames[1].data == b"ok\n"  # type: ignore[attr-defined]
         await client.stream.aclose()

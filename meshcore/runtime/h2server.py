@@ -30,6 +30,7 @@ from h2.errors import ErrorCodes
 
 from meshcore.errors import ProtocolError
 from meshcore.http.h2fields import fields_received
+from meshcore.http.h2frames import H2FastConnection
 from meshcore.http.h2goaway import GOAWAY_HEAD, GracefulGoaway
 from meshcore.http.h2guard import TINY_WINDOW_UPDATE, Abuse, H2Budgets
 from meshcore.http.h2hpack import CachingDecoder, CachingEncoder
@@ -73,7 +74,9 @@ class H2ServerSession:
             validate_outbound_headers=False,
             logger=SILENT,
         )
-        self.h2 = h2.connection.H2Connection(config=config)
+        # h2's connection, its common frames read and written without hyperframe's per-frame
+        # work (held to h2 by differential tests, see meshcore.http.h2frames).
+        self.h2 = H2FastConnection(config=config)
         self.h2.encoder = CachingEncoder()  # the same response head, encoded once per table state
         self.h2.decoder = CachingDecoder()  # the same request head, decoded once per table state
         self.max_streams: int = settings.max_concurrent_streams

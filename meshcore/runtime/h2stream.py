@@ -200,53 +200,8 @@ async def send_response(session: H2ServerSession, stream: H2Stream, response: Re
             await send_head_only(session, stream, headers, body)
             return True
         session.h2.send_headers(stream.id, headers)
-        # A body of known length is about to follow: send the head with it, in one write.
-        # A streamed body (length unknown: SSE, gRPC) has its head and each chunk queued for
-        # the flusher's next write, which goes out as soon as this task waits: a gRPC
-        # answer that is all there (head, message, trailers) takes one write, a stream that
-        # trickles gets each part at once.
-        known_length = body.length is not None
-        if not known_length:
-            await session.send_soon()
-        last = b""  # the chunk that completed a body of known length: it goes with END_STREAM
-        while True:
-            try:
-                chunk = await body.read()
-            except Exception as err:  # noqa: BLE001 - upstream reset or timeout mid-response
-                flag = getattr(err, "flag", None)
-                if flag is not None and stream.request is not None:
-                    stream.request.info.flags.add(flag)
-                log.warning(
-                    "response_aborted",
-                    listener=session.hcm.listener,
-                    stream=stream.id,
-                    flags=getattr(flag, "value", "-"),
-                    reason=str(err) or type(err).__name__,
-                )
-                session.h2.reset_stream(stream.id, ErrorCodes.INTERNAL_ERROR)
-                await session.flush()
-                return False
-            if not chunk:
-                break
-            if last:  # more than the declared length: sent as it comes (the client judges)
-                await send_data(session, stream, last, flush=False)
-                last = b""
-            if known_length and body.consumed >= (body.length or 0):
-                # Held until the body reports its end (and trailers, if any): then it ends
-                # the stream itself, one DATA frame fewer than an empty one after it.
-                last = chunk
-                continue
-            await send_chunk(session, stream, body, chunk)
-        if body.trailers is not None:
-            if last:
-                await send_data(session, stream, last, flush=False)
-            session.h2.send_headers(
-                stream.id, fields_to_send(body.trailers.raw, trailers=True), end_stream=True
-            )
-        elif last:
-            await send_data(session, stream, last, flush=False, end_stream=True)
-        else:
-            session.h2.end_stream(stream.id)
+        if not await send_body(session, stream, body):
+            return False
         await session.send_soon()  # with the other streams' frames, in one write
     except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
         return False  # the client reset the stream meanwhile
@@ -260,6 +215,56 @@ async def send_response(session: H2ServerSession, stream: H2Stream, response: Re
             session.h2.reset_stream(stream.id, ErrorCodes.CANCEL)
         await session.flush()
         return False
+    return True
+
+
+async def send_body(session: H2ServerSession, stream: H2Stream, body: Body) -> bool:
+    """A response's body and end (trailers, or END_STREAM) after its head; False if it failed midway."""
+    # A body of known length is about to follow: send the head with it, in one write.
+    # A streamed body (length unknown: SSE, gRPC) has its head and each chunk queued for
+    # the flusher's next write, which goes out as soon as this task waits: a gRPC
+    # answer that is all there (head, message, trailers) takes one write, a stream that
+    # trickles gets each part at once.
+    known_length = body.length is not None
+    if not known_length:
+        await session.send_soon()
+    last = b""  # the chunk that completed a body of known length: it goes with END_STREAM
+    while True:
+        try:
+            chunk = await body.read()
+        except Exception as err:  # noqa: BLE001 - upstream reset or timeout mid-response
+            flag = getattr(err, "flag", None)
+            if flag is not None and stream.request is not None:
+                stream.request.info.flags.add(flag)
+            log.warning(
+                "response_aborted",
+                listener=session.hcm.listener,
+                stream=stream.id,
+                flags=getattr(flag, "value", "-"),
+                reason=str(err) or type(err).__name__,
+            )
+            session.h2.reset_stream(stream.id, ErrorCodes.INTERNAL_ERROR)
+            await session.flush()
+            return False
+        if not chunk:
+            break
+        if last:  # more than the declared length: sent as it comes (the client judges)
+            await send_data(session, stream, last, flush=False)
+            last = b""
+        if known_length and body.consumed >= (body.length or 0):
+            # Held until the body reports its end (and trailers, if any): then it ends the
+            # stream itself, one DATA frame fewer than an empty one after it.
+            last = chunk
+            continue
+        await send_chunk(session, stream, body, chunk)
+    if body.trailers is not None:
+        if last:
+            await send_data(session, stream, last, flush=False)
+        session.h2.send_headers(stream.id, fields_to_send(body.trailers.raw, trailers=True), end_stream=True)
+    elif last:
+        await send_data(session, stream, last, flush=False, end_stream=True)
+    else:
+        session.h2.end_stream(stream.id)
     return True
 
 

@@ -1,0 +1,280 @@
+"""meshcore.http.h2frames held to h2 and hyperframe (differential, sans-IO).
+
+- FastFrameBuffer against h2's FrameBuffer: any byte stream (frames of every type, flags,
+  padding, priority, lengths, CONTINUATION sequences, garbage) in any split and with any
+  maximum frame size gives the same frames, attribute for attribute, or the same error.
+- Frames sent: the same bytes as hyperframe's ``serialize``.
+- Whole connections: h2's H2Connection (hpack's codec) and H2FastConnection (with the
+  caching HPACK encoder and decoder, as the server session runs it) fed the same
+  generated client byte streams - requests whose heads repeat (indexed, from memory),
+  bodies, window updates, resets, settings, pings, header blocks over CONTINUATION,
+  table size updates, damaged blocks and raw malformed frames - answer every request the
+  same way, and report the same events, send the same bytes, and refuse the same input
+  with the same error and GOAWAY code.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import hpack
+import hyperframe.exceptions
+from h2.frame_buffer import FrameBuffer
+from hyperframe.frame import (
+    DataFrame,
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    PingFrame,
+    RstStreamFrame,
+    SettingsFrame,
+    WindowUpdateFrame,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_http2_frames import FRAMES, raw_frame
+
+from meshcore.http.h2frames import FastFrameBuffer, H2FastConnection, _serialize
+from meshcore.http.h2hpack import CachingDecoder, CachingEncoder
+from meshcore.http.h2quiet import SILENT
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+END_STREAM, END_HEADERS, PADDED, PRIORITY = 0x1, 0x4, 0x8, 0x20
+
+
+def _kind(frame: Frame) -> type:
+    return next(c for c in type(frame).__mro__ if c.__module__ == "hyperframe.frame")
+
+
+def _describe(frame: Frame) -> tuple[Any, ...]:
+    fields = {k: v for k, v in vars(frame).items() if k != "flags"}
+    return (_kind(frame), sorted(frame.flags), sorted(fields.items()))
+
+
+def _frames(buffer: FrameBuffer, chunks: list[bytes], max_frame_size: int) -> list[Any]:
+    out: list[Any] = []
+    buffer.max_frame_size = max_frame_size
+    try:
+        for chunk in chunks:
+            buffer.add_data(chunk)
+            out.extend(_describe(frame) for frame in buffer)
+    except (h2.exceptions.ProtocolError, hyperframe.exceptions.HyperframeError) as err:
+        out.append(("error", type(err), str(err)))
+    return out
+
+
+COMMON = st.one_of(
+    # The frames the fast path parses, and their near misses (flags, short bodies, stream 0).
+    st.builds(
+        lambda sid, data, flags: raw_frame(0x0, flags, sid, data),
+        st.sampled_from([0, 1, 3, 2**31 + 5]),
+        st.binary(max_size=30),
+        st.sampled_from([0, END_STREAM, 0xF6, 0xFF]),
+    ),
+    st.builds(
+        lambda sid, block, flags: raw_frame(0x1, flags, sid, block),
+        st.sampled_from([0, 1, 3, 2**31 + 5]),
+        st.binary(max_size=30),
+        st.sampled_from(
+            [END_HEADERS, END_HEADERS | END_STREAM, END_HEADERS | PRIORITY, 0xFF, 0xF7, 0x25, 0, END_STREAM]
+        ),
+    ),
+    st.builds(
+        lambda sid, priority, block, flags: raw_frame(0x1, flags, sid, priority + block),
+        st.sampled_from([1, 3]),
+        st.sampled_from([b"\x80\0\0\x03\x10", b"\0\0\0\x03\xff", b"\xff\xff\xff\xff\0"]),
+        st.binary(max_size=8),
+        st.sampled_from([END_HEADERS | PRIORITY, END_HEADERS | PRIORITY | END_STREAM]),
+    ),
+    st.builds(
+        lambda sid, body: raw_frame(0x8, 0, sid, body),
+        st.sampled_from([0, 1, 2**31 + 1]),
+        st.sampled_from(
+            [b"", b"\0\0\0\0", b"\0\0\0\1", b"\x7f\xff\xff\xff", b"\x80\0\0\1", b"\0\0\1", b"\0\0\0\1\0"]
+        ),
+    ),
+    st.builds(
+        lambda sid, body: raw_frame(0x9, END_HEADERS, sid, body),
+        st.sampled_from([1, 3]),
+        st.binary(max_size=8),
+    ),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    frames=st.lists(st.one_of(COMMON, FRAMES), max_size=12),
+    garbage=st.binary(max_size=12),
+    cuts=st.lists(st.integers(0, 2000), max_size=6),
+    max_frame_size=st.sampled_from([16384, 20, 8]),
+    server=st.booleans(),
+)
+def test_the_same_frames_or_error_as_h2s_buffer(
+    frames: list[bytes], garbage: bytes, cuts: list[int], max_frame_size: int, server: bool
+) -> None:
+    stream = (PREFACE if server else b"") + b"".join(frames) + garbage
+    points = sorted({min(c, len(stream)) for c in cuts})
+    chunks = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
+    ours = _frames(FastFrameBuffer(server=server), chunks, max_frame_size)
+    assert ours == _frames(FrameBuffer(server=server), chunks, max_frame_size)
+
+
+SENT = st.one_of(
+    st.builds(
+        lambda sid, data, flags, pad: DataFrame(sid, data, flags=flags, **({"pad_length": pad} if pad else {})),
+        st.integers(1, 2**31 - 1),
+        st.binary(max_size=40),
+        st.sampled_from([[], ["END_STREAM"], ["PADDED"], ["END_STREAM", "PADDED"]]),
+        st.sampled_from([0, 0, 3]),
+    ),
+    st.builds(
+        lambda sid, data, flags: HeadersFrame(sid, data, flags=flags),
+        st.integers(1, 2**31 - 1),
+        st.binary(max_size=40),
+        st.sampled_from([[], ["END_HEADERS"], ["END_STREAM", "END_HEADERS"], ["PRIORITY"], ["PADDED", "END_HEADERS"]]),
+    ),
+    st.builds(lambda sid, inc: WindowUpdateFrame(sid, window_increment=inc), st.integers(0, 2**31 - 1), st.integers(1, 2**31 - 1)),
+    st.builds(lambda sid, code: RstStreamFrame(sid, error_code=code), st.integers(1, 2**31 - 1), st.integers(0, 2**32 - 1)),
+    st.builds(lambda data: PingFrame(0, opaque_data=data), st.binary(min_size=8, max_size=8)),
+    st.builds(lambda: SettingsFrame(0, flags=["ACK"])),
+    st.builds(lambda code: GoAwayFrame(0, last_stream_id=1, error_code=code), st.integers(0, 13)),
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(frame=SENT)
+def test_the_same_bytes_as_hyperframe(frame: Frame) -> None:
+    theirs = copy.deepcopy(frame)
+    assert _serialize(frame) == theirs.serialize()
+    assert frame.body_len == theirs.body_len
+
+
+# -- whole connections ----------------------------------------------------------------------------
+
+HEADS = [
+    [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"proxy.test"), (b":path", b"/")],
+    [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"proxy.test"), (b":path", b"/up"), (b"content-length", b"2")],
+    [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/x"), (b"user-agent", b"h2load nghttp2/1.52.0"), (b"host", b"a")],
+    [(b":method", b"GET"), (b":path", b"/"), (b"X-Upper", b"1")],
+]  # fmt: skip
+OPS = st.one_of(
+    st.tuples(st.just("request"), st.integers(0, 3), st.integers(0, 3), st.sampled_from([END_STREAM, 0, PRIORITY | END_STREAM])),
+    st.tuples(st.just("split"), st.integers(0, 3), st.integers(0, 3), st.integers(1, 6)),
+    st.tuples(st.just("damaged"), st.integers(0, 3), st.integers(0, 3), st.integers(0, 255)),
+    st.tuples(st.just("resize"), st.sampled_from([0, 256, 4096, 8192]), st.just(0), st.just(0)),
+    st.tuples(st.just("data"), st.integers(0, 3), st.binary(max_size=10), st.sampled_from([0, END_STREAM, PADDED])),
+    st.tuples(st.just("window"), st.integers(-1, 3), st.sampled_from([0, 1, 65535, 2**31 - 1]), st.just(0)),
+    st.tuples(st.just("reset"), st.integers(0, 3), st.integers(0, 13), st.just(0)),
+    st.tuples(st.just("raw"), FRAMES, st.just(0), st.just(0)),
+)  # fmt: skip
+
+
+def _client_bytes(ops: list[tuple[Any, ...]]) -> bytes:
+    """The bytes a client sends for ``ops``: one encoder, so repeated heads come indexed."""
+    encoder = hpack.Encoder()
+    out = [PREFACE, SettingsFrame(0).serialize()]
+    sid = 1
+    for kind, a, b, c in ops:
+        stream_id = sid + 2 * a if isinstance(a, int) and a >= 0 else 0
+        if kind in {"request", "split", "damaged"}:
+            block = encoder.encode(HEADS[a])
+            stream_id, sid = sid, sid + 2
+            if kind == "request":
+                payload = (b"\x00\x00\x00\x00\x10" + block) if c & PRIORITY else block
+                out.append(raw_frame(0x1, c | END_HEADERS, stream_id, payload))
+            elif kind == "split":
+                parts = [block[i : i + c] for i in range(0, len(block), c)] or [b""]
+                out.append(
+                    raw_frame(0x1, END_STREAM | (END_HEADERS if len(parts) == 1 else 0), stream_id, parts[0])
+                )
+                out.extend(
+                    raw_frame(0x9, END_HEADERS if i == len(parts) - 1 else 0, stream_id, p)
+                    for i, p in enumerate(parts[1:], 1)
+                )
+            else:
+                at = b % max(1, len(block))
+                damaged = block[:at] + bytes([c]) + block[at + 1 :]
+                out.append(raw_frame(0x1, END_HEADERS | END_STREAM, stream_id, damaged))
+        elif kind == "resize":
+            encoder.header_table_size = a
+        elif kind == "data":
+            payload = b"\x02" + b + b"\0\0" if c & PADDED else b
+            out.append(raw_frame(0x0, c, max(1, sid - 2 - 2 * a), payload))
+        elif kind == "window":
+            out.append(raw_frame(0x8, 0, stream_id, b.to_bytes(4, "big")))
+        elif kind == "reset":
+            out.append(raw_frame(0x3, 0, max(1, sid - 2 - 2 * a), b.to_bytes(4, "big")))
+        else:
+            out.append(a)
+    return b"".join(out)  # fmt: skip
+
+
+def _server(fast: bool) -> h2.connection.H2Connection:
+    config = h2.config.H2Configuration(
+        client_side=False,
+        header_encoding=None,
+        validate_inbound_headers=False,
+        normalize_inbound_headers=False,
+        normalize_outbound_headers=False,
+        validate_outbound_headers=False,
+        logger=SILENT,
+    )
+    if not fast:
+        conn = h2.connection.H2Connection(config=config)
+    else:
+        conn = H2FastConnection(config=config)
+        conn.encoder, conn.decoder = CachingEncoder(), CachingDecoder()
+    conn.initiate_connection()
+    conn.max_inbound_frame_size = 16384
+    conn.decoder.max_header_list_size = 300
+    return conn
+
+
+def _serve(conn: h2.connection.H2Connection, chunks: list[bytes]) -> list[Any]:
+    """What a server does with ``chunks``: events, bytes sent, answers, and how it ends."""
+    out: list[Any] = [conn.data_to_send()]
+    for chunk in chunks:
+        try:
+            events = conn.receive_data(chunk)
+        except h2.exceptions.ProtocolError as err:
+            out.append(("refused", type(err), getattr(err, "error_code", None), conn.data_to_send()))
+            return out
+        out.append([repr(event) for event in events])
+        for event in events:
+            if isinstance(event, h2.events.RequestReceived):
+                try:
+                    conn.send_headers(event.stream_id, [(b":status", b"200"), (b"server", b"meshcore")])
+                    conn.send_data(event.stream_id, b"ok", end_stream=event.stream_ended is not None)
+                    if event.stream_ended is None:
+                        conn.reset_stream(event.stream_id)
+                except h2.exceptions.ProtocolError as err:
+                    out.append(("answer refused", type(err)))
+        out.append(conn.data_to_send())
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=st.lists(OPS, max_size=14), cuts=st.lists(st.integers(0, 600), max_size=5))
+def test_a_fast_connection_behaves_as_h2s(ops: list[tuple[Any, ...]], cuts: list[int]) -> None:
+    stream = _client_bytes(ops)
+    points = sorted({min(c, len(stream)) for c in cuts})
+    chunks = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
+    assert _serve(_server(fast=True), chunks) == _serve(_server(fast=False), chunks)
+
+
+def test_steady_state_requests_take_the_fast_paths() -> None:
+    """A repeated request head comes from the decoder's memory and its frame from the fast parser."""
+    conn = _server(fast=True)
+    stream = _client_bytes([("request", 0, 0, END_STREAM)] * 3)
+    events = conn.receive_data(stream)
+    requests = [e for e in events if isinstance(e, h2.events.RequestReceived)]
+    assert [e.stream_id for e in requests] == [1, 3, 5]
+    assert requests[2].headers == HEADS[0]
+    decoder = conn.decoder
+    assert isinstance(decoder, CachingDecoder)
+    assert len(decoder._blocks) == 1  # the indexed head, remembered
