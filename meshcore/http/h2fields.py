@@ -10,6 +10,12 @@ server session and the upstream pool turn h2's own normalization and validation 
 are held to h2's pipelines by differential tests (tests/test_h2fields.py): same fields
 out, same field types (never-indexed or not), a ProtocolError exactly where h2 raises one.
 
+A proxy sees the same blocks over and over (a client's request head, an upstream's
+response head for as long as its Date stays the same), so both functions remember the
+answers for small blocks (:data:`_MEMO_BLOCKS` of them, up to :data:`_MEMO_BYTES` of names
+and values each): the same fields in, a fresh list of the same fields out, without the
+checks run again. A block refused is never remembered; it is refused again, the same way.
+
 Raising before encoding is also safer than h2's way: h2's generators raise midway through
 HPACK-encoding a block, after the earlier fields have entered the encoder's dynamic table,
 and the connection's compression state no longer matches the peer's.
@@ -17,6 +23,8 @@ and the connection's compression state no longer matches the peer's.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import re
 from collections.abc import Iterable
 
@@ -32,9 +40,40 @@ _PSEUDO = frozenset([b":method", b":scheme", b":authority", b":path", b":status"
 _REQUEST_ONLY = frozenset([b":scheme", b":path", b":authority", b":method", b":protocol"])
 _COLON = 0x3A
 _SHORT_COOKIE = 20  # a cookie shorter than this is never indexed (h2 and nghttp2's rule)
+_MEMO_BLOCKS = 256  # blocks remembered per process, least recently used forgotten first
+_MEMO_BYTES = 2048  # a block with more bytes of names and values is checked every time
+_MEMO_FIELDS = 64  # ... and one with more fields
+
+_Block = tuple[tuple[bytes, bytes], ...]
+
+
+def _small(block: _Block) -> bool:
+    """Whether a block is small enough to remember (C-level: no Python call per field)."""
+    return len(block) <= _MEMO_FIELDS and sum(map(len, itertools.chain.from_iterable(block))) <= _MEMO_BYTES
 
 
 def fields_to_send(
+    fields: Iterable[tuple[bytes, bytes]], *, request: bool = False, trailers: bool = False
+) -> list[tuple[bytes, bytes]]:
+    """A response's or request's (or trailers') fields as h2 would send them; ProtocolError where h2 refuses.
+
+    See :func:`_fields_to_send`; a small block seen before is answered from memory.
+    """
+    block = tuple(fields)
+    if _small(block):
+        try:
+            return list(_sent_memo(block, request, trailers))
+        except TypeError:  # a field that cannot be hashed (a list): checked as it is
+            pass
+    return _fields_to_send(block, request=request, trailers=trailers)
+
+
+@functools.lru_cache(maxsize=_MEMO_BLOCKS)
+def _sent_memo(block: _Block, request: bool, trailers: bool) -> _Block:
+    return tuple(_fields_to_send(block, request=request, trailers=trailers))
+
+
+def _fields_to_send(
     fields: Iterable[tuple[bytes, bytes]], *, request: bool = False, trailers: bool = False
 ) -> list[tuple[bytes, bytes]]:
     """A response's or request's (or trailers') fields as h2 would send them; ProtocolError where h2 refuses.
@@ -86,6 +125,28 @@ _BAD_VALUE = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z")
 
 
 def fields_received(
+    fields: Iterable[tuple[bytes, bytes]], *, response: bool = False, trailers: bool = False
+) -> list[tuple[bytes, bytes]]:
+    """A request's or response's (or trailers') fields as h2 hands them over; ProtocolError where h2 refuses.
+
+    See :func:`_fields_received`; a small block seen before is answered from memory. The
+    fields' types are part of what is remembered: a never-indexed field stays one.
+    """
+    block = tuple(fields)
+    if _small(block):
+        try:
+            return list(_received_memo(block, tuple(map(type, block)), response, trailers))
+        except TypeError:  # a field that cannot be hashed (a list): checked as it is
+            pass
+    return _fields_received(block, response=response, trailers=trailers)
+
+
+@functools.lru_cache(maxsize=_MEMO_BLOCKS)
+def _received_memo(block: _Block, _types: tuple[type, ...], response: bool, trailers: bool) -> _Block:
+    return tuple(_fields_received(block, response=response, trailers=trailers))
+
+
+def _fields_received(
     fields: Iterable[tuple[bytes, bytes]], *, response: bool = False, trailers: bool = False
 ) -> list[tuple[bytes, bytes]]:
     """A request's or response's (or trailers') fields as h2 hands them over; ProtocolError where h2 refuses.
