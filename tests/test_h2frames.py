@@ -235,9 +235,37 @@ def _server(fast: bool) -> h2.connection.H2Connection:
     return conn
 
 
-def _serve(conn: h2.connection.H2Connection, chunks: list[bytes]) -> list[Any]:
+OK, INFO = [(b":status", b"200"), (b"server", b"meshcore")], [(b":status", b"103"), (b"link", b"</a>")]
+TRAILERS = [(b"grpc-status", b"0")]
+# Ways to answer a request, each a list of (method, arguments): what a server session does,
+# and some of what it must never do (refused the same way by both connections).
+ANSWERS: list[list[tuple[str, tuple[Any, ...]]]] = [
+    [("send_headers", (OK,)), ("send_data", (b"ok", True))],
+    [("send_headers", (INFO,)), ("send_headers", (OK,)), ("send_data", (b"ok", False)), ("send_headers", (TRAILERS, True))],
+    [("send_headers", (OK, True))],
+    [("send_headers", ([*OK, (b"x-big", b"v" * 17000)], True))],
+    [("send_headers", (INFO, True)), ("send_headers", (OK, True))],
+    [("send_headers", (OK,)), ("send_data", (b"", False)), ("send_headers", (TRAILERS, False)), ("send_data", (b"x", True))],
+    [("send_headers", ([(":status", "200")], True))],
+    [("send_headers", (OK,)), ("send_data", (b"z" * 70000, True)), ("send_data", (b"z" * 16000, False)), ("end_stream", ())],
+    [("send_headers", (OK,)), ("send_data", (memoryview(b"mv"), True)), ("send_data", (b"late", True))],
+    [("reset_stream", ()), ("send_headers", (OK, True))],
+]  # fmt: skip
+
+
+def _stream_state(conn: h2.connection.H2Connection, stream_id: int) -> tuple[Any, ...]:
+    """What h2 keeps of a stream and the connection once a request is answered."""
+    stream = conn.streams.get(stream_id)
+    kept = (conn.state_machine.state, conn.outbound_flow_control_window)
+    if stream is None:
+        return kept
+    return (*kept, stream.state_machine.state, stream.request_method, stream.outbound_flow_control_window)
+
+
+def _serve(conn: h2.connection.H2Connection, chunks: list[bytes], answers: list[int]) -> list[Any]:
     """What a server does with ``chunks``: events, bytes sent, answers, and how it ends."""
     out: list[Any] = [conn.data_to_send()]
+    served = 0
     for chunk in chunks:
         try:
             events = conn.receive_data(chunk)
@@ -246,25 +274,32 @@ def _serve(conn: h2.connection.H2Connection, chunks: list[bytes]) -> list[Any]:
             return out
         out.append([repr(event) for event in events])
         for event in events:
-            if isinstance(event, h2.events.RequestReceived):
+            if not isinstance(event, h2.events.RequestReceived):
+                continue
+            for method, args in ANSWERS[answers[served % len(answers)] if answers else 0]:
                 try:
-                    conn.send_headers(event.stream_id, [(b":status", b"200"), (b"server", b"meshcore")])
-                    conn.send_data(event.stream_id, b"ok", end_stream=event.stream_ended is not None)
-                    if event.stream_ended is None:
-                        conn.reset_stream(event.stream_id)
+                    getattr(conn, method)(event.stream_id, *args)
                 except h2.exceptions.ProtocolError as err:
-                    out.append(("answer refused", type(err)))
+                    out.append(("answer refused", method, type(err)))
+            out.append(_stream_state(conn, event.stream_id))
+            served += 1
         out.append(conn.data_to_send())
     return out
 
 
 @settings(max_examples=300, deadline=None)
-@given(ops=st.lists(OPS, max_size=14), cuts=st.lists(st.integers(0, 600), max_size=5))
-def test_a_fast_connection_behaves_as_h2s(ops: list[tuple[Any, ...]], cuts: list[int]) -> None:
+@given(
+    ops=st.lists(OPS, max_size=14),
+    cuts=st.lists(st.integers(0, 600), max_size=5),
+    answers=st.lists(st.integers(0, len(ANSWERS) - 1), max_size=6),
+)
+def test_a_fast_connection_behaves_as_h2s(
+    ops: list[tuple[Any, ...]], cuts: list[int], answers: list[int]
+) -> None:
     stream = _client_bytes(ops)
     points = sorted({min(c, len(stream)) for c in cuts})
     chunks = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
-    assert _serve(_server(fast=True), chunks) == _serve(_server(fast=False), chunks)
+    assert _serve(_server(fast=True), chunks, answers) == _serve(_server(fast=False), chunks, answers)
 
 
 def test_steady_state_requests_take_the_fast_paths() -> None:
@@ -278,3 +313,15 @@ def test_steady_state_requests_take_the_fast_paths() -> None:
     decoder = conn.decoder
     assert isinstance(decoder, CachingDecoder)
     assert len(decoder._blocks) == 1  # the indexed head, remembered
+
+
+def test_every_answer_the_same_as_h2s() -> None:
+    """Each way of answering (heads, 1xx, trailers, CONTINUATION, refusals) on its own request."""
+    stream = _client_bytes([("request", 0, 0, END_STREAM)] * len(ANSWERS))
+    answers = list(range(len(ANSWERS)))
+    fast, plain = (
+        _serve(_server(fast=True), [stream], answers),
+        _serve(_server(fast=False), [stream], answers),
+    )
+    assert fast == plain
+    assert sum(1 for step in fast if step[0] == "answer refused") >= 4  # the refusals are in there

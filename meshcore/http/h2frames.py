@@ -14,7 +14,14 @@ changed, and nothing else of h2's state machines, flow control or limits:
   CONTINUATION sequences, a frame too large, an increment out of range, a short body)
   to h2's own buffer, which refuses or accepts it as it always did;
 - its ``_prepare_for_sending`` serializes DATA, HEADERS (not padded, no priority),
-  WINDOW_UPDATE and RST_STREAM frames directly, and the others through hyperframe.
+  WINDOW_UPDATE and RST_STREAM frames directly, and the others through hyperframe;
+- on the server side, with h2's outbound normalization and validation off (meshcore's
+  h2fields does them), ``send_headers`` and ``send_data`` on a stream the client opened
+  take the same steps as h2's, in the same order, through the same state machines and
+  windows - less the generality the server never uses (str fields re-encoded, priority,
+  padding, validation flags computed for checks that are off, frame objects): the frames
+  go out as bytes. Anything else (a new stream, priority, padding, a str field, a window
+  or frame size exceeded) is h2's, which refuses it as it always did.
 
 Both are held to h2 by differential tests (tests/test_h2frames.py): the same frames (or
 the same error) from any byte stream in any split, the same bytes for any frame sent,
@@ -24,17 +31,21 @@ frame sequences, well-formed or not.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from typing import Any
 
 import h2.config
 import h2.connection
+from h2.connection import ConnectionInputs
+from h2.exceptions import ProtocolError
 from h2.frame_buffer import FrameBuffer
+from h2.stream import StreamInputs
 from hyperframe.frame import DataFrame, Frame, HeadersFrame, RstStreamFrame, WindowUpdateFrame
 
 __all__ = ["FastFrameBuffer", "H2FastConnection"]
 
-_DATA, _HEADERS, _RST_STREAM, _WINDOW_UPDATE = 0x0, 0x1, 0x3, 0x8
+_DATA, _HEADERS, _RST_STREAM, _WINDOW_UPDATE, _CONTINUATION = 0x0, 0x1, 0x3, 0x8, 0x9
 _END_STREAM, _END_HEADERS, _PADDED, _PRIORITY = 0x1, 0x4, 0x8, 0x20
 _MAX_INCREMENT = 2**31 - 1
 _FRAME_HEAD = 9  # bytes of a frame header
@@ -173,6 +184,66 @@ class H2FastConnection(h2.connection.H2Connection):
         table[_Data] = table[DataFrame]
         table[_Headers] = table[HeadersFrame]
         table[_WindowUpdate] = table[WindowUpdateFrame]
+        self._lean = _lean_send(self)
+
+    def send_headers(
+        self,
+        stream_id: int,
+        headers: Any,
+        end_stream: bool = False,
+        priority_weight: int | None = None,
+        priority_depends_on: int | None = None,
+        priority_exclusive: bool | None = None,
+    ) -> None:
+        """h2's send_headers; a server's head or trailers on an open stream without h2's generality."""
+        stream = self.streams.get(stream_id)
+        if (
+            stream is None
+            or priority_weight is not None
+            or priority_depends_on is not None
+            or priority_exclusive is not None
+            or type(headers) is not list
+            or not headers
+            or not self._lean
+            or not _all_bytes(headers)
+        ):
+            super().send_headers(
+                stream_id, headers, end_stream, priority_weight, priority_depends_on, priority_exclusive
+            )
+            return
+        _send_headers(self, stream, headers, end_stream)
+
+    def send_data(
+        self,
+        stream_id: int,
+        data: bytes | memoryview,
+        end_stream: bool = False,
+        pad_length: Any = None,
+    ) -> None:
+        """h2's send_data; a server's unpadded bytes within the windows without h2's frame objects."""
+        stream = self.streams.get(stream_id)
+        size = len(data)
+        if (
+            stream is None
+            or pad_length is not None
+            or type(data) is not bytes
+            or not self._lean
+            or size > self.outbound_flow_control_window
+            or size > stream.outbound_flow_control_window
+            or size > self.max_outbound_frame_size
+        ):
+            super().send_data(stream_id, data, end_stream, pad_length)  # h2 refuses what does not fit
+            return
+        self.state_machine.process_input(ConnectionInputs.SEND_DATA)
+        machine = stream.state_machine
+        machine.process_input(StreamInputs.SEND_DATA)
+        if end_stream:
+            machine.process_input(StreamInputs.SEND_END_STREAM)
+        stream.outbound_flow_control_window -= size
+        self._data_to_send += (
+            _HEAD.pack(size >> 8, size & 0xFF, _DATA, _END_STREAM if end_stream else 0, stream_id) + data
+        )
+        self.outbound_flow_control_window -= size
 
     def _prepare_for_sending(self, frames: list[Frame]) -> None:
         if not frames:
@@ -187,3 +258,73 @@ class H2FastConnection(h2.connection.H2Connection):
                 msg = f"a frame over the peer's maximum frame size ({limit}) was about to be sent"
                 raise AssertionError(msg)  # h2 asserts it: a bug of ours or h2's, never the peer's
         self._data_to_send += data
+
+
+def _all_bytes(headers: list[Any]) -> bool:
+    """Whether every name and value is bytes (C-level: one join, no Python call per field)."""
+    try:
+        b"".join(itertools.chain.from_iterable(headers))
+    except TypeError:
+        return False
+    return True
+
+
+def _lean_send(conn: H2FastConnection) -> bool:
+    config = conn.config
+    return not (config.client_side or config.normalize_outbound_headers or config.validate_outbound_headers)
+
+
+def _send_headers(conn: H2FastConnection, stream: Any, headers: list[Any], end_stream: bool) -> None:
+    """h2's send_headers for a head (or trailers) on a stream the client opened, its frames as bytes."""
+    conn.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
+    informational = _informational(headers)
+    machine = stream.state_machine
+    if informational:
+        if end_stream:
+            msg = "Cannot set END_STREAM on informational responses."
+            raise ProtocolError(msg)
+        machine.process_input(StreamInputs.SEND_INFORMATIONAL_HEADERS)
+    else:
+        machine.process_input(StreamInputs.SEND_HEADERS)
+    block = conn.encoder.encode(headers)
+    size = stream.max_outbound_frame_size
+    if end_stream:
+        machine.process_input(StreamInputs.SEND_END_STREAM)
+    if machine.trailers_sent and not end_stream:
+        msg = "Trailers must have END_STREAM set."
+        raise ProtocolError(msg)
+    method = None  # h2's extract_method_header
+    for name, value in headers:
+        if name == b":method":
+            method = value
+            break
+    stream.request_method = method
+    if min(len(block), size) > conn.max_outbound_frame_size:  # h2 asserts every frame fits
+        msg = "a frame over the peer's maximum frame size was about to be sent"
+        raise AssertionError(msg)
+    out = _header_frames(stream.stream_id, block, size, _END_STREAM if end_stream else 0)
+    conn._data_to_send += out  # noqa: SLF001 - h2's output buffer, as its _prepare_for_sending fills it
+
+
+def _informational(headers: list[Any]) -> bool:
+    """h2's is_informational_response: a 1xx ``:status`` among the pseudo-header fields."""
+    for name, value in headers:
+        if name[:1] != b":":
+            return False
+        if name == b":status":
+            return bool(value[:1] == b"1")
+    return False
+
+
+def _header_frames(sid: int, block: bytes, size: int, bits: int) -> bytes:
+    """A header block as h2 frames it: HEADERS, then CONTINUATIONs past ``size`` bytes."""
+    if len(block) <= size:
+        length = len(block)
+        return _HEAD.pack(length >> 8, length & 0xFF, _HEADERS, bits | _END_HEADERS, sid) + block
+    parts = [block[i : i + size] for i in range(0, len(block), size)]
+    frames = []
+    for i, part in enumerate(parts):
+        kind = _HEADERS if i == 0 else _CONTINUATION
+        flags = (bits if i == 0 else 0) | (_END_HEADERS if i == len(parts) - 1 else 0)
+        frames.append(_HEAD.pack(len(part) >> 8, len(part) & 0xFF, kind, flags, sid) + part)
+    return b"".join(frames)
