@@ -24,6 +24,7 @@ import h2.events
 import h2.exceptions
 import hpack
 import hyperframe.exceptions
+import pytest
 from h2.frame_buffer import FrameBuffer
 from hyperframe.frame import (
     DataFrame,
@@ -161,9 +162,13 @@ HEADS = [
     [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"proxy.test"), (b":path", b"/up"), (b"content-length", b"2")],
     [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/x"), (b"user-agent", b"h2load nghttp2/1.52.0"), (b"host", b"a")],
     [(b":method", b"GET"), (b":path", b"/"), (b"X-Upper", b"1")],
+    [(b":status", b"103"), (b"link", b"</a>")],  # a response head, from a client
+    [(b"grpc-status", b"0"), (b"content-length", b"x")],  # trailers (and a bad length)
+    [(b"grpc-status", b"0")],  # trailers
 ]  # fmt: skip
 OPS = st.one_of(
-    st.tuples(st.just("request"), st.integers(0, 3), st.integers(0, 3), st.sampled_from([END_STREAM, 0, PRIORITY | END_STREAM])),
+    st.tuples(st.just("request"), st.integers(0, 6), st.integers(0, 3), st.sampled_from([END_STREAM, 0, PRIORITY | END_STREAM])),
+    st.tuples(st.just("trailers"), st.integers(0, 6), st.integers(0, 3), st.sampled_from([END_STREAM, 0])),
     st.tuples(st.just("split"), st.integers(0, 3), st.integers(0, 3), st.integers(1, 6)),
     st.tuples(st.just("damaged"), st.integers(0, 3), st.integers(0, 3), st.integers(0, 255)),
     st.tuples(st.just("resize"), st.sampled_from([0, 256, 4096, 8192]), st.just(0), st.just(0)),
@@ -200,6 +205,9 @@ def _client_bytes(ops: list[tuple[Any, ...]]) -> bytes:
                 at = b % max(1, len(block))
                 damaged = block[:at] + bytes([c]) + block[at + 1 :]
                 out.append(raw_frame(0x1, END_HEADERS | END_STREAM, stream_id, damaged))
+        elif kind == "trailers":  # a header block on a stream already opened
+            block = encoder.encode(HEADS[a])
+            out.append(raw_frame(0x1, c | END_HEADERS, max(1, sid - 2 - 2 * b), block))
         elif kind == "resize":
             encoder.header_table_size = a
         elif kind == "data":
@@ -262,6 +270,12 @@ def _stream_state(conn: h2.connection.H2Connection, stream_id: int) -> tuple[Any
     return (*kept, stream.state_machine.state, stream.request_method, stream.outbound_flow_control_window)
 
 
+def _event(event: h2.events.Event) -> tuple[str, ...]:
+    """An event as h2 reports it, with the events it links to (its repr leaves them out)."""
+    links = (getattr(event, "stream_ended", None), getattr(event, "priority_updated", None))
+    return (repr(event), *map(repr, links))
+
+
 def _serve(conn: h2.connection.H2Connection, chunks: list[bytes], answers: list[int]) -> list[Any]:
     """What a server does with ``chunks``: events, bytes sent, answers, and how it ends."""
     out: list[Any] = [conn.data_to_send()]
@@ -272,14 +286,17 @@ def _serve(conn: h2.connection.H2Connection, chunks: list[bytes], answers: list[
         except h2.exceptions.ProtocolError as err:
             out.append(("refused", type(err), getattr(err, "error_code", None), conn.data_to_send()))
             return out
-        out.append([repr(event) for event in events])
+        out.append([_event(event) for event in events])
         for event in events:
             if not isinstance(event, h2.events.RequestReceived):
                 continue
             for method, args in ANSWERS[answers[served % len(answers)] if answers else 0]:
                 try:
                     getattr(conn, method)(event.stream_id, *args)
-                except h2.exceptions.ProtocolError as err:
+                except (
+                    h2.exceptions.ProtocolError,
+                    KeyError,
+                ) as err:  # KeyError: h2's, on a forgotten stream
                     out.append(("answer refused", method, type(err)))
             out.append(_stream_state(conn, event.stream_id))
             served += 1
@@ -325,3 +342,23 @@ def test_every_answer_the_same_as_h2s() -> None:
     )
     assert fast == plain
     assert sum(1 for step in fast if step[0] == "answer refused") >= 4  # the refusals are in there
+
+
+@pytest.mark.parametrize(
+    "ops",
+    [
+        [("request", 0, 0, 0), ("trailers", 6, 0, 0)],  # trailers without END_STREAM: refused
+        [("request", 0, 0, 0), ("trailers", 6, 0, END_STREAM)],
+        [("request", 1, 0, 0), ("trailers", 5, 0, END_STREAM)],  # a bad content-length in trailers
+        [("request", 0, 0, 0), ("trailers", 4, 0, END_STREAM)],  # a 1xx head as trailers
+        [("request", 0, 0, END_STREAM), ("trailers", 6, 0, END_STREAM)],  # on a closed stream
+        [("request", 4, 0, END_STREAM)],  # a 1xx head from a client
+        [("request", 4, 0, 0)],
+        [("request", 5, 0, END_STREAM)],  # no pseudo-header fields, a bad content-length
+        [("request", 0, 0, PRIORITY | END_STREAM), ("request", 0, 0, END_STREAM)],
+    ],
+)
+def test_client_heads_and_trailers_the_same_as_h2s(ops: list[tuple[Any, ...]]) -> None:
+    stream = _client_bytes(ops)
+    for answers in ([2], [0], [9]):
+        assert _serve(_server(fast=True), [stream], answers) == _serve(_server(fast=False), [stream], answers)

@@ -21,7 +21,11 @@ changed, and nothing else of h2's state machines, flow control or limits:
   windows - less the generality the server never uses (str fields re-encoded, priority,
   padding, validation flags computed for checks that are off, frame objects): the frames
   go out as bytes. Anything else (a new stream, priority, padding, a str field, a window
-  or frame size exceeded) is h2's, which refuses it as it always did.
+  or frame size exceeded) is h2's, which refuses it as it always did;
+- on the server side, with h2's inbound normalization and validation off and no header
+  decoding (h2fields does those), a HEADERS frame without priority goes through h2's
+  steps (stream limit, HPACK, state machines, content length, trailer rules) in h2's
+  order, less the calls for what is off.
 
 Both are held to h2 by differential tests (tests/test_h2frames.py): the same frames (or
 the same error) from any byte stream in any split, the same bytes for any frame sent,
@@ -37,7 +41,8 @@ from typing import Any
 
 import h2.config
 import h2.connection
-from h2.connection import ConnectionInputs
+from h2.connection import AllowedStreamIDs, ConnectionInputs
+from h2.events import Event, TrailersReceived
 from h2.exceptions import ProtocolError
 from h2.frame_buffer import FrameBuffer
 from h2.stream import StreamInputs
@@ -185,6 +190,44 @@ class H2FastConnection(h2.connection.H2Connection):
         table[_Headers] = table[HeadersFrame]
         table[_WindowUpdate] = table[WindowUpdateFrame]
         self._lean = _lean_send(self)
+        config = self.config
+        self._lean_receive = not (
+            config.client_side
+            or config.normalize_inbound_headers
+            or config.validate_inbound_headers
+            or config.header_encoding
+        )
+
+    def _receive_headers_frame(self, frame: HeadersFrame) -> tuple[list[Frame], list[Event]]:
+        """h2's, for a request head or trailers without priority: its steps, less what is off."""
+        if not self._lean_receive or "PRIORITY" in frame.flags:
+            return super()._receive_headers_frame(frame)
+        stream_id = frame.stream_id
+        if (
+            stream_id not in self.streams
+            and self.open_inbound_streams + 1 > self.local_settings.max_concurrent_streams
+        ):
+            return super()._receive_headers_frame(frame)  # h2 refuses it
+        headers = list(h2.connection._decode_headers(self.decoder, frame.data))  # noqa: SLF001 - h2's HPACK errors
+        events = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
+        stream = self._get_or_create_stream(stream_id, AllowedStreamIDs.ODD)
+        end_stream = "END_STREAM" in frame.flags
+        if _informational(headers):  # a 1xx from a client: h2's own steps refuse it
+            frames, more = stream.receive_headers(headers, end_stream, self.config.header_encoding)
+            return frames, events + more
+        machine = stream.state_machine
+        stream_events = machine.process_input(StreamInputs.RECV_HEADERS)
+        head: Any = stream_events[0]  # RequestReceived, or TrailersReceived
+        if end_stream:
+            ended = machine.process_input(StreamInputs.RECV_END_STREAM)
+            head.stream_ended = ended[0]
+            stream_events += ended
+        stream._initialize_content_length(headers)  # noqa: SLF001 - h2's own check
+        if not end_stream and isinstance(head, TrailersReceived):
+            msg = "Trailers must have END_STREAM set"
+            raise ProtocolError(msg)
+        head.headers = headers
+        return [], events + stream_events
 
     def send_headers(
         self,
