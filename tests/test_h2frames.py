@@ -22,6 +22,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import h2.settings
 import hpack
 import hyperframe.exceptions
 import pytest
@@ -222,7 +223,7 @@ def _client_bytes(ops: list[tuple[Any, ...]]) -> bytes:
     return b"".join(out)  # fmt: skip
 
 
-def _server(fast: bool) -> h2.connection.H2Connection:
+def _server(fast: bool, max_streams: int = 3) -> h2.connection.H2Connection:
     config = h2.config.H2Configuration(
         client_side=False,
         header_encoding=None,
@@ -238,6 +239,10 @@ def _server(fast: bool) -> h2.connection.H2Connection:
         conn = H2FastConnection(config=config)
         conn.encoder, conn.decoder = CachingEncoder(), CachingDecoder()
     conn.initiate_connection()
+    # Few streams at once, as a session's limit (applied at once, as the session applies it).
+    conn.local_settings = h2.settings.Settings(
+        client=False, initial_values={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_streams}
+    )
     conn.max_inbound_frame_size = 16384
     conn.decoder.max_header_list_size = 300
     return conn
@@ -264,7 +269,12 @@ ANSWERS: list[list[tuple[str, tuple[Any, ...]]]] = [
 def _stream_state(conn: h2.connection.H2Connection, stream_id: int) -> tuple[Any, ...]:
     """What h2 keeps of a stream and the connection once a request is answered."""
     stream = conn.streams.get(stream_id)
-    kept = (conn.state_machine.state, conn.outbound_flow_control_window)
+    kept = (
+        conn.state_machine.state,
+        conn.outbound_flow_control_window,
+        sorted(conn.streams),
+        conn.open_inbound_streams,
+    )
     if stream is None:
         return kept
     return (*kept, stream.state_machine.state, stream.request_method, stream.outbound_flow_control_window)
@@ -336,11 +346,8 @@ def test_every_answer_the_same_as_h2s() -> None:
     """Each way of answering (heads, 1xx, trailers, CONTINUATION, refusals) on its own request."""
     stream = _client_bytes([("request", 0, 0, END_STREAM)] * len(ANSWERS))
     answers = list(range(len(ANSWERS)))
-    fast, plain = (
-        _serve(_server(fast=True), [stream], answers),
-        _serve(_server(fast=False), [stream], answers),
-    )
-    assert fast == plain
+    fast = _serve(_server(fast=True, max_streams=100), [stream], answers)
+    assert fast == _serve(_server(fast=False, max_streams=100), [stream], answers)
     assert sum(1 for step in fast if step[0] == "answer refused") >= 4  # the refusals are in there
 
 
@@ -356,6 +363,8 @@ def test_every_answer_the_same_as_h2s() -> None:
         [("request", 4, 0, 0)],
         [("request", 5, 0, END_STREAM)],  # no pseudo-header fields, a bad content-length
         [("request", 0, 0, PRIORITY | END_STREAM), ("request", 0, 0, END_STREAM)],
+        [("request", 0, 0, 0)] * 5,  # past the limit of 3 open streams
+        [("request", 0, 0, 0), ("request", 0, 0, END_STREAM), ("reset", 1, 8, 0)] * 3,
     ],
 )
 def test_client_heads_and_trailers_the_same_as_h2s(ops: list[tuple[Any, ...]]) -> None:
