@@ -332,6 +332,7 @@ def test_a_fast_connection_behaves_as_h2s(
 def test_steady_state_requests_take_the_fast_paths() -> None:
     """A repeated request head comes from the decoder's memory and its frame from the fast parser."""
     conn = _server(fast=True)
+    assert isinstance(conn.incoming_buffer, FastFrameBuffer)  # installed on this h2
     stream = _client_bytes([("request", 0, 0, END_STREAM)] * 3)
     events = conn.receive_data(stream)
     requests = [e for e in events if isinstance(e, h2.events.RequestReceived)]

@@ -186,7 +186,9 @@ class H2FastConnection(h2.connection.H2Connection):
 
     def __init__(self, config: h2.config.H2Configuration | None = None) -> None:
         super().__init__(config=config)
-        self.incoming_buffer = FastFrameBuffer(server=not self.config.client_side)
+        if isinstance(getattr(self.incoming_buffer, "_data", None), bytearray):
+            # (an h2 whose FrameBuffer holds its bytes otherwise keeps its own FrameBuffer)
+            self.incoming_buffer = FastFrameBuffer(server=not self.config.client_side)
         table = self._frame_dispatch_table
         table[_Data] = table[DataFrame]
         table[_Headers] = table[HeadersFrame]
