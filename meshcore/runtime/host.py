@@ -17,7 +17,7 @@ from meshcore.http.h1 import H11ClientCodec
 from meshcore.http.h1fast import FastClientCodec
 from meshcore.runtime.h2pool import H2Pool
 from meshcore.runtime.sockio import StreamIO
-from meshcore.runtime.tls import TLS_STREAMS, RecordsStream, identity_mismatch
+from meshcore.runtime.tls import TLS_STREAMS, connect_tls, identity_mismatch
 
 if TYPE_CHECKING:
     from meshcore.runtime.cluster import Cluster
@@ -178,20 +178,19 @@ class Host:
                 if cluster.tls_context is not None:
                     tls = cluster.config.tls
                     server_name = (tls.server_name if tls else None) or self.address[0]
-                    stream = trio.SSLStream(stream, cluster.tls_context, server_hostname=server_name)
                     saved = self._tls_session
-                    if saved is not None and saved[0] is cluster.tls_context:
-                        stream.session = saved[1]
+                    session = saved[1] if saved is not None and saved[0] is cluster.tls_context else None
                     try:
-                        await stream.do_handshake()
+                        secured = await connect_tls(stream, cluster.tls_context, server_name, session=session)
                     except BaseException:
                         _close_now(stream)  # or the socket of a refused handshake stays open
                         raise
+                    stream = secured
                     cluster.stats_ssl_handshake.value += 1
-                    if stream.session_reused:
+                    if secured.session_reused:
                         cluster.stats_ssl_session_reused.value += 1
                     mismatch = (
-                        identity_mismatch(stream, tls.peer_identities)
+                        identity_mismatch(secured, tls.peer_identities)
                         if tls and tls.peer_identities
                         else None
                     )
@@ -200,7 +199,6 @@ class Host:
                         _close_now(stream)
                         msg = f"upstream {self.label} is not who it should be: {mismatch}"
                         raise UpstreamError(ResponseFlag.UPSTREAM_IDENTITY_MISMATCH, msg)
-                    stream = RecordsStream(stream)
         except (OSError, trio.BrokenResourceError, trio.TooSlowError) as err:
             cluster.stats_cx_connect_fail.value += 1
             reason = "timed out" if isinstance(err, trio.TooSlowError) else str(err)

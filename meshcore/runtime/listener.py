@@ -26,7 +26,7 @@ from meshcore.connection import Connection, PeerTls, join_host_port, peer_tls
 from meshcore.runtime.overload import OverloadManager
 from meshcore.runtime.sniff import sniff_tls
 from meshcore.runtime.stats import Stats
-from meshcore.runtime.tls import RecordsStream
+from meshcore.runtime.tls import TlsStream, start_tls
 
 __all__ = [
     "CompiledChain",
@@ -324,7 +324,7 @@ class ListenerRuntime:
                     server_name = handshake[1]
                     alpn = handshake[0].selected_alpn_protocol()
                     tls = peer_tls(handshake[0])
-                    transport = RecordsStream(handshake[0])
+                    transport = handshake[0]
                 chain = self._select(local_port, peer_host, server_name, alpn, tls=tls is not None)
                 if chain is None:
                     log.warning("no_filter_chain_matched", listener=self.config.name, server_name=server_name)
@@ -370,17 +370,14 @@ class ListenerRuntime:
                 return chain
         return None
 
-    async def _handshake(
-        self, stream: trio.SocketStream
-    ) -> tuple[trio.SSLStream[trio.SocketStream], str | None] | None:
+    async def _handshake(self, stream: trio.SocketStream) -> tuple[TlsStream, str | None] | None:
         """Terminate TLS, choosing the certificate by SNI; None if the handshake failed."""
         default = next(c.tls for c in self.chains if c.tls is not None)
-        tls_stream = trio.SSLStream(stream, default, server_side=True)
         seen: list[str] = []
         token = _SNI_SEEN.set(seen)
         try:
             with trio.fail_after(TLS_HANDSHAKE_TIMEOUT):
-                await tls_stream.do_handshake()
+                tls_stream = await start_tls(stream, default)
         except (trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError) as err:
             cause = err.__cause__ or err  # trio wraps the ssl.SSLError that says why (an expired certificate)
             log.info(

@@ -20,24 +20,29 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeGuard
 
 import trio
 
 from meshcore.config import Snapshot, TlsContext, TlsSecret, UpstreamTls
 from meshcore.config.files import ssl_reason
 from meshcore.connection import peer_tls
+from meshcore.runtime.tlssocket import TlsSocketStream, fast_tls_available
 
 __all__ = [
     "TLS12_CIPHERS",
     "TLS_STREAMS",
+    "TLS_TRANSPORT_ENV",
     "RecordsStream",
     "Secrets",
+    "TlsStream",
     "client_context",
+    "connect_tls",
     "identity_mismatch",
     "material",
     "secrets_of",
     "server_context",
+    "start_tls",
 ]
 
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
@@ -67,6 +72,7 @@ def server_context(tls: TlsContext, secrets: Secrets = _NO_SECRETS) -> ssl.SSLCo
     # forward secrecy (no CBC: LUCKY13; no static RSA key exchange). TLS 1.3's suites are all such.
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(TLS12_CIPHERS)
+    context.options |= ssl.OP_NO_RENEGOTIATION  # TLS 1.2 renegotiation: a DoS lever, never needed
     if tls.secret is not None:
         secret = _secret(secrets, tls.secret, "secret")
         _load_chain(context, secret)
@@ -90,6 +96,7 @@ def client_context(tls: UpstreamTls, secrets: Secrets = _NO_SECRETS) -> ssl.SSLC
         context = ssl.create_default_context(cadata=_roots(secrets, tls.validation_secret))
     else:
         context = ssl.create_default_context(cafile=tls.ca_file)
+    context.options |= ssl.OP_NO_RENEGOTIATION
     if tls.peer_identities:
         # Secure naming: the peer is checked for its SPIFFE ID after the handshake
         # (identity_mismatch), not for a DNS name; its chain is still verified.
@@ -249,8 +256,66 @@ class RecordsStream(trio.abc.Stream):
 
 
 _RECEIVE_LIMIT = 64 * 1024
-TLS_STREAMS = (trio.SSLStream, RecordsStream)
+TLS_STREAMS = (TlsSocketStream, trio.SSLStream, RecordsStream)
 """The stream types that carry TLS over a transport stream (``stream.transport_stream``)."""
+
+TlsStream = TlsSocketStream | RecordsStream
+"""An established TLS connection, as :func:`start_tls` and :func:`connect_tls` give it."""
+
+TLS_TRANSPORT_ENV = "MESHCORE_TLS_TRANSPORT"
+"""Environment variable: ``sslstream`` makes every TLS connection take ``trio.SSLStream``.
+
+For benchmarks and bisecting: the socket transport (:mod:`meshcore.runtime.tlssocket`) is
+the default wherever it can serve (see :func:`meshcore.runtime.tlssocket.fast_tls_available`).
+"""
+
+
+def _on_socket(stream: trio.abc.Stream) -> TypeGuard[trio.SocketStream]:
+    return os.environ.get(TLS_TRANSPORT_ENV) != "sslstream" and fast_tls_available(stream)
+
+
+async def start_tls(stream: trio.abc.Stream, context: ssl.SSLContext) -> TlsStream:
+    """TLS, server side, on an accepted connection: the handshake done (the caller bounds its time).
+
+    On a TCP socket stream, OpenSSL reads and writes the socket itself
+    (:class:`~meshcore.runtime.tlssocket.TlsSocketStream`); on anything else (a memory
+    stream), ``trio.SSLStream`` does. ``context``'s SNI callback gets the stream (or the
+    ``ssl.SSLObject``) and may set its ``context``.
+
+    Raises:
+        trio.BrokenResourceError: the handshake failed; its ``__cause__`` says why (an
+            ``ssl.SSLError``: a certificate not verified, no shared protocol).
+    """
+    if _on_socket(stream):
+        fast = TlsSocketStream(stream, context, server_side=True)
+        await fast.do_handshake()
+        return fast
+    tls = trio.SSLStream(stream, context, server_side=True)
+    await tls.do_handshake()
+    return RecordsStream(tls)
+
+
+async def connect_tls(
+    stream: trio.abc.Stream,
+    context: ssl.SSLContext,
+    server_hostname: str | None,
+    *,
+    session: ssl.SSLSession | None = None,
+) -> TlsStream:
+    """TLS, client side, on a connected stream: the handshake done, resuming ``session`` if given.
+
+    The same transports and errors as :func:`start_tls`. The peer's identity (a SPIFFE ID) is
+    the caller's to check (:func:`identity_mismatch`).
+    """
+    if _on_socket(stream):
+        fast = TlsSocketStream(stream, context, server_hostname=server_hostname, session=session)
+        await fast.do_handshake()
+        return fast
+    tls = trio.SSLStream(stream, context, server_hostname=server_hostname)
+    if session is not None:
+        tls.session = session
+    await tls.do_handshake()
+    return RecordsStream(tls)
 
 
 def identity_mismatch(ssl_object: Any, expected: tuple[str, ...]) -> str | None:
