@@ -31,7 +31,10 @@ meshcore the same way, with real processes on loopback:
 Three targets: the app directly (the latency baseline), the mesh hop above, and a plain
 hop: two more sidecars, the same but for the mesh (plaintext between them, the router
 alone), so that the mesh's own cost (mTLS, mesh_metrics, tracing) is told from the
-proxy's (``--no-plain`` leaves it out). Two kinds of run against each, in interleaved
+proxy's (``--no-plain`` leaves it out). ``--compare-tls`` adds the mesh hop again with TLS
+through ``trio.SSLStream`` (``MESHCORE_TLS_TRANSPORT=sslstream``, the transport before
+:mod:`meshcore.runtime.tlssocket`): target ``mesh@sslstream``, with its per-round CPU
+ratio. Two kinds of run against each, in interleaved
 rounds (every target once per round; medians reported):
 
 - **paced**, Istio's method: 1,000 requests/s over 10 keep-alive connections (``h2load
@@ -787,7 +790,7 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear
         names = ["nginx", "grpc", "sink"]
         names += [
             f"{side}_{what}"
-            for side in ("a", "b", "a0", "b0", "a1", "b1", "a2", "b2")
+            for side in ("a", "b", "a0", "b0", "a1", "b1", "a2", "b2", "a3", "b3")
             for what in ("admin", "http", "grpc")
         ]
         ports = {name: free_port() for name in names}
@@ -804,25 +807,28 @@ def run(args: argparse.Namespace) -> int:  # noqa: PLR0912, PLR0915 - one linear
         a_config, b_config = sidecar_configs(
             ports, certs, codec=args.codec, ratio=args.ratio, export_interval=export_interval
         )
-        # Each pair: its configs, the sides whose ports it takes, the checkout it runs from.
-        plan: dict[str, tuple[dict[str, Any], dict[str, Any], str, str, str | None]] = {
+        # Each pair: its configs, the sides whose ports it takes, what it adds to the environment.
+        plan: dict[str, tuple[dict[str, Any], dict[str, Any], str, str, dict[str, str] | None]] = {
             "mesh": (a_config, b_config, "a", "b", None)
         }
         if args.plain and not args.check:
             plan["plain"] = (*plain_configs(a_config, b_config, ports), "a0", "b0", None)
         if args.compare and not args.check:
             tag = compare_tag(args.compare)
-            plan[f"mesh{tag}"] = (*relocate(a_config, b_config, ports, "a1", "b1"), "a1", "b1", args.compare)
+            checkout = {"PYTHONPATH": str(Path(args.compare).resolve())}
+            plan[f"mesh{tag}"] = (*relocate(a_config, b_config, ports, "a1", "b1"), "a1", "b1", checkout)
             if args.plain:
                 plan[f"plain{tag}"] = (
                     *plain_configs(a_config, b_config, ports, "a2", "b2"),
                     "a2",
                     "b2",
-                    args.compare,
+                    checkout,
                 )
+        if args.compare_tls and not args.check:
+            sslstream = {"MESHCORE_TLS_TRANSPORT": "sslstream"}
+            plan["mesh@sslstream"] = (*relocate(a_config, b_config, ports, "a3", "b3"), "a3", "b3", sslstream)
         pairs: dict[str, list[Sidecar]] = {"direct": []}
-        for target, (a_conf, b_conf, a_side, b_side, checkout) in plan.items():
-            env = {"PYTHONPATH": str(Path(checkout).resolve())} if checkout else None
+        for target, (a_conf, b_conf, a_side, b_side, env) in plan.items():
             b_side_car = Sidecar(b_side.upper(), b_conf, tmp, ports[f"{b_side}_admin"], env)
             stack.callback(b_side_car.stop)
             a_side_car = Sidecar(a_side.upper(), a_conf, tmp, ports[f"{a_side}_admin"], env)
@@ -986,6 +992,11 @@ def main() -> int:
         "--compare",
         metavar="DIR",
         help="also run the plain and mesh hops with meshcore from the checkout DIR (e.g. main, git archive'd)",
+    )
+    parser.add_argument(
+        "--compare-tls",
+        action="store_true",
+        help="also run the mesh hop with TLS through trio.SSLStream (the transport before), same rounds",
     )
     parser.add_argument(
         "--calls",

@@ -39,7 +39,11 @@ from meshcore.config import TlsContext, UpstreamTls
 from meshcore.runtime.tls import RecordsStream, client_context, server_context
 from meshcore.runtime.tlssocket import TlsSocketStream
 
-REQUEST = b"GET /bench HTTP/1.1\r\nhost: app.bench.svc\r\nuser-agent: bench\r\naccept: */*\r\n" + b"x" * 100 + b"\r\n\r\n"
+REQUEST = (
+    b"GET /bench HTTP/1.1\r\nhost: app.bench.svc\r\nuser-agent: bench\r\naccept: */*\r\n"
+    + b"x" * 100
+    + b"\r\n\r\n"
+)
 TRANSPORTS = ("socket", "sslstream", "plain")
 
 Wrap = Callable[[trio.SocketStream, bool], Awaitable[trio.abc.Stream]]
@@ -69,13 +73,19 @@ def contexts(tmp: str) -> tuple[Any, Any]:
         )
     )
     cctx = client_context(
-        UpstreamTls(ca_file=paths["ca.pem"], certificate_file=paths["client.pem"], private_key_file=paths["client.key"])
+        UpstreamTls(
+            ca_file=paths["ca.pem"],
+            certificate_file=paths["client.pem"],
+            private_key_file=paths["client.key"],
+        )
     )
     return sctx, cctx
 
 
 def wrapper(transport: str, sctx: Any, cctx: Any) -> Wrap:
-    async def wrap(stream: trio.SocketStream, server: bool) -> trio.abc.Stream:  # noqa: FBT001
+    """How ``transport`` turns a connected socket stream into the stream to measure."""
+
+    async def wrap(stream: trio.SocketStream, server: bool) -> trio.abc.Stream:
         if transport == "plain":
             return stream
         if transport == "socket":
@@ -108,7 +118,7 @@ async def exchange_loop(
     state = {"stop": False}
 
     async def serve(stream: trio.SocketStream) -> None:
-        s = await wrap(stream, True)
+        s = await wrap(stream, True)  # noqa: FBT003 - the server side
         try:
             while await s.receive_some(65536):
                 if split:
@@ -123,7 +133,7 @@ async def exchange_loop(
 
     async def client(port: int) -> None:
         nonlocal done
-        s = await wrap(await trio.open_tcp_stream("127.0.0.1", port), False)
+        s = await wrap(await trio.open_tcp_stream("127.0.0.1", port), False)  # noqa: FBT003 - client
         want = len(response)
         while not state["stop"]:
             await s.send_all(REQUEST)
@@ -131,7 +141,8 @@ async def exchange_loop(
             while got < want:
                 data = await s.receive_some(65536)
                 if not data:
-                    raise RuntimeError("server closed")
+                    msg = "the server closed the connection"
+                    raise RuntimeError(msg)
                 got += len(data)
             done += 1
             if stop(done):
@@ -152,6 +163,7 @@ async def exchange_loop(
 
 
 def measure(wrap: Wrap, args: argparse.Namespace) -> dict[str, float]:
+    """One timed run: CPU µs per exchange and exchanges/s."""
     deadline = [0.0]
 
     def timed(_count: int) -> bool:
@@ -189,6 +201,7 @@ def calls_per_exchange(wrap: Wrap, args: argparse.Namespace, exchanges: int = 40
 
 
 def main() -> int:
+    """Measure the transports in interleaved rounds and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=2.0, help="seconds per measured run")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (medians reported)")
