@@ -31,6 +31,7 @@ from structlog.testing import capture_logs
 from meshcore.config import TlsContext, UpstreamTls
 from meshcore.connection import peer_tls
 from meshcore.runtime import listener as listener_module
+from meshcore.runtime.sockio import StreamIO
 from meshcore.runtime.tls import (
     TLS_TRANSPORT_ENV,
     TlsStream,
@@ -552,3 +553,45 @@ async def test_only_tcp_socket_streams_take_the_socket_transport(pki: Pki) -> No
         assert await found["server"].receive_some() == b"over memory"
     await client_tcp.aclose()
     await server_tcp.aclose()
+
+
+async def test_streamio_takes_tls_on_a_socket_without_waiting_when_it_can(pki: Pki) -> None:
+    """The HTTP/1.1 path's I/O (StreamIO) on TLS: try first, wait (in the caller's scope) only if needed.
+
+    A try_send that did not fit leaves part of its bytes with OpenSSL: send_rest resumes it
+    with the same bytes; anything else sent instead breaks the stream rather than corrupt it.
+    """
+    data = os.urandom(BIG)
+    with trio.fail_after(30):
+        client, server = await tls_pair(pki.server(), pki.client(), expect="socket")
+        io = StreamIO(client)
+        assert io.tls is client
+        assert await StreamIO(server).try_receive(65536) is None  # nothing there: no wait
+        assert io.try_send(b"small") == len(b"small")  # fits: no schedule point, no scope
+        assert await StreamIO(server).try_receive(65536) == b"small"
+        sent = io.try_send(data)
+        assert sent == 0  # did not fit: OpenSSL holds a record partly sent
+
+        async def read_all() -> None:
+            got = await receive_exactly(server, BIG)
+            assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_all)
+            await io.send_rest(data, sent)
+        received = trio.Event()
+
+        async def wait_for_it() -> None:
+            assert await StreamIO(server).wait_receive(65536) == b"later"
+            received.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait_for_it)
+            await trio.testing.wait_all_tasks_blocked()  # waiting on the descriptor, not spinning
+            assert not received.is_set()
+            await io.send(b"later")
+        assert io.try_send(os.urandom(BIG)) == 0
+        with pytest.raises(trio.BrokenResourceError):
+            await client.send_all(b"something else")  # not the bytes OpenSSL holds part of
+        await client.aclose()
+        await server.aclose()

@@ -15,8 +15,11 @@ the syscall directly on a plain TCP stream's socket:
 
 ``try_receive`` / ``try_send`` are the same without any wait, so that the callers enter a
 cancel scope for a timeout only when they have to wait (the idle, headers and stream-idle
-timeouts count from when waiting starts, as before). Any other stream (TLS, or a test's
-memory stream) goes through its own ``receive_some`` / ``send_all``.
+timeouts count from when waiting starts, as before). TLS on a socket
+(:class:`~meshcore.runtime.tlssocket.TlsSocketStream`) has the same four operations and
+takes the same path; a ``try_send`` that did not fit is resumed by ``send_rest`` with the
+same bytes, as OpenSSL requires. Any other stream (SSLStream, or a test's memory stream)
+goes through its own ``receive_some`` / ``send_all``.
 
 Errors are trio's: ``BrokenResourceError`` for a broken connection, ``ClosedResourceError``
 for a socket closed (or shut down for sending) here.
@@ -29,6 +32,8 @@ import socket
 
 import trio
 from trio.lowlevel import checkpoint, wait_readable, wait_writable
+
+from meshcore.runtime.tlssocket import TlsSocketStream
 
 __all__ = ["StreamIO"]
 
@@ -52,12 +57,13 @@ def _raw_socket(stream: trio.abc.Stream) -> socket.socket | None:
 class StreamIO:
     """Direct socket I/O for one stream (see the module's docstring)."""
 
-    __slots__ = ("sock", "stream", "tsock")
+    __slots__ = ("sock", "stream", "tls", "tsock")
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
         self.sock = _raw_socket(stream)
         self.tsock = stream.socket if self.sock is not None else None  # type: ignore[attr-defined]
+        self.tls = stream if type(stream) is TlsSocketStream else None
 
     async def receive(self, size: int) -> bytes:
         """Bytes from the peer (b"" at its EOF), after one schedule point; waits if none are there."""
@@ -71,7 +77,7 @@ class StreamIO:
         """Like :meth:`receive`, but None instead of waiting when nothing is there (or not a socket)."""
         sock = self.sock
         if sock is None:
-            return None
+            return None if self.tls is None else await self.tls.try_receive(size)
         await checkpoint()
         try:
             return sock.recv(size)
@@ -84,6 +90,8 @@ class StreamIO:
         """Bytes from the peer, waiting for them without a schedule point first (after try_receive)."""
         sock = self.sock
         if sock is None:
+            if self.tls is not None:
+                return await self.tls.wait_receive(size)
             return bytes(await self.stream.receive_some(size))
         await wait_readable(sock)
         return await self._receive(sock, size)
@@ -102,7 +110,8 @@ class StreamIO:
         """Send what the socket takes now, without waiting: how many bytes (0 if not a socket)."""
         sock = self.sock
         if sock is None or not data:
-            return 0
+            tls = self.tls
+            return len(data) if tls is not None and tls.try_send(data) else 0
         if self.tsock.did_shutdown_SHUT_WR:  # type: ignore[union-attr]
             msg = "can't send data after sending EOF"
             raise trio.ClosedResourceError(msg)

@@ -101,6 +101,7 @@ class TlsSocketStream(trio.abc.Stream):
         "_receiving",
         "_sending",
         "_ssl",
+        "_unsent",
         "_waiting_readable",
         "_waiting_writable",
         "_write",
@@ -139,6 +140,7 @@ class TlsSocketStream(trio.abc.Stream):
         self._closed = False
         self._receiving = False
         self._sending = False
+        self._unsent: bytes | None = None
         self._waiting_readable = False
         self._waiting_writable = False
         self._lot: ParkingLot | None = None
@@ -238,35 +240,78 @@ class TlsSocketStream(trio.abc.Stream):
         elif max_bytes < 1:
             msg = "max_bytes must be >= 1"
             raise ValueError(msg)
+        self._enter_receive()
+        try:
+            await checkpoint()
+            return await self._receive(max_bytes, wait_first=False)
+        finally:
+            self._receiving = False
+
+    async def try_receive(self, max_bytes: int) -> bytes | None:
+        """Like :meth:`receive_some` (its schedule point first), but None instead of waiting for data.
+
+        For :class:`meshcore.runtime.sockio.StreamIO`: the caller enters a cancel scope for its
+        timeout only when it has to wait, then calls :meth:`wait_receive`.
+        """
+        self._enter_receive()
+        try:
+            await checkpoint()
+            self._check()
+            try:
+                data: bytes = self._read(max_bytes)
+            except ssl.SSLWantReadError:
+                return None
+            except ssl.SSLWantWriteError:  # rare: the long way, which waits for the socket's room
+                return await self._receive(max_bytes, wait_first=False)
+            except ssl.SSLZeroReturnError:
+                return b""
+            except OSError as err:
+                self._broken = True
+                raise _broken(err) from err
+            if not data or len(data) >= max_bytes:
+                return data
+            return self._more(data, max_bytes)
+        finally:
+            self._receiving = False
+
+    async def wait_receive(self, max_bytes: int) -> bytes:
+        """Wait for the socket to be readable, then :meth:`receive_some` (after :meth:`try_receive` found nothing)."""
+        self._enter_receive()
+        try:
+            return await self._receive(max_bytes, wait_first=True)
+        finally:
+            self._receiving = False
+
+    def _enter_receive(self) -> None:
         if self._receiving:
             msg = "another task is receiving on this TLS stream"
             raise trio.BusyResourceError(msg)
         self._check()
         self._receiving = True
-        try:
-            await checkpoint()
-            read = self._read
-            data: bytes = b""
-            while True:
-                self._check()
-                try:
-                    data = read(max_bytes)
-                    break
-                except ssl.SSLWantReadError:
-                    await self._wait_readable()
-                except ssl.SSLWantWriteError:  # a TLS 1.3 KeyUpdate to answer, the socket full
-                    await self._wait_writable()
-                except ssl.SSLZeroReturnError:
-                    return b""  # close_notify (after ours: read raises rather than returns b"")
-                except OSError as err:  # an EOF without close_notify, a reset, a bad record
-                    self._broken = True
-                    raise _broken(err) from err
-            size = len(data)
-            if not size or size >= max_bytes:
-                return data
-            return self._more(data, max_bytes)
-        finally:
-            self._receiving = False
+
+    async def _receive(self, max_bytes: int, *, wait_first: bool) -> bytes:
+        if wait_first:
+            await self._wait_readable()
+        read = self._read
+        data: bytes = b""
+        while True:
+            self._check()
+            try:
+                data = read(max_bytes)
+                break
+            except ssl.SSLWantReadError:
+                await self._wait_readable()
+            except ssl.SSLWantWriteError:  # a TLS 1.3 KeyUpdate to answer, the socket full
+                await self._wait_writable()
+            except ssl.SSLZeroReturnError:
+                return b""  # close_notify (after ours: read raises rather than returns b"")
+            except OSError as err:  # an EOF without close_notify, a reset, a bad record
+                self._broken = True
+                raise _broken(err) from err
+        size = len(data)
+        if not size or size >= max_bytes:
+            return data
+        return self._more(data, max_bytes)
 
     def _more(self, data: bytes, max_bytes: int) -> bytes:
         """``data`` and the plaintext of the records already in the socket after it (no waiting).
@@ -296,17 +341,53 @@ class TlsSocketStream(trio.abc.Stream):
                 break
         return b"".join(chunks)
 
+    def try_send(self, data: bytes) -> bool:
+        """Encrypt and send all of ``data`` now if the socket takes it (True), without waiting.
+
+        False: a record waits for room in the socket, and OpenSSL holds part of ``data``; the
+        caller must go on with ``send_all(data)``, the same object (anything else breaks the
+        stream). For :class:`meshcore.runtime.sockio.StreamIO`: no cancel scope, no schedule
+        point when the data fits the socket buffer.
+        """
+        if self._sending:
+            msg = "another task is sending on this TLS stream"
+            raise trio.BusyResourceError(msg)
+        self._check()
+        if self._unsent is not None:
+            self._broken = True
+            msg = "a send that waited for room was not resumed"
+            raise trio.BrokenResourceError(msg)
+        if not data:
+            return True
+        try:
+            self._write(data)
+        except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            self._unsent = data
+            return False
+        except OSError as err:
+            self._broken = True
+            raise _broken(err) from err
+        return True
+
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         """Encrypt and send all of ``data``; waits only while the socket is full."""
         if self._sending:
             msg = "another task is sending on this TLS stream"
             raise trio.BusyResourceError(msg)
         self._check()
+        resuming = self._unsent is not None
+        if resuming:
+            if data is not self._unsent:  # OpenSSL holds part of it: only it may come next
+                self._broken = True
+                msg = "a send that waited for room must be resumed with the same bytes"
+                raise trio.BrokenResourceError(msg)
+            self._unsent = None
         self._sending = True
         try:
-            await checkpoint_if_cancelled()
-            if not data:
-                return
+            if not resuming:
+                await checkpoint_if_cancelled()
+                if not data:
+                    return
             write = self._write
             while True:
                 try:
