@@ -432,18 +432,16 @@ async def test_a_stalled_handshake_waits_without_spinning_and_a_cancel_breaks_it
         await server_tcp.aclose()
 
 
-async def test_the_listener_logs_and_survives_a_handshake_that_times_out(
-    nursery: trio.Nursery, pki: Pki, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(listener_module, "TLS_HANDSHAKE_TIMEOUT", 0.3)
+def mtls_proxy_config(pki: Pki, body: str) -> dict[str, Any]:
+    """A proxy with one mTLS listener ("mtls") answering 200 with ``body`` itself."""
     tls = {
         "certificate_file": pki.server_tls.certificate_file,
         "private_key_file": pki.server_tls.private_key_file,
         "client_ca_file": str(pki.ca.ca_file),
         "require_client_certificate": True,
     }
-    route = {"name": "all", "match": {"prefix": "/"}, "direct_response": {"status": 200, "body": "ok"}}
-    config = {
+    route = {"name": "all", "match": {"prefix": "/"}, "direct_response": {"status": 200, "body": body}}
+    return {
         "admin": {"enabled": False},
         "listeners": [
             {
@@ -463,6 +461,13 @@ async def test_the_listener_logs_and_survives_a_handshake_that_times_out(
             {"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route]}]}
         ],
     }
+
+
+async def test_the_listener_logs_and_survives_a_handshake_that_times_out(
+    nursery: trio.Nursery, pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(listener_module, "TLS_HANDSHAKE_TIMEOUT", 0.3)
+    config = mtls_proxy_config(pki, body="ok")
     with trio.fail_after(20):
         proxy = await start_proxy(nursery, config)
         port = proxy.address("mtls")[1]
@@ -595,3 +600,32 @@ async def test_streamio_takes_tls_on_a_socket_without_waiting_when_it_can(pki: P
             await client.send_all(b"something else")  # not the bytes OpenSSL holds part of
         await client.aclose()
         await server.aclose()
+
+
+def records(raw: bytes) -> list[tuple[int, int]]:
+    """The TLS records in ``raw``: (content type, length) each."""
+    found = []
+    while len(raw) >= 5:
+        kind, length = raw[0], int.from_bytes(raw[3:5], "big")
+        found.append((kind, length))
+        raw = raw[5 + length :]
+    assert not raw
+    return found
+
+
+async def test_a_response_head_and_body_leave_in_one_record(nursery: trio.Nursery, pki: Pki) -> None:
+    """One TLS record for a response: its head and body are written together.
+
+    TLS 1.2: every record after the handshake is application data, so they can be counted unread.
+    """
+    with trio.fail_after(20):
+        proxy = await start_proxy(nursery, mtls_proxy_config(pki, body="b" * 1024))
+        client_tcp = await trio.open_tcp_stream("127.0.0.1", proxy.address("mtls")[1])
+        client = await connect_tls(client_tcp, pki.client(ssl.TLSVersion.TLSv1_2), "localhost")
+        assert isinstance(client, TlsSocketStream)
+        await client.send_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        raw = bytearray()
+        await receive_all(client_tcp, raw)  # the ciphertext, to the proxy's close
+        await client_tcp.aclose()
+    application_data, alert = 23, 21
+    assert [kind for kind, _ in records(bytes(raw))] == [application_data, alert]  # the answer; close_notify
