@@ -9,6 +9,10 @@ held as text is handed to OpenSSL through an anonymous in-memory file where the 
 them (Linux), so that it never touches a disk. :func:`material` says what a context is
 made of, so that the runtime builds it again exactly when that changed: a rotated secret,
 or a file replaced on disk.
+
+:func:`start_tls` (listeners) and :func:`connect_tls` (clusters) run the handshakes, on the
+socket transport of :mod:`meshcore.runtime.tlssocket` wherever the connection is a TCP
+socket, else on ``trio.SSLStream`` (with :class:`RecordsStream` on top).
 """
 
 from __future__ import annotations
@@ -193,6 +197,8 @@ def _pem_file(data: bytes) -> Iterator[str]:
 
 class RecordsStream(trio.abc.Stream):
     """A ``trio.SSLStream`` whose ``receive_some`` returns every record already received.
+
+    The fallback transport (streams that are not TCP sockets, or ``MESHCORE_TLS_TRANSPORT=sslstream``).
 
     OpenSSL decrypts one TLS record per read, and trio's SSLStream returns what one read
     gives: when a peer's HTTP/2 frames of several streams (or a gRPC response's HEADERS,
