@@ -42,7 +42,9 @@ from meshcore.runtime.tls import (
     start_tls,
 )
 from meshcore.runtime.tlssocket import TlsSocketStream, fast_tls_available
+from meshcore.testing import http_proxy_config
 from meshcore.testing.harness import start_proxy
+from meshcore.testing.proxies import ProxyFactory
 from meshcore.testing.tls import MeshcoreCA
 
 APP_ID = "spiffe://cluster.local/ns/default/sa/app"
@@ -629,3 +631,41 @@ async def test_a_response_head_and_body_leave_in_one_record(nursery: trio.Nurser
         await client_tcp.aclose()
     application_data, alert = 23, 21
     assert [kind for kind, _ in records(bytes(raw))] == [application_data, alert]  # the answer; close_notify
+
+
+async def test_an_upstream_that_never_answers_the_handshake_fails_the_request_in_time(
+    nursery: trio.Nursery, pki: Pki, meshcore_proxy: ProxyFactory
+) -> None:
+    """Client side: the cluster's connect_timeout bounds the handshake; the socket is closed, counted."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    accepted: list[trio.SocketStream] = []
+    ended = trio.Event()
+
+    async def silent_upstream() -> None:
+        async with listeners[0]:
+            stream = await listeners[0].accept()
+            accepted.append(stream)
+            async with stream:
+                client_hello = await stream.receive_some(65536)
+                assert client_hello[:1] == b"\x16"  # a handshake record; never answered
+                while await stream.receive_some(65536):  # until the proxy gives up and closes
+                    pass
+            ended.set()
+
+    nursery.start_soon(silent_upstream)
+    tls = {
+        "ca_file": str(pki.ca.ca_file),
+        "certificate_file": pki.client_tls.certificate_file,
+        "private_key_file": pki.client_tls.private_key_file,
+        "peer_identities": [APP_ID],
+    }
+    config = http_proxy_config([f"127.0.0.1:{port}"], cluster={"tls": tls, "connect_timeout": "300ms"})
+    with trio.fail_after(20):
+        proxy = await meshcore_proxy(config)
+        reply = await proxy.client().get("/")
+        await ended.wait()
+    assert (reply.status, reply.header("x-meshcore-flags")) == (503, "UF")
+    assert proxy.stats.value("cluster_upstream_cx_connect_fail", cluster="backend") == 1
+    assert proxy.stats.value("cluster_upstream_ssl_handshake", cluster="backend") == 0
+    assert len(accepted) == 1
