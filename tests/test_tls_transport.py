@@ -14,6 +14,7 @@ keep it from returning, and the test would time out.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -21,6 +22,7 @@ import socket
 import ssl
 import struct
 import subprocess
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -496,47 +498,84 @@ async def test_the_listener_logs_and_survives_a_handshake_that_times_out(
     assert proxy.stats.value("listener_ssl_handshake", listener="mtls") == 1
 
 
-@pytest.mark.skipif(
+S_CLIENT = pytest.mark.skipif(
     shutil.which("openssl") is None, reason="the openssl command (Debian package openssl) is missing"
 )
-async def test_renegotiation_is_refused(pki: Pki) -> None:
-    """``openssl s_client`` asks for a TLS 1.2 renegotiation (its ``R`` command): refused."""
+
+
+@contextlib.asynccontextmanager
+async def s_client(pki: Pki, version: str) -> AsyncIterator[tuple[trio.Process, TlsStream]]:
+    """``openssl s_client`` (mutual TLS, ``version`` such as "-tls1_2") connected to a server here."""
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
     client_cert = pki.ca.issue(uris=[CLIENT_ID])
-    argv = ["openssl", "s_client", "-tls1_2", "-connect", f"127.0.0.1:{port}", "-servername", "localhost"]
+    argv = ["openssl", "s_client", version, "-connect", f"127.0.0.1:{port}", "-servername", "localhost"]
     argv += ["-CAfile", str(pki.ca.ca_file), "-cert", client_cert.certificate_file]
     argv += ["-key", client_cert.private_key_file]
-    with trio.fail_after(20):
-        process = await trio.lowlevel.open_process(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
-        try:
-            assert process.stdin is not None
-            assert process.stdout is not None
+    process = await trio.lowlevel.open_process(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        async with listeners[0]:
             server_tcp = await listeners[0].accept()
-            server = await start_tls(server_tcp, pki.server())
-            assert isinstance(server, TlsSocketStream)
+        server = await start_tls(server_tcp, pki.server())
+        assert isinstance(server, TlsSocketStream)
+        try:
+            yield process, server
+        finally:
+            await server.aclose()
+    finally:
+        if process.returncode is None:
+            process.kill()
+        with trio.CancelScope(shield=True):
+            await process.wait()
+
+
+async def output_of(process: trio.Process) -> bytes:
+    """What ``process`` printed, to its end (its stdin closed first)."""
+    assert process.stdin is not None
+    assert process.stdout is not None
+    await process.stdin.aclose()
+    output = bytearray()
+    await receive_all(process.stdout, output)
+    await process.wait()
+    return bytes(output)
+
+
+@S_CLIENT
+async def test_renegotiation_is_refused(pki: Pki) -> None:
+    """``openssl s_client`` asks for a TLS 1.2 renegotiation (its ``R`` command): refused."""
+    with trio.fail_after(20):
+        async with s_client(pki, "-tls1_2") as (process, server):
+            assert process.stdin is not None
             assert server.version() == "TLSv1.2"
             await process.stdin.send_all(b"hello\n")
             assert await server.receive_some() == b"hello\n"
             await process.stdin.send_all(b"R\n")  # renegotiate
             with pytest.raises(trio.BrokenResourceError):
                 await receive_all(server, bytearray())
-            await process.stdin.aclose()
-            output = b""
-            while data := await process.stdout.receive_some(65536):
-                output += data
-            await process.wait()
-            await server.aclose()
-        finally:
-            await listeners[0].aclose()
-            if process.returncode is None:
-                process.kill()
-            with trio.CancelScope(shield=True):
-                await process.wait()
+            output = await output_of(process)
     assert b"RENEGOTIATING" in output
     assert b"no renegotiation" in output
+
+
+@S_CLIENT
+async def test_a_tls13_key_update_is_answered_and_the_stream_goes_on(pki: Pki) -> None:
+    """``openssl s_client``'s ``K``: a KeyUpdate asking for ours; OpenSSL answers it while reading."""
+    with trio.fail_after(20):
+        async with s_client(pki, "-tls1_3") as (process, server):
+            assert process.stdin is not None
+            assert server.version() == "TLSv1.3"
+            await process.stdin.send_all(b"hello\n")
+            assert await server.receive_some() == b"hello\n"
+            await process.stdin.send_all(b"K\n")  # key update, update requested
+            await process.stdin.send_all(b"after the update\n")
+            assert await server.receive_some() == b"after the update\n"
+            await server.send_all(b"answer under the new keys\n")
+            await server.aclose()
+            output = await output_of(process)
+    assert b"KEYUPDATE" in output
+    assert b"answer under the new keys" in output
 
 
 async def test_only_tcp_socket_streams_take_the_socket_transport(pki: Pki) -> None:
