@@ -135,7 +135,7 @@ async def tls_pair(
     return found["client"], found["server"]
 
 
-async def receive_all(stream: trio.abc.Stream, into: bytearray) -> None:
+async def receive_all(stream: trio.abc.ReceiveStream, into: bytearray) -> None:
     """Receive into ``into`` until the stream ends."""
     while chunk := await stream.receive_some(65536):
         into += chunk
