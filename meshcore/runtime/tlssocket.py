@@ -39,6 +39,13 @@ corrupt it. A cancelled handshake leaves the stream broken likewise.
 
 Checkpoints: like :mod:`meshcore.runtime.sockio`, ``receive_some`` schedules once before
 reading, ``send_all`` checks for cancellation and schedules only when the socket is full.
+``try_receive`` / ``wait_receive`` / ``try_send`` are StreamIO's operations, so that the
+HTTP/1.1 path treats TLS on a socket as it treats plaintext (a timeout's cancel scope only
+when it has to wait).
+
+The fallback (``trio.SSLStream``, see :func:`meshcore.runtime.tls.start_tls`) serves what
+this cannot: a transport that is not a TCP socket stream (a memory stream in tests, TLS
+over another stream) and a Python whose ``ssl`` lacks ``_wrap_socket``.
 """
 
 from __future__ import annotations
