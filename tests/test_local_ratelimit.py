@@ -87,6 +87,25 @@ async def keep_alive_client(
             conn.start_next_cycle()
 
 
+def ideal_bucket_admits(offered: list[float], size: int, rate: float) -> int:
+    """How many of the requests offered at these times a continuous token bucket admits."""
+    tokens, last, admitted = float(size), min(offered), 0
+    for at in sorted(offered):
+        tokens = min(size, tokens + (at - last) * rate)
+        last = at
+        if tokens >= 1:
+            tokens -= 1
+            admitted += 1
+    return admitted
+
+
+def test_the_ideal_bucket_admits_the_burst_then_the_rate_and_loses_what_overflows() -> None:
+    steady = [i / 1000 for i in range(2000)]  # 1,000/s for 2 s
+    assert ideal_bucket_admits(steady, size=25, rate=50) == pytest.approx(25 + 50 * 2, abs=1)
+    paused = [*steady, *(10 + i / 1000 for i in range(1000))]  # 8 s of nothing: refills to 25 only
+    assert ideal_bucket_admits(paused, size=25, rate=50) == pytest.approx(25 + 100 + 25 + 50, abs=2)
+
+
 async def test_the_rate_holds_within_5_percent_on_a_real_clock_under_concurrent_load(
     nursery: trio.Nursery,
 ) -> None:
@@ -108,10 +127,14 @@ async def test_the_rate_holds_within_5_percent_on_a_real_clock_under_concurrent_
                 clients.start_soon(keep_alive_client, proxy.address("ingress"), until, sent, seen)
     elapsed = max(sent) - min(sent)
     allowed = seen.count(200)
-    expected = 25 + 50 * elapsed
     assert seen.count(429) + allowed == len(seen) == len(sent)
     assert seen.count(429) > allowed  # the offered load was well above the rate
-    assert allowed == pytest.approx(expected, rel=0.05)
+    # Never more than the rate allows over the whole run...
+    assert allowed <= (25 + 50 * elapsed) * 1.05
+    # ...and, on a machine loaded enough that the clients sometimes offer less than the rate
+    # (tokens past the bucket's size are then lost, as they must be), as many as an ideal
+    # bucket admits for the requests as they were actually offered.
+    assert allowed == pytest.approx(ideal_bucket_admits(sent, size=25, rate=50), rel=0.05)
     stats = proxy.stats
     assert stats.value("local_ratelimit_allowed", listener="ingress", route="default") == allowed
     assert stats.value("local_ratelimit_limited", listener="ingress", route="default") == seen.count(429)
