@@ -1,6 +1,10 @@
 """meshcore against its peers: nginx, proxy.py, mitmproxy and bare trio baselines, one backend.
 
-Run: ``python bench/peers.py [--duration 5] [--rounds 3] [--protocols http1,http2]``.
+Run: ``python bench/peers.py [--duration 5] [--rounds 3] [--protocols http1,http2] [--compare DIR]``.
+
+``--compare DIR`` adds both meshcore set-ups imported from another checkout (``git archive
+main | tar -x -C /tmp/main``, then ``--compare /tmp/main``), measured in the same rounds:
+a before/after figure from one run, with its ratios to the same proxy.py.
 
 Every proxy stands in front of the same backend (Debian's nginx answering a 98-byte body),
 pinned to one worker process. Load comes from wrk (HTTP/1.1 keep-alive, ``-t1 -c50``) and
@@ -264,14 +268,19 @@ def build_peers(args: argparse.Namespace, tmp: Path, backend: int) -> list[Peer]
         )
     )
     peers.append(Peer("nginx", [nginx, "-c", str(conf)], port, h2port))
-    for label, l4, filters in (
-        ("meshcore", CHAIN_L4, CHAIN_FILTERS),
-        ("meshcore (router only)", "", "[router]"),
-    ):
-        port = free_port()
-        config = tmp / f"meshcore-{len(peers)}.yaml"
-        config.write_text(MESHCORE_CONFIG.format(port=port, backend=backend, l4=l4, filters=filters))
-        peers.append(Peer(label, [*me, "--role", "meshcore", "--config", str(config)], port, port))
+    checkouts: list[tuple[str, dict[str, str] | None]] = [("", None)]
+    if args.compare:
+        checkouts.append((f" at {Path(args.compare).name}", _checkout_env(Path(args.compare))))
+    for suffix, env in checkouts:
+        for label, l4, filters in (
+            ("meshcore", CHAIN_L4, CHAIN_FILTERS),
+            ("meshcore (router only)", "", "[router]"),
+        ):
+            port = free_port()
+            config = tmp / f"meshcore-{len(peers)}.yaml"
+            config.write_text(MESHCORE_CONFIG.format(port=port, backend=backend, l4=l4, filters=filters))
+            argv = [*me, "--role", "meshcore", "--config", str(config)]
+            peers.append(Peer(label + suffix, argv, port, port, env))
     proxypy = args.proxypy or PEERS_DIR / "proxypy" / "bin" / "proxy"
     if Path(proxypy).exists():
         (tmp / "bench_proxypy.py").write_text(PROXYPY_PLUGIN)
@@ -304,6 +313,21 @@ def build_peers(args: argparse.Namespace, tmp: Path, backend: int) -> list[Peer]
     return peers
 
 
+def _checkout_env(root: Path) -> dict[str, str]:
+    """The environment that imports meshcore from the checkout ``root`` instead of this one.
+
+    The build maps filters/, plugins/ and testing/ into the package (``meshcore.filters``,
+    ...); a plain checkout on PYTHONPATH lacks that mapping, and this environment's editable
+    install would supply its own: links inside the checkout's package make its own found first.
+    """
+    root = root.resolve()
+    for name in ("filters", "plugins", "testing"):
+        link = root / "meshcore" / name
+        if not link.exists() and (root / name).is_dir():
+            link.symlink_to(Path("..") / name)
+    return {"PYTHONPATH": str(root)}
+
+
 def _median(rows: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(row[key] for row in rows) for key in rows[0]}
 
@@ -332,7 +356,7 @@ def report(title: str, results: dict[str, list[dict[str, float]]], peers: list[P
         if not b["cpu_us"] or not b["rps"]:
             print(f"{base}: no successful requests, no ratio")
             continue
-        for name in ("meshcore", "meshcore (router only)"):
+        for name in [n for n in table if n.startswith("meshcore")]:
             if name in table:
                 r = table[name]
                 print(
@@ -420,6 +444,11 @@ def main() -> int:
     parser.add_argument("--proxypy", help="the proxy.py executable (default: bench/.peers/proxypy/bin/proxy)")
     parser.add_argument(
         "--mitmdump", help="the mitmdump executable (default: bench/.peers/mitmproxy/bin/mitmdump)"
+    )
+    parser.add_argument(
+        "--compare",
+        metavar="DIR",
+        help="also measure meshcore imported from the checkout DIR (e.g. main, git archive'd)",
     )
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--role", choices=["meshcore", "relay", "h11", "h2"], help=argparse.SUPPRESS)
