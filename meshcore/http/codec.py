@@ -101,6 +101,10 @@ ClientEvent = ResponseHead | Informational | Data | EndOfMessage | _Sentinel
 BodyEvent = Data | EndOfMessage | _Sentinel
 
 
+NOTHING_CHECKED = range(0)
+"""No header pair known good: a codec checks them all before writing them."""
+
+
 class ServerCodec(Protocol):
     """The downstream side of one HTTP/1.1 connection: requests in, responses out."""
 
@@ -117,8 +121,15 @@ class ServerCodec(Protocol):
     def send_informational(self, status: int, headers: RawHeaders) -> bytes:
         """Bytes for a 1xx interim response."""
 
-    def send_response_head(self, status: int, headers: RawHeaders) -> bytes:
-        """Bytes for the response status line and headers."""
+    def send_response_head(
+        self, status: int, headers: RawHeaders, *, checked: range = NOTHING_CHECKED
+    ) -> bytes:
+        """Bytes for the response status line and headers.
+
+        ``checked``: the indexes of pairs whose syntax is known good (our own strict parser
+        read them from the upstream, nothing changed them since); a codec may skip checking
+        those again.
+        """
 
     def send_data(self, data: bytes) -> bytes:
         """Bytes for a chunk of response body."""
@@ -128,10 +139,6 @@ class ServerCodec(Protocol):
 
     def start_next_cycle(self) -> bool:
         """Prepare for the next request; False when the connection must close."""
-
-
-NOTHING_CHECKED = range(0)
-"""No header pair known good: a codec checks them all before writing them."""
 
 
 class ClientCodec(Protocol):

@@ -154,7 +154,13 @@ class H11ServerCodec:
         """Bytes for a 1xx interim response (101 switches the connection to a byte pipe)."""
         return self._conn.send(h11.InformationalResponse(status_code=status, headers=headers)) or b""
 
-    def send_response_head(self, status: int, headers: RawHeaders) -> bytes:
+    def send_response_head(
+        self,
+        status: int,
+        headers: RawHeaders,
+        *,
+        checked: range = NOTHING_CHECKED,  # noqa: ARG002 - h11 checks every header anyway
+    ) -> bytes:
         """Bytes for the status line and headers; h11 chooses the framing."""
         try:
             return self._conn.send(h11.Response(status_code=status, headers=headers)) or b""

@@ -9,11 +9,19 @@ connection-specific fields outright).
 from __future__ import annotations
 
 import re
+from http import HTTPStatus
 
 from meshcore.errors import ProtocolError
 from meshcore.http.codec import RawHeaders
 
-__all__ = ["HOP_BY_HOP", "REASONS", "connection_tokens", "split_absolute_form", "strip_hop_by_hop"]
+__all__ = [
+    "HOP_BY_HOP",
+    "REASONS",
+    "connection_tokens",
+    "split_absolute_form",
+    "status_text",
+    "strip_hop_by_hop",
+]
 
 HOP_BY_HOP = frozenset(
     {
@@ -91,3 +99,16 @@ def split_absolute_form(target: bytes) -> tuple[bytes, bytes] | None:
     if path[:1] == b"?":
         path = b"/" + path
     return match[1], path
+
+
+def status_text(status: int) -> str:
+    """The body of a local error reply: the status's phrase, never the error's details.
+
+    Error messages quote the bytes that were wrong, sent by a client or an upstream; a reply
+    that reflects them is a response-splitting and cross-site-scripting vector. The details
+    go to the log.
+    """
+    try:
+        return f"{HTTPStatus(status).phrase}\n"
+    except ValueError:
+        return "Error\n"

@@ -28,6 +28,7 @@ from meshcore.http.codec import (
     Informational,
     ResponseHead,
 )
+from meshcore.http.h1fast import FastClientCodec
 from meshcore.http.messages import Body, Headers, ParsedHeaders, Request, Response
 from meshcore.http.semantics import strip_hop_by_hop
 
@@ -122,7 +123,11 @@ class H1Exchange:
             body = self.body = Body(self._read_body, length=length, close=self.finish)
             if self.request.method == "HEAD" or head.status in (204, 304):
                 body.length = 0
-            return Response(head.status, headers=Headers.from_raw(headers_out), body=body)
+            # The fast codec's parser checks every field as strictly as the writers do: the
+            # downstream side need not check again those no filter changed.
+            fast = self.conn is not None and type(self.conn.codec) is FastClientCodec
+            headers = ParsedHeaders.parsed_from(headers_out) if fast else Headers.from_raw(headers_out)
+            return Response(head.status, headers=headers, body=body)
         except BaseException:
             self.finish()
             raise
@@ -174,12 +179,16 @@ class H1Exchange:
         assert self.conn is not None  # noqa: S101 - set by run()
         conn = self.conn
         if not self.sending:
-            data = await conn.io.try_receive(RECEIVE_SIZE)
+            # Waits for readability first: the upstream answers what was just sent to it, so
+            # a recv right now would nearly always find nothing (see meshcore.runtime.h1session).
+            if self.deadline == math.inf:
+                conn.codec.receive_data(await conn.io.wait_receive(RECEIVE_SIZE))
+                return
+            data = None
+            with trio.move_on_at(self.deadline):
+                data = await conn.io.wait_receive(RECEIVE_SIZE)
             if data is None:
-                with trio.move_on_at(self.deadline):
-                    data = await conn.io.wait_receive(RECEIVE_SIZE)
-                if data is None:
-                    raise _DeadlinePassed
+                raise _DeadlinePassed
             conn.codec.receive_data(data)
             return
         with trio.move_on_at(self.deadline) as scope:

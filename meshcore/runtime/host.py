@@ -48,12 +48,13 @@ def _is_stale(conn: UpstreamConnection) -> bool:
     than ``select.select``, which builds its descriptor sets on every call.
     """
     stream = conn.stream
-    if isinstance(stream, TLS_STREAMS):
-        if stream.pending():  # decrypted bytes nobody asked for
-            return True
-        stream = stream.transport_stream
-    if not isinstance(stream, trio.SocketStream):
-        return False
+    if type(stream) is not trio.SocketStream:  # the usual one first: isinstance of an ABC costs more
+        if isinstance(stream, TLS_STREAMS):
+            if stream.pending():  # decrypted bytes nobody asked for
+                return True
+            stream = stream.transport_stream
+        if not isinstance(stream, trio.SocketStream):
+            return False
     try:
         poller = conn.poller
         if poller is None:

@@ -5,7 +5,16 @@ from __future__ import annotations
 import re
 
 from meshcore.errors import ProtocolError
-from meshcore.http.codec import CLOSED, NEED_DATA, Data, EndOfMessage, RawHeaders, RequestHead, ServerEvent
+from meshcore.http.codec import (
+    CLOSED,
+    NEED_DATA,
+    NOTHING_CHECKED,
+    Data,
+    EndOfMessage,
+    RawHeaders,
+    RequestHead,
+    ServerEvent,
+)
 from meshcore.http.h1fast._common import (
     EMPTY_BODY,
     REASONS,
@@ -24,6 +33,46 @@ __all__ = ["FastServerCodec"]
 _REQUEST_LINE = re.compile(rb"([-!#$%&'*+.^_`|~0-9A-Za-z]+) ([\x21-\x7e]+) HTTP/([0-9]\.[0-9])")
 _SEND_ERROR = "cannot send response"
 _HEAD, _BODY, _DONE, _SWITCHED = range(4)
+
+
+def _length(value: bytes) -> int:
+    if not value.isdigit():
+        msg = f"{_SEND_ERROR}: bad Content-Length"
+        raise ProtocolError(msg, status=502, remote=False)
+    return int(value)
+
+
+def _fields_out(headers: RawHeaders, checked: range) -> tuple[RawHeaders, int, int | None, bool]:
+    """A response's fields to write, but those of framing; how many lead known good; length; close.
+
+    The pairs at the indexes in ``checked`` (a range from 0; any other is ignored) are
+    lower-case and good already; the others are lower-cased here, and follow them.
+    """
+    length: int | None = None
+    close = False
+    out: RawHeaders = []
+    if checked.start == 0 and checked.stop:
+        known, unknown = headers[: checked.stop], headers[checked.stop :]
+    else:
+        known, unknown = [], headers
+    for pair in known:
+        name = pair[0]
+        if name == b"content-length":
+            length = _length(pair[1])
+        elif name == b"connection" and b"close" in pair[1].lower():
+            close = True
+        elif name != b"transfer-encoding":  # framing is ours to choose
+            out.append(pair)
+    good = len(out)
+    for name, value in unknown:
+        lower = name.lower()
+        if lower == b"content-length":
+            length = _length(value)
+        elif lower == b"connection" and b"close" in value.lower():
+            close = True
+        elif lower != b"transfer-encoding":
+            out.append((lower, value))
+    return out, good, length, close
 
 
 class FastServerCodec:
@@ -186,23 +235,19 @@ class FastServerCodec:
             b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"")), headers, error=_SEND_ERROR, status=502
         )
 
-    def send_response_head(self, status: int, headers: RawHeaders) -> bytes:
-        """Bytes for the status line and headers; the framing is chosen here, as h11 does."""
+    def send_response_head(
+        self, status: int, headers: RawHeaders, *, checked: range = NOTHING_CHECKED
+    ) -> bytes:
+        """Bytes for the status line and headers; the framing is chosen here, as h11 does.
+
+        The pairs at the indexes in ``checked`` are known good (names lower-case, syntax
+        checked: see ServerCodec) and not checked again; only a range from 0 is used.
+        """
         no_body = self._method == b"HEAD" or status in (204, 304) or status < 200  # noqa: PLR2004
-        length: int | None = None
-        close = not self._keep_alive
-        out: RawHeaders = []
-        for name, value in headers:
-            lower = name.lower()
-            if lower == b"content-length":
-                if not value.isdigit():
-                    msg = f"{_SEND_ERROR}: bad Content-Length"
-                    raise ProtocolError(msg, status=502, remote=False)
-                length = int(value)
-            elif lower == b"connection" and b"close" in value.lower():
-                close = True
-            elif lower != b"transfer-encoding":  # framing is ours to choose
-                out.append((lower, value))
+        out, good, length, close = _fields_out(headers, checked)
+        if good == len(out):  # all known good: so are the framing pairs added below, ours
+            good = -1
+        close = close or not self._keep_alive
         chunked = False
         if length is not None:  # on a body-less answer it describes the entity: passed on
             out.append((b"content-length", str(length).encode()))
@@ -219,7 +264,11 @@ class FastServerCodec:
         )
         self._expect = False
         return write_head(
-            b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"")), out, error=_SEND_ERROR, status=502
+            b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"")),
+            out,
+            error=_SEND_ERROR,
+            status=502,
+            checked=range(len(out) if good < 0 else good),
         )
 
     def send_data(self, data: bytes) -> bytes:
