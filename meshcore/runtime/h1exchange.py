@@ -179,16 +179,12 @@ class H1Exchange:
         assert self.conn is not None  # noqa: S101 - set by run()
         conn = self.conn
         if not self.sending:
-            # Waits for readability first: the upstream answers what was just sent to it, so
-            # a recv right now would nearly always find nothing (see meshcore.runtime.h1session).
-            if self.deadline == math.inf:
-                conn.codec.receive_data(await conn.io.wait_receive(RECEIVE_SIZE))
-                return
-            data = None
-            with trio.move_on_at(self.deadline):
-                data = await conn.io.wait_receive(RECEIVE_SIZE)
+            data = await conn.io.try_receive(RECEIVE_SIZE)
             if data is None:
-                raise _DeadlinePassed
+                with trio.move_on_at(self.deadline):
+                    data = await conn.io.wait_receive(RECEIVE_SIZE)
+                if data is None:
+                    raise _DeadlinePassed
             conn.codec.receive_data(data)
             return
         with trio.move_on_at(self.deadline) as scope:

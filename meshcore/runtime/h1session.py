@@ -8,11 +8,8 @@ stays reusable.
 
 Waits, and their timeouts:
 
-- for the next request, the idle timeout (a drain cuts it short). Once a response has
-  gone out, the client must read it before it sends the next request: the session waits
-  for the socket to be readable straight away, without first trying a ``recv`` that
-  would almost always find nothing (one trip through trio's scheduler per request
-  instead of two, and no failed syscall);
+- for the next request, the idle timeout (a drain cuts it short), entered only when the
+  request is not there after a schedule point (see :mod:`meshcore.runtime.sockio`);
 - from the first byte of a head to its end, the headers timeout;
 - for the client to take the response, the stream idle timeout, entered only when the
   socket buffer is full.
@@ -200,11 +197,19 @@ class H1Session:
     async def _first_bytes(self) -> bytes | None:
         """The first bytes of the next request; None when the client is gone, idle too long, or we drain.
 
-        Waits for readability first (see the module's docstring), within the idle timeout;
-        the scope is where a drain finds the connection.
+        The next request is usually there already, once the other connections have had their
+        turn (the schedule point before the ``recv``): a cancel scope (for the idle timeout, and
+        for a drain to find the connection) only when waiting for it.
         """
         hcm = self.hcm
-        data = None
+        try:
+            data = await self.io.try_receive(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return None
+        if data is not None:
+            return data
+        if hcm.draining:  # began during try_receive's schedule point
+            return None
         with trio.move_on_after(hcm.idle_timeout) as idle:
             hcm.idle_scopes[idle] = self.stream
             try:
@@ -213,7 +218,7 @@ class H1Session:
                 return None
             finally:
                 hcm.idle_scopes.pop(idle, None)
-        return data
+        return None if idle.cancelled_caught else data
 
     async def _reject(self, err: ProtocolError) -> None:
         """Answer a bad request with its status, log it, and close the connection."""
