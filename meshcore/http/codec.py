@@ -95,6 +95,9 @@ class EndOfMessage:
         self.trailers = trailers
 
 
+END_OF_MESSAGE = EndOfMessage(None)
+"""The end of a body without trailers: one event for every such end (never changed)."""
+
 ServerEvent = RequestHead | Data | EndOfMessage | _Sentinel
 ClientEvent = ResponseHead | Informational | Data | EndOfMessage | _Sentinel
 # What a body reader gives, on either side: the part both kinds of event have in common.

@@ -98,9 +98,18 @@ class H1Exchange:
             head: ResponseHead | None = None
             try:
                 for attempt in range(1, _H1_ATTEMPTS + 1):
-                    self.conn, reused = await self._acquire()
+                    conn = self.host.take_idle()
+                    reused = conn is not None
+                    if conn is None:
+                        conn, reused = await self._acquire()
+                    self.conn = conn
                     try:
-                        await self._send_request(headers, checked)
+                        # The request in one send when the socket takes it, as it nearly always
+                        # does: no coroutine, no cancel scope (see _send for the wait).
+                        out = self._request_bytes(headers, checked)
+                        sent = conn.io.try_send(out)
+                        if sent < len(out):
+                            await self._send(out, sent)
                         head = await self._read_head()
                         break
                     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:
@@ -115,57 +124,53 @@ class H1Exchange:
                 raise self._timed_out() from None
             if head is None:
                 raise self._timed_out()  # noqa: TRY301 - the handler below only releases, and re-raises
-            headers_out = strip_hop_by_hop(head.headers)
-            length = None
-            for name, value in headers_out:
-                if name == b"content-length" and value.isdigit():
-                    length = int(value)
-            body = self.body = Body(self._read_body, length=length, close=self.finish)
-            if self.request.method == "HEAD" or head.status in (204, 304):
-                body.length = 0
-            # The fast codec's parser checks every field as strictly as the writers do: the
-            # downstream side need not check again those no filter changed.
-            fast = self.conn is not None and type(self.conn.codec) is FastClientCodec
-            headers = ParsedHeaders.parsed_from(headers_out) if fast else Headers.from_raw(headers_out)
-            return Response(head.status, headers=headers, body=body)
+            return self._response(head)
         except BaseException:
             self.finish()
             raise
 
+    def _response(self, head: ResponseHead) -> Response:
+        """The Response of ``head``, its body read from the connection as it is read."""
+        headers_out = strip_hop_by_hop(head.headers)
+        length = None
+        for name, value in headers_out:
+            if name == b"content-length" and value.isdigit():
+                length = int(value)
+        body = self.body = Body(self._read_body, length=length, close=self.finish)
+        if self.request.method == "HEAD" or head.status in (204, 304):
+            body.length = 0
+        # The fast codec's parser checks every field as strictly as the writers do: the
+        # downstream side need not check again those no filter changed.
+        fast = self.conn is not None and type(self.conn.codec) is FastClientCodec
+        headers = ParsedHeaders.parsed_from(headers_out) if fast else Headers.from_raw(headers_out)
+        return Response(head.status, headers=headers, body=body)
+
     async def _acquire(self) -> tuple[UpstreamConnection, bool]:
-        """A pooled connection, or a new one within the deadline."""
-        conn = self.host.take_idle()
-        if conn is not None:
-            return conn, True
+        """A pooled connection (the pool may have one by now), or a new one within the deadline."""
         with trio.move_on_at(self.deadline):
             return await self.host.acquire()
         raise _DeadlinePassed
 
-    async def _send(self, data: bytes) -> None:
-        """Send to the upstream; waits (while its socket is full) within the deadline."""
+    async def _send(self, data: bytes, sent: int) -> None:
+        """Send the rest of ``data`` (from ``sent`` on) to the upstream, waiting within the deadline."""
         assert self.conn is not None  # noqa: S101 - set by run()
-        io = self.conn.io
-        sent = io.try_send(data)
-        if sent < len(data):
-            with trio.move_on_at(self.deadline) as scope:
-                await io.send_rest(data, sent)
-            if scope.cancelled_caught:
-                raise _DeadlinePassed
+        with trio.move_on_at(self.deadline) as scope:
+            await self.conn.io.send_rest(data, sent)
+        if scope.cancelled_caught:
+            raise _DeadlinePassed
 
-    async def _send_request(self, headers: list[tuple[bytes, bytes]], checked: range) -> None:
+    def _request_bytes(self, headers: list[tuple[bytes, bytes]], checked: range) -> bytes:
+        """The request head, and its end if it has no body to stream (then ``sending`` is False)."""
         assert self.conn is not None  # noqa: S101 - set by run()
-        conn, request = self.conn, self.request
-        out = conn.codec.send_request_head(
-            request.method.encode(), request.path.encode(), headers, checked=checked
-        )
+        codec, request = self.conn.codec, self.request
+        out = codec.send_request_head(request.method.encode(), request.path.encode(), headers, checked=checked)
         body = request.body
         if body.length == 0 or body.done:
             self.sending = False
-            await self._send(out + conn.codec.send_end())
-            return
+            return out + codec.send_end()
         # The body goes out while the response comes in: see _receive.
         self.sending = True
-        await self._send(out)
+        return out
 
     async def _receive(self) -> None:
         """Receive more of the response into the codec, sending the rest of the request body meanwhile.
@@ -272,6 +277,9 @@ class H1Exchange:
             await self._receive()
 
     async def _read_head(self) -> ResponseHead:
+        # Nothing of the answer is in the codec yet (a pooled connection is reused only with
+        # nothing pending): receive first.
+        await self._receive()
         while True:
             # _next_event's loop, inline: one frame less at the wait for the upstream's answer.
             event = self._buffered_event()
@@ -298,11 +306,18 @@ class H1Exchange:
 
     async def _read_body(self) -> bytes:
         try:
+            conn = self.conn
+            assert conn is not None  # noqa: S101 - released only at the body's end, or on close
             # A small body came with the head: no cancel scope, no wait for what is there.
-            event = self._buffered_event()
-            if event is not NEED_DATA:
-                return self._body_part(event)
-            return self._body_part(await self._next_event())
+            try:
+                event = conn.codec.next_event()
+            except ProtocolError as err:
+                raise UpstreamError(ResponseFlag.UPSTREAM_PROTOCOL_ERROR, str(err)) from err
+            if event is NEED_DATA:
+                event = await self._next_event()
+            if type(event) is Data:
+                return event.data
+            return self._body_part(event)
         except _DeadlinePassed:
             pass
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as err:

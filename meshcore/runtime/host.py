@@ -261,7 +261,8 @@ class Host:
 
     def release(self, conn: UpstreamConnection, *, reusable: bool) -> None:
         """Give a connection back: kept idle for reuse, or closed."""
-        if self._tls_session is None or self._tls_session[0] is not self.cluster.tls_context:
+        context = self.cluster.tls_context
+        if context is not None and (self._tls_session is None or self._tls_session[0] is not context):
             self.keep_tls_session(conn.stream)
         if (
             reusable

@@ -112,14 +112,15 @@ class StreamIO:
         if sock is None or not data:
             tls = self.tls
             return len(data) if tls is not None and tls.try_send(data) else 0
-        if self.tsock.did_shutdown_SHUT_WR:  # type: ignore[union-attr]
-            msg = "can't send data after sending EOF"
-            raise trio.ClosedResourceError(msg)
         try:
             return sock.send(data)
         except BlockingIOError:
             return 0
         except OSError as err:
+            # Asked only now: a send after our own shutdown fails (EPIPE), and says why here.
+            if self.tsock.did_shutdown_SHUT_WR:  # type: ignore[union-attr]
+                msg = "can't send data after sending EOF"
+                raise trio.ClosedResourceError(msg) from err
             raise _stream_error(err) from err
 
     async def send(self, data: bytes) -> None:

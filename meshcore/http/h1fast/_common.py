@@ -8,7 +8,15 @@ from __future__ import annotations
 import re
 
 from meshcore.errors import ProtocolError
-from meshcore.http.codec import NEED_DATA, NOTHING_CHECKED, BodyEvent, Data, EndOfMessage, RawHeaders
+from meshcore.http.codec import (
+    END_OF_MESSAGE,
+    NEED_DATA,
+    NOTHING_CHECKED,
+    BodyEvent,
+    Data,
+    EndOfMessage,
+    RawHeaders,
+)
 from meshcore.http.h1strict import block_end
 from meshcore.http.semantics import REASONS
 
@@ -102,11 +110,14 @@ def field_block(block: bytes) -> list[tuple[bytes, bytes]]:
 
 
 def _content_length(value: bytes) -> bytes:
-    lengths = {part.strip() for part in value.split(b",")}
-    if len(lengths) != 1:
-        msg = "conflicting Content-Length headers"
-        raise bad(msg)
-    single = lengths.pop()
+    if b"," in value:  # a list: the same value repeated is one length (as h11)
+        lengths = {part.strip() for part in value.split(b",")}
+        if len(lengths) != 1:
+            msg = "conflicting Content-Length headers"
+            raise bad(msg)
+        single = lengths.pop()
+    else:
+        single = value.strip()
     if not single.isdigit() or not single.isascii() or len(single) > _H11_MAX_DIGITS:
         msg = "bad Content-Length"
         raise bad(msg)
@@ -160,7 +171,7 @@ class LengthReader:
     def read(self, buffer: bytearray, closed: bool) -> BodyEvent:
         """The next Data, EndOfMessage or NEED_DATA."""
         if not self.remaining:
-            return EndOfMessage(None)
+            return END_OF_MESSAGE
         if not buffer:
             if closed:
                 msg = "peer closed connection without sending complete message body"
@@ -188,7 +199,7 @@ class CloseReader:
             data = bytes(buffer)
             buffer.clear()
             return Data(data)
-        return EndOfMessage(None) if closed else NEED_DATA
+        return END_OF_MESSAGE if closed else NEED_DATA
 
 
 class ChunkedReader:
@@ -247,7 +258,7 @@ class ChunkedReader:
         # limit whether the section came in one read or many.
         if buffer[:2] == _CRLF:
             del buffer[:2]
-            return EndOfMessage(None)
+            return END_OF_MESSAGE
         stop = block_end(
             buffer, self.max_trailers, what="trailers", status=400, too_large=431, start=self.scanned
         )
@@ -258,7 +269,7 @@ class ChunkedReader:
         del buffer[:stop]
         self.scanned = 0
         trailers = framing(field_lines(block.split(_CRLF)))[0]
-        return EndOfMessage(trailers or None)
+        return EndOfMessage(trailers) if trailers else END_OF_MESSAGE
 
     @staticmethod
     def _need(closed: bool) -> BodyEvent:

@@ -132,6 +132,8 @@ class FastClientCodec:
         """The next event, NEED_DATA or CLOSED; ProtocolError (502) on a bad response."""
         state = self._state
         if state == _HEAD:
+            if not self._buffer and not self._closed:  # nothing received yet: nothing to scan
+                return NEED_DATA
             return self._read_head()
         if state == _BODY:
             try:
@@ -191,11 +193,13 @@ class FastClientCodec:
         chunked: bool,
     ) -> ClientEvent:
         """A final response head: choose its body reader and whether the connection stays."""
-        tokens: set[bytes] = set()
+        close = version < b"1.1"  # as h11 compares versions
         for name, value in headers:
             if name == b"connection":
-                tokens.update(t.strip() for t in value.lower().split(b","))
-        if b"close" in tokens or version < b"1.1":  # as h11 compares versions
+                for token in value.lower().split(b","):
+                    if token.strip() == b"close":
+                        close = True
+        if close:
             self._keep_alive = False
         if self._method == b"HEAD" or status in (204, 304):
             self._reader = EMPTY_BODY

@@ -35,6 +35,11 @@ _SEND_ERROR = "cannot send response"
 _HEAD, _BODY, _DONE, _SWITCHED = range(4)
 
 
+def _lists_close(connection: bytes) -> bool:
+    """Whether the (lower-case, comma-joined) Connection values hold the ``close`` option."""
+    return any(token.strip() == b"close" for token in connection.split(b","))
+
+
 def _length(value: bytes) -> int:
     if not value.isdigit():
         msg = f"{_SEND_ERROR}: bad Content-Length"
@@ -117,6 +122,8 @@ class FastServerCodec:
     def next_event(self) -> ServerEvent:
         """The next event, NEED_DATA, or CLOSED; ProtocolError on bad input."""
         if self._state == _HEAD:
+            if not self._buffer and not self._closed:  # between requests: nothing to scan
+                return NEED_DATA
             return self._read_head()
         if self._state == _BODY:
             event = self._reader.read(self._buffer, self._closed)
@@ -199,8 +206,8 @@ class FastServerCodec:
         if length is not None and len(length) > MAX_LENGTH_DIGITS:  # framing kept one Content-Length
             msg = f"Content-Length longer than {MAX_LENGTH_DIGITS} digits"
             raise bad(msg)
-        tokens = {t.strip() for t in connection.split(b",")}
-        self._keep_alive = b"close" not in tokens and version == b"1.1"  # as h11: no keep-alive for 1.0
+        # As h11: no keep-alive for HTTP/1.0.
+        self._keep_alive = version == b"1.1" and not (connection and _lists_close(connection))
 
     @property
     def expects_continue(self) -> bool:
