@@ -35,6 +35,7 @@ MAX_LENGTH_DIGITS = 18
 _CRLF2 = b"\r\n\r\n"
 # A LF not preceded by CR; a line that starts with whitespace (obs-fold), first line included.
 _BAD_LINE = re.compile(rb"(?<!\r)\n|\n[ \t]|^[ \t]")
+_SPACE_TAB = frozenset(b" \t")
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,20}")
 _MAX_CHUNK_LINE = 4096
 
@@ -60,7 +61,17 @@ def block_end(
     checked = start - 1 if start > 0 else 0
     end = buffer.find(_CRLF2, start - 3 if start > 3 else 0)  # noqa: PLR2004 - len(CRLF CRLF) - 1
     stop = len(buffer) if end < 0 else end + 4
-    found = _BAD_LINE.search(buffer, checked, min(max_size, stop))
+    limit = min(max_size, stop)
+    # The usual block has neither: C-level counts and finds make sure of it, the regex (a slow
+    # scan, most of a head's parsing cost) runs only when they find something to look at.
+    found = None
+    if (
+        buffer.count(b"\n", checked, limit) != buffer.count(b"\r\n", checked, limit)
+        or buffer.find(b"\n ", checked, limit) >= 0
+        or buffer.find(b"\n\t", checked, limit) >= 0
+        or (checked == 0 and limit > 0 and buffer[0] in _SPACE_TAB)
+    ):
+        found = _BAD_LINE.search(buffer, checked, limit)
     if found is not None and found.start() >= checked:
         text = found.group()
         if text == b"\n":
