@@ -170,7 +170,6 @@ class Body:
     def __init__(
         self,
         read: ChunkReader | None,
-        *,
         length: int | None = None,
         close: Callable[[], None] | None = None,
         ready: Callable[[], bool] | None = None,
@@ -357,7 +356,7 @@ class StreamInfo:
         "upstream_address",
     )
 
-    def __init__(self, *, downstream_address: str = "", connection_id: int = 0) -> None:
+    def __init__(self, downstream_address: str = "", connection_id: int = 0) -> None:
         self.start = time.monotonic()
         self.downstream_address = downstream_address
         self.connection_id = connection_id
@@ -451,6 +450,10 @@ class Request:
         upgrade: the protocol an HTTP/1.1 client asks to switch to (``websocket``), or None.
         connection: the downstream connection it came on (addresses, TLS, the peer's
             identity), or None for a request made up with no connection (a test).
+
+    The arguments after ``path`` may be given by position too, in the order of the
+    constructor's signature: the connection managers do, once per request (a class called
+    with keywords builds a dict for them).
     """
 
     __slots__ = (
@@ -467,11 +470,10 @@ class Request:
         "upgrade",
     )
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - by position too: the per-request call (see above)
         self,
         method: str,
         path: str,
-        *,
         authority: str = "",
         scheme: str = "http",
         headers: Headers | None = None,
@@ -517,14 +519,16 @@ class Request:
 class Response:
     """An HTTP response as filters see it.
 
-    Build a local reply with :meth:`local`; the flags explain it in logs and stats.
+    Build a local reply with :meth:`local`; the flags explain it in logs and stats. The
+    arguments may be given by position too (``Response(status, headers, body)``): the
+    connection managers do, once per request (a class called with keywords builds a dict).
     A ``101 Switching Protocols`` from an upstream carries :attr:`upgraded`: the upstream
     byte stream the connection manager splices to the client's.
     """
 
     __slots__ = ("body", "headers", "status", "upgraded")
 
-    def __init__(self, status: int, *, headers: Headers | None = None, body: Body | None = None) -> None:
+    def __init__(self, status: int, headers: Headers | None = None, body: Body | None = None) -> None:
         self.status = status
         self.headers = headers if headers is not None else Headers()
         self.body = body if body is not None else Body.empty()

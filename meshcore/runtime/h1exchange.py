@@ -136,14 +136,14 @@ class H1Exchange:
         for name, value in headers_out:
             if name == b"content-length" and value.isdigit():
                 length = int(value)
-        body = self.body = Body(self._read_body, length=length, close=self.finish)
+        body = self.body = Body(self._read_body, length, self.finish)  # by position: see Response
         if self.request.method == "HEAD" or head.status in (204, 304):
             body.length = 0
         # The fast codec's parser checks every field as strictly as the writers do: the
         # downstream side need not check again those no filter changed.
         fast = self.conn is not None and type(self.conn.codec) is FastClientCodec
         headers = ParsedHeaders.parsed_from(headers_out) if fast else Headers.from_raw(headers_out)
-        return Response(head.status, headers=headers, body=body)
+        return Response(head.status, headers, body)
 
     async def _acquire(self) -> tuple[UpstreamConnection, bool]:
         """A pooled connection (the pool may have one by now), or a new one within the deadline."""

@@ -262,18 +262,20 @@ class H1Session:
         absolute = split_absolute_form(target)
         if absolute is not None:  # its authority wins over Host; the upstream gets origin form
             authority, target = absolute
+        # By position (see Request): method, path, authority, scheme, headers, body, version,
+        # info, connection.
         request = Request(
             head.method.decode("ascii"),
             target.decode("latin-1"),
-            authority=authority.decode("latin-1"),
-            scheme=hcm.scheme,
+            authority.decode("latin-1"),
+            hcm.scheme,
             # The fast codec's parser checks every field as strictly as its writer does: the
             # upstream side need not check again those no filter changed.
-            headers=ParsedHeaders.parsed_from(headers) if hcm.fast_codec else Headers.from_raw(headers),
-            body=self._request_body(length, chunked),
-            http_version=head.http_version.decode("ascii"),
-            info=StreamInfo(downstream_address=self.conn.peer, connection_id=self.conn.id),
-            connection=self.conn,
+            ParsedHeaders.parsed_from(headers) if hcm.fast_codec else Headers.from_raw(headers),
+            self._request_body(length, chunked),
+            head.http_version.decode("ascii"),
+            StreamInfo(self.conn.peer, self.conn.id),
+            self.conn,
         )
         if upgrade and b"upgrade" in connection_tokens(connection):
             protocol = upgrade.decode("latin-1").strip().lower()
@@ -292,7 +294,7 @@ class H1Session:
         if limit is not None and length is not None and length > limit:
             msg = f"request body of {length} bytes, more than the limit of {limit}"
             raise ProtocolError(msg, status=413)
-        body = Body(self._read_body_chunk, length=length)
+        body = Body(self._read_body_chunk, length)
         body.limit = limit
         return body
 

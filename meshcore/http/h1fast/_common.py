@@ -6,6 +6,7 @@ Every rule here is h11's (the reference), written against bytes methods that run
 from __future__ import annotations
 
 import re
+from operator import itemgetter
 
 from meshcore.errors import ProtocolError
 from meshcore.http.codec import (
@@ -47,8 +48,10 @@ _FIELD_VALUES = re.compile(rb"%s(?:\n%s)*" % (FIELD_VALUE.pattern, FIELD_VALUE.p
 # instead of a Python loop over the fields. Values hold no CR or LF (FIELD_VALUE excludes
 # all whitespace but inner spaces and tabs), so every line ends at its own CRLF.
 _LINE_IN = rb"(%s):[ \t]*(%s)[ \t]*\r\n" % (TOKEN.pattern, FIELD_VALUE.pattern)
-_LINES_IN = re.compile(_LINE_IN)
-_BLOCK_IN = re.compile(rb"(?:%s)*" % _LINE_IN.replace(b"(", b"(?:").replace(b"(?:?:", b"(?:"))
+# The same lines, each captured whole too: matches that add up to the whole block tile it
+# (they cannot overlap, and no line's match can run into the next: a value holds no CRLF),
+# so one findall both checks and splits a block (field_block).
+_WHOLE_LINES_IN = re.compile(rb"(%s)" % _LINE_IN)
 _BLOCK_OUT = re.compile(rb"(?:%s: %s\r\n)*" % (TOKEN.pattern, FIELD_VALUE.pattern))
 
 
@@ -64,6 +67,7 @@ def _all_valid(names: list[bytes], values: list[bytes]) -> bool:
     )
 
 
+_first = itemgetter(0)
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;.*)?[ \t]*")
 _MAX_CHUNK_LINE = 4096
 _H11_MAX_DIGITS = 20  # h11 refuses longer lengths as it parses (stricter limits come later)
@@ -104,8 +108,9 @@ def field_block(block: bytes) -> list[tuple[bytes, bytes]]:
     The same fields, or the same error: a section that is not valid as a whole goes
     through :func:`field_lines`, which names the culprit.
     """
-    if _BLOCK_IN.fullmatch(block) is not None:
-        return [(name.lower(), value) for name, value in _LINES_IN.findall(block)]
+    found = _WHOLE_LINES_IN.findall(block)
+    if sum(map(len, map(_first, found))) == len(block):
+        return [(name.lower(), value) for _, name, value in found]
     return field_lines(block.split(_CRLF)[:-1])
 
 
@@ -322,7 +327,7 @@ class BodyWriter:
 
     __slots__ = ("chunked", "done", "error", "remaining", "status")
 
-    def __init__(self, *, chunked: bool, length: int | None, error: str, status: int) -> None:
+    def __init__(self, chunked: bool, length: int | None, error: str, status: int) -> None:
         self.chunked = chunked
         self.remaining = length  # None: unbounded (close-delimited)
         self.done = False

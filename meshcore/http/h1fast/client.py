@@ -104,9 +104,8 @@ class FastClientCodec:
                 upgrade = True
         self._upgrading = upgrade and connection_upgrade
         self._method = method
-        self._writer = BodyWriter(
-            chunked=chunked, length=0 if chunked else (length or 0), error=_SEND_ERROR, status=400
-        )
+        # Positional: a class called with keywords builds a dict for them, once per request.
+        self._writer = BodyWriter(chunked, 0 if chunked else (length or 0), _SEND_ERROR, 400)
         return head
 
     def send_data(self, data: bytes) -> bytes:

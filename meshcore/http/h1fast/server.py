@@ -266,9 +266,8 @@ class FastServerCodec:
         if close:
             self._keep_alive = False
             out.append((b"connection", b"close"))
-        self._writer = BodyWriter(
-            chunked=chunked, length=0 if no_body else length, error=_SEND_ERROR, status=502
-        )
+        # Positional: a class called with keywords builds a dict for them, once per request.
+        self._writer = BodyWriter(chunked, 0 if no_body else length, _SEND_ERROR, 502)
         self._expect = False
         return write_head(
             b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"")),
