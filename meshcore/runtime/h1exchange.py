@@ -163,7 +163,9 @@ class H1Exchange:
         """The request head, and its end if it has no body to stream (then ``sending`` is False)."""
         assert self.conn is not None  # noqa: S101 - set by run()
         codec, request = self.conn.codec, self.request
-        out = codec.send_request_head(request.method.encode(), request.path.encode(), headers, checked=checked)
+        out = codec.send_request_head(
+            request.method.encode(), request.path.encode(), headers, checked=checked
+        )
         body = request.body
         if body.length == 0 or body.done:
             self.sending = False
