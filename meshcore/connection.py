@@ -114,7 +114,18 @@ class Connection:
             filter may set what the HTTP filters of the same connection read).
     """
 
-    __slots__ = ("alpn", "id", "listener", "local", "metadata", "peer", "server_name", "stream", "tls")
+    __slots__ = (
+        "_host",
+        "alpn",
+        "id",
+        "listener",
+        "local",
+        "metadata",
+        "peer",
+        "server_name",
+        "stream",
+        "tls",
+    )
 
     def __init__(
         self,
@@ -137,11 +148,15 @@ class Connection:
         self.alpn = alpn
         self.tls = tls
         self.metadata: dict[str, object] = {}
+        self._host: tuple[str, str] | None = None  # (peer, its host): read once per request
 
     @property
     def peer_host(self) -> str:
         """The client's address without the port (no brackets for IPv6)."""
-        return split_host_port(self.peer)[0]
+        cached = self._host
+        if cached is None or cached[0] is not self.peer:
+            cached = self._host = (self.peer, split_host_port(self.peer)[0])
+        return cached[1]
 
     @property
     def peer_port(self) -> int:

@@ -187,7 +187,9 @@ class EdgePolicy:
                 return Response.local(err.status, "Bad Request\n")
             if self.forward_original_path and request.path != original:
                 request.info.metadata[ORIGINAL_PATH] = original
-        if self.is_mesh_peer(request):
+        conn = request.connection
+        # Only a verified certificate makes a mesh peer: a plaintext connection is never one.
+        if conn is not None and conn.tls is not None and self.is_mesh_peer(request):
             request.info.internal = True  # what the request id and tracing trust, too
             self._from_mesh_peer(request)
         else:
@@ -233,7 +235,7 @@ class EdgePolicy:
         request.info.metadata[REMOTE_ADDRESS] = remote
         if conn is not None:
             raw.append((_XFP, b"https" if tls is not None else b"http"))
-        if self.forward_client_cert in ("sanitize_set", "append_forward"):
+        if tls is not None and self.forward_client_cert in ("sanitize_set", "append_forward"):
             element = client_cert_element(tls)
             if element is not None:
                 raw.append((_XFCC, element.encode("latin-1")))

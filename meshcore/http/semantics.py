@@ -58,6 +58,8 @@ REASONS = {
 
 def connection_tokens(value: bytes) -> set[bytes]:
     """The options a Connection header value lists ("close", "upgrade", header names), lower-case."""
+    if b"," not in value:  # one option, as most are ("keep-alive", "close")
+        return {value.strip().lower()}
     return {token.strip().lower() for token in value.split(b",")}
 
 
