@@ -107,10 +107,14 @@ class RoundRobin:
 
     def pick(self, hosts: Sequence[H], _request: object = None, /) -> H:
         """Choose the next host; ``hosts`` must not be empty."""
-        now = _warming(self._slow_start, hosts)
-        if now is None and all(h.weight == 1 for h in hosts):
-            self._next = (self._next + 1) % len(hosts)
-            return hosts[self._next]
+        now = _warming(self._slow_start, hosts) if self._slow_start is not None else None
+        if now is None:
+            for host in hosts:  # a loop, not all(generator): once per request
+                if host.weight != 1:
+                    break
+            else:
+                self._next = (self._next + 1) % len(hosts)
+                return hosts[self._next]
         if hosts is not self._hosts:  # another candidate list: positions mean other hosts
             self._hosts = hosts
             self._current.clear()

@@ -34,6 +34,7 @@ from meshcore.http.codec import (
 from meshcore.http.h1 import H11ClientCodec, H11ServerCodec
 from meshcore.http.h1fast import FastClientCodec, FastServerCodec
 from meshcore.http.h1fast import _common as fast_common
+from meshcore.http.messages import ParsedHeaders
 from meshcore.testing.client import IncompleteResponse, fetch
 from meshcore.testing.harness import http_proxy_config, start_proxy
 from meshcore.testing.upstreams import serve_upstream
@@ -693,4 +694,110 @@ async def test_a_header_a_filter_broke_is_refused_though_the_parser_checked_it(
         same = await fetch(address, "/anything", headers=[("x-a", "ok"), ("x-how", "same")])
         assert same.status == 200
         assert ["x-a", "ok"] in json.loads(same.body)["headers"]
+        nursery.cancel_scope.cancel()
+
+
+# -- the other direction: response pairs the upstream side's parser checked ----------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(FIELD_BYTES, FIELD_BYTES), min_size=0, max_size=4),
+    st.lists(st.tuples(FIELD_BYTES, FIELD_BYTES), min_size=0, max_size=3),
+)
+def test_response_pairs_known_good_skip_only_their_own_check(
+    known: list[tuple[bytes, bytes]], others: list[tuple[bytes, bytes]]
+) -> None:
+    """send_response_head's ``checked``: the same bytes, or the same refusal, as a full check.
+
+    The known pairs are as the client codec's parser gives them (lower-case, good); those
+    after them (a filter's) may be anything.
+    """
+    token, field_value = fast_common.TOKEN, fast_common.FIELD_VALUE
+    known = [(n.lower(), v) for n, v in known if token.fullmatch(n) and field_value.fullmatch(v)]
+    known = [(n, v) for n, v in known if n not in (b"content-length", b"transfer-encoding", b"connection")]
+    headers = [*known, *others]
+    results = []
+    for checked in (range(0), range(len(known))):
+        codec = FastServerCodec()
+        codec.receive_data(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        assert type(codec.next_event()) is RequestHead
+        codec.next_event()
+        try:
+            results.append(codec.send_response_head(200, headers, checked=checked))
+        except ProtocolError as err:
+            results.append(str(err))
+    assert results[0] == results[1]
+
+
+def test_pairs_we_add_count_as_parsed_only_while_the_parsed_ones_are_unchanged() -> None:
+    """ParsedHeaders.add_checked: ours go out unchecked only behind an unchanged parsed prefix."""
+    headers = ParsedHeaders.parsed_from([(b"x-a", b"1")])
+    headers.add_checked(b"x-request-id", b"abc")
+    assert headers.unchanged(headers.raw) == 2
+    headers.add("x-b", "2")  # anyone's: checked
+    headers.add_checked(b"x-forwarded-proto", b"http")  # behind one of anyone's: checked too
+    assert headers.unchanged(headers.raw) == 2
+    replaced = ParsedHeaders.parsed_from([(b"x-a", b"1")])
+    replaced.raw[0] = (b"x-a", b"1\r\nx-injected: 1")
+    replaced.add_checked(b"x-request-id", b"abc")
+    assert replaced.unchanged(replaced.raw) == 0
+
+
+class _InjectResponse:
+    """Changes the upstream's response headers as ``x-how`` says: only the writer's check can refuse them."""
+
+    def __init__(self, _config: None, _context: meshcore.FilterContext) -> None:
+        pass
+
+    async def __call__(self, request: meshcore.Request, call_next: meshcore.HttpHandler) -> meshcore.Response:
+        how = request.headers.get("x-how")
+        response = await call_next(request)
+        raw = response.headers.raw
+        if how == "replace":  # a parsed pair replaced in place: the list keeps its length
+            raw[0] = (raw[0][0], b"1\r\nx-injected: 1")
+        elif how == "name":
+            raw[0] = (b"x-a\r\nx-injected", b"1")
+        elif how == "insert":  # before the parsed pairs: the prefix no longer matches
+            raw.insert(0, (b"x-b", b"2\r\nx-injected: 1"))
+        elif how == "add":
+            response.headers.add("x-b", "2\r\nx-injected: 1")
+        elif how == "same":  # equal bytes in new objects: still good, goes out
+            raw[0] = (bytes(raw[0][0]), bytes(raw[0][1]))
+            response.headers.add("x-added", "fine")
+        return response
+
+
+class _InjectResponsePlugin:
+    @staticmethod
+    @meshcore.hookimpl
+    def meshcore_http_filters() -> list[meshcore.HttpFilterType]:
+        return [meshcore.HttpFilterType(name="inject_response", factory=_InjectResponse)]
+
+
+async def test_a_response_header_a_filter_broke_is_refused_though_the_parser_checked_it(
+    nursery: trio.Nursery,
+) -> None:
+    with trio.fail_after(20):
+        upstream = await nursery.start(serve_upstream)
+        config = http_proxy_config(
+            [upstream],
+            manager={"codec": "fast"},
+            cluster={"codec": "fast"},
+            http_filters=["inject_response", "router"],
+        )
+        registry = meshcore.build_registry(
+            autoload=False, plugins=[("inject_response", _InjectResponsePlugin())]
+        )
+        proxy = await start_proxy(nursery, config, registry=registry)
+        address = proxy.address("ingress")
+        for how in ("replace", "name", "insert", "add"):
+            with structlog.testing.capture_logs() as logs:
+                refused = await fetch(address, "/anything", headers=[("x-how", how)])
+            assert refused.status == 502, (how, refused.status, refused.headers)
+            assert any(entry["event"] == "response_invalid" for entry in logs), (how, logs)
+            assert all(name != "x-injected" for name, _ in refused.headers), how
+        same = await fetch(address, "/anything", headers=[("x-how", "same")])
+        assert same.status == 200
+        assert ("x-added", "fine") in [(n.lower(), v) for n, v in same.headers]
         nursery.cancel_scope.cancel()

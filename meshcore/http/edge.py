@@ -39,7 +39,7 @@ import structlog
 
 from meshcore.errors import ProtocolError
 from meshcore.flags import ResponseFlag
-from meshcore.http.messages import Request, Response
+from meshcore.http.messages import ParsedHeaders, Request, Response
 from meshcore.http.paths import PathNormalizer
 
 __all__ = ["ORIGINAL_PATH", "REMOTE_ADDRESS", "EdgePolicy", "is_internal_header", "strip_internal_headers"]
@@ -234,7 +234,11 @@ class EdgePolicy:
             headers.raw = raw
         request.info.metadata[REMOTE_ADDRESS] = remote
         if conn is not None:
-            raw.append((_XFP, b"https" if tls is not None else b"http"))
+            proto = b"https" if tls is not None else b"http"
+            if raw is headers.raw and type(headers) is ParsedHeaders:  # ours: no check needed
+                headers.add_checked(_XFP, proto)
+            else:
+                raw.append((_XFP, proto))
         if tls is not None and self.forward_client_cert in ("sanitize_set", "append_forward"):
             element = client_cert_element(tls)
             if element is not None:

@@ -148,6 +148,18 @@ class ParsedHeaders(Headers):
         headers.parsed = raw[:]
         return headers
 
+    def add_checked(self, name: bytes, value: bytes) -> None:
+        """Append a pair known good (lower-case name, a value that needs no check: ours).
+
+        It counts as parsed when every pair before it still is: the writer checks it no more
+        than those. (A value from anyone else goes through :meth:`add`, and is checked.)
+        """
+        pair = (name, value)
+        self.raw.append(pair)
+        parsed = self.parsed
+        if len(self.raw) == len(parsed) + 1:
+            parsed.append(pair)
+
     def unchanged(self, raw: list[tuple[bytes, bytes]]) -> int:
         """How many pairs at the start of ``raw`` are the parsed ones, unchanged (0 or all)."""
         parsed = self.parsed

@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from meshcore.http.messages import Request, Response
+from meshcore.http.messages import ParsedHeaders, Request, Response
 
 __all__ = ["HEADER", "RequestIds", "new_request_id"]
 
@@ -74,7 +74,10 @@ class RequestIds:
             return
         request_id = new_request_id()
         if value is None:
-            headers.raw.append((HEADER, request_id.encode("ascii")))
+            if type(headers) is ParsedHeaders:  # ours: hex digits and dashes, no check needed
+                headers.add_checked(HEADER, request_id.encode("ascii"))
+            else:
+                headers.raw.append((HEADER, request_id.encode("ascii")))
         else:
             headers.set(HEADER, request_id)
         request.info.request_id = request_id
