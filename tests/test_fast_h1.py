@@ -717,7 +717,7 @@ def test_response_pairs_known_good_skip_only_their_own_check(
     known = [(n.lower(), v) for n, v in known if token.fullmatch(n) and field_value.fullmatch(v)]
     known = [(n, v) for n, v in known if n not in (b"content-length", b"transfer-encoding", b"connection")]
     headers = [*known, *others]
-    results = []
+    results: list[bytes | str] = []
     for checked in (range(0), range(len(known))):
         codec = FastServerCodec()
         codec.receive_data(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
