@@ -188,16 +188,23 @@ class H1Exchange:
         if not self.sending:
             data = await conn.io.try_receive(RECEIVE_SIZE)
             if data is None:
-                with trio.move_on_at(self.deadline):
-                    data = await conn.io.wait_receive(RECEIVE_SIZE)
-                if data is None:
-                    raise _DeadlinePassed
+                data = await self._wait_receive()
             conn.codec.receive_data(data)
             return
         with trio.move_on_at(self.deadline) as scope:
             await self._pump()
         if scope.cancelled_caught:
             raise _DeadlinePassed
+
+    async def _wait_receive(self) -> bytes:
+        """Wait for bytes from the upstream (none were there after a schedule point), within the deadline."""
+        assert self.conn is not None  # noqa: S101 - set by run()
+        data = None
+        with trio.move_on_at(self.deadline):
+            data = await self.conn.io.wait_receive(RECEIVE_SIZE)
+        if data is None:
+            raise _DeadlinePassed
+        return data
 
     async def _pump(self) -> None:
         """Receive response bytes while sending the request body (see _receive)."""
@@ -280,8 +287,17 @@ class H1Exchange:
 
     async def _read_head(self) -> ResponseHead:
         # Nothing of the answer is in the codec yet (a pooled connection is reused only with
-        # nothing pending): receive first.
-        await self._receive()
+        # nothing pending): receive first. The usual receive (no request body still going
+        # out) here rather than in _receive: one frame less at the wait for the answer.
+        conn = self.conn
+        assert conn is not None  # noqa: S101 - set by run()
+        if self.sending:
+            await self._receive()
+        else:
+            data = await conn.io.try_receive(RECEIVE_SIZE)
+            if data is None:
+                data = await self._wait_receive()
+            conn.codec.receive_data(data)
         while True:
             # _next_event's loop, inline: one frame less at the wait for the upstream's answer.
             event = self._buffered_event()

@@ -171,9 +171,18 @@ class H1Session:
         if event is NEED_DATA and not started:
             if hcm.draining:
                 return None
-            data = await self._first_bytes()
-            if data is None:
+            # The next request is usually there already, once the other connections have had
+            # their turn (the schedule point before the recv): here, not in a method of its own,
+            # one frame less at this wait. A cancel scope (for the idle timeout, and for a drain
+            # to find the connection) only when waiting for it (_first_bytes).
+            try:
+                data = await self.io.try_receive(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return None
+            if data is None:
+                data = await self._first_bytes()
+                if data is None:
+                    return None
             codec.receive_data(data)
             event = codec.next_event()
         if event is NEED_DATA:
@@ -195,19 +204,12 @@ class H1Session:
         raise ProtocolError(msg, status=400)
 
     async def _first_bytes(self) -> bytes | None:
-        """The first bytes of the next request; None when the client is gone, idle too long, or we drain.
+        """Wait for the first bytes of the next request (none were there after a schedule point).
 
-        The next request is usually there already, once the other connections have had their
-        turn (the schedule point before the ``recv``): a cancel scope (for the idle timeout, and
-        for a drain to find the connection) only when waiting for it.
+        None when the client is gone, idle too long, or we drain.
         """
         hcm = self.hcm
-        try:
-            data = await self.io.try_receive(RECEIVE_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return None
-        if data is not None:
-            return data
+        data = None
         if hcm.draining:  # began during try_receive's schedule point
             return None
         with trio.move_on_after(hcm.idle_timeout) as idle:
