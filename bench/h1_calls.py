@@ -193,8 +193,17 @@ def main() -> int:
     )
     # The frames every suspension of a request unwinds and resumes: from the connection's
     # task to the socket wait (try_receive's checkpoint when the bytes are there already).
-    for label, where in (("the upstream's answer", "H1Exchange"), ("the next request", "_first_bytes")):
-        found = [c for c in chains if any(where in name for name in c) and "try_receive" in " ".join(c)]
+    for label, where, unless in (
+        ("the upstream's answer", "H1Exchange", "-"),
+        ("the next request", "H1Session._read_head", "H1Exchange"),  # the session's own wait
+    ):
+        found = [
+            c
+            for c in chains
+            if "try_receive" in " ".join(c)
+            and any(where in name for name in c)
+            and not any(unless in name for name in c)
+        ]
         if found:
             chain = max(found, key=lambda c: chains[c])
             print(f"await chain at the wait for {label}: {len(chain)} frames: {' > '.join(chain)}")
