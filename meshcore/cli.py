@@ -26,7 +26,7 @@ from meshcore.registry import KINDS, Registry, build_registry
 from meshcore.runtime.server import serve_proxy
 from meshcore.runtime.sources import build_source
 from meshcore.runtime.validation import validate_snapshot
-from meshcore.runtime.workers import serve_worker_admin, supervise
+from meshcore.runtime.workers import serve_worker_admin, supervise, watch_supervisor
 
 __all__ = ["main"]
 
@@ -239,6 +239,8 @@ def cmd_proxy(args: argparse.Namespace) -> int:
             proxy = await nursery.start(run_proxy)
             if args.admin_fd is not None:  # a worker of --workers N: the parent asks on this socket
                 await nursery.start(serve_worker_admin, proxy, args.admin_fd)
+            if args.lifeline_fd is not None:  # ... and stops when the parent is gone
+                nursery.start_soon(watch_supervisor, args.lifeline_fd)
 
     failed = False
     try:
@@ -402,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     proxy.add_argument("--no-admin", action="store_true", help=argparse.SUPPRESS)
     proxy.add_argument("--admin-fd", type=int, default=None, help=argparse.SUPPRESS)
+    proxy.add_argument("--lifeline-fd", type=int, default=None, help=argparse.SUPPRESS)
     proxy.add_argument("--poll-interval", type=float, default=1.0, help="seconds between config file checks")
     proxy.add_argument("--log-level", default="info", choices=sorted(LEVELS), help="the least level logged")
     proxy.add_argument(

@@ -116,6 +116,50 @@ async def test_two_workers_share_a_listener_and_stop_on_sigterm(
                 await proc.wait()
 
 
+async def _exited(pid: int) -> None:
+    """Wait until ``pid`` (not our child: the worker of a supervisor) has exited."""
+    fd = os.pidfd_open(pid)
+    try:
+        await trio.lowlevel.wait_readable(fd)
+    finally:
+        os.close(fd)
+
+
+async def test_workers_stop_when_their_supervisor_is_killed(nursery: trio.Nursery, tmp_path: Path) -> None:
+    # SIGKILL (or the OOM killer) leaves the supervisor no chance to stop its workers: each
+    # must notice on its own, or it keeps serving the port with a config nobody updates.
+    with trio.fail_after(30):
+        upstream = await nursery.start(serve_upstream)
+        port = free_port()
+        config = tmp_path / "proxy.yaml"
+        config.write_text(CONFIG.format(port=port, upstream=f"{upstream[0]}:{upstream[1]}"))
+        argv = [sys.executable, "-m", "meshcore", "proxy", "-c", str(config), "--workers", "2"]
+        proc = await trio.lowlevel.open_process(
+            [*argv, "--log-format", "json"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL
+        )
+        assert proc.stderr is not None
+        try:
+            await _wait_for_started(proc.stderr, 2)
+            workers = _children(proc.pid)
+            assert len(workers) == 2
+            assert (await fetch(("127.0.0.1", port), "/bytes/3")).status == 200
+            proc.kill()
+            assert await proc.wait() == -signal.SIGKILL
+            for pid in workers:
+                await _exited(pid)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        said = b""
+        while chunk := await proc.stderr.receive_some(65536):  # the workers held the pipe
+            said += chunk
+    assert said.count(b'"event": "supervisor_gone"') == 2
+    assert said.count(b'"event": "proxy_stopped"') == 2
+    with pytest.raises(OSError, match="all attempts to connect"):  # nobody serves the port any more
+        await fetch(("127.0.0.1", port), "/bytes/3")
+
+
 # -- one admin server for the whole group ----------------------------------------------------------
 
 

@@ -13,7 +13,11 @@ the admin address itself, for the whole group:
   added up (``?worker=N`` shows one worker's own); ``/ready`` is LIVE only when every
   worker is, and says which is not; ``/clusters`` and ``/listeners`` add up the load and
   take an endpoint for healthy only when every worker does; ``/workers`` lists them;
-  ``/logging`` sets every worker's level; the rest is worker 0's answer (``?worker=N``).
+  ``/logging`` sets every worker's level; the rest is worker 0's answer (``?worker=N``);
+- each worker holds the read end of a pipe whose write end only the parent holds
+  (``--lifeline-fd``, hidden too): when the parent is gone, however it went (SIGKILL, the
+  OOM killer), the worker reads end-of-file and stops as on SIGTERM, so that no orphaned
+  worker keeps serving the port with a config nobody updates.
 
 No shared memory and no snapshot files: a worker's figures are read when asked for, so
 they are never stale, and a worker that died or hangs is reported as such, not summed.
@@ -24,6 +28,7 @@ its figures start from zero.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import tempfile
@@ -50,7 +55,7 @@ from meshcore.runtime.proxy import Proxy
 from meshcore.runtime.stats import Stats
 from meshcore.runtime.statsdata import merge
 
-__all__ = ["WORKER_TIMEOUT", "WorkerGroup", "serve_worker_admin", "supervise"]
+__all__ = ["WORKER_TIMEOUT", "WorkerGroup", "serve_worker_admin", "supervise", "watch_supervisor"]
 
 log = structlog.get_logger("meshcore.workers")
 
@@ -336,6 +341,13 @@ class _Supervision:
         self.processes: list[trio.Process | None] = [None] * len(paths)
         self.codes = [0] * len(paths)
         self.stopping = trio.Event()
+        # The parent never writes to it: a worker reads end-of-file once the parent is gone.
+        self.lifeline, self._lifeline_write = os.pipe()
+
+    def close(self) -> None:
+        """Let go of the lifeline pipe (the workers have exited, or are told so by it)."""
+        os.close(self.lifeline)
+        os.close(self._lifeline_write)
 
     async def spawn(self, worker: int) -> None:
         """Start worker ``worker`` on a new admin socket at its path (the parent asks there)."""
@@ -344,8 +356,8 @@ class _Supervision:
         sock = _admin_socket(path)
         try:
             fd = sock.fileno()
-            argv = [*self.worker_argv, "--admin-fd", str(fd)]
-            process = await trio.lowlevel.open_process(argv, pass_fds=(fd,))
+            argv = [*self.worker_argv, "--admin-fd", str(fd), "--lifeline-fd", str(self.lifeline)]
+            process = await trio.lowlevel.open_process(argv, pass_fds=(fd, self.lifeline))
         finally:
             sock.close()  # the worker holds it now: when it exits, its socket goes
         self.processes[worker] = process
@@ -435,15 +447,18 @@ async def supervise(worker_argv: Sequence[str], count: int) -> int:
         paths = [Path(folder) / f"worker-{i}.sock" for i in range(count)]
         group = WorkerGroup([str(path) for path in paths], [0] * count)
         workers = _Supervision(worker_argv, paths, group)
-        for worker in range(count):
-            await workers.spawn(worker)
-        log.info("workers_started", pids=group.pids)
-        admin_errors: list[ConfigError] = []
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_forward_signals, workers)
-            nursery.start_soon(_serve_group_admin, group, workers, admin_errors)
-            codes = await workers.run()
-            nursery.cancel_scope.cancel()
+        try:
+            for worker in range(count):
+                await workers.spawn(worker)
+            log.info("workers_started", pids=group.pids)
+            admin_errors: list[ConfigError] = []
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_forward_signals, workers)
+                nursery.start_soon(_serve_group_admin, group, workers, admin_errors)
+                codes = await workers.run()
+                nursery.cancel_scope.cancel()
+        finally:
+            workers.close()
         if admin_errors:
             raise admin_errors[0]
         return max(codes)
@@ -484,3 +499,18 @@ async def serve_worker_admin(proxy: Proxy, fd: int, *, task_status: Any = trio.T
     """A worker's side: answer ``proxy``'s admin endpoints on the socket the parent handed down."""
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(socket.socket(fileno=fd)))
     await serve_admin_listener(proxy_answer(proxy), listener, task_status=task_status)
+
+
+async def watch_supervisor(fd: int) -> None:
+    """A worker's side: stop as on SIGTERM once the parent is gone (``fd`` reads end-of-file).
+
+    The parent holds the pipe's only write end and never writes, so ``fd`` becomes readable
+    exactly when the parent has exited, whatever ended it; SIGTERM to ourselves takes the
+    usual way out (stop accepting, drain, exit).
+    """
+    try:
+        await trio.lowlevel.wait_readable(fd)
+    finally:
+        os.close(fd)
+    log.warning("supervisor_gone", pid=os.getpid(), parent=os.getppid())
+    os.kill(os.getpid(), signal.SIGTERM)
