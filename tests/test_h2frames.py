@@ -11,12 +11,20 @@
   table size updates, damaged blocks and raw malformed frames - answer every request the
   same way, and report the same events, send the same bytes, and refuse the same input
   with the same error and GOAWAY code.
+- The client side, as the upstream connection runs it (H2FastConnection, the caching
+  decoder, RequestHeadEncoder) against h2's H2Connection as the upstream ran it before
+  (hpack's decoder), with requests open and the same generated server byte streams -
+  response heads repeated (indexed, from memory) or new each time (the table changes),
+  informational heads, trailers, CONTINUATION, table size updates, damaged blocks, data,
+  window updates, resets, raw malformed frames, and the connection answering as its
+  streams do - reports the same events, sends the same bytes, and refuses the same input
+  with the same error and GOAWAY code.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, cast
 
 import h2.config
 import h2.connection
@@ -44,6 +52,8 @@ from test_http2_frames import FRAMES, raw_frame
 from meshcore.http.h2frames import FastFrameBuffer, H2FastConnection, _serialize
 from meshcore.http.h2hpack import CachingDecoder, CachingEncoder
 from meshcore.http.h2quiet import SILENT
+from meshcore.runtime.h2upstream import H2Connection as UpstreamConnection
+from meshcore.runtime.h2upstream import RequestHeadEncoder
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 END_STREAM, END_HEADERS, PADDED, PRIORITY = 0x1, 0x4, 0x8, 0x20
@@ -372,3 +382,229 @@ def test_client_heads_and_trailers_the_same_as_h2s(ops: list[tuple[Any, ...]]) -
     stream = _client_bytes(ops)
     for answers in ([2], [0], [9]):
         assert _serve(_server(fast=True), [stream], answers) == _serve(_server(fast=False), [stream], answers)
+
+
+# -- the client side, as the upstream connection runs it -----------------------------------------
+
+
+def _upstream(fast: bool, limit: int) -> h2.connection.H2Connection:
+    """The upstream connection's h2 (fast), or h2's own connection configured as it was before."""
+    real = UpstreamConnection(cast(Any, None), cast(Any, None)).h2  # the sans-IO part only
+    if fast:
+        conn = real
+    else:
+        conn = h2.connection.H2Connection(config=real.config)
+        conn.encoder = RequestHeadEncoder()
+        conn.local_settings = h2.settings.Settings(
+            client=True, initial_values=dict(real.local_settings.items())
+        )
+    conn.decoder.max_header_list_size = limit
+    conn.initiate_connection()
+    conn.increment_flow_control_window(1 << 20)
+    for i in range(UP_STREAMS):  # requests open before the server answers (a per-request field last)
+        head = [*REQUEST, hpack.NeverIndexedHeaderTuple(b"x-request-id", b"%d" % i)]
+        conn.send_headers(1 + 2 * i, head, end_stream=i % 2 == 0)
+    return conn
+
+
+UP_STREAMS = 10
+FRESH = -2  # a head on the next stream no response has started on yet
+REQUEST = [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"up.test"), (b":path", b"/svc/M"), (b"te", b"trailers")]
+RESPONSES = [
+    [(b":status", b"200"), (b"content-type", b"application/grpc")],
+    [(b":status", b"200"), (b"server", b"meshcore"), (b"date", b"Thu, 03 Dec 2026 15:00:00 GMT")],
+    [(b":status", b"103"), (b"link", b"</a>")],  # informational
+    [(b"grpc-status", b"0"), (b"grpc-message", b"")],  # trailers
+    [(b":status", b"200"), (b"content-length", b"x")],  # a bad length
+    [(b":status", b"204"), (b"x-big", b"v" * 400)],  # over the header list limit
+    [(b":method", b"GET"), (b":path", b"/")],  # a request head, from a server
+    [(b":status", b"200"), (b"grpc-encoding", b"gzip")],  # once indexed, the same bytes as the first
+]
+UP_OPS = st.one_of(  # what a server sends: whole responses, heads, resizes the client allows, windows, resets
+    st.tuples(st.just("exchange"), st.just(FRESH), st.sampled_from([0, 1, 7, len(RESPONSES)]), st.integers(0, 3)),
+    st.tuples(st.just("exchange"), st.just(FRESH), st.sampled_from([0, 1, 7, len(RESPONSES)]), st.integers(0, 3)),
+    st.tuples(st.just("head"), st.just(FRESH), st.sampled_from([0, 1, 2, 7, len(RESPONSES)]), st.sampled_from([END_STREAM, 0, PRIORITY])),
+    st.tuples(st.just("head"), st.integers(0, UP_STREAMS - 1), st.sampled_from([0, 3]), st.sampled_from([END_STREAM, 0])),
+    st.tuples(st.just("resize"), st.sampled_from([0, 256, 4096]), st.just(0), st.just(0)),
+    st.tuples(st.just("window"), st.integers(-1, UP_STREAMS - 1), st.sampled_from([1, 65535]), st.just(0)),
+    st.tuples(st.just("reset"), st.integers(0, UP_STREAMS - 1), st.sampled_from([0, 7, 8]), st.just(0)),
+)
+UP_BAD = st.one_of(  # what a server must not send (most of it ends the connection): one among the others
+    st.tuples(st.just("head"), st.integers(0, UP_STREAMS), st.integers(0, len(RESPONSES)), st.sampled_from([END_STREAM, 0, PRIORITY])),
+    st.tuples(st.just("split"), st.integers(0, UP_STREAMS), st.integers(0, len(RESPONSES) - 1), st.integers(1, 6)),
+    st.tuples(st.just("damaged"), st.integers(0, UP_STREAMS), st.integers(0, 255), st.integers(0, 255)),
+    st.tuples(st.just("resize"), st.just(8192), st.just(0), st.just(0)),
+    st.tuples(st.just("data"), st.integers(0, UP_STREAMS), st.binary(max_size=10), st.sampled_from([0, END_STREAM, PADDED])),
+    st.tuples(st.just("window"), st.integers(-1, UP_STREAMS), st.sampled_from([0, 1, 65535, 2**31 - 1]), st.just(0)),
+    st.tuples(st.just("reset"), st.integers(0, UP_STREAMS), st.integers(0, 13), st.just(0)),
+    st.tuples(st.just("raw"), FRAMES, st.just(0), st.just(0)),
+)  # fmt: skip
+
+
+def _server_bytes(ops: list[tuple[Any, ...]]) -> bytes:
+    """The bytes a server sends for ``ops``: one encoder, so repeated heads come indexed.
+
+    Head number len(RESPONSES) is one with a new value each time (``x-seq``): its decoding
+    always changes the table. A head on FRESH goes on the next stream not yet answered.
+    """
+    encoder = hpack.Encoder()
+    out = [SettingsFrame(0).serialize()]
+    fresh = 0
+    for n, (kind, a, b, c) in enumerate(ops):
+        sid = 1 + 2 * a if isinstance(a, int) and a >= 0 else 0  # UP_STREAMS: a stream never opened
+        if a == FRESH:
+            sid, fresh = 1 + 2 * min(fresh, UP_STREAMS), fresh + 1
+        if kind == "exchange":  # head, body, then trailers (c: 1), or END_STREAM on the head (2) or data (0), or none (3)
+            block = encoder.encode(RESPONSES[b] if b < len(RESPONSES) else [*RESPONSES[0], (b"x-seq", b"%d" % n)])
+            out.append(raw_frame(0x1, END_HEADERS | (END_STREAM if c == 2 else 0), sid, block))
+            if c != 2:
+                out.append(raw_frame(0x0, END_STREAM if c == 0 else 0, sid, b"\0\0\0\0\x02ok"))
+            if c == 1:
+                out.append(raw_frame(0x1, END_HEADERS | END_STREAM, sid, encoder.encode(RESPONSES[3])))
+        elif kind in {"head", "split", "damaged"}:
+            fields = RESPONSES[b] if kind != "damaged" and b < len(RESPONSES) else [*RESPONSES[0], (b"x-seq", b"%d" % n)]
+            block = encoder.encode(fields)
+            if kind == "head":
+                payload = (b"\x00\x00\x00\x00\x10" + block) if c & PRIORITY else block
+                out.append(raw_frame(0x1, c | END_HEADERS, sid, payload))
+            elif kind == "split":
+                parts = [block[i : i + c] for i in range(0, len(block), c)] or [b""]
+                out.append(raw_frame(0x1, END_HEADERS if len(parts) == 1 else 0, sid, parts[0]))
+                out.extend(
+                    raw_frame(0x9, END_HEADERS if i == len(parts) - 1 else 0, sid, p)
+                    for i, p in enumerate(parts[1:], 1)
+                )
+            else:
+                at = b % max(1, len(block))
+                damaged = block[:at] + bytes([c]) + block[at + 1 :]
+                out.append(raw_frame(0x1, END_HEADERS, sid, damaged))
+        elif kind == "resize":
+            encoder.header_table_size = a
+        elif kind == "data":
+            payload = b"\x02" + b + b"\0\0" if c & PADDED else b
+            out.append(raw_frame(0x0, c, sid, payload))
+        elif kind == "window":
+            out.append(raw_frame(0x8, 0, sid, b.to_bytes(4, "big")))
+        elif kind == "reset":
+            out.append(raw_frame(0x3, 0, sid, b.to_bytes(4, "big")))
+        else:
+            out.append(a)
+    return b"".join(out)  # fmt: skip
+
+
+# What the upstream connection (and its streams) may do on an event: h2request's steps, and
+# some it never takes (refused the same way by both connections).
+UP_ANSWERS: list[list[tuple[str, tuple[Any, ...]]]] = [
+    [],
+    [("send_data", (b"\0\0\0\0\x02hi", True))],
+    [("send_data", (b"x" * 70000, True))],
+    [("reset_stream", ())],
+    [("end_stream", ())],
+    [("send_headers", (TRAILERS, True))],
+    [("send_data", (memoryview(b"mv"), False)), ("send_headers", ([(b"x-late", b"1")], False))],
+]
+
+
+def _upstream_state(conn: h2.connection.H2Connection, stream_id: int) -> tuple[Any, ...]:
+    stream = conn.streams.get(stream_id)
+    kept = (conn.state_machine.state, conn.outbound_flow_control_window, sorted(conn.streams), conn.open_outbound_streams)
+    if stream is None:
+        return kept
+    return (*kept, stream.state_machine.state, stream.outbound_flow_control_window, stream.inbound_flow_control_window)
+
+
+def _client_side(conn: h2.connection.H2Connection, chunks: list[bytes], answers: list[int]) -> list[Any]:
+    """What the upstream connection does with ``chunks``: events, bytes sent, and how it ends."""
+    out: list[Any] = [conn.data_to_send()]
+    acted = 0
+    for chunk in chunks:
+        try:
+            events = conn.receive_data(chunk)
+        except h2.exceptions.ProtocolError as err:
+            out.append(("refused", type(err), getattr(err, "error_code", None), conn.data_to_send()))
+            return out
+        out.append([_event(event) for event in events])
+        for event in events:
+            if isinstance(event, h2.events.DataReceived) and event.flow_controlled_length:
+                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)  # as h2request
+            if not isinstance(event, h2.events.ResponseReceived | h2.events.DataReceived):
+                continue
+            for method, args in UP_ANSWERS[answers[acted % len(answers)] if answers else 0]:
+                try:
+                    getattr(conn, method)(event.stream_id, *args)
+                except (h2.exceptions.ProtocolError, KeyError) as err:
+                    out.append(("answer refused", method, type(err)))
+            out.append(_upstream_state(conn, event.stream_id))
+            acted += 1
+        out.append(conn.data_to_send())
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ops=st.lists(UP_OPS, max_size=14),
+    bad=st.none() | UP_BAD,
+    at=st.integers(0, 14),
+    cuts=st.lists(st.integers(0, 600), max_size=5),
+    answers=st.lists(st.integers(0, len(UP_ANSWERS) - 1), max_size=6),
+    limit=st.sampled_from([2**16, 300]),
+)
+def test_the_upstream_connection_behaves_as_h2s(
+    ops: list[tuple[Any, ...]],
+    bad: tuple[Any, ...] | None,
+    at: int,
+    cuts: list[int],
+    answers: list[int],
+    limit: int,
+) -> None:
+    if bad is not None:
+        ops.insert(at, bad)
+    stream = _server_bytes(ops)
+    points = sorted({min(c, len(stream)) for c in cuts})
+    chunks = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
+    ours = _client_side(_upstream(fast=True, limit=limit), chunks, answers)
+    assert ours == _client_side(_upstream(fast=False, limit=limit), chunks, answers)
+
+
+def test_the_upstream_connection_takes_the_fast_paths() -> None:
+    """Repeated response heads and trailers come from the decoder's memory, frames from the fast parser."""
+    conn = _upstream(fast=True, limit=2**16)
+    assert isinstance(conn, H2FastConnection)
+    assert isinstance(conn.incoming_buffer, FastFrameBuffer)  # installed on this h2
+    decoder = conn.decoder
+    assert isinstance(decoder, CachingDecoder)
+    assert decoder.max_header_list_size == h2.connection.H2Connection.DEFAULT_MAX_HEADER_LIST_SIZE
+    ops = [("head", i, 0, 0) for i in range(UP_STREAMS)] + [("head", i, 3, END_STREAM) for i in range(UP_STREAMS)]
+    events = conn.receive_data(_server_bytes(ops))
+    heads = [e for e in events if isinstance(e, h2.events.ResponseReceived)]
+    trailers = [e for e in events if isinstance(e, h2.events.TrailersReceived)]
+    assert [e.stream_id for e in heads] == [e.stream_id for e in trailers] == [1 + 2 * i for i in range(UP_STREAMS)]
+    assert heads[-1].headers == RESPONSES[0]
+    assert trailers[-1].headers == RESPONSES[3]
+    assert len(decoder._blocks) == 2  # the indexed head and trailers, remembered
+
+
+@pytest.mark.parametrize(
+    "ops",
+    [
+        [("head", 0, 0, 0), ("head", 0, 0, 0)],  # a second head without END_STREAM: not trailers
+        [("head", 1, 0, 0), ("data", 1, b"x", 0), ("head", 1, 3, END_STREAM)],
+        [("head", 1, 0, 0), ("head", 1, 3, 0)],  # trailers without END_STREAM
+        [("head", 1, 2, 0), ("head", 1, 2, 0), ("head", 1, 0, END_STREAM)],  # 1xx, 1xx, final
+        [("head", 1, 2, END_STREAM)],  # a 1xx with END_STREAM
+        [("head", 1, 4, 0), ("head", 3, 6, 0), ("head", 5, 5, 0)],
+        [("head", 0, 0, END_STREAM), ("head", 0, 0, END_STREAM)],  # on a closed stream
+        [("head", UP_STREAMS, 0, 0)],  # on a stream never opened
+        [("head", 1, len(RESPONSES), 0), ("head", 3, len(RESPONSES), 0), ("head", 5, 0, PRIORITY)],
+        [("resize", 0, 0, 0), ("head", 1, 0, 0), ("resize", 8192, 0, 0), ("head", 3, 0, 0)],
+        [("head", 1, 0, 0), ("reset", 1, 8, 0), ("head", 1, 3, END_STREAM), ("window", 1, 1, 0)],
+        # The same bytes, meaning other fields once the table has changed: never from memory.
+        [("head", 0, 0, 0), ("head", 1, 0, 0), ("head", 2, 7, 0), ("head", 3, 7, 0), ("head", 4, 0, 0)],
+    ],
+)
+def test_response_heads_and_trailers_the_same_as_h2s(ops: list[tuple[Any, ...]]) -> None:
+    stream = _server_bytes(ops)
+    for answers in ([0], [1], [3], [5]):
+        for limit in (2**16, 300):
+            ours = _client_side(_upstream(fast=True, limit=limit), [stream], answers)
+            assert ours == _client_side(_upstream(fast=False, limit=limit), [stream], answers)
