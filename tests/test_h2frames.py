@@ -390,14 +390,11 @@ def test_client_heads_and_trailers_the_same_as_h2s(ops: list[tuple[Any, ...]]) -
 def _upstream(fast: bool, limit: int) -> h2.connection.H2Connection:
     """The upstream connection's h2 (fast), or h2's own connection configured as it was before."""
     real = UpstreamConnection(cast(Any, None), cast(Any, None)).h2  # the sans-IO part only
-    if fast:
-        conn = real
-    else:
+    conn: h2.connection.H2Connection = real
+    if not fast:
         conn = h2.connection.H2Connection(config=real.config)
         conn.encoder = RequestHeadEncoder()
-        conn.local_settings = h2.settings.Settings(
-            client=True, initial_values=dict(real.local_settings.items())
-        )
+        conn.local_settings = copy.deepcopy(real.local_settings)
     conn.decoder.max_header_list_size = limit
     conn.initiate_connection()
     conn.increment_flow_control_window(1 << 20)
@@ -409,7 +406,13 @@ def _upstream(fast: bool, limit: int) -> h2.connection.H2Connection:
 
 UP_STREAMS = 10
 FRESH = -2  # a head on the next stream no response has started on yet
-REQUEST = [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"up.test"), (b":path", b"/svc/M"), (b"te", b"trailers")]
+REQUEST = [
+    (b":method", b"POST"),
+    (b":scheme", b"http"),
+    (b":authority", b"up.test"),
+    (b":path", b"/svc/M"),
+    (b"te", b"trailers"),
+]
 RESPONSES = [
     [(b":status", b"200"), (b"content-type", b"application/grpc")],
     [(b":status", b"200"), (b"server", b"meshcore"), (b"date", b"Thu, 03 Dec 2026 15:00:00 GMT")],
@@ -421,10 +424,24 @@ RESPONSES = [
     [(b":status", b"200"), (b"grpc-encoding", b"gzip")],  # once indexed, the same bytes as the first
 ]
 UP_OPS = st.one_of(  # what a server sends: whole responses, heads, resizes the client allows, windows, resets
-    st.tuples(st.just("exchange"), st.just(FRESH), st.sampled_from([0, 1, 7, len(RESPONSES)]), st.integers(0, 3)),
-    st.tuples(st.just("exchange"), st.just(FRESH), st.sampled_from([0, 1, 7, len(RESPONSES)]), st.integers(0, 3)),
-    st.tuples(st.just("head"), st.just(FRESH), st.sampled_from([0, 1, 2, 7, len(RESPONSES)]), st.sampled_from([END_STREAM, 0, PRIORITY])),
-    st.tuples(st.just("head"), st.integers(0, UP_STREAMS - 1), st.sampled_from([0, 3]), st.sampled_from([END_STREAM, 0])),
+    st.tuples(
+        st.just("exchange"), st.just(FRESH), st.sampled_from([0, 1, 7, len(RESPONSES)]), st.integers(0, 3)
+    ),
+    st.tuples(
+        st.just("exchange"), st.just(FRESH), st.sampled_from([0, 1, 7, len(RESPONSES)]), st.integers(0, 3)
+    ),
+    st.tuples(
+        st.just("head"),
+        st.just(FRESH),
+        st.sampled_from([0, 1, 2, 7, len(RESPONSES)]),
+        st.sampled_from([END_STREAM, 0, PRIORITY]),
+    ),
+    st.tuples(
+        st.just("head"),
+        st.integers(0, UP_STREAMS - 1),
+        st.sampled_from([0, 3]),
+        st.sampled_from([END_STREAM, 0]),
+    ),
     st.tuples(st.just("resize"), st.sampled_from([0, 256, 4096]), st.just(0), st.just(0)),
     st.tuples(st.just("window"), st.integers(-1, UP_STREAMS - 1), st.sampled_from([1, 65535]), st.just(0)),
     st.tuples(st.just("reset"), st.integers(0, UP_STREAMS - 1), st.sampled_from([0, 7, 8]), st.just(0)),
@@ -454,30 +471,13 @@ def _server_bytes(ops: list[tuple[Any, ...]]) -> bytes:
         sid = 1 + 2 * a if isinstance(a, int) and a >= 0 else 0  # UP_STREAMS: a stream never opened
         if a == FRESH:
             sid, fresh = 1 + 2 * min(fresh, UP_STREAMS), fresh + 1
-        if kind == "exchange":  # head, body, then trailers (c: 1), or END_STREAM on the head (2) or data (0), or none (3)
-            block = encoder.encode(RESPONSES[b] if b < len(RESPONSES) else [*RESPONSES[0], (b"x-seq", b"%d" % n)])
-            out.append(raw_frame(0x1, END_HEADERS | (END_STREAM if c == 2 else 0), sid, block))
-            if c != 2:
-                out.append(raw_frame(0x0, END_STREAM if c == 0 else 0, sid, b"\0\0\0\0\x02ok"))
-            if c == 1:
-                out.append(raw_frame(0x1, END_HEADERS | END_STREAM, sid, encoder.encode(RESPONSES[3])))
-        elif kind in {"head", "split", "damaged"}:
-            fields = RESPONSES[b] if kind != "damaged" and b < len(RESPONSES) else [*RESPONSES[0], (b"x-seq", b"%d" % n)]
-            block = encoder.encode(fields)
-            if kind == "head":
-                payload = (b"\x00\x00\x00\x00\x10" + block) if c & PRIORITY else block
-                out.append(raw_frame(0x1, c | END_HEADERS, sid, payload))
-            elif kind == "split":
-                parts = [block[i : i + c] for i in range(0, len(block), c)] or [b""]
-                out.append(raw_frame(0x1, END_HEADERS if len(parts) == 1 else 0, sid, parts[0]))
-                out.extend(
-                    raw_frame(0x9, END_HEADERS if i == len(parts) - 1 else 0, sid, p)
-                    for i, p in enumerate(parts[1:], 1)
-                )
-            else:
-                at = b % max(1, len(block))
-                damaged = block[:at] + bytes([c]) + block[at + 1 :]
-                out.append(raw_frame(0x1, END_HEADERS, sid, damaged))
+        if kind in {"exchange", "head", "split", "damaged"}:
+            fields = (
+                RESPONSES[b]
+                if kind != "damaged" and b < len(RESPONSES)
+                else [*RESPONSES[0], (b"x-seq", b"%d" % n)]
+            )
+            out += _response_frames(encoder, kind, sid, encoder.encode(fields), b, c)
         elif kind == "resize":
             encoder.header_table_size = a
         elif kind == "data":
@@ -490,6 +490,31 @@ def _server_bytes(ops: list[tuple[Any, ...]]) -> bytes:
         else:
             out.append(a)
     return b"".join(out)  # fmt: skip
+
+
+def _response_frames(
+    encoder: hpack.Encoder, kind: str, sid: int, block: bytes, b: int, c: int
+) -> list[bytes]:
+    """The frames of a head op: its block in one frame, over CONTINUATION, damaged, or a whole response."""
+    # A whole response: head, body, then trailers (c: 1), or END_STREAM on the head (2) or data (0), or none (3).
+    if kind == "exchange":
+        out = [raw_frame(0x1, END_HEADERS | (END_STREAM if c == 2 else 0), sid, block)]
+        if c != 2:
+            out.append(raw_frame(0x0, END_STREAM if c == 0 else 0, sid, b"\0\0\0\0\x02ok"))
+        if c == 1:
+            out.append(raw_frame(0x1, END_HEADERS | END_STREAM, sid, encoder.encode(RESPONSES[3])))
+        return out
+    if kind == "head":
+        payload = (b"\x00\x00\x00\x00\x10" + block) if c & PRIORITY else block
+        return [raw_frame(0x1, c | END_HEADERS, sid, payload)]
+    if kind == "split":
+        parts = [block[i : i + c] for i in range(0, len(block), c)] or [b""]
+        return [raw_frame(0x1, END_HEADERS if len(parts) == 1 else 0, sid, parts[0])] + [
+            raw_frame(0x9, END_HEADERS if i == len(parts) - 1 else 0, sid, p)
+            for i, p in enumerate(parts[1:], 1)
+        ]
+    at = b % max(1, len(block))
+    return [raw_frame(0x1, END_HEADERS, sid, block[:at] + bytes([c]) + block[at + 1 :])]
 
 
 # What the upstream connection (and its streams) may do on an event: h2request's steps, and
@@ -507,10 +532,20 @@ UP_ANSWERS: list[list[tuple[str, tuple[Any, ...]]]] = [
 
 def _upstream_state(conn: h2.connection.H2Connection, stream_id: int) -> tuple[Any, ...]:
     stream = conn.streams.get(stream_id)
-    kept = (conn.state_machine.state, conn.outbound_flow_control_window, sorted(conn.streams), conn.open_outbound_streams)
+    kept = (
+        conn.state_machine.state,
+        conn.outbound_flow_control_window,
+        sorted(conn.streams),
+        conn.open_outbound_streams,
+    )
     if stream is None:
         return kept
-    return (*kept, stream.state_machine.state, stream.outbound_flow_control_window, stream.inbound_flow_control_window)
+    return (
+        *kept,
+        stream.state_machine.state,
+        stream.outbound_flow_control_window,
+        stream.inbound_flow_control_window,
+    )
 
 
 def _client_side(conn: h2.connection.H2Connection, chunks: list[bytes], answers: list[int]) -> list[Any]:
@@ -574,11 +609,17 @@ def test_the_upstream_connection_takes_the_fast_paths() -> None:
     decoder = conn.decoder
     assert isinstance(decoder, CachingDecoder)
     assert decoder.max_header_list_size == h2.connection.H2Connection.DEFAULT_MAX_HEADER_LIST_SIZE
-    ops = [("head", i, 0, 0) for i in range(UP_STREAMS)] + [("head", i, 3, END_STREAM) for i in range(UP_STREAMS)]
+    ops = [("head", i, 0, 0) for i in range(UP_STREAMS)] + [
+        ("head", i, 3, END_STREAM) for i in range(UP_STREAMS)
+    ]
     events = conn.receive_data(_server_bytes(ops))
     heads = [e for e in events if isinstance(e, h2.events.ResponseReceived)]
     trailers = [e for e in events if isinstance(e, h2.events.TrailersReceived)]
-    assert [e.stream_id for e in heads] == [e.stream_id for e in trailers] == [1 + 2 * i for i in range(UP_STREAMS)]
+    assert (
+        [e.stream_id for e in heads]
+        == [e.stream_id for e in trailers]
+        == [1 + 2 * i for i in range(UP_STREAMS)]
+    )
     assert heads[-1].headers == RESPONSES[0]
     assert trailers[-1].headers == RESPONSES[3]
     assert len(decoder._blocks) == 2  # the indexed head and trailers, remembered
