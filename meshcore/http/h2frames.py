@@ -29,9 +29,12 @@ changed, and nothing else of h2's state machines, flow control or limits:
 - its count of open streams (which also forgets closed ones, for every new stream)
   reads each stream's state once, with no property call per stream.
 
-Both are held to h2 by differential tests (tests/test_h2frames.py): the same frames (or
-the same error) from any byte stream in any split, the same bytes for any frame sent,
-and the same events, answers and GOAWAY codes from whole connections fed generated
+The server session (meshcore.runtime.h2server) and the upstream connection
+(meshcore.runtime.h2upstream, the client side: the frame buffer, serialization and stream
+count apply, the lean head paths switch themselves off) both run it. Both are held to h2
+by differential tests (tests/test_h2frames.py): the same frames (or the same error) from
+any byte stream in any split, the same bytes for any frame sent, and the same events,
+answers and GOAWAY codes from whole connections, server and client side, fed generated
 frame sequences, well-formed or not.
 """
 

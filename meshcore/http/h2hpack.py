@@ -10,8 +10,10 @@ one), and gives them back while the table has not changed since; any change to t
 Encoder by a differential test: the same bytes for any sequence of blocks and resizes.
 
 The other direction is the same: a client sends the same request head over and over (the
-same method, path, authority, user agent), and once it is in both tables it comes as the
-same few bytes of indexes, which hpack decodes at about 35 Python calls a head.
+same method, path, authority, user agent), and an upstream the same response head and
+trailers (a gRPC service's ``:status``, ``content-type``, ``grpc-status``), and once it is
+in both tables it comes as the same few bytes of indexes, which hpack decodes at about 35
+Python calls a head.
 :class:`CachingDecoder` remembers the fields of a block whose decoding changed nothing
 (no entry added, no resize), keyed by its bytes, and gives them back while the table and
 the limits it was checked against (header list size, table size) are as they were. A
