@@ -53,7 +53,10 @@ from h2.frame_buffer import FrameBuffer
 from h2.stream import STREAM_OPEN, StreamInputs, StreamState
 from hyperframe.frame import DataFrame, Frame, HeadersFrame, RstStreamFrame, WindowUpdateFrame
 
-__all__ = ["FastFrameBuffer", "H2FastConnection"]
+from meshcore.http.h2hpack import CachingDecoder
+from meshcore.http.h2quiet import SILENT, silence_hpack
+
+__all__ = ["FastFrameBuffer", "H2FastConnection", "meshcore_connection"]
 
 _DATA, _HEADERS, _RST_STREAM, _WINDOW_UPDATE, _CONTINUATION = 0x0, 0x1, 0x3, 0x8, 0x9
 _END_STREAM, _END_HEADERS, _PADDED, _PRIORITY = 0x1, 0x4, 0x8, 0x20
@@ -392,3 +395,30 @@ def _header_frames(sid: int, block: bytes, size: int, bits: int) -> bytes:
         flags = (bits if i == 0 else 0) | (_END_HEADERS if i == len(parts) - 1 else 0)
         frames.append(_HEAD.pack(len(part) >> 8, len(part) & 0xFF, kind, flags, sid) + part)
     return b"".join(frames)
+
+
+def meshcore_connection(*, client_side: bool, encoder: Any) -> H2FastConnection:
+    """h2's connection as meshcore runs it, on either side.
+
+    Fields are normalized and checked by meshcore.http.h2fields (``fields_received``,
+    ``fields_to_send``), each in one pass held to h2's pipelines by differential tests, so
+    h2's own checks are off (its generators cost about 170 Python calls per request, and its
+    character checks loop over every byte); h2 and hpack log nothing; the common frames go
+    through :class:`H2FastConnection`; heads are decoded once per table state by a
+    :class:`CachingDecoder` with h2's header list limit, and encoded by ``encoder`` (the
+    side's caching encoder).
+    """
+    silence_hpack()
+    config = h2.config.H2Configuration(
+        client_side=client_side,
+        header_encoding=None,
+        validate_inbound_headers=False,
+        normalize_inbound_headers=False,
+        validate_outbound_headers=False,
+        normalize_outbound_headers=False,
+        logger=SILENT,
+    )
+    conn = H2FastConnection(config=config)
+    conn.encoder = encoder
+    conn.decoder = CachingDecoder(conn.decoder.max_header_list_size)
+    return conn

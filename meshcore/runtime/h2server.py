@@ -30,11 +30,10 @@ from h2.errors import ErrorCodes
 
 from meshcore.errors import ProtocolError
 from meshcore.http.h2fields import fields_received
-from meshcore.http.h2frames import H2FastConnection
+from meshcore.http.h2frames import meshcore_connection
 from meshcore.http.h2goaway import GOAWAY_HEAD, GracefulGoaway
 from meshcore.http.h2guard import TINY_WINDOW_UPDATE, Abuse, H2Budgets
-from meshcore.http.h2hpack import CachingDecoder, CachingEncoder
-from meshcore.http.h2quiet import SILENT, silence_hpack
+from meshcore.http.h2hpack import CachingEncoder
 from meshcore.http.messages import Headers
 from meshcore.runtime.h2stream import H2Stream, make_request, serve_stream
 
@@ -61,24 +60,10 @@ class H2ServerSession:
         self.stream = conn.stream
         self.initial = initial
         settings = hcm.http2
-        silence_hpack()
-        # Fields are normalized and checked by fields_received and fields_to_send, each in
-        # one pass held to h2's pipelines by differential tests (h2's generators cost about
-        # 170 Python calls per request, and its character checks loop over every byte).
-        config = h2.config.H2Configuration(
-            client_side=False,
-            header_encoding=None,
-            validate_inbound_headers=False,
-            normalize_inbound_headers=False,
-            normalize_outbound_headers=False,
-            validate_outbound_headers=False,
-            logger=SILENT,
-        )
-        # h2's connection, its common frames read and written without hyperframe's per-frame
-        # work (held to h2 by differential tests, see meshcore.http.h2frames).
-        self.h2 = H2FastConnection(config=config)
-        self.h2.encoder = CachingEncoder()  # the same response head, encoded once per table state
-        self.h2.decoder = CachingDecoder()  # the same request head, decoded once per table state
+        # h2's connection with meshcore's field checks, frame layer and HPACK caches
+        # (meshcore.http.h2frames.meshcore_connection): the same response head is encoded
+        # once per table state, the same request head decoded once.
+        self.h2 = meshcore_connection(client_side=False, encoder=CachingEncoder())
         self.max_streams: int = settings.max_concurrent_streams
         self.h2.local_settings = self._settings(self.max_streams)
         # Settings replaced wholesale are never "acknowledged" in h2's eyes, and h2 applies

@@ -24,10 +24,9 @@ from hpack import NeverIndexedHeaderTuple
 from hpack.hpack import encode_integer
 
 from meshcore.http.h2fields import fields_received
-from meshcore.http.h2frames import H2FastConnection
+from meshcore.http.h2frames import meshcore_connection
 from meshcore.http.h2goaway import GracefulGoaway
-from meshcore.http.h2hpack import CachingDecoder, CachingEncoder
-from meshcore.http.h2quiet import SILENT, silence_hpack
+from meshcore.http.h2hpack import CachingEncoder
 from meshcore.http.messages import Headers, Request, Response
 from meshcore.runtime.h2request import StreamRefused, UpStream, exchange
 
@@ -86,26 +85,12 @@ class H2Connection:
     def __init__(self, stream: trio.abc.Stream, host: Host) -> None:
         self.stream = stream
         self.host = host
-        silence_hpack()
-        # Fields are normalized and checked by fields_to_send and fields_received, each in
-        # one pass held to h2's pipelines by differential tests (tests/test_h2fields.py).
-        config = h2.config.H2Configuration(
-            client_side=True,
-            header_encoding=None,
-            validate_inbound_headers=False,
-            normalize_inbound_headers=False,
-            validate_outbound_headers=False,
-            normalize_outbound_headers=False,
-            logger=SILENT,
-        )
-        # h2's connection, its common frames read and written without hyperframe's per-frame
-        # work (held to h2 on the client side too by tests/test_h2frames.py). Its lean paths
-        # for heads are the server's only: a client's heads go through h2's own steps.
-        self.h2 = H2FastConnection(config=config)
-        self.h2.encoder = RequestHeadEncoder()  # the same request head, encoded once per table state
-        # The same response head (and gRPC trailers), decoded once per table state; h2's
-        # header list limit carried over (h2 set it on the decoder it made).
-        self.h2.decoder = CachingDecoder(self.h2.decoder.max_header_list_size)
+        # h2's connection with meshcore's field checks, frame layer and HPACK caches
+        # (meshcore.http.h2frames.meshcore_connection; held to h2 on the client side too by
+        # tests/test_h2frames.py; the lean head paths are the server's only): the same request
+        # head encoded once per table state but for its per-request fields, the same response
+        # head (and gRPC trailers) decoded once.
+        self.h2 = meshcore_connection(client_side=True, encoder=RequestHeadEncoder())
         self.h2.local_settings = h2.settings.Settings(
             client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: WINDOW}
         )
