@@ -23,15 +23,18 @@ and the connection's compression state no longer matches the peer's.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import re
 from collections.abc import Iterable
+from typing import Any
 
+from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError
 from hpack import NeverIndexedHeaderTuple
 
-__all__ = ["fields_received", "fields_to_send"]
+__all__ = ["fields_received", "fields_received_or_goaway", "fields_to_send"]
 
 # RFC 9113 8.2.2: fields that are specific to one HTTP/1.1 connection.
 _CONNECTION = frozenset([b"connection", b"proxy-connection", b"keep-alive", b"transfer-encoding", b"upgrade"])
@@ -294,3 +297,20 @@ def _check_request_pseudo(pseudo: set[bytes], method: bytes | None) -> None:
     if not connect and b":protocol" in pseudo:
         msg = "Encountered connect-request-only headers {b':protocol'}"
         raise ProtocolError(msg)
+
+
+def fields_received_or_goaway(
+    conn: Any, fields: Iterable[tuple[bytes, bytes]], *, response: bool = False, trailers: bool = False
+) -> list[tuple[bytes, bytes]]:
+    """:func:`fields_received`, and a block h2 would refuse ends ``conn`` as h2 ends it.
+
+    ``conn`` is the h2 connection the block came on: GOAWAY(PROTOCOL_ERROR) is queued on
+    it, then ProtocolError is raised for the read loop. Both sides (the server session and
+    the upstream connection) receive blocks this way.
+    """
+    try:
+        return fields_received(fields, response=response, trailers=trailers)
+    except ProtocolError:
+        with contextlib.suppress(ProtocolError):  # the connection is already over
+            conn.close_connection(error_code=ErrorCodes.PROTOCOL_ERROR)
+        raise

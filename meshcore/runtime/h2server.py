@@ -13,7 +13,6 @@ connection with GOAWAY and a fitting error code.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import struct
 from collections.abc import Callable
@@ -29,7 +28,7 @@ import trio
 from h2.errors import ErrorCodes
 
 from meshcore.errors import ProtocolError
-from meshcore.http.h2fields import fields_received
+from meshcore.http.h2fields import fields_received_or_goaway
 from meshcore.http.h2frames import meshcore_connection
 from meshcore.http.h2goaway import GOAWAY_HEAD, GracefulGoaway
 from meshcore.http.h2guard import TINY_WINDOW_UPDATE, Abuse, H2Budgets
@@ -277,21 +276,8 @@ class H2ServerSession:
             stream.ended = True
             stream.readable.set()
 
-    def _checked(self, fields: list[Any], *, trailers: bool) -> list[tuple[bytes, bytes]]:
-        """A received block's fields as h2 would hand them over (see fields_received).
-
-        A block h2 would refuse ends the connection as h2 ends it: GOAWAY(PROTOCOL_ERROR),
-        then ProtocolError for the read loop.
-        """
-        try:
-            return fields_received(fields, trailers=trailers)
-        except h2.exceptions.ProtocolError:
-            with contextlib.suppress(h2.exceptions.ProtocolError):  # the connection is already over
-                self.h2.close_connection(error_code=ErrorCodes.PROTOCOL_ERROR)
-            raise
-
     def _trailers_received(self, event: h2.events.TrailersReceived) -> None:
-        fields = self._checked(event.headers, trailers=True)
+        fields = fields_received_or_goaway(self.h2, event.headers, trailers=True)
         stream = self.streams.get(event.stream_id)
         if stream is not None:
             stream.trailers = Headers.from_raw(fields)
@@ -319,7 +305,7 @@ class H2ServerSession:
         self.closing = True
 
     def _request_received(self, event: h2.events.RequestReceived) -> None:
-        fields = self._checked(event.headers, trailers=False)
+        fields = fields_received_or_goaway(self.h2, event.headers, trailers=False)
         stream_id = event.stream_id
         self.last_stream_id = max(self.last_stream_id, stream_id)
         if self.closing:

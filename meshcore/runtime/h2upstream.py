@@ -8,7 +8,6 @@ one send. The streams themselves (a request's exchange) are meshcore.runtime.h2r
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -23,7 +22,7 @@ from h2.errors import ErrorCodes
 from hpack import NeverIndexedHeaderTuple
 from hpack.hpack import encode_integer
 
-from meshcore.http.h2fields import fields_received
+from meshcore.http.h2fields import fields_received_or_goaway
 from meshcore.http.h2frames import meshcore_connection
 from meshcore.http.h2goaway import GracefulGoaway
 from meshcore.http.h2hpack import CachingEncoder
@@ -250,27 +249,15 @@ class H2Connection:
         if handler is not None:
             handler(self, event)
 
-    def _checked(self, fields: list[Any], *, trailers: bool) -> list[tuple[bytes, bytes]]:
-        """A received block's fields as h2 would hand them over (see fields_received).
-
-        A block h2 would refuse ends the connection as h2 ends it: GOAWAY(PROTOCOL_ERROR),
-        then ProtocolError for the read loop.
-        """
-        try:
-            return fields_received(fields, response=True, trailers=trailers)
-        except h2.exceptions.ProtocolError:
-            with contextlib.suppress(h2.exceptions.ProtocolError):  # the connection is already over
-                self.h2.close_connection(error_code=ErrorCodes.PROTOCOL_ERROR)
-            raise
-
     def _response_received(self, event: h2.events.ResponseReceived) -> None:
-        head = self._checked(event.headers, trailers=False)
+        head = fields_received_or_goaway(self.h2, event.headers, response=True, trailers=False)
         if (up := self.streams.get(event.stream_id)) is not None:
             up.head = head
             up.readable.set()
 
     def _informational_received(self, event: h2.events.InformationalResponseReceived) -> None:
-        self._checked(event.headers, trailers=False)  # h2 checked these too; nothing else to do
+        # h2 checked these too; nothing else to do with them
+        fields_received_or_goaway(self.h2, event.headers, response=True, trailers=False)
 
     def _data_received(self, event: h2.events.DataReceived) -> None:
         if (up := self.streams.get(event.stream_id)) is not None:
@@ -284,7 +271,7 @@ class H2Connection:
                 self.queue()
 
     def _trailers_received(self, event: h2.events.TrailersReceived) -> None:
-        trailers = self._checked(event.headers, trailers=True)
+        trailers = fields_received_or_goaway(self.h2, event.headers, response=True, trailers=True)
         if (up := self.streams.get(event.stream_id)) is not None:
             up.trailers = Headers.from_raw(trailers)
 
