@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -29,7 +28,7 @@ import time
 from pathlib import Path
 
 from _common import free_port
-from peers import BODY, MESHCORE_CONFIG, NGINX_BACKEND, NGINX_COMMON, Peer, h2load
+from peers import MESHCORE_CONFIG, Peer, h2load, nginx_backend
 
 HERE = Path(__file__).resolve().parent
 SHOWN = 0.5  # calls per request below this are left out of the split by package
@@ -98,15 +97,8 @@ def run(args: argparse.Namespace) -> int:
     """Start the backend and the proxies, interleave rounds, print the tables."""
     with tempfile.TemporaryDirectory(prefix="meshcore-h2cost-") as tmp_name:
         tmp = Path(tmp_name)
-        backend_port = free_port()
-        conf = tmp / "nginx-backend.conf"
-        conf.write_text(
-            NGINX_COMMON.format(
-                tmp=tmp, name="backend", body=NGINX_BACKEND.format(port=backend_port, body=BODY)
-            )
-        )
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        backend = Peer("backend", [nginx, "-c", str(conf)], backend_port, None)
+        backend = nginx_backend(tmp)
+        backend_port = backend.port
         me = [sys.executable, __file__]
         peers: list[Peer] = []
         port = free_port()

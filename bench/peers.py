@@ -365,20 +365,24 @@ def report(title: str, results: dict[str, list[dict[str, float]]], peers: list[P
                 )
 
 
+def nginx_backend(tmp: Path) -> Peer:
+    """The nginx every proxy forwards to (BODY on every path), its config written in ``tmp``."""
+    port = free_port()
+    conf = tmp / "nginx-backend.conf"
+    conf.write_text(
+        NGINX_COMMON.format(tmp=tmp, name="backend", body=NGINX_BACKEND.format(port=port, body=BODY))
+    )
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    return Peer("backend", [nginx, "-c", str(conf)], port, None)
+
+
 def run(args: argparse.Namespace) -> int:  # noqa: PLR0912 - one linear script: start, measure, report
     """Start the backend and every peer; interleave rounds; print the tables."""
     protocols = set(args.protocols.split(","))
     with tempfile.TemporaryDirectory(prefix="meshcore-peers-") as tmp_name:
         tmp = Path(tmp_name)
-        backend_port = free_port()
-        conf = tmp / "nginx-backend.conf"
-        conf.write_text(
-            NGINX_COMMON.format(
-                tmp=tmp, name="backend", body=NGINX_BACKEND.format(port=backend_port, body=BODY)
-            )
-        )
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        backend = Peer("backend", [nginx, "-c", str(conf)], backend_port, None)
+        backend = nginx_backend(tmp)
+        backend_port = backend.port
         peers = build_peers(args, tmp, backend_port)
         if args.only:
             wanted = set(args.only.split(","))
